@@ -1,0 +1,147 @@
+//! The extension point between the proxy (declared policy, sessions, operations) and the
+//! learned detectors. The proxy builds one [`RequestContext`] per request, asks every
+//! checker for [`Finding`]s, and applies the mode once, in `proxy::decision`.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::config::Action;
+use crate::detect::session_state::SessionState;
+use crate::operation::Operation;
+use crate::session::{RecentOp, SessionSource};
+
+/// Everything the learned detectors may look at for one request. Borrowed; built once per request.
+pub struct RequestContext<'a> {
+    /// Unix milliseconds when the request arrived.
+    pub now_ms: u64,
+    /// Resolved session key, e.g. `jwt:sub=4411` or `ip:10.0.0.7`.
+    pub session: &'a str,
+    /// Which identifier produced `session`.
+    pub session_source: SessionSource,
+    /// Client address (socket or trusted `X-Forwarded-For` hop).
+    pub client: IpAddr,
+    pub method: &'a http::Method,
+    /// The resolved operation (declared, learned, overflow or unknown).
+    pub operation: &'a Operation,
+    /// Template parameter name → raw segment value.
+    pub path_params: &'a [(&'a str, &'a str)],
+    /// Decoded query pairs in request order.
+    pub query: &'a [(Cow<'a, str>, Cow<'a, str>)],
+    pub headers: &'a http::HeaderMap,
+    /// Parsed JSON body when it was buffered.
+    pub body: Option<&'a serde_json::Value>,
+    /// This session's recent operations, oldest first, excluding this request.
+    pub recent: &'a [RecentOp],
+}
+
+/// What the upstream answered, for learning.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseSummary {
+    pub status: u16,
+    pub duration_us: u64,
+}
+
+/// How bad a finding is; incidents take the maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// Which check produced a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+pub enum FindingKind {
+    SequenceRule,
+    RateLimit,
+    /// The request does not match the declared OpenAPI document.
+    SchemaViolation,
+    ShadowEndpoint,
+    ShapeDeviation,
+    UnlikelySequence,
+    Volume,
+    Enumeration,
+    CredentialStuffing,
+}
+
+impl FindingKind {
+    /// Stable name used in metrics, JSON and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SequenceRule => "SequenceRule",
+            Self::RateLimit => "RateLimit",
+            Self::SchemaViolation => "SchemaViolation",
+            Self::ShadowEndpoint => "ShadowEndpoint",
+            Self::ShapeDeviation => "ShapeDeviation",
+            Self::UnlikelySequence => "UnlikelySequence",
+            Self::Volume => "Volume",
+            Self::Enumeration => "Enumeration",
+            Self::CredentialStuffing => "CredentialStuffing",
+        }
+    }
+}
+
+/// One check's verdict with evidence. `explanation` is a deterministic plain-language clause
+/// that the incident summary quotes, e.g. "touched 58 distinct account ids via
+/// GET /api/v1/accounts/{var1}/balance in 2 min; 99% of sessions touch at most 3".
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub severity: Severity,
+    pub action: Action,
+    /// Status used when this finding blocks: 403 (or 429 for volume/rate findings, 400 for schema).
+    pub block_status: u16,
+    /// Name of the declared rule, when one was broken.
+    pub rule: Option<String>,
+    pub explanation: String,
+    pub evidence: serde_json::Value,
+    pub retry_after_s: Option<u64>,
+}
+
+/// Implemented by the learned model + detectors. The proxy calls it; `inspect` runs with the
+/// session's entry locked (synchronous, must be cheap, never awaits).
+pub trait Analyzer: Send + Sync + 'static {
+    /// Whether the request body of this operation must be buffered (≤ configured limit) and parsed.
+    fn wants_body(&self, op: &Operation) -> bool;
+    /// Evaluate the request; push findings. `state` is this session's detector state.
+    fn inspect(&self, ctx: &RequestContext<'_>, state: &mut SessionState, out: &mut Vec<Finding>);
+    /// Learn from the exchange. Called for every completed exchange; the analyzer learns only
+    /// from successful (2xx/3xx), unflagged traffic but may count failures.
+    fn observe(
+        &self,
+        ctx: &RequestContext<'_>,
+        state: &mut SessionState,
+        resp: &ResponseSummary,
+        flagged: bool,
+    );
+    /// JSON for `GET /v1/model`.
+    fn model_view(&self) -> serde_json::Value;
+}
+
+/// An analyzer that learns nothing and finds nothing: the proxy's declared policy alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopAnalyzer;
+
+impl Analyzer for NoopAnalyzer {
+    fn wants_body(&self, _op: &Operation) -> bool {
+        false
+    }
+
+    fn inspect(&self, _ctx: &RequestContext<'_>, _state: &mut SessionState, _out: &mut Vec<Finding>) {}
+
+    fn observe(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _state: &mut SessionState,
+        _resp: &ResponseSummary,
+        _flagged: bool,
+    ) {
+    }
+
+    fn model_view(&self) -> serde_json::Value {
+        serde_json::json!({ "analyzer": "none", "detectors": [] })
+    }
+}

@@ -1,0 +1,79 @@
+//! Durations written the way the CRDs write them: `500ms`, `30s`, `10m`, `1h30m`.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A `std::time::Duration` that (de)serializes as a compact human string (`10m`, `1h30m`, `250ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(std::time::Duration::from_secs(secs))
+    }
+
+    pub const fn from_millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+
+    pub fn as_millis_u64(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn std(self) -> std::time::Duration {
+        self.0
+    }
+
+    /// Parses `500ms`, `30s`, `10m`, `2h`, `1h30m` (also anything `humantime` accepts).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text.trim())
+            .map(Self)
+            .map_err(|e| format!("invalid duration {text:?}: {e} (expected e.g. \"500ms\", \"30s\", \"10m\", \"1h30m\")"))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total_ms = self.as_millis_u64();
+        if total_ms == 0 {
+            return f.write_str("0s");
+        }
+        let (h, rest) = (total_ms / 3_600_000, total_ms % 3_600_000);
+        let (m, rest) = (rest / 60_000, rest % 60_000);
+        let (s, ms) = (rest / 1000, rest % 1000);
+        for (value, unit) in [(h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
+            if value > 0 {
+                write!(f, "{value}{unit}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_compact_form() {
+        for text in ["250ms", "30s", "10m", "1h30m", "2h", "1m5s"] {
+            let d = Duration::parse(text).unwrap();
+            assert_eq!(d.to_string(), text);
+        }
+        assert!(Duration::parse("ten minutes").is_err());
+    }
+}

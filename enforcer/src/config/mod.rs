@@ -1,0 +1,534 @@
+//! The enforcer's configuration: one YAML document (the one the operator renders into a
+//! ConfigMap), loaded with field-path errors, validated, and watched for changes.
+
+mod duration;
+pub mod learning;
+mod load;
+
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::Duration;
+pub use learning::{DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
+pub use load::{ConfigError, load_file, parse_yaml};
+
+pub use validate::{ValidationError, ValidationErrors, validate_config, validate_rule};
+
+/// What a finding does when the mode is `Enforce`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Action {
+    /// Record the finding (incident, metrics) and let the request through.
+    #[default]
+    Log,
+    /// Refuse the request (in `Enforce` mode only).
+    Block,
+}
+
+/// How the whole enforcer acts on findings; applied in one place (`proxy::decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Mode {
+    /// Learn only: findings are discarded, nothing is flagged.
+    Learn,
+    /// Flag and report, never block.
+    #[default]
+    Monitor,
+    /// Block where a finding's action is `Block`.
+    Enforce,
+}
+
+/// What happens to a request when the enforcer itself fails on it (an internal error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FailurePolicy {
+    /// Forward the request as if no check had run (availability first).
+    #[default]
+    Open,
+    /// Refuse the request with 503.
+    Closed,
+}
+
+/// The root document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnforcerConfig {
+    /// Address of the proxy listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    #[serde(default)]
+    pub client_address: ClientAddressConfig,
+    #[serde(default)]
+    pub session: SessionConfig,
+    #[serde(default)]
+    pub operations: OperationsConfig,
+    /// Optional declared OpenAPI 3 document.
+    #[serde(default, rename = "openAPI", skip_serializing_if = "Option::is_none")]
+    pub open_api: Option<OpenApiConfig>,
+    #[serde(default)]
+    pub learning: LearningConfig,
+    #[serde(default)]
+    pub detectors: DetectorsConfig,
+    /// Declared sequence rules (evaluated by priority, higher first).
+    #[serde(default)]
+    pub rules: Vec<SequenceRuleConfig>,
+    /// Declared rate limits per operation per session.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub incidents: IncidentsConfig,
+    /// Periodic reports to the operator (absent in standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::ReportConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9090))
+}
+
+/// The admin listener (health, metrics, incidents, model, rules).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token required on `/metrics` and `/v1/*` (health endpoints stay open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding the bearer token (read at load; trailing whitespace trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: default_admin_listen(), token: None, token_file: None }
+    }
+}
+
+/// Where requests go and how long we wait for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port` of the protected service (a path prefix is not supported).
+    pub url: String,
+    /// Time to establish a TCP connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Time until the upstream's response headers arrive (then 504).
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: Duration,
+    /// Idle pooled connections kept per upstream host.
+    #[serde(default = "default_pool_idle")]
+    pub max_idle_connections: usize,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_idle() -> usize {
+    256
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+
+/// Where the client address comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ClientAddressSource {
+    /// The TCP peer address.
+    #[default]
+    Socket,
+    /// `X-Forwarded-For`, skipping `trustedHops` proxies from the right.
+    XForwardedFor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientAddressConfig {
+    #[serde(default)]
+    pub source: ClientAddressSource,
+    /// Number of trusted proxies in front of the enforcer (each appends one address).
+    #[serde(default = "default_trusted_hops")]
+    pub trusted_hops: u8,
+}
+
+fn default_trusted_hops() -> u8 {
+    1
+}
+
+impl Default for ClientAddressConfig {
+    fn default() -> Self {
+        Self { source: ClientAddressSource::Socket, trusted_hops: default_trusted_hops() }
+    }
+}
+
+/// How a request is attributed to a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Tried in order; the first that yields a value names the session.
+    #[serde(default = "default_identifiers")]
+    pub identifiers: Vec<SessionIdentifier>,
+    /// A session without requests for this long is forgotten.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Cap on tracked sessions; the least recently seen are evicted beyond it.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Per-session history of recent operations kept for sequence rules.
+    #[serde(default)]
+    pub history: HistoryConfig,
+    /// Verify JWT signatures before a token may name a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_verification: Option<JwtVerificationConfig>,
+}
+
+fn default_identifiers() -> Vec<SessionIdentifier> {
+    vec![
+        SessionIdentifier {
+            jwt_claim: Some(JwtClaimIdentifier { header: default_authorization(), claim: "sub".into() }),
+            ..SessionIdentifier::default()
+        },
+        SessionIdentifier { client_ip: Some(ClientIpIdentifier {}), ..SessionIdentifier::default() },
+    ]
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_max_sessions() -> usize {
+    100_000
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            identifiers: default_identifiers(),
+            idle_timeout: default_idle_timeout(),
+            max_sessions: default_max_sessions(),
+            history: HistoryConfig::default(),
+            jwt_verification: None,
+        }
+    }
+}
+
+/// Exactly one field set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionIdentifier {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_claim: Option<JwtClaimIdentifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<NamedIdentifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<NamedIdentifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_param: Option<NamedIdentifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpIdentifier>,
+}
+
+/// A claim of a JWT carried in a header (`Bearer ` prefix optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtClaimIdentifier {
+    #[serde(default = "default_authorization")]
+    pub header: String,
+    pub claim: String,
+}
+
+fn default_authorization() -> String {
+    "Authorization".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedIdentifier {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpIdentifier {}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Operations kept per session (1..=64).
+    #[serde(default = "default_history_requests")]
+    pub requests: u32,
+    /// How long an operation stays in the history.
+    #[serde(default = "default_history_duration")]
+    pub duration: Duration,
+}
+
+fn default_history_requests() -> u32 {
+    10
+}
+fn default_history_duration() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { requests: default_history_requests(), duration: default_history_duration() }
+    }
+}
+
+/// Signature algorithms accepted for session tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// What to do with a token that fails verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OnInvalidToken {
+    /// Answer 401 without forwarding.
+    #[default]
+    Reject,
+    /// Ignore the token and try the next identifier.
+    FallThrough,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtVerificationConfig {
+    /// Verification keys; a token's `kid` selects among keys that carry one.
+    pub keys: Vec<JwtKeyConfig>,
+    #[serde(default)]
+    pub on_invalid: OnInvalidToken,
+    /// Clock skew tolerated on `exp` / `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+    /// Tokens without `exp` are invalid.
+    #[serde(default = "default_true")]
+    pub require_exp: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One verification key: exactly one of `secret`, `publicKeyPem`, `file`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtKeyConfig {
+    pub algorithm: JwtAlgorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// HS256 shared secret (UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// RS256 / ES256 public key in PEM (SPKI `PUBLIC KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_pem: Option<String>,
+    /// File with the secret (HS256) or the PEM public key (RS256/ES256), e.g. a mounted Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// Operation templating from traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperationsConfig {
+    /// Learn templates for paths not declared (otherwise they resolve to one unknown operation per method).
+    pub learn: bool,
+    /// Cap on learned templates; beyond it requests go to one overflow operation per method.
+    pub max_templates: usize,
+    /// Distinct literal values tracked at one path position before it becomes a parameter.
+    pub max_values_per_position: usize,
+    /// Paths deeper than this many segments go to the overflow operation.
+    pub max_segments: usize,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self { learn: true, max_templates: 1000, max_values_per_position: 32, max_segments: 16 }
+    }
+}
+
+/// A declared OpenAPI 3 document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpenApiConfig {
+    /// Path of the document (YAML or JSON, OpenAPI 3.0 or 3.1).
+    pub path: PathBuf,
+    /// Validate path/query parameters and JSON request bodies against the schemas.
+    #[serde(default = "default_true")]
+    pub validate: bool,
+    /// What a schema violation does in `Enforce` mode (blocking answers 400).
+    #[serde(default = "default_block")]
+    pub action: Action,
+}
+
+fn default_block() -> Action {
+    Action::Block
+}
+
+/// A declared rule about order (DESIGN §3). Exactly one of `requires`, `forbids`,
+/// `maxRepeat`, `minInterval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SequenceRuleConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Higher first; the highest-priority blocking finding decides the answer.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub action: Action,
+    /// Count matches, never flag or block.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<RequiresRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forbids: Option<ForbidsRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_repeat: Option<MaxRepeatRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_interval: Option<MinIntervalRule>,
+}
+
+/// A window of the session's recent operations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Within {
+    #[serde(default = "default_history_requests")]
+    pub requests: u32,
+    #[serde(default = "default_history_duration")]
+    pub duration: Duration,
+}
+
+impl Default for Within {
+    fn default() -> Self {
+        Self { requests: default_history_requests(), duration: default_history_duration() }
+    }
+}
+
+/// `operation` must be preceded by each of `after`, in that order, within the window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequiresRule {
+    pub operation: String,
+    pub after: Vec<String>,
+    #[serde(default)]
+    pub within: Within,
+}
+
+/// The ordered `sequence` must not occur within the window (gaps allowed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForbidsRule {
+    pub sequence: Vec<String>,
+    #[serde(default)]
+    pub within: Within,
+}
+
+/// `operation` may not occur more than `count` times in a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaxRepeatRule {
+    pub operation: String,
+    pub count: u32,
+}
+
+/// At least `duration` must pass between `from` and `to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MinIntervalRule {
+    pub from: String,
+    pub to: String,
+    pub duration: Duration,
+}
+
+/// At most `requests` per `per` for one operation in one session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub operation: String,
+    pub requests: u32,
+    pub per: Duration,
+    #[serde(default)]
+    pub action: Action,
+}
+
+/// Protocol limits and timeouts of the proxy listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body accepted (413 beyond); bodies are buffered only when a check needs them.
+    pub max_body_bytes: u64,
+    /// Requests in flight beyond this are shed with 503.
+    pub max_concurrent_requests: usize,
+    /// Time a client has to send the request headers.
+    pub header_read_timeout: Duration,
+    /// Keep-alive connections idle this long are closed.
+    pub idle_timeout: Duration,
+    /// Time a client has to send a buffered request body.
+    pub body_read_timeout: Duration,
+    /// Time allowed to drain in-flight requests on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_concurrent_requests: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How findings are grouped into incidents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// A session's findings separated by less than this belong to one incident.
+    pub inactivity_window: Duration,
+    /// Incidents kept in memory (oldest evicted first).
+    pub max_incidents: usize,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        Self { inactivity_window: Duration::from_secs(15 * 60), max_incidents: 1000 }
+    }
+}

@@ -1,0 +1,3 @@
+//! Learned anomaly detectors (issue 4).
+
+pub mod session_state;

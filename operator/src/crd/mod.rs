@@ -1,0 +1,46 @@
+//! The custom resources Ordo is configured with (group `ordo.dev`, version `v1alpha1`):
+//! [`ApiProtection`] says which Service to protect and how; [`SequenceRule`] declares one rule
+//! about the order of operations, attached to an ApiProtection by name.
+//!
+//! The types are the single source of the CRD manifests in `crds/`: [`generate`] renders them,
+//! the `crdgen` binary writes them, and a test fails when the files are stale. Simple field
+//! rules are CEL (`x-kubernetes-validations`) and OpenAPI constraints in the schema, so the API
+//! server rejects them with a message naming the field; checks that need code live in the
+//! validating webhook.
+
+pub mod api_protection;
+pub mod common;
+pub mod generate;
+pub mod learning;
+pub mod limits;
+pub mod protection_status;
+pub mod sequence_rule;
+pub mod session;
+
+pub use api_protection::{
+    ApiProtection, ApiProtectionSpec, EnforcerSpec, FailurePolicy, ImagePullPolicy, OpenApiSpec,
+    ProtectionMode, RateLimitSpec, Routing, TargetSpec,
+};
+pub use common::{Action, ConfigMapKeyRef, SecretKeyRef};
+pub use learning::{DetectorSpec, DetectorsSpec, LearningSpec, Sensitivity};
+pub use protection_status::{
+    ApiProtectionStatus, Confidence, EndpointStatus, EnforcerCounts, IncidentStatus,
+    ModelSummary, ProtectionPhase, SequenceStatus, Severity, SuggestedRule, Totals,
+};
+pub use sequence_rule::{
+    ForbidsRule, MaxRepeatRule, MinIntervalRule, ProtectionRef, RequiresRule, RuleKind,
+    SequenceRule, SequenceRuleSpec, SequenceRuleStatus, Window,
+};
+pub use session::{
+    ClientAddressSource, ClientAddressSpec, ClientIpSource, CookieSource, HeaderSource,
+    InvalidTokenPolicy, JwtAlgorithm, JwtClaimSource, JwtVerificationSpec, QueryParamSource,
+    SessionIdentifier, SessionSpec,
+};
+
+/// API group of every Ordo resource.
+pub const GROUP: &str = "ordo.dev";
+/// The one served and stored version.
+pub const VERSION: &str = "v1alpha1";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+//! Ordo's control plane.
+pub mod crd;

@@ -1,0 +1,398 @@
+//! Renders an ApiProtection and its SequenceRules into the enforcer's own config type
+//! (`ordo_enforcer::config::EnforcerConfig`), serialized to YAML into a ConfigMap. The same
+//! conversion and the same validation (`validate_rule`, `validate_config`) run in the
+//! validating webhook, so admission and runtime never disagree.
+
+use std::collections::BTreeMap;
+
+use ordo_enforcer::config::{
+    self as cfg, DetectorConfig, DetectorsConfig, EnforcerConfig, LearningConfig, SequenceRuleConfig, ValidationErrors,
+};
+use ordo_enforcer::report::ReportConfig;
+use sha2::{Digest as _, Sha256};
+
+use crate::crd::{self, ApiProtectionSpec, SequenceRule, SequenceRuleSpec};
+use crate::names::{self, CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
+
+/// A problem in a resource, with the path of the field (as the user wrote it, e.g.
+/// `spec.requires.within.duration`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Joins field errors into one message.
+pub fn join_errors(errors: &[FieldError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+fn from_validation(prefix: &str, errors: ValidationErrors) -> Vec<FieldError> {
+    errors
+        .0
+        .into_iter()
+        .map(|e| FieldError {
+            field: match (prefix.is_empty(), e.path.is_empty()) {
+                (_, true) => prefix.to_owned(),
+                (true, false) => e.path,
+                (false, false) => format!("{prefix}.{}", e.path),
+            },
+            message: e.message,
+        })
+        .collect()
+}
+
+fn duration(field: &str, text: &str, errors: &mut Vec<FieldError>) -> cfg::Duration {
+    match cfg::Duration::parse(text) {
+        Ok(d) => d,
+        Err(message) => {
+            errors.push(FieldError { field: field.to_owned(), message });
+            cfg::Duration::default()
+        }
+    }
+}
+
+fn count(field: &str, value: i64, errors: &mut Vec<FieldError>) -> u32 {
+    match u32::try_from(value) {
+        Ok(v) => v,
+        Err(_) => {
+            errors.push(FieldError { field: field.to_owned(), message: format!("must be between 0 and {}, got {value}", u32::MAX) });
+            0
+        }
+    }
+}
+
+fn action(action: crd::Action) -> cfg::Action {
+    match action {
+        crd::Action::Log => cfg::Action::Log,
+        crd::Action::Block => cfg::Action::Block,
+    }
+}
+
+/// Converts one SequenceRule into the enforcer's rule config and validates it with the
+/// enforcer's own `validate_rule`. Errors name `spec.…` fields.
+pub fn rule_config(name: &str, spec: &SequenceRuleSpec) -> Result<SequenceRuleConfig, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut within = |path: &str, w: &crd::Window, errors: &mut Vec<FieldError>| cfg::Within {
+        requests: count(&format!("{path}.requests"), i64::from(w.requests), errors),
+        duration: duration(&format!("{path}.duration"), &w.duration, errors),
+    };
+    let requires = spec.requires.as_ref().map(|r| cfg::RequiresRule {
+        operation: r.operation.clone(),
+        after: r.after.clone(),
+        within: within("spec.requires.within", &r.within, &mut errors),
+    });
+    let forbids = spec.forbids.as_ref().map(|r| cfg::ForbidsRule {
+        sequence: r.sequence.clone(),
+        within: within("spec.forbids.within", &r.within, &mut errors),
+    });
+    let max_repeat = spec.max_repeat.as_ref().map(|r| cfg::MaxRepeatRule {
+        operation: r.operation.clone(),
+        count: count("spec.maxRepeat.count", i64::from(r.count), &mut errors),
+    });
+    let min_interval = spec.min_interval.as_ref().map(|r| cfg::MinIntervalRule {
+        from: r.from.clone(),
+        to: r.to.clone(),
+        duration: duration("spec.minInterval.duration", &r.duration, &mut errors),
+    });
+    let rule = SequenceRuleConfig {
+        name: name.to_owned(),
+        description: spec.description.clone(),
+        priority: spec.priority,
+        action: action(spec.action),
+        dry_run: spec.dry_run,
+        requires,
+        forbids,
+        max_repeat,
+        min_interval,
+    };
+    if let Err(validation) = cfg::validate_rule(&rule) {
+        for error in from_validation("spec", validation) {
+            // The rule's name comes from metadata.name.
+            let field = if error.field == "spec.name" { "metadata.name".to_owned() } else { error.field };
+            errors.push(FieldError { field, message: error.message });
+        }
+    }
+    if errors.is_empty() { Ok(rule) } else { Err(errors) }
+}
+
+/// Where the enforcers report to; from the operator's flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportTarget {
+    /// Base URL of the operator's HTTPS server, e.g. `https://ordo-operator.ordo-system.svc:8443`.
+    pub base_url: String,
+    /// PEM bundle the enforcers trust for that server.
+    pub ca_pem: Option<String>,
+    /// Seconds between reports.
+    pub interval_seconds: u64,
+}
+
+/// Everything the rendered config depends on besides the ApiProtection spec.
+#[derive(Debug, Clone)]
+pub struct RenderInput<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub spec: &'a ApiProtectionSpec,
+    /// `http://host:port` the enforcers forward to.
+    pub upstream_url: String,
+    /// Port the proxy listens on (the target Service's targetPort when numeric).
+    pub listen_port: u16,
+    /// Port of the admin server (probes, metrics).
+    pub admin_port: u16,
+    /// Accepted rules of this protection (any order; rendered by priority).
+    pub rules: Vec<SequenceRuleConfig>,
+    /// The OpenAPI document copied from the referenced ConfigMap, if any.
+    pub openapi: Option<String>,
+    pub report: Option<ReportTarget>,
+}
+
+/// The rendered ConfigMap content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub config: EnforcerConfig,
+    /// ConfigMap `data`: the YAML config and the files it references.
+    pub data: BTreeMap<String, String>,
+    /// SHA-256 over `data`, the pod template annotation.
+    pub hash: String,
+}
+
+/// Renders the config; errors name `spec.…` fields.
+pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
+    let spec = input.spec;
+    let mut errors = Vec::new();
+    let session = session_config(&spec.session, &mut errors);
+    let mut rules = input.rules;
+    rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+    let rate_limits = spec
+        .rate_limits
+        .iter()
+        .enumerate()
+        .map(|(i, limit)| cfg::RateLimitConfig {
+            name: None,
+            operation: limit.operation.clone(),
+            requests: count(&format!("spec.rateLimits[{i}].requests"), limit.requests, &mut errors),
+            per: duration(&format!("spec.rateLimits[{i}].per"), &limit.per, &mut errors),
+            action: action(limit.action),
+        })
+        .collect();
+    let window = duration("spec.learning.window", &spec.learning.window, &mut errors);
+    let learning = LearningConfig {
+        min_requests: u64::try_from(spec.learning.min_requests).unwrap_or(0),
+        min_sessions: u64::try_from(spec.learning.min_sessions).unwrap_or(0),
+        window_seconds: window.std().as_secs().max(1),
+        sequence_order: usize::try_from(spec.learning.sequence_order).unwrap_or(1),
+        ..LearningConfig::default()
+    };
+    let detector = |d: &crd::DetectorSpec| DetectorConfig {
+        enabled: d.enabled,
+        action: action(d.action),
+        sensitivity: match d.sensitivity {
+            crd::Sensitivity::Low => cfg::Sensitivity::Low,
+            crd::Sensitivity::Medium => cfg::Sensitivity::Medium,
+            crd::Sensitivity::High => cfg::Sensitivity::High,
+        },
+    };
+    let detectors = DetectorsConfig {
+        shadow_endpoint: detector(&spec.detectors.shadow_endpoint),
+        request_shape: detector(&spec.detectors.request_shape),
+        unlikely_sequence: detector(&spec.detectors.unlikely_sequence),
+        volume: detector(&spec.detectors.volume),
+        enumeration: detector(&spec.detectors.enumeration),
+        credential_stuffing: detector(&spec.detectors.credential_stuffing),
+    };
+    let mut data = BTreeMap::new();
+    let open_api = input.openapi.map(|doc| {
+        data.insert(OPENAPI_KEY.to_owned(), doc);
+        cfg::OpenApiConfig {
+            path: format!("{}/{OPENAPI_KEY}", names::CONFIG_MOUNT).into(),
+            validate: true,
+            action: cfg::Action::Block,
+        }
+    });
+    let report = input.report.map(|target| {
+        let ca_file = target.ca_pem.map(|pem| {
+            data.insert(REPORT_CA_KEY.to_owned(), pem);
+            format!("{}/{REPORT_CA_KEY}", names::CONFIG_MOUNT).into()
+        });
+        ReportConfig {
+            url: format!(
+                "{}{}/{}/{}",
+                target.base_url.trim_end_matches('/'),
+                ordo_enforcer::report::REPORT_PATH_PREFIX,
+                input.namespace,
+                input.name
+            ),
+            token_file: format!("{}/{}", names::TOKEN_MOUNT, names::TOKEN_FILE).into(),
+            ca_file,
+            interval_seconds: target.interval_seconds,
+            timeout_seconds: 10,
+            replica: None,
+        }
+    });
+    let mut config = EnforcerConfig {
+        listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.listen_port)),
+        admin: cfg::AdminConfig {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.admin_port)),
+            ..cfg::AdminConfig::default()
+        },
+        upstream: cfg::UpstreamConfig { url: input.upstream_url, ..default_upstream() },
+        mode: match spec.mode {
+            crd::ProtectionMode::Learn => cfg::Mode::Learn,
+            crd::ProtectionMode::Monitor => cfg::Mode::Monitor,
+            crd::ProtectionMode::Enforce => cfg::Mode::Enforce,
+        },
+        failure_policy: match spec.enforcer.failure_policy {
+            crd::FailurePolicy::Open => cfg::FailurePolicy::Open,
+            crd::FailurePolicy::Closed => cfg::FailurePolicy::Closed,
+        },
+        client_address: cfg::ClientAddressConfig {
+            source: match spec.client_address.source {
+                crd::ClientAddressSource::Socket => cfg::ClientAddressSource::Socket,
+                crd::ClientAddressSource::XForwardedFor => cfg::ClientAddressSource::XForwardedFor,
+            },
+            trusted_hops: u8::try_from(spec.client_address.trusted_hops).unwrap_or(u8::MAX),
+        },
+        session,
+        operations: cfg::OperationsConfig::default(),
+        open_api,
+        learning,
+        detectors,
+        rules,
+        rate_limits,
+        limits: cfg::LimitsConfig {
+            max_body_bytes: u64::try_from(spec.enforcer.max_body_bytes).unwrap_or(0),
+            ..cfg::LimitsConfig::default()
+        },
+        incidents: cfg::IncidentsConfig::default(),
+        report,
+    };
+    if config.client_address.source == cfg::ClientAddressSource::Socket {
+        config.client_address.trusted_hops = cfg::ClientAddressConfig::default().trusted_hops;
+    }
+    if let Err(validation) = cfg::validate_config(&config) {
+        errors.extend(from_validation("", validation).into_iter().map(config_path_to_spec));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let yaml = serde_yaml_ng::to_string(&config)
+        .map_err(|err| vec![FieldError { field: "spec".into(), message: format!("rendering the config failed: {err}") }])?;
+    data.insert(CONFIG_KEY.to_owned(), yaml);
+    let hash = hash_data(&data);
+    Ok(Rendered { config, data, hash })
+}
+
+/// The upstream defaults of the enforcer config (everything but the URL).
+fn default_upstream() -> cfg::UpstreamConfig {
+    // The config type has no Default (the URL is required); parse a minimal document to get
+    // the defaults the enforcer itself applies.
+    serde_yaml_ng::from_str::<cfg::UpstreamConfig>("url: http://127.0.0.1:1").unwrap_or(cfg::UpstreamConfig {
+        url: String::new(),
+        connect_timeout: cfg::Duration::from_secs(5),
+        timeout: cfg::Duration::from_secs(30),
+        max_idle_connections: 256,
+        pool_idle_timeout: cfg::Duration::from_secs(90),
+    })
+}
+
+/// Maps a path of the rendered config back to the ApiProtection field it came from.
+fn config_path_to_spec(error: FieldError) -> FieldError {
+    let field = &error.field;
+    let mapped = if let Some(rest) = field.strip_prefix("rules") {
+        format!("sequenceRules{rest}")
+    } else if let Some(rest) = field.strip_prefix("limits.maxBodyBytes") {
+        format!("spec.enforcer.maxBodyBytes{rest}")
+    } else if field.starts_with("session")
+        || field.starts_with("clientAddress")
+        || field.starts_with("learning")
+        || field.starts_with("detectors")
+        || field.starts_with("rateLimits")
+        || field.starts_with("openAPI")
+        || field.starts_with("mode")
+    {
+        format!("spec.{field}")
+    } else {
+        field.clone()
+    };
+    FieldError { field: mapped, message: error.message }
+}
+
+fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg::SessionConfig {
+    let identifiers = spec
+        .identifiers
+        .iter()
+        .map(|id| cfg::SessionIdentifier {
+            jwt_claim: id
+                .jwt_claim
+                .as_ref()
+                .map(|j| cfg::JwtClaimIdentifier { header: j.header.clone(), claim: j.claim.clone() }),
+            header: id.header.as_ref().map(|h| cfg::NamedIdentifier { name: h.name.clone() }),
+            cookie: id.cookie.as_ref().map(|c| cfg::NamedIdentifier { name: c.name.clone() }),
+            query_param: id.query_param.as_ref().map(|q| cfg::NamedIdentifier { name: q.name.clone() }),
+            client_ip: id.client_ip.as_ref().map(|_| cfg::ClientIpIdentifier {}),
+        })
+        .collect();
+    let jwt_verification = spec.jwt_verification.as_ref().map(|jwt| cfg::JwtVerificationConfig {
+        keys: jwt
+            .algorithms
+            .iter()
+            .map(|alg| cfg::JwtKeyConfig {
+                algorithm: match alg {
+                    crd::JwtAlgorithm::Hs256 => cfg::JwtAlgorithm::HS256,
+                    crd::JwtAlgorithm::Rs256 => cfg::JwtAlgorithm::RS256,
+                    crd::JwtAlgorithm::Es256 => cfg::JwtAlgorithm::ES256,
+                },
+                kid: None,
+                secret: None,
+                public_key_pem: None,
+                file: Some(format!("{}/{}", names::JWT_MOUNT, jwt.secret_ref.key).into()),
+            })
+            .collect(),
+        on_invalid: match jwt.on_invalid {
+            crd::InvalidTokenPolicy::Reject => cfg::OnInvalidToken::Reject,
+            crd::InvalidTokenPolicy::FallThrough => cfg::OnInvalidToken::FallThrough,
+        },
+        require_exp: jwt.require_exp,
+        ..default_jwt()
+    });
+    cfg::SessionConfig {
+        identifiers,
+        idle_timeout: duration("spec.session.idleTimeout", &spec.idle_timeout, errors),
+        jwt_verification,
+        ..cfg::SessionConfig::default()
+    }
+}
+
+fn default_jwt() -> cfg::JwtVerificationConfig {
+    serde_yaml_ng::from_str::<cfg::JwtVerificationConfig>("keys: []").unwrap_or(cfg::JwtVerificationConfig {
+        keys: Vec::new(),
+        on_invalid: cfg::OnInvalidToken::Reject,
+        leeway: cfg::Duration::from_secs(30),
+        require_exp: true,
+        issuer: None,
+        audience: None,
+    })
+}
+
+/// SHA-256 over the ConfigMap data (keys sorted), hex.
+pub fn hash_data(data: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in data {
+        hasher.update((key.len() as u64).to_le_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_le_bytes());
+        hasher.update(value.as_bytes());
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a SequenceRule belongs to the named protection.
+pub fn rule_targets(rule: &SequenceRule, protection: &str) -> bool {
+    rule.spec.protection_ref.name == protection
+}

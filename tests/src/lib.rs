@@ -1,0 +1,1 @@
+//! Test support for Ordo's integration and end-to-end suites.
