@@ -41,11 +41,16 @@ binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubect
 sum_hash="$(cat go.mod go.sum | sha256sum | cut -d' ' -f1)"
 expected_stamp="k8s=$k8s_version etcd=$etcd_version kwok=$kwok_version modules=$sum_hash"
 
+# kwok has no built-in behaviour: its stages (node initialise + lease heartbeat, pod
+# ready/complete/delete) are copied from the pinned kwok module, next to the binaries.
+kwok_stages="$bin_dir/kwok-stages.yaml"
+
 all_present() {
     local b
     for b in "${binaries[@]}"; do
         [[ -x "$bin_dir/$b" ]] || return 1
     done
+    [[ -s "$kwok_stages" ]]
 }
 
 if [[ -f "$stamp" ]] && [[ "$(cat "$stamp")" == "$expected_stamp" ]] && all_present; then
@@ -118,6 +123,23 @@ for b in "${order[@]}"; do
     mv -f "$tmp" "$bin_dir/$b"
     log "$b: built in $((SECONDS - start))s"
 done
+
+if [[ ! -s "$kwok_stages" ]]; then
+    kwok_dir="$(go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)" || fail "cannot locate the kwok module source"
+    {
+        echo "# kwok $kwok_version stages, copied by tests/cluster/build.sh from $kwok_dir/kustomize/stage"
+        first=1
+        for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+            pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+            [[ -f "$kwok_dir/kustomize/stage/$f" ]] || fail "kwok stage $f is missing from $kwok_dir"
+            [[ $first == 1 ]] || echo "---"
+            first=0
+            cat "$kwok_dir/kustomize/stage/$f"
+        done
+    } >"$kwok_stages.tmp"
+    mv -f "$kwok_stages.tmp" "$kwok_stages"
+    log "kwok stages written to $kwok_stages"
+fi
 
 "$bin_dir/kube-apiserver" --version | grep -qx "Kubernetes $k8s_version" ||
     fail "kube-apiserver reports '$("$bin_dir/kube-apiserver" --version)', expected 'Kubernetes $k8s_version'"

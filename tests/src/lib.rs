@@ -1,1 +1,5 @@
 //! Test support for Ordo's integration and end-to-end suites.
+
+pub mod cluster;
+pub mod demo;
+pub mod sim;
