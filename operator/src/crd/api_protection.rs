@@ -9,14 +9,17 @@ use serde::{Deserialize, Serialize};
 use super::common::{Action, ConfigMapKeyRef};
 use super::learning::{DetectorsSpec, LearningSpec};
 use super::limits::{
-    DURATION_MAX_LENGTH, DURATION_PATTERN, IMAGE_MAX_LENGTH, MAX_RATE_LIMITS,
-    OPERATION_MAX_LENGTH, OPERATION_PATTERN, SERVICE_NAME_MAX_LENGTH, SERVICE_NAME_PATTERN,
+    DURATION_MAX_LENGTH, DURATION_PATTERN, IMAGE_MAX_LENGTH, MAX_RATE_LIMITS, OPERATION_MAX_LENGTH,
+    OPERATION_PATTERN, SERVICE_NAME_MAX_LENGTH, SERVICE_NAME_PATTERN,
 };
 use super::protection_status::ApiProtectionStatus;
 use super::session::{ClientAddressSpec, SessionSpec};
 
 /// Desired protection of one Service: the operator runs enforcer proxies in front of it that
 /// learn how the API is used, detect abuse, and block it in `Enforce` mode.
+// Clippy reads the repeated `type_ = "string"` of separate printer columns as duplicated
+// attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[kube(
     group = "ordo.dev",
@@ -31,23 +34,65 @@ use super::session::{ClientAddressSpec, SessionSpec};
     status = "ApiProtectionStatus",
     derive = "PartialEq",
     doc = "ApiProtection protects the HTTP API behind one Service against functional abuse: the operator runs enforcer proxies in front of the Service that learn each operation's normal use per session, detect deviations, group them into incidents, and block them in Enforce mode.",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.service", description = "Protected Service"),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode", description = "Learn, Monitor or Enforce"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
-    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.model.endpoints", description = "Operations the model knows"),
-    printcolumn(name = "Incidents", type_ = "integer", json_path = ".status.totals.openIncidents", description = "Open incidents"),
-    printcolumn(name = "Routing", type_ = "string", json_path = ".spec.routing", description = "Takeover or Alongside", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.service",
+        description = "Protected Service"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        description = "Learn, Monitor or Enforce"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Endpoints",
+        type_ = "integer",
+        json_path = ".status.model.endpoints",
+        description = "Operations the model knows"
+    ),
+    printcolumn(
+        name = "Incidents",
+        type_ = "integer",
+        json_path = ".status.totals.openIncidents",
+        description = "Open incidents"
+    ),
+    printcolumn(
+        name = "Routing",
+        type_ = "string",
+        json_path = ".spec.routing",
+        description = "Takeover or Alongside",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiProtectionSpec {
     /// The Service to protect, in the same namespace.
     pub target: TargetSpec,
-    /// What the enforcers do with what they detect. Default `Monitor`: detect and report,
-    /// never block; switch to `Enforce` once the reported incidents are the ones to stop.
+    /// What the enforcers do with what they detect: `Learn` observes and learns, never flags;
+    /// `Monitor` also detects and reports incidents, never blocks; `Enforce` also blocks where a
+    /// rule's or detector's action is `Block`. Default `Monitor`; switch to `Enforce` once the
+    /// reported incidents are the ones to stop.
     #[serde(default)]
     pub mode: ProtectionMode,
-    /// How traffic reaches the enforcers. Default `Takeover`.
+    /// How traffic reaches the enforcers. `Takeover` (default): the target Service keeps its
+    /// name and selects the enforcer pods, its original selector moves to a generated
+    /// `<service>-origin` Service and is restored when the ApiProtection is deleted; clients
+    /// change nothing. `Alongside`: a new `<service>-protected` Service fronts the enforcers and
+    /// the target Service is untouched (for GitOps-owned Services); clients must call the new
+    /// Service.
     #[serde(default)]
     pub routing: Routing,
     /// How requests are grouped into sessions.
@@ -142,7 +187,8 @@ pub struct EnforcerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// What an enforcer does when it cannot decide a request (an internal error): `Open`
-    /// forwards it, `Closed` refuses it with 503. Counted in metrics either way. Default `Open`.
+    /// forwards it (availability first), `Closed` refuses it with 503 (protection first).
+    /// Counted in metrics either way. Default `Open`.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
     /// Largest request body the enforcer buffers to inspect (JSON shape, OpenAPI validation);
@@ -173,7 +219,8 @@ fn default_max_body_bytes() -> i64 {
     1_048_576
 }
 
-/// Kubernetes image pull policy.
+/// Image pull policy of the enforcer container (`Always`, `IfNotPresent` or `Never`);
+/// Kubernetes' default when unset.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImagePullPolicy {
     /// Pull on every pod start.

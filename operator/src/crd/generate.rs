@@ -7,7 +7,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use super::{ApiProtection, SequenceRule};
@@ -67,9 +69,59 @@ impl std::fmt::Display for Drift {
     }
 }
 
-/// The CRDs of every Ordo resource.
+/// The CRDs of every Ordo resource, with descriptions reflowed for `kubectl explain`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![ApiProtection::crd(), SequenceRule::crd()]
+    vec![
+        reflow_descriptions(ApiProtection::crd()),
+        reflow_descriptions(SequenceRule::crd()),
+    ]
+}
+
+/// Joins the hard-wrapped lines of the doc comments that became schema descriptions, keeping
+/// paragraph breaks: `kubectl explain` wraps text to the terminal itself, and a description
+/// broken at column 100 reads badly there.
+fn reflow_descriptions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            reflow_schema(schema);
+        }
+    }
+    crd
+}
+
+fn reflow_schema(schema: &mut JSONSchemaProps) {
+    if let Some(description) = schema.description.as_mut() {
+        *description = reflow(description);
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        reflow_schema(child);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        reflow_schema(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(additional)) = schema.additional_properties.as_mut() {
+        reflow_schema(additional);
+    }
+}
+
+/// Paragraphs (separated by blank lines) become single lines.
+fn reflow(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            paragraph
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|paragraph| !paragraph.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// Renders every CRD as a YAML manifest.
@@ -78,10 +130,11 @@ pub fn manifests() -> Result<Vec<Manifest>, GenerateError> {
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
-            let yaml = serde_yaml_ng::to_string(&crd).map_err(|source| GenerateError::Serialize {
-                name: name.clone(),
-                source,
-            })?;
+            let yaml =
+                serde_yaml_ng::to_string(&crd).map_err(|source| GenerateError::Serialize {
+                    name: name.clone(),
+                    source,
+                })?;
             Ok(Manifest {
                 file_name: format!("{name}.yaml"),
                 content: format!("{HEADER}{yaml}"),

@@ -10,6 +10,7 @@
 
 pub mod api_protection;
 pub mod common;
+pub mod examples;
 pub mod generate;
 pub mod learning;
 pub mod limits;
@@ -24,8 +25,8 @@ pub use api_protection::{
 pub use common::{Action, ConfigMapKeyRef, SecretKeyRef};
 pub use learning::{DetectorSpec, DetectorsSpec, LearningSpec, Sensitivity};
 pub use protection_status::{
-    ApiProtectionStatus, Confidence, EndpointStatus, EnforcerCounts, IncidentStatus,
-    ModelSummary, ProtectionPhase, SequenceStatus, Severity, SuggestedRule, Totals,
+    ApiProtectionStatus, Confidence, EndpointStatus, EnforcerCounts, IncidentStatus, ModelSummary,
+    ProtectionPhase, SequenceStatus, Severity, SuggestedRule, Totals,
 };
 pub use sequence_rule::{
     ForbidsRule, MaxRepeatRule, MinIntervalRule, ProtectionRef, RequiresRule, RuleKind,

@@ -57,7 +57,11 @@ pub struct ApiProtectionStatus {
     pub totals: Option<Totals>,
 }
 
-/// Lifecycle phase of an ApiProtection.
+/// Lifecycle phase: `Pending` (resources being created, enforcers starting), `Learning`
+/// (model not yet mature, or mode `Learn`), `Protecting` (mature model, detecting and in
+/// `Enforce` blocking), `Degraded` (some enforcers not ready or not reporting), `Failed` (the
+/// protection cannot work, for example the target Service does not exist; the `Ready` condition
+/// says why).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProtectionPhase {
     /// Resources are being created or enforcers are starting.

@@ -15,6 +15,9 @@ use super::limits::{
 
 /// One rule about the order of operations within a session. Exactly one of `requires`,
 /// `forbids`, `maxRepeat` and `minInterval` is set.
+// Clippy reads the repeated `type_ = "string"` of separate printer columns as duplicated
+// attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq)]
 #[kube(
     group = "ordo.dev",
@@ -30,12 +33,41 @@ use super::limits::{
     derive = "PartialEq",
     selectable = ".spec.protectionRef.name",
     doc = "SequenceRule declares one rule about the order of operations within a session of the API that an ApiProtection (spec.protectionRef) protects: an operation that requires others before it, a forbidden sequence, a maximum run of one operation, or a minimum interval between two operations.",
-    printcolumn(name = "Protection", type_ = "string", json_path = ".spec.protectionRef.name", description = "ApiProtection the rule belongs to"),
-    printcolumn(name = "Kind", type_ = "string", json_path = ".status.ruleKind", description = "Requires, Forbids, MaxRepeat or MinInterval"),
-    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action", description = "Log or Block"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status", description = "Whether the enforcers run the rule"),
-    printcolumn(name = "Matches", type_ = "integer", json_path = ".status.matches", description = "Requests that matched"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Protection",
+        type_ = "string",
+        json_path = ".spec.protectionRef.name",
+        description = "ApiProtection the rule belongs to"
+    ),
+    printcolumn(
+        name = "Kind",
+        type_ = "string",
+        json_path = ".status.ruleKind",
+        description = "Requires, Forbids, MaxRepeat or MinInterval"
+    ),
+    printcolumn(
+        name = "Action",
+        type_ = "string",
+        json_path = ".spec.action",
+        description = "Log or Block"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
+        description = "Whether the enforcers run the rule"
+    ),
+    printcolumn(
+        name = "Matches",
+        type_ = "integer",
+        json_path = ".status.matches",
+        description = "Requests that matched"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -51,7 +83,8 @@ pub struct SequenceRuleSpec {
     #[x_kube(validation = Rule::new(format!("self >= 0 && self <= {MAX_PRIORITY}"))
         .message(Message::Message(format!("priority must be between 0 and {MAX_PRIORITY}"))))]
     pub priority: i32,
-    /// What a match does. Default `Log`.
+    /// What a match does: `Log` records it, `Block` also refuses the request with 403 when the
+    /// ApiProtection is in `Enforce` mode. Default `Log`.
     #[serde(default)]
     pub action: Action,
     /// Evaluate and count matches but never act on them, whatever `action` and the mode say:
@@ -79,7 +112,8 @@ pub struct SequenceRuleSpec {
     pub min_interval: Option<MinIntervalRule>,
 }
 
-/// The four kinds of sequence rule.
+/// Kind of a sequence rule: `Requires`, `Forbids`, `MaxRepeat` or `MinInterval` (which of the
+/// spec's rule fields is set).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RuleKind {
     /// `spec.requires` is set.

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::common::SecretKeyRef;
 use super::limits::{
-    CLAIM_PATTERN, DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_SESSION_IDENTIFIERS,
-    NAME_MAX_LENGTH, QUERY_PARAM_PATTERN, TOKEN_PATTERN,
+    CLAIM_PATTERN, DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_SESSION_IDENTIFIERS, NAME_MAX_LENGTH,
+    QUERY_PARAM_PATTERN, TOKEN_PATTERN,
 };
 
 /// How requests are grouped into sessions. A session is the unit the enforcer learns from and
@@ -176,7 +176,8 @@ pub struct JwtVerificationSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub algorithms: Vec<JwtAlgorithm>,
     /// What to do with a request whose token is present but invalid (bad signature, wrong
-    /// algorithm, expired, not yet valid). Default `Reject`.
+    /// algorithm, expired, not yet valid): `Reject` answers 401 without forwarding it,
+    /// `FallThrough` ignores the token and tries the next identifier. Default `Reject`.
     #[serde(default)]
     pub on_invalid: InvalidTokenPolicy,
     /// Whether a token without an `exp` claim is invalid. `exp` and `nbf` are always checked
@@ -227,7 +228,9 @@ pub enum InvalidTokenPolicy {
         .field_path(".trustedHops")
 )]
 pub struct ClientAddressSpec {
-    /// Where the address comes from. Default `Socket`.
+    /// Where the address comes from: `Socket` (the TCP peer, right when nothing proxies in
+    /// front of the enforcers) or `XForwardedFor` (the header, trusting `trustedHops`
+    /// proxies). Default `Socket`.
     #[serde(default)]
     pub source: ClientAddressSource,
     /// With `XForwardedFor`: how many proxies in front of the enforcer append to
