@@ -44,7 +44,9 @@ pub struct ResponseSummary {
 }
 
 /// How bad a finding is; incidents take the maximum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub enum Severity {
     Low,
     Medium,
@@ -53,7 +55,9 @@ pub enum Severity {
 }
 
 /// Which check produced a finding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub enum FindingKind {
     SequenceRule,
     RateLimit,
@@ -130,7 +134,13 @@ impl Analyzer for NoopAnalyzer {
         false
     }
 
-    fn inspect(&self, _ctx: &RequestContext<'_>, _state: &mut SessionState, _out: &mut Vec<Finding>) {}
+    fn inspect(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _state: &mut SessionState,
+        _out: &mut Vec<Finding>,
+    ) {
+    }
 
     fn observe(
         &self,

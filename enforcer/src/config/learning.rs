@@ -1,37 +1,135 @@
-//! Learning and detector settings (owned by the learned-model work; first version).
+//! Learning and detector settings: when the learned model may act (maturity), how it counts
+//! (windows, sequence order) and how much memory it may take (caps). Every field has a default
+//! (see `docs/detection.md`); the defaults let a small API — hundreds of sessions — become
+//! protected within minutes of traffic.
 
 use serde::{Deserialize, Serialize};
 
 use super::Action;
+use super::duration::Duration;
 
 /// Maturity thresholds, windows and caps of the learned model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct LearningConfig {
-    /// Requests the model must have seen before a detector may act.
+    /// Successful, unflagged requests the model must have learned from before any learned
+    /// detector may act.
     pub min_requests: u64,
-    /// Distinct sessions the model must have seen before a detector may act.
+    /// Distinct sessions the model must have learned from before any learned detector may act.
     pub min_sessions: u64,
-    /// Length of the volume / object window, in seconds.
+    /// How long the model remembers, in seconds (the CRD's `learning.window`): every window
+    /// all counts are halved (exponential ageing), so the model follows changes of the API.
     pub window_seconds: u64,
-    /// Order of the sequence model (previous operations considered).
+    /// Length of the per-session counting window of the volume, enumeration, not-found and
+    /// authentication-failure detectors (windows are aligned to the clock, as 10-minute buckets).
+    pub volume_window: Duration,
+    /// Longest context (previous operations) of the sequence model.
     pub sequence_order: usize,
+    /// Observations of a sequence context before it may judge a transition.
+    pub min_context_observations: u64,
+    /// Successful requests of an operation before its request shape is enforced.
+    pub min_operation_requests: u64,
+    /// Successful requests before an operation counts as part of the known inventory.
+    pub min_endpoint_requests: u64,
+    /// Session windows of an operation before its volume and object baselines are used.
+    pub min_volume_windows: u64,
     /// Cap on learned operations.
     pub max_operations: usize,
-    /// Cap on sequence contexts.
+    /// Cap on sequence contexts (least-counted ones are evicted).
     pub max_contexts: usize,
+    /// Cap on profiled parameters per operation (and on profiled headers and cookies).
+    pub max_params: usize,
+    /// Most distinct values a parameter may have to be kept as an enum.
+    pub max_enum_values: usize,
+    /// Cap on client addresses tracked for authentication failures.
+    pub max_tracked_clients: usize,
+    /// Standalone persistence: the model is loaded from this file at start (when it exists)
+    /// and written back every `persistSeconds` and at shutdown. In a cluster the operator
+    /// keeps the merged model instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_file: Option<std::path::PathBuf>,
+    /// Seconds between writes of `modelFile`.
+    pub persist_seconds: u64,
 }
 
 impl Default for LearningConfig {
     fn default() -> Self {
         Self {
-            min_requests: 2000,
-            min_sessions: 100,
-            window_seconds: 600,
+            min_requests: 1000,
+            min_sessions: 50,
+            window_seconds: 24 * 3600,
+            volume_window: Duration::from_secs(600),
             sequence_order: 8,
+            min_context_observations: 50,
+            min_operation_requests: 30,
+            min_endpoint_requests: 3,
+            min_volume_windows: 50,
             max_operations: 512,
             max_contexts: 50_000,
+            max_params: 64,
+            max_enum_values: 16,
+            max_tracked_clients: 65_536,
+            model_file: None,
+            persist_seconds: 60,
         }
+    }
+}
+
+impl LearningConfig {
+    /// Problems with field paths relative to `learning` (empty when valid).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !(1..=9).contains(&self.sequence_order) {
+            problems.push((
+                "sequenceOrder",
+                format!("must be between 1 and 9, got {}", self.sequence_order),
+            ));
+        }
+        if self.volume_window.std() < std::time::Duration::from_secs(10)
+            || self.volume_window.std() > std::time::Duration::from_secs(24 * 3600)
+        {
+            problems.push((
+                "volumeWindow",
+                format!("must be between 10s and 24h, got {}", self.volume_window),
+            ));
+        }
+        if self.window_seconds < 60 {
+            problems.push((
+                "windowSeconds",
+                format!("must be at least 60, got {}", self.window_seconds),
+            ));
+        }
+        if self.max_operations == 0 || self.max_operations > 65_000 {
+            problems.push((
+                "maxOperations",
+                format!("must be between 1 and 65000, got {}", self.max_operations),
+            ));
+        }
+        if self.max_contexts < 100 {
+            problems.push((
+                "maxContexts",
+                format!("must be at least 100, got {}", self.max_contexts),
+            ));
+        }
+        if self.max_params == 0 {
+            problems.push(("maxParams", "must be at least 1".to_owned()));
+        }
+        if self.max_enum_values == 0 || self.max_enum_values > 256 {
+            problems.push((
+                "maxEnumValues",
+                format!("must be between 1 and 256, got {}", self.max_enum_values),
+            ));
+        }
+        if self.model_file.is_some() && self.persist_seconds == 0 {
+            problems.push((
+                "persistSeconds",
+                "must be at least 1 when modelFile is set".to_owned(),
+            ));
+        }
+        if self.max_tracked_clients == 0 {
+            problems.push(("maxTrackedClients", "must be at least 1".to_owned()));
+        }
+        problems
     }
 }
 
@@ -55,7 +153,11 @@ pub struct DetectorConfig {
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        Self { enabled: true, action: Action::Log, sensitivity: Sensitivity::Medium }
+        Self {
+            enabled: true,
+            action: Action::Log,
+            sensitivity: Sensitivity::Medium,
+        }
     }
 }
 
@@ -69,4 +171,44 @@ pub struct DetectorsConfig {
     pub volume: DetectorConfig,
     pub enumeration: DetectorConfig,
     pub credential_stuffing: DetectorConfig,
+}
+
+impl DetectorsConfig {
+    /// Every detector with the same action (used by tests and the evaluation).
+    pub fn all(action: Action) -> Self {
+        let one = DetectorConfig {
+            enabled: true,
+            action,
+            sensitivity: Sensitivity::Medium,
+        };
+        Self {
+            shadow_endpoint: one.clone(),
+            request_shape: one.clone(),
+            unlikely_sequence: one.clone(),
+            volume: one.clone(),
+            enumeration: one.clone(),
+            credential_stuffing: one,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_parse_from_yaml() {
+        assert!(LearningConfig::default().problems().is_empty());
+        let parsed: LearningConfig =
+            serde_yaml_ng::from_str("minSessions: 10\nvolumeWindow: 5m\nsequenceOrder: 4\n")
+                .unwrap();
+        assert_eq!(parsed.min_sessions, 10);
+        assert_eq!(parsed.volume_window, Duration::from_secs(300));
+        assert_eq!(parsed.min_requests, 1000);
+        let bad = LearningConfig {
+            sequence_order: 0,
+            ..LearningConfig::default()
+        };
+        assert_eq!(bad.problems()[0].0, "sequenceOrder");
+    }
 }

@@ -8,7 +8,10 @@ use super::{EnforcerConfig, ValidationErrors, validate_config};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A YAML syntax or type error, with the path of the offending field (e.g. `rules[2].action`).
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -21,8 +24,20 @@ pub fn parse_yaml(text: &str) -> Result<EnforcerConfig, ConfigError> {
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
     let config: EnforcerConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
-        let path = if path == "." { "(document)".to_owned() } else { path };
-        ConfigError::Parse { path, message: err.into_inner().to_string() }
+        let path = if path == "." {
+            "(document)".to_owned()
+        } else {
+            path
+        };
+        let message = err.into_inner().to_string();
+        // serde_yaml_ng prefixes its own (shorter) path; ours is more precise.
+        let message = match message.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => {
+                rest.to_owned()
+            }
+            _ => message,
+        };
+        ConfigError::Parse { path, message }
     })?;
     validate_config(&config)?;
     Ok(config)
@@ -30,8 +45,10 @@ pub fn parse_yaml(text: &str) -> Result<EnforcerConfig, ConfigError> {
 
 /// Reads, parses and validates the file at `path`.
 pub fn load_file(path: &Path) -> Result<EnforcerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_yaml(&text)
 }
 
@@ -41,10 +58,15 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named_with_its_path() {
-        let err = parse_yaml("upstream:\n  url: http://127.0.0.1:1\nrules:\n  - name: a\n    colour: red\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("rules[0]: unknown field `colour`"), "{err}");
+        let err = parse_yaml(
+            "upstream:\n  url: http://127.0.0.1:1\nrules:\n  - name: a\n    colour: red\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("rules[0].colour: unknown field `colour`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -60,7 +82,20 @@ rules:
     requires: { operation: "POST /t", after: ["GET /a", "GET accounts"] }
 "#;
         let err = parse_yaml(yaml).unwrap_err().to_string();
-        assert!(err.contains("rules[2].requires.after[1]: invalid operation \"GET accounts\""), "{err}");
+        assert!(
+            err.contains("rules[2].requires.after[1]: invalid operation \"GET accounts\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_report_section_is_rejected_at_load() {
+        let yaml = "upstream: { url: \"http://127.0.0.1:1\" }\nreport:\n  url: https://ordo-operator.ordo-system.svc:8443\n  tokenFile: /var/run/secrets/ordo/token\n";
+        let err = parse_yaml(yaml).unwrap_err().to_string();
+        assert!(
+            err.contains("report.caFile: required for an https url"),
+            "{err}"
+        );
     }
 
     #[test]

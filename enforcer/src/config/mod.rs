@@ -4,6 +4,7 @@
 mod duration;
 pub mod learning;
 mod load;
+mod reload;
 
 mod validate;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::Duration;
 pub use learning::{DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
 pub use load::{ConfigError, load_file, parse_yaml};
+pub use reload::{ConfigWatcher, ReloadOutcome};
 
 pub use validate::{ValidationError, ValidationErrors, validate_config, validate_rule};
 
@@ -116,7 +118,11 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: default_admin_listen(), token: None, token_file: None }
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+            token_file: None,
+        }
     }
 }
 
@@ -179,7 +185,10 @@ fn default_trusted_hops() -> u8 {
 
 impl Default for ClientAddressConfig {
     fn default() -> Self {
-        Self { source: ClientAddressSource::Socket, trusted_hops: default_trusted_hops() }
+        Self {
+            source: ClientAddressSource::Socket,
+            trusted_hops: default_trusted_hops(),
+        }
     }
 }
 
@@ -207,10 +216,16 @@ pub struct SessionConfig {
 fn default_identifiers() -> Vec<SessionIdentifier> {
     vec![
         SessionIdentifier {
-            jwt_claim: Some(JwtClaimIdentifier { header: default_authorization(), claim: "sub".into() }),
+            jwt_claim: Some(JwtClaimIdentifier {
+                header: default_authorization(),
+                claim: "sub".into(),
+            }),
             ..SessionIdentifier::default()
         },
-        SessionIdentifier { client_ip: Some(ClientIpIdentifier {}), ..SessionIdentifier::default() },
+        SessionIdentifier {
+            client_ip: Some(ClientIpIdentifier {}),
+            ..SessionIdentifier::default()
+        },
     ]
 }
 fn default_idle_timeout() -> Duration {
@@ -291,7 +306,10 @@ fn default_history_duration() -> Duration {
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { requests: default_history_requests(), duration: default_history_duration() }
+        Self {
+            requests: default_history_requests(),
+            duration: default_history_duration(),
+        }
     }
 }
 
@@ -373,7 +391,12 @@ pub struct OperationsConfig {
 
 impl Default for OperationsConfig {
     fn default() -> Self {
-        Self { learn: true, max_templates: 1000, max_values_per_position: 32, max_segments: 16 }
+        Self {
+            learn: true,
+            max_templates: 1000,
+            max_values_per_position: 32,
+            max_segments: 16,
+        }
     }
 }
 
@@ -433,7 +456,10 @@ pub struct Within {
 
 impl Default for Within {
     fn default() -> Self {
-        Self { requests: default_history_requests(), duration: default_history_duration() }
+        Self {
+            requests: default_history_requests(),
+            duration: default_history_duration(),
+        }
     }
 }
 
@@ -529,6 +555,9 @@ pub struct IncidentsConfig {
 
 impl Default for IncidentsConfig {
     fn default() -> Self {
-        Self { inactivity_window: Duration::from_secs(15 * 60), max_incidents: 1000 }
+        Self {
+            inactivity_window: Duration::from_secs(15 * 60),
+            max_incidents: 1000,
+        }
     }
 }

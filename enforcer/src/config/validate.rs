@@ -26,7 +26,10 @@ pub struct ValidationErrors(pub Vec<ValidationError>);
 
 impl ValidationErrors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ValidationError { path: path.into(), message: message.into() });
+        self.0.push(ValidationError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     fn into_result(self) -> Result<(), Self> {
@@ -35,8 +38,15 @@ impl ValidationErrors {
 
     fn extend_prefixed(&mut self, prefix: &str, other: Self) {
         for e in other.0 {
-            let path = if e.path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", e.path) };
-            self.0.push(ValidationError { path, message: e.message });
+            let path = if e.path.is_empty() {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{}", e.path)
+            };
+            self.0.push(ValidationError {
+                path,
+                message: e.message,
+            });
         }
     }
 }
@@ -65,11 +75,17 @@ fn check_within(errors: &mut ValidationErrors, path: &str, within: &Within) {
     if within.requests == 0 || within.requests > MAX_HISTORY_REQUESTS {
         errors.push(
             format!("{path}.requests"),
-            format!("must be between 1 and {MAX_HISTORY_REQUESTS}, got {}", within.requests),
+            format!(
+                "must be between 1 and {MAX_HISTORY_REQUESTS}, got {}",
+                within.requests
+            ),
         );
     }
     if within.duration.std().is_zero() || within.duration.std() > MAX_WINDOW {
-        errors.push(format!("{path}.duration"), format!("must be between 1ms and 24h, got {}", within.duration));
+        errors.push(
+            format!("{path}.duration"),
+            format!("must be between 1ms and 24h, got {}", within.duration),
+        );
     }
 }
 
@@ -78,20 +94,45 @@ pub fn validate_rule(rule: &SequenceRuleConfig) -> Result<(), ValidationErrors> 
     let mut errors = ValidationErrors::default();
     let name_ok = !rule.name.is_empty()
         && rule.name.len() <= 253
-        && rule.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        && rule
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
     if !name_ok {
-        errors.push("name", format!("{:?} must be 1-253 characters of letters, digits, '-', '_', '.', '/'", rule.name));
+        errors.push(
+            "name",
+            format!(
+                "{:?} must be 1-253 characters of letters, digits, '-', '_', '.', '/'",
+                rule.name
+            ),
+        );
     }
-    let kinds = [rule.requires.is_some(), rule.forbids.is_some(), rule.max_repeat.is_some(), rule.min_interval.is_some()];
+    let kinds = [
+        rule.requires.is_some(),
+        rule.forbids.is_some(),
+        rule.max_repeat.is_some(),
+        rule.min_interval.is_some(),
+    ];
     match kinds.iter().filter(|set| **set).count() {
         1 => {}
-        0 => errors.push("", "exactly one of requires, forbids, maxRepeat, minInterval must be set, found none"),
-        n => errors.push("", format!("exactly one of requires, forbids, maxRepeat, minInterval must be set, found {n}")),
+        0 => errors.push(
+            "",
+            "exactly one of requires, forbids, maxRepeat, minInterval must be set, found none",
+        ),
+        n => errors.push(
+            "",
+            format!(
+                "exactly one of requires, forbids, maxRepeat, minInterval must be set, found {n}"
+            ),
+        ),
     }
     if let Some(r) = &rule.requires {
         check_operation(&mut errors, "requires.operation", &r.operation);
         if r.after.is_empty() || r.after.len() > 9 {
-            errors.push("requires.after", format!("must list 1 to 9 operations, got {}", r.after.len()));
+            errors.push(
+                "requires.after",
+                format!("must list 1 to 9 operations, got {}", r.after.len()),
+            );
         }
         for (i, op) in r.after.iter().enumerate() {
             check_operation(&mut errors, &format!("requires.after[{i}]"), op);
@@ -100,13 +141,20 @@ pub fn validate_rule(rule: &SequenceRuleConfig) -> Result<(), ValidationErrors> 
         if r.within.requests > 0 && (r.after.len() as u64) > u64::from(r.within.requests) {
             errors.push(
                 "requires.within.requests",
-                format!("{} operations cannot fit in a window of {} requests", r.after.len(), r.within.requests),
+                format!(
+                    "{} operations cannot fit in a window of {} requests",
+                    r.after.len(),
+                    r.within.requests
+                ),
             );
         }
     }
     if let Some(r) = &rule.forbids {
         if r.sequence.len() < 2 || r.sequence.len() > 10 {
-            errors.push("forbids.sequence", format!("must list 2 to 10 operations, got {}", r.sequence.len()));
+            errors.push(
+                "forbids.sequence",
+                format!("must list 2 to 10 operations, got {}", r.sequence.len()),
+            );
         }
         for (i, op) in r.sequence.iter().enumerate() {
             check_operation(&mut errors, &format!("forbids.sequence[{i}]"), op);
@@ -115,7 +163,11 @@ pub fn validate_rule(rule: &SequenceRuleConfig) -> Result<(), ValidationErrors> 
         if r.within.requests > 0 && (r.sequence.len() as u64) > u64::from(r.within.requests) + 1 {
             errors.push(
                 "forbids.within.requests",
-                format!("{} operations cannot fit in a window of {} requests", r.sequence.len(), r.within.requests),
+                format!(
+                    "{} operations cannot fit in a window of {} requests",
+                    r.sequence.len(),
+                    r.within.requests
+                ),
             );
         }
     }
@@ -124,7 +176,11 @@ pub fn validate_rule(rule: &SequenceRuleConfig) -> Result<(), ValidationErrors> 
         if r.count == 0 || r.count >= MAX_HISTORY_REQUESTS {
             errors.push(
                 "maxRepeat.count",
-                format!("must be between 1 and {}, got {}", MAX_HISTORY_REQUESTS - 1, r.count),
+                format!(
+                    "must be between 1 and {}, got {}",
+                    MAX_HISTORY_REQUESTS - 1,
+                    r.count
+                ),
             );
         }
     }
@@ -132,7 +188,10 @@ pub fn validate_rule(rule: &SequenceRuleConfig) -> Result<(), ValidationErrors> 
         check_operation(&mut errors, "minInterval.from", &r.from);
         check_operation(&mut errors, "minInterval.to", &r.to);
         if r.duration.std().is_zero() || r.duration.std() > MAX_WINDOW {
-            errors.push("minInterval.duration", format!("must be between 1ms and 24h, got {}", r.duration));
+            errors.push(
+                "minInterval.duration",
+                format!("must be between 1ms and 24h, got {}", r.duration),
+            );
         }
     }
     errors.into_result()
@@ -154,11 +213,20 @@ fn check_identifier(errors: &mut ValidationErrors, path: &str, id: &SessionIdent
         );
     }
     let names = [
-        (id.jwt_claim.as_ref().map(|j| j.header.as_str()), "jwtClaim.header"),
-        (id.jwt_claim.as_ref().map(|j| j.claim.as_str()), "jwtClaim.claim"),
+        (
+            id.jwt_claim.as_ref().map(|j| j.header.as_str()),
+            "jwtClaim.header",
+        ),
+        (
+            id.jwt_claim.as_ref().map(|j| j.claim.as_str()),
+            "jwtClaim.claim",
+        ),
         (id.header.as_ref().map(|n| n.name.as_str()), "header.name"),
         (id.cookie.as_ref().map(|n| n.name.as_str()), "cookie.name"),
-        (id.query_param.as_ref().map(|n| n.name.as_str()), "queryParam.name"),
+        (
+            id.query_param.as_ref().map(|n| n.name.as_str()),
+            "queryParam.name",
+        ),
     ];
     for (value, field) in names {
         if value.is_some_and(str::is_empty) {
@@ -166,14 +234,20 @@ fn check_identifier(errors: &mut ValidationErrors, path: &str, id: &SessionIdent
         }
     }
     for (header, field) in [
-        (id.jwt_claim.as_ref().map(|j| j.header.as_str()), "jwtClaim.header"),
+        (
+            id.jwt_claim.as_ref().map(|j| j.header.as_str()),
+            "jwtClaim.header",
+        ),
         (id.header.as_ref().map(|n| n.name.as_str()), "header.name"),
     ] {
         if let Some(h) = header
             && !h.is_empty()
             && http::HeaderName::from_bytes(h.as_bytes()).is_err()
         {
-            errors.push(format!("{path}.{field}"), format!("{h:?} is not a valid header name"));
+            errors.push(
+                format!("{path}.{field}"),
+                format!("{h:?} is not a valid header name"),
+            );
         }
     }
 }
@@ -184,16 +258,28 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     match config.upstream.url.parse::<http::Uri>() {
         Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
             if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-                errors.push("upstream.url", "must be http://host:port without a path or query");
+                errors.push(
+                    "upstream.url",
+                    "must be http://host:port without a path or query",
+                );
             }
         }
-        Ok(_) => errors.push("upstream.url", format!("{:?} must be an http:// URL with a host", config.upstream.url)),
-        Err(e) => errors.push("upstream.url", format!("{:?} is not a URL: {e}", config.upstream.url)),
+        Ok(_) => errors.push(
+            "upstream.url",
+            format!(
+                "{:?} must be an http:// URL with a host",
+                config.upstream.url
+            ),
+        ),
+        Err(e) => errors.push(
+            "upstream.url",
+            format!("{:?} is not a URL: {e}", config.upstream.url),
+        ),
     }
     if config.upstream.timeout.std().is_zero() {
         errors.push("upstream.timeout", "must be greater than 0");
     }
-    if config.admin.listen == config.listen {
+    if config.admin.listen == config.listen && config.listen.port() != 0 {
         errors.push("admin.listen", "must differ from listen");
     }
     if config.admin.token.is_some() && config.admin.token_file.is_some() {
@@ -212,7 +298,10 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     if history.requests == 0 || history.requests > MAX_HISTORY_REQUESTS {
         errors.push(
             "session.history.requests",
-            format!("must be between 1 and {MAX_HISTORY_REQUESTS}, got {}", history.requests),
+            format!(
+                "must be between 1 and {MAX_HISTORY_REQUESTS}, got {}",
+                history.requests
+            ),
         );
     }
     if history.duration.std().is_zero() || history.duration.std() > MAX_WINDOW {
@@ -224,20 +313,39 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
         }
         for (i, key) in jwt.keys.iter().enumerate() {
             let path = format!("session.jwtVerification.keys[{i}]");
-            let sources = [key.secret.is_some(), key.public_key_pem.is_some(), key.file.is_some()];
+            let sources = [
+                key.secret.is_some(),
+                key.public_key_pem.is_some(),
+                key.file.is_some(),
+            ];
             if sources.iter().filter(|s| **s).count() != 1 {
-                errors.push(&path, "exactly one of secret, publicKeyPem, file must be set");
+                errors.push(
+                    &path,
+                    "exactly one of secret, publicKeyPem, file must be set",
+                );
             }
             match key.algorithm {
-                JwtAlgorithm::HS256 if key.public_key_pem.is_some() => {
-                    errors.push(format!("{path}.publicKeyPem"), "HS256 takes a secret, not a public key")
-                }
-                JwtAlgorithm::RS256 | JwtAlgorithm::ES256 if key.secret.is_some() => {
-                    errors.push(format!("{path}.secret"), "RS256/ES256 take a public key, not a secret")
-                }
+                JwtAlgorithm::HS256 if key.public_key_pem.is_some() => errors.push(
+                    format!("{path}.publicKeyPem"),
+                    "HS256 takes a secret, not a public key",
+                ),
+                JwtAlgorithm::RS256 | JwtAlgorithm::ES256 if key.secret.is_some() => errors.push(
+                    format!("{path}.secret"),
+                    "RS256/ES256 take a public key, not a secret",
+                ),
                 _ => {}
             }
         }
+    }
+    for (field, message) in config.learning.problems() {
+        errors.push(format!("learning.{field}"), message);
+    }
+    // The report section is checked with the rest so that a bad URL or a missing CA file is
+    // rejected at load (and by the operator's webhook), not only when the client starts.
+    if let Some(report) = &config.report
+        && let Err(crate::report::ReportError::Config { field, message }) = report.validate()
+    {
+        errors.push(field, message);
     }
     if config.operations.max_templates == 0 {
         errors.push("operations.maxTemplates", "must be at least 1");
@@ -255,9 +363,15 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
             errors.extend_prefixed(&prefix, rule_errors);
         }
         if !names.insert(rule.name.as_str()) {
-            errors.push(format!("{prefix}.name"), format!("duplicate rule name {:?}", rule.name));
+            errors.push(
+                format!("{prefix}.name"),
+                format!("duplicate rule name {:?}", rule.name),
+            );
         }
-        let window = [rule.requires.as_ref().map(|r| &r.within), rule.forbids.as_ref().map(|r| &r.within)];
+        let window = [
+            rule.requires.as_ref().map(|r| &r.within),
+            rule.forbids.as_ref().map(|r| &r.within),
+        ];
         for (within, kind) in window.into_iter().zip(["requires", "forbids"]) {
             if let Some(within) = within {
                 if within.requests > history.requests {
@@ -269,7 +383,10 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
                 if within.duration > history.duration {
                     errors.push(
                         format!("{prefix}.{kind}.within.duration"),
-                        format!("{} exceeds the session history of {} (session.history.duration)", within.duration, history.duration),
+                        format!(
+                            "{} exceeds the session history of {} (session.history.duration)",
+                            within.duration, history.duration
+                        ),
                     );
                 }
             }
@@ -279,7 +396,10 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
         {
             errors.push(
                 format!("{prefix}.maxRepeat.count"),
-                format!("{} needs a history longer than session.history.requests ({})", r.count, history.requests),
+                format!(
+                    "{} needs a history longer than session.history.requests ({})",
+                    r.count, history.requests
+                ),
             );
         }
         if let Some(r) = &rule.min_interval
@@ -287,13 +407,20 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
         {
             errors.push(
                 format!("{prefix}.minInterval.duration"),
-                format!("{} exceeds the session history of {} (session.history.duration)", r.duration, history.duration),
+                format!(
+                    "{} exceeds the session history of {} (session.history.duration)",
+                    r.duration, history.duration
+                ),
             );
         }
     }
     for (i, limit) in config.rate_limits.iter().enumerate() {
         let prefix = format!("rateLimits[{i}]");
-        check_operation(&mut errors, &format!("{prefix}.operation"), &limit.operation);
+        check_operation(
+            &mut errors,
+            &format!("{prefix}.operation"),
+            &limit.operation,
+        );
         if limit.requests == 0 {
             errors.push(format!("{prefix}.requests"), "must be at least 1");
         }

@@ -23,10 +23,20 @@ pub enum OperationOrigin {
 }
 
 /// A resolved operation. Cheap to clone through `Arc`; ids are stable for the process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation {
     pub id: u32,
     /// Display form, e.g. `GET /api/v1/accounts/{var1}/balance`.
     pub template: Arc<str>,
     pub origin: OperationOrigin,
 }
+
+pub mod openapi;
+mod query;
+mod resolver;
+mod shape;
+
+pub use openapi::{OpenApiDocument, OpenApiError, OperationSchema, load_openapi, parse_openapi};
+pub use query::{MAX_QUERY_PAIRS, parse_query};
+pub use resolver::{DeclaredSet, OperationResolver, Resolved, ResolverStats, Template};
+pub use shape::looks_variable;

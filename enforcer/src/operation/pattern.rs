@@ -23,23 +23,31 @@ pub struct OperationPattern {
 impl OperationPattern {
     /// Parses `METHOD /path`; the reason is a sentence fragment for validation errors.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (method, path) = text
-            .split_once(' ')
-            .ok_or_else(|| "expected \"METHOD /path\", e.g. \"GET /api/v1/accounts/{id}\"".to_owned())?;
+        let (method, path) = text.split_once(' ').ok_or_else(|| {
+            "expected \"METHOD /path\", e.g. \"GET /api/v1/accounts/{id}\"".to_owned()
+        })?;
         if !METHODS.contains(&method) {
-            return Err(format!("method {method:?} is not one of {}", METHODS.join(", ")));
+            return Err(format!(
+                "method {method:?} is not one of {}",
+                METHODS.join(", ")
+            ));
         }
         let method = http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
         if !path.starts_with('/') {
             return Err("the path must start with \"/\"".to_owned());
         }
-        if let Some(bad) = path.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#')) {
+        if let Some(bad) = path
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+        {
             return Err(format!("the path must not contain {bad:?}"));
         }
         let mut segments = Vec::new();
         for raw in split_path(path) {
             if let Some(inner) = raw.strip_prefix('{') {
-                let name = inner.strip_suffix('}').ok_or_else(|| format!("unclosed parameter in segment {raw:?}"))?;
+                let name = inner
+                    .strip_suffix('}')
+                    .ok_or_else(|| format!("unclosed parameter in segment {raw:?}"))?;
                 if name.is_empty() || name.contains(['{', '}']) {
                     return Err(format!("invalid parameter segment {raw:?}"));
                 }
@@ -95,13 +103,18 @@ impl OperationPattern {
 
     /// Number of literal segments (more literals = more specific).
     pub fn literal_count(&self) -> usize {
-        self.segments.iter().filter(|s| matches!(s, PatternSegment::Literal(_))).count()
+        self.segments
+            .iter()
+            .filter(|s| matches!(s, PatternSegment::Literal(_)))
+            .count()
     }
 }
 
 /// Normalizes a written operation (`GET /a/{id}` → `GET /a/{}`), or `None` when invalid.
 pub fn normalize_operation(text: &str) -> Option<String> {
-    OperationPattern::parse(text).ok().map(|p| p.normalized_key())
+    OperationPattern::parse(text)
+        .ok()
+        .map(|p| p.normalized_key())
 }
 
 /// Splits a path into its non-empty segments (`/a//b/` → `a`, `b`).
@@ -124,12 +137,23 @@ mod tests {
 
     #[test]
     fn rejects_bad_syntax() {
-        assert!(OperationPattern::parse("GET accounts").unwrap_err().contains("must start with"));
-        assert!(OperationPattern::parse("FETCH /a").unwrap_err().contains("method"));
+        assert!(
+            OperationPattern::parse("GET accounts")
+                .unwrap_err()
+                .contains("must start with")
+        );
+        assert!(
+            OperationPattern::parse("FETCH /a")
+                .unwrap_err()
+                .contains("method")
+        );
         assert!(OperationPattern::parse("GET /a/{id").is_err());
         assert!(OperationPattern::parse("GET /a/x{id}").is_err());
         assert!(OperationPattern::parse("GET /a?b=1").is_err());
         assert!(OperationPattern::parse("GET").is_err());
-        assert_eq!(OperationPattern::parse("GET /").unwrap().normalized_key(), "GET /");
+        assert_eq!(
+            OperationPattern::parse("GET /").unwrap().normalized_key(),
+            "GET /"
+        );
     }
 }

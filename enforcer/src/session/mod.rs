@@ -21,3 +21,15 @@ pub struct RecentOp {
     /// Unix milliseconds.
     pub at_ms: u64,
 }
+
+mod client;
+mod history;
+mod identify;
+pub mod jwt;
+mod table;
+
+pub use client::client_address;
+pub use history::{History, MAX_HISTORY};
+pub use identify::{InvalidToken, SessionIdentifiers};
+pub use jwt::JwtConfigError;
+pub use table::{LimitSlot, SessionEntry, SessionTable, TableStats};

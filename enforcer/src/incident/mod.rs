@@ -1,0 +1,428 @@
+//! Incidents: the findings of one session (of one client address for credential
+//! stuffing) within an inactivity window, with a deterministic plain-language summary.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::analysis::{Finding, FindingKind, Severity};
+use crate::policy::format_unix_ms;
+
+/// Distinct (kind, rule, operation) groups kept per incident for its summary.
+const MAX_GROUPS: usize = 16;
+/// Operations listed per incident.
+const MAX_OPERATIONS: usize = 32;
+
+#[derive(Debug, Clone)]
+struct Group {
+    kind: FindingKind,
+    rule: Option<String>,
+    operation: String,
+    count: u64,
+    first_ms: u64,
+    last_ms: u64,
+    explanation: String,
+}
+
+/// One incident as the admin API and reports show it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Incident {
+    pub id: String,
+    pub session: String,
+    pub client: IpAddr,
+    pub severity: Severity,
+    pub kinds: BTreeSet<FindingKind>,
+    pub operations: BTreeSet<String>,
+    pub rules: BTreeSet<String>,
+    /// Requests of the session while the incident was open.
+    pub requests: u64,
+    /// Requests that carried findings.
+    pub flagged: u64,
+    pub blocked: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub summary: String,
+    #[serde(skip)]
+    pub first_seen_ms: u64,
+    #[serde(skip)]
+    pub last_seen_ms: u64,
+    #[serde(skip)]
+    groups: Vec<Group>,
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+fn span(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 120_000 {
+        format!("{} s", ms / 1000)
+    } else if ms < 7_200_000 {
+        format!("{} min", ms / 60_000)
+    } else {
+        format!("{} h", ms / 3_600_000)
+    }
+}
+
+impl Incident {
+    fn rebuild_summary(&mut self) {
+        let mut s = String::with_capacity(256);
+        // A credential-stuffing incident is keyed by the client address, not a session.
+        if self.session.starts_with("client ") {
+            let _ = write!(s, "Client {} ", self.client);
+        } else {
+            let _ = write!(s, "Session {} ({}) ", self.session, self.client);
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            if i > 0 {
+                s.push_str("; it also ");
+            }
+            match g.kind {
+                FindingKind::SequenceRule
+                | FindingKind::RateLimit
+                | FindingKind::SchemaViolation => {
+                    let times = if g.count == 1 {
+                        "once".to_owned()
+                    } else {
+                        format!("{} times", g.count)
+                    };
+                    let _ = write!(s, "sent {} {times}", g.operation);
+                    if g.count > 1 {
+                        let _ = write!(s, " in {}", span(g.last_ms - g.first_ms));
+                    }
+                    let _ = write!(s, " {}", g.explanation);
+                }
+                _ => {
+                    s.push_str(&g.explanation);
+                    if g.count > 1 {
+                        let _ = write!(
+                            s,
+                            " ({} request{} in {})",
+                            g.count,
+                            plural(g.count),
+                            span(g.last_ms - g.first_ms)
+                        );
+                    }
+                }
+            }
+        }
+        let was = |n: u64| if n == 1 { "was" } else { "were" };
+        if self.blocked == 0 {
+            s.push_str("; nothing was blocked.");
+        } else if self.blocked == 1 && self.flagged == 1 {
+            s.push_str("; the request was blocked.");
+        } else if self.blocked >= self.flagged {
+            let _ = write!(s, "; {} of the requests were blocked.", self.blocked);
+        } else {
+            let _ = write!(
+                s,
+                "; {} of the {} flagged requests {} blocked.",
+                self.blocked,
+                self.flagged,
+                was(self.blocked)
+            );
+        }
+        self.summary = s;
+    }
+}
+
+/// What `record` tells the request path.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub seq: u32,
+    pub id: String,
+    pub created: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_seq: u32,
+    by_seq: HashMap<u32, Incident>,
+    order: VecDeque<u32>,
+    /// Grouping key (session, or `client:<ip>` for stuffing) → open incident.
+    open: HashMap<String, u32>,
+    dirty: BTreeSet<u32>,
+    evicted: u64,
+}
+
+/// Bounded incident store (oldest evicted first).
+#[derive(Debug, Default)]
+pub struct IncidentStore {
+    inner: Mutex<Inner>,
+}
+
+impl IncidentStore {
+    /// Adds the findings of one request. `op` is the operation's display template.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        session: &str,
+        client: IpAddr,
+        op: &str,
+        findings: &[Finding],
+        blocked: bool,
+        now_ms: u64,
+        window_ms: u64,
+        max_incidents: usize,
+    ) -> Option<Recorded> {
+        let mut inner = self.inner.lock().ok()?;
+        let stuffing_only = !findings.is_empty()
+            && findings
+                .iter()
+                .all(|f| f.kind == FindingKind::CredentialStuffing);
+        let key = if stuffing_only {
+            format!("client:{client}")
+        } else {
+            session.to_owned()
+        };
+        let open = inner.open.get(&key).copied().filter(|seq| {
+            inner
+                .by_seq
+                .get(seq)
+                .is_some_and(|i| now_ms.saturating_sub(i.last_seen_ms) <= window_ms)
+        });
+        let (seq, created) = match open {
+            Some(seq) => (seq, false),
+            None => {
+                inner.next_seq = inner.next_seq.wrapping_add(1).max(1);
+                let seq = inner.next_seq;
+                let mut h = DefaultHasher::new();
+                (seq, &key, now_ms).hash(&mut h);
+                let incident = Incident {
+                    id: format!("inc-{:016x}", h.finish()),
+                    session: if stuffing_only {
+                        format!("client {client}")
+                    } else {
+                        session.to_owned()
+                    },
+                    client,
+                    severity: Severity::Low,
+                    kinds: BTreeSet::new(),
+                    operations: BTreeSet::new(),
+                    rules: BTreeSet::new(),
+                    requests: 0,
+                    flagged: 0,
+                    blocked: 0,
+                    first_seen: format_unix_ms(now_ms),
+                    last_seen: String::new(),
+                    summary: String::new(),
+                    first_seen_ms: now_ms,
+                    last_seen_ms: now_ms,
+                    groups: Vec::new(),
+                };
+                inner.by_seq.insert(seq, incident);
+                inner.order.push_back(seq);
+                inner.open.insert(key, seq);
+                while inner.order.len() > max_incidents.max(1) {
+                    if let Some(old) = inner.order.pop_front()
+                        && let Some(gone) = inner.by_seq.remove(&old)
+                    {
+                        inner.evicted += 1;
+                        inner.dirty.remove(&old);
+                        let k = if gone.session.starts_with("client ") {
+                            format!("client:{}", gone.client)
+                        } else {
+                            gone.session
+                        };
+                        if inner.open.get(&k) == Some(&old) {
+                            inner.open.remove(&k);
+                        }
+                    }
+                }
+                (seq, true)
+            }
+        };
+        inner.dirty.insert(seq);
+        let incident = inner.by_seq.get_mut(&seq)?;
+        incident.requests += 1;
+        incident.flagged += 1;
+        if blocked {
+            incident.blocked += 1;
+        }
+        incident.last_seen_ms = now_ms;
+        incident.last_seen = format_unix_ms(now_ms);
+        for f in findings {
+            incident.severity = incident.severity.max(f.severity);
+            incident.kinds.insert(f.kind);
+            if incident.operations.len() < MAX_OPERATIONS {
+                incident.operations.insert(op.to_owned());
+            }
+            if let Some(rule) = &f.rule
+                && incident.rules.len() < MAX_OPERATIONS
+            {
+                incident.rules.insert(rule.clone());
+            }
+            let groups = incident.groups.len();
+            match incident
+                .groups
+                .iter_mut()
+                .find(|g| g.kind == f.kind && g.rule == f.rule && g.operation == op)
+            {
+                Some(g) => {
+                    g.count += 1;
+                    g.last_ms = now_ms;
+                    g.explanation.clone_from(&f.explanation);
+                }
+                None if groups < MAX_GROUPS => incident.groups.push(Group {
+                    kind: f.kind,
+                    rule: f.rule.clone(),
+                    operation: op.to_owned(),
+                    count: 1,
+                    first_ms: now_ms,
+                    last_ms: now_ms,
+                    explanation: f.explanation.clone(),
+                }),
+                None => {}
+            }
+        }
+        incident.rebuild_summary();
+        Some(Recorded {
+            seq,
+            id: incident.id.clone(),
+            created,
+        })
+    }
+
+    /// Counts an unflagged request of a session whose incident `seq` may still be open.
+    /// Returns false when the incident closed (the caller forgets `seq`).
+    pub fn note_request(&self, seq: u32, now_ms: u64, window_ms: u64) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        let Some(incident) = inner.by_seq.get_mut(&seq) else {
+            return false;
+        };
+        if now_ms.saturating_sub(incident.last_seen_ms) > window_ms {
+            return false;
+        }
+        incident.requests += 1;
+        inner.dirty.insert(seq);
+        true
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<Incident> {
+        let Ok(inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        inner
+            .order
+            .iter()
+            .rev()
+            .filter_map(|s| inner.by_seq.get(s).cloned())
+            .collect()
+    }
+
+    /// New and updated incidents since the previous call (for reports), oldest first.
+    pub fn drain_updated(&self) -> Vec<Incident> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let dirty = std::mem::take(&mut inner.dirty);
+        dirty
+            .iter()
+            .filter_map(|s| inner.by_seq.get(s).cloned())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.by_seq.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.inner.lock().map(|i| i.evicted).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Action;
+
+    fn finding() -> Finding {
+        Finding {
+            kind: FindingKind::SequenceRule,
+            severity: Severity::High,
+            action: Action::Block,
+            block_status: 403,
+            rule: Some("balance-before-transfer".into()),
+            explanation: "without a preceding GET /api/v1/accounts/{account_id}/balance (within 10 requests and 10m), which rule balance-before-transfer requires".into(),
+            evidence: serde_json::Value::Null,
+            retry_after_s: None,
+        }
+    }
+
+    #[test]
+    fn groups_a_session_and_writes_the_summary() {
+        let store = IncidentStore::default();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let op = "POST /api/v1/transferFunds";
+        let a = store
+            .record("user:4411", ip, op, &[finding()], true, 1_000, 900_000, 10)
+            .unwrap();
+        let b = store
+            .record("user:4411", ip, op, &[finding()], true, 21_000, 900_000, 10)
+            .unwrap();
+        let c = store
+            .record("user:4411", ip, op, &[finding()], true, 41_000, 900_000, 10)
+            .unwrap();
+        assert!(a.created && !b.created && !c.created);
+        assert_eq!(a.id, c.id);
+        let list = store.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            list[0].summary,
+            "Session user:4411 (10.0.0.7) sent POST /api/v1/transferFunds 3 times in 40 s without a preceding GET /api/v1/accounts/{account_id}/balance (within 10 requests and 10m), which rule balance-before-transfer requires; 3 of the requests were blocked."
+        );
+        // After the inactivity window a new incident starts.
+        let d = store
+            .record(
+                "user:4411",
+                ip,
+                op,
+                &[finding()],
+                false,
+                2_000_000,
+                900_000,
+                10,
+            )
+            .unwrap();
+        assert!(d.created);
+        assert_eq!(store.drain_updated().len(), 2);
+        assert!(store.drain_updated().is_empty());
+    }
+
+    #[test]
+    fn store_is_bounded() {
+        let store = IncidentStore::default();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        for i in 0..100 {
+            store
+                .record(
+                    &format!("s{i}"),
+                    ip,
+                    "GET /",
+                    &[finding()],
+                    false,
+                    1000,
+                    900_000,
+                    10,
+                )
+                .unwrap();
+        }
+        assert_eq!(store.len(), 10);
+        assert_eq!(store.evicted(), 90);
+        assert_eq!(store.list()[0].session, "s99");
+    }
+}

@@ -1,0 +1,202 @@
+//! Prometheus metrics of the enforcer. Label sets are bounded: operations by their first
+//! [`MAX_OPERATION_LABELS`] ids (then `other`), decisions and kinds are fixed enums, rules
+//! come from the config.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Operation ids at or beyond this share the label `other`.
+pub const MAX_OPERATION_LABELS: u32 = 200;
+
+/// All metrics, registered in one registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub added_latency: Histogram,
+    pub blocked: IntCounterVec,
+    pub findings: IntCounterVec,
+    pub sessions: IntGauge,
+    pub session_evictions: IntCounter,
+    pub session_expirations: IntCounter,
+    pub upstream_errors: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub failure_policy: IntCounterVec,
+    pub shed: IntCounter,
+    pub invalid_tokens: IntCounter,
+    pub in_flight: IntGauge,
+    pub incidents: IntCounter,
+    pub rule_matches: IntCounterVec,
+    pub rule_blocked: IntCounterVec,
+    pub operations_learned: IntGauge,
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(name, help)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let added_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ordo_added_latency_seconds",
+                "Time the enforcer adds to a request (everything except waiting for the upstream)",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.05,
+            ]),
+        )?;
+        registry.register(Box::new(added_latency.clone()))?;
+        Ok(Self {
+            requests: counter_vec(
+                &registry,
+                "ordo_requests_total",
+                "Requests by operation and decision (allow, flag, block, reject)",
+                &["operation", "decision"],
+            )?,
+            added_latency,
+            blocked: counter_vec(
+                &registry,
+                "ordo_blocked_total",
+                "Requests blocked, by finding kind",
+                &["kind"],
+            )?,
+            findings: counter_vec(
+                &registry,
+                "ordo_findings_total",
+                "Findings (after the mode), by kind",
+                &["kind"],
+            )?,
+            sessions: gauge(
+                &registry,
+                "ordo_sessions_tracked",
+                "Sessions in the session table",
+            )?,
+            session_evictions: counter(
+                &registry,
+                "ordo_session_evictions_total",
+                "Sessions evicted because the table was full",
+            )?,
+            session_expirations: counter(
+                &registry,
+                "ordo_session_expirations_total",
+                "Sessions dropped after the idle timeout",
+            )?,
+            upstream_errors: counter_vec(
+                &registry,
+                "ordo_upstream_errors_total",
+                "Upstream failures by kind (refused, reset, timeout, other)",
+                &["kind"],
+            )?,
+            config_reloads: counter_vec(
+                &registry,
+                "ordo_config_reloads_total",
+                "Config reloads by result (ok, failed)",
+                &["result"],
+            )?,
+            failure_policy: counter_vec(
+                &registry,
+                "ordo_failure_policy_activations_total",
+                "Internal errors handled by the failure policy (open, closed)",
+                &["policy"],
+            )?,
+            shed: counter(
+                &registry,
+                "ordo_shed_total",
+                "Requests refused with 503 by the concurrency limit",
+            )?,
+            invalid_tokens: counter(
+                &registry,
+                "ordo_invalid_tokens_total",
+                "Session tokens that failed verification",
+            )?,
+            in_flight: gauge(
+                &registry,
+                "ordo_requests_in_flight",
+                "Requests being processed",
+            )?,
+            incidents: counter(&registry, "ordo_incidents_total", "Incidents opened")?,
+            rule_matches: counter_vec(
+                &registry,
+                "ordo_rule_matches_total",
+                "Sequence rule matches (dry-run included)",
+                &["rule"],
+            )?,
+            rule_blocked: counter_vec(
+                &registry,
+                "ordo_rule_blocked_total",
+                "Requests blocked by a sequence rule",
+                &["rule"],
+            )?,
+            operations_learned: gauge(
+                &registry,
+                "ordo_operations_learned",
+                "Learned operation templates",
+            )?,
+            registry,
+        }
+        .initialize())
+    }
+
+    /// Creates the series of fixed label sets at zero, so that dashboards and alerts see
+    /// them before the first event.
+    fn initialize(self) -> Self {
+        for kind in ["refused", "reset", "timeout", "other"] {
+            self.upstream_errors.with_label_values(&[kind]);
+        }
+        for result in ["ok", "failed"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        for policy in ["open", "closed"] {
+            self.failure_policy.with_label_values(&[policy]);
+        }
+        self
+    }
+
+    /// The label of an operation (bounded).
+    pub fn operation_label(id: u32, template: &str) -> &str {
+        if id < MAX_OPERATION_LABELS {
+            template
+        } else {
+            "other"
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Brings a monotonic counter up to an externally kept total.
+    pub fn sync_counter(counter: &IntCounter, total: u64) {
+        let current = counter.get();
+        if total > current {
+            counter.inc_by(total - current);
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! Resolving a request's method and path to an [`Operation`].
+//!
+//! Declared templates (from rules, rate limits and the OpenAPI document) are matched
+//! first. Other paths go through a learned prefix tree: at each position a value that
+//! looks like an id (see [`looks_variable`]) goes to the position's parameter branch, and
+//! a position that has seen more than `maxValuesPerPosition` distinct names sends every
+//! further new name there too. Nodes and templates are capped; beyond the caps a request
+//! resolves to its method's overflow operation, so a path fuzzer cannot grow memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use arc_swap::ArcSwap;
+
+use super::openapi::OperationSchema;
+use super::pattern::{OperationPattern, PatternSegment, split_path};
+use super::shape::looks_variable;
+use super::{Operation, OperationOrigin};
+use crate::config::OperationsConfig;
+
+/// A resolved template: the operation and where its parameters are in the path.
+#[derive(Debug)]
+pub struct Template {
+    pub op: Operation,
+    /// (segment position, parameter name).
+    pub params: Box<[(u8, Box<str>)]>,
+    /// Declared schema (OpenAPI), when there is one.
+    pub schema: Option<Arc<OperationSchema>>,
+}
+
+impl Template {
+    /// Pairs each parameter name with its raw value from `segments`.
+    pub fn path_params<'a>(&'a self, segments: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+        self.params
+            .iter()
+            .filter_map(|(pos, name)| segments.get(usize::from(*pos)).map(|v| (&**name, *v)))
+            .collect()
+    }
+}
+
+/// Declared templates of one (method, depth), most specific first.
+type ShapeIndex = HashMap<(http::Method, usize), Vec<(Vec<PatternSegment>, Arc<Template>)>>;
+
+/// A declared template set, rebuilt on every config load.
+#[derive(Debug, Default)]
+pub struct DeclaredSet {
+    /// By (method, depth); each list sorted most specific first.
+    by_shape: ShapeIndex,
+    by_key: HashMap<String, Arc<Template>>,
+}
+
+impl DeclaredSet {
+    /// The declared template with this normalized key.
+    pub fn get(&self, normalized_key: &str) -> Option<&Arc<Template>> {
+        self.by_key.get(normalized_key)
+    }
+
+    pub fn templates(&self) -> impl Iterator<Item = &Arc<Template>> {
+        self.by_key.values()
+    }
+
+    fn lookup(&self, method: &http::Method, segments: &[&str]) -> Option<&Arc<Template>> {
+        let candidates = self.by_shape.get(&(method.clone(), segments.len()))?;
+        candidates
+            .iter()
+            .find(|(pattern, _)| {
+                pattern.iter().zip(segments).all(|(p, s)| match p {
+                    PatternSegment::Literal(l) => l == s,
+                    PatternSegment::Param(_) => true,
+                })
+            })
+            .map(|(_, t)| t)
+    }
+}
+
+/// Stable ids per normalized key for the life of the process.
+#[derive(Debug, Default)]
+struct Registry {
+    ids: HashMap<String, u32>,
+    learned: usize,
+}
+
+impl Registry {
+    fn id_for(&mut self, key: &str) -> u32 {
+        if let Some(id) = self.ids.get(key) {
+            return *id;
+        }
+        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.ids.insert(key.to_owned(), id);
+        id
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    literals: HashMap<Box<str>, u32>,
+    param: Option<u32>,
+    /// Too many distinct names seen: new names go to the parameter branch.
+    saturated: bool,
+    /// Templates ending here, by method.
+    ends: Vec<(http::Method, Arc<Template>)>,
+}
+
+#[derive(Debug)]
+struct LearnedTree {
+    nodes: Vec<Node>,
+}
+
+/// Counters exposed by `/v1/model` and the tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolverStats {
+    pub learned_templates: usize,
+    pub tree_nodes: usize,
+    pub max_templates: usize,
+    pub max_nodes: usize,
+}
+
+/// Thread-safe resolver shared by all connections. Reads take a read lock only; the write
+/// lock is taken when traffic shows a new path shape.
+#[derive(Debug)]
+pub struct OperationResolver {
+    config: OperationsConfig,
+    max_nodes: usize,
+    registry: Mutex<Registry>,
+    declared: ArcSwap<DeclaredSet>,
+    tree: RwLock<LearnedTree>,
+    specials: RwLock<HashMap<(http::Method, OperationOrigin), Arc<Template>>>,
+}
+
+/// The result of resolving a request.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub template: Arc<Template>,
+}
+
+impl OperationResolver {
+    pub fn new(config: &OperationsConfig) -> Self {
+        let max_nodes = config.max_templates.saturating_mul(4).max(64);
+        Self {
+            config: config.clone(),
+            max_nodes,
+            registry: Mutex::new(Registry::default()),
+            declared: ArcSwap::from_pointee(DeclaredSet::default()),
+            tree: RwLock::new(LearnedTree {
+                nodes: vec![Node::default()],
+            }),
+            specials: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the declared templates. `patterns` carry an optional schema (OpenAPI);
+    /// the first occurrence of a normalized key wins.
+    pub fn set_declared(&self, patterns: Vec<(OperationPattern, Option<Arc<OperationSchema>>)>) {
+        let mut set = DeclaredSet::default();
+        let Ok(mut registry) = self.registry.lock() else {
+            return;
+        };
+        for (pattern, schema) in patterns {
+            let key = pattern.normalized_key();
+            if let Some(existing) = set.by_key.get_mut(&key) {
+                if existing.schema.is_none() && schema.is_some() {
+                    let replaced = Arc::new(Template {
+                        op: existing.op.clone(),
+                        params: existing.params.clone(),
+                        schema,
+                    });
+                    *existing = replaced;
+                }
+                continue;
+            }
+            let id = registry.id_for(&key);
+            let params = pattern
+                .segments
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s {
+                    PatternSegment::Param(name) => Some((
+                        u8::try_from(i).unwrap_or(u8::MAX),
+                        name.clone().into_boxed_str(),
+                    )),
+                    PatternSegment::Literal(_) => None,
+                })
+                .collect();
+            let template = Arc::new(Template {
+                op: Operation {
+                    id,
+                    template: pattern.display().into(),
+                    origin: OperationOrigin::Declared,
+                },
+                params,
+                schema,
+            });
+            set.by_key.insert(key, template);
+        }
+        // Re-point by_shape at the final templates (schemas may have been merged).
+        let mut by_shape: ShapeIndex = HashMap::new();
+        for template in set.by_key.values() {
+            if let Ok(pattern) = OperationPattern::parse(&template.op.template) {
+                by_shape
+                    .entry((pattern.method.clone(), pattern.segments.len()))
+                    .or_default()
+                    .push((pattern.segments, Arc::clone(template)));
+            }
+        }
+        for list in by_shape.values_mut() {
+            // Most literals first; then literals further left first: `/a/me` before `/a/{id}`.
+            list.sort_by_key(|(segs, _)| {
+                let literal_mask: Vec<bool> = segs
+                    .iter()
+                    .map(|s| matches!(s, PatternSegment::Param(_)))
+                    .collect();
+                (
+                    segs.iter()
+                        .filter(|s| matches!(s, PatternSegment::Param(_)))
+                        .count(),
+                    literal_mask,
+                )
+            });
+        }
+        set.by_shape = by_shape;
+        drop(registry);
+        self.declared.store(Arc::new(set));
+    }
+
+    /// The current declared set.
+    pub fn declared(&self) -> Arc<DeclaredSet> {
+        self.declared.load_full()
+    }
+
+    /// Resolves `method` + `path` (path without the query). `segments` receives the path
+    /// segments, for parameter extraction.
+    pub fn resolve<'p>(
+        &self,
+        method: &http::Method,
+        path: &'p str,
+        segments: &mut Vec<&'p str>,
+    ) -> Resolved {
+        segments.clear();
+        segments.extend(split_path(path));
+        if let Some(t) = self.declared.load().lookup(method, segments) {
+            return Resolved {
+                template: Arc::clone(t),
+            };
+        }
+        if !self.config.learn {
+            return Resolved {
+                template: self.special(method, OperationOrigin::Unknown),
+            };
+        }
+        if segments.len() > self.config.max_segments {
+            return Resolved {
+                template: self.special(method, OperationOrigin::Overflow),
+            };
+        }
+        if let Some(t) = self.lookup_learned(method, segments) {
+            return Resolved { template: t };
+        }
+        let template = self
+            .learn(method, segments)
+            .unwrap_or_else(|| self.special(method, OperationOrigin::Overflow));
+        Resolved { template }
+    }
+
+    fn lookup_learned(&self, method: &http::Method, segments: &[&str]) -> Option<Arc<Template>> {
+        let tree = self.tree.read().ok()?;
+        let mut node = tree.nodes.first()?;
+        for seg in segments {
+            let next = match node.literals.get(*seg) {
+                Some(idx) => Some(*idx),
+                None if node.saturated || looks_variable(seg) => node.param,
+                None => None,
+            }?;
+            node = tree.nodes.get(next as usize)?;
+        }
+        node.ends
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, t)| Arc::clone(t))
+    }
+
+    /// Inserts the path into the tree; `None` when a cap is reached.
+    fn learn(&self, method: &http::Method, segments: &[&str]) -> Option<Arc<Template>> {
+        let mut tree = self.tree.write().ok()?;
+        let mut idx = 0usize;
+        let mut key = String::with_capacity(64);
+        key.push_str(method.as_str());
+        key.push(' ');
+        let mut display = key.clone();
+        let mut params = Vec::new();
+        for (pos, seg) in segments.iter().enumerate() {
+            let node = tree.nodes.get(idx)?;
+            let literal = node.literals.get(*seg).copied();
+            let as_param = literal.is_none() && (node.saturated || looks_variable(seg));
+            let next = if let Some(next) = literal {
+                next
+            } else if as_param {
+                match node.param {
+                    Some(p) => p,
+                    None => {
+                        let new = push_node(&mut tree, self.max_nodes)?;
+                        tree.nodes.get_mut(idx)?.param = Some(new);
+                        new
+                    }
+                }
+            } else {
+                let max_values = self.config.max_values_per_position;
+                if node.literals.len() >= max_values {
+                    // Too many distinct names at this position: it is a parameter from now on.
+                    let node = tree.nodes.get_mut(idx)?;
+                    node.saturated = true;
+                    match node.param {
+                        Some(p) => p,
+                        None => {
+                            let new = push_node(&mut tree, self.max_nodes)?;
+                            tree.nodes.get_mut(idx)?.param = Some(new);
+                            new
+                        }
+                    }
+                } else {
+                    let new = push_node(&mut tree, self.max_nodes)?;
+                    tree.nodes.get_mut(idx)?.literals.insert((*seg).into(), new);
+                    new
+                }
+            };
+            let went_param = tree.nodes.get(idx)?.param == Some(next) && literal.is_none();
+            key.push('/');
+            display.push('/');
+            if went_param {
+                key.push_str("{}");
+                params.push(pos);
+                display.push_str(&format!("{{var{}}}", params.len()));
+            } else {
+                key.push_str(seg);
+                display.push_str(seg);
+            }
+            idx = next as usize;
+        }
+        if segments.is_empty() {
+            key.push('/');
+            display.push('/');
+        }
+        if let Some((_, t)) = tree.nodes.get(idx)?.ends.iter().find(|(m, _)| m == method) {
+            return Some(Arc::clone(t));
+        }
+        let id = {
+            let mut registry = self.registry.lock().ok()?;
+            if registry.learned >= self.config.max_templates {
+                return None;
+            }
+            registry.learned += 1;
+            registry.id_for(&key)
+        };
+        let template = Arc::new(Template {
+            op: Operation {
+                id,
+                template: display.into(),
+                origin: OperationOrigin::Learned,
+            },
+            params: params
+                .iter()
+                .enumerate()
+                .map(|(i, pos)| {
+                    (
+                        u8::try_from(*pos).unwrap_or(u8::MAX),
+                        format!("var{}", i + 1).into_boxed_str(),
+                    )
+                })
+                .collect(),
+            schema: None,
+        });
+        tree.nodes
+            .get_mut(idx)?
+            .ends
+            .push((method.clone(), Arc::clone(&template)));
+        Some(template)
+    }
+
+    /// The overflow or unknown operation of a method (one per method, created once).
+    fn special(&self, method: &http::Method, origin: OperationOrigin) -> Arc<Template> {
+        // Unusual methods share one bucket so that they cannot grow the table.
+        let method = if super::METHODS.contains(&method.as_str()) {
+            method.clone()
+        } else {
+            http::Method::from_bytes(b"OTHER").unwrap_or(http::Method::GET)
+        };
+        if let Ok(map) = self.specials.read()
+            && let Some(t) = map.get(&(method.clone(), origin))
+        {
+            return Arc::clone(t);
+        }
+        let suffix = if origin == OperationOrigin::Unknown {
+            "{unknown}"
+        } else {
+            "{overflow}"
+        };
+        let display = format!("{} /{suffix}", method.as_str());
+        let id = self
+            .registry
+            .lock()
+            .map(|mut r| r.id_for(&display))
+            .unwrap_or(u32::MAX);
+        let template = Arc::new(Template {
+            op: Operation {
+                id,
+                template: display.into(),
+                origin,
+            },
+            params: Box::new([]),
+            schema: None,
+        });
+        if let Ok(mut map) = self.specials.write() {
+            return Arc::clone(map.entry((method, origin)).or_insert(template));
+        }
+        template
+    }
+
+    /// Every operation currently known: declared, learned and the overflow buckets in use.
+    pub fn inventory(&self) -> Vec<Operation> {
+        let mut ops: Vec<Operation> = self
+            .declared
+            .load()
+            .by_key
+            .values()
+            .map(|t| t.op.clone())
+            .collect();
+        if let Ok(tree) = self.tree.read() {
+            ops.extend(
+                tree.nodes
+                    .iter()
+                    .flat_map(|n| n.ends.iter().map(|(_, t)| t.op.clone())),
+            );
+        }
+        if let Ok(map) = self.specials.read() {
+            ops.extend(map.values().map(|t| t.op.clone()));
+        }
+        ops.sort_by_key(|op| op.id);
+        ops.dedup_by_key(|op| op.id);
+        ops
+    }
+
+    pub fn stats(&self) -> ResolverStats {
+        let learned_templates = self.registry.lock().map(|r| r.learned).unwrap_or(0);
+        let tree_nodes = self.tree.read().map(|t| t.nodes.len()).unwrap_or(0);
+        ResolverStats {
+            learned_templates,
+            tree_nodes,
+            max_templates: self.config.max_templates,
+            max_nodes: self.max_nodes,
+        }
+    }
+}
+
+fn push_node(tree: &mut LearnedTree, max_nodes: usize) -> Option<u32> {
+    if tree.nodes.len() >= max_nodes {
+        return None;
+    }
+    let idx = u32::try_from(tree.nodes.len()).ok()?;
+    tree.nodes.push(Node::default());
+    Some(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(r: &OperationResolver, method: &str, path: &str) -> Arc<Template> {
+        let mut segs = Vec::new();
+        r.resolve(
+            &http::Method::from_bytes(method.as_bytes()).unwrap(),
+            path,
+            &mut segs,
+        )
+        .template
+    }
+
+    #[test]
+    fn ids_become_parameters_and_declared_names_win() {
+        let r = OperationResolver::new(&OperationsConfig::default());
+        let a = resolve(&r, "GET", "/api/v1/accounts/123/balance");
+        assert_eq!(&*a.op.template, "GET /api/v1/accounts/{var1}/balance");
+        let b = resolve(&r, "GET", "/api/v1/accounts/456/balance");
+        assert_eq!(a.op.id, b.op.id);
+        let mut segs = Vec::new();
+        segs.extend(split_path("/api/v1/accounts/456/balance"));
+        assert_eq!(b.path_params(&segs), vec![("var1", "456")]);
+        r.set_declared(vec![(
+            OperationPattern::parse("GET /api/v1/accounts/{account_id}/balance").unwrap(),
+            None,
+        )]);
+        let c = resolve(&r, "GET", "/api/v1/accounts/789/balance");
+        assert_eq!(c.op.id, a.op.id, "same normalized key keeps its id");
+        assert_eq!(&*c.op.template, "GET /api/v1/accounts/{account_id}/balance");
+        assert_eq!(c.op.origin, OperationOrigin::Declared);
+    }
+
+    #[test]
+    fn high_cardinality_position_becomes_parameter() {
+        let cfg = OperationsConfig {
+            max_values_per_position: 4,
+            ..OperationsConfig::default()
+        };
+        let r = OperationResolver::new(&cfg);
+        for name in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+            resolve(&r, "GET", &format!("/users/{name}/profile"));
+        }
+        assert_eq!(
+            &*resolve(&r, "GET", "/users/zed/profile").op.template,
+            "GET /users/{var1}/profile"
+        );
+        assert_eq!(
+            &*resolve(&r, "GET", "/users/alice/profile").op.template,
+            "GET /users/alice/profile"
+        );
+    }
+
+    #[test]
+    fn fuzzing_is_bounded_by_the_caps() {
+        let cfg = OperationsConfig {
+            max_templates: 200,
+            ..OperationsConfig::default()
+        };
+        let r = OperationResolver::new(&cfg);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let depth = (x % 6) as usize + 1;
+            let path: String = (0..depth)
+                .map(|i| format!("/s{}", (x >> (i * 8)) % 251))
+                .collect();
+            resolve(&r, "GET", &path);
+        }
+        let stats = r.stats();
+        assert!(stats.learned_templates <= 200, "{stats:?}");
+        assert!(stats.tree_nodes <= stats.max_nodes, "{stats:?}");
+        assert_eq!(
+            resolve(&r, "GET", "/never/seen/before/path/q").op.origin,
+            OperationOrigin::Overflow
+        );
+    }
+}

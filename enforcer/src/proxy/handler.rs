@@ -1,0 +1,736 @@
+//! One request, in the order DESIGN §4 gives: session, operation, checks, decision,
+//! forwarding, learning. No lock is held across an await.
+
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::body::{BoxError, PermitBody, ProxyBody};
+use super::decision::{Verdict, decide};
+use super::headers::{add_forwarding, strip_hop_by_hop};
+use super::problem::problem;
+use super::state::Shared;
+use crate::analysis::{Finding, FindingKind, RequestContext, ResponseSummary, Severity};
+use crate::config::{ClientAddressSource, FailurePolicy};
+use crate::detect::session_state::SessionState;
+use crate::metrics::Metrics;
+use crate::operation::parse_query;
+use crate::session::{MAX_HISTORY, RecentOp, client_address};
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn request_id(shared: &Shared, headers: &http::HeaderMap) -> String {
+    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id)
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_owned()
+        }
+        _ => format!(
+            "{:x}-{:x}",
+            shared.instance,
+            shared.request_seq.fetch_add(1, Ordering::Relaxed)
+        ),
+    }
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let media = v.split(';').next().unwrap_or_default().trim();
+            media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
+/// Walks an error's sources looking for a specific type.
+fn find_source<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn upstream_error_kind(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    if let Some(io) = find_source::<std::io::Error>(err) {
+        return match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "refused",
+            std::io::ErrorKind::TimedOut => "timeout",
+            _ => "reset",
+        };
+    }
+    if let Some(h) = find_source::<hyper::Error>(err)
+        && (h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+    {
+        return "reset";
+    }
+    "other"
+}
+
+/// Handles one request end to end. Never panics on client input; every failure becomes a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let metrics = &shared.metrics;
+    metrics.in_flight.inc();
+    let permit = match Arc::clone(&shared.limiter).try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            metrics.in_flight.dec();
+            metrics.shed.inc();
+            let id = request_id(&shared, req.headers());
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Overloaded",
+                "too many requests in flight; retry later",
+                &id,
+                None,
+            );
+        }
+    };
+    let resp = handle_inner(&shared, peer, req, started).await;
+    // Keep the permit and the in-flight gauge until the response body is done.
+    let (parts, body) = resp.into_parts();
+    let body = PermitBody::new(body, permit, metrics.in_flight.clone());
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+async fn handle_inner(
+    shared: &Shared,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let policy = shared.policy.load_full();
+    let metrics = &shared.metrics;
+    let (mut parts, body) = req.into_parts();
+    let rid = request_id(shared, &parts.headers);
+    if parts.method == Method::CONNECT || !parts.uri.path().starts_with('/') {
+        metrics
+            .requests
+            .with_label_values(&["none", "reject"])
+            .inc();
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "only origin-form requests are proxied",
+            &rid,
+            None,
+        );
+    }
+    let limits = &policy.config.limits;
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().parse::<u64>());
+    if let Some(Err(_)) = content_length {
+        metrics
+            .requests
+            .with_label_values(&["none", "reject"])
+            .inc();
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "invalid Content-Length",
+            &rid,
+            None,
+        );
+    }
+    if let Some(Ok(len)) = content_length
+        && len > limits.max_body_bytes
+    {
+        metrics
+            .requests
+            .with_label_values(&["none", "reject"])
+            .inc();
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+            &format!(
+                "the body has {len} bytes; the limit is {}",
+                limits.max_body_bytes
+            ),
+            &rid,
+            None,
+        );
+    }
+
+    let now_ms = unix_ms();
+    let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+    let client: IpAddr = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
+    let uri = parts.uri.clone();
+    let query = uri.query().map(parse_query).unwrap_or_default();
+
+    // 1. Session.
+    let mut session = String::with_capacity(48);
+    let source = match policy
+        .identifiers
+        .identify(&parts.headers, &query, client, &mut session)
+    {
+        Ok(s) => s,
+        Err(invalid) => {
+            metrics.invalid_tokens.inc();
+            metrics
+                .requests
+                .with_label_values(&["none", "reject"])
+                .inc();
+            tracing::info!(request_id = %rid, client = %client, reason = %invalid.0, "session token rejected");
+            let mut resp = problem(
+                StatusCode::UNAUTHORIZED,
+                "Invalid session token",
+                "the bearer token could not be verified",
+                &rid,
+                None,
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            return resp;
+        }
+    };
+
+    // 2. Operation.
+    let mut segments = Vec::with_capacity(8);
+    let resolved = shared
+        .resolver
+        .resolve(&parts.method, uri.path(), &mut segments);
+    let template = resolved.template;
+    let op = &template.op;
+    let path_params = template.path_params(&segments);
+    let op_label: &str = Metrics::operation_label(op.id, &op.template);
+
+    // Body: buffered only when a check needs it.
+    let schema = template
+        .schema
+        .as_ref()
+        .filter(|_| policy.schema_action.is_some());
+    let needs_body = schema.is_some_and(|s| s.wants_body()) || shared.analyzer.wants_body(op);
+    let (forward_body, json_body, body_present): (ProxyBody, Option<serde_json::Value>, bool) =
+        if needs_body {
+            let limited = Limited::new(
+                body,
+                usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+            );
+            match tokio::time::timeout(limits.body_read_timeout.std(), limited.collect()).await {
+                Ok(Ok(collected)) => {
+                    let bytes = collected.to_bytes();
+                    let parse = is_json(&parts.headers)
+                        || !parts.headers.contains_key(header::CONTENT_TYPE);
+                    let json = if bytes.is_empty() || !parse {
+                        None
+                    } else {
+                        serde_json::from_slice(&bytes).ok()
+                    };
+                    let present = !bytes.is_empty();
+                    (
+                        Full::new(bytes)
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                        json,
+                        present,
+                    )
+                }
+                Ok(Err(e)) => {
+                    metrics
+                        .requests
+                        .with_label_values(&[op_label, "reject"])
+                        .inc();
+                    if find_source::<http_body_util::LengthLimitError>(&*e).is_some() {
+                        return problem(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "Request body too large",
+                            &format!("the limit is {} bytes", limits.max_body_bytes),
+                            &rid,
+                            None,
+                        );
+                    }
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "Bad request",
+                        "the request body could not be read",
+                        &rid,
+                        None,
+                    );
+                }
+                Err(_) => {
+                    metrics
+                        .requests
+                        .with_label_values(&[op_label, "reject"])
+                        .inc();
+                    return problem(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "Request timeout",
+                        "the request body was not received in time",
+                        &rid,
+                        None,
+                    );
+                }
+            }
+        } else {
+            let limited = Limited::new(
+                body,
+                usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+            );
+            (limited.boxed_unsync(), None, false)
+        };
+
+    // 3. Checks.
+    let mut findings: Vec<Finding> = Vec::new();
+    if let (Some(schema), Some(action)) = (schema, policy.schema_action) {
+        let mut errors = Vec::new();
+        schema.validate_params(&path_params, &query, &mut errors);
+        if schema.wants_body() {
+            schema.validate_body(json_body.as_ref(), body_present, &mut errors);
+        }
+        if !errors.is_empty() {
+            let more = if errors.len() > 1 {
+                format!(", and {} more", errors.len() - 1)
+            } else {
+                String::new()
+            };
+            findings.push(Finding {
+                kind: FindingKind::SchemaViolation,
+                severity: Severity::Medium,
+                action,
+                block_status: 400,
+                rule: None,
+                explanation: format!(
+                    "with a request that violates the OpenAPI document ({}{more})",
+                    errors.first().map(String::as_str).unwrap_or_default()
+                ),
+                evidence: serde_json::json!({ "errors": errors }),
+                retry_after_s: None,
+            });
+        }
+    }
+    let hash = shared.sessions.key_hash(&session);
+    let analyzer = &shared.analyzer;
+    let mut internal_error = false;
+    let checked = shared.sessions.with_entry(hash, now_s, |entry, _fresh| {
+        let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
+        let n = entry
+            .history
+            .fill(&mut recent_buf, now_ms, policy.history_ms);
+        let recent = recent_buf.get(..n).unwrap_or_default();
+        let mut rule_findings = Vec::new();
+        for rule in policy.rules_for(op.id) {
+            if let Some(explanation) = rule.check(op.id, recent, now_ms) {
+                rule.counters.matches.fetch_add(1, Ordering::Relaxed);
+                rule.counters.last_match_ms.store(now_ms, Ordering::Relaxed);
+                metrics.rule_matches.with_label_values(&[&*rule.name]).inc();
+                if !rule.dry_run {
+                    rule_findings.push(rule.finding(explanation, &op.template));
+                }
+            }
+        }
+        for limit in policy.limits_for(op.id) {
+            if let Some(f) = limit.check(&mut entry.limits, now_ms) {
+                rule_findings.push(f);
+            }
+        }
+        let ctx = RequestContext {
+            now_ms,
+            session: &session,
+            session_source: source,
+            client,
+            method: &parts.method,
+            operation: op,
+            path_params: &path_params,
+            query: &query,
+            headers: &parts.headers,
+            body: json_body.as_ref(),
+            recent,
+        };
+        let mut learned = Vec::new();
+        let inspected = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            analyzer.inspect(&ctx, &mut entry.state, &mut learned)
+        }));
+        if inspected.is_err() {
+            entry.state = SessionState::default();
+            learned.clear();
+            internal_error = true;
+        }
+        entry.history.push(op.id, now_ms, policy.history_capacity);
+        (rule_findings, learned, entry.incident)
+    });
+    let incident_seq = match checked {
+        Some((rule_findings, learned, seq)) => {
+            // Priority order: rules (by priority), limits, schema, learned detectors.
+            let schema_findings = std::mem::take(&mut findings);
+            findings = rule_findings;
+            findings.extend(schema_findings);
+            findings.extend(learned);
+            seq
+        }
+        None => {
+            internal_error = true;
+            0
+        }
+    };
+    if internal_error {
+        let label = match policy.config.failure_policy {
+            FailurePolicy::Open => "open",
+            FailurePolicy::Closed => "closed",
+        };
+        metrics.failure_policy.with_label_values(&[label]).inc();
+        tracing::error!(request_id = %rid, operation = %op.template, policy = label, "internal error while checking a request");
+        if policy.config.failure_policy == FailurePolicy::Closed {
+            metrics
+                .requests
+                .with_label_values(&[op_label, "reject"])
+                .inc();
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "the request could not be checked",
+                &rid,
+                None,
+            );
+        }
+    }
+
+    // 4. Decision (the mode is applied here and only here).
+    let verdict = decide(policy.config.mode, &findings);
+    let mut incident_id = None;
+    if verdict != Verdict::Allow {
+        let blocked = matches!(verdict, Verdict::Block { .. });
+        for f in &findings {
+            metrics.findings.with_label_values(&[f.kind.as_str()]).inc();
+        }
+        let inc = &policy.config.incidents;
+        if let Some(rec) = shared.incidents.record(
+            &session,
+            client,
+            &op.template,
+            &findings,
+            blocked,
+            now_ms,
+            inc.inactivity_window.as_millis_u64(),
+            inc.max_incidents,
+        ) {
+            if rec.created {
+                metrics.incidents.inc();
+            }
+            if rec.seq != incident_seq {
+                shared
+                    .sessions
+                    .with_entry(hash, now_s, |e, _| e.incident = rec.seq);
+            }
+            incident_id = Some(rec.id);
+        }
+        tracing::info!(
+            request_id = %rid,
+            session = %session,
+            client = %client,
+            operation = %op.template,
+            decision = verdict.label(),
+            incident = incident_id.as_deref().unwrap_or(""),
+            findings = ?findings.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>(),
+            "request flagged"
+        );
+    } else if incident_seq != 0
+        && !shared.incidents.note_request(
+            incident_seq,
+            now_ms,
+            policy.config.incidents.inactivity_window.as_millis_u64(),
+        )
+    {
+        shared
+            .sessions
+            .with_entry(hash, now_s, |e, _| e.incident = 0);
+    }
+    metrics
+        .requests
+        .with_label_values(&[op_label, verdict.label()])
+        .inc();
+
+    if let Verdict::Block { index } = verdict {
+        let Some(f) = findings.get(index) else {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "Request blocked",
+                "blocked by policy",
+                &rid,
+                None,
+            );
+        };
+        metrics.blocked.with_label_values(&[f.kind.as_str()]).inc();
+        for rf in findings.iter().filter(|x| {
+            x.kind == FindingKind::SequenceRule && x.action == crate::config::Action::Block
+        }) {
+            if let Some(rule) = rf.rule.as_deref().and_then(|n| policy.rule(n)) {
+                rule.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                metrics.rule_blocked.with_label_values(&[&*rule.name]).inc();
+            }
+        }
+        let status = StatusCode::from_u16(f.block_status).unwrap_or(StatusCode::FORBIDDEN);
+        let title = match status.as_u16() {
+            429 => "Too many requests",
+            400 => "Request does not match the API schema",
+            _ => "Request blocked",
+        };
+        let mut extra = serde_json::json!({ "incidentId": incident_id, "kind": f.kind.as_str() });
+        if let Some(obj) = extra.as_object_mut() {
+            if let Some(rule) = &f.rule {
+                obj.insert("rule".into(), rule.clone().into());
+            }
+            if f.kind == FindingKind::SchemaViolation
+                && let Some(errors) = f.evidence.get("errors")
+            {
+                obj.insert("errors".into(), errors.clone());
+            }
+        }
+        let detail = format!("{} {}", op.template, f.explanation);
+        let mut resp = problem(status, title, &detail, &rid, Some(extra));
+        if let Some(retry) = f.retry_after_s
+            && let Ok(v) = HeaderValue::from_str(&retry.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        metrics
+            .added_latency
+            .observe(started.elapsed().as_secs_f64());
+        observe(
+            shared,
+            hash,
+            now_s,
+            now_ms,
+            &session,
+            source,
+            client,
+            &parts,
+            op,
+            &path_params,
+            &query,
+            json_body.as_ref(),
+            status.as_u16(),
+            0,
+            true,
+        );
+        return resp;
+    }
+    let flagged = verdict == Verdict::Flag;
+
+    // 5. Forward.
+    let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let upstream_uri = match Uri::builder()
+        .scheme("http")
+        .authority(shared.upstream_authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "invalid request target",
+                &rid,
+                None,
+            );
+        }
+    };
+    let observed_headers = parts.headers.clone();
+    strip_hop_by_hop(&mut parts.headers);
+    let trust = policy.config.client_address.source == ClientAddressSource::XForwardedFor;
+    add_forwarding(&mut parts.headers, peer.ip(), trust);
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        parts.headers.insert("x-request-id", v);
+    }
+    if parts.headers.get(header::HOST).is_none()
+        && let Some(authority) = uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let method = parts.method.clone();
+    let mut upstream_req = Request::new(forward_body);
+    *upstream_req.method_mut() = method;
+    *upstream_req.uri_mut() = upstream_uri;
+    *upstream_req.headers_mut() = std::mem::take(&mut parts.headers);
+    parts.headers = observed_headers;
+    let decided = started.elapsed();
+    let upstream_started = Instant::now();
+    let result = tokio::time::timeout(
+        policy.config.upstream.timeout.std(),
+        shared.client.request(upstream_req),
+    )
+    .await;
+    let upstream_elapsed = upstream_started.elapsed();
+    let response = match result {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(err)) => {
+            if find_source::<http_body_util::LengthLimitError>(&err).is_some() {
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request body too large",
+                    &format!("the limit is {} bytes", limits.max_body_bytes),
+                    &rid,
+                    None,
+                );
+            }
+            let kind = upstream_error_kind(&err);
+            metrics.upstream_errors.with_label_values(&[kind]).inc();
+            tracing::warn!(request_id = %rid, operation = %op.template, kind, error = %err, "upstream request failed");
+            let detail = match kind {
+                "refused" => "the upstream refused the connection",
+                "reset" => "the upstream closed the connection before answering",
+                "timeout" => "the upstream did not accept the connection in time",
+                _ => "the upstream request failed",
+            };
+            let status = if kind == "timeout" {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            return problem(
+                status,
+                if status == StatusCode::BAD_GATEWAY {
+                    "Bad gateway"
+                } else {
+                    "Gateway timeout"
+                },
+                detail,
+                &rid,
+                None,
+            );
+        }
+        Err(_) => {
+            metrics
+                .upstream_errors
+                .with_label_values(&["timeout"])
+                .inc();
+            tracing::warn!(request_id = %rid, operation = %op.template, "upstream timed out");
+            return problem(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Gateway timeout",
+                &format!(
+                    "the upstream did not answer within {}",
+                    policy.config.upstream.timeout
+                ),
+                &rid,
+                None,
+            );
+        }
+    };
+    let status = response.status().as_u16();
+    metrics.added_latency.observe(decided.as_secs_f64());
+
+    // 6. Learn.
+    let duration_us = u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX);
+    observe(
+        shared,
+        hash,
+        now_s,
+        now_ms,
+        &session,
+        source,
+        client,
+        &parts,
+        op,
+        &path_params,
+        &query,
+        json_body.as_ref(),
+        status,
+        duration_us,
+        flagged,
+    );
+    let (mut rparts, rbody) = response.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        rparts.headers.insert("x-request-id", v);
+    }
+    Response::from_parts(
+        rparts,
+        rbody
+            .map_err(|e| -> BoxError { Box::new(e) })
+            .boxed_unsync(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    shared: &Shared,
+    hash: u64,
+    now_s: u32,
+    now_ms: u64,
+    session: &str,
+    source: crate::session::SessionSource,
+    client: IpAddr,
+    parts: &http::request::Parts,
+    op: &crate::operation::Operation,
+    path_params: &[(&str, &str)],
+    query: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
+    body: Option<&serde_json::Value>,
+    status: u16,
+    duration_us: u64,
+    flagged: bool,
+) {
+    let policy = shared.policy.load();
+    let analyzer = &shared.analyzer;
+    let done = shared.sessions.with_entry(hash, now_s, |entry, _| {
+        let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
+        let n = entry
+            .history
+            .fill(&mut recent_buf, now_ms, policy.history_ms);
+        // The newest entry is this request.
+        let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
+        let ctx = RequestContext {
+            now_ms,
+            session,
+            session_source: source,
+            client,
+            method: &parts.method,
+            operation: op,
+            path_params,
+            query,
+            headers: &parts.headers,
+            body,
+            recent,
+        };
+        let resp = ResponseSummary {
+            status,
+            duration_us,
+        };
+        let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            analyzer.observe(&ctx, &mut entry.state, &resp, flagged)
+        }));
+        if observed.is_err() {
+            entry.state = SessionState::default();
+            return false;
+        }
+        true
+    });
+    if done != Some(true) {
+        shared
+            .metrics
+            .failure_policy
+            .with_label_values(&["open"])
+            .inc();
+        tracing::error!(operation = %op.template, "internal error while learning from a response");
+    }
+}

@@ -1,0 +1,16 @@
+//! The in-line reverse proxy (hyper 1): HTTP/1.1 keep-alive and HTTP/2 (h2c) from clients,
+//! a pooled HTTP/1.1 client to the upstream, streaming bodies, and the per-request decision.
+
+mod body;
+mod decision;
+mod handler;
+mod headers;
+mod problem;
+mod server;
+mod state;
+
+pub use body::{BoxError, ProxyBody};
+pub use decision::{Verdict, decide};
+pub use headers::{add_forwarding, strip_hop_by_hop};
+pub use server::{ReloadHook, RunningEnforcer, StartError, refresh_gauges, start, start_with_hook};
+pub use state::Shared;

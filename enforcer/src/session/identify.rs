@@ -1,0 +1,189 @@
+//! Naming the session of a request: the first configured identifier that yields a value.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+
+use http::HeaderName;
+
+use super::SessionSource;
+use super::jwt::{JwtConfigError, JwtVerifier, unverified_claims};
+use crate::config::{OnInvalidToken, SessionConfig};
+
+/// Session values longer than this are replaced by a hash (keys stay small).
+const MAX_VALUE_LEN: usize = 128;
+
+#[derive(Debug)]
+enum Identifier {
+    Jwt { header: HeaderName, claim: String },
+    Header { header: HeaderName },
+    Cookie { name: String },
+    Query { name: String },
+    ClientIp,
+}
+
+/// A token was presented but failed verification and the policy is `Reject`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidToken(pub String);
+
+/// The compiled identifier list.
+#[derive(Debug)]
+pub struct SessionIdentifiers {
+    list: Vec<Identifier>,
+    verifier: Option<JwtVerifier>,
+    on_invalid: OnInvalidToken,
+    /// Hashes over-long values (keyed per process so that nobody can aim at collisions).
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl SessionIdentifiers {
+    pub fn new(config: &SessionConfig) -> Result<Self, JwtConfigError> {
+        let mut list = Vec::with_capacity(config.identifiers.len() + 1);
+        for id in &config.identifiers {
+            if let Some(j) = &id.jwt_claim {
+                if let Ok(header) = HeaderName::from_bytes(j.header.as_bytes()) {
+                    list.push(Identifier::Jwt {
+                        header,
+                        claim: j.claim.clone(),
+                    });
+                }
+            } else if let Some(h) = &id.header {
+                if let Ok(header) = HeaderName::from_bytes(h.name.as_bytes()) {
+                    list.push(Identifier::Header { header });
+                }
+            } else if let Some(c) = &id.cookie {
+                list.push(Identifier::Cookie {
+                    name: c.name.clone(),
+                });
+            } else if let Some(q) = &id.query_param {
+                list.push(Identifier::Query {
+                    name: q.name.clone(),
+                });
+            } else if id.client_ip.is_some() {
+                list.push(Identifier::ClientIp);
+            }
+        }
+        let verifier = config
+            .jwt_verification
+            .as_ref()
+            .map(JwtVerifier::new)
+            .transpose()?;
+        let on_invalid = config
+            .jwt_verification
+            .as_ref()
+            .map(|j| j.on_invalid)
+            .unwrap_or_default();
+        Ok(Self {
+            list,
+            verifier,
+            on_invalid,
+            hasher: std::collections::hash_map::RandomState::new(),
+        })
+    }
+
+    /// Writes the session key into `out` (e.g. `jwt:sub=4411`, `ip:10.0.0.7`). The client
+    /// address is always the last resort.
+    pub fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        query: &[(Cow<'_, str>, Cow<'_, str>)],
+        client: IpAddr,
+        out: &mut String,
+    ) -> Result<SessionSource, InvalidToken> {
+        out.clear();
+        for id in &self.list {
+            match id {
+                Identifier::Jwt { header, claim } => {
+                    let Some(token) = headers.get(header).and_then(|v| v.to_str().ok()) else {
+                        continue;
+                    };
+                    let token = strip_bearer(token);
+                    if token.is_empty() {
+                        continue;
+                    }
+                    let claims = match &self.verifier {
+                        Some(v) => match v.verify(token) {
+                            Ok(c) => c,
+                            Err(reason) => match self.on_invalid {
+                                OnInvalidToken::Reject => return Err(InvalidToken(reason)),
+                                OnInvalidToken::FallThrough => continue,
+                            },
+                        },
+                        None => match unverified_claims(token) {
+                            Some(c) => c,
+                            None => continue,
+                        },
+                    };
+                    let value = match claims.get(claim) {
+                        Some(serde_json::Value::String(s)) if !s.is_empty() => {
+                            Cow::Borrowed(s.as_str())
+                        }
+                        Some(serde_json::Value::Number(n)) => Cow::Owned(n.to_string()),
+                        _ => continue,
+                    };
+                    self.write_key(out, "jwt", claim, &value);
+                    return Ok(SessionSource::Jwt);
+                }
+                Identifier::Header { header } => {
+                    if let Some(v) = headers
+                        .get(header)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| !v.is_empty())
+                    {
+                        self.write_key(out, "header", header.as_str(), v);
+                        return Ok(SessionSource::Header);
+                    }
+                }
+                Identifier::Cookie { name } => {
+                    if let Some(v) = find_cookie(headers, name) {
+                        self.write_key(out, "cookie", name, v);
+                        return Ok(SessionSource::Cookie);
+                    }
+                }
+                Identifier::Query { name } => {
+                    if let Some((_, v)) = query.iter().find(|(k, v)| k == name && !v.is_empty()) {
+                        self.write_key(out, "query", name, v);
+                        return Ok(SessionSource::Query);
+                    }
+                }
+                Identifier::ClientIp => break,
+            }
+        }
+        let _ = write!(out, "ip:{client}");
+        Ok(SessionSource::ClientIp)
+    }
+
+    fn write_key(&self, out: &mut String, kind: &str, name: &str, value: &str) {
+        out.push_str(kind);
+        out.push(':');
+        out.push_str(name);
+        out.push('=');
+        if value.len() <= MAX_VALUE_LEN && !value.chars().any(char::is_control) {
+            out.push_str(value);
+        } else {
+            let mut h = self.hasher.build_hasher();
+            h.write(value.as_bytes());
+            let _ = write!(out, "#{:016x}", h.finish());
+        }
+    }
+}
+
+fn strip_bearer(value: &str) -> &str {
+    let v = value.trim();
+    match v.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("bearer ") => v[7..].trim_start(),
+        _ => v,
+    }
+}
+
+fn find_cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.trim_matches('"'))
+}

@@ -1,0 +1,144 @@
+//! JWT signature and claim verification (HS256, RS256, ES256) with the `jsonwebtoken` crate.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::config::{JwtAlgorithm, JwtVerificationConfig};
+
+/// Why the verifier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtConfigError {
+    #[error("session.jwtVerification.keys[{index}]: cannot read {path}: {source}")]
+    Read {
+        index: usize,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("session.jwtVerification.keys[{index}]: invalid key: {message}")]
+    Key { index: usize, message: String },
+}
+
+struct Key {
+    algorithm: Algorithm,
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the configured keys.
+pub struct JwtVerifier {
+    keys: Vec<Key>,
+    validations: HashMap<Algorithm, Validation>,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+fn algorithm(a: JwtAlgorithm) -> Algorithm {
+    match a {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+    }
+}
+
+impl JwtVerifier {
+    pub fn new(config: &JwtVerificationConfig) -> Result<Self, JwtConfigError> {
+        let mut keys = Vec::with_capacity(config.keys.len());
+        let mut validations = HashMap::new();
+        for (index, k) in config.keys.iter().enumerate() {
+            let material: Vec<u8> = match (&k.secret, &k.public_key_pem, &k.file) {
+                (Some(s), _, _) => s.as_bytes().to_vec(),
+                (_, Some(p), _) => p.as_bytes().to_vec(),
+                (_, _, Some(path)) => {
+                    let mut bytes = std::fs::read(path).map_err(|source| JwtConfigError::Read {
+                        index,
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    if k.algorithm == JwtAlgorithm::HS256 {
+                        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+                            bytes.pop();
+                        }
+                    }
+                    bytes
+                }
+                _ => {
+                    return Err(JwtConfigError::Key {
+                        index,
+                        message: "no key material".into(),
+                    });
+                }
+            };
+            let key = match k.algorithm {
+                JwtAlgorithm::HS256 => Ok(DecodingKey::from_secret(&material)),
+                JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&material),
+                JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&material),
+            }
+            .map_err(|e| JwtConfigError::Key {
+                index,
+                message: e.to_string(),
+            })?;
+            let alg = algorithm(k.algorithm);
+            keys.push(Key {
+                algorithm: alg,
+                kid: k.kid.clone(),
+                key,
+            });
+            validations.entry(alg).or_insert_with(|| {
+                let mut v = Validation::new(alg);
+                v.leeway = config.leeway.std().as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                let required: &[&str] = if config.require_exp { &["exp"] } else { &[] };
+                v.set_required_spec_claims(required);
+                if let Some(iss) = &config.issuer {
+                    v.set_issuer(&[iss]);
+                }
+                match &config.audience {
+                    Some(aud) => v.set_audience(&[aud]),
+                    None => v.validate_aud = false,
+                }
+                v
+            });
+        }
+        Ok(Self { keys, validations })
+    }
+
+    /// The verified claims, or why the token is not acceptable.
+    pub fn verify(
+        &self,
+        token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+        let validation = self
+            .validations
+            .get(&header.alg)
+            .ok_or_else(|| format!("algorithm {:?} is not accepted", header.alg))?;
+        let mut last_error = String::from("no key for this token");
+        for key in self.keys.iter().filter(|k| k.algorithm == header.alg) {
+            if let (Some(want), Some(have)) = (&header.kid, &key.kid)
+                && want != have
+            {
+                continue;
+            }
+            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                token, &key.key, validation,
+            ) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// Reads the claims without verification (only when no keys are configured).
+pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    jsonwebtoken::dangerous::insecure_decode_claims(token).ok()
+}

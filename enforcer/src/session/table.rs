@@ -1,0 +1,271 @@
+//! The bounded session table: 64 shards of `Mutex<HashMap<u64, SessionEntry>>` keyed by a
+//! keyed hash of the session string (the string itself is not stored). Entries expire
+//! after the idle timeout; beyond the cap the least recently seen are evicted in batches.
+//! A lock is held only for the synchronous work of one request, never across an await.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::history::History;
+use crate::detect::session_state::SessionState;
+
+const SHARDS: usize = 64;
+
+/// Passes an already-hashed `u64` through.
+#[derive(Default)]
+pub struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Shard = HashMap<u64, SessionEntry, BuildHasherDefault<PassThroughHasher>>;
+
+/// Declared rate-limit state of one limit in one session (GCRA theoretical arrival time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitSlot {
+    pub limit: u16,
+    /// Theoretical arrival time, ms since the table epoch.
+    pub tat_ms: u64,
+}
+
+/// Everything kept per session. Small on purpose (see `entry_size_is_small`).
+#[derive(Debug, Default)]
+pub struct SessionEntry {
+    /// Seconds since the table epoch.
+    last_seen_s: u32,
+    /// Sequence number of the session's open incident (0 = none).
+    pub incident: u32,
+    pub history: History,
+    /// Declared rate-limit state, only for limits this session has hit.
+    pub limits: Box<[LimitSlot]>,
+    /// The learned detectors' state.
+    pub state: SessionState,
+}
+
+/// Table counters for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableStats {
+    pub sessions: usize,
+    pub capacity: usize,
+    pub evicted: u64,
+    pub expired: u64,
+}
+
+/// The sharded table.
+pub struct SessionTable {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    per_shard_cap: AtomicUsize,
+    idle_s: AtomicU64,
+    evicted: AtomicU64,
+    expired: AtomicU64,
+    len: AtomicUsize,
+}
+
+impl std::fmt::Debug for SessionTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTable")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SessionTable {
+    /// `max_sessions` is split evenly over the shards (rounded up).
+    pub fn new(max_sessions: usize, idle_timeout: std::time::Duration) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        let table = Self {
+            shards,
+            hasher: std::collections::hash_map::RandomState::new(),
+            per_shard_cap: AtomicUsize::new(1),
+            idle_s: AtomicU64::new(1),
+            evicted: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            len: AtomicUsize::new(0),
+        };
+        table.configure(max_sessions, idle_timeout);
+        table
+    }
+
+    /// Applies new limits (config reload); shrinking takes effect as sessions arrive.
+    pub fn configure(&self, max_sessions: usize, idle_timeout: std::time::Duration) {
+        self.per_shard_cap
+            .store(max_sessions.div_ceil(SHARDS).max(1), Ordering::Relaxed);
+        self.idle_s
+            .store(idle_timeout.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// The keyed hash of a session key.
+    pub fn key_hash(&self, session: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(session.as_bytes());
+        h.finish()
+    }
+
+    /// Runs `f` on the session's entry (created if needed) with its shard locked.
+    /// `now_s` is seconds since the caller's epoch (the same for every call).
+    pub fn with_entry<R>(
+        &self,
+        hash: u64,
+        now_s: u32,
+        f: impl FnOnce(&mut SessionEntry, bool) -> R,
+    ) -> Option<R> {
+        let shard = self.shards.get((hash >> 58) as usize % SHARDS)?;
+        let mut map = shard.lock().ok()?;
+        let idle = u32::try_from(self.idle_s.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let mut fresh = false;
+        if let Some(entry) = map.get_mut(&hash) {
+            if now_s.saturating_sub(entry.last_seen_s) > idle {
+                // Expired while idle: start over.
+                *entry = SessionEntry::default();
+                fresh = true;
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            let cap = self.per_shard_cap.load(Ordering::Relaxed);
+            if map.len() >= cap {
+                self.make_room(&mut map, now_s, idle, cap);
+            }
+            map.insert(hash, SessionEntry::default());
+            self.len.fetch_add(1, Ordering::Relaxed);
+            fresh = true;
+        }
+        let entry = map.get_mut(&hash)?;
+        entry.last_seen_s = now_s;
+        Some(f(entry, fresh))
+    }
+
+    /// Drops expired entries; if still full, the least recently seen eighth of the shard.
+    fn make_room(&self, map: &mut Shard, now_s: u32, idle: u32, cap: usize) {
+        let before = map.len();
+        map.retain(|_, e| now_s.saturating_sub(e.last_seen_s) <= idle);
+        let expired = before - map.len();
+        self.expired.fetch_add(expired as u64, Ordering::Relaxed);
+        self.len.fetch_sub(expired, Ordering::Relaxed);
+        if map.len() < cap {
+            return;
+        }
+        let batch = (cap / 8).max(1).min(map.len());
+        let mut seen: Vec<u32> = map.values().map(|e| e.last_seen_s).collect();
+        let (_, cutoff, _) = seen.select_nth_unstable(batch - 1);
+        let cutoff = *cutoff;
+        let mut removed = 0usize;
+        map.retain(|_, e| {
+            if removed < batch && e.last_seen_s <= cutoff {
+                removed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.evicted.fetch_add(removed as u64, Ordering::Relaxed);
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Removes every idle entry (run periodically).
+    pub fn sweep(&self, now_s: u32) -> usize {
+        let idle = u32::try_from(self.idle_s.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let mut total = 0;
+        for shard in self.shards.iter() {
+            if let Ok(mut map) = shard.lock() {
+                let before = map.len();
+                map.retain(|_, e| now_s.saturating_sub(e.last_seen_s) <= idle);
+                let n = before - map.len();
+                if map.capacity() > 4 * map.len().max(16) {
+                    map.shrink_to_fit();
+                }
+                total += n;
+            }
+        }
+        self.expired.fetch_add(total as u64, Ordering::Relaxed);
+        self.len.fetch_sub(total, Ordering::Relaxed);
+        total
+    }
+
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            sessions: self.len.load(Ordering::Relaxed),
+            capacity: self.per_shard_cap.load(Ordering::Relaxed) * SHARDS,
+            evicted: self.evicted.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Exact count (locks every shard; for tests and diagnostics).
+    pub fn count(&self) -> usize {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|m| m.len()))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_size_is_small() {
+        println!(
+            "SessionEntry {} bytes inline (SessionState {})",
+            std::mem::size_of::<SessionEntry>(),
+            std::mem::size_of::<SessionState>()
+        );
+        // Inline part of an entry; the history adds 8 bytes per slot (80 by default).
+        assert!(
+            std::mem::size_of::<SessionEntry>() <= 80,
+            "{}",
+            std::mem::size_of::<SessionEntry>()
+        );
+    }
+
+    #[test]
+    fn one_million_sessions_stay_within_the_cap() {
+        let table = SessionTable::new(50_000, std::time::Duration::from_secs(600));
+        for i in 0..1_000_000u32 {
+            let key = format!("header:x-session-id=user-{i}");
+            let hash = table.key_hash(&key);
+            table
+                .with_entry(hash, i / 1000, |e, _| e.history.push(1, u64::from(i), 10))
+                .unwrap();
+        }
+        let stats = table.stats();
+        assert!(table.count() <= 50_048, "{stats:?}");
+        assert_eq!(stats.sessions, table.count());
+        assert!(stats.evicted >= 1_000_000 - 50_048, "{stats:?}");
+        // The most recent sessions survive.
+        let hash = table.key_hash("header:x-session-id=user-999999");
+        assert_eq!(
+            table
+                .with_entry(hash, 1000, |e, fresh| (fresh, e.history.len()))
+                .unwrap(),
+            (false, 1)
+        );
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let table = SessionTable::new(1000, std::time::Duration::from_secs(60));
+        for i in 0..100u32 {
+            let hash = table.key_hash(&format!("s{i}"));
+            table.with_entry(hash, 0, |_, _| ()).unwrap();
+        }
+        assert_eq!(table.sweep(30), 0);
+        assert_eq!(table.sweep(61), 100);
+        assert_eq!(table.stats().sessions, 0);
+    }
+}
