@@ -1,3 +1,23 @@
-//! Learned anomaly detectors (issue 4).
+//! Learned anomaly detectors (issue 4): each compares one request with the learned model and
+//! may emit a [`Finding`](crate::analysis::Finding) with evidence and a deterministic
+//! plain-language explanation. [`LearnedAnalyzer`] runs them and feeds the model.
 
+pub mod analyzer;
+pub mod baselines;
+pub mod clients;
+pub mod context;
+pub mod enumeration;
+pub mod params;
+pub mod sequence;
 pub mod session_state;
+pub mod shadow;
+pub mod shape;
+pub mod stuffing;
+pub mod thresholds;
+pub mod view;
+pub mod volume;
+
+pub use analyzer::LearnedAnalyzer;
+pub use view::{ModelView, model_view, suggested_rules};
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,9 @@ mod tests {
         assert_eq!(stable_hash(b"ordo"), stable_hash(b"ordo"));
         assert_ne!(stable_hash(b"ordo"), stable_hash(b"ordo "));
         let first = stable_hash(b"account-1001");
-        assert_eq!(first, SipHasher13::new_with_keys(KEY0, KEY1).hash(b"account-1001"));
+        assert_eq!(
+            first,
+            SipHasher13::new_with_keys(KEY0, KEY1).hash(b"account-1001")
+        );
     }
 }

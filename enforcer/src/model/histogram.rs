@@ -35,6 +35,15 @@ impl ReachHistogram {
         }
     }
 
+    /// Takes back one [`ReachHistogram::record_reached`] (a window that turned out to be abuse).
+    pub fn unrecord_reached(&mut self, count: u32) {
+        if let Ok(index) = COUNT_BOUNDS.binary_search(&count)
+            && let Some(reach) = self.reach.get_mut(index)
+        {
+            *reach = reach.saturating_sub(1);
+        }
+    }
+
     /// Windows observed (those that reached 1).
     pub fn windows(&self) -> u64 {
         self.reach.first().copied().unwrap_or(0)
@@ -47,7 +56,8 @@ impl ReachHistogram {
         if total == 0 {
             return 0;
         }
-        let tail = (1.0 - q).clamp(0.0, 1.0) * total as f64;
+        // Rounded so that 1 − 0.9 does not become 0.09999….
+        let tail = ((1.0 - q).clamp(0.0, 1.0) * total as f64 * 1e6).round() / 1e6;
         let mut value = 0;
         for (index, &reached) in self.reach.iter().enumerate() {
             if reached as f64 > tail {
@@ -93,12 +103,20 @@ pub struct LogHistogram {
 impl LogHistogram {
     /// Power-of-two bucket of a length: 0 → 0, 1 → 1, 2..=3 → 2, 4..=7 → 3, …
     pub fn length_bucket(len: usize) -> usize {
-        if len == 0 { 0 } else { ((usize::BITS - len.leading_zeros()) as usize).min(LOG_BUCKETS - 1) }
+        if len == 0 {
+            0
+        } else {
+            ((usize::BITS - len.leading_zeros()) as usize).min(LOG_BUCKETS - 1)
+        }
     }
 
     /// Largest length that falls in power-of-two bucket `bucket`.
     pub fn length_bucket_upper(bucket: usize) -> usize {
-        if bucket == 0 { 0 } else { (1usize << bucket.min(62)) - 1 }
+        if bucket == 0 {
+            0
+        } else {
+            (1usize << bucket.min(62)) - 1
+        }
     }
 
     /// Power-of-ten bucket of a magnitude: 0 → 0, (0, 1) → 1, [1, 10) → 2, [10, 100) → 3, …

@@ -52,7 +52,16 @@ impl ValueKind {
     /// Kinds whose values name an object (an account, a user, a phone number) rather than
     /// describe something: distinct values of these are what enumeration counts.
     pub fn is_identifier_like(self) -> bool {
-        matches!(self, Self::Uuid | Self::Email | Self::Phone | Self::Hex | Self::NumericString | Self::Integer | Self::Token)
+        matches!(
+            self,
+            Self::Uuid
+                | Self::Email
+                | Self::Phone
+                | Self::Hex
+                | Self::NumericString
+                | Self::Integer
+                | Self::Token
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -221,7 +230,30 @@ const MARKER_PATTERNS: [(&str, u16); 32] = [
 /// Bytes after which a marker can start; values without any of them skip the pattern search.
 fn may_hold_marker(text: &str) -> bool {
     text.bytes().any(|b| {
-        matches!(b, b'.' | b'$' | b'{' | b'#' | b'<' | b'j' | b'J' | b'\'' | b'"' | b' ' | b'-' | b'/' | b's' | b'S' | b'd' | b'D' | b'o' | b'&' | b'|' | b';' | b'_' | b'\\')
+        matches!(
+            b,
+            b'.' | b'$'
+                | b'{'
+                | b'#'
+                | b'<'
+                | b'j'
+                | b'J'
+                | b'\''
+                | b'"'
+                | b' '
+                | b'-'
+                | b'/'
+                | b's'
+                | b'S'
+                | b'd'
+                | b'D'
+                | b'o'
+                | b'&'
+                | b'|'
+                | b';'
+                | b'_'
+                | b'\\'
+        )
     })
 }
 
@@ -236,15 +268,24 @@ fn markers_of(text: &str) -> u16 {
     if !may_hold_marker(text) {
         return markers;
     }
-    let lower: Cow<'_, str> =
-        if text.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(text.to_ascii_lowercase()) } else { Cow::Borrowed(text) };
+    let lower: Cow<'_, str> = if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
+    };
     for (pattern, bit) in MARKER_PATTERNS {
         if markers & (1 << bit) == 0 && lower.contains(pattern) {
             markers |= 1 << bit;
         }
     }
     // "select " and "--" are common in prose; count them as SQL only next to a quote or ';'.
-    if markers & (1 << 3) != 0 && !(lower.contains('\'') || lower.contains('"') || lower.contains(';') || lower.contains(" or ") || lower.contains("union")) {
+    if markers & (1 << 3) != 0
+        && !(lower.contains('\'')
+            || lower.contains('"')
+            || lower.contains(';')
+            || lower.contains(" or ")
+            || lower.contains("union"))
+    {
         markers &= !(1 << 3);
     }
     markers
@@ -268,11 +309,19 @@ fn is_hex(text: &str) -> bool {
 fn is_uuid(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.len() == 36
-        && bytes.iter().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { *b == b'-' } else { b.is_ascii_hexdigit() })
+        && bytes.iter().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
 }
 
 fn is_email(text: &str) -> bool {
-    let Some((local, domain)) = text.split_once('@') else { return false };
+    let Some((local, domain)) = text.split_once('@') else {
+        return false;
+    };
     !local.is_empty()
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -285,19 +334,26 @@ fn is_email(text: &str) -> bool {
 fn is_phone(text: &str) -> bool {
     let digits = text.bytes().filter(u8::is_ascii_digit).count();
     (7..=15).contains(&digits)
-        && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.'))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.'))
         && (text.starts_with('+') || text.bytes().any(|b| !b.is_ascii_digit()))
         && !text.contains("..")
 }
 
 fn is_numeric(text: &str) -> bool {
     let body = text.strip_prefix('-').unwrap_or(text);
-    !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit() || b == b'.') && body.bytes().filter(|b| *b == b'.').count() <= 1 && body.bytes().any(|b| b.is_ascii_digit())
+    !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && body.bytes().filter(|b| *b == b'.').count() <= 1
+        && body.bytes().any(|b| b.is_ascii_digit())
 }
 
 fn is_token(text: &str) -> bool {
     text.len() >= 16
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'/'))
+        && text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'=' | b'+' | b'/')
+        })
         && text.bytes().any(|b| b.is_ascii_digit())
         && text.bytes().any(|b| b.is_ascii_alphabetic())
 }
@@ -327,7 +383,13 @@ pub fn string_kind(text: &str) -> ValueKind {
 pub fn text_facts(raw: &str) -> ValueFacts {
     let text = decoded(raw);
     let chars = text.chars().fold(0u32, |acc, c| acc | char_class(c));
-    ValueFacts { kind: string_kind(&text), chars, markers: markers_of(&text), length: text.chars().count(), number: None }
+    ValueFacts {
+        kind: string_kind(&text),
+        chars,
+        markers: markers_of(&text),
+        length: text.chars().count(),
+        number: None,
+    }
 }
 
 /// Facts about a JSON scalar or container (containers are described by their kind only).
@@ -336,21 +398,60 @@ pub fn json_facts(value: &serde_json::Value) -> ValueFacts {
     match value {
         Value::String(text) => text_facts(text),
         Value::Number(n) => {
-            let kind = if n.is_i64() || n.is_u64() { ValueKind::Integer } else { ValueKind::Number };
+            let kind = if n.is_i64() || n.is_u64() {
+                ValueKind::Integer
+            } else {
+                ValueKind::Number
+            };
             let repr = n.to_string();
             let chars = repr.chars().fold(0u32, |acc, c| acc | char_class(c));
-            ValueFacts { kind, chars, markers: 0, length: repr.len(), number: n.as_f64() }
+            ValueFacts {
+                kind,
+                chars,
+                markers: 0,
+                length: repr.len(),
+                number: n.as_f64(),
+            }
         }
-        Value::Bool(_) => ValueFacts { kind: ValueKind::Boolean, chars: 0, markers: 0, length: 0, number: None },
-        Value::Null => ValueFacts { kind: ValueKind::Null, chars: 0, markers: 0, length: 0, number: None },
-        Value::Array(items) => ValueFacts { kind: ValueKind::Array, chars: 0, markers: 0, length: items.len(), number: None },
-        Value::Object(fields) => ValueFacts { kind: ValueKind::Object, chars: 0, markers: 0, length: fields.len(), number: None },
+        Value::Bool(_) => ValueFacts {
+            kind: ValueKind::Boolean,
+            chars: 0,
+            markers: 0,
+            length: 0,
+            number: None,
+        },
+        Value::Null => ValueFacts {
+            kind: ValueKind::Null,
+            chars: 0,
+            markers: 0,
+            length: 0,
+            number: None,
+        },
+        Value::Array(items) => ValueFacts {
+            kind: ValueKind::Array,
+            chars: 0,
+            markers: 0,
+            length: items.len(),
+            number: None,
+        },
+        Value::Object(fields) => ValueFacts {
+            kind: ValueKind::Object,
+            chars: 0,
+            markers: 0,
+            length: fields.len(),
+            number: None,
+        },
     }
 }
 
 /// Names of the bits set in `mask`, from `names`.
 pub fn bit_names(mask: u32, names: &[&'static str]) -> Vec<&'static str> {
-    names.iter().enumerate().filter(|(bit, _)| mask & (1 << bit) != 0).map(|(_, name)| *name).collect()
+    names
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
 }
 
 #[cfg(test)]
@@ -359,14 +460,20 @@ mod tests {
 
     #[test]
     fn string_classes() {
-        assert_eq!(string_kind("3f2504e0-4f89-11d3-9a0c-0305e82c3301"), ValueKind::Uuid);
+        assert_eq!(
+            string_kind("3f2504e0-4f89-11d3-9a0c-0305e82c3301"),
+            ValueKind::Uuid
+        );
         assert_eq!(string_kind("alice@example.com"), ValueKind::Email);
         assert_eq!(string_kind("+49 151 1234567"), ValueKind::Phone);
         assert_eq!(string_kind("+4915112345678"), ValueKind::Phone);
         assert_eq!(string_kind("4412"), ValueKind::NumericString);
         assert_eq!(string_kind("-12.50"), ValueKind::NumericString);
         assert_eq!(string_kind("deadbeef01"), ValueKind::Hex);
-        assert_eq!(string_kind("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0"), ValueKind::Token);
+        assert_eq!(
+            string_kind("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0"),
+            ValueKind::Token
+        );
         assert_eq!(string_kind("rent for may"), ValueKind::FreeText);
         assert_eq!(string_kind(""), ValueKind::EmptyString);
     }
@@ -375,13 +482,26 @@ mod tests {
     fn markers_find_attack_constructs() {
         assert_ne!(text_facts("../../etc/passwd").markers & 1, 0);
         assert_ne!(text_facts("..%2f..%2fetc%2fpasswd").markers & 1, 0);
-        assert_ne!(text_facts("document${jndi:ldap://x/a}").markers & (1 << 2), 0);
+        assert_ne!(
+            text_facts("document${jndi:ldap://x/a}").markers & (1 << 2),
+            0
+        );
         assert_ne!(text_facts("';SELECT * FROM users--").markers & (1 << 3), 0);
-        assert_ne!(text_facts("<script>alert(1)</script>").markers & (1 << 4), 0);
+        assert_ne!(
+            text_facts("<script>alert(1)</script>").markers & (1 << 4),
+            0
+        );
         assert_ne!(text_facts("9306\nSUSPECTED: user").markers & (1 << 6), 0);
-        assert_ne!(text_facts("{{get_flashed_messages.__globals__}}").markers & (1 << 8), 0);
+        assert_ne!(
+            text_facts("{{get_flashed_messages.__globals__}}").markers & (1 << 8),
+            0
+        );
         assert_eq!(text_facts("rent for may").markers, 0);
-        assert_eq!(text_facts("Mozilla/5.0 (X11; Linux x86_64; rv:28.0) Gecko/20100101").markers & (1 << 3), 0);
+        assert_eq!(
+            text_facts("Mozilla/5.0 (X11; Linux x86_64; rv:28.0) Gecko/20100101").markers
+                & (1 << 3),
+            0
+        );
     }
 
     #[test]

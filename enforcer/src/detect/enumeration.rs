@@ -1,0 +1,81 @@
+//! Enumeration (BOLA): a session touching many more distinct objects of an operation in the
+//! current window than its peers — account ids in a path, phone numbers or e-mail addresses
+//! in a lookup — and a session collecting many not-found answers on object lookups.
+
+use serde_json::json;
+
+use crate::analysis::{Finding, FindingKind, Severity};
+use crate::config::DetectorConfig;
+use crate::detect::session_state::{SessionState, distinct_of, with_object};
+
+use super::context::{Judged, finding};
+use super::thresholds::peer_threshold;
+
+pub fn check(j: &Judged<'_>, config: &DetectorConfig, state: &SessionState) -> Option<Finding> {
+    let op = j.op?;
+    if j.params.object_ids.is_empty() {
+        return None;
+    }
+    let counters = state.window(j.window);
+    if let Some(objects) = j.baselines.operation(op).objects {
+        let before = counters
+            .and_then(|w| w.slot(op))
+            .map_or([0, 0], |s| s.objects);
+        let bits = j
+            .params
+            .object_ids
+            .iter()
+            .fold(before, |bits, id| with_object(bits, *id));
+        let distinct = distinct_of(bits);
+        let p99 = objects.p99;
+        let threshold = peer_threshold(p99, config.sensitivity);
+        if distinct > threshold {
+            let explanation = format!(
+                "touched {distinct} distinct objects via {} in the current {} window; 99% of sessions touch at most {p99} (threshold {threshold})",
+                j.template(),
+                j.window_text()
+            );
+            let evidence = json!({
+                "operation": j.template(),
+                "distinctObjects": distinct,
+                "threshold": threshold,
+                "p99": p99,
+                "windows": objects.windows,
+            });
+            return Some(finding(
+                FindingKind::Enumeration,
+                Severity::High,
+                config,
+                explanation,
+                evidence,
+            ));
+        }
+    }
+    let not_found = counters.map_or(0, |w| u32::from(w.not_found));
+    if not_found > 0 {
+        // Peers only count once enough session windows saw not-found answers.
+        let p99 = j.baselines.not_found.map_or(0, |p| p.p99);
+        let threshold = peer_threshold(p99, config.sensitivity);
+        if not_found >= threshold {
+            let explanation = format!(
+                "received {not_found} not-found answers on object lookups in the current {} window and asked {} again; sessions that get any receive at most {p99} (threshold {threshold})",
+                j.window_text(),
+                j.template()
+            );
+            let evidence = json!({
+                "operation": j.template(),
+                "notFound": not_found,
+                "threshold": threshold,
+                "p99": p99,
+            });
+            return Some(finding(
+                FindingKind::Enumeration,
+                Severity::High,
+                config,
+                explanation,
+                evidence,
+            ));
+        }
+    }
+    None
+}

@@ -1,0 +1,478 @@
+//! Analyzer tests on synthetic traffic with a synthetic clock: what is learned, what is
+//! caught, what is not flagged, and that flagged traffic does not move the model.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::analysis::{Analyzer, Finding, FindingKind, RequestContext, ResponseSummary};
+use crate::config::{Action, DetectorsConfig, LearningConfig};
+use crate::detect::LearnedAnalyzer;
+use crate::detect::session_state::SessionState;
+use crate::model::LearnedModel;
+use crate::operation::{Operation, OperationOrigin};
+use crate::session::{RecentOp, SessionSource};
+
+const MIN: u64 = 60_000;
+
+struct Harness {
+    analyzer: LearnedAnalyzer,
+    ops: HashMap<String, Operation>,
+    sessions: HashMap<String, (SessionState, Vec<RecentOp>)>,
+    now: u64,
+}
+
+struct Req<'a> {
+    session: &'a str,
+    client: [u8; 4],
+    template: &'a str,
+    path: Vec<(&'a str, String)>,
+    query: Vec<(&'a str, String)>,
+    body: Option<serde_json::Value>,
+    status: u16,
+}
+
+fn req<'a>(session: &'a str, template: &'a str) -> Req<'a> {
+    Req {
+        session,
+        client: [10, 0, 0, 1],
+        template,
+        path: Vec::new(),
+        query: Vec::new(),
+        body: None,
+        status: 200,
+    }
+}
+
+impl Harness {
+    fn new(learning: LearningConfig) -> Self {
+        let analyzer = LearnedAnalyzer::new(&learning, &DetectorsConfig::all(Action::Block), None);
+        Self {
+            analyzer,
+            ops: HashMap::new(),
+            sessions: HashMap::new(),
+            now: 1_700_000_000_000,
+        }
+    }
+
+    fn op(&mut self, template: &str) -> Operation {
+        let next = u32::try_from(self.ops.len()).unwrap();
+        self.ops
+            .entry(template.to_owned())
+            .or_insert_with(|| Operation {
+                id: next,
+                template: Arc::from(template),
+                origin: OperationOrigin::Learned,
+            })
+            .clone()
+    }
+
+    fn send(&mut self, r: Req<'_>) -> Vec<Finding> {
+        let op = self.op(r.template);
+        let method: http::Method = r.template.split(' ').next().unwrap().parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("user-agent", "bank-app/1.2".parse().unwrap());
+        headers.insert("accept", "application/json".parse().unwrap());
+        let path_params: Vec<(&str, &str)> = r.path.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let query: Vec<(Cow<'_, str>, Cow<'_, str>)> = r
+            .query
+            .iter()
+            .map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(v.as_str())))
+            .collect();
+        let (state, recent) = self.sessions.entry(r.session.to_owned()).or_default();
+        let recent_copy = recent.clone();
+        let ctx = RequestContext {
+            now_ms: self.now,
+            session: r.session,
+            session_source: SessionSource::Jwt,
+            client: IpAddr::from(r.client),
+            method: &method,
+            operation: &op,
+            path_params: &path_params,
+            query: &query,
+            headers: &headers,
+            body: r.body.as_ref(),
+            recent: &recent_copy,
+        };
+        let mut findings = Vec::new();
+        self.analyzer.inspect(&ctx, state, &mut findings);
+        self.analyzer.observe(
+            &ctx,
+            state,
+            &ResponseSummary {
+                status: r.status,
+                duration_us: 100,
+            },
+            !findings.is_empty(),
+        );
+        recent.push(RecentOp {
+            op: op.id,
+            at_ms: self.now,
+        });
+        if recent.len() > 10 {
+            recent.remove(0);
+        }
+        self.now += 1000;
+        findings
+    }
+
+    /// One benign banking journey; returns every finding it produced.
+    fn benign(&mut self, user: u32, variant: u32) -> Vec<Finding> {
+        let s = format!("jwt:sub={user}");
+        let mut all = Vec::new();
+        let login_session = format!("ip:{user}");
+        let mut login = req(&login_session, "POST /login")
+            .with_body(serde_json::json!({"username": format!("user{user}"), "password": "pw"}));
+        login.client = [10, 1, (user / 250) as u8, (user % 250) as u8];
+        all.extend(self.send(login));
+        all.extend(self.send(req(&s, "GET /accounts")));
+        let accounts = [
+            format!("{}", 1000 + user * 2),
+            format!("{}", 1001 + user * 2),
+        ];
+        all.extend(self.send(req(&s, "GET /accounts/{id}/balance").with_path("id", &accounts[0])));
+        if variant.is_multiple_of(3) {
+            all.extend(
+                self.send(req(&s, "GET /accounts/{id}/balance").with_path("id", &accounts[1])),
+            );
+        }
+        if variant.is_multiple_of(2) {
+            let body = serde_json::json!({
+                "fromAccount": accounts[0], "toAccount": format!("{}", 5000 + variant % 40),
+                "amount": 10 + (variant * 37) % 900, "currency": if variant.is_multiple_of(5) { "USD" } else { "EUR" },
+                "memo": format!("invoice {variant}"),
+            });
+            all.extend(self.send(req(&s, "POST /transfers").with_body(body)));
+        } else {
+            for page in 1..=(1 + variant % 3) {
+                all.extend(
+                    self.send(req(&s, "GET /transactions").with_query("page", &page.to_string())),
+                );
+            }
+        }
+        self.now += 5 * MIN;
+        all
+    }
+
+    fn train(&mut self, sessions: u32) {
+        for user in 0..sessions {
+            let findings = self.benign(user, user);
+            assert!(
+                findings.is_empty(),
+                "learning phase flagged nothing yet: {findings:?}"
+            );
+        }
+    }
+
+    fn model(&self) -> LearnedModel {
+        self.analyzer.snapshot()
+    }
+}
+
+impl<'a> Req<'a> {
+    fn with_body(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+    fn with_path(mut self, name: &'a str, value: &str) -> Self {
+        self.path.push((name, value.to_owned()));
+        self
+    }
+    fn with_query(mut self, name: &'a str, value: &str) -> Self {
+        self.query.push((name, value.to_owned()));
+        self
+    }
+    fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+fn small_api() -> LearningConfig {
+    LearningConfig {
+        min_requests: 500,
+        min_sessions: 50,
+        ..LearningConfig::default()
+    }
+}
+
+fn kinds(findings: &[Finding]) -> Vec<FindingKind> {
+    findings.iter().map(|f| f.kind).collect()
+}
+
+#[test]
+fn immature_model_flags_nothing_and_says_what_it_waits_for() {
+    let mut h = Harness::new(small_api());
+    h.train(20);
+    let findings = h.send(
+        req("jwt:sub=attacker", "POST /transfers")
+            .with_body(serde_json::json!({"fromAccount": "1", "role": "admin"})),
+    );
+    assert!(findings.is_empty());
+    let view = h.analyzer.view();
+    assert!(!view.mature);
+    let shadow = view
+        .detectors
+        .iter()
+        .find(|d| d.name == "shadowEndpoint")
+        .unwrap();
+    assert!(!shadow.active);
+    // 20 journeys = 40 sessions (the login's address session and the token session).
+    let model = h.model();
+    let expected = format!(
+        "needs {} more requests and {} more sessions",
+        500 - model.requests,
+        50 - model.sessions
+    );
+    assert_eq!(
+        model.sessions, 41,
+        "20 journeys with two sessions each, and the attacker's"
+    );
+    assert_eq!(shadow.waiting_for.as_deref(), Some(expected.as_str()));
+}
+
+#[test]
+fn benign_journeys_are_not_flagged_after_learning() {
+    let mut h = Harness::new(small_api());
+    h.train(400);
+    let view = h.analyzer.view();
+    assert!(view.mature, "{view:?}");
+    let mut flagged = Vec::new();
+    for user in 10_000..10_100 {
+        let f = h.benign(user, user);
+        if !f.is_empty() {
+            flagged.push(f);
+        }
+    }
+    assert!(flagged.is_empty(), "benign sessions flagged: {flagged:?}");
+}
+
+#[test]
+fn catches_each_attack_kind() {
+    let mut h = Harness::new(small_api());
+    h.train(400);
+
+    // Skipped steps: a transfer as the first request of a session.
+    let f = h.send(req("jwt:sub=skip", "POST /transfers").with_body(serde_json::json!({
+        "fromAccount": "1000", "toAccount": "5001", "amount": 100, "currency": "EUR", "memo": "x"})));
+    assert_eq!(kinds(&f), vec![FindingKind::UnlikelySequence], "{f:?}");
+    assert!(
+        f[0].explanation
+            .contains("as the first request of the session"),
+        "{}",
+        f[0].explanation
+    );
+    // Its immediate replay is flagged too.
+    let f = h.send(req("jwt:sub=skip", "POST /transfers").with_body(serde_json::json!({
+        "fromAccount": "1000", "toAccount": "5001", "amount": 100, "currency": "EUR", "memo": "x"})));
+    assert!(kinds(&f).contains(&FindingKind::UnlikelySequence), "{f:?}");
+
+    // Mass assignment and tampered amount.
+    h.send(req("jwt:sub=mass", "GET /accounts"));
+    h.send(req("jwt:sub=mass", "GET /accounts/{id}/balance").with_path("id", "1000"));
+    let f = h.send(req("jwt:sub=mass", "POST /transfers").with_body(serde_json::json!({
+        "fromAccount": "1000", "toAccount": "5001", "amount": 100, "currency": "EUR", "memo": "x", "approved": true})));
+    assert_eq!(kinds(&f), vec![FindingKind::ShapeDeviation], "{f:?}");
+    assert!(
+        f[0].explanation.contains("approved"),
+        "{}",
+        f[0].explanation
+    );
+    let f = h.send(req("jwt:sub=mass", "POST /transfers").with_body(serde_json::json!({
+        "fromAccount": "1000", "toAccount": "5001", "amount": -25000000, "currency": "EUR", "memo": "x"})));
+    assert!(kinds(&f).contains(&FindingKind::ShapeDeviation), "{f:?}");
+
+    // Injection in a query value.
+    h.send(req("jwt:sub=inj", "GET /accounts"));
+    let f = h.send(req("jwt:sub=inj", "GET /transactions").with_query("page", "1' OR 1=1--"));
+    assert!(kinds(&f).contains(&FindingKind::ShapeDeviation), "{f:?}");
+
+    // Enumeration of account ids.
+    h.send(req("jwt:sub=bola", "GET /accounts"));
+    let mut first = None;
+    for i in 0..40 {
+        let f = h.send(
+            req("jwt:sub=bola", "GET /accounts/{id}/balance")
+                .with_path("id", &format!("{}", 3000 + i)),
+        );
+        if first.is_none() && kinds(&f).contains(&FindingKind::Enumeration) {
+            first = Some(i + 1);
+        }
+    }
+    let first = first.expect("enumeration detected");
+    assert!((10..=14).contains(&first), "detected after {first} ids");
+
+    // Volume: scraping transactions pages.
+    h.send(req("jwt:sub=scrape", "GET /accounts"));
+    let mut volume = None;
+    for page in 1..=60 {
+        let f = h
+            .send(req("jwt:sub=scrape", "GET /transactions").with_query("page", &page.to_string()));
+        if let Some(v) = f.iter().find(|f| f.kind == FindingKind::Volume) {
+            assert_eq!(v.block_status, 429);
+            assert!(v.retry_after_s.is_some());
+            volume.get_or_insert(page);
+        }
+    }
+    assert_eq!(
+        volume,
+        Some(21),
+        "volume threshold is the floor of 20 for this narrow baseline"
+    );
+
+    // Credential stuffing from one client.
+    let mut stuffing = None;
+    for i in 0..30 {
+        let mut r = req("ip:stuffer", "POST /login")
+            .with_body(serde_json::json!({"username": format!("victim{i}"), "password": "123456"}))
+            .status(401);
+        r.client = [203, 0, 113, 9];
+        let f = h.send(r);
+        if stuffing.is_none() && kinds(&f).contains(&FindingKind::CredentialStuffing) {
+            stuffing = Some(i + 1);
+        }
+    }
+    // Four distinct failing identities reach the identity threshold; the 128-bit linear
+    // counting may merge two of them (a fixed hash, so the outcome is deterministic).
+    assert!(matches!(stuffing, Some(5..=6)), "{stuffing:?}");
+
+    // Shadow endpoint.
+    h.send(req("jwt:sub=probe", "GET /accounts"));
+    let f = h.send(req("jwt:sub=probe", "GET /admin/users").status(404));
+    assert!(kinds(&f).contains(&FindingKind::ShadowEndpoint), "{f:?}");
+}
+
+#[test]
+fn flagged_session_does_not_move_the_model() {
+    let mut h = Harness::new(small_api());
+    h.train(300);
+    let before = h.model();
+    // First request is flagged (unknown endpoint); everything after is ignored for learning.
+    let f = h.send(req("jwt:sub=poison", "GET /internal/debug"));
+    assert!(!f.is_empty());
+    for _ in 0..50 {
+        h.send(
+            req("jwt:sub=poison", "POST /transfers")
+                .with_body(serde_json::json!({"fromAccount": "1", "evil": "x"})),
+        );
+        h.send(req("jwt:sub=poison", "GET /accounts"));
+    }
+    let after = h.model();
+    assert_eq!(before, after, "a flagged session must not move the model");
+    // An unflagged session does move it.
+    h.benign(99_999, 2);
+    assert_ne!(before, h.model());
+}
+
+#[test]
+fn delta_merge_and_adoption_are_exact() {
+    let mut a = Harness::new(small_api());
+    let mut b = Harness::new(small_api());
+    a.train(60);
+    let delta_a = a.analyzer.take_delta();
+    b.train(40);
+    let delta_b = b.analyzer.take_delta();
+    // The operator merges both deltas.
+    let mut merged = LearnedModel::default();
+    merged.merge(&delta_a);
+    merged.merge(&delta_b);
+    assert_eq!(merged.requests, delta_a.requests + delta_b.requests);
+    assert_eq!(
+        merged.sessions, 200,
+        "each journey has a login session and a token session"
+    );
+    // A learns more, then adopts the merged model: its pending learning stays on top.
+    let pending_before = a.model().requests;
+    a.benign(5000, 1);
+    let pending = a.model().requests - pending_before;
+    a.analyzer.replace_model(merged.clone());
+    assert_eq!(a.model().requests, merged.requests + pending);
+    // The next delta is exactly the pending learning.
+    let next = a.analyzer.take_delta();
+    assert_eq!(next.requests, pending);
+    assert_eq!(next.sessions, 2);
+    let mut operator = merged.clone();
+    operator.merge(&next);
+    assert_eq!(operator.requests, a.model().requests);
+    // Nothing new: no delta.
+    assert!(a.analyzer.take_delta_bytes().is_none());
+}
+
+#[test]
+fn model_round_trips_through_bytes_and_files() {
+    let mut h = Harness::new(small_api());
+    h.train(120);
+    let model = h.model();
+    let bytes = model.to_bytes();
+    let back = LearnedModel::from_bytes(&bytes).unwrap();
+    assert_eq!(back, model);
+    let json_len = serde_json::to_vec(&model).unwrap().len();
+    assert!(
+        bytes.len() * 3 < json_len,
+        "compressed {} vs json {json_len}",
+        bytes.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.bin");
+    h.analyzer.persist(&path).unwrap();
+    let loaded = LearnedAnalyzer::load(&path, &small_api()).unwrap();
+    assert_eq!(loaded, model);
+    assert!(LearnedModel::from_bytes(b"not gzip").is_err());
+}
+
+#[test]
+fn caps_bound_operations_and_contexts() {
+    let learning = LearningConfig {
+        max_operations: 64,
+        max_contexts: 500,
+        ..small_api()
+    };
+    let mut h = Harness::new(learning);
+    for i in 0..3000u32 {
+        let template = format!("GET /fuzz/{i}");
+        let s = format!("jwt:sub=f{}", i % 50);
+        h.send(req(&s, &template));
+    }
+    let model = h.model();
+    assert_eq!(model.operations.len(), 64);
+    assert!(model.dropped_operations > 0);
+    assert!(
+        model.sequences.contexts.len() <= 500,
+        "{}",
+        model.sequences.contexts.len()
+    );
+    let view = h.analyzer.view();
+    assert_eq!(view.usage.operations, 64);
+}
+
+#[test]
+fn model_view_lists_sequences_and_suggests_rules() {
+    let mut h = Harness::new(small_api());
+    h.train(300);
+    let view = h.analyzer.view();
+    assert!(
+        view.detectors.iter().all(|d| d.active),
+        "{:?}",
+        view.detectors
+    );
+    assert!(!view.top_sequences.is_empty());
+    assert!(view.top_sequences.len() <= 20);
+    let transfer = view
+        .endpoints
+        .iter()
+        .find(|e| e.operation == "POST /transfers")
+        .unwrap();
+    assert_eq!(transfer.volume.p99, 1);
+    let rule = view
+        .suggested_rules
+        .iter()
+        .find(|r| {
+            r.operation == "GET /accounts/{id}/balance"
+                && r.after == vec!["GET /accounts".to_owned()]
+        })
+        .expect("balance requires accounts");
+    assert!(rule.yaml.contains("kind: SequenceRule"), "{}", rule.yaml);
+    let parsed: serde_json::Value = serde_yaml_ng::from_str(&rule.yaml).unwrap();
+    assert_eq!(parsed["spec"]["requires"]["after"][0], "GET /accounts");
+}

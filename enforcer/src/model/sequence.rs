@@ -1,0 +1,462 @@
+//! The sequence model: a variable-order Markov chain over a session's operations (consecutive
+//! repeats collapsed), as counts of the next operation given the previous 0..k operations.
+//!
+//! Probabilities are judged with Beta credible intervals (Jeffreys prior Beta(½, ½)), so that a
+//! context seen 20 times never speaks as loudly as one seen 20,000 times. A longer context is
+//! *pruned* (not important) when, for every next operation, its interval overlaps its parent's
+//! (the context minus its oldest operation); what remains are the important sequences, ranked
+//! by precedence score = count(sequence) / count(its last operation).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use statrs::function::beta::inv_beta_reg;
+
+/// Pseudo-operation that marks the start of a session in contexts.
+pub const SESSION_START: u16 = u16::MAX;
+
+/// Most distinct next operations kept per context; rarer ones share the `other` count.
+const MAX_NEXT_PER_CONTEXT: usize = 128;
+
+/// Next-operation counts of one context.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextCounts {
+    pub total: u64,
+    /// (operation index, count), unordered.
+    pub next: Vec<(u16, u64)>,
+    /// Counts of next operations evicted from `next` because of its cap.
+    #[serde(default)]
+    pub other: u64,
+}
+
+impl NextCounts {
+    pub fn count_of(&self, op: u16) -> Option<u64> {
+        self.next.iter().find(|(o, _)| *o == op).map(|(_, c)| *c)
+    }
+
+    fn add(&mut self, op: u16, count: u64) {
+        self.total += count;
+        if let Some(entry) = self.next.iter_mut().find(|(o, _)| *o == op) {
+            entry.1 += count;
+            return;
+        }
+        self.next.push((op, count));
+        if self.next.len() > MAX_NEXT_PER_CONTEXT
+            && let Some((index, _)) = self.next.iter().enumerate().min_by_key(|(_, (_, c))| *c)
+        {
+            let (_, evicted) = self.next.swap_remove(index);
+            self.other += evicted;
+        }
+    }
+}
+
+/// Beta credible interval of a proportion `count / total` (Jeffreys prior).
+pub fn credible_interval(count: u64, total: u64, credibility: f64) -> (f64, f64) {
+    let alpha = (1.0 - credibility).clamp(1e-9, 0.5);
+    let a = count as f64 + 0.5;
+    let b = total.saturating_sub(count) as f64 + 0.5;
+    let lower = if count == 0 {
+        0.0
+    } else {
+        inv_beta_reg(a, b, alpha / 2.0)
+    };
+    let upper = if count >= total {
+        1.0
+    } else {
+        inv_beta_reg(a, b, 1.0 - alpha / 2.0)
+    };
+    (lower, upper)
+}
+
+/// One-sided upper credible bound of a proportion.
+pub fn upper_bound(count: u64, total: u64, credibility: f64) -> f64 {
+    if count >= total {
+        return 1.0;
+    }
+    let a = count as f64 + 0.5;
+    let b = (total - count) as f64 + 0.5;
+    inv_beta_reg(a, b, credibility.clamp(0.5, 1.0 - 1e-9))
+}
+
+/// Context → next-operation counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "SequenceWire", into = "SequenceWire")]
+pub struct SequenceModel {
+    pub contexts: HashMap<Box<[u16]>, NextCounts>,
+    /// Context counts dropped by eviction (for the model view).
+    pub evicted: u64,
+}
+
+/// Serialized form: JSON maps need string keys, so contexts travel as a list.
+#[derive(Serialize, Deserialize)]
+struct SequenceWire {
+    #[serde(default)]
+    contexts: Vec<(Vec<u16>, NextCounts)>,
+    #[serde(default)]
+    evicted: u64,
+}
+
+impl From<SequenceWire> for SequenceModel {
+    fn from(wire: SequenceWire) -> Self {
+        let contexts = wire
+            .contexts
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_slice(), v))
+            .collect();
+        Self {
+            contexts,
+            evicted: wire.evicted,
+        }
+    }
+}
+
+impl From<SequenceModel> for SequenceWire {
+    fn from(model: SequenceModel) -> Self {
+        let mut contexts: Vec<(Vec<u16>, NextCounts)> = model
+            .contexts
+            .into_iter()
+            .map(|(k, v)| (k.into_vec(), v))
+            .collect();
+        contexts.sort_by(|a, b| a.0.cmp(&b.0));
+        Self {
+            contexts,
+            evicted: model.evicted,
+        }
+    }
+}
+
+/// An important sequence with its statistics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportantSequence {
+    /// Operation indices, oldest first; the last one is the predicted operation.
+    pub ops: Vec<u16>,
+    pub count: u64,
+    pub precedence: f64,
+    /// P(last | preceding) with its credible interval.
+    pub probability: f64,
+    pub interval: (f64, f64),
+}
+
+impl SequenceModel {
+    /// Learns one transition: `history` (collapsed, oldest first, possibly starting with
+    /// [`SESSION_START`]) followed by `next`. Updates contexts of length 0..=order.
+    pub fn learn(&mut self, history: &[u16], next: u16, order: usize) {
+        let longest = history.len().min(order);
+        for len in 0..=longest {
+            let context = &history[history.len() - len..];
+            if let Some(counts) = self.contexts.get_mut(context) {
+                counts.add(next, 1);
+            } else {
+                let mut counts = NextCounts::default();
+                counts.add(next, 1);
+                self.contexts.insert(context.into(), counts);
+            }
+        }
+    }
+
+    pub fn get(&self, context: &[u16]) -> Option<&NextCounts> {
+        self.contexts.get(context)
+    }
+
+    /// Unigram count of an operation (how often it was entered, repeats collapsed).
+    pub fn op_count(&self, op: u16) -> u64 {
+        self.contexts
+            .get(&[][..])
+            .and_then(|c| c.count_of(op))
+            .unwrap_or(0)
+    }
+
+    /// Keeps at most `max_contexts` contexts by dropping the least-counted ones (down to 90% of
+    /// the cap, so that eviction runs rarely). The empty context is never dropped.
+    pub fn enforce_cap(&mut self, max_contexts: usize) {
+        if self.contexts.len() <= max_contexts {
+            return;
+        }
+        let keep = max_contexts.saturating_mul(9) / 10;
+        let mut totals: Vec<u64> = self
+            .contexts
+            .iter()
+            .filter(|(k, _)| !k.is_empty())
+            .map(|(_, v)| v.total)
+            .collect();
+        totals.sort_unstable_by(|a, b| b.cmp(a));
+        let cutoff = totals.get(keep.saturating_sub(1)).copied().unwrap_or(0);
+        let mut kept = 0usize;
+        let mut evicted = 0u64;
+        self.contexts.retain(|key, counts| {
+            if key.is_empty() {
+                return true;
+            }
+            if counts.total > cutoff || (counts.total == cutoff && kept < keep) {
+                kept += 1;
+                true
+            } else {
+                evicted += counts.total;
+                false
+            }
+        });
+        // Ties above may still exceed `keep`; drop the rest deterministically by key order.
+        if self.contexts.len() > max_contexts {
+            let mut keys: Vec<Box<[u16]>> = self
+                .contexts
+                .keys()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect();
+            keys.sort_by(|a, b| {
+                self.contexts[b]
+                    .total
+                    .cmp(&self.contexts[a].total)
+                    .then_with(|| a.cmp(b))
+            });
+            for key in keys.into_iter().skip(keep) {
+                if let Some(c) = self.contexts.remove(&key) {
+                    evicted += c.total;
+                }
+            }
+        }
+        self.evicted += evicted;
+    }
+
+    /// Adds `other`'s counts, with `other`'s operation indices translated by `map`
+    /// (`None` = that operation has no place in this model; its contexts are skipped).
+    pub fn merge(&mut self, other: &Self, map: &dyn Fn(u16) -> Option<u16>) {
+        'contexts: for (key, theirs) in &other.contexts {
+            let mut translated = Vec::with_capacity(key.len());
+            for op in key.iter() {
+                match translate(*op, map) {
+                    Some(mine) => translated.push(mine),
+                    None => continue 'contexts,
+                }
+            }
+            let mine = self
+                .contexts
+                .entry(translated.into_boxed_slice())
+                .or_default();
+            for (op, count) in &theirs.next {
+                if let Some(op) = translate(*op, map) {
+                    mine.add(op, *count);
+                } else {
+                    mine.total += count;
+                    mine.other += count;
+                }
+            }
+            mine.total += theirs.other;
+            mine.other += theirs.other;
+        }
+        self.evicted += other.evicted;
+    }
+
+    /// Removes `base`'s counts (same index space), for deltas.
+    pub fn subtract(&mut self, base: &Self) {
+        for (key, theirs) in &base.contexts {
+            let Some(mine) = self.contexts.get_mut(key) else {
+                continue;
+            };
+            mine.total = mine.total.saturating_sub(theirs.total);
+            mine.other = mine.other.saturating_sub(theirs.other);
+            for (op, count) in &theirs.next {
+                if let Some(entry) = mine.next.iter_mut().find(|(o, _)| o == op) {
+                    entry.1 = entry.1.saturating_sub(*count);
+                }
+            }
+            mine.next.retain(|(_, c)| *c > 0);
+        }
+        self.contexts.retain(|_, c| c.total > 0);
+        self.evicted = self.evicted.saturating_sub(base.evicted);
+    }
+
+    pub fn halve(&mut self) {
+        for counts in self.contexts.values_mut() {
+            counts.total /= 2;
+            counts.other /= 2;
+            for entry in &mut counts.next {
+                entry.1 /= 2;
+            }
+            counts.next.retain(|(_, c)| *c > 0);
+        }
+        self.contexts.retain(|_, c| c.total > 0);
+    }
+
+    /// Whether `context` (length ≥ 1) predicts differently from its parent for some next
+    /// operation: some credible interval does not overlap the parent's.
+    pub fn is_important(&self, context: &[u16], min_total: u64, credibility: f64) -> bool {
+        let (Some(counts), Some(parent)) =
+            (self.contexts.get(context), self.contexts.get(&context[1..]))
+        else {
+            return false;
+        };
+        if counts.total < min_total || context.is_empty() {
+            return false;
+        }
+        counts.next.iter().any(|(op, count)| {
+            let (lo, hi) = credible_interval(*count, counts.total, credibility);
+            let parent_count = parent.count_of(*op).unwrap_or(0);
+            let (plo, phi) = credible_interval(parent_count, parent.total, credibility);
+            hi < plo || lo > phi
+        })
+    }
+
+    /// The important sequences (context of length ≥ 1 plus next operation), ranked by
+    /// precedence score, then count; at most `limit`. Sequences with fewer than `min_count`
+    /// occurrences are ignored.
+    pub fn important_sequences(
+        &self,
+        min_count: u64,
+        credibility: f64,
+        limit: usize,
+    ) -> Vec<ImportantSequence> {
+        let mut found = Vec::new();
+        for (context, counts) in &self.contexts {
+            if context.is_empty() || counts.total < min_count {
+                continue;
+            }
+            // The length-1 context's parent is the empty context: order 1 vs order 0.
+            if !self.is_important(context, min_count, credibility) {
+                continue;
+            }
+            for (op, count) in &counts.next {
+                if *count < min_count {
+                    continue;
+                }
+                let last = self.op_count(*op).max(*count);
+                let interval = credible_interval(*count, counts.total, credibility);
+                let mut ops = context.to_vec();
+                ops.push(*op);
+                found.push(ImportantSequence {
+                    ops,
+                    count: *count,
+                    precedence: *count as f64 / last as f64,
+                    probability: *count as f64 / counts.total as f64,
+                    interval,
+                });
+            }
+        }
+        found.sort_by(|a, b| {
+            b.precedence
+                .partial_cmp(&a.precedence)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| b.count.cmp(&a.count))
+                .then_with(|| a.ops.len().cmp(&b.ops.len()))
+                .then_with(|| a.ops.cmp(&b.ops))
+        });
+        // Drop a sequence whose shorter suffix with the same precedence is already listed.
+        let mut kept: Vec<ImportantSequence> = Vec::new();
+        for seq in found {
+            let redundant = kept.iter().any(|k| {
+                k.ops.len() < seq.ops.len()
+                    && seq.ops.ends_with(&k.ops)
+                    && (k.precedence - seq.precedence).abs() < 1e-9
+            });
+            if !redundant {
+                kept.push(seq);
+            }
+            if kept.len() >= limit {
+                break;
+            }
+        }
+        kept
+    }
+
+    /// Bytes held by the contexts (approximate; for the model view and caps).
+    pub fn approx_bytes(&self) -> usize {
+        self.contexts
+            .iter()
+            .map(|(k, v)| 48 + k.len() * 2 + 32 + v.next.len() * 16)
+            .sum()
+    }
+}
+
+fn translate(op: u16, map: &dyn Fn(u16) -> Option<u16>) -> Option<u16> {
+    if op == SESSION_START {
+        Some(SESSION_START)
+    } else {
+        map(op)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credible_intervals_shrink_with_evidence() {
+        let (lo, hi) = credible_interval(5, 10, 0.95);
+        assert!(lo < 0.5 && hi > 0.5 && hi - lo > 0.4);
+        let (lo, hi) = credible_interval(500, 1000, 0.95);
+        assert!(hi - lo < 0.07, "{lo} {hi}");
+        // No occurrences in 300 tries: the upper bound is about 2/300.
+        let upper = upper_bound(0, 300, 0.95);
+        assert!(upper < 0.01 && upper > 0.001, "{upper}");
+        assert!(upper_bound(0, 20, 0.95) > 0.05);
+    }
+
+    #[test]
+    fn learns_contexts_and_ranks_precedence() {
+        // login(0) → accounts(1) → balance(2) → transfer(3), and login → accounts → profile(4).
+        let mut m = SequenceModel::default();
+        for i in 0..200 {
+            let history = [SESSION_START, 0, 1];
+            m.learn(&history[..1], 0, 8);
+            m.learn(&history[..2], 1, 8);
+            if i % 2 == 0 {
+                m.learn(&history[..3], 2, 8);
+                m.learn(&[SESSION_START, 0, 1, 2], 3, 8);
+            } else {
+                m.learn(&history[..3], 4, 8);
+            }
+        }
+        assert_eq!(m.get(&[1]).unwrap().total, 200);
+        assert_eq!(m.get(&[2]).unwrap().count_of(3), Some(100));
+        assert_eq!(m.op_count(3), 100);
+        let top = m.important_sequences(10, 0.95, 20);
+        assert!(!top.is_empty());
+        // balance → transfer: every transfer follows a balance lookup.
+        let pair = top
+            .iter()
+            .find(|s| s.ops == vec![2, 3])
+            .expect("balance → transfer listed");
+        assert!((pair.precedence - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn merge_is_addition_and_subtract_inverts() {
+        let mut a = SequenceModel::default();
+        let mut b = SequenceModel::default();
+        a.learn(&[0, 1], 2, 8);
+        b.learn(&[0, 1], 2, 8);
+        b.learn(&[1], 3, 8);
+        let mut merged = a.clone();
+        merged.merge(&b, &|op| Some(op));
+        assert_eq!(merged.get(&[0, 1]).unwrap().count_of(2), Some(2));
+        assert_eq!(merged.get(&[]).unwrap().total, 3);
+        merged.subtract(&a);
+        assert_eq!(merged, b);
+    }
+
+    #[test]
+    fn context_cap_evicts_least_counted() {
+        let mut m = SequenceModel::default();
+        for i in 0..100u16 {
+            for _ in 0..=i {
+                m.learn(&[i], 1000, 1);
+            }
+        }
+        m.enforce_cap(50);
+        assert!(m.contexts.len() <= 50);
+        assert!(m.get(&[99]).is_some());
+        assert!(m.get(&[0]).is_none());
+        assert!(m.get(&[]).is_some());
+        assert!(m.evicted > 0);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let mut m = SequenceModel::default();
+        m.learn(&[SESSION_START, 4], 7, 8);
+        let json = serde_json::to_string(&m).unwrap();
+        let back: SequenceModel = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+    }
+}

