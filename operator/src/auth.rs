@@ -14,7 +14,12 @@ pub enum AuthError {
     #[error("token not authenticated: {0}")]
     Unauthenticated(String),
     #[error("{user} may not report for {namespace}/{name}; only {expected} may")]
-    Forbidden { user: String, expected: String, namespace: String, name: String },
+    Forbidden {
+        user: String,
+        expected: String,
+        namespace: String,
+        name: String,
+    },
     #[error("TokenReview failed: {0}")]
     Review(#[from] kube::Error),
 }
@@ -26,7 +31,9 @@ pub fn service_account_user(namespace: &str, service_account: &str) -> String {
 
 /// Extracts the token of an `Authorization: Bearer …` header.
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthError> {
-    let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::MissingToken)?;
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::MissingToken)?;
     let value = value.to_str().map_err(|_| AuthError::MissingToken)?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::MissingToken)?;
     let token = token.trim();
@@ -37,20 +44,37 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthError> {
 }
 
 /// Asks the API server who `token` belongs to, for `audience`; returns the user name.
-pub async fn review(client: &kube::Client, token: &str, audience: &str) -> Result<String, AuthError> {
+pub async fn review(
+    client: &kube::Client,
+    token: &str,
+    audience: &str,
+) -> Result<String, AuthError> {
     let api: Api<TokenReview> = Api::all(client.clone());
     let request = TokenReview {
-        spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![audience.to_owned()]) },
+        spec: TokenReviewSpec {
+            token: token.to_owned(),
+            audiences: Some(vec![audience.to_owned()]),
+        },
         ..TokenReview::default()
     };
     let answer = api.create(&PostParams::default(), &request).await?;
     let status = answer.status.unwrap_or_default();
     if status.authenticated != Some(true) {
-        return Err(AuthError::Unauthenticated(status.error.unwrap_or_else(|| "not authenticated".into())));
+        return Err(AuthError::Unauthenticated(
+            status.error.unwrap_or_else(|| "not authenticated".into()),
+        ));
     }
     // An API server that ignores audiences answers without them; insist on ours.
-    if !status.audiences.as_deref().unwrap_or_default().iter().any(|aud| aud == audience) {
-        return Err(AuthError::Unauthenticated(format!("token is not valid for audience {audience}")));
+    if !status
+        .audiences
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|aud| aud == audience)
+    {
+        return Err(AuthError::Unauthenticated(format!(
+            "token is not valid for audience {audience}"
+        )));
     }
     status
         .user
@@ -59,12 +83,22 @@ pub async fn review(client: &kube::Client, token: &str, audience: &str) -> Resul
 }
 
 /// Checks that `user` is the ServiceAccount `service_account` in `namespace`.
-pub fn authorize(user: &str, namespace: &str, name: &str, service_account: &str) -> Result<(), AuthError> {
+pub fn authorize(
+    user: &str,
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+) -> Result<(), AuthError> {
     let expected = service_account_user(namespace, service_account);
     if user == expected {
         Ok(())
     } else {
-        Err(AuthError::Forbidden { user: user.to_owned(), expected, namespace: namespace.to_owned(), name: name.to_owned() })
+        Err(AuthError::Forbidden {
+            user: user.to_owned(),
+            expected,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -75,20 +109,64 @@ mod tests {
     #[test]
     fn bearer_header_is_parsed_strictly() {
         let mut headers = http::HeaderMap::new();
-        assert!(matches!(bearer_token(&headers), Err(AuthError::MissingToken)));
-        headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Basic abc"));
-        assert!(matches!(bearer_token(&headers), Err(AuthError::MissingToken)));
-        headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer   "));
-        assert!(matches!(bearer_token(&headers), Err(AuthError::MissingToken)));
-        headers.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("bearer eyJ.x.y"));
+        assert!(matches!(
+            bearer_token(&headers),
+            Err(AuthError::MissingToken)
+        ));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Basic abc"),
+        );
+        assert!(matches!(
+            bearer_token(&headers),
+            Err(AuthError::MissingToken)
+        ));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer   "),
+        );
+        assert!(matches!(
+            bearer_token(&headers),
+            Err(AuthError::MissingToken)
+        ));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("bearer eyJ.x.y"),
+        );
         assert_eq!(bearer_token(&headers).unwrap(), "eyJ.x.y");
     }
 
     #[test]
     fn only_the_owned_service_account_is_authorized() {
-        assert!(authorize("system:serviceaccount:bank:bank-api-enforcer", "bank", "bank-api", "bank-api-enforcer").is_ok());
-        let err = authorize("system:serviceaccount:bank:other", "bank", "bank-api", "bank-api-enforcer").unwrap_err();
-        assert!(err.to_string().contains("only system:serviceaccount:bank:bank-api-enforcer may"), "{err}");
-        assert!(authorize("system:serviceaccount:other:bank-api-enforcer", "bank", "bank-api", "bank-api-enforcer").is_err());
+        assert!(
+            authorize(
+                "system:serviceaccount:bank:bank-api-enforcer",
+                "bank",
+                "bank-api",
+                "bank-api-enforcer"
+            )
+            .is_ok()
+        );
+        let err = authorize(
+            "system:serviceaccount:bank:other",
+            "bank",
+            "bank-api",
+            "bank-api-enforcer",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only system:serviceaccount:bank:bank-api-enforcer may"),
+            "{err}"
+        );
+        assert!(
+            authorize(
+                "system:serviceaccount:other:bank-api-enforcer",
+                "bank",
+                "bank-api",
+                "bank-api-enforcer"
+            )
+            .is_err()
+        );
     }
 }

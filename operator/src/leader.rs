@@ -67,7 +67,13 @@ pub enum Attempt {
 impl LeaderElector {
     /// A candidate for the Lease `lease_name` in the API's namespace.
     pub fn new(api: Api<Lease>, lease_name: &str, identity: &str, timing: LeaseTiming) -> Self {
-        Self { api, lease_name: lease_name.to_owned(), identity: identity.to_owned(), timing, observed: None }
+        Self {
+            api,
+            lease_name: lease_name.to_owned(),
+            identity: identity.to_owned(),
+            timing,
+            observed: None,
+        }
     }
 
     /// This candidate's identity.
@@ -81,7 +87,9 @@ impl LeaderElector {
             match self.try_acquire_or_renew().await {
                 Ok(Attempt::Leading) => return true,
                 Ok(Attempt::Following) => {}
-                Err(err) => tracing::warn!(error = %err, lease = %self.lease_name, "leader election attempt failed"),
+                Err(err) => {
+                    tracing::warn!(error = %err, lease = %self.lease_name, "leader election attempt failed")
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return false,
@@ -125,7 +133,10 @@ impl LeaderElector {
         let lease_seconds = i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.lease_name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.lease_name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.lease_name.clone()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(lease_seconds),
@@ -158,7 +169,11 @@ impl LeaderElector {
         }
         spec.lease_duration_seconds = Some(lease_seconds);
         spec.renew_time = Some(MicroTime(now));
-        match self.api.replace(&self.lease_name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.lease_name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(updated) => {
                 self.observe(&updated);
                 Ok(Attempt::Leading)
@@ -170,15 +185,23 @@ impl LeaderElector {
 
     /// Gives the Lease up (only when we still hold it) so a standby takes over at once.
     pub async fn release(&mut self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.lease_name).await else { return };
-        let Some(spec) = lease.spec.as_mut() else { return };
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.lease_name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return;
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        if let Err(err) = self.api.replace(&self.lease_name, &PostParams::default(), &lease).await {
+        if let Err(err) = self
+            .api
+            .replace(&self.lease_name, &PostParams::default(), &lease)
+            .await
+        {
             tracing::warn!(error = %err, lease = %self.lease_name, "releasing the Lease failed");
         }
     }
@@ -187,10 +210,15 @@ impl LeaderElector {
         let spec = lease.spec.as_ref();
         let record = ObservedRecord {
             holder: spec.and_then(|s| s.holder_identity.clone()),
-            renew_time: spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0.as_microsecond()),
+            renew_time: spec
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0.as_microsecond()),
             resource_version: lease.metadata.resource_version.clone(),
         };
-        let changed = self.observed.as_ref().is_none_or(|(seen, _)| *seen != record);
+        let changed = self
+            .observed
+            .as_ref()
+            .is_none_or(|(seen, _)| *seen != record);
         if changed {
             self.observed = Some((record, Instant::now()));
         }
@@ -198,6 +226,8 @@ impl LeaderElector {
 
     /// Whether the observed record has not changed for a whole lease duration.
     fn observed_expired(&self) -> bool {
-        self.observed.as_ref().is_some_and(|(_, since)| since.elapsed() >= self.timing.lease_duration)
+        self.observed
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= self.timing.lease_duration)
     }
 }

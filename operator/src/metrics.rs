@@ -3,7 +3,9 @@
 //! Label values are bounded: results and error kinds are fixed enums, ApiProtections are
 //! not used as labels (their number is unbounded in principle).
 
-use prometheus::{Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Every metric of the operator, registered in one registry.
 pub struct Metrics {
@@ -35,30 +37,57 @@ impl Metrics {
     /// Creates and registers every metric; fails only on a malformed metric definition.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("ordo_operator".into()), None)?;
-        let reconciles = IntCounterVec::new(Opts::new("reconciles_total", "Reconciles by kind and result"), &["kind", "result"])?;
-        let reconcile_errors =
-            IntCounterVec::new(Opts::new("reconcile_errors_total", "Reconcile errors by error kind"), &["error"])?;
-        let reconcile_seconds = Histogram::with_opts(
-            HistogramOpts::new("reconcile_duration_seconds", "Duration of one reconcile")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        let reconciles = IntCounterVec::new(
+            Opts::new("reconciles_total", "Reconciles by kind and result"),
+            &["kind", "result"],
         )?;
-        let reports = IntCounterVec::new(Opts::new("reports_total", "Enforcer reports by outcome"), &["outcome"])?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("reconcile_errors_total", "Reconcile errors by error kind"),
+            &["error"],
+        )?;
+        let reconcile_seconds = Histogram::with_opts(
+            HistogramOpts::new("reconcile_duration_seconds", "Duration of one reconcile").buckets(
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
+        )?;
+        let reports = IntCounterVec::new(
+            Opts::new("reports_total", "Enforcer reports by outcome"),
+            &["outcome"],
+        )?;
         let merge_bytes = Histogram::with_opts(
-            HistogramOpts::new("report_merge_bytes", "Compressed size of merged model deltas")
-                .buckets(prometheus::exponential_buckets(256.0, 4.0, 8)?),
+            HistogramOpts::new(
+                "report_merge_bytes",
+                "Compressed size of merged model deltas",
+            )
+            .buckets(prometheus::exponential_buckets(256.0, 4.0, 8)?),
         )?;
         let model_bytes = Histogram::with_opts(
-            HistogramOpts::new("model_persisted_bytes", "Compressed size of the persisted merged models")
-                .buckets(prometheus::exponential_buckets(1024.0, 4.0, 7)?),
+            HistogramOpts::new(
+                "model_persisted_bytes",
+                "Compressed size of the persisted merged models",
+            )
+            .buckets(prometheus::exponential_buckets(1024.0, 4.0, 7)?),
         )?;
         let webhook_decisions = IntCounterVec::new(
-            Opts::new("webhook_decisions_total", "Admission decisions by kind and decision"),
+            Opts::new(
+                "webhook_decisions_total",
+                "Admission decisions by kind and decision",
+            ),
             &["kind", "decision"],
         )?;
-        let status_refreshes =
-            IntCounterVec::new(Opts::new("status_refreshes_total", "Status writes from reports by result"), &["result"])?;
-        let tls_reloads =
-            IntCounterVec::new(Opts::new("tls_reloads_total", "Serving certificate reloads by result"), &["result"])?;
+        let status_refreshes = IntCounterVec::new(
+            Opts::new(
+                "status_refreshes_total",
+                "Status writes from reports by result",
+            ),
+            &["result"],
+        )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("tls_reloads_total", "Serving certificate reloads by result"),
+            &["result"],
+        )?;
         let leader = IntGauge::new("leader", "1 while this replica holds the leader Lease")?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
@@ -103,9 +132,20 @@ mod tests {
     fn metrics_register_and_render() {
         let metrics = Metrics::new().unwrap();
         metrics.reports.with_label_values(&["applied"]).inc();
-        metrics.webhook_decisions.with_label_values(&["SequenceRule", "denied"]).inc_by(2);
+        metrics
+            .webhook_decisions
+            .with_label_values(&["SequenceRule", "denied"])
+            .inc_by(2);
         let text = metrics.render();
-        assert!(text.contains("ordo_operator_reports_total{outcome=\"applied\"} 1"), "{text}");
-        assert!(text.contains("ordo_operator_webhook_decisions_total{decision=\"denied\",kind=\"SequenceRule\"} 2"), "{text}");
+        assert!(
+            text.contains("ordo_operator_reports_total{outcome=\"applied\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ordo_operator_webhook_decisions_total{decision=\"denied\",kind=\"SequenceRule\"} 2"
+            ),
+            "{text}"
+        );
     }
 }

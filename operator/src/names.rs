@@ -60,7 +60,11 @@ pub struct Names {
 
 impl Names {
     pub fn new(namespace: &str, protection: &str, service: &str) -> Self {
-        Self { protection: protection.to_owned(), namespace: namespace.to_owned(), service: service.to_owned() }
+        Self {
+            protection: protection.to_owned(),
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+        }
     }
 
     /// ConfigMap with the rendered enforcer config; also the Deployment and ServiceAccount name.
@@ -94,7 +98,10 @@ impl Names {
     /// Selector of the enforcer pods.
     pub fn selector(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("app.kubernetes.io/name".to_owned(), "ordo-enforcer".to_owned()),
+            (
+                "app.kubernetes.io/name".to_owned(),
+                "ordo-enforcer".to_owned(),
+            ),
             (PROTECTION_LABEL.to_owned(), self.protection.clone()),
         ])
     }

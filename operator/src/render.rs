@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use ordo_enforcer::config::{
-    self as cfg, DetectorConfig, DetectorsConfig, EnforcerConfig, LearningConfig, SequenceRuleConfig, ValidationErrors,
+    self as cfg, DetectorConfig, DetectorsConfig, EnforcerConfig, LearningConfig,
+    SequenceRuleConfig, ValidationErrors,
 };
 use ordo_enforcer::report::ReportConfig;
 use sha2::{Digest as _, Sha256};
@@ -30,7 +31,11 @@ impl std::fmt::Display for FieldError {
 
 /// Joins field errors into one message.
 pub fn join_errors(errors: &[FieldError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn from_validation(prefix: &str, errors: ValidationErrors) -> Vec<FieldError> {
@@ -52,7 +57,10 @@ fn duration(field: &str, text: &str, errors: &mut Vec<FieldError>) -> cfg::Durat
     match cfg::Duration::parse(text) {
         Ok(d) => d,
         Err(message) => {
-            errors.push(FieldError { field: field.to_owned(), message });
+            errors.push(FieldError {
+                field: field.to_owned(),
+                message,
+            });
             cfg::Duration::default()
         }
     }
@@ -62,7 +70,10 @@ fn count(field: &str, value: i64, errors: &mut Vec<FieldError>) -> u32 {
     match u32::try_from(value) {
         Ok(v) => v,
         Err(_) => {
-            errors.push(FieldError { field: field.to_owned(), message: format!("must be between 0 and {}, got {value}", u32::MAX) });
+            errors.push(FieldError {
+                field: field.to_owned(),
+                message: format!("must be between 0 and {}, got {value}", u32::MAX),
+            });
             0
         }
     }
@@ -77,9 +88,12 @@ fn action(action: crd::Action) -> cfg::Action {
 
 /// Converts one SequenceRule into the enforcer's rule config and validates it with the
 /// enforcer's own `validate_rule`. Errors name `spec.…` fields.
-pub fn rule_config(name: &str, spec: &SequenceRuleSpec) -> Result<SequenceRuleConfig, Vec<FieldError>> {
+pub fn rule_config(
+    name: &str,
+    spec: &SequenceRuleSpec,
+) -> Result<SequenceRuleConfig, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let mut within = |path: &str, w: &crd::Window, errors: &mut Vec<FieldError>| cfg::Within {
+    let within = |path: &str, w: &crd::Window, errors: &mut Vec<FieldError>| cfg::Within {
         requests: count(&format!("{path}.requests"), i64::from(w.requests), errors),
         duration: duration(&format!("{path}.duration"), &w.duration, errors),
     };
@@ -115,11 +129,22 @@ pub fn rule_config(name: &str, spec: &SequenceRuleSpec) -> Result<SequenceRuleCo
     if let Err(validation) = cfg::validate_rule(&rule) {
         for error in from_validation("spec", validation) {
             // The rule's name comes from metadata.name.
-            let field = if error.field == "spec.name" { "metadata.name".to_owned() } else { error.field };
-            errors.push(FieldError { field, message: error.message });
+            let field = if error.field == "spec.name" {
+                "metadata.name".to_owned()
+            } else {
+                error.field
+            };
+            errors.push(FieldError {
+                field,
+                message: error.message,
+            });
         }
     }
-    if errors.is_empty() { Ok(rule) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(rule)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Where the enforcers report to; from the operator's flags.
@@ -168,7 +193,11 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
     let mut errors = Vec::new();
     let session = session_config(&spec.session, &mut errors);
     let mut rules = input.rules;
-    rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+    rules.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     let rate_limits = spec
         .rate_limits
         .iter()
@@ -176,8 +205,16 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         .map(|(i, limit)| cfg::RateLimitConfig {
             name: None,
             operation: limit.operation.clone(),
-            requests: count(&format!("spec.rateLimits[{i}].requests"), limit.requests, &mut errors),
-            per: duration(&format!("spec.rateLimits[{i}].per"), &limit.per, &mut errors),
+            requests: count(
+                &format!("spec.rateLimits[{i}].requests"),
+                limit.requests,
+                &mut errors,
+            ),
+            per: duration(
+                &format!("spec.rateLimits[{i}].per"),
+                &limit.per,
+                &mut errors,
+            ),
             action: action(limit.action),
         })
         .collect();
@@ -241,7 +278,10 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.admin_port)),
             ..cfg::AdminConfig::default()
         },
-        upstream: cfg::UpstreamConfig { url: input.upstream_url, ..default_upstream() },
+        upstream: cfg::UpstreamConfig {
+            url: input.upstream_url,
+            ..default_upstream()
+        },
         mode: match spec.mode {
             crd::ProtectionMode::Learn => cfg::Mode::Learn,
             crd::ProtectionMode::Monitor => cfg::Mode::Monitor,
@@ -276,13 +316,21 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         config.client_address.trusted_hops = cfg::ClientAddressConfig::default().trusted_hops;
     }
     if let Err(validation) = cfg::validate_config(&config) {
-        errors.extend(from_validation("", validation).into_iter().map(config_path_to_spec));
+        errors.extend(
+            from_validation("", validation)
+                .into_iter()
+                .map(config_path_to_spec),
+        );
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    let yaml = serde_yaml_ng::to_string(&config)
-        .map_err(|err| vec![FieldError { field: "spec".into(), message: format!("rendering the config failed: {err}") }])?;
+    let yaml = serde_yaml_ng::to_string(&config).map_err(|err| {
+        vec![FieldError {
+            field: "spec".into(),
+            message: format!("rendering the config failed: {err}"),
+        }]
+    })?;
     data.insert(CONFIG_KEY.to_owned(), yaml);
     let hash = hash_data(&data);
     Ok(Rendered { config, data, hash })
@@ -292,13 +340,15 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
 fn default_upstream() -> cfg::UpstreamConfig {
     // The config type has no Default (the URL is required); parse a minimal document to get
     // the defaults the enforcer itself applies.
-    serde_yaml_ng::from_str::<cfg::UpstreamConfig>("url: http://127.0.0.1:1").unwrap_or(cfg::UpstreamConfig {
-        url: String::new(),
-        connect_timeout: cfg::Duration::from_secs(5),
-        timeout: cfg::Duration::from_secs(30),
-        max_idle_connections: 256,
-        pool_idle_timeout: cfg::Duration::from_secs(90),
-    })
+    serde_yaml_ng::from_str::<cfg::UpstreamConfig>("url: http://127.0.0.1:1").unwrap_or(
+        cfg::UpstreamConfig {
+            url: String::new(),
+            connect_timeout: cfg::Duration::from_secs(5),
+            timeout: cfg::Duration::from_secs(30),
+            max_idle_connections: 256,
+            pool_idle_timeout: cfg::Duration::from_secs(90),
+        },
+    )
 }
 
 /// Maps a path of the rendered config back to the ApiProtection field it came from.
@@ -320,7 +370,10 @@ fn config_path_to_spec(error: FieldError) -> FieldError {
     } else {
         field.clone()
     };
-    FieldError { field: mapped, message: error.message }
+    FieldError {
+        field: mapped,
+        message: error.message,
+    }
 }
 
 fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg::SessionConfig {
@@ -328,39 +381,48 @@ fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg:
         .identifiers
         .iter()
         .map(|id| cfg::SessionIdentifier {
-            jwt_claim: id
-                .jwt_claim
-                .as_ref()
-                .map(|j| cfg::JwtClaimIdentifier { header: j.header.clone(), claim: j.claim.clone() }),
-            header: id.header.as_ref().map(|h| cfg::NamedIdentifier { name: h.name.clone() }),
-            cookie: id.cookie.as_ref().map(|c| cfg::NamedIdentifier { name: c.name.clone() }),
-            query_param: id.query_param.as_ref().map(|q| cfg::NamedIdentifier { name: q.name.clone() }),
+            jwt_claim: id.jwt_claim.as_ref().map(|j| cfg::JwtClaimIdentifier {
+                header: j.header.clone(),
+                claim: j.claim.clone(),
+            }),
+            header: id.header.as_ref().map(|h| cfg::NamedIdentifier {
+                name: h.name.clone(),
+            }),
+            cookie: id.cookie.as_ref().map(|c| cfg::NamedIdentifier {
+                name: c.name.clone(),
+            }),
+            query_param: id.query_param.as_ref().map(|q| cfg::NamedIdentifier {
+                name: q.name.clone(),
+            }),
             client_ip: id.client_ip.as_ref().map(|_| cfg::ClientIpIdentifier {}),
         })
         .collect();
-    let jwt_verification = spec.jwt_verification.as_ref().map(|jwt| cfg::JwtVerificationConfig {
-        keys: jwt
-            .algorithms
-            .iter()
-            .map(|alg| cfg::JwtKeyConfig {
-                algorithm: match alg {
-                    crd::JwtAlgorithm::Hs256 => cfg::JwtAlgorithm::HS256,
-                    crd::JwtAlgorithm::Rs256 => cfg::JwtAlgorithm::RS256,
-                    crd::JwtAlgorithm::Es256 => cfg::JwtAlgorithm::ES256,
-                },
-                kid: None,
-                secret: None,
-                public_key_pem: None,
-                file: Some(format!("{}/{}", names::JWT_MOUNT, jwt.secret_ref.key).into()),
-            })
-            .collect(),
-        on_invalid: match jwt.on_invalid {
-            crd::InvalidTokenPolicy::Reject => cfg::OnInvalidToken::Reject,
-            crd::InvalidTokenPolicy::FallThrough => cfg::OnInvalidToken::FallThrough,
-        },
-        require_exp: jwt.require_exp,
-        ..default_jwt()
-    });
+    let jwt_verification = spec
+        .jwt_verification
+        .as_ref()
+        .map(|jwt| cfg::JwtVerificationConfig {
+            keys: jwt
+                .algorithms
+                .iter()
+                .map(|alg| cfg::JwtKeyConfig {
+                    algorithm: match alg {
+                        crd::JwtAlgorithm::Hs256 => cfg::JwtAlgorithm::HS256,
+                        crd::JwtAlgorithm::Rs256 => cfg::JwtAlgorithm::RS256,
+                        crd::JwtAlgorithm::Es256 => cfg::JwtAlgorithm::ES256,
+                    },
+                    kid: None,
+                    secret: None,
+                    public_key_pem: None,
+                    file: Some(format!("{}/{}", names::JWT_MOUNT, jwt.secret_ref.key).into()),
+                })
+                .collect(),
+            on_invalid: match jwt.on_invalid {
+                crd::InvalidTokenPolicy::Reject => cfg::OnInvalidToken::Reject,
+                crd::InvalidTokenPolicy::FallThrough => cfg::OnInvalidToken::FallThrough,
+            },
+            require_exp: jwt.require_exp,
+            ..default_jwt()
+        });
     cfg::SessionConfig {
         identifiers,
         idle_timeout: duration("spec.session.idleTimeout", &spec.idle_timeout, errors),
@@ -370,14 +432,16 @@ fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg:
 }
 
 fn default_jwt() -> cfg::JwtVerificationConfig {
-    serde_yaml_ng::from_str::<cfg::JwtVerificationConfig>("keys: []").unwrap_or(cfg::JwtVerificationConfig {
-        keys: Vec::new(),
-        on_invalid: cfg::OnInvalidToken::Reject,
-        leeway: cfg::Duration::from_secs(30),
-        require_exp: true,
-        issuer: None,
-        audience: None,
-    })
+    serde_yaml_ng::from_str::<cfg::JwtVerificationConfig>("keys: []").unwrap_or(
+        cfg::JwtVerificationConfig {
+            keys: Vec::new(),
+            on_invalid: cfg::OnInvalidToken::Reject,
+            leeway: cfg::Duration::from_secs(30),
+            require_exp: true,
+            issuer: None,
+            audience: None,
+        },
+    )
 }
 
 /// SHA-256 over the ConfigMap data (keys sorted), hex.
@@ -389,10 +453,144 @@ pub fn hash_data(data: &BTreeMap<String, String>) -> String {
         hasher.update((value.len() as u64).to_le_bytes());
         hasher.update(value.as_bytes());
     }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether a SequenceRule belongs to the named protection.
 pub fn rule_targets(rule: &SequenceRule, protection: &str) -> bool {
     rule.spec.protection_ref.name == protection
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(value: serde_json::Value) -> ApiProtectionSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn rule(value: serde_json::Value) -> SequenceRuleSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn input<'a>(spec: &'a ApiProtectionSpec, rules: Vec<SequenceRuleConfig>) -> RenderInput<'a> {
+        RenderInput {
+            namespace: "bank",
+            name: "bank-api",
+            spec,
+            upstream_url: "http://bank-api-origin.bank.svc:80".into(),
+            listen_port: 8080,
+            admin_port: 9090,
+            rules,
+            openapi: Some("openapi: 3.0.3\ninfo: {title: t, version: '1'}\npaths: {}\n".into()),
+            report: Some(ReportTarget {
+                base_url: "https://ordo-operator.ordo-system.svc:8443/".into(),
+                ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
+                interval_seconds: 30,
+            }),
+        }
+    }
+
+    #[test]
+    fn rendered_yaml_is_the_enforcers_own_config_with_rules_by_priority() {
+        let spec = spec(serde_json::json!({
+            "target": {"service": "bank-api", "port": 80},
+            "mode": "Enforce",
+            "rateLimits": [{"operation": "POST /api/v1/transfer", "requests": 5, "per": "1m"}]
+        }));
+        let low = rule_config(
+            "low",
+            &rule(
+                serde_json::json!({"protectionRef": {"name": "bank-api"}, "priority": 1,
+            "maxRepeat": {"operation": "POST /api/v1/transfer", "count": 3}}),
+            ),
+        )
+        .unwrap();
+        let high = rule_config("high", &rule(serde_json::json!({"protectionRef": {"name": "bank-api"}, "priority": 900, "action": "Block",
+            "requires": {"operation": "POST /api/v1/transfer", "after": ["GET /api/v1/accounts/{id}/balance"], "within": {"requests": 5, "duration": "2m"}}}))).unwrap();
+        let rendered = render(input(&spec, vec![low, high])).unwrap();
+        let yaml = &rendered.data[CONFIG_KEY];
+        let loaded = cfg::parse_yaml(yaml).unwrap();
+        assert_eq!(loaded, rendered.config);
+        assert_eq!(
+            loaded
+                .rules
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["high", "low"]
+        );
+        assert_eq!(loaded.mode, cfg::Mode::Enforce);
+        assert_eq!(loaded.rate_limits[0].per, cfg::Duration::from_secs(60));
+        assert_eq!(
+            loaded.rules[0].requires.as_ref().unwrap().within.duration,
+            cfg::Duration::from_secs(120)
+        );
+        let report = loaded.report.unwrap();
+        assert_eq!(
+            report.url,
+            "https://ordo-operator.ordo-system.svc:8443/v1/reports/bank/bank-api"
+        );
+        assert_eq!(
+            report.ca_file,
+            Some(format!("{}/{REPORT_CA_KEY}", names::CONFIG_MOUNT).into())
+        );
+        assert!(rendered.data.contains_key(OPENAPI_KEY));
+        assert_eq!(
+            loaded.open_api.unwrap().path,
+            std::path::PathBuf::from(format!("{}/{OPENAPI_KEY}", names::CONFIG_MOUNT))
+        );
+        assert_eq!(rendered.hash, hash_data(&rendered.data));
+        assert_eq!(rendered.hash.len(), 64);
+    }
+
+    #[test]
+    fn hash_changes_with_any_key_or_value() {
+        let a = BTreeMap::from([("a".to_owned(), "1".to_owned())]);
+        let b = BTreeMap::from([("a".to_owned(), "2".to_owned())]);
+        let c = BTreeMap::from([("a1".to_owned(), String::new())]);
+        assert_ne!(hash_data(&a), hash_data(&b));
+        assert_ne!(hash_data(&a), hash_data(&c));
+        assert_eq!(hash_data(&a), hash_data(&a.clone()));
+    }
+
+    #[test]
+    fn rule_errors_name_the_spec_field() {
+        let errors = rule_config("r", &rule(serde_json::json!({"protectionRef": {"name": "p"},
+            "requires": {"operation": "POST /api/v1/transfer/{id", "after": ["GET /a", "GET /b?x"]}}))).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"spec.requires.operation"), "{errors:?}");
+        assert!(fields.contains(&"spec.requires.after[1]"), "{errors:?}");
+        let errors = rule_config(
+            "r",
+            &rule(serde_json::json!({"protectionRef": {"name": "p"},
+            "minInterval": {"from": "GET /a", "to": "GET /b", "duration": "soon"}})),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].field, "spec.minInterval.duration");
+        let errors = rule_config(
+            "Not Valid!",
+            &rule(serde_json::json!({"protectionRef": {"name": "p"},
+            "maxRepeat": {"operation": "GET /a", "count": 2}})),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].field, "metadata.name");
+    }
+
+    #[test]
+    fn invalid_protection_fields_are_named() {
+        let spec = spec(serde_json::json!({
+            "target": {"service": "bank-api", "port": 80},
+            "session": {"idleTimeout": "forever"},
+            "rateLimits": [{"operation": "GET /a/{x", "requests": 5, "per": "1m"}]
+        }));
+        let errors = render(input(&spec, Vec::new())).unwrap_err();
+        let text = join_errors(&errors);
+        assert!(text.contains("spec.session.idleTimeout"), "{text}");
+        assert!(text.contains("spec.rateLimits[0]"), "{text}");
+    }
 }

@@ -36,7 +36,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` is cancelled, then drains connections.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Handler, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: Handler,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -62,7 +67,12 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Han
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let tls_stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(tls_stream)) => tls_stream,
                         Ok(Err(err)) => {
                             tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -73,14 +83,18 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Han
                             return;
                         }
                     };
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls_stream), service)
+                        .into_owned();
                     if let Err(err) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %err, "connection ended with an error");
                     }
                 });
             }
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(err) = conn.await {
@@ -91,21 +105,31 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, handler: Han
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not finish within the drain timeout");
     }
 }
 
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
-    response(status, "text/plain; charset=utf-8", Bytes::from(body.into()))
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(body.into()),
+    )
 }
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(bytes) => response(status, "application/json", Bytes::from(bytes)),
-        Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {err}")),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {err}"),
+        ),
     }
 }
 
@@ -114,7 +138,9 @@ pub fn response(status: StatusCode, content_type: &str, body: Bytes) -> Response
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
     response
 }

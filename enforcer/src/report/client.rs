@@ -63,7 +63,10 @@ fn default_timeout_seconds() -> u64 {
 impl ReportConfig {
     /// Checks the section; errors name the field under `report.`.
     pub fn validate(&self) -> Result<(), ReportError> {
-        let field = |name: &str, message: String| ReportError::Config { field: format!("report.{name}"), message };
+        let field = |name: &str, message: String| ReportError::Config {
+            field: format!("report.{name}"),
+            message,
+        };
         let uri: http::Uri = self
             .url
             .parse()
@@ -77,16 +80,27 @@ impl ReportConfig {
             Some("http") => {
                 let host = uri.host().unwrap_or_default();
                 if !is_loopback_host(host) {
-                    return Err(field("url", "plain http is only allowed to a loopback host; use https".into()));
+                    return Err(field(
+                        "url",
+                        "plain http is only allowed to a loopback host; use https".into(),
+                    ));
                 }
             }
-            _ => return Err(field("url", format!("scheme must be https (got {:?})", self.url))),
+            _ => {
+                return Err(field(
+                    "url",
+                    format!("scheme must be https (got {:?})", self.url),
+                ));
+            }
         }
         if uri.host().is_none() {
             return Err(field("url", format!("no host in {:?}", self.url)));
         }
         if !(1..=3600).contains(&self.interval_seconds) {
-            return Err(field("intervalSeconds", "must be between 1 and 3600".into()));
+            return Err(field(
+                "intervalSeconds",
+                "must be between 1 and 3600".into(),
+            ));
         }
         if !(1..=300).contains(&self.timeout_seconds) {
             return Err(field("timeoutSeconds", "must be between 1 and 300".into()));
@@ -108,7 +122,10 @@ impl ReportConfig {
 
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Errors of the report channel.
@@ -117,7 +134,10 @@ pub enum ReportError {
     #[error("{field}: {message}")]
     Config { field: String, message: String },
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CA file {path}: {message}")]
     Ca { path: PathBuf, message: String },
     #[error("token file {0} is empty")]
@@ -235,8 +255,12 @@ impl ReportClient {
             Some((sequence, delta)) => (*sequence, delta.clone()),
             None => (self.acked_sequence, Vec::new()),
         };
-        let incidents: Vec<IncidentReport> =
-            self.pending_incidents.values().take(MAX_INCIDENTS_PER_REPORT).cloned().collect();
+        let incidents: Vec<IncidentReport> = self
+            .pending_incidents
+            .values()
+            .take(MAX_INCIDENTS_PER_REPORT)
+            .cloned()
+            .collect();
         let mut rules = source.rule_counters();
         rules.truncate(MAX_RULES_PER_REPORT);
         let report = Report {
@@ -262,7 +286,11 @@ impl ReportClient {
             }
         };
         self.sent += 1;
-        if self.pending_delta.as_ref().is_some_and(|(seq, _)| *seq == sequence) {
+        if self
+            .pending_delta
+            .as_ref()
+            .is_some_and(|(seq, _)| *seq == sequence)
+        {
             self.pending_delta = None;
             self.acked_sequence = sequence;
         }
@@ -272,7 +300,9 @@ impl ReportClient {
             }
         }
         if !answer.model.is_empty() {
-            source.adopt_model(&answer.model).map_err(ReportError::Adopt)?;
+            source
+                .adopt_model(&answer.model)
+                .map_err(ReportError::Adopt)?;
         }
         Ok(())
     }
@@ -313,7 +343,10 @@ impl ReportClient {
             .to_bytes();
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-            return Err(ReportError::Refused { status: status.as_u16(), body: text });
+            return Err(ReportError::Refused {
+                status: status.as_u16(),
+                body: text,
+            });
         }
         Ok(serde_json::from_slice(&body)?)
     }
@@ -321,7 +354,10 @@ impl ReportClient {
     /// The HTTP client, rebuilt when the CA file content changed.
     fn http_client(&mut self) -> Result<HttpsClient, ReportError> {
         let ca = match &self.config.ca_file {
-            Some(path) => std::fs::read(path).map_err(|source| ReportError::Read { path: path.clone(), source })?,
+            Some(path) => std::fs::read(path).map_err(|source| ReportError::Read {
+                path: path.clone(),
+                source,
+            })?,
             None => Vec::new(),
         };
         if let Some((cached_ca, client)) = &self.http
@@ -338,7 +374,10 @@ impl ReportClient {
 fn build_client(ca_pem: &[u8], ca_path: Option<&Path>) -> Result<HttpsClient, ReportError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
-    let ca_error = |message: String| ReportError::Ca { path: ca_path.map(Path::to_path_buf).unwrap_or_default(), message };
+    let ca_error = |message: String| ReportError::Ca {
+        path: ca_path.map(Path::to_path_buf).unwrap_or_default(),
+        message,
+    };
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|err| ca_error(err.to_string()))?;
@@ -362,7 +401,10 @@ fn build_client(ca_pem: &[u8], ca_path: Option<&Path>) -> Result<HttpsClient, Re
 }
 
 fn read_token(path: &Path) -> Result<String, ReportError> {
-    let token = std::fs::read_to_string(path).map_err(|source| ReportError::Read { path: path.to_path_buf(), source })?;
+    let token = std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let token = token.trim();
     if token.is_empty() {
         return Err(ReportError::EmptyToken(path.to_path_buf()));
@@ -377,7 +419,10 @@ fn backoff(failures: u32, interval: Duration) -> Duration {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A process-unique id: wall clock nanos mixed with the pid through a hasher with a random
@@ -385,7 +430,12 @@ fn now_ms() -> u64 {
 fn new_instance_id() -> String {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     hasher.write_u32(std::process::id());
     format!("{:016x}", hasher.finish())
 }
@@ -407,12 +457,22 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        assert!(config("https://op.ordo-system.svc:8443/v1/reports/a/b").validate().is_ok());
+        assert!(
+            config("https://op.ordo-system.svc:8443/v1/reports/a/b")
+                .validate()
+                .is_ok()
+        );
         let err = config("ftp://x/y").validate().unwrap_err().to_string();
         assert!(err.starts_with("report.url:"), "{err}");
         let mut no_ca = config("https://op:8443/v1/reports/a/b");
         no_ca.ca_file = None;
-        assert!(no_ca.validate().unwrap_err().to_string().starts_with("report.caFile:"));
+        assert!(
+            no_ca
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("report.caFile:")
+        );
         let mut plain = config("http://10.0.0.1:8080/v1/reports/a/b");
         plain.ca_file = None;
         assert!(plain.validate().is_err());
@@ -420,7 +480,13 @@ mod tests {
         assert!(plain.validate().is_ok());
         let mut interval = config("https://op:8443/x");
         interval.interval_seconds = 0;
-        assert!(interval.validate().unwrap_err().to_string().starts_with("report.intervalSeconds:"));
+        assert!(
+            interval
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("report.intervalSeconds:")
+        );
     }
 
     #[test]
@@ -434,7 +500,11 @@ mod tests {
     fn pending_incidents_are_bounded_by_evicting_the_oldest() {
         let mut client = ReportClient::new(config("https://op:8443/x")).unwrap();
         let incidents = (0..(MAX_PENDING_INCIDENTS as u64 + 5))
-            .map(|i| IncidentReport { id: format!("inc-{i:05}"), last_seen_ms: i, ..IncidentReport::default() })
+            .map(|i| IncidentReport {
+                id: format!("inc-{i:05}"),
+                last_seen_ms: i,
+                ..IncidentReport::default()
+            })
             .collect();
         client.collect_incidents(incidents);
         assert_eq!(client.pending_incidents.len(), MAX_PENDING_INCIDENTS);

@@ -3,8 +3,11 @@
 
 pub mod client;
 pub mod protocol;
+pub mod source;
 
 pub use client::{ReportClient, ReportConfig, ReportError, ReportSource};
 pub use protocol::{
-    IncidentReport, REPORT_AUDIENCE, REPORT_PATH_PREFIX, Report, ReportAnswer, RuleCounters, TrafficCounters,
+    IncidentReport, REPORT_AUDIENCE, REPORT_PATH_PREFIX, Report, ReportAnswer, RuleCounters,
+    TrafficCounters,
 };
+pub use source::EnforcerSource;

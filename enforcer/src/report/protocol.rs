@@ -113,8 +113,11 @@ pub struct IncidentReport {
     pub kinds: Vec<String>,
     /// Operations involved.
     pub operations: Vec<String>,
-    /// Requests of the session that were flagged into this incident.
+    /// Requests of the session while the incident was open.
     pub requests: u64,
+    /// Of those, requests with findings.
+    #[serde(default)]
+    pub flagged: u64,
     /// Of those, requests that were blocked.
     pub blocked: u64,
     /// Unix milliseconds of the first finding.
@@ -155,7 +158,9 @@ mod base64_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(deserializer)?;
-        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -176,8 +181,17 @@ mod tests {
                 severity: "high".into(),
                 ..IncidentReport::default()
             }],
-            counters: TrafficCounters { requests: 10, flagged: 2, blocked: 1 },
-            rules: vec![RuleCounters { name: "r".into(), matches: 3, blocked: 1, last_match_ms: Some(5) }],
+            counters: TrafficCounters {
+                requests: 10,
+                flagged: 2,
+                blocked: 1,
+            },
+            rules: vec![RuleCounters {
+                name: "r".into(),
+                matches: 3,
+                blocked: 1,
+                last_match_ms: Some(5),
+            }],
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["modelDelta"], "AAEC/v8=");
@@ -189,7 +203,10 @@ mod tests {
 
     #[test]
     fn empty_model_is_omitted_and_defaults_back() {
-        let answer = ReportAnswer { applied: false, model: Vec::new() };
+        let answer = ReportAnswer {
+            applied: false,
+            model: Vec::new(),
+        };
         let json = serde_json::to_string(&answer).unwrap();
         assert_eq!(json, r#"{"applied":false}"#);
         let back: ReportAnswer = serde_json::from_str(&json).unwrap();

@@ -1,0 +1,477 @@
+//! Builders of the objects an ApiProtection owns: pure functions from the desired state to
+//! Kubernetes objects, applied by the reconciler with server-side apply.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
+    ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::ApiProtectionSpec;
+use crate::names::{self, CONFIG_HASH_ANNOTATION, Names};
+
+/// Seconds a projected report token is valid (the kubelet refreshes it at 80%).
+pub const REPORT_TOKEN_SECONDS: i64 = 3600;
+
+/// User and group the enforcer runs as (the distroless "nonroot" user).
+const NONROOT_ID: i64 = 65532;
+
+/// Ports of the enforcer container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnforcerPorts {
+    /// Name of the proxy container port: the Service's targetPort name when it is a name,
+    /// so that a taken-over Service reaches the proxy without being edited.
+    pub proxy_name: String,
+    /// The proxy port number.
+    pub proxy: u16,
+    /// The admin port number (probes, metrics).
+    pub admin: u16,
+}
+
+impl EnforcerPorts {
+    /// Chooses the ports so that the target Service's `targetPort` reaches the proxy.
+    pub fn for_target_port(target_port: &IntOrString) -> Self {
+        let (proxy_name, proxy) = match target_port {
+            IntOrString::Int(n) => ("proxy".to_owned(), u16::try_from(*n).unwrap_or(8080)),
+            IntOrString::String(name) => (name.clone(), 8080),
+        };
+        let admin = if proxy == 9090 { 9091 } else { 9090 };
+        Self {
+            proxy_name,
+            proxy,
+            admin,
+        }
+    }
+}
+
+/// Owner reference to the ApiProtection (controller, blocks owner deletion).
+pub fn owner_reference(name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION),
+        kind: "ApiProtection".into(),
+        name: name.to_owned(),
+        uid: uid.to_owned(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn meta(names: &Names, name: String, owner: &OwnerReference) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(names.labels()),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The ConfigMap with the rendered config and its companion files.
+pub fn config_map(
+    names: &Names,
+    owner: &OwnerReference,
+    data: BTreeMap<String, String>,
+) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(names, names.enforcer(), owner),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// The enforcers' ServiceAccount: it has no RBAC bindings, its only use is the projected
+/// token the report endpoint authenticates.
+pub fn service_account(names: &Names, owner: &OwnerReference) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(names, names.enforcer(), owner),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// Inputs of the Deployment that do not come from the spec.
+#[derive(Debug, Clone)]
+pub struct DeploymentInput<'a> {
+    pub spec: &'a ApiProtectionSpec,
+    pub ports: &'a EnforcerPorts,
+    pub config_hash: &'a str,
+    /// Image used when the spec names none (operator flag).
+    pub default_image: &'a str,
+}
+
+/// The hardened enforcer Deployment.
+pub fn deployment(
+    names: &Names,
+    owner: &OwnerReference,
+    input: &DeploymentInput<'_>,
+) -> Deployment {
+    let spec = input.spec;
+    let ports = input.ports;
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.enforcer(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "report-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(names::REPORT_AUDIENCE.into()),
+                        expiration_seconds: Some(REPORT_TOKEN_SECONDS),
+                        path: names::TOKEN_FILE.into(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: names::CONFIG_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "report-token".into(),
+            mount_path: names::TOKEN_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        },
+    ];
+    if let Some(jwt) = &spec.session.jwt_verification {
+        volumes.push(Volume {
+            name: "jwt-keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(jwt.secret_ref.name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "jwt-keys".into(),
+            mount_path: names::JWT_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "enforcer".into(),
+        image: Some(
+            spec.enforcer
+                .image
+                .clone()
+                .unwrap_or_else(|| input.default_image.to_owned()),
+        ),
+        image_pull_policy: spec.enforcer.image_pull_policy.map(|p| format!("{p:?}")),
+        args: Some(vec![
+            "--config".into(),
+            format!("{}/{}", names::CONFIG_MOUNT, names::CONFIG_KEY),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(ports.proxy_name.clone()),
+                container_port: i32::from(ports.proxy),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: i32::from(ports.admin),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(
+            spec.enforcer
+                .resources
+                .clone()
+                .unwrap_or_else(default_resources),
+        ),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    // A non-root process may bind a port below 1024 only with this (namespaced, "safe") sysctl.
+    let sysctls = (ports.proxy < 1024).then(|| {
+        vec![Sysctl {
+            name: "net.ipv4.ip_unprivileged_port_start".into(),
+            value: ports.proxy.to_string(),
+        }]
+    });
+    let mut template_meta = ObjectMeta {
+        labels: Some(names.labels()),
+        ..ObjectMeta::default()
+    };
+    template_meta.annotations = Some(BTreeMap::from([(
+        CONFIG_HASH_ANNOTATION.to_owned(),
+        input.config_hash.to_owned(),
+    )]));
+    Deployment {
+        metadata: meta(names, names.enforcer(), owner),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.enforcer.replicas),
+            selector: LabelSelector {
+                match_labels: Some(names.selector()),
+                ..LabelSelector::default()
+            },
+            // Never fewer ready enforcers than desired during a rollout: the Service they
+            // sit behind must never select nothing.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(template_meta),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names.enforcer()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(NONROOT_ID),
+                        run_as_group: Some(NONROOT_ID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        sysctls,
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    termination_grace_period_seconds: Some(30),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".into())),
+            ("memory".to_owned(), Quantity("128Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("512Mi".into()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Copies ports of a Service for another Service (no node ports, no cluster-specific fields).
+fn copy_ports(ports: &[ServicePort]) -> Vec<ServicePort> {
+    ports
+        .iter()
+        .map(|p| ServicePort {
+            name: p.name.clone(),
+            port: p.port,
+            target_port: p.target_port.clone(),
+            protocol: p.protocol.clone(),
+            app_protocol: p.app_protocol.clone(),
+            ..ServicePort::default()
+        })
+        .collect()
+}
+
+/// `<service>-origin`: the original selector and ports, so the enforcers reach the app pods.
+pub fn origin_service(
+    names: &Names,
+    owner: &OwnerReference,
+    selector: &BTreeMap<String, String>,
+    ports: &[ServicePort],
+) -> Service {
+    Service {
+        metadata: meta(names, names.origin_service(), owner),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector.clone()),
+            ports: Some(copy_ports(ports)),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// `<service>-protected` (Alongside): the enforcers behind the target Service's ports, with
+/// client-IP affinity (see docs/operator.md).
+pub fn protected_service(names: &Names, owner: &OwnerReference, ports: &[ServicePort]) -> Service {
+    Service {
+        metadata: meta(names, names.protected_service(), owner),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(names.selector()),
+            ports: Some(copy_ports(ports)),
+            session_affinity: Some("ClientIP".into()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ApiProtectionSpec {
+        serde_json::from_value(
+            serde_json::json!({"target": {"service": "bank-api", "port": "http"}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ports_follow_the_target_port() {
+        assert_eq!(
+            EnforcerPorts::for_target_port(&IntOrString::Int(8080)),
+            EnforcerPorts {
+                proxy_name: "proxy".into(),
+                proxy: 8080,
+                admin: 9090
+            }
+        );
+        assert_eq!(
+            EnforcerPorts::for_target_port(&IntOrString::Int(9090)).admin,
+            9091
+        );
+        let named = EnforcerPorts::for_target_port(&IntOrString::String("web".into()));
+        assert_eq!((named.proxy_name.as_str(), named.proxy), ("web", 8080));
+    }
+
+    #[test]
+    fn deployment_is_hardened() {
+        let names = Names::new("bank", "bank-api", "bank-api");
+        let owner = owner_reference("bank-api", "uid-1");
+        let ports = EnforcerPorts::for_target_port(&IntOrString::Int(80));
+        let spec = spec();
+        let d = deployment(
+            &names,
+            &owner,
+            &DeploymentInput {
+                spec: &spec,
+                ports: &ports,
+                config_hash: "abc",
+                default_image: "img:1",
+            },
+        );
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.sysctls.unwrap()[0].value,
+            "80",
+            "a port below 1024 needs the unprivileged-port sysctl"
+        );
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("img:1"));
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(
+            (
+                sc.allow_privilege_escalation,
+                sc.read_only_root_filesystem,
+                sc.run_as_non_root
+            ),
+            (Some(false), Some(true), Some(true))
+        );
+        assert_eq!(
+            sc.capabilities.unwrap().drop.unwrap(),
+            vec!["ALL".to_owned()]
+        );
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        let token = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find_map(|v| v.projected)
+            .unwrap()
+            .sources
+            .unwrap()[0]
+            .service_account_token
+            .clone()
+            .unwrap();
+        assert_eq!(token.audience.as_deref(), Some("ordo-report"));
+        assert_eq!(token.expiration_seconds, Some(REPORT_TOKEN_SECONDS));
+    }
+}

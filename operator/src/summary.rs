@@ -1,0 +1,360 @@
+//! The report-derived part of an ApiProtection's status, computed from the merged model and
+//! the aggregated report state: bounded lists a human can read in `kubectl get -o yaml`.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use ordo_enforcer::model::{LearnedModel, SESSION_START};
+use ordo_enforcer::report::IncidentReport;
+
+use crate::crd::{
+    Confidence, EndpointStatus, IncidentStatus, ModelSummary, SequenceStatus, Severity,
+    SuggestedRule, Totals,
+};
+use crate::reports::{PersistedState, truncate};
+
+/// Endpoints listed in status (highest volume first).
+pub const STATUS_ENDPOINTS: usize = 50;
+/// Sequences listed in status.
+pub const STATUS_SEQUENCES: usize = 10;
+/// Suggested rules listed in status.
+pub const STATUS_SUGGESTED_RULES: usize = 5;
+/// Incidents listed in status: the most recent, then the most severe of the rest.
+pub const STATUS_RECENT_INCIDENTS: usize = 10;
+pub const STATUS_SEVERE_INCIDENTS: usize = 10;
+/// An incident with no new finding for this long is closed (the enforcer's default
+/// inactivity window).
+pub const INCIDENT_OPEN_MS: u64 = 15 * 60 * 1000;
+/// Sequences need this many occurrences to be listed.
+const MIN_SEQUENCE_COUNT: u64 = 5;
+/// Credibility of the intervals used to rank sequences.
+const CREDIBILITY: f64 = 0.95;
+/// A sequence becomes a suggested `requires` rule from this precedence and count.
+const SUGGEST_PRECEDENCE: f64 = 0.95;
+const SUGGEST_MIN_COUNT: u64 = 20;
+
+/// Everything in status that comes from reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportPart {
+    pub model: Option<ModelSummary>,
+    pub endpoints: Vec<EndpointStatus>,
+    pub top_sequences: Vec<SequenceStatus>,
+    pub suggested_rules: Vec<SuggestedRule>,
+    pub incidents: Vec<IncidentStatus>,
+    pub totals: Option<Totals>,
+    /// Enforcer instances that reported recently.
+    pub reporting: i32,
+    /// Whether the model passed the maturity thresholds.
+    pub mature: bool,
+}
+
+/// Maturity thresholds from `spec.learning`.
+#[derive(Debug, Clone, Copy)]
+pub struct Maturity {
+    pub min_requests: u64,
+    pub min_sessions: u64,
+}
+
+fn time_ms(ms: u64) -> Time {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Suggested per-session limit per 10-minute window from the volume percentiles: 1.5 × p99,
+/// and at least p99 + 3 (so that small APIs do not get a limit at their own p99).
+pub fn suggested_limit(p99: u32) -> u32 {
+    (p99.saturating_mul(3) / 2).max(p99.saturating_add(3))
+}
+
+fn confidence(windows: u64) -> Confidence {
+    match windows {
+        0..30 => Confidence::Low,
+        30..300 => Confidence::Medium,
+        _ => Confidence::High,
+    }
+}
+
+fn op_name(model: &LearnedModel, op: u16) -> Option<String> {
+    (op != SESSION_START).then(|| model.template_of(op).to_owned())
+}
+
+/// Builds the report part of the status.
+pub fn report_part(
+    model: &LearnedModel,
+    state: &PersistedState,
+    maturity: Maturity,
+    now_ms: u64,
+    reporting_window: std::time::Duration,
+) -> ReportPart {
+    let mature = model.requests >= maturity.min_requests && model.sessions >= maturity.min_sessions;
+    let model_summary = ModelSummary {
+        requests: saturating_i64(model.requests),
+        sessions: saturating_i64(model.sessions),
+        endpoints: i32::try_from(model.operations.len()).unwrap_or(i32::MAX),
+        last_update: (state.model_updated_ms > 0).then(|| time_ms(state.model_updated_ms)),
+        mature,
+    };
+    let mut ops: Vec<_> = model
+        .operations
+        .iter()
+        .filter(|op| op.requests > 0)
+        .collect();
+    ops.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then_with(|| a.template.cmp(&b.template))
+    });
+    let endpoints = ops
+        .into_iter()
+        .take(STATUS_ENDPOINTS)
+        .map(|op| {
+            let p99 = op.volume.quantile(0.99);
+            let windows = op.volume.windows();
+            EndpointStatus {
+                operation: truncate(&op.template, 500),
+                requests: saturating_i64(op.requests),
+                p50: i64::from(op.volume.quantile(0.5)),
+                p90: i64::from(op.volume.quantile(0.9)),
+                p99: i64::from(p99),
+                suggested_limit: (windows > 0).then(|| i64::from(suggested_limit(p99))),
+                confidence: confidence(windows),
+            }
+        })
+        .collect();
+    let important =
+        model
+            .sequences
+            .important_sequences(MIN_SEQUENCE_COUNT, CREDIBILITY, STATUS_SEQUENCES * 3);
+    let mut top_sequences = Vec::new();
+    let mut suggested_rules = Vec::new();
+    let mut suggested_for = BTreeSet::new();
+    for seq in &important {
+        let operations: Vec<String> = seq
+            .ops
+            .iter()
+            .filter_map(|op| op_name(model, *op))
+            .collect();
+        if operations.len() < 2 {
+            continue;
+        }
+        if top_sequences.len() < STATUS_SEQUENCES {
+            top_sequences.push(SequenceStatus {
+                operations: operations.iter().map(|o| truncate(o, 500)).collect(),
+                precedence: (seq.precedence * 1000.0).round() / 1000.0,
+                count: saturating_i64(seq.count),
+            });
+        }
+        if seq.precedence >= SUGGEST_PRECEDENCE
+            && seq.count >= SUGGEST_MIN_COUNT
+            && suggested_rules.len() < STATUS_SUGGESTED_RULES
+            && let Some((operation, after)) = operations.split_last()
+            && suggested_for.insert(operation.clone())
+        {
+            suggested_rules.push(suggest_requires(
+                operation,
+                after,
+                seq.precedence,
+                seq.count,
+            ));
+        }
+    }
+    let incidents = status_incidents(&state.incidents.values().collect::<Vec<_>>(), now_ms);
+    let counters = state.totals();
+    let open = state
+        .incidents
+        .values()
+        .filter(|i| now_ms.saturating_sub(i.last_seen_ms) <= INCIDENT_OPEN_MS)
+        .count();
+    let totals = Totals {
+        requests: saturating_i64(counters.requests),
+        flagged: saturating_i64(counters.flagged),
+        blocked: saturating_i64(counters.blocked),
+        incidents: saturating_i64(state.incidents_seen),
+        open_incidents: saturating_i64(open as u64),
+    };
+    ReportPart {
+        model: Some(model_summary),
+        endpoints,
+        top_sequences,
+        suggested_rules,
+        incidents,
+        totals: Some(totals),
+        reporting: i32::try_from(state.reporting(now_ms, reporting_window)).unwrap_or(i32::MAX),
+        mature,
+    }
+}
+
+fn slug(operation: &str) -> String {
+    let mut out = String::new();
+    for c in operation.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-')
+        .chars()
+        .take(50)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
+}
+
+/// A `requires` SequenceRule suggested from a learned sequence, as YAML the user can commit.
+fn suggest_requires(
+    operation: &str,
+    after: &[String],
+    precedence: f64,
+    count: u64,
+) -> SuggestedRule {
+    let name = format!("suggested-{}", slug(operation));
+    let window = after.len().max(1) * 4;
+    let mut yaml = String::new();
+    yaml.push_str("apiVersion: ordo.dev/v1alpha1\nkind: SequenceRule\nmetadata:\n");
+    yaml.push_str(&format!("  name: {name}\nspec:\n  protectionRef:\n    name: <this ApiProtection>\n  action: Log\n  requires:\n"));
+    yaml.push_str(&format!("    operation: {operation:?}\n    after:\n"));
+    for op in after {
+        yaml.push_str(&format!("      - {op:?}\n"));
+    }
+    yaml.push_str(&format!(
+        "    within:\n      requests: {}\n      duration: 10m\n",
+        window.min(64)
+    ));
+    SuggestedRule {
+        name: truncate(&name, 200),
+        reason: truncate(
+            &format!(
+                "{operation} was preceded by {} in {:.0}% of {count} observed cases",
+                after.join(" then "),
+                precedence * 100.0
+            ),
+            1000,
+        ),
+        yaml: truncate(&yaml, 4000),
+    }
+}
+
+fn severity(text: &str) -> Severity {
+    match ordo_enforcer::report::protocol::severity_rank(text) {
+        4 => Severity::Critical,
+        3 => Severity::High,
+        2 => Severity::Medium,
+        _ => Severity::Low,
+    }
+}
+
+/// The most recent incidents, then the most severe of the rest, newest first.
+fn status_incidents(all: &[&IncidentReport], now_ms: u64) -> Vec<IncidentStatus> {
+    let mut by_recent: Vec<&IncidentReport> = all.to_vec();
+    by_recent.sort_by(|a, b| {
+        b.last_seen_ms
+            .cmp(&a.last_seen_ms)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let mut chosen: Vec<&IncidentReport> = by_recent
+        .iter()
+        .take(STATUS_RECENT_INCIDENTS)
+        .copied()
+        .collect();
+    let mut by_severity: Vec<&IncidentReport> = by_recent
+        .iter()
+        .skip(STATUS_RECENT_INCIDENTS)
+        .copied()
+        .collect();
+    by_severity.sort_by(|a, b| {
+        b.severity_rank()
+            .cmp(&a.severity_rank())
+            .then_with(|| b.last_seen_ms.cmp(&a.last_seen_ms))
+    });
+    chosen.extend(by_severity.into_iter().take(STATUS_SEVERE_INCIDENTS));
+    chosen.sort_by(|a, b| {
+        b.last_seen_ms
+            .cmp(&a.last_seen_ms)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    chosen
+        .into_iter()
+        .map(|i| IncidentStatus {
+            id: truncate(&i.id, 120),
+            severity: severity(&i.severity),
+            open: now_ms.saturating_sub(i.last_seen_ms) <= INCIDENT_OPEN_MS,
+            session: truncate(&i.session, 250),
+            client: truncate(&i.client, 60),
+            kinds: i.kinds.iter().take(9).map(|k| truncate(k, 60)).collect(),
+            operations: i
+                .operations
+                .iter()
+                .take(10)
+                .map(|o| truncate(o, 500))
+                .collect(),
+            requests: saturating_i64(i.requests),
+            flagged: saturating_i64(i.flagged),
+            blocked: saturating_i64(i.blocked),
+            first_seen: time_ms(i.first_seen_ms),
+            last_seen: time_ms(i.last_seen_ms),
+            summary: truncate(&i.summary, 4000),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggested_limit_accounts_for_small_values() {
+        assert_eq!(suggested_limit(0), 3);
+        assert_eq!(suggested_limit(4), 7);
+        assert_eq!(suggested_limit(40), 60);
+    }
+
+    #[test]
+    fn incidents_keep_recent_and_severe() {
+        let make = |i: u64, sev: &str| IncidentReport {
+            id: format!("inc-{i:03}"),
+            severity: sev.into(),
+            last_seen_ms: i,
+            ..IncidentReport::default()
+        };
+        let mut all: Vec<IncidentReport> = (0..30).map(|i| make(i, "low")).collect();
+        all.push(make(1000, "medium"));
+        all[0].severity = "critical".into();
+        let refs: Vec<&IncidentReport> = all.iter().collect();
+        let shown = status_incidents(&refs, 2000);
+        assert_eq!(
+            shown.len(),
+            STATUS_RECENT_INCIDENTS + STATUS_SEVERE_INCIDENTS
+        );
+        assert_eq!(shown[0].id, "inc-1000");
+        assert!(
+            shown
+                .iter()
+                .any(|i| i.id == "inc-000" && i.severity == Severity::Critical)
+        );
+        assert!(shown.windows(2).all(|w| w[0].last_seen >= w[1].last_seen));
+    }
+
+    #[test]
+    fn suggested_rule_yaml_names_operations() {
+        let rule = suggest_requires(
+            "POST /api/v1/transferFunds",
+            &["GET /api/v1/accounts/{var1}/balance".into()],
+            0.98,
+            120,
+        );
+        assert_eq!(rule.name, "suggested-post-api-v1-transferfunds");
+        assert!(
+            rule.yaml
+                .contains("operation: \"POST /api/v1/transferFunds\""),
+            "{}",
+            rule.yaml
+        );
+        assert!(rule.reason.contains("98% of 120"), "{}", rule.reason);
+    }
+}

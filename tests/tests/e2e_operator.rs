@@ -1,0 +1,1471 @@
+//! End-to-end tests of the operator on the real local control plane (no mocks): the
+//! `ordo-operator` binary runs as a process against `ordo_tests::cluster`, one operator per
+//! test restricted to the test's namespace; the enforcer is the real `ordo-enforcer` binary.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt as _};
+use ordo_enforcer::report::{
+    IncidentReport, ReportClient, ReportConfig, ReportError, ReportSource, RuleCounters,
+    TrafficCounters,
+};
+use ordo_operator::crd::{ApiProtection, SequenceRule};
+use ordo_tests::cluster::{self, TestCluster, workspace_root};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+// ---------------------------------------------------------------------------------------
+// Support: binaries, certificates, processes, waiting.
+// ---------------------------------------------------------------------------------------
+
+/// Builds `ordo-operator` and `ordo-enforcer` once per test binary; returns the directory.
+fn binaries() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "ordo-operator",
+                    "-p",
+                    "ordo-enforcer",
+                    "--bins",
+                ])
+                .status()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of the binaries failed: {status}"));
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            Ok(target.join("debug"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// A CA and a serving certificate for 127.0.0.1 (the operator's HTTPS server).
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca_pem: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn pki() -> anyhow::Result<Pki> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir()?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ordo-e2e-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ordo-operator");
+    let cert = params.signed_by(&key, &issuer)?;
+    let paths = (
+        dir.path().join("ca.crt"),
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(Pki {
+        ca_pem: ca_cert.pem(),
+        ca: paths.0,
+        cert: paths.1,
+        key: paths.2,
+        _dir: dir,
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process killed when dropped, with its output in a log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Operator {
+    proc: Proc,
+    https_port: u16,
+}
+
+/// Starts `ordo-operator` for one namespace.
+fn start_operator(
+    cluster: &TestCluster,
+    namespace: &str,
+    pki: &Pki,
+    https_port: u16,
+    extra: &[&str],
+) -> anyhow::Result<Operator> {
+    let bin = binaries()?.join("ordo-operator");
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("operator.log");
+    let out = std::fs::File::create(&log)?;
+    let health = free_port()?;
+    let child = Command::new(bin)
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .env("RUST_LOG", "info,ordo_operator=debug")
+        .args(["--https-addr", &format!("127.0.0.1:{https_port}")])
+        .args(["--health-addr", &format!("127.0.0.1:{health}")])
+        .arg("--tls-cert")
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key)
+        .args(["--report-url", &format!("https://127.0.0.1:{https_port}")])
+        .arg("--report-ca-file")
+        .arg(&pki.ca)
+        .args([
+            "--report-interval-seconds",
+            "1",
+            "--status-refresh-seconds",
+            "1",
+        ])
+        .args([
+            "--watch-namespace",
+            namespace,
+            "--lease-namespace",
+            namespace,
+        ])
+        .args([
+            "--enforcer-image",
+            "ordo-enforcer:e2e",
+            "--log-format",
+            "text",
+        ])
+        .args(extra)
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .context("starting ordo-operator")?;
+    Ok(Operator {
+        proc: Proc {
+            child,
+            log,
+            _dir: dir,
+        },
+        https_port,
+    })
+}
+
+/// Polls `check` until it yields a value or `timeout` passes; the error names `what` and
+/// the last problem seen.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("not yet");
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(err) => last = format!("{err:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn setup(prefix: &str) -> anyhow::Result<(&'static TestCluster, Client, String)> {
+    let cluster = cluster::shared().await?;
+    cluster.install_crds(&workspace_root().join("crds")).await?;
+    let client = cluster.client().await?;
+    let namespace = cluster.namespace(prefix).await?;
+    Ok((cluster, client, namespace))
+}
+
+fn original_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app".to_owned(), "bank".to_owned()),
+        ("tier".to_owned(), "api".to_owned()),
+    ])
+}
+
+fn enforcer_selector(protection: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "ordo-enforcer".to_owned(),
+        ),
+        ("ordo.dev/protection".to_owned(), protection.to_owned()),
+    ])
+}
+
+async fn create_app_service(client: &Client, namespace: &str) -> anyhow::Result<Service> {
+    let service: Service = serde_json::from_value(json!({
+        "metadata": { "name": "bank-api", "labels": { "app": "bank" } },
+        "spec": {
+            "selector": original_selector(),
+            "ports": [{ "name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP" }]
+        }
+    }))?;
+    Ok(Api::<Service>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &service)
+        .await?)
+}
+
+fn protection(name: &str, routing: &str, mode: &str) -> anyhow::Result<ApiProtection> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "ordo.dev/v1alpha1",
+        "kind": "ApiProtection",
+        "metadata": { "name": name },
+        "spec": {
+            "target": { "service": "bank-api", "port": 80 },
+            "mode": mode,
+            "routing": routing,
+            "learning": { "minRequests": 30, "minSessions": 3 },
+            "enforcer": { "replicas": 1 }
+        }
+    }))?)
+}
+
+fn requires_rule(
+    name: &str,
+    protection: &str,
+    priority: i32,
+    operation: &str,
+) -> anyhow::Result<SequenceRule> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "ordo.dev/v1alpha1",
+        "kind": "SequenceRule",
+        "metadata": { "name": name },
+        "spec": {
+            "protectionRef": { "name": protection },
+            "priority": priority,
+            "action": "Block",
+            "requires": {
+                "operation": operation,
+                "after": ["GET /api/v1/accounts/{account_id}/balance"],
+                "within": { "requests": 10, "duration": "10m" }
+            }
+        }
+    }))?)
+}
+
+fn condition<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+async fn wait_ready(
+    api: &Api<ApiProtection>,
+    name: &str,
+    operator: &Operator,
+) -> anyhow::Result<ApiProtection> {
+    wait_for("ApiProtection Ready", WAIT, || async {
+        let p = api.get(name).await?;
+        let status = p.status.clone().unwrap_or_default();
+        match condition(&status.conditions, "Ready") {
+            Some(c) if c.status == "True" => Ok(Some(p)),
+            Some(c) => Err(anyhow!("Ready={} {}: {}", c.status, c.reason, c.message)),
+            None => Ok(None),
+        }
+    })
+    .await
+    .with_context(|| format!("operator log:\n{}", operator.proc.log_tail()))
+}
+
+async fn rendered_config(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<(ConfigMap, ordo_enforcer::config::EnforcerConfig)> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let cm = cms.get(&format!("{name}-enforcer")).await?;
+    let yaml = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("enforcer.yaml"))
+        .ok_or_else(|| anyhow!("no enforcer.yaml"))?;
+    let config = ordo_enforcer::config::parse_yaml(yaml)
+        .map_err(|e| anyhow!("rendered config does not load: {e}"))?;
+    Ok((cm, config))
+}
+
+async fn wait_deleted<K>(api: &Api<K>, name: &str) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(&format!("{name} to be deleted"), WAIT, || async {
+        Ok(api.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Reconcile, Takeover, deletion.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_creates_hardened_enforcers_and_deletion_restores_the_service()
+-> anyhow::Result<()> {
+    let (cluster, client, ns) = setup("op-takeover").await?;
+    let pki = pki()?;
+    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let original = create_app_service(&client, &ns).await?;
+    let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &protection("bank-api", "Takeover", "Monitor")?,
+    )
+    .await?;
+
+    let ready = wait_ready(&api, "bank-api", &operator).await?;
+    let status = ready.status.clone().unwrap_or_default();
+    assert_eq!(status.observed_generation, ready.metadata.generation);
+    for type_ in ["TargetResolved", "EnforcerAvailable", "RulesAccepted"] {
+        assert_eq!(
+            condition(&status.conditions, type_).map(|c| c.status.as_str()),
+            Some("True"),
+            "{type_}: {:?}",
+            status.conditions
+        );
+    }
+    assert_eq!(
+        status.enforcers.map(|e| (e.desired, e.ready >= 1)),
+        Some((1, true))
+    );
+    assert!(
+        ready
+            .finalizers()
+            .iter()
+            .any(|f| f == "ordo.dev/restore-routing")
+    );
+
+    // The rendered config is the enforcer's own type and loads as such.
+    let (cm, config) = rendered_config(&client, &ns, "bank-api").await?;
+    assert_eq!(
+        config.upstream.url,
+        format!("http://bank-api-origin.{ns}.svc:80")
+    );
+    assert_eq!(
+        config.listen.port(),
+        8080,
+        "the enforcer listens on the Service's targetPort"
+    );
+    assert_eq!(config.mode, ordo_enforcer::config::Mode::Monitor);
+    let report = config
+        .report
+        .clone()
+        .ok_or_else(|| anyhow!("no report section"))?;
+    assert_eq!(
+        report.url,
+        format!(
+            "https://127.0.0.1:{}/v1/reports/{ns}/bank-api",
+            operator.https_port
+        )
+    );
+    assert_eq!(
+        report.token_file,
+        PathBuf::from("/var/run/secrets/ordo/report/token")
+    );
+    assert_eq!(
+        cm.data.as_ref().and_then(|d| d.get("report-ca.crt")),
+        Some(&pki.ca_pem)
+    );
+
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .get("bank-api-enforcer")
+        .await?;
+    assert_eq!(sa.automount_service_account_token, Some(false));
+
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("bank-api-enforcer")
+        .await?;
+    let template = deployment
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .ok_or_else(|| anyhow!("no spec"))?;
+    let hash = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get("ordo.dev/config-hash"))
+        .cloned();
+    assert_eq!(
+        hash,
+        Some(ordo_operator::render::hash_data(
+            cm.data.as_ref().unwrap_or(&BTreeMap::new())
+        ))
+    );
+    let pod = template.spec.ok_or_else(|| anyhow!("no pod spec"))?;
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("bank-api-enforcer")
+    );
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(
+        pod.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    let container = &pod.containers[0];
+    let sc = container.security_context.clone().unwrap_or_default();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(
+        sc.seccomp_profile.map(|s| s.type_),
+        Some("RuntimeDefault".to_owned())
+    );
+    assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+    let projected = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.projected)
+        .and_then(|p| p.sources)
+        .and_then(|s| s.into_iter().find_map(|s| s.service_account_token))
+        .ok_or_else(|| anyhow!("no projected token"))?;
+    assert_eq!(projected.audience.as_deref(), Some("ordo-report"));
+
+    // Routing: the Service selects the enforcers, the origin Service the app.
+    let service = services.get("bank-api").await?;
+    let spec = service.spec.clone().unwrap_or_default();
+    assert_eq!(spec.selector, Some(enforcer_selector("bank-api")));
+    assert_eq!(spec.session_affinity.as_deref(), Some("ClientIP"));
+    let recorded = service
+        .annotations()
+        .get("ordo.dev/original-selector")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        serde_json::from_str::<BTreeMap<String, String>>(&recorded)?,
+        original_selector()
+    );
+    let origin = services.get("bank-api-origin").await?;
+    assert_eq!(
+        origin.spec.as_ref().and_then(|s| s.selector.clone()),
+        Some(original_selector())
+    );
+    assert_eq!(
+        origin
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .map(|p| p[0].port),
+        Some(80)
+    );
+
+    // State changes were recorded as Events.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    wait_for("a Ready Event", WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Ready")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bank-api")
+            })
+            .then_some(()))
+    })
+    .await?;
+
+    // Deletion restores exactly and removes what was owned.
+    api.delete("bank-api", &DeleteParams::default()).await?;
+    wait_deleted(&api, "bank-api")
+        .await
+        .with_context(|| operator.proc.log_tail())?;
+    let restored = services.get("bank-api").await?;
+    let restored_spec = restored.spec.clone().unwrap_or_default();
+    assert_eq!(
+        restored_spec.selector,
+        original.spec.as_ref().and_then(|s| s.selector.clone())
+    );
+    assert_eq!(
+        restored_spec.session_affinity,
+        original
+            .spec
+            .as_ref()
+            .and_then(|s| s.session_affinity.clone())
+    );
+    assert!(
+        !restored
+            .annotations()
+            .keys()
+            .any(|k| k.starts_with("ordo.dev/")),
+        "{:?}",
+        restored.annotations()
+    );
+    assert!(services.get_opt("bank-api-origin").await?.is_none());
+    wait_deleted(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        "bank-api-enforcer",
+    )
+    .await?;
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get_opt("bank-api-enforcer")
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .get_opt("bank-api-enforcer")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_between_origin_and_selector_converges_after_restart() -> anyhow::Result<()>
+{
+    let (cluster, client, ns) = setup("op-crash").await?;
+    let pki = pki()?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    create_app_service(&client, &ns).await?;
+    let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &protection("bank-api", "Takeover", "Monitor")?,
+    )
+    .await?;
+
+    // The operator dies right after applying the origin Service.
+    let port = free_port()?;
+    let mut crashing = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        port,
+        &["--exit-after-routing-step", "origin-applied"],
+    )?;
+    let code = crashing.proc.wait_exit(WAIT).await?;
+    assert_eq!(code, Some(75), "log:\n{}", crashing.proc.log_tail());
+    let origin = services.get("bank-api-origin").await?;
+    assert_eq!(
+        origin.spec.as_ref().and_then(|s| s.selector.clone()),
+        Some(original_selector())
+    );
+    let untouched = services.get("bank-api").await?;
+    assert_eq!(
+        untouched.spec.as_ref().and_then(|s| s.selector.clone()),
+        Some(original_selector()),
+        "traffic still goes to the app"
+    );
+    assert!(
+        !untouched
+            .annotations()
+            .contains_key("ordo.dev/original-selector")
+    );
+    drop(crashing);
+
+    // A restarted operator finishes the takeover from there.
+    let operator = start_operator(cluster, &ns, &pki, port, &[])?;
+    wait_ready(&api, "bank-api", &operator).await?;
+    let taken = services.get("bank-api").await?;
+    assert_eq!(
+        taken.spec.as_ref().and_then(|s| s.selector.clone()),
+        Some(enforcer_selector("bank-api"))
+    );
+    let recorded = taken
+        .annotations()
+        .get("ordo.dev/original-selector")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        serde_json::from_str::<BTreeMap<String, String>>(&recorded)?,
+        original_selector()
+    );
+
+    api.delete("bank-api", &DeleteParams::default()).await?;
+    wait_deleted(&api, "bank-api")
+        .await
+        .with_context(|| operator.proc.log_tail())?;
+    let restored = services.get("bank-api").await?;
+    assert_eq!(
+        restored.spec.as_ref().and_then(|s| s.selector.clone()),
+        Some(original_selector())
+    );
+    assert!(services.get_opt("bank-api-origin").await?.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_target_creates_nothing_and_says_why() -> anyhow::Result<()> {
+    let (cluster, client, ns) = setup("op-missing").await?;
+    let pki = pki()?;
+    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &protection("bank-api", "Takeover", "Monitor")?,
+    )
+    .await?;
+    let status = wait_for("TargetResolved=False", WAIT, || async {
+        let p = api.get("bank-api").await?;
+        let status = p.status.unwrap_or_default();
+        Ok(condition(&status.conditions, "TargetResolved")
+            .filter(|c| c.status == "False")
+            .map(|c| (c.reason.clone(), c.message.clone())))
+    })
+    .await
+    .with_context(|| operator.proc.log_tail())?;
+    assert_eq!(status.0, "ServiceNotFound");
+    assert!(status.1.contains("bank-api"), "{}", status.1);
+    assert!(
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("bank-api-enforcer")
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<Service>::namespaced(client.clone(), &ns)
+            .get_opt("bank-api-origin")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// SequenceRules.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow::Result<()> {
+    let (cluster, client, ns) = setup("op-rules").await?;
+    let pki = pki()?;
+    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let original = create_app_service(&client, &ns).await?;
+    let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &protection("bank-api", "Alongside", "Enforce")?,
+    )
+    .await?;
+    wait_ready(&api, "bank-api", &operator).await?;
+    // Alongside: a protected Service in front of the enforcers, the original untouched.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let protected = services.get("bank-api-protected").await?;
+    assert_eq!(
+        protected.spec.as_ref().and_then(|s| s.selector.clone()),
+        Some(enforcer_selector("bank-api"))
+    );
+    assert_eq!(
+        protected
+            .spec
+            .as_ref()
+            .and_then(|s| s.session_affinity.clone())
+            .as_deref(),
+        Some("ClientIP")
+    );
+    assert_eq!(services.get("bank-api").await?.spec, original.spec);
+
+    let rules: Api<SequenceRule> = Api::namespaced(client.clone(), &ns);
+    rules
+        .create(
+            &PostParams::default(),
+            &requires_rule(
+                "balance-before-transfer",
+                "bank-api",
+                10,
+                "POST /api/v1/transfer",
+            )?,
+        )
+        .await?;
+    let rule_names = |config: &ordo_enforcer::config::EnforcerConfig| {
+        config
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.priority))
+            .collect::<Vec<_>>()
+    };
+    wait_for("the rule in the rendered config", WAIT, || async {
+        let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
+        Ok((rule_names(&config) == vec![("balance-before-transfer".to_owned(), 10)]).then_some(()))
+    })
+    .await?;
+    let accepted = wait_for("rule Accepted", WAIT, || async {
+        let r = rules.get("balance-before-transfer").await?;
+        let status = r.status.unwrap_or_default();
+        Ok(condition(&status.conditions, "Accepted")
+            .filter(|c| c.status == "True")
+            .map(|_| status.clone()))
+    })
+    .await?;
+    assert_eq!(
+        accepted.rule_kind,
+        Some(ordo_operator::crd::RuleKind::Requires)
+    );
+    assert_eq!(accepted.observed_generation, Some(1));
+
+    // A rule the enforcer would reject is not rendered and says why (no webhook here).
+    rules
+        .create(
+            &PostParams::default(),
+            &requires_rule("broken", "bank-api", 5, "POST /api/v1/transfer/{id")?,
+        )
+        .await?;
+    let rejected = wait_for("broken rule Accepted=False", WAIT, || async {
+        let r = rules.get("broken").await?;
+        Ok(
+            condition(&r.status.unwrap_or_default().conditions, "Accepted")
+                .filter(|c| c.status == "False")
+                .map(|c| c.message.clone()),
+        )
+    })
+    .await?;
+    assert!(rejected.contains("spec.requires.operation"), "{rejected}");
+    wait_for("RulesAccepted=False", WAIT, || async {
+        let p = api.get("bank-api").await?;
+        Ok(
+            condition(&p.status.unwrap_or_default().conditions, "RulesAccepted")
+                .filter(|c| c.status == "False" && c.message.contains("broken"))
+                .map(|_| ()),
+        )
+    })
+    .await?;
+    let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
+    assert_eq!(
+        rule_names(&config),
+        vec![("balance-before-transfer".to_owned(), 10)]
+    );
+    rules.delete("broken", &DeleteParams::default()).await?;
+
+    // Editing a rule and adding one re-renders, ordered by priority.
+    let mut edited = rules.get("balance-before-transfer").await?;
+    edited.spec.priority = 20;
+    rules
+        .replace("balance-before-transfer", &PostParams::default(), &edited)
+        .await?;
+    rules
+        .create(
+            &PostParams::default(),
+            &requires_rule(
+                "balance-before-payee",
+                "bank-api",
+                50,
+                "POST /api/v1/payees",
+            )?,
+        )
+        .await?;
+    wait_for("both rules by priority", WAIT, || async {
+        let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
+        Ok((rule_names(&config)
+            == vec![
+                ("balance-before-payee".to_owned(), 50),
+                ("balance-before-transfer".to_owned(), 20),
+            ])
+        .then_some(()))
+    })
+    .await?;
+    wait_for("edited rule observed", WAIT, || async {
+        let r = rules.get("balance-before-transfer").await?;
+        Ok((r.status.and_then(|s| s.observed_generation) == Some(2)).then_some(()))
+    })
+    .await?;
+
+    // Deleting a rule removes it from the config.
+    rules
+        .delete("balance-before-transfer", &DeleteParams::default())
+        .await?;
+    wait_for("deleted rule gone from the config", WAIT, || async {
+        let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
+        Ok((rule_names(&config) == vec![("balance-before-payee".to_owned(), 50)]).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// A real enforcer reporting to the operator.
+// ---------------------------------------------------------------------------------------
+
+/// A small upstream answering every request with 200 and a JSON body.
+async fn start_upstream() -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |_req: hyper::Request<hyper::body::Incoming>| async {
+                        let mut response = hyper::Response::new(Full::new(Bytes::from_static(
+                            br#"{"ok":true,"balance":120.5}"#,
+                        )));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+async fn token_for(
+    client: &Client,
+    namespace: &str,
+    account: &str,
+    audience: &str,
+) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_owned()]),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        }),
+        ..TokenRequest::default()
+    };
+    let answer: TokenRequest = accounts
+        .create_subresource("token", account, &PostParams::default(), &request)
+        .await?;
+    answer
+        .status
+        .and_then(|s| s.token)
+        .ok_or_else(|| anyhow!("no token in the TokenRequest answer"))
+}
+
+fn session_token(user: &str) -> anyhow::Result<String> {
+    let claims = json!({ "sub": user, "exp": 4_102_444_800u64 });
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"e2e-unverified"),
+    )?)
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+async fn send(
+    client: &HttpClient,
+    port: u16,
+    user: &str,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<u16> {
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", session_token(user)?),
+        );
+    let body = if method == "POST" {
+        builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        Bytes::from_static(br#"{"from":"acc-1","to":"acc-2","amount":10}"#)
+    } else {
+        Bytes::new()
+    };
+    let response = client.request(builder.body(Full::new(body))?).await?;
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
+
+/// A report source with fixed content, to exercise the endpoint's authentication.
+struct StaticSource;
+
+impl ReportSource for StaticSource {
+    fn take_model_delta(&self) -> Option<Vec<u8>> {
+        None
+    }
+    fn changed_incidents(&self) -> Vec<IncidentReport> {
+        Vec::new()
+    }
+    fn counters(&self) -> TrafficCounters {
+        TrafficCounters::default()
+    }
+    fn rule_counters(&self) -> Vec<RuleCounters> {
+        Vec::new()
+    }
+    fn adopt_model(&self, _merged: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result<()> {
+    let (cluster, client, ns) = setup("op-report").await?;
+    let pki = pki()?;
+    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    create_app_service(&client, &ns).await?;
+    let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
+    api.create(
+        &PostParams::default(),
+        &protection("bank-api", "Alongside", "Monitor")?,
+    )
+    .await?;
+    let rules: Api<SequenceRule> = Api::namespaced(client.clone(), &ns);
+    rules
+        .create(
+            &PostParams::default(),
+            &requires_rule(
+                "balance-before-transfer",
+                "bank-api",
+                10,
+                "POST /api/v1/transfer",
+            )?,
+        )
+        .await?;
+    wait_ready(&api, "bank-api", &operator).await?;
+    wait_for("the rule in the rendered config", WAIT, || async {
+        let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
+        Ok((config.rules.len() == 1).then_some(()))
+    })
+    .await?;
+
+    // The enforcer runs locally with the rendered config, addresses moved to loopback.
+    let (_, mut config) = rendered_config(&client, &ns, "bank-api").await?;
+    let dir = tempfile::tempdir()?;
+    let upstream = start_upstream().await?;
+    let proxy_port = free_port()?;
+    config.listen = format!("127.0.0.1:{proxy_port}").parse()?;
+    config.admin.listen = format!("127.0.0.1:{}", free_port()?).parse()?;
+    config.upstream.url = format!("http://127.0.0.1:{upstream}");
+    let token_file = dir.path().join("token");
+    std::fs::write(
+        &token_file,
+        token_for(&client, &ns, "bank-api-enforcer", "ordo-report").await?,
+    )?;
+    let report = config
+        .report
+        .as_mut()
+        .ok_or_else(|| anyhow!("no report section"))?;
+    report.token_file = token_file.clone();
+    report.ca_file = Some(pki.ca.clone());
+    report.replica = Some("e2e-enforcer-0".into());
+    let report_url = report.url.clone();
+    let config_file = dir.path().join("enforcer.yaml");
+    std::fs::write(&config_file, serde_yaml_ng::to_string(&config)?)?;
+    let log = dir.path().join("enforcer.log");
+    let out = std::fs::File::create(&log)?;
+    let enforcer = Proc {
+        child: Command::new(binaries()?.join("ordo-enforcer"))
+            .arg("--config")
+            .arg(&config_file)
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .context("starting ordo-enforcer")?,
+        log,
+        _dir: tempfile::tempdir()?,
+    };
+
+    // Simulated traffic: honest sessions look at a balance before they transfer; one
+    // session transfers without looking.
+    let http: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    wait_for("the enforcer to answer", WAIT, || async {
+        Ok(send(&http, proxy_port, "probe", "GET", "/api/v1/health")
+            .await
+            .ok()
+            .map(|_| ()))
+    })
+    .await
+    .with_context(|| enforcer.log_tail())?;
+    for round in 0..4 {
+        for user in 0..12 {
+            let user = format!("user-{user}");
+            let account = format!("{}", 1000 + round);
+            for (method, path) in [
+                ("GET", format!("/api/v1/accounts/{account}/balance")),
+                ("POST", "/api/v1/transfer".to_owned()),
+                ("GET", format!("/api/v1/accounts/{account}/transactions")),
+            ] {
+                let status = send(&http, proxy_port, &user, method, &path).await?;
+                assert_eq!(status, 200, "{method} {path}");
+            }
+        }
+    }
+    for _ in 0..3 {
+        let status = send(&http, proxy_port, "mallory", "POST", "/api/v1/transfer").await?;
+        assert_eq!(status, 200, "Monitor mode never blocks");
+    }
+
+    let status = wait_for(
+        "learned endpoints, sequences and the incident in status",
+        Duration::from_secs(120),
+        || async {
+            let p = api.get("bank-api").await?;
+            let status = p.status.unwrap_or_default();
+            let learned = status.model.as_ref().is_some_and(|m| m.requests > 0)
+                && !status.endpoints.is_empty();
+            let sequences = !status.top_sequences.is_empty();
+            let incident = status
+                .incidents
+                .iter()
+                .any(|i| i.session.contains("mallory") && !i.summary.is_empty());
+            if learned && sequences && incident {
+                Ok(Some(status))
+            } else {
+                Err(anyhow!(
+                    "status so far: model={:?} endpoints={} sequences={} incidents={}",
+                    status.model,
+                    status.endpoints.len(),
+                    status.top_sequences.len(),
+                    status.incidents.len()
+                ))
+            }
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "enforcer log:\n{}\noperator log:\n{}",
+            enforcer.log_tail(),
+            operator.proc.log_tail()
+        )
+    })?;
+    assert!(
+        status
+            .endpoints
+            .iter()
+            .any(|e| e.operation.starts_with("GET /api/v1/accounts/")
+                && e.operation.ends_with("/balance")),
+        "{:?}",
+        status.endpoints
+    );
+    let incident = status
+        .incidents
+        .iter()
+        .find(|i| i.session.contains("mallory"))
+        .ok_or_else(|| anyhow!("no incident"))?;
+    assert!(
+        incident.summary.contains("balance-before-transfer")
+            || incident.summary.contains("/api/v1/transfer"),
+        "{}",
+        incident.summary
+    );
+    assert!(
+        status
+            .totals
+            .is_some_and(|t| t.requests >= 147 && t.flagged >= 3 && t.blocked == 0),
+        "{:?}",
+        status.totals
+    );
+    assert!(status.enforcers.is_some_and(|e| e.reporting >= 1));
+
+    // The incident became an Event, the rule's counters reached its status, the merged
+    // model was persisted.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    wait_for("an IncidentDetected Event", WAIT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("IncidentDetected"))
+            .then_some(()))
+    })
+    .await?;
+    wait_for("rule matches in status", WAIT, || async {
+        let r = rules.get("balance-before-transfer").await?;
+        Ok(r.status
+            .filter(|s| s.matches >= 3 && s.last_match.is_some())
+            .map(|_| ()))
+    })
+    .await?;
+    let model_cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("bank-api-model")
+        .await?;
+    let model = model_cm
+        .binary_data
+        .as_ref()
+        .and_then(|d| d.get("model"))
+        .ok_or_else(|| anyhow!("no model"))?;
+    let merged =
+        ordo_enforcer::model::LearnedModel::from_bytes(&model.0).map_err(|e| anyhow!("{e}"))?;
+    assert!(merged.requests > 0 && model.0.len() < 1024 * 1024);
+
+    // Tokens of another ServiceAccount, or for another audience, are refused.
+    let wrong_dir = tempfile::tempdir()?;
+    let wrong_token = wrong_dir.path().join("token");
+    let attempt = |token_file: PathBuf| ReportConfig {
+        url: report_url.clone(),
+        token_file,
+        ca_file: Some(pki.ca.clone()),
+        interval_seconds: 1,
+        timeout_seconds: 10,
+        replica: Some("intruder".into()),
+    };
+    std::fs::write(
+        &wrong_token,
+        token_for(&client, &ns, "default", "ordo-report").await?,
+    )?;
+    let refused = ReportClient::new(attempt(wrong_token.clone()))?
+        .report_once(&StaticSource)
+        .await;
+    assert!(
+        matches!(refused, Err(ReportError::Refused { status: 403, .. })),
+        "{refused:?}"
+    );
+    std::fs::write(
+        &wrong_token,
+        token_for(
+            &client,
+            &ns,
+            "bank-api-enforcer",
+            "https://kubernetes.default.svc",
+        )
+        .await?,
+    )?;
+    let refused = ReportClient::new(attempt(wrong_token.clone()))?
+        .report_once(&StaticSource)
+        .await;
+    assert!(
+        matches!(refused, Err(ReportError::Refused { status: 401, .. })),
+        "{refused:?}"
+    );
+    let accepted = ReportClient::new(attempt(token_file))?
+        .report_once(&StaticSource)
+        .await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    drop(enforcer);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The validating webhook.
+// ---------------------------------------------------------------------------------------
+
+fn webhook(
+    name: &str,
+    path: &str,
+    resource: &str,
+    port: u16,
+    ca_pem: &str,
+    namespace: &str,
+) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: name.to_owned(),
+        admission_review_versions: vec!["v1".to_owned()],
+        side_effects: "None".to_owned(),
+        failure_policy: Some("Fail".to_owned()),
+        timeout_seconds: Some(10),
+        client_config: WebhookClientConfig {
+            url: Some(format!("https://127.0.0.1:{port}{path}")),
+            ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+            ..WebhookClientConfig::default()
+        },
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                namespace.to_owned(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec!["ordo.dev".to_owned()]),
+            api_versions: Some(vec!["v1alpha1".to_owned()]),
+            operations: Some(vec!["CREATE".to_owned(), "UPDATE".to_owned()]),
+            resources: Some(vec![resource.to_owned()]),
+            scope: Some("Namespaced".to_owned()),
+        }]),
+        ..ValidatingWebhook::default()
+    }
+}
+
+fn denial(result: Result<impl Sized, kube::Error>) -> String {
+    match result {
+        Ok(_) => "allowed".to_owned(),
+        Err(kube::Error::Api(status)) => status.message.clone(),
+        Err(other) => format!("error: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_denies_invalid_resources_naming_the_field_and_allows_valid_ones()
+-> anyhow::Result<()> {
+    let (cluster, client, ns) = setup("op-webhook").await?;
+    let pki = pki()?;
+    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let config_name = format!("ordo-e2e-{ns}");
+    let config = ValidatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(config_name.clone()),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![
+            webhook(
+                "apiprotections.ordo.dev",
+                "/validate/apiprotections",
+                "apiprotections",
+                operator.https_port,
+                &pki.ca_pem,
+                &ns,
+            ),
+            webhook(
+                "sequencerules.ordo.dev",
+                "/validate/sequencerules",
+                "sequencerules",
+                operator.https_port,
+                &pki.ca_pem,
+                &ns,
+            ),
+        ]),
+    };
+    configs
+        .patch(
+            &config_name,
+            &PatchParams::apply("ordo-e2e").force(),
+            &Patch::Apply(&config),
+        )
+        .await?;
+    let outcome = run_webhook_checks(&client, &ns, &operator).await;
+    configs
+        .delete(&config_name, &DeleteParams::default())
+        .await?;
+    outcome
+}
+
+async fn run_webhook_checks(client: &Client, ns: &str, operator: &Operator) -> anyhow::Result<()> {
+    let rules: Api<SequenceRule> = Api::namespaced(client.clone(), ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+
+    // Operation syntax the CRD pattern lets through (the webhook may take a moment to be
+    // called by the API server after registration).
+    let unclosed = requires_rule("unclosed", "bank-api", 1, "POST /api/v1/transfer/{id")?;
+    let message = wait_for("the webhook to deny", WAIT, || async {
+        let message = denial(rules.create(&dry, &unclosed).await);
+        // Until the operator listens, the API server reports a failed call instead.
+        if message.contains("spec.requires.operation") {
+            Ok(Some(message))
+        } else {
+            Err(anyhow!(message))
+        }
+    })
+    .await
+    .with_context(|| operator.proc.log_tail())?;
+    assert!(
+        message.contains("spec.requires.operation") && message.contains("unclosed"),
+        "{message}"
+    );
+
+    let query: SequenceRule = serde_json::from_value(json!({
+        "apiVersion": "ordo.dev/v1alpha1", "kind": "SequenceRule",
+        "metadata": { "name": "query-in-path" },
+        "spec": { "protectionRef": { "name": "bank-api" },
+                  "forbids": { "sequence": ["GET /api/v1/accounts", "POST /api/v1/transfer?again=1"] } }
+    }))?;
+    let message = denial(rules.create(&dry, &query).await);
+    assert!(message.contains("spec.forbids.sequence[1]"), "{message}");
+
+    let from_to: SequenceRule = serde_json::from_value(json!({
+        "apiVersion": "ordo.dev/v1alpha1", "kind": "SequenceRule",
+        "metadata": { "name": "bad-from" },
+        "spec": { "protectionRef": { "name": "bank-api" },
+                  "minInterval": { "from": "GET /api/{x}{y}", "to": "POST /api/v1/transfer", "duration": "2s" } }
+    }))?;
+    let message = denial(rules.create(&dry, &from_to).await);
+    assert!(message.contains("spec.minInterval.from"), "{message}");
+
+    // A valid rule is allowed, also when its protection does not exist (yet).
+    let valid = requires_rule(
+        "balance-before-transfer",
+        "does-not-exist-yet",
+        10,
+        "POST /api/v1/transfer",
+    )?;
+    assert_eq!(
+        denial(rules.create(&PostParams::default(), &valid).await),
+        "allowed"
+    );
+
+    // ApiProtection: a second protection of the same Service, an invalid rate limit.
+    create_app_service(client, ns).await?;
+    let protections: Api<ApiProtection> = Api::namespaced(client.clone(), ns);
+    assert_eq!(
+        denial(
+            protections
+                .create(
+                    &PostParams::default(),
+                    &protection("bank-api", "Alongside", "Monitor")?
+                )
+                .await
+        ),
+        "allowed"
+    );
+    let message = denial(
+        protections
+            .create(&dry, &protection("bank-api-2", "Alongside", "Monitor")?)
+            .await,
+    );
+    assert!(
+        message.contains("spec.target.service") && message.contains("bank-api"),
+        "{message}"
+    );
+
+    let mut limited = protection("limited", "Alongside", "Monitor")?;
+    limited.spec.target.service = "other-api".into();
+    limited.spec.rate_limits = vec![serde_json::from_value(
+        json!({ "operation": "GET /api/v1/accounts/{id", "requests": 10, "per": "1m" }),
+    )?];
+    let message = denial(protections.create(&dry, &limited).await);
+    assert!(message.contains("spec.rateLimits[0]"), "{message}");
+    limited.spec.rate_limits = vec![serde_json::from_value(
+        json!({ "operation": "GET /api/v1/accounts/{id}", "requests": 10, "per": "1m" }),
+    )?];
+    assert_eq!(denial(protections.create(&dry, &limited).await), "allowed");
+
+    // Updates are validated too.
+    let mut existing = rules.get("balance-before-transfer").await?;
+    existing
+        .spec
+        .requires
+        .as_mut()
+        .ok_or_else(|| anyhow!("requires"))?
+        .after = vec!["GET /api/v1/accounts/{".to_owned()];
+    let message = denial(
+        rules
+            .replace("balance-before-transfer", &PostParams::default(), &existing)
+            .await,
+    );
+    assert!(message.contains("spec.requires.after[0]"), "{message}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Leader election on a real Lease.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_candidate_leads_and_a_standby_takes_over_an_abandoned_lease() -> anyhow::Result<()>
+{
+    use k8s_openapi::api::coordination::v1::Lease;
+    use ordo_operator::leader::{Attempt, LeaderElector, LeaseTiming};
+    let (_, client, ns) = setup("op-lease").await?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let timing = LeaseTiming {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(200),
+    };
+    let mut a = LeaderElector::new(leases.clone(), "ordo-operator", "replica-a", timing);
+    let mut b = LeaderElector::new(leases.clone(), "ordo-operator", "replica-b", timing);
+    assert_eq!(a.try_acquire_or_renew().await?, Attempt::Leading);
+    assert_eq!(b.try_acquire_or_renew().await?, Attempt::Following);
+    // While a renews, b never takes over, however long it waits.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(a.try_acquire_or_renew().await?, Attempt::Leading);
+        assert_eq!(b.try_acquire_or_renew().await?, Attempt::Following);
+    }
+    // a stops renewing (it died): b takes over once the record stayed unchanged for a lease
+    // duration on b's clock, and a, back, follows.
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.try_acquire_or_renew().await? != Attempt::Leading {
+        assert!(
+            Instant::now() < deadline,
+            "b did not take over an abandoned Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "took over after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.try_acquire_or_renew().await?, Attempt::Following);
+    let lease = leases.get("ordo-operator").await?;
+    let spec = lease.spec.unwrap_or_default();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    // A released Lease is taken at once.
+    b.release().await;
+    assert_eq!(a.try_acquire_or_renew().await?, Attempt::Leading);
+    Ok(())
+}
