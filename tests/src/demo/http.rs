@@ -1,0 +1,68 @@
+//! Small plain-HTTP helpers for the demo's loopback processes: a free port, a GET that
+//! returns status and body, and a wait for a readiness endpoint.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A loopback address with a port that was free a moment ago (the OS picks it).
+pub fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    listener.local_addr().context("reading the picked port")
+}
+
+/// A pooled plain-HTTP client.
+pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// `GET url` with an optional bearer token; returns the status and the body as text.
+pub async fn get(url: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut request = http::Request::get(url);
+    if let Some(token) = bearer {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Empty::new())
+        .with_context(|| format!("building GET {url}"))?;
+    let response = tokio::time::timeout(Duration::from_secs(10), client().request(request))
+        .await
+        .with_context(|| format!("GET {url} timed out"))?
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading GET {url}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Polls `url` until it answers 200, for at most `timeout`; `alive` is called between tries
+/// and fails the wait early (for example when the process has exited).
+pub async fn wait_ok(
+    url: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        alive()?;
+        let last = match get(url, None).await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => format!("{status}: {}", body.trim()),
+            Err(err) => format!("{err:#}"),
+        };
+        if Instant::now() > deadline {
+            bail!("{url} not ready after {timeout:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

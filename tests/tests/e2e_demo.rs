@@ -1,0 +1,152 @@
+//! The demo (`scripts/demo`) end to end, on its own control plane: what it shows a user is
+//! true. The operator takes the Service over, the example rules and detectors stop the attacks
+//! they are meant to stop while honest customers are never blocked, the incidents reach the
+//! ApiProtection's status, and deleting the protection restores the Service.
+
+// Helpers of a test binary may unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ordo_tests::cluster::workspace_root;
+use ordo_tests::demo::run::{Options, run};
+use ordo_tests::sim::journeys::AttackKind;
+
+/// Builds the debug `ordo-operator` and `ordo-enforcer` the demo runs with `debug: true`.
+fn build_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "ordo-operator",
+            "-p",
+            "ordo-enforcer",
+            "--bins",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cargo build of the binaries failed: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn demo_shows_what_ordo_catches() {
+    build_binaries();
+    let report = run(Options {
+        keep: false,
+        build: false,
+        debug: true,
+        seed: 42,
+        max_learning: Duration::from_secs(300),
+        k8s_bin_dir: std::env::var_os("ORDO_K8S_BIN").map(PathBuf::from),
+    })
+    .await
+    .unwrap();
+
+    assert!(
+        report.taken_over,
+        "the operator did not take Service bank-api over"
+    );
+    assert!(
+        report.detectors_active,
+        "learning ended with inactive detectors"
+    );
+    assert!(
+        report.status_mature,
+        "the status never said the model is mature"
+    );
+    assert!(
+        report.learning_requests > 1000,
+        "{} learning requests",
+        report.learning_requests
+    );
+    assert_eq!(
+        report.learning_blocked, 0,
+        "Monitor mode blocked benign requests"
+    );
+    assert!(report.enforce_reloaded);
+
+    // Honest customers, running alongside the attacks in Enforce mode, are never blocked.
+    assert!(report.honest_requests > 100);
+    assert_eq!(
+        report.honest_blocked, 0,
+        "honest customers were blocked in Enforce mode"
+    );
+
+    assert_eq!(report.attacks.len(), AttackKind::ALL.len());
+    let attack = |kind: AttackKind| report.attacks.iter().find(|a| a.kind == kind).unwrap();
+    // The example's SequenceRules stop a transfer without a balance lookup and replays from the
+    // first harmful request.
+    for kind in [AttackKind::SkippedSteps, AttackKind::ReplayedTransfer] {
+        let a = attack(kind);
+        assert_eq!(a.harm_reached, 0, "{kind}: {a:?}");
+        assert!(
+            a.detected_as.iter().any(|k| k == "SequenceRule"),
+            "{kind}: {a:?}"
+        );
+    }
+    // Detectors whose example action is Block stop these before any harm.
+    for (kind, finding) in [
+        (AttackKind::TamperedTransfer, "ShapeDeviation"),
+        (AttackKind::ShadowProbing, "ShadowEndpoint"),
+        (AttackKind::Injection, "ShapeDeviation"),
+    ] {
+        let a = attack(kind);
+        assert_eq!(a.harm_reached, 0, "{kind}: {a:?}");
+        assert!(a.detected_as.iter().any(|k| k == finding), "{kind}: {a:?}");
+    }
+    // Enumeration and stuffing are judged against peers, so a few requests pass before the
+    // session is far enough above them; then it is blocked.
+    for (kind, finding) in [
+        (AttackKind::AccountEnumeration, "Enumeration"),
+        (AttackKind::PhoneEnumeration, "Enumeration"),
+        (AttackKind::CredentialStuffing, "CredentialStuffing"),
+    ] {
+        let a = attack(kind);
+        assert!(a.blocked > 0 && a.harm_reached < a.harmful, "{kind}: {a:?}");
+        assert!(a.detected_as.iter().any(|k| k == finding), "{kind}: {a:?}");
+    }
+    // Scraping is detected by volume, which the example only logs.
+    let scraping = attack(AttackKind::Scraping);
+    assert!(
+        scraping.detected_as.iter().any(|k| k == "Volume"),
+        "{scraping:?}"
+    );
+    assert_eq!(
+        scraping.blocked, 0,
+        "the example's volume detector logs, it must not block: {scraping:?}"
+    );
+
+    // What the user reads in status.
+    let status = &report.status;
+    assert!(!status.incidents.is_empty());
+    assert!(status.incidents.iter().all(|i| !i.summary.is_empty()));
+    // Skipped steps (1) and the replay (4) break balance-before-transfer; the replay's
+    // second to fourth transfers break no-repeated-transfer.
+    let matches = |rule: &str| report.rule_matches.get(rule).copied().unwrap_or(0);
+    assert!(
+        matches("balance-before-transfer") >= 5,
+        "{:?}",
+        report.rule_matches
+    );
+    assert!(
+        matches("no-repeated-transfer") >= 3,
+        "{:?}",
+        report.rule_matches
+    );
+    let totals = status.totals.unwrap();
+    assert!(totals.blocked > 0 && totals.incidents > 0, "{totals:?}");
+    assert!(!status.endpoints.is_empty() && !status.top_sequences.is_empty());
+
+    assert!(
+        report.service_restored,
+        "deleting the ApiProtection did not restore the Service"
+    );
+}
