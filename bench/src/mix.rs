@@ -23,18 +23,30 @@ pub struct Step {
 }
 
 const fn get(path: &'static str) -> Step {
-    Step { method: "GET", path, body: None }
+    Step {
+        method: "GET",
+        path,
+        body: None,
+    }
 }
 
 const fn with_body(method: &'static str, path: &'static str, body: &'static str) -> Step {
-    Step { method, path, body: Some(body) }
+    Step {
+        method,
+        path,
+        body: Some(body),
+    }
 }
 
 /// The cycle one session repeats. Journeys: refresh, account overview, profile, cards,
 /// information pages, transfer, lookup by phone, new payee with a transfer.
 pub const CYCLE: &[Step] = &[
     // refresh
-    with_body("POST", "/api/v1/auth/refresh", r#"{"refreshToken":"{{refresh}}","deviceId":"{{device}}"}"#),
+    with_body(
+        "POST",
+        "/api/v1/auth/refresh",
+        r#"{"refreshToken":"{{refresh}}","deviceId":"{{device}}"}"#,
+    ),
     // account overview
     get("/api/v1/accounts"),
     get("/api/v1/accounts/{{acct}}"),
@@ -43,13 +55,25 @@ pub const CYCLE: &[Step] = &[
     get("/api/v1/accounts/{{acct}}/transactions/{{tx}}"),
     // profile
     get("/api/v1/profile"),
-    with_body("PATCH", "/api/v1/profile", r#"{"email":"{{email}}","phone":"{{phone}}","address":{"city":"London","postcode":"EC1A 1BB"}}"#),
+    with_body(
+        "PATCH",
+        "/api/v1/profile",
+        r#"{"email":"{{email}}","phone":"{{phone}}","address":{"city":"London","postcode":"EC1A 1BB"}}"#,
+    ),
     get("/api/v1/settings"),
-    with_body("PUT", "/api/v1/settings", r#"{"language":"en-GB","marketingOptIn":false,"notifications":{"push":true,"email":false}}"#),
+    with_body(
+        "PUT",
+        "/api/v1/settings",
+        r#"{"language":"en-GB","marketingOptIn":false,"notifications":{"push":true,"email":false}}"#,
+    ),
     // cards
     get("/api/v1/cards"),
     get("/api/v1/cards/{{card}}"),
-    with_body("POST", "/api/v1/cards/{{card}}/freeze", r#"{"reason":"misplaced","temporary":true}"#),
+    with_body(
+        "POST",
+        "/api/v1/cards/{{card}}/freeze",
+        r#"{"reason":"misplaced","temporary":true}"#,
+    ),
     // information pages
     get("/api/v1/fx/rates?base=EUR"),
     get("/api/v1/branches?city=London"),
@@ -59,18 +83,34 @@ pub const CYCLE: &[Step] = &[
     // transfer to a known payee
     get("/api/v1/accounts/{{acct}}/balance"),
     get("/api/v1/payees"),
-    with_body("POST", "/api/v1/transfers", r#"{"fromAccount":"{{acct}}","toPayee":"{{payee}}","amount":{{amount}},"currency":"EUR","reference":"Invoice {{tx}}"}"#),
+    with_body(
+        "POST",
+        "/api/v1/transfers",
+        r#"{"fromAccount":"{{acct}}","toPayee":"{{payee}}","amount":{{amount}},"currency":"EUR","reference":"Invoice {{tx}}"}"#,
+    ),
     get("/api/v1/transfers/{{transfer}}"),
     // lookup by phone
     get("/api/v1/users/lookup?phone={{phoneq}}"),
     get("/api/v1/accounts/{{acct}}/transactions?page=2&pageSize=20"),
     // new payee, then a transfer to it, then remove an old payee
     get("/api/v1/payees"),
-    with_body("POST", "/api/v1/payees", r#"{"name":"Alex Doe","iban":"GB33BUKB2020155555{{payee4}}","reference":"rent"}"#),
+    with_body(
+        "POST",
+        "/api/v1/payees",
+        r#"{"name":"Alex Doe","iban":"GB33BUKB2020155555{{payee4}}","reference":"rent"}"#,
+    ),
     get("/api/v1/accounts/{{acct}}/balance"),
-    with_body("POST", "/api/v1/transfers", r#"{"fromAccount":"{{acct}}","toPayee":"{{payee2}}","amount":{{amount}},"currency":"EUR","reference":"Rent"}"#),
+    with_body(
+        "POST",
+        "/api/v1/transfers",
+        r#"{"fromAccount":"{{acct}}","toPayee":"{{payee2}}","amount":{{amount}},"currency":"EUR","reference":"Rent"}"#,
+    ),
     get("/api/v1/transfers/{{transfer}}"),
-    Step { method: "DELETE", path: "/api/v1/payees/{{payee}}", body: None },
+    Step {
+        method: "DELETE",
+        path: "/api/v1/payees/{{payee}}",
+        body: None,
+    },
 ];
 
 /// The distinct operations of the mix as `METHOD /templated/path` (24).
@@ -182,8 +222,8 @@ impl SessionVars {
 
     /// The names of the placeholders, in the column order of the data file.
     pub const COLUMNS: [&'static str; 14] = [
-        "sub", "acct", "tx", "card", "payee", "payee2", "payee4", "transfer", "phone", "phoneq", "email", "refresh",
-        "device", "amount",
+        "sub", "acct", "tx", "card", "payee", "payee2", "payee4", "transfer", "phone", "phoneq",
+        "email", "refresh", "device", "amount",
     ];
 
     /// Fills `{{name}}` placeholders of `template` into `out`.
@@ -233,13 +273,18 @@ pub fn request(vars: &SessionVars, step: usize) -> ConcreteRequest {
         vars.fill(b, &mut out);
         out
     });
-    ConcreteRequest { method: s.method, path, body }
+    ConcreteRequest {
+        method: s.method,
+        path,
+        body,
+    }
 }
 
 /// Writes the data file the wrk Lua script loads: a Lua chunk returning the cycle; the
 /// sessions (one line each, tab-separated: token then [`SessionVars::COLUMNS`]) go to a second file.
 pub fn lua_cycle() -> String {
-    let mut out = String::from("-- generated by ordo-bench: the request cycle of one session\nreturn {\n");
+    let mut out =
+        String::from("-- generated by ordo-bench: the request cycle of one session\nreturn {\n");
     for s in CYCLE {
         let _ = write!(out, "  {{ method = {:?}, path = {:?}", s.method, s.path);
         if let Some(b) = s.body {
@@ -285,7 +330,12 @@ mod tests {
             .iter()
             .map(|s| {
                 let path = s.path.split('?').next().unwrap_or(s.path);
-                (s.method, path.replace("{{acct}}", "A").replace("{{tx}}", "T").replace("{{card}}", "C"))
+                (
+                    s.method,
+                    path.replace("{{acct}}", "A")
+                        .replace("{{tx}}", "T")
+                        .replace("{{card}}", "C"),
+                )
             })
             .collect();
         assert_eq!(distinct.len(), 24, "{distinct:?}");
@@ -308,7 +358,10 @@ mod tests {
     #[test]
     fn sessions_are_distinct_and_reproducible() {
         assert_eq!(SessionVars::for_index(7), SessionVars::for_index(7));
-        assert_ne!(SessionVars::for_index(7).card, SessionVars::for_index(8).card);
+        assert_ne!(
+            SessionVars::for_index(7).card,
+            SessionVars::for_index(8).card
+        );
         let line = session_line("tok", &SessionVars::for_index(3));
         assert_eq!(line.split('\t').count(), 1 + SessionVars::COLUMNS.len());
     }

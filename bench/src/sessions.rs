@@ -20,14 +20,30 @@ struct Claims<'a> {
 }
 
 /// Signs the token of one session.
-pub fn token(vars: &SessionVars, secret: &str, now_s: u64) -> Result<String, jsonwebtoken::errors::Error> {
-    let claims = Claims { sub: &vars.sub, iss: "https://auth.bank.example", iat: now_s, exp: now_s + 24 * 3600, scope: "accounts payments" };
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+pub fn token(
+    vars: &SessionVars,
+    secret: &str,
+    now_s: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let claims = Claims {
+        sub: &vars.sub,
+        iss: "https://auth.bank.example",
+        iat: now_s,
+        exp: now_s + 24 * 3600,
+        scope: "accounts payments",
+    };
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
 }
 
 /// Writes `count` sessions (indexes `0..count`) to `path`.
 pub fn write_file(path: &Path, count: u64, secret: &str) -> anyhow::Result<()> {
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let mut out = BufWriter::new(std::fs::File::create(path)?);
     for index in 0..count {
         let vars = SessionVars::for_index(index);
@@ -64,12 +80,24 @@ pub fn read_range(path: &Path, first: u64, count: u64) -> anyhow::Result<Vec<Poo
         // and the file check below catches a file written by another version.
         let vars = SessionVars::for_index(index);
         if cols.next() != Some(vars.sub.as_str()) {
-            anyhow::bail!("{}: line {} does not hold session {}", path.display(), index + 1, vars.sub);
+            anyhow::bail!(
+                "{}: line {} does not hold session {}",
+                path.display(),
+                index + 1,
+                vars.sub
+            );
         }
-        out.push(PooledSession { authorization: format!("Bearer {token}"), vars });
+        out.push(PooledSession {
+            authorization: format!("Bearer {token}"),
+            vars,
+        });
     }
     if (out.len() as u64) < count {
-        anyhow::bail!("{}: holds {} sessions from {first}, {count} needed", path.display(), out.len());
+        anyhow::bail!(
+            "{}: holds {} sessions from {first}, {count} needed",
+            path.display(),
+            out.len()
+        );
     }
     Ok(out)
 }

@@ -61,7 +61,10 @@ pub async fn serve(listener: TcpListener) -> std::io::Result<()> {
                     Ok::<_, Infallible>(response)
                 }
             });
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
