@@ -399,6 +399,10 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
         .hub
         .with_state(&key, |r| {
             summary::report_part(
+                &summary::ProtectionRef {
+                    namespace: &namespace,
+                    name: &name,
+                },
                 &r.model,
                 &r.state,
                 maturity(protection),

@@ -83,8 +83,15 @@ fn op_name(model: &LearnedModel, op: u16) -> Option<String> {
     (op != SESSION_START).then(|| model.template_of(op).to_owned())
 }
 
+/// The ApiProtection a status is built for: suggested rules name it, so they apply as they are.
+pub struct ProtectionRef<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
 /// Builds the report part of the status.
 pub fn report_part(
+    protection: &ProtectionRef<'_>,
     model: &LearnedModel,
     state: &PersistedState,
     maturity: Maturity,
@@ -156,6 +163,7 @@ pub fn report_part(
             && suggested_for.insert(operation.clone())
         {
             suggested_rules.push(suggest_requires(
+                protection,
                 operation,
                 after,
                 seq.precedence,
@@ -208,6 +216,7 @@ fn slug(operation: &str) -> String {
 
 /// A `requires` SequenceRule suggested from a learned sequence, as YAML the user can commit.
 fn suggest_requires(
+    protection: &ProtectionRef<'_>,
     operation: &str,
     after: &[String],
     precedence: f64,
@@ -217,7 +226,10 @@ fn suggest_requires(
     let window = after.len().max(1) * 4;
     let mut yaml = String::new();
     yaml.push_str("apiVersion: ordo.dev/v1alpha1\nkind: SequenceRule\nmetadata:\n");
-    yaml.push_str(&format!("  name: {name}\nspec:\n  protectionRef:\n    name: <this ApiProtection>\n  action: Log\n  requires:\n"));
+    yaml.push_str(&format!(
+        "  name: {name}\n  namespace: {}\nspec:\n  protectionRef:\n    name: {}\n  action: Log\n  requires:\n",
+        protection.namespace, protection.name
+    ));
     yaml.push_str(&format!("    operation: {operation:?}\n    after:\n"));
     for op in after {
         yaml.push_str(&format!("      - {op:?}\n"));
@@ -343,6 +355,10 @@ mod tests {
     #[test]
     fn suggested_rule_yaml_names_operations() {
         let rule = suggest_requires(
+            &ProtectionRef {
+                namespace: "bank",
+                name: "bank-api",
+            },
             "POST /api/v1/transferFunds",
             &["GET /api/v1/accounts/{var1}/balance".into()],
             0.98,
@@ -356,5 +372,11 @@ mod tests {
             rule.yaml
         );
         assert!(rule.reason.contains("98% of 120"), "{}", rule.reason);
+        assert!(
+            rule.yaml.contains("  namespace: bank\n")
+                && rule.yaml.contains("protectionRef:\n    name: bank-api\n"),
+            "{}",
+            rule.yaml
+        );
     }
 }
