@@ -27,7 +27,6 @@ use tracing::{Instrument as _, field};
 use crate::conditions::{self, Desired};
 use crate::crd::{
     ApiProtection, ApiProtectionStatus, EnforcerCounts, ProtectionPhase, Routing, SequenceRule,
-    SequenceRuleStatus,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -36,6 +35,7 @@ use crate::render::{self, RenderInput, ReportTarget};
 use crate::reports::{ProtectionKey, ReportHub, now_ms};
 use crate::resources::{self, DeploymentInput, EnforcerPorts};
 use crate::routing::{self, RoutingStep, TakeoverState};
+use crate::rule_status;
 use crate::summary::{self, Maturity, ReportPart};
 
 /// Settings of the controller that come from the operator's flags.
@@ -84,7 +84,8 @@ pub async fn run(
         ObjectRef::<DeserializeGuard<ApiProtection>>::new(&key.name).within(&key.namespace)
     });
     let concurrency = ctx.settings.concurrency;
-    controller
+    let protections_stop = shutdown.clone();
+    let protections = controller
         .owns(
             scoped::<ConfigMap>(&client, scope.as_deref()),
             owned.clone(),
@@ -130,18 +131,19 @@ pub async fn run(
         )
         .reconcile_on(requests)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
+        .graceful_shutdown_on(async move { protections_stop.cancelled().await })
+        .run(reconcile, error_policy, Arc::clone(&ctx))
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "reconcile loop reported an error");
             }
-        })
-        .await;
+        });
+    // Rules whose ApiProtection does not exist are never reconciled above.
+    futures::join!(protections, rule_status::run(ctx, shutdown));
 }
 
 /// An Api over one namespace, or over all of them.
-fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+pub(crate) fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -317,7 +319,12 @@ struct RuleSet {
     unreadable: Vec<String>,
 }
 
-async fn load_rules(client: &kube::Client, namespace: &str, protection: &str) -> Result<RuleSet> {
+async fn load_rules(
+    client: &kube::Client,
+    namespace: &str,
+    protection: &str,
+    session: &crate::crd::SessionSpec,
+) -> Result<RuleSet> {
     let api: Api<DeserializeGuard<SequenceRule>> = Api::namespaced(client.clone(), namespace);
     let mut set = RuleSet {
         accepted: Vec::new(),
@@ -328,7 +335,9 @@ async fn load_rules(client: &kube::Client, namespace: &str, protection: &str) ->
         match guard.0 {
             Ok(rule) if rule.spec.protection_ref.name == protection => {
                 let name = rule.name_any();
-                match render::rule_config(&name, &rule.spec) {
+                match render::rule_config(&name, &rule.spec)
+                    .and_then(|config| render::rule_fits_history(&config, session).map(|()| config))
+                {
                     Ok(config) => {
                         set.accepted.push(config);
                         set.verdicts.push((rule, Ok(())));
@@ -426,7 +435,7 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
     };
     status.counts.desired = protection.spec.enforcer.replicas;
 
-    let rules = load_rules(client, &namespace, &name).await?;
+    let rules = load_rules(client, &namespace, &name, &protection.spec.session).await?;
     let rules_ok = rules.verdicts.iter().all(|(_, v)| v.is_ok());
     let rejected: Vec<String> = rules
         .verdicts
@@ -864,7 +873,6 @@ async fn write_rule_statuses(ctx: &Context, key: &ProtectionKey, rules: &RuleSet
         .unwrap_or_default();
     let api: Api<SequenceRule> = Api::namespaced(ctx.client.clone(), &key.namespace);
     for (rule, verdict) in &rules.verdicts {
-        let previous = rule.status.clone().unwrap_or_default();
         let desired = match verdict {
             Ok(()) => Desired::new(
                 conditions::ACCEPTED,
@@ -874,43 +882,13 @@ async fn write_rule_statuses(ctx: &Context, key: &ProtectionKey, rules: &RuleSet
             ),
             Err(message) => Desired::new(conditions::ACCEPTED, false, "Invalid", message.clone()),
         };
-        let conditions = conditions::merge(
-            &previous.conditions,
-            &[desired],
-            rule.metadata.generation,
+        let status = rule_status::build(
+            rule,
+            desired,
+            counters.get(&rule.name_any()),
             Timestamp::now(),
         );
-        let counts = counters.get(&rule.name_any());
-        let status = SequenceRuleStatus {
-            observed_generation: rule.metadata.generation,
-            conditions,
-            rule_kind: rule.spec.kind(),
-            matches: counts.map_or(previous.matches, |c| {
-                i64::try_from(c.matches).unwrap_or(i64::MAX)
-            }),
-            blocked: counts.map_or(previous.blocked, |c| {
-                i64::try_from(c.blocked).unwrap_or(i64::MAX)
-            }),
-            last_match: counts
-                .and_then(|c| c.last_match_ms)
-                .and_then(|ms| Timestamp::from_millisecond(i64::try_from(ms).ok()?).ok())
-                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
-                .or(previous.last_match.clone()),
-        };
-        if rule.status.as_ref() == Some(&status) {
-            continue;
-        }
-        let patch = json!({
-            "apiVersion": SequenceRule::api_version(&()),
-            "kind": SequenceRule::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            &rule.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        rule_status::write(&api, rule, status).await?;
     }
     Ok(())
 }

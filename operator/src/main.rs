@@ -15,6 +15,7 @@ use kube::runtime::events::Recorder;
 use ordo_operator::controller::{self, Context, Settings};
 use ordo_operator::endpoint::{Endpoint, Readiness, health_handler};
 use ordo_operator::leader::{LeaderElector, LeaseTiming};
+use ordo_operator::leader_endpoint::LeaderEndpoint;
 use ordo_operator::metrics::Metrics;
 use ordo_operator::render::ReportTarget;
 use ordo_operator::reports::ReportHub;
@@ -49,6 +50,14 @@ struct Args {
     /// PEM CA bundle the enforcers trust for --report-url (copied into their ConfigMap).
     #[arg(long, env = "ORDO_REPORT_CA_FILE")]
     report_ca_file: Option<PathBuf>,
+    /// Name of a Service without a selector, in the lease namespace, whose only endpoint the
+    /// leader sets to its own address (--pod-ip and the --https-addr port), so that enforcer
+    /// reports reach the leader only. Point --report-url at this Service.
+    #[arg(long, env = "ORDO_REPORT_SERVICE", requires = "pod_ip")]
+    report_service: Option<String>,
+    /// This replica's Pod IP (the address published for --report-service).
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
     /// Seconds between two reports of one enforcer.
     #[arg(long, env = "ORDO_REPORT_INTERVAL_SECONDS", default_value_t = 30)]
     report_interval_seconds: u64,
@@ -139,6 +148,30 @@ async fn shutdown_signal(token: CancellationToken) {
     }
     tracing::info!("shutting down");
     token.cancel();
+}
+
+/// Longest a stepping-down leader waits for the API server (a slow one must not hold up
+/// shutdown past the pod's grace period).
+const STEP_DOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stops publishing this replica behind the report Service and empties its endpoint.
+async fn step_down(
+    publisher: Option<tokio::task::JoinHandle<()>>,
+    endpoint: Option<&LeaderEndpoint>,
+) {
+    if let Some(publisher) = publisher
+        && tokio::time::timeout(STEP_DOWN_TIMEOUT, publisher)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the leader endpoint publisher did not stop in time");
+    }
+    let Some(endpoint) = endpoint else { return };
+    match tokio::time::timeout(STEP_DOWN_TIMEOUT, endpoint.withdraw()).await {
+        Ok(Ok(())) => tracing::info!("withdrew this replica from the report Service"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "withdrawing the leader endpoint failed"),
+        Err(_) => tracing::warn!("withdrawing the leader endpoint timed out"),
+    }
 }
 
 #[tokio::main]
@@ -243,13 +276,31 @@ async fn main() -> anyhow::Result<()> {
         hub: Arc::clone(&hub),
     });
 
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(pod_namespace)
+        .unwrap_or_else(|| "default".into());
+    let leader_endpoint = match (&args.report_service, args.pod_ip) {
+        (Some(service), Some(address)) if args.tls_cert.is_some() => Some(LeaderEndpoint::new(
+            &client,
+            &namespace,
+            service,
+            address,
+            args.https_addr.port(),
+            &identity,
+        )),
+        (Some(_), _) => {
+            tracing::warn!(
+                "--report-service needs the HTTPS server: not publishing the leader endpoint"
+            );
+            None
+        }
+        _ => None,
+    };
+
     let mut exit_code = 0;
     if args.leader_election {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .or_else(pod_namespace)
-            .unwrap_or_else(|| "default".into());
         let mut elector = LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), &namespace),
             &args.lease_name,
@@ -267,14 +318,35 @@ async fn main() -> anyhow::Result<()> {
                 reconcile_requests,
                 controller_stop.clone(),
             ));
-            let released = elector.hold(&shutdown).await;
+            let mut publisher = leader_endpoint.clone().map(|endpoint| {
+                let stop = controller_stop.clone();
+                tokio::spawn(async move { endpoint.keep_published(stop).await })
+            });
+            let hold_stop = CancellationToken::new();
+            let hold = elector.hold(&hold_stop);
+            tokio::pin!(hold);
+            let released = tokio::select! {
+                released = &mut hold => released,
+                () = shutdown.cancelled() => {
+                    // Still holding the Lease: empty the report Service first, so the next
+                    // leader's address is the only one published after this one.
+                    controller_stop.cancel();
+                    step_down(publisher.take(), leader_endpoint.as_ref()).await;
+                    hold_stop.cancel();
+                    hold.await
+                }
+            };
+            if let Some(publisher) = publisher.take() {
+                // Leadership lost: the next leader owns the slice; never write it again.
+                publisher.abort();
+            }
             hub.leading.store(false, Ordering::Relaxed);
             metrics.leader.set(0);
             controller_stop.cancel();
             let _ = running.await;
             if !released {
-                // Lost the Lease: another replica may reconcile now. Stop at once; the
-                // Deployment restarts this one as a standby.
+                // Lost the Lease: another replica may reconcile (and own the report Service's
+                // endpoint) now. Stop at once; the Deployment restarts this one as a standby.
                 tracing::error!("leadership lost; exiting");
                 shutdown.cancel();
                 exit_code = 1;
@@ -283,7 +355,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         hub.leading.store(true, Ordering::Relaxed);
         metrics.leader.set(1);
+        let publisher = leader_endpoint.clone().map(|endpoint| {
+            let stop = shutdown.clone();
+            tokio::spawn(async move { endpoint.keep_published(stop).await })
+        });
         controller::run(Arc::clone(&ctx), reconcile_requests, shutdown.clone()).await;
+        step_down(publisher, leader_endpoint.as_ref()).await;
     }
     shutdown.cancel();
     for server in servers {

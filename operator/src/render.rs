@@ -351,6 +351,47 @@ fn default_upstream() -> cfg::UpstreamConfig {
     )
 }
 
+/// The smallest config the enforcer accepts; [`rule_fits_history`] adds one rule and a history.
+const MINIMAL_CONFIG: &str = "upstream:\n  url: http://127.0.0.1:1\n";
+
+/// Whether `rule` fits the session history that `session` configures (`spec.session.history`),
+/// checked by the enforcer's own `validate_config` on a config holding only that rule, so a
+/// rule with a longer window is refused on its own instead of failing the whole config.
+/// Errors name the rule's `spec.…` fields.
+pub fn rule_fits_history(
+    rule: &SequenceRuleConfig,
+    session: &crd::SessionSpec,
+) -> Result<(), Vec<FieldError>> {
+    let mut session_errors = Vec::new();
+    let session = session_config(session, &mut session_errors);
+    // A broken session spec is reported on the ApiProtection itself.
+    if !session_errors.is_empty() {
+        return Ok(());
+    }
+    let Ok(mut config) = cfg::parse_yaml(MINIMAL_CONFIG) else {
+        return Ok(());
+    };
+    config.session.history = session.history;
+    config.rules = vec![rule.clone()];
+    let Err(validation) = cfg::validate_config(&config) else {
+        return Ok(());
+    };
+    let errors: Vec<FieldError> = from_validation("", validation)
+        .into_iter()
+        .filter_map(|e| {
+            e.field.strip_prefix("rules[0].").map(|rest| FieldError {
+                field: format!("spec.{rest}"),
+                message: e.message.clone(),
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Maps a path of the rendered config back to the ApiProtection field it came from.
 fn config_path_to_spec(error: FieldError) -> FieldError {
     let field = &error.field;
@@ -427,6 +468,18 @@ fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg:
         identifiers,
         idle_timeout: duration("spec.session.idleTimeout", &spec.idle_timeout, errors),
         jwt_verification,
+        history: cfg::HistoryConfig {
+            requests: count(
+                "spec.session.history.requests",
+                i64::from(spec.history.requests),
+                errors,
+            ),
+            duration: duration(
+                "spec.session.history.duration",
+                &spec.history.duration,
+                errors,
+            ),
+        },
         ..cfg::SessionConfig::default()
     }
 }
@@ -546,6 +599,50 @@ mod tests {
         );
         assert_eq!(rendered.hash, hash_data(&rendered.data));
         assert_eq!(rendered.hash.len(), 64);
+    }
+
+    #[test]
+    fn session_history_comes_from_the_spec_and_bounds_rule_windows() {
+        let long_rule = || {
+            rule_config("long", &rule(serde_json::json!({"protectionRef": {"name": "bank-api"},
+                "requires": {"operation": "POST /api/v1/transfer", "after": ["GET /api/v1/accounts"], "within": {"requests": 30, "duration": "30m"}}}))).unwrap()
+        };
+        let default = spec(serde_json::json!({"target": {"service": "bank-api", "port": 80}}));
+        let errors = render(input(&default, vec![long_rule()])).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field.starts_with("sequenceRules[0]")
+                    && e.message.contains("session.history")),
+            "{errors:?}"
+        );
+        let longer = spec(
+            serde_json::json!({"target": {"service": "bank-api", "port": 80},
+            "session": {"history": {"requests": 32, "duration": "1h"}}}),
+        );
+        let rendered = render(input(&longer, vec![long_rule()])).unwrap();
+        let loaded = cfg::parse_yaml(&rendered.data[CONFIG_KEY]).unwrap();
+        assert_eq!(loaded.session.history.requests, 32);
+        assert_eq!(
+            loaded.session.history.duration,
+            cfg::Duration::from_secs(3600)
+        );
+        assert_eq!(loaded.rules.len(), 1);
+        // The operator refuses such a rule on its own, naming its field.
+        let errors = rule_fits_history(&long_rule(), &default.session).unwrap_err();
+        assert_eq!(
+            errors[0].field, "spec.requires.within.requests",
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].message.contains("session.history.requests"),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[1].field, "spec.requires.within.duration",
+            "{errors:?}"
+        );
+        assert_eq!(rule_fits_history(&long_rule(), &longer.session), Ok(()));
     }
 
     #[test]

@@ -549,7 +549,16 @@ async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
     );
     assert_eq!(
         env("ORDO_REPORT_URL"),
-        format!("https://ordo.{namespace}.svc:443")
+        format!("https://ordo-reports.{namespace}.svc:443")
+    );
+    assert_eq!(env("ORDO_REPORT_SERVICE"), "ordo-reports");
+    assert!(
+        container.env.iter().flatten().any(|e| e.name == "POD_IP"
+            && e.value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .is_some_and(|f| f.field_path == "status.podIP")),
+        "POD_IP must come from status.podIP"
     );
     assert_eq!(env("ORDO_LEADER_ELECTION"), "true");
 
@@ -602,6 +611,21 @@ async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
         .filter_map(|p| p.name)
         .collect();
     assert_eq!(ports, ["https", "metrics"]);
+    // Reports go to a Service without a selector: only the leader's EndpointSlice backs it.
+    let reports = services.get("ordo-reports").await.unwrap().spec.unwrap();
+    assert_eq!(
+        reports.selector, None,
+        "the report Service must not select every replica"
+    );
+    assert_eq!(
+        reports
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap_or_default(), p.port))
+            .collect::<Vec<_>>(),
+        [("https".to_owned(), 443)]
+    );
 
     // Both kinds go through the webhook: the operator pods are kwok's fakes, nobody answers
     // on the Service, and failurePolicy Fail refuses the objects naming the webhook.
@@ -824,8 +848,45 @@ async fn assert_rbac(client: &Client, namespace: &str) {
             Some("ordo"),
             namespace,
         ),
+        ("get", "", "services", Some("ordo-reports"), namespace),
+        (
+            "create",
+            "discovery.k8s.io",
+            "endpointslices",
+            None,
+            namespace,
+        ),
+        (
+            "patch",
+            "discovery.k8s.io",
+            "endpointslices",
+            Some("ordo-reports-leader"),
+            namespace,
+        ),
     ];
     let denied: &[Permission] = &[
+        ("patch", "", "pods", None, namespace),
+        (
+            "patch",
+            "discovery.k8s.io",
+            "endpointslices",
+            Some("kubernetes"),
+            namespace,
+        ),
+        (
+            "patch",
+            "discovery.k8s.io",
+            "endpointslices",
+            Some("ordo-reports-leader"),
+            anywhere,
+        ),
+        (
+            "delete",
+            "discovery.k8s.io",
+            "endpointslices",
+            None,
+            namespace,
+        ),
         ("get", "", "secrets", None, anywhere),
         ("list", "", "secrets", None, namespace),
         ("list", "", "pods", None, anywhere),
@@ -1112,15 +1173,40 @@ async fn operator_works_with_exactly_the_chart_rbac() {
     .await;
     let log_path = dir.path().join("operator.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let health_port = std::net::TcpListener::bind("127.0.0.1:0")
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let health_port = free_port();
+    let https_port = free_port();
+    // The chart's serving certificate, so the leader publishes itself behind the report Service.
+    let tls = Api::<Secret>::namespaced(client.clone(), &release_namespace)
+        .get("rbac-ordo-tls")
+        .await
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+        .data
+        .unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &tls["tls.crt"].0).unwrap();
+    std::fs::write(&key, &tls["tls.key"].0).unwrap();
     let mut operator = tokio::process::Command::new(&binary)
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
+        .args(["--https-addr", &format!("127.0.0.1:{https_port}")])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args([
+            "--report-service",
+            "rbac-ordo-reports",
+            "--pod-ip",
+            "10.255.0.9",
+        ])
         .args([
             "--lease-namespace",
             &release_namespace,
@@ -1170,6 +1256,22 @@ async fn operator_works_with_exactly_the_chart_rbac() {
     assert!(
         lease.spec.unwrap().holder_identity.is_some(),
         "the operator holds no Lease"
+    );
+    // The leader wrote the report Service's only endpoint with the chart's RBAC.
+    let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+        client.clone(),
+        &release_namespace,
+    );
+    let slice = poll("the leader's EndpointSlice", &log_text, || async {
+        slices.get_opt("rbac-ordo-reports-leader").await.ok()?
+    })
+    .await;
+    let endpoints = slice.endpoints.unwrap_or_default();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].addresses, ["10.255.0.9"]);
+    assert_eq!(
+        slice.ports.unwrap_or_default()[0].port,
+        Some(i32::from(https_port))
     );
 
     protections

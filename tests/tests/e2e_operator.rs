@@ -1469,3 +1469,254 @@ async fn only_one_candidate_leads_and_a_standby_takes_over_an_abandoned_lease() 
     assert_eq!(a.try_acquire_or_renew().await?, Attempt::Leading);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Reports reach the leader only: the leader writes the report Service's EndpointSlice.
+// ---------------------------------------------------------------------------------------
+
+/// The address and port the report Service's only EndpointSlice points at (`None`: no
+/// endpoint, e.g. during a graceful hand-over).
+async fn report_endpoint(
+    slices: &Api<k8s_openapi::api::discovery::v1::EndpointSlice>,
+) -> anyhow::Result<Option<(String, i32)>> {
+    let Some(slice) = slices.get_opt("ordo-reports-leader").await? else {
+        return Ok(None);
+    };
+    let labels = slice.metadata.labels.clone().unwrap_or_default();
+    if labels.get("kubernetes.io/service-name").map(String::as_str) != Some("ordo-reports") {
+        bail!("the slice does not belong to the report Service: {labels:?}");
+    }
+    let endpoints = slice.endpoints.unwrap_or_default();
+    let port = slice
+        .ports
+        .unwrap_or_default()
+        .first()
+        .and_then(|p| p.port)
+        .unwrap_or_default();
+    match endpoints.as_slice() {
+        [] => Ok(None),
+        [one] if one.addresses.len() == 1 => Ok(Some((one.addresses[0].clone(), port))),
+        more => bail!("the report Service must have exactly one endpoint, has {more:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_service_follows_the_leader_through_handover_and_crash() -> anyhow::Result<()> {
+    let (cluster, client, ns) = setup("op-leader-ep").await?;
+    let pki = pki()?;
+    // The chart's report Service: no selector, the leader provides its endpoint.
+    let service: Service = serde_json::from_value(json!({
+        "metadata": { "name": "ordo-reports" },
+        "spec": { "ports": [{ "name": "https", "port": 443, "protocol": "TCP" }] }
+    }))?;
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &service)
+        .await?;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), &ns);
+    // Every replica listens on loopback; the API server refuses loopback endpoint addresses,
+    // so each publishes a distinct stand-in Pod IP (nothing routes to it in this test).
+    let replica = |identity: &'static str, pod_ip: &'static str| -> anyhow::Result<Operator> {
+        start_operator(
+            cluster,
+            &ns,
+            &pki,
+            free_port()?,
+            &[
+                "--identity",
+                identity,
+                "--report-service",
+                "ordo-reports",
+                "--pod-ip",
+                pod_ip,
+            ],
+        )
+    };
+    let points_at = |pod_ip: &'static str, port: u16| {
+        let slices = slices.clone();
+        move || {
+            let slices = slices.clone();
+            async move {
+                Ok(report_endpoint(&slices)
+                    .await?
+                    .filter(|(address, p)| address == pod_ip && *p == i32::from(port))
+                    .map(|_| ()))
+            }
+        }
+    };
+
+    let mut a = replica("replica-a", "10.255.0.1")?;
+    wait_for(
+        "the report Service to point at a",
+        WAIT,
+        points_at("10.255.0.1", a.https_port),
+    )
+    .await
+    .with_context(|| format!("a's log:\n{}", a.proc.log_tail()))?;
+    let b = replica("replica-b", "10.255.0.2")?;
+    // b is a standby: it answers reports with 503 and never takes the endpoint.
+    assert_eq!(
+        bogus_report_status(b.https_port, &pki, &ns).await?,
+        503,
+        "a standby must refuse reports"
+    );
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            report_endpoint(&slices).await?,
+            Some(("10.255.0.1".to_owned(), i32::from(a.https_port))),
+            "the endpoint moved away from the leader"
+        );
+    }
+
+    // Graceful hand-over: a withdraws its address before releasing the Lease; b publishes its own.
+    let status = Command::new("kill")
+        .args(["-TERM", &a.proc.child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    assert_eq!(a.proc.wait_exit(Duration::from_secs(30)).await?, Some(0));
+    let after_a = report_endpoint(&slices).await?;
+    assert_ne!(
+        after_a.map(|(_, p)| p),
+        Some(i32::from(a.https_port)),
+        "a stopped but the Service still points at it"
+    );
+    wait_for(
+        "the report Service to point at b",
+        WAIT,
+        points_at("10.255.0.2", b.https_port),
+    )
+    .await
+    .with_context(|| format!("b's log:\n{}", b.proc.log_tail()))?;
+
+    // Crash: b is killed without a chance to clean up; the next leader overwrites its address
+    // once the Lease expires (15 s by default).
+    let c = replica("replica-c", "10.255.0.3")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(b);
+    let crashed = Instant::now();
+    wait_for(
+        "the report Service to point at c",
+        WAIT,
+        points_at("10.255.0.3", c.https_port),
+    )
+    .await
+    .with_context(|| format!("c's log:\n{}", c.proc.log_tail()))?;
+    assert!(
+        crashed.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        crashed.elapsed()
+    );
+    assert_eq!(
+        bogus_report_status(c.https_port, &pki, &ns).await?,
+        401,
+        "the leader must authenticate reports (and refuse a bogus token)"
+    );
+    Ok(())
+}
+
+/// Status code with which the operator at `127.0.0.1:port` refuses a report carrying a bogus
+/// token (503 from a standby before any authentication, 401 from the leader); waits for the
+/// operator's HTTPS server to listen.
+async fn bogus_report_status(port: u16, pki: &Pki, ns: &str) -> anyhow::Result<u16> {
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "not-a-token")?;
+    let mut client = ReportClient::new(ReportConfig {
+        url: format!(
+            "https://127.0.0.1:{port}{}/{ns}/bank-api",
+            ordo_enforcer::report::REPORT_PATH_PREFIX
+        ),
+        token_file,
+        ca_file: Some(pki.ca.clone()),
+        interval_seconds: 1,
+        timeout_seconds: 10,
+        replica: Some("probe".into()),
+    })?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.report_once(&StaticSource).await {
+            Err(ReportError::Refused { status, .. }) => return Ok(status),
+            // Not listening yet.
+            Err(ReportError::Send(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => bail!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A SequenceRule whose ApiProtection does not exist says so, and flips when it appears.
+// ---------------------------------------------------------------------------------------
+
+/// Waits until the rule's `Accepted` condition has `status` and `reason`; returns its message.
+async fn wait_accepted(
+    rules: &Api<SequenceRule>,
+    name: &str,
+    status: &'static str,
+    reason: &'static str,
+    operator: &Operator,
+) -> anyhow::Result<String> {
+    wait_for(
+        &format!("rule {name} Accepted={status} ({reason})"),
+        WAIT,
+        || async {
+            let rule = rules.get(name).await?;
+            Ok(
+                condition(&rule.status.unwrap_or_default().conditions, "Accepted")
+                    .filter(|c| c.status == status && c.reason == reason)
+                    .map(|c| c.message.clone()),
+            )
+        },
+    )
+    .await
+    .with_context(|| format!("operator log:\n{}", operator.proc.log_tail()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_without_its_protection_says_so_until_the_protection_exists() -> anyhow::Result<()> {
+    let (cluster, client, ns) = setup("op-orphan-rule").await?;
+    let pki = pki()?;
+    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let rules: Api<SequenceRule> = Api::namespaced(client.clone(), &ns);
+    rules
+        .create(
+            &PostParams::default(),
+            &requires_rule("early", "bank-api", 10, "POST /api/v1/transfer")?,
+        )
+        .await?;
+    let message = wait_accepted(&rules, "early", "False", "ProtectionNotFound", &operator).await?;
+    assert!(
+        message.contains("spec.protectionRef.name") && message.contains("\"bank-api\""),
+        "{message}"
+    );
+    assert_eq!(
+        rules
+            .get("early")
+            .await?
+            .status
+            .unwrap_or_default()
+            .observed_generation,
+        Some(1)
+    );
+
+    // The ApiProtection appears: its reconcile accepts the rule.
+    create_app_service(&client, &ns).await?;
+    let protections: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
+    protections
+        .create(
+            &PostParams::default(),
+            &protection("bank-api", "Alongside", "Monitor")?,
+        )
+        .await?;
+    wait_accepted(&rules, "early", "True", "Accepted", &operator).await?;
+
+    // It goes away again: the rule says so again.
+    protections
+        .delete("bank-api", &DeleteParams::default())
+        .await?;
+    wait_deleted(&protections, "bank-api").await?;
+    wait_accepted(&rules, "early", "False", "ProtectionNotFound", &operator).await?;
+    Ok(())
+}

@@ -61,11 +61,18 @@ app.kubernetes.io/component: operator
 {{- default (include "ordo.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
-{{/* DNS names the serving certificate must cover: how the API server and enforcers call the Service. */}}
+{{/* The Service of the report endpoint: no selector, the leader writes its only endpoint. */}}
+{{- define "ordo.reportServiceName" -}}
+{{- printf "%s-reports" (include "ordo.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* DNS names the serving certificate must cover: how the API server calls the webhook Service
+and how enforcers call the report Service. */}}
 {{- define "ordo.serviceDnsNames" -}}
 {{- $svc := include "ordo.fullname" . -}}
+{{- $reports := include "ordo.reportServiceName" . -}}
 {{- $ns := .Release.Namespace -}}
-{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) | toJson }}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) (printf "%s.%s.svc" $reports $ns) (printf "%s.%s.svc.%s" $reports $ns .Values.clusterDomain) | toJson }}
 {{- end }}
 
 {{/* `repository:tag` or `repository@digest`; the tag defaults to the chart's appVersion. */}}
@@ -85,9 +92,10 @@ app.kubernetes.io/component: operator
 {{- include "ordo.image" (dict "image" .Values.enforcer.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
-{{/* The URL enforcers POST their reports to (through the Service, verified against ca.crt). */}}
+{{/* The URL enforcers POST their reports to: the report Service, whose only endpoint is the
+leader (verified against ca.crt). */}}
 {{- define "ordo.reportUrl" -}}
-{{- printf "https://%s.%s.svc:%d" (include "ordo.fullname" .) .Release.Namespace (int .Values.service.httpsPort) }}
+{{- printf "https://%s.%s.svc:%d" (include "ordo.reportServiceName" .) .Release.Namespace (int .Values.service.httpsPort) }}
 {{- end }}
 
 {{/* `namespace/name` of the cert-manager Certificate whose CA cert-manager injects into the webhook. */}}

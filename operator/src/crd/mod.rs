@@ -35,7 +35,7 @@ pub use sequence_rule::{
 pub use session::{
     ClientAddressSource, ClientAddressSpec, ClientIpSource, CookieSource, HeaderSource,
     InvalidTokenPolicy, JwtAlgorithm, JwtClaimSource, JwtVerificationSpec, QueryParamSource,
-    SessionIdentifier, SessionSpec,
+    SessionHistorySpec, SessionIdentifier, SessionSpec,
 };
 
 /// API group of every Ordo resource.

@@ -46,6 +46,48 @@ pub struct SessionSpec {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_verification: Option<JwtVerificationSpec>,
+
+    /// The recent operations kept per session for sequence rules: a rule's `within` window
+    /// (requests and duration), a `maxRepeat` count and a `minInterval` duration must fit in
+    /// it, else the rule is not accepted (`Accepted=False` naming the field). Default 10
+    /// operations for 10 minutes; each kept operation costs 8 bytes per session.
+    #[serde(default)]
+    pub history: SessionHistorySpec,
+}
+
+/// `spec.session.history`: how much of each session's recent activity the enforcer keeps.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionHistorySpec {
+    /// Operations kept per session, 1 to 64. Default 10.
+    #[serde(default = "default_history_requests")]
+    #[schemars(range(min = 1, max = 64))]
+    pub requests: i32,
+
+    /// How long an operation stays in the history. A duration such as `10m` (units ms, s, m,
+    /// h; 1s to 24h). Default `10m`.
+    #[serde(default = "default_history_duration")]
+    #[schemars(length(min = 2, max = DURATION_MAX_LENGTH), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+        .message("session.history.duration must be between 1s and 24h"))]
+    pub duration: String,
+}
+
+impl Default for SessionHistorySpec {
+    fn default() -> Self {
+        Self {
+            requests: default_history_requests(),
+            duration: default_history_duration(),
+        }
+    }
+}
+
+fn default_history_requests() -> i32 {
+    10
+}
+
+fn default_history_duration() -> String {
+    "10m".to_owned()
 }
 
 impl Default for SessionSpec {
@@ -54,6 +96,7 @@ impl Default for SessionSpec {
             identifiers: default_identifiers(),
             idle_timeout: default_idle_timeout(),
             jwt_verification: None,
+            history: SessionHistorySpec::default(),
         }
     }
 }
