@@ -4,10 +4,12 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
 use crate::config::Action;
+use crate::detect::params::RequestParams;
 use crate::detect::session_state::SessionState;
 use crate::operation::Operation;
 use crate::session::{RecentOp, SessionSource};
@@ -34,6 +36,41 @@ pub struct RequestContext<'a> {
     pub body: Option<&'a serde_json::Value>,
     /// This session's recent operations, oldest first, excluding this request.
     pub recent: &'a [RecentOp],
+    /// Values derived from this request once and shared by `inspect` and `observe`.
+    pub scratch: &'a RequestScratch,
+}
+
+/// Per-request values the analyzer derives once (the parameter observations: parsing every
+/// path, query, body and header value is the largest part of the learned checks), created
+/// empty by whoever builds the [`RequestContext`] and kept for the whole request.
+#[derive(Default)]
+pub struct RequestScratch {
+    /// A mutex only so that the handler's future stays `Send`: one request uses it at a time,
+    /// so it is never contended.
+    params: Mutex<Option<RequestParams>>,
+}
+
+impl std::fmt::Debug for RequestScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestScratch").finish_non_exhaustive()
+    }
+}
+
+impl RequestScratch {
+    /// The request's parameter observations, derived now unless an earlier call left them.
+    pub fn take_params(&self, ctx: &RequestContext<'_>) -> RequestParams {
+        let kept = self
+            .params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        kept.unwrap_or_else(|| RequestParams::from_request(ctx))
+    }
+
+    /// Keeps the observations for a later call on the same request.
+    pub fn keep_params(&self, params: RequestParams) {
+        *self.params.lock().unwrap_or_else(PoisonError::into_inner) = Some(params);
+    }
 }
 
 /// What the upstream answered, for learning.

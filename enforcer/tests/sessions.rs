@@ -255,6 +255,44 @@ async fn hs256_verification_rejects_forged_and_expired_tokens() {
     e.shutdown().await;
 }
 
+/// Verified tokens are cached (a repeated token is not verified again), but never beyond their
+/// expiry: a token that expires while cached is rejected on its next request.
+#[tokio::test]
+async fn cached_token_is_rejected_once_it_expires() {
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &verified(
+            "      - { algorithm: HS256, secret: s3cret-key-for-tests }",
+            "Reject",
+        ),
+        up.addr,
+    )
+    .await;
+    // Valid for about 2 more seconds (exp 3 s ago, leeway 5 s).
+    let short = token(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"s3cret-key-for-tests"),
+        "bob",
+        now() - 3,
+    );
+    let auth = format!("Bearer {short}");
+    let first = get(&c, &e, "/api/me", &[("authorization", &auth)]).await;
+    assert_eq!(first.status, 200);
+    // Same session (second request of a one-request-per-session policy): 403, not 401.
+    let second = get(&c, &e, "/api/me", &[("authorization", &auth)]).await;
+    assert_eq!(second.status, 403);
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    let late = get(&c, &e, "/api/me", &[("authorization", &auth)]).await;
+    assert_eq!(
+        late.status, 401,
+        "an expired token is not served from the cache"
+    );
+    let m = metrics(&c, &e).await;
+    assert_eq!(metric_value(&m, "ordo_invalid_tokens_total"), 1.0);
+    e.shutdown().await;
+}
+
 #[tokio::test]
 async fn forged_token_falls_through_to_the_next_identifier() {
     let up = start_upstream().await;

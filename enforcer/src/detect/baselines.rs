@@ -74,6 +74,12 @@ impl Baselines {
             || now_ms < self.at_ms
     }
 
+    /// Whether `refresh` would change anything now (checked under the model's read lock, so
+    /// that the write lock is taken only when it will).
+    pub fn due(&self, now_ms: u64, window_ms: u64) -> bool {
+        self.stale(now_ms, window_ms) || now_ms >= self.filled_at_ms.saturating_add(1000)
+    }
+
     /// Keeps the baselines current: recomputed when a new window starts; within a window only
     /// baselines that became mature are added (at most once per second), frozen ones stay.
     pub fn refresh(&mut self, model: &LearnedModel, min_windows: u64, now_ms: u64, window_ms: u64) {

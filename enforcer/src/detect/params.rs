@@ -94,47 +94,83 @@ fn last_segment(name: &str) -> &str {
         .trim_end_matches(']')
 }
 
-fn normalized(name: &str) -> String {
-    last_segment(name)
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase()
+/// Normalized names up to this length are built on the stack (longer ones are rare).
+const MAX_NORMALIZED: usize = 48;
+
+/// The last segment of a parameter name, alphanumerics only, lower-cased: `body.new_Password`
+/// → `newpassword`. Written into a stack buffer (these checks run for every parameter of every
+/// request); `None` when longer than [`MAX_NORMALIZED`].
+fn normalized(name: &str, buf: &mut [u8; MAX_NORMALIZED]) -> Option<usize> {
+    let mut len = 0;
+    for b in last_segment(name).bytes().filter(u8::is_ascii_alphanumeric) {
+        *buf.get_mut(len)? = b.to_ascii_lowercase();
+        len += 1;
+    }
+    Some(len)
+}
+
+/// Runs `check` on the normalized name (allocating only for names longer than the buffer).
+fn with_normalized(name: &str, check: impl FnOnce(&str) -> bool) -> bool {
+    let mut buf = [0u8; MAX_NORMALIZED];
+    let Some(len) = normalized(name, &mut buf) else {
+        let long: String = last_segment(name)
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        return check(&long);
+    };
+    // Only ASCII alphanumerics were written: always valid UTF-8.
+    buf.get(..len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .is_some_and(check)
 }
 
 fn is_credential_name(name: &str) -> bool {
-    let n = normalized(name);
-    CREDENTIAL_NAMES.iter().any(|c| {
-        n == *c
-            || n.ends_with(c)
-                && (n.starts_with("new")
-                    || n.starts_with("old")
-                    || n.starts_with("current")
-                    || n.starts_with("user"))
+    with_normalized(name, |n| {
+        CREDENTIAL_NAMES.iter().any(|c| {
+            n == *c
+                || n.ends_with(c)
+                    && (n.starts_with("new")
+                        || n.starts_with("old")
+                        || n.starts_with("current")
+                        || n.starts_with("user"))
+        })
     })
 }
 
 fn is_identity_name(name: &str) -> bool {
-    let n = normalized(name);
-    IDENTITY_NAMES
-        .iter()
-        .any(|c| n == *c || n == format!("{c}name") || n == format!("{c}id"))
+    with_normalized(name, |n| {
+        IDENTITY_NAMES.iter().any(|c| {
+            n.strip_prefix(c)
+                .is_some_and(|rest| rest.is_empty() || rest == "name" || rest == "id")
+        })
+    })
 }
 
 fn is_object_name(name: &str) -> bool {
-    let n = normalized(name);
-    if matches!(
-        n.as_str(),
-        "page" | "limit" | "offset" | "size" | "sort" | "order" | "cursor" | "amount" | "currency"
-    ) {
-        return false;
-    }
-    OBJECT_NAME_PARTS.iter().any(|part| {
-        if *part == "id" {
-            n == "id" || n.ends_with("id") || n.ends_with("ids")
-        } else {
-            n.contains(part)
+    with_normalized(name, |n| {
+        if matches!(
+            n,
+            "page"
+                | "limit"
+                | "offset"
+                | "size"
+                | "sort"
+                | "order"
+                | "cursor"
+                | "amount"
+                | "currency"
+        ) {
+            return false;
         }
+        OBJECT_NAME_PARTS.iter().any(|part| {
+            if *part == "id" {
+                n == "id" || n.ends_with("id") || n.ends_with("ids")
+            } else {
+                n.contains(part)
+            }
+        })
     })
 }
 

@@ -191,12 +191,17 @@ impl LearnedModel {
         self.operations.get_mut(usize::from(index))
     }
 
+    /// Whether another operation fits under the cap.
+    pub fn has_room_for_operation(&self) -> bool {
+        self.operations.len() < self.caps.max_operations.min(usize::from(SESSION_START))
+    }
+
     /// The operation's index, adding it when there is room under the cap.
     pub fn op_index_or_insert(&mut self, template: &str, now_ms: u64) -> Option<u16> {
         if let Some(index) = self.index.get(template) {
             return Some(*index);
         }
-        if self.operations.len() >= self.caps.max_operations.min(usize::from(SESSION_START)) {
+        if !self.has_room_for_operation() {
             return None;
         }
         let index = u16::try_from(self.operations.len()).ok()?;

@@ -4,6 +4,9 @@
 //! value against them.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
 
 use serde::{Deserialize, Serialize};
 
@@ -257,6 +260,33 @@ fn may_hold_marker(text: &str) -> bool {
     })
 }
 
+/// One automaton over every marker pattern: a single pass over the value instead of one
+/// substring search per pattern (this scan runs for every parameter of every request).
+static MARKER_AUTOMATON: LazyLock<Option<AhoCorasick>> =
+    LazyLock::new(|| AhoCorasick::new(MARKER_PATTERNS.iter().map(|(p, _)| *p)).ok());
+
+/// The marker bits of every pattern `lower` contains.
+fn pattern_markers(lower: &str) -> u16 {
+    let mut markers = 0u16;
+    match MARKER_AUTOMATON.as_ref() {
+        Some(automaton) => {
+            for found in automaton.find_overlapping_iter(lower) {
+                if let Some((_, bit)) = MARKER_PATTERNS.get(found.pattern().as_usize()) {
+                    markers |= 1 << bit;
+                }
+            }
+        }
+        None => {
+            for (pattern, bit) in MARKER_PATTERNS {
+                if markers & (1 << bit) == 0 && lower.contains(pattern) {
+                    markers |= 1 << bit;
+                }
+            }
+        }
+    }
+    markers
+}
+
 fn markers_of(text: &str) -> u16 {
     let mut markers = 0u16;
     if text.contains('\n') || text.contains('\r') {
@@ -273,11 +303,7 @@ fn markers_of(text: &str) -> u16 {
     } else {
         Cow::Borrowed(text)
     };
-    for (pattern, bit) in MARKER_PATTERNS {
-        if markers & (1 << bit) == 0 && lower.contains(pattern) {
-            markers |= 1 << bit;
-        }
-    }
+    markers |= pattern_markers(&lower);
     // "select " and "--" are common in prose; count them as SQL only next to a quote or ';'.
     if markers & (1 << 3) != 0
         && !(lower.contains('\'')

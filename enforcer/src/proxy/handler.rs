@@ -1,6 +1,7 @@
 //! One request, in the order DESIGN §4 gives: session, operation, checks, decision,
 //! forwarding, learning. No lock is held across an await.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -16,12 +17,15 @@ use super::decision::{Verdict, decide};
 use super::headers::{add_forwarding, strip_hop_by_hop};
 use super::problem::problem;
 use super::state::Shared;
-use crate::analysis::{Finding, FindingKind, RequestContext, ResponseSummary, Severity};
+use crate::analysis::{
+    Finding, FindingKind, RequestContext, RequestScratch, ResponseSummary, Severity,
+};
 use crate::config::{ClientAddressSource, FailurePolicy};
 use crate::detect::session_state::SessionState;
 use crate::metrics::Metrics;
+use crate::operation::Operation;
 use crate::operation::parse_query;
-use crate::session::{MAX_HISTORY, RecentOp, client_address};
+use crate::session::{MAX_HISTORY, RecentOp, SessionSource, client_address};
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -125,7 +129,7 @@ async fn handle_inner(
 ) -> Response<ProxyBody> {
     let policy = shared.policy.load_full();
     let metrics = &shared.metrics;
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let rid = request_id(shared, &parts.headers);
     if parts.method == Method::CONNECT || !parts.uri.path().starts_with('/') {
         metrics
@@ -327,7 +331,22 @@ async fn handle_inner(
             });
         }
     }
-    let hash = shared.sessions.key_hash(&session);
+    let scratch = RequestScratch::default();
+    let facts = RequestFacts {
+        hash: shared.sessions.key_hash(&session),
+        now_s,
+        now_ms,
+        session: &session,
+        source,
+        client,
+        parts: &parts,
+        op,
+        path_params: &path_params,
+        query: &query,
+        body: json_body.as_ref(),
+        scratch: &scratch,
+    };
+    let hash = facts.hash;
     let analyzer = &shared.analyzer;
     let mut internal_error = false;
     let checked = shared.sessions.with_entry(hash, now_s, |entry, _fresh| {
@@ -352,19 +371,7 @@ async fn handle_inner(
                 rule_findings.push(f);
             }
         }
-        let ctx = RequestContext {
-            now_ms,
-            session: &session,
-            session_source: source,
-            client,
-            method: &parts.method,
-            operation: op,
-            path_params: &path_params,
-            query: &query,
-            headers: &parts.headers,
-            body: json_body.as_ref(),
-            recent,
-        };
+        let ctx = facts.context(recent);
         let mut learned = Vec::new();
         let inspected = std::panic::catch_unwind(AssertUnwindSafe(|| {
             analyzer.inspect(&ctx, &mut entry.state, &mut learned)
@@ -514,23 +521,7 @@ async fn handle_inner(
         metrics
             .added_latency
             .observe(started.elapsed().as_secs_f64());
-        observe(
-            shared,
-            hash,
-            now_s,
-            now_ms,
-            &session,
-            source,
-            client,
-            &parts,
-            op,
-            &path_params,
-            &query,
-            json_body.as_ref(),
-            status.as_u16(),
-            0,
-            true,
-        );
+        observe(shared, &facts, status.as_u16(), 0, true);
         return resp;
     }
     let flagged = verdict == Verdict::Flag;
@@ -554,25 +545,24 @@ async fn handle_inner(
             );
         }
     };
-    let observed_headers = parts.headers.clone();
-    strip_hop_by_hop(&mut parts.headers);
+    // The request's own headers stay as received for learning; the upstream gets a copy.
+    let mut upstream_headers = parts.headers.clone();
+    strip_hop_by_hop(&mut upstream_headers);
     let trust = policy.config.client_address.source == ClientAddressSource::XForwardedFor;
-    add_forwarding(&mut parts.headers, peer.ip(), trust);
+    add_forwarding(&mut upstream_headers, peer.ip(), trust);
     if let Ok(v) = HeaderValue::from_str(&rid) {
-        parts.headers.insert("x-request-id", v);
+        upstream_headers.insert("x-request-id", v);
     }
-    if parts.headers.get(header::HOST).is_none()
+    if upstream_headers.get(header::HOST).is_none()
         && let Some(authority) = uri.authority()
         && let Ok(v) = HeaderValue::from_str(authority.as_str())
     {
-        parts.headers.insert(header::HOST, v);
+        upstream_headers.insert(header::HOST, v);
     }
-    let method = parts.method.clone();
     let mut upstream_req = Request::new(forward_body);
-    *upstream_req.method_mut() = method;
+    *upstream_req.method_mut() = parts.method.clone();
     *upstream_req.uri_mut() = upstream_uri;
-    *upstream_req.headers_mut() = std::mem::take(&mut parts.headers);
-    parts.headers = observed_headers;
+    *upstream_req.headers_mut() = upstream_headers;
     let decided = started.elapsed();
     let upstream_started = Instant::now();
     let result = tokio::time::timeout(
@@ -642,23 +632,7 @@ async fn handle_inner(
 
     // 6. Learn.
     let duration_us = u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX);
-    observe(
-        shared,
-        hash,
-        now_s,
-        now_ms,
-        &session,
-        source,
-        client,
-        &parts,
-        op,
-        &path_params,
-        &query,
-        json_body.as_ref(),
-        status,
-        duration_us,
-        flagged,
-    );
+    observe(shared, &facts, status, duration_us, flagged);
     let (mut rparts, rbody) = response.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     if let Ok(v) = HeaderValue::from_str(&rid) {
@@ -672,65 +646,85 @@ async fn handle_inner(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn observe(
-    shared: &Shared,
+/// What the checks and learning know about one request, gathered once in `handle_inner` and
+/// borrowed by both: the session, the resolved operation and the parsed request.
+struct RequestFacts<'a> {
+    /// Keyed hash of `session` (the session table's key).
     hash: u64,
+    /// Seconds since the process epoch (the session table's clock).
     now_s: u32,
     now_ms: u64,
-    session: &str,
-    source: crate::session::SessionSource,
+    session: &'a str,
+    source: SessionSource,
     client: IpAddr,
-    parts: &http::request::Parts,
-    op: &crate::operation::Operation,
-    path_params: &[(&str, &str)],
-    query: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
-    body: Option<&serde_json::Value>,
+    /// Method and headers as received.
+    parts: &'a http::request::Parts,
+    op: &'a Operation,
+    path_params: &'a [(&'a str, &'a str)],
+    query: &'a [(Cow<'a, str>, Cow<'a, str>)],
+    body: Option<&'a serde_json::Value>,
+    scratch: &'a RequestScratch,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// The analyzer's view of the request, with the session's recent operations.
+    fn context(&self, recent: &'a [RecentOp]) -> RequestContext<'a> {
+        RequestContext {
+            now_ms: self.now_ms,
+            session: self.session,
+            session_source: self.source,
+            client: self.client,
+            method: &self.parts.method,
+            operation: self.op,
+            path_params: self.path_params,
+            query: self.query,
+            headers: &self.parts.headers,
+            body: self.body,
+            recent,
+            scratch: self.scratch,
+        }
+    }
+}
+
+/// Learning from the exchange (`status` answered, or the block status with `flagged`).
+fn observe(
+    shared: &Shared,
+    facts: &RequestFacts<'_>,
     status: u16,
     duration_us: u64,
     flagged: bool,
 ) {
     let policy = shared.policy.load();
     let analyzer = &shared.analyzer;
-    let done = shared.sessions.with_entry(hash, now_s, |entry, _| {
-        let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
-        let n = entry
-            .history
-            .fill(&mut recent_buf, now_ms, policy.history_ms);
-        // The newest entry is this request.
-        let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
-        let ctx = RequestContext {
-            now_ms,
-            session,
-            session_source: source,
-            client,
-            method: &parts.method,
-            operation: op,
-            path_params,
-            query,
-            headers: &parts.headers,
-            body,
-            recent,
-        };
-        let resp = ResponseSummary {
-            status,
-            duration_us,
-        };
-        let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            analyzer.observe(&ctx, &mut entry.state, &resp, flagged)
-        }));
-        if observed.is_err() {
-            entry.state = SessionState::default();
-            return false;
-        }
-        true
-    });
+    let done = shared
+        .sessions
+        .with_entry(facts.hash, facts.now_s, |entry, _| {
+            let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
+            let n = entry
+                .history
+                .fill(&mut recent_buf, facts.now_ms, policy.history_ms);
+            // The newest entry is this request.
+            let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
+            let ctx = facts.context(recent);
+            let resp = ResponseSummary {
+                status,
+                duration_us,
+            };
+            let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                analyzer.observe(&ctx, &mut entry.state, &resp, flagged)
+            }));
+            if observed.is_err() {
+                entry.state = SessionState::default();
+                return false;
+            }
+            true
+        });
     if done != Some(true) {
         shared
             .metrics
             .failure_policy
             .with_label_values(&["open"])
             .inc();
-        tracing::error!(operation = %op.template, "internal error while learning from a response");
+        tracing::error!(operation = %facts.op.template, "internal error while learning from a response");
     }
 }

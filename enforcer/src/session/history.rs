@@ -12,7 +12,7 @@ struct Slot {
     at: u32,
 }
 
-/// Recent operations, oldest overwritten first. Allocated on the first push.
+/// Recent operations, oldest overwritten first. Allocated on the first push, grown as needed.
 #[derive(Debug, Default)]
 pub struct History {
     base_ms: u64,
@@ -26,8 +26,18 @@ impl History {
     /// Records an operation; `capacity` (1..=64) follows the current config.
     pub fn push(&mut self, op: u32, now_ms: u64, capacity: usize) {
         let capacity = capacity.clamp(1, MAX_HISTORY);
-        if self.slots.len() != capacity {
-            self.resize(capacity);
+        // The ring grows with use (2, 4, 8, … up to `capacity`): an idle session that made one
+        // request keeps 2 slots, not the whole configured history.
+        let allocated = self.slots.len();
+        let target = if allocated > capacity {
+            capacity
+        } else if usize::from(self.len) == allocated && allocated < capacity {
+            (allocated * 2).clamp(2, capacity)
+        } else {
+            allocated
+        };
+        if target != allocated {
+            self.resize(target);
         }
         if self.len == 0 && self.base_ms == 0 {
             self.base_ms = now_ms;

@@ -9,6 +9,7 @@ use http::HeaderName;
 
 use super::SessionSource;
 use super::jwt::{JwtConfigError, JwtVerifier, unverified_claims};
+use super::token_cache::{Cached, DEFAULT_CAPACITY, VerifiedTokens};
 use crate::config::{OnInvalidToken, SessionConfig};
 
 /// Session values longer than this are replaced by a hash (keys stay small).
@@ -35,6 +36,10 @@ pub struct SessionIdentifiers {
     on_invalid: OnInvalidToken,
     /// Hashes over-long values (keyed per process so that nobody can aim at collisions).
     hasher: std::collections::hash_map::RandomState,
+    /// Tokens verified already (bounded; see `token_cache`).
+    tokens: VerifiedTokens,
+    /// Clock skew tolerated on `exp`, seconds (the verifier's leeway).
+    leeway_s: u64,
 }
 
 impl SessionIdentifiers {
@@ -79,6 +84,11 @@ impl SessionIdentifiers {
             verifier,
             on_invalid,
             hasher: std::collections::hash_map::RandomState::new(),
+            tokens: VerifiedTokens::new(DEFAULT_CAPACITY),
+            leeway_s: config
+                .jwt_verification
+                .as_ref()
+                .map_or(0, |j| j.leeway.std().as_secs()),
         })
     }
 
@@ -102,6 +112,14 @@ impl SessionIdentifiers {
                     if token.is_empty() {
                         continue;
                     }
+                    let now_s = unix_s();
+                    if self.verifier.is_some()
+                        && let Cached::Valid(value) = self.tokens.get(claim, token, now_s)
+                    {
+                        let Some(value) = value else { continue };
+                        self.write_key(out, "jwt", claim, &value);
+                        return Ok(SessionSource::Jwt);
+                    }
                     let claims = match &self.verifier {
                         Some(v) => match v.verify(token) {
                             Ok(c) => c,
@@ -117,11 +135,25 @@ impl SessionIdentifiers {
                     };
                     let value = match claims.get(claim) {
                         Some(serde_json::Value::String(s)) if !s.is_empty() => {
-                            Cow::Borrowed(s.as_str())
+                            Some(Cow::Borrowed(s.as_str()))
                         }
-                        Some(serde_json::Value::Number(n)) => Cow::Owned(n.to_string()),
-                        _ => continue,
+                        Some(serde_json::Value::Number(n)) => Some(Cow::Owned(n.to_string())),
+                        _ => None,
                     };
+                    // Cached until `exp` (a non-integer `exp` is not cached at all).
+                    let exp = claims.get("exp");
+                    if self.verifier.is_some() && exp.is_none_or(|e| e.as_u64().is_some()) {
+                        let exp = exp.and_then(serde_json::Value::as_u64);
+                        self.tokens.insert(
+                            claim,
+                            token,
+                            value.as_deref(),
+                            exp,
+                            self.leeway_s,
+                            now_s,
+                        );
+                    }
+                    let Some(value) = value else { continue };
                     self.write_key(out, "jwt", claim, &value);
                     return Ok(SessionSource::Jwt);
                 }
@@ -167,6 +199,12 @@ impl SessionIdentifiers {
             let _ = write!(out, "#{:016x}", h.finish());
         }
     }
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn strip_bearer(value: &str) -> &str {

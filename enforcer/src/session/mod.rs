@@ -27,6 +27,7 @@ mod history;
 mod identify;
 pub mod jwt;
 mod table;
+pub mod token_cache;
 
 pub use client::client_address;
 pub use history::{History, MAX_HISTORY};

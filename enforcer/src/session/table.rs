@@ -1,5 +1,7 @@
-//! The bounded session table: 64 shards of `Mutex<HashMap<u64, SessionEntry>>` keyed by a
-//! keyed hash of the session string (the string itself is not stored). Entries expire
+//! The bounded session table: shards of `Mutex<HashMap<u64, SessionEntry>>` keyed by a
+//! keyed hash of the session string (the string itself is not stored). The number of shards
+//! follows `maxSessions` (at least 64) so that a full shard fills its hash table's buckets to
+//! 7/8 instead of leaving half of them empty (see [`shard_count`]). Entries expire
 //! after the idle timeout; beyond the cap the least recently seen are evicted in batches.
 //! A lock is held only for the synchronous work of one request, never across an await.
 
@@ -11,7 +13,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::history::History;
 use crate::detect::session_state::SessionState;
 
-const SHARDS: usize = 64;
+/// Fewest shards (lock striping for concurrent requests).
+const MIN_SHARDS: usize = 64;
+/// Sessions per shard at the cap: 7/8 of 16,384 buckets, the table's maximum load before it
+/// doubles, so a full shard uses its buckets well.
+const FULL_SHARD: usize = 16_384 / 8 * 7;
+
+/// Shards for a table of `max_sessions`: at least [`MIN_SHARDS`], more when each would hold
+/// more than [`FULL_SHARD`] sessions (1,000,000 sessions: 70 shards of 14,286).
+pub fn shard_count(max_sessions: usize) -> usize {
+    max_sessions.div_ceil(FULL_SHARD).max(MIN_SHARDS)
+}
 
 /// Passes an already-hashed `u64` through.
 #[derive(Default)]
@@ -85,9 +97,12 @@ impl std::fmt::Debug for SessionTable {
 }
 
 impl SessionTable {
-    /// `max_sessions` is split evenly over the shards (rounded up).
+    /// `max_sessions` is split evenly over the shards (rounded up); the number of shards is
+    /// fixed here from `max_sessions` (a reload changes only the per-shard cap).
     pub fn new(max_sessions: usize, idle_timeout: std::time::Duration) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        let shards = (0..shard_count(max_sessions))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
         let table = Self {
             shards,
             hasher: std::collections::hash_map::RandomState::new(),
@@ -103,8 +118,10 @@ impl SessionTable {
 
     /// Applies new limits (config reload); shrinking takes effect as sessions arrive.
     pub fn configure(&self, max_sessions: usize, idle_timeout: std::time::Duration) {
-        self.per_shard_cap
-            .store(max_sessions.div_ceil(SHARDS).max(1), Ordering::Relaxed);
+        self.per_shard_cap.store(
+            max_sessions.div_ceil(self.shards.len()).max(1),
+            Ordering::Relaxed,
+        );
         self.idle_s
             .store(idle_timeout.as_secs().max(1), Ordering::Relaxed);
     }
@@ -124,7 +141,8 @@ impl SessionTable {
         now_s: u32,
         f: impl FnOnce(&mut SessionEntry, bool) -> R,
     ) -> Option<R> {
-        let shard = self.shards.get((hash >> 58) as usize % SHARDS)?;
+        // The high bits pick the shard; the map inside uses the low bits for its buckets.
+        let shard = self.shards.get((hash >> 40) as usize % self.shards.len())?;
         let mut map = shard.lock().ok()?;
         let idle = u32::try_from(self.idle_s.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
         let mut fresh = false;
@@ -199,7 +217,7 @@ impl SessionTable {
     pub fn stats(&self) -> TableStats {
         TableStats {
             sessions: self.len.load(Ordering::Relaxed),
-            capacity: self.per_shard_cap.load(Ordering::Relaxed) * SHARDS,
+            capacity: self.per_shard_cap.load(Ordering::Relaxed) * self.shards.len(),
             evicted: self.evicted.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
         }
@@ -255,6 +273,15 @@ mod tests {
                 .unwrap(),
             (false, 1)
         );
+    }
+
+    #[test]
+    fn shards_follow_max_sessions() {
+        assert_eq!(shard_count(10_000), 64);
+        assert_eq!(shard_count(1_000_000), 70);
+        assert!(1_000_000usize.div_ceil(shard_count(1_000_000)) <= FULL_SHARD);
+        let table = SessionTable::new(1_110_000, std::time::Duration::from_secs(600));
+        assert_eq!(table.stats().capacity, 78 * 1_110_000usize.div_ceil(78));
     }
 
     #[test]

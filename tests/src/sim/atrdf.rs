@@ -192,6 +192,7 @@ impl Replayer {
             headers: &record.headers,
             body: record.body.as_ref(),
             recent: &[],
+            scratch: &Default::default(),
         };
         let mut state = SessionState::default();
         let mut findings = Vec::new();

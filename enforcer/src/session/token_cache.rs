@@ -1,0 +1,246 @@
+//! Verified bearer tokens, remembered so that a client presenting the same token on every
+//! request is verified once, not on every request (an HS256 check costs microseconds, RS256
+//! and ES256 far more).
+//!
+//! Only successful verifications are kept, with the one value the session key needs (the
+//! configured claim) and until the token expires (`exp` plus the configured leeway, and never
+//! longer than [`MAX_AGE_S`]): an expired token is verified again, and rejected. Entries are
+//! keyed by two independent keyed (per-process random SipHash) 64-bit hashes of the claim name
+//! and the token — 128 bits that nobody outside the process can compute, so a forged token
+//! cannot be aimed at a cached one — and the token itself is not stored (an entry is about
+//! 90 bytes: [`DEFAULT_CAPACITY`] entries are about 12 MB). The cache is bounded:
+//! each shard holds two generations; when the current one is full it becomes the previous one
+//! and the oldest generation is dropped, and a hit in the previous generation moves the entry
+//! forward (an approximate LRU with constant-time operations). The cache belongs to the
+//! compiled policy, so a reload (new keys, issuer or audience) starts it empty.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::{Mutex, PoisonError};
+
+use super::table::PassThroughHasher;
+
+/// Longest time a verified token is trusted without being verified again, seconds.
+pub const MAX_AGE_S: u64 = 300;
+/// Tokens longer than this are verified every time (never stored).
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// Default bound on the number of remembered tokens: more than the sessions a busy API has
+/// active at once, so that an active session's token stays cached between its requests.
+pub const DEFAULT_CAPACITY: usize = 131_072;
+
+const SHARDS: usize = 16;
+
+#[derive(Debug)]
+struct Verified {
+    /// The second hash of the claim name and token (the first is the map key).
+    check: u64,
+    /// The claim's value (`None`: the token is valid but carries no usable value).
+    value: Option<Box<str>>,
+    /// Unix seconds after which the token must be verified again.
+    valid_until_s: u64,
+}
+
+type Generation = HashMap<u64, Verified, BuildHasherDefault<PassThroughHasher>>;
+
+#[derive(Debug, Default)]
+struct Shard {
+    current: Generation,
+    previous: Generation,
+}
+
+/// The bounded cache of verified tokens.
+#[derive(Debug)]
+pub struct VerifiedTokens {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// Independent of `hasher`: the `check` of an entry.
+    check_hasher: std::collections::hash_map::RandomState,
+    /// Entries per generation per shard (two generations: at most twice this per shard).
+    generation_cap: usize,
+}
+
+/// What a cache lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cached {
+    /// Verified before and not expired: the claim's value (`None`: no usable value).
+    Valid(Option<String>),
+    Unknown,
+}
+
+impl VerifiedTokens {
+    /// A cache of at most `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            check_hasher: std::collections::hash_map::RandomState::new(),
+            generation_cap: capacity / (2 * SHARDS),
+        }
+    }
+
+    /// The map key and the check of `claim` and `token`.
+    fn key(&self, claim: &str, token: &str) -> (u64, u64) {
+        let hash = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            h.write(claim.as_bytes());
+            h.write_u8(0xff);
+            h.write(token.as_bytes());
+            h.finish()
+        };
+        (hash(&self.hasher), hash(&self.check_hasher))
+    }
+
+    fn shard(&self, key: u64) -> Option<&Mutex<Shard>> {
+        self.shards.get((key >> 60) as usize % SHARDS)
+    }
+
+    /// Looks `token` up for `claim` at `now_s` (unix seconds).
+    pub fn get(&self, claim: &str, token: &str, now_s: u64) -> Cached {
+        if self.generation_cap == 0 || token.len() > MAX_TOKEN_LEN {
+            return Cached::Unknown;
+        }
+        let (key, check) = self.key(claim, token);
+        let Some(shard) = self.shard(key) else {
+            return Cached::Unknown;
+        };
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let matches = |v: &Verified| v.check == check;
+        if let Some(v) = shard.current.get(&key) {
+            if matches(v) && now_s <= v.valid_until_s {
+                return Cached::Valid(v.value.as_deref().map(str::to_owned));
+            }
+            return Cached::Unknown;
+        }
+        let Some(v) = shard.previous.remove(&key) else {
+            return Cached::Unknown;
+        };
+        if !matches(&v) || now_s > v.valid_until_s {
+            return Cached::Unknown;
+        }
+        let value = v.value.as_deref().map(str::to_owned);
+        Self::insert_into(&mut shard, key, v, self.generation_cap);
+        Cached::Valid(value)
+    }
+
+    /// Remembers a verified token: `exp` is its expiry claim (unix seconds) when it has one.
+    pub fn insert(
+        &self,
+        claim: &str,
+        token: &str,
+        value: Option<&str>,
+        exp: Option<u64>,
+        leeway_s: u64,
+        now_s: u64,
+    ) {
+        if self.generation_cap == 0 || token.len() > MAX_TOKEN_LEN {
+            return;
+        }
+        let mut valid_until_s = now_s.saturating_add(MAX_AGE_S);
+        if let Some(exp) = exp {
+            valid_until_s = valid_until_s.min(exp.saturating_add(leeway_s));
+        }
+        if valid_until_s < now_s {
+            return;
+        }
+        let (key, check) = self.key(claim, token);
+        let Some(shard) = self.shard(key) else {
+            return;
+        };
+        let entry = Verified {
+            check,
+            value: value.map(Into::into),
+            valid_until_s,
+        };
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::insert_into(&mut shard, key, entry, self.generation_cap);
+    }
+
+    fn insert_into(shard: &mut Shard, key: u64, entry: Verified, cap: usize) {
+        if shard.current.len() >= cap && !shard.current.contains_key(&key) {
+            shard.previous = std::mem::take(&mut shard.current);
+        }
+        shard.current.insert(key, entry);
+    }
+
+    /// Tokens remembered now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+                s.current.len() + s.previous.len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_miss_and_expiry() {
+        let cache = VerifiedTokens::new(1024);
+        assert_eq!(cache.get("sub", "t1", 100), Cached::Unknown);
+        cache.insert("sub", "t1", Some("alice"), Some(150), 10, 100);
+        assert_eq!(
+            cache.get("sub", "t1", 100),
+            Cached::Valid(Some("alice".into()))
+        );
+        // A different token or claim is not the cached one.
+        assert_eq!(cache.get("sub", "t2", 100), Cached::Unknown);
+        assert_eq!(cache.get("uid", "t1", 100), Cached::Unknown);
+        // Valid until exp + leeway, not after.
+        assert_eq!(
+            cache.get("sub", "t1", 160),
+            Cached::Valid(Some("alice".into()))
+        );
+        assert_eq!(cache.get("sub", "t1", 161), Cached::Unknown);
+        // Without exp: at most MAX_AGE_S.
+        cache.insert("sub", "t3", None, None, 0, 1000);
+        assert_eq!(
+            cache.get("sub", "t3", 1000 + MAX_AGE_S),
+            Cached::Valid(None)
+        );
+        assert_eq!(cache.get("sub", "t3", 1001 + MAX_AGE_S), Cached::Unknown);
+        // Already expired: not stored.
+        cache.insert("sub", "t4", Some("bob"), Some(10), 0, 100);
+        assert_eq!(cache.get("sub", "t4", 100), Cached::Unknown);
+    }
+
+    #[test]
+    fn bounded_with_recent_entries_kept() {
+        let capacity = 2 * SHARDS * 8;
+        let cache = VerifiedTokens::new(capacity);
+        cache.insert("sub", "hot", Some("hot"), None, 0, 0);
+        for i in 0..10_000 {
+            cache.insert("sub", &format!("token-{i}"), Some("x"), None, 0, 0);
+            // A token in use stays: every hit moves it into the current generation.
+            assert_eq!(
+                cache.get("sub", "hot", 0),
+                Cached::Valid(Some("hot".into()))
+            );
+        }
+        assert!(cache.len() <= capacity, "{} > {capacity}", cache.len());
+        assert_eq!(cache.get("sub", "token-0", 0), Cached::Unknown);
+        assert_eq!(
+            cache.get("sub", "token-9999", 0),
+            Cached::Valid(Some("x".into()))
+        );
+    }
+
+    #[test]
+    fn disabled_and_oversized() {
+        let cache = VerifiedTokens::new(0);
+        cache.insert("sub", "t", Some("a"), None, 0, 0);
+        assert_eq!(cache.get("sub", "t", 0), Cached::Unknown);
+        let cache = VerifiedTokens::new(1024);
+        let long = "x".repeat(MAX_TOKEN_LEN + 1);
+        cache.insert("sub", &long, Some("a"), None, 0, 0);
+        assert!(cache.is_empty());
+    }
+}
