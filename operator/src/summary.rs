@@ -1,8 +1,6 @@
 //! The report-derived part of an ApiProtection's status, computed from the merged model and
 //! the aggregated report state: bounded lists a human can read in `kubectl get -o yaml`.
 
-use std::collections::BTreeSet;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use ordo_enforcer::model::{LearnedModel, SESSION_START};
@@ -30,9 +28,6 @@ pub const INCIDENT_OPEN_MS: u64 = 15 * 60 * 1000;
 const MIN_SEQUENCE_COUNT: u64 = 5;
 /// Credibility of the intervals used to rank sequences.
 const CREDIBILITY: f64 = 0.95;
-/// A sequence becomes a suggested `requires` rule from this precedence and count.
-const SUGGEST_PRECEDENCE: f64 = 0.95;
-const SUGGEST_MIN_COUNT: u64 = 20;
 
 /// Everything in status that comes from reports.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -138,8 +133,6 @@ pub fn report_part(
             .sequences
             .important_sequences(MIN_SEQUENCE_COUNT, CREDIBILITY, STATUS_SEQUENCES * 3);
     let mut top_sequences = Vec::new();
-    let mut suggested_rules = Vec::new();
-    let mut suggested_for = BTreeSet::new();
     for seq in &important {
         let operations: Vec<String> = seq
             .ops
@@ -156,21 +149,8 @@ pub fn report_part(
                 count: saturating_i64(seq.count),
             });
         }
-        if seq.precedence >= SUGGEST_PRECEDENCE
-            && seq.count >= SUGGEST_MIN_COUNT
-            && suggested_rules.len() < STATUS_SUGGESTED_RULES
-            && let Some((operation, after)) = operations.split_last()
-            && suggested_for.insert(operation.clone())
-        {
-            suggested_rules.push(suggest_requires(
-                protection,
-                operation,
-                after,
-                seq.precedence,
-                seq.count,
-            ));
-        }
     }
+    let suggested_rules = suggested_rules(protection, model);
     let incidents = status_incidents(&state.incidents.values().collect::<Vec<_>>(), now_ms);
     let counters = state.totals();
     let open = state
@@ -197,59 +177,32 @@ pub fn report_part(
     }
 }
 
-fn slug(operation: &str) -> String {
-    let mut out = String::new();
-    for c in operation.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.trim_matches('-')
-        .chars()
-        .take(50)
-        .collect::<String>()
-        .trim_end_matches('-')
-        .to_owned()
-}
-
-/// A `requires` SequenceRule suggested from a learned sequence, as YAML the user can commit.
-fn suggest_requires(
-    protection: &ProtectionRef<'_>,
-    operation: &str,
-    after: &[String],
-    precedence: f64,
-    count: u64,
-) -> SuggestedRule {
-    let name = format!("suggested-{}", slug(operation));
-    let window = after.len().max(1) * 4;
-    let mut yaml = String::new();
-    yaml.push_str("apiVersion: ordo.dev/v1alpha1\nkind: SequenceRule\nmetadata:\n");
-    yaml.push_str(&format!(
-        "  name: {name}\n  namespace: {}\nspec:\n  protectionRef:\n    name: {}\n  action: Log\n  requires:\n",
-        protection.namespace, protection.name
-    ));
-    yaml.push_str(&format!("    operation: {operation:?}\n    after:\n"));
-    for op in after {
-        yaml.push_str(&format!("      - {op:?}\n"));
-    }
-    yaml.push_str(&format!(
-        "    within:\n      requests: {}\n      duration: 10m\n",
-        window.min(64)
-    ));
-    SuggestedRule {
-        name: truncate(&name, 200),
+/// The suggested `requires` rules of the status: the enforcer's own suggestions (the same
+/// algorithm as its `GET /v1/model`) on the merged model, naming this ApiProtection and its
+/// namespace so that the YAML applies as it is.
+fn suggested_rules(protection: &ProtectionRef<'_>, model: &LearnedModel) -> Vec<SuggestedRule> {
+    ordo_enforcer::detect::suggested_rules_in(
+        model,
+        Some(protection.name),
+        Some(protection.namespace),
+    )
+    .into_iter()
+    .take(STATUS_SUGGESTED_RULES)
+    .map(|rule| SuggestedRule {
+        name: truncate(&rule.name, 200),
         reason: truncate(
             &format!(
-                "{operation} was preceded by {} in {:.0}% of {count} observed cases",
-                after.join(" then "),
-                precedence * 100.0
+                "{} came right after {} in {:.1}% of {} observed cases",
+                rule.operation,
+                rule.after.join(" then "),
+                rule.precedence * 100.0,
+                rule.count
             ),
             1000,
         ),
-        yaml: truncate(&yaml, 4000),
-    }
+        yaml: truncate(&rule.yaml, 4000),
+    })
+    .collect()
 }
 
 fn severity(text: &str) -> Severity {
@@ -353,25 +306,64 @@ mod tests {
     }
 
     #[test]
-    fn suggested_rule_yaml_names_operations() {
-        let rule = suggest_requires(
-            &ProtectionRef {
-                namespace: "bank",
-                name: "bank-api",
-            },
-            "POST /api/v1/transferFunds",
-            &["GET /api/v1/accounts/{var1}/balance".into()],
-            0.98,
-            120,
-        );
-        assert_eq!(rule.name, "suggested-post-api-v1-transferfunds");
+    fn a_burst_of_low_findings_never_pushes_severe_incidents_out() {
+        let make = |i: u64, sev: &str| IncidentReport {
+            id: format!("inc-{i:03}"),
+            severity: sev.into(),
+            last_seen_ms: i,
+            ..IncidentReport::default()
+        };
+        // 12 old rule incidents (2 critical, 10 high), then 50 newer low-severity findings.
+        let mut all: Vec<IncidentReport> = (0..12)
+            .map(|i| make(i, if i < 2 { "critical" } else { "high" }))
+            .collect();
+        all.extend((100..150).map(|i| make(i, "low")));
+        let refs: Vec<&IncidentReport> = all.iter().collect();
+        let shown: Vec<String> = status_incidents(&refs, 1000)
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        // Newest first: the 10 most recent, then the most severe of the rest (both critical
+        // and the 8 newest high ones).
+        let recent = (140..150).rev().map(|i| format!("inc-{i:03}"));
+        let severe = (4..12).rev().chain([1, 0]).map(|i| format!("inc-{i:03}"));
+        let expected: Vec<String> = recent.chain(severe).collect();
+        assert_eq!(shown, expected);
+    }
+
+    #[test]
+    fn suggested_rules_are_the_enforcers_with_protection_and_namespace() {
+        use ordo_enforcer::model::ModelCaps;
+        let mut model = LearnedModel::new(ModelCaps::default());
+        let balance = model
+            .op_index_or_insert("GET /api/v1/accounts/{var1}/balance", 1)
+            .unwrap();
+        let transfer = model
+            .op_index_or_insert("POST /api/v1/transferFunds", 1)
+            .unwrap();
+        for _ in 0..120 {
+            model.sequences.learn(&[SESSION_START], balance, 8);
+            model
+                .sequences
+                .learn(&[SESSION_START, balance], transfer, 8);
+        }
+        let protection = ProtectionRef {
+            namespace: "bank",
+            name: "bank-api",
+        };
+        let rules = suggested_rules(&protection, &model);
+        let enforcer =
+            ordo_enforcer::detect::suggested_rules_in(&model, Some("bank-api"), Some("bank"));
+        assert_eq!(rules.len(), enforcer.len());
+        let rule = &rules[0];
+        assert_eq!(rule.name, enforcer[0].name);
+        assert_eq!(rule.yaml, enforcer[0].yaml);
         assert!(
-            rule.yaml
-                .contains("operation: \"POST /api/v1/transferFunds\""),
+            rule.yaml.contains("operation: POST /api/v1/transferFunds"),
             "{}",
             rule.yaml
         );
-        assert!(rule.reason.contains("98% of 120"), "{}", rule.reason);
+        assert!(rule.reason.contains("100.0% of 120"), "{}", rule.reason);
         assert!(
             rule.yaml.contains("  namespace: bank\n")
                 && rule.yaml.contains("protectionRef:\n    name: bank-api\n"),

@@ -82,8 +82,20 @@ async fn simulator_attacks_are_caught_and_honest_sessions_are_not() {
         "{enumeration:?}"
     );
 
-    // Honest sessions: at most 0.5% flagged (the target is 0.1%).
+    // Honest sessions: at most 0.5% flagged (the target is 0.1%). Most hold several tasks in
+    // one session (the boundary between two tasks is where a longest-context-decides model
+    // flags), some after an idle gap that starts a new journey.
     assert_eq!(report.benign_sessions, 400);
+    assert!(
+        report.benign_multi_task >= 160,
+        "{} multi-task sessions",
+        report.benign_multi_task
+    );
+    assert!(
+        report.benign_idle_gaps >= 40,
+        "{} sessions with an idle gap",
+        report.benign_idle_gaps
+    );
     assert!(
         report.benign_flagged_share() <= 0.005,
         "{} benign sessions flagged: {:?}",

@@ -27,6 +27,10 @@ pub struct LearningConfig {
     pub sequence_order: usize,
     /// Observations of a sequence context before it may judge a transition.
     pub min_context_observations: u64,
+    /// A pause at least this long inside a session starts a new journey for the sequence
+    /// model: what follows is judged and learned like the start of a session (a customer who
+    /// comes back to the app later starts a new task, not the next step of the old one).
+    pub journey_gap: Duration,
     /// Successful requests of an operation before its request shape is enforced.
     pub min_operation_requests: u64,
     /// Successful requests before an operation counts as part of the known inventory.
@@ -61,6 +65,7 @@ impl Default for LearningConfig {
             volume_window: Duration::from_secs(600),
             sequence_order: 8,
             min_context_observations: 50,
+            journey_gap: Duration::from_secs(300),
             min_operation_requests: 30,
             min_endpoint_requests: 3,
             min_volume_windows: 50,
@@ -91,6 +96,14 @@ impl LearningConfig {
             problems.push((
                 "volumeWindow",
                 format!("must be between 10s and 24h, got {}", self.volume_window),
+            ));
+        }
+        if self.journey_gap.std() < std::time::Duration::from_millis(100)
+            || self.journey_gap.std() > std::time::Duration::from_secs(24 * 3600)
+        {
+            problems.push((
+                "journeyGap",
+                format!("must be between 100ms and 24h, got {}", self.journey_gap),
             ));
         }
         if self.window_seconds < 60 {

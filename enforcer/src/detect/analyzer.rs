@@ -5,25 +5,29 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard, TryLockError};
 
 use arc_swap::ArcSwap;
 
 use crate::analysis::{Analyzer, Finding, RequestContext, ResponseSummary};
 use crate::config::{DetectorsConfig, LearningConfig};
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
-use crate::model::{LearnedModel, ModelCaps, ModelError, SESSION_START};
+use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps};
 use crate::operation::Operation;
 use crate::session::RecentOp;
 
+use super::auth_activity::AuthActivity;
 use super::baselines::Baselines;
 use super::clients::ClientTable;
 use super::context::Judged;
-use super::params::RequestParams;
+use super::journey::journey_history;
+use super::lesson::{Lesson, PendingLessons, TakeBack};
 use super::sequence::SequenceVerdict;
-use super::thresholds::{identity_threshold, learning_cap, peer_threshold, volume_threshold};
+use super::thresholds::{
+    identity_threshold, learning_cap, object_threshold, peer_threshold, volume_threshold,
+};
 use super::view::{ModelView, model_view};
-use super::{enumeration, sequence, shadow, shape, stuffing, volume};
+use super::{distributed, enumeration, sequence, shadow, shape, stuffing, volume};
 
 /// Most process-local operation ids remembered (the proxy's templates are capped far below).
 const MAX_OPERATION_IDS: usize = 65_536;
@@ -47,13 +51,21 @@ struct Inner {
     next_ageing_ms: u64,
     /// Peer percentiles frozen for the current counting window.
     baselines: Baselines,
+    /// Bumped whenever the model's index space may change (adoption, merge): a lesson made
+    /// under an older generation re-resolves its indices.
+    generation: u64,
 }
 
 /// The learned model and its detectors.
 pub struct LearnedAnalyzer {
     settings: ArcSwap<Settings>,
     inner: RwLock<Inner>,
+    /// Lessons waiting for the write lock (see `detect::lesson`). Locked after `inner`, never
+    /// before it, and only for a push or a take.
+    pending: Mutex<PendingLessons>,
     clients: Mutex<ClientTable>,
+    /// Authentication attempts across all clients (distributed stuffing).
+    auth: Mutex<AuthActivity>,
 }
 
 fn caps_of(learning: &LearningConfig) -> ModelCaps {
@@ -70,54 +82,46 @@ fn window_ms(learning: &LearningConfig) -> u64 {
     learning.volume_window.as_millis_u64().max(1000)
 }
 
-/// Collapses consecutive repeats.
-fn collapse(ops: impl Iterator<Item = u16>) -> Vec<u16> {
-    let mut out: Vec<u16> = Vec::with_capacity(10);
-    for op in ops {
-        if out.last() != Some(&op) {
-            out.push(op);
-        }
-    }
-    out
-}
-
 impl Inner {
-    /// The session's collapsed history as model indices, oldest first. Operations the model
-    /// does not know cut the history (only what follows them is used). The session start is
-    /// prepended when the recent list holds the whole session.
-    fn history(&self, recent: &[RecentOp], seen: u32) -> Vec<u16> {
-        let mut start = 0;
-        let mut indices = Vec::with_capacity(recent.len() + 1);
-        for (i, r) in recent.iter().enumerate() {
-            match self.ids.get(&r.op).and_then(|(_, index)| *index) {
-                Some(index) => indices.push(index),
-                None => {
-                    indices.clear();
-                    start = i + 1;
-                }
-            }
-        }
-        let complete = start == 0 && u32::try_from(recent.len()).is_ok_and(|n| n >= seen);
-        let ops = collapse(indices.into_iter());
-        if complete {
-            let mut with_start = Vec::with_capacity(ops.len() + 1);
-            with_start.push(SESSION_START);
-            with_start.extend(ops);
-            with_start
-        } else {
-            ops
+    /// The current journey's collapsed history as model indices (see `journey_history`).
+    fn history(&self, recent: &[RecentOp], seen: u32, now_ms: u64, gap_ms: u64) -> Vec<u16> {
+        journey_history(recent, seen, now_ms, gap_ms, |op| {
+            self.ids.get(&op).and_then(|(_, index)| *index)
+        })
+    }
+
+    /// Whether `remember_id` would change nothing for this operation and index.
+    fn remembers(&self, op: &Operation, index: Option<u16>) -> bool {
+        match self.ids.get(&op.id) {
+            Some((_, known)) => known.is_some() || index.is_none(),
+            None => self.ids.len() >= MAX_OPERATION_IDS,
         }
     }
 
-    fn remember_id(&mut self, op: &Operation, index: Option<u16>) {
-        if let Some(entry) = self.ids.get_mut(&op.id) {
+    fn remember_id(&mut self, id: u32, template: &Arc<str>, index: Option<u16>) {
+        if let Some(entry) = self.ids.get_mut(&id) {
             if entry.1.is_none() {
                 entry.1 = index;
             }
             return;
         }
         if self.ids.len() < MAX_OPERATION_IDS {
-            self.ids.insert(op.id, (op.template.clone(), index));
+            self.ids.insert(id, (template.clone(), index));
+        }
+    }
+
+    /// Applies lessons in order (see `detect::lesson`).
+    fn apply(&mut self, lessons: impl IntoIterator<Item = Lesson>, shape_caps: &ShapeCaps) {
+        for mut lesson in lessons {
+            let remember = lesson.remember.take();
+            let template = lesson.template.take();
+            let generation = self.generation;
+            lesson.template = template.clone();
+            lesson.apply(&mut self.model, generation, shape_caps);
+            if let (Some(id), Some(template)) = (remember, template) {
+                let index = self.model.op_index(&template);
+                self.remember_id(id, &template, index);
+            }
         }
     }
 
@@ -128,36 +132,30 @@ impl Inner {
         }
         // Indices may have changed: recompute the frozen baselines at the next exchange.
         self.baselines = Baselines::default();
+        self.generation = self.generation.wrapping_add(1);
     }
 }
 
 /// A session flagged now taught the model its counts of the current window while it was still
 /// unflagged (a scraper's first pages, an enumerator's first ids): take them back, so that
-/// abusive windows never become part of the peer baselines (anti-poisoning).
-fn take_back_window(model: &mut LearnedModel, state: &mut SessionState, window: u64) {
+/// abusive windows never become part of the peer baselines (anti-poisoning). Returns what to
+/// subtract from the model and clears the session's record of it.
+fn take_back_window(state: &mut SessionState, window: u64) -> Vec<TakeBack> {
     let Some(counters) = state.window(window) else {
-        return;
+        return Vec::new();
     };
-    let slots: Vec<(u16, u16, u16)> = counters
+    let slots: Vec<TakeBack> = counters
         .slots
         .iter()
+        .filter(|s| s.learned_requests > 0 || s.learned_objects > 0)
         .map(|s| (s.op, s.learned_requests, s.learned_objects))
         .collect();
-    for (op, requests, objects) in slots {
-        if let Some(stats) = model.operation_mut(op) {
-            for count in 1..=u32::from(requests) {
-                stats.volume.unrecord_reached(count);
-            }
-            for count in 1..=u32::from(objects) {
-                stats.objects.unrecord_reached(count);
-            }
-        }
-    }
     let counters = state.window_mut(window);
     for slot in &mut counters.slots {
         slot.learned_requests = 0;
         slot.learned_objects = 0;
     }
+    slots
 }
 
 impl LearnedAnalyzer {
@@ -183,8 +181,11 @@ impl LearnedAnalyzer {
                 ids: HashMap::new(),
                 next_ageing_ms: 0,
                 baselines: Baselines::default(),
+                generation: 0,
             }),
+            pending: Mutex::new(PendingLessons::default()),
             clients: Mutex::new(ClientTable::default()),
+            auth: Mutex::new(AuthActivity::default()),
         }
     }
 
@@ -205,22 +206,18 @@ impl LearnedAnalyzer {
             detectors: detectors.clone(),
             protection: current.protection.clone(),
         }));
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.write_inner();
         inner.model.set_caps(caps_of(learning));
     }
 
     /// A copy of the whole model (for persistence).
     pub fn snapshot(&self) -> LearnedModel {
-        self.inner
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .model
-            .clone()
+        self.write_inner().model.clone()
     }
 
     /// What was learned since the previous call (or since adoption); the next delta starts here.
     pub fn take_delta(&self) -> LearnedModel {
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.write_inner();
         let delta = inner.model.delta_since(&inner.reported);
         inner.reported = inner.model.clone();
         delta
@@ -230,7 +227,7 @@ impl LearnedAnalyzer {
     /// `take_delta` stays on top of it, so nothing is lost or counted twice.
     pub fn replace_model(&self, merged: LearnedModel) {
         let caps = caps_of(&self.settings.load().learning);
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.write_inner();
         let pending = inner.model.delta_since(&inner.reported);
         let mut model = merged;
         model.set_caps(caps);
@@ -243,7 +240,7 @@ impl LearnedAnalyzer {
     /// Adds another model's counts (for example one learned elsewhere) as local learning: it
     /// is part of the next delta.
     pub fn merge_model(&self, other: &LearnedModel) {
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.write_inner();
         inner.model.merge(other);
         inner.reindex();
     }
@@ -283,7 +280,7 @@ impl LearnedAnalyzer {
     /// The typed model view (`GET /v1/model`).
     pub fn view(&self) -> ModelView {
         let settings = self.settings.load();
-        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.write_inner();
         let clients = self
             .clients
             .lock()
@@ -297,6 +294,99 @@ impl LearnedAnalyzer {
         );
         view.usage.tracked_clients = clients;
         view
+    }
+
+    /// The write lock, with every queued lesson applied first: whoever reads the model through
+    /// it (snapshots, deltas, the view) sees everything learned so far.
+    fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        let queued = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if !queued.is_empty() {
+            let shape_caps = caps_of(&self.settings.load().learning).shape();
+            inner.apply(queued, &shape_caps);
+        }
+        inner
+    }
+
+    /// Applies a lesson now when the write lock is free, else queues it for whoever holds the
+    /// lock next; a full queue is applied in one batch. Never waits for the lock otherwise.
+    fn learn(&self, lesson: Lesson, learning: &LearningConfig) {
+        let shape_caps = caps_of(learning).shape();
+        match self.inner.try_write() {
+            Ok(mut inner) => {
+                let queued = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                inner.apply(
+                    queued.into_iter().chain(std::iter::once(lesson)),
+                    &shape_caps,
+                );
+            }
+            Err(TryLockError::Poisoned(poisoned)) => {
+                let mut inner = poisoned.into_inner();
+                inner.apply(std::iter::once(lesson), &shape_caps);
+            }
+            Err(TryLockError::WouldBlock) => {
+                let full = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(lesson);
+                if let Some(batch) = full {
+                    let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+                    inner.apply(batch, &shape_caps);
+                }
+            }
+        }
+    }
+
+    /// The rare model changes a request may need before it learns, each behind a check made
+    /// under the read lock: exponential ageing once per learning window, the frozen baselines
+    /// (recomputed per counting window, filled at most once a second), and adding an operation
+    /// seen for the first time (bounded by the operation cap).
+    fn maintain(
+        &self,
+        ctx: &RequestContext<'_>,
+        learning: &LearningConfig,
+        window_ms: u64,
+        learnable: bool,
+    ) {
+        let period = learning.window_seconds.saturating_mul(1000).max(60_000);
+        let now = ctx.now_ms;
+        let due = {
+            let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            inner.next_ageing_ms == 0
+                || now >= inner.next_ageing_ms
+                || inner.baselines.due(now, window_ms)
+                || (learnable
+                    && inner.model.op_index(&ctx.operation.template).is_none()
+                    && inner.model.has_room_for_operation())
+        };
+        if !due {
+            return;
+        }
+        let mut guard = self.write_inner();
+        let inner = &mut *guard;
+        if inner.next_ageing_ms == 0 {
+            inner.next_ageing_ms = now.saturating_add(period);
+        } else if now >= inner.next_ageing_ms {
+            inner.model.halve();
+            inner.reported.halve();
+            inner.next_ageing_ms = now.saturating_add(period);
+        }
+        inner
+            .baselines
+            .refresh(&inner.model, learning.min_volume_windows, now, window_ms);
+        if learnable {
+            let index = inner.model.op_index_or_insert(&ctx.operation.template, now);
+            inner.remember_id(ctx.operation.id, &ctx.operation.template, index);
+        }
     }
 
     fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
@@ -318,7 +408,7 @@ impl Analyzer for LearnedAnalyzer {
         if !Self::globally_mature(model, learning) {
             return;
         }
-        let params = RequestParams::from_request(ctx);
+        let params = ctx.scratch.take_params(ctx);
         let window_ms = window_ms(learning);
         let judged = Judged {
             ctx,
@@ -342,11 +432,21 @@ impl Analyzer for LearnedAnalyzer {
         }
         if detectors.unlikely_sequence.enabled {
             let repeat = ctx.recent.last().is_some_and(|r| r.op == ctx.operation.id);
-            let history = inner.history(ctx.recent, state.seen());
+            let history = inner.history(
+                ctx.recent,
+                state.seen(),
+                ctx.now_ms,
+                learning.journey_gap.as_millis_u64(),
+            );
+            // The history across an idle gap, asked for only when the journey's start alone
+            // would flag the step (a customer may resume a task after a pause).
+            let across_gap = || inner.history(ctx.recent, state.seen(), ctx.now_ms, u64::MAX);
             match sequence::check(
                 &judged,
                 &detectors.unlikely_sequence,
                 &history,
+                &across_gap,
+                state.seen(),
                 repeat,
                 state.unlikely_op(),
             ) {
@@ -376,8 +476,17 @@ impl Analyzer for LearnedAnalyzer {
                 .get(&ctx.client, judged.window);
             if let Some(f) = stuffing::check(&judged, &detectors.credential_stuffing, client) {
                 out.push(f);
+            } else {
+                let mut auth = self.auth.lock().unwrap_or_else(PoisonError::into_inner);
+                out.extend(distributed::check(
+                    &judged,
+                    &detectors.credential_stuffing,
+                    &mut auth,
+                    client,
+                ));
             }
         }
+        ctx.scratch.keep_params(params);
     }
 
     fn observe(
@@ -395,83 +504,58 @@ impl Analyzer for LearnedAnalyzer {
         }
         let tainted = state.tainted();
         let learnable = (200..400).contains(&resp.status) && !tainted;
-        let params = RequestParams::from_request(ctx);
+        let params = ctx.scratch.take_params(ctx);
         let window_ms = window_ms(learning);
         let window = ctx.now_ms / window_ms;
-        let shape_caps = caps_of(learning).shape();
-        let mut guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        let inner = &mut *guard;
-        // Exponential ageing once per learning window.
-        let period = learning.window_seconds.saturating_mul(1000).max(60_000);
-        if inner.next_ageing_ms == 0 {
-            inner.next_ageing_ms = ctx.now_ms.saturating_add(period);
-        } else if ctx.now_ms >= inner.next_ageing_ms {
-            inner.model.halve();
-            inner.reported.halve();
-            inner.next_ageing_ms = ctx.now_ms.saturating_add(period);
-        }
-        let min_windows = learning.min_volume_windows;
-        inner
-            .baselines
-            .refresh(&inner.model, min_windows, ctx.now_ms, window_ms);
-        let history = if learnable {
-            inner.history(ctx.recent, state.seen())
-        } else {
-            Vec::new()
-        };
+        self.maintain(ctx, learning, window_ms, learnable);
+        // Everything below reads the shared model; what it must change goes into `lesson`.
+        let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let inner = &*guard;
         let baselines = &inner.baselines;
-        let model = &mut inner.model;
-        if newly_tainted {
-            take_back_window(model, state, window);
-        }
-        let op = if learnable {
-            model.op_index_or_insert(&ctx.operation.template, ctx.now_ms)
-        } else {
-            model.op_index(&ctx.operation.template)
+        let model = &inner.model;
+        let mut lesson = Lesson {
+            generation: inner.generation,
+            now_ms: ctx.now_ms,
+            template: Some(ctx.operation.template.clone()),
+            learnable,
+            sequence_order: learning.sequence_order,
+            max_contexts: learning.max_contexts,
+            ..Lesson::default()
         };
-        if op.is_none() && learnable {
-            model.dropped_operations += 1;
+        if newly_tainted {
+            lesson.take_back = take_back_window(state, window);
         }
+        let op = model.op_index(&ctx.operation.template);
+        lesson.op = op;
+        if !inner.remembers(ctx.operation, op) {
+            lesson.remember = Some(ctx.operation.id);
+        }
+        lesson.dropped_operation = op.is_none() && learnable;
         let repeat = ctx.recent.last().is_some_and(|r| r.op == ctx.operation.id);
         if learnable {
-            model.requests += 1;
-            model.touch(ctx.now_ms);
             if !state.counted() {
-                model.sessions += 1;
+                lesson.new_session = true;
                 state.mark_counted();
             }
-            for obs in &params.headers {
-                model.headers.learn(obs, &shape_caps);
-            }
-            if let Some(op) = op
-                && !repeat
-            {
-                model.sequences.learn(&history, op, learning.sequence_order);
-                model.sequences.enforce_cap(learning.max_contexts);
+            if op.is_some() && !repeat {
+                lesson.sequence = Some(inner.history(
+                    ctx.recent,
+                    state.seen(),
+                    ctx.now_ms,
+                    learning.journey_gap.as_millis_u64(),
+                ));
             }
         }
         let auth_failure = matches!(resp.status, 401 | 403);
         let mut auth_like = params.has_credentials;
         if let Some(index) = op
-            && let Some(stats) = model.operation_mut(index)
+            && let Some(stats) = model.operation(index)
         {
             if !tainted {
-                stats.record_status(resp.status);
-                if auth_failure {
-                    stats.auth_failures += 1;
-                }
+                lesson.status = Some(resp.status);
+                lesson.auth_failure = auth_failure;
             }
             auth_like |= stats.is_auth_like();
-            if learnable {
-                stats.requests += 1;
-                stats.last_seen_ms = stats.last_seen_ms.max(ctx.now_ms);
-                if params.has_credentials {
-                    stats.credential_requests += 1;
-                }
-                for obs in &params.params {
-                    stats.shape.learn(obs, &shape_caps);
-                }
-            }
             let counters = state.window_mut(window);
             if let Some(slot) = counters.slot_mut(index) {
                 slot.requests = slot.requests.saturating_add(1);
@@ -486,15 +570,16 @@ impl Analyzer for LearnedAnalyzer {
                         volume_threshold(p, detectors.volume.sensitivity)
                     });
                     if u32::from(slot.requests) <= volume_cap {
-                        stats.volume.record_reached(u32::from(slot.requests));
+                        lesson.volume_reached = Some(u32::from(slot.requests));
                         slot.learned_requests = slot.requests;
                     }
                     let objects_cap = learning_cap(frozen.objects, |p| {
-                        peer_threshold(p.p99, detectors.enumeration.sensitivity)
+                        object_threshold(p.p99, detectors.enumeration.sensitivity)
                     });
-                    for reached in (before + 1..=after).filter(|r| *r <= objects_cap) {
-                        stats.objects.record_reached(reached);
-                        slot.learned_objects = u16::try_from(reached).unwrap_or(u16::MAX);
+                    let last = after.min(objects_cap);
+                    if last > before {
+                        lesson.objects_reached = Some((before + 1, last));
+                        slot.learned_objects = u16::try_from(last).unwrap_or(u16::MAX);
                     }
                 }
             }
@@ -504,11 +589,26 @@ impl Analyzer for LearnedAnalyzer {
                     peer_threshold(p.p99, detectors.enumeration.sensitivity)
                 });
                 if !tainted && u32::from(counters.not_found) <= cap {
-                    model
-                        .not_found
-                        .record_reached(u32::from(counters.not_found));
+                    lesson.not_found_reached = Some(u32::from(counters.not_found));
                 }
             }
+        }
+        if auth_like
+            && !flagged
+            && let Some(index) = op
+        {
+            self.auth
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(
+                    index,
+                    ctx.now_ms,
+                    window,
+                    params.identity,
+                    &ctx.client,
+                    auth_failure,
+                    learning.max_tracked_clients,
+                );
         }
         if auth_failure && auth_like {
             let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
@@ -528,21 +628,24 @@ impl Analyzer for LearnedAnalyzer {
                         peer_threshold(p.p99, sensitivity)
                     })
                 {
-                    model.auth_failures.record_reached(entry.failures);
+                    lesson.auth_failures_reached = Some(entry.failures);
                 }
                 let identities_cap = learning_cap(baselines.auth_identities, |p| {
                     identity_threshold(p.p99, sensitivity)
                 });
-                for reached in
-                    (before + 1..=entry.distinct_identities()).filter(|r| *r <= identities_cap)
-                {
-                    model.auth_identities.record_reached(reached);
+                let last = entry.distinct_identities().min(identities_cap);
+                if last > before {
+                    lesson.auth_identities_reached = Some((before + 1, last));
                 }
             }
         }
-        let index = op;
-        inner.remember_id(ctx.operation, index);
         drop(guard);
+        if learnable {
+            lesson.has_credentials = params.has_credentials;
+            lesson.params = params.params;
+            lesson.headers = params.headers;
+        }
+        self.learn(lesson, learning);
         state.record_seen();
     }
 

@@ -9,7 +9,7 @@ use crate::config::DetectorConfig;
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
 
 use super::context::{Judged, finding};
-use super::thresholds::peer_threshold;
+use super::thresholds::{object_threshold, peer_threshold};
 
 pub fn check(j: &Judged<'_>, config: &DetectorConfig, state: &SessionState) -> Option<Finding> {
     let op = j.op?;
@@ -28,7 +28,7 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig, state: &SessionState) -> O
             .fold(before, |bits, id| with_object(bits, *id));
         let distinct = distinct_of(bits);
         let p99 = objects.p99;
-        let threshold = peer_threshold(p99, config.sensitivity);
+        let threshold = object_threshold(p99, config.sensitivity);
         if distinct > threshold {
             let explanation = format!(
                 "touched {distinct} distinct objects via {} in the current {} window; 99% of sessions touch at most {p99} (threshold {threshold})",

@@ -3,10 +3,14 @@
 //! plain-language explanation. [`LearnedAnalyzer`] runs them and feeds the model.
 
 pub mod analyzer;
+pub mod auth_activity;
 pub mod baselines;
 pub mod clients;
 pub mod context;
+pub mod distributed;
 pub mod enumeration;
+pub mod journey;
+pub mod lesson;
 pub mod params;
 pub mod sequence;
 pub mod session_state;
@@ -18,6 +22,6 @@ pub mod view;
 pub mod volume;
 
 pub use analyzer::LearnedAnalyzer;
-pub use view::{ModelView, model_view, suggested_rules};
+pub use view::{ModelView, model_view, suggested_rules, suggested_rules_in};
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use crate::config::{Action, DetectorConfig, DetectorsConfig, LearningConfig, Sen
 use crate::model::{LearnedModel, SESSION_START};
 
 use super::thresholds::{
-    Percentiles, confidence, peer_threshold, suggested_volume_limit, volume_threshold,
+    Percentiles, confidence, object_threshold, suggested_volume_limit, volume_threshold,
 };
 
 /// Most endpoints listed.
@@ -308,11 +308,11 @@ pub fn model_view(
                     confidence: confidence(p.windows).to_owned(),
                 },
                 objects: (o.objects.windows() > 0).then(|| {
-                    let p99 = o.objects.quantile(0.99);
+                    let p99 = Percentiles::of(&o.objects).p99;
                     ObjectsView {
                         windows: o.objects.windows(),
                         p99,
-                        threshold: peer_threshold(p99, detectors.enumeration.sensitivity),
+                        threshold: object_threshold(p99, detectors.enumeration.sensitivity),
                     }
                 }),
                 auth_like: o.is_auth_like(),
@@ -389,7 +389,19 @@ fn slug(template: &str) -> String {
 
 /// Suggested `requires` rules from high-precedence pairs: operation B is (almost) always
 /// entered right after A, so "B requires A before it" would not hurt honest sessions.
+/// `protection` names the ApiProtection the rules belong to (their `protectionRef`).
 pub fn suggested_rules(model: &LearnedModel, protection: Option<&str>) -> Vec<SuggestedRule> {
+    suggested_rules_in(model, protection, None)
+}
+
+/// [`suggested_rules`] for an ApiProtection in `namespace` (the operator's status): the YAML
+/// then also carries `metadata.namespace`, so it applies as it is. This is the one algorithm
+/// behind both `GET /v1/model` and the ApiProtection status.
+pub fn suggested_rules_in(
+    model: &LearnedModel,
+    protection: Option<&str>,
+    namespace: Option<&str>,
+) -> Vec<SuggestedRule> {
     let mut pairs = Vec::new();
     for (context, counts) in &model.sequences.contexts {
         let [previous] = context[..] else { continue };
@@ -438,10 +450,14 @@ pub fn suggested_rules(model: &LearnedModel, protection: Option<&str>) -> Vec<Su
             if let (Some(name), Some(obj)) = (protection, spec.as_object_mut()) {
                 obj.insert("protectionRef".to_owned(), json!({ "name": name }));
             }
+            let mut metadata = json!({ "name": name });
+            if let (Some(namespace), Some(obj)) = (namespace, metadata.as_object_mut()) {
+                obj.insert("namespace".to_owned(), json!(namespace));
+            }
             let document = json!({
                 "apiVersion": "ordo.dev/v1alpha1",
                 "kind": "SequenceRule",
-                "metadata": { "name": name },
+                "metadata": metadata,
                 "spec": spec,
             });
             let mut yaml = String::new();

@@ -265,10 +265,12 @@ impl IncidentStore {
                 .iter_mut()
                 .find(|g| g.kind == f.kind && g.rule == f.rule && g.operation == op)
             {
+                // The group keeps the first finding's explanation: it states the cause (the
+                // unlikely step, the crossed threshold); later ones mostly repeat it ("repeated
+                // X right after it was flagged") and the count says how often.
                 Some(g) => {
                     g.count += 1;
                     g.last_ms = now_ms;
-                    g.explanation.clone_from(&f.explanation);
                 }
                 None if groups < MAX_GROUPS => incident.groups.push(Group {
                     kind: f.kind,
@@ -401,6 +403,34 @@ mod tests {
         assert!(d.created);
         assert_eq!(store.drain_updated().len(), 2);
         assert!(store.drain_updated().is_empty());
+    }
+
+    #[test]
+    fn the_summary_keeps_the_first_finding_of_a_group() {
+        let store = IncidentStore::default();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let op = "GET /api/v1/accounts/{account_id}/transactions";
+        let cause = Finding {
+            kind: FindingKind::UnlikelySequence,
+            explanation: format!("called {op} right after GET /api/v1/profile"),
+            rule: None,
+            ..finding()
+        };
+        let repeat = Finding {
+            explanation: format!("repeated {op} right after it was flagged as an unlikely step"),
+            ..cause.clone()
+        };
+        store
+            .record("user:1", ip, op, &[cause], true, 1_000, 900_000, 10)
+            .unwrap();
+        store
+            .record("user:1", ip, op, &[repeat], true, 3_000, 900_000, 10)
+            .unwrap();
+        let summary = &store.list()[0].summary;
+        assert_eq!(
+            summary,
+            "Session user:1 (10.0.0.7) called GET /api/v1/accounts/{account_id}/transactions right after GET /api/v1/profile (2 requests in 2 s); 2 of the requests were blocked."
+        );
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct EvaluationReport {
     pub benign_sessions: usize,
     pub benign_flagged: usize,
     pub benign_blocked_requests: usize,
+    /// Benign sessions of the mixed phase that hold several tasks, and those with an idle gap.
+    pub benign_multi_task: usize,
+    pub benign_idle_gaps: usize,
     /// Incident summaries of flagged benign sessions (to see why).
     pub benign_flag_reasons: Vec<String>,
     /// `GET /v1/model` after the learning phase.
@@ -152,6 +155,11 @@ impl fmt::Display for EvaluationReport {
             self.benign_flagged_share() * 100.0,
             self.benign_blocked_requests
         )?;
+        writeln!(
+            f,
+            "benign sessions with several tasks: {} of {}; with an idle gap: {}",
+            self.benign_multi_task, self.benign_sessions, self.benign_idle_gaps
+        )?;
         for reason in &self.benign_flag_reasons {
             writeln!(f, "  - {reason}")?;
         }
@@ -159,7 +167,13 @@ impl fmt::Display for EvaluationReport {
     }
 }
 
-fn enforcer_yaml(upstream: SocketAddr, mode: &str) -> String {
+/// The simulator compresses time (1 ms of a journey's pause stands for about 1 s of a real
+/// customer's, see `journeys::IDLE_GAP_MS`): the journey gap is scaled the same way, 300 ms for
+/// the default 5 minutes.
+const JOURNEY_GAP: &str = "300ms";
+
+/// The enforcer config of the evaluation: every learned detector blocks (`mode` permitting).
+pub fn enforcer_yaml(upstream: SocketAddr, mode: &str) -> String {
     format!(
         r#"listen: 127.0.0.1:0
 admin:
@@ -179,6 +193,8 @@ session:
       - algorithm: HS256
         secret: {TOKEN_SECRET}
     onInvalid: FallThrough
+learning:
+  journeyGap: {JOURNEY_GAP}
 detectors:
   shadowEndpoint: {{ action: Block }}
   requestShape: {{ action: Block }}
@@ -190,7 +206,8 @@ detectors:
     )
 }
 
-async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+/// `GET` on the enforcer's admin API, as JSON.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri = format!("http://{admin}{path}");
     let response = client
@@ -271,6 +288,8 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         benign_sessions: 0,
         benign_flagged: 0,
         benign_blocked_requests: 0,
+        benign_multi_task: 0,
+        benign_idle_gaps: 0,
         benign_flag_reasons: Vec::new(),
         model_after_learning,
         incidents: incidents.clone(),
@@ -286,6 +305,8 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         match journey.kind {
             JourneyKind::Benign => {
                 report.benign_sessions += 1;
+                report.benign_multi_task += usize::from(journeys::task_count(journey) > 1);
+                report.benign_idle_gaps += usize::from(journeys::has_idle_gap(journey));
                 report.benign_blocked_requests += outcome.blocked();
                 if detected {
                     report.benign_flagged += 1;

@@ -231,7 +231,22 @@ fn other<'a>(rng: &mut ChaCha8Rng, directory: &'a Directory, me: usize) -> &'a C
     &directory.customers[i]
 }
 
-/// A normal customer's visit.
+/// Tasks a customer may do in one visit (one session): drawn with weights 45/25/15/10/5 %.
+const TASKS_PER_VISIT: [(u32, u32); 5] = [(1, 45), (2, 25), (3, 15), (4, 10), (5, 5)];
+
+/// Simulator time is compressed: 1 ms of pause stands for about 1 s of a real customer's.
+/// Pause between two tasks of a visit (the customer reads, decides): ≈ 20 s – 2 min.
+const BETWEEN_TASKS_MS: std::ops::RangeInclusive<u64> = 20..=120;
+/// A longer idle gap inside a visit (the app left open, the phone put away): ≈ 6 – 15 min.
+pub const IDLE_GAP_MS: std::ops::RangeInclusive<u64> = 360..=900;
+/// Share of task changes that follow a longer idle gap instead of a short pause.
+const IDLE_GAP_SHARE: f64 = 0.2;
+
+/// A normal customer's visit: one login, then one to five tasks in random order (checking
+/// balances, paying someone, reading the history, the profile, a quick look), with pauses
+/// between them and sometimes a long idle gap after which the app may log in again. The
+/// bank's token carries the customer as `sub`, so every task of the visit — and every visit of
+/// the same customer — lands in the same enforcer session, as in real traffic.
 pub fn benign(rng: &mut ChaCha8Rng, directory: &Directory, me: usize) -> Vec<Step> {
     let c = &directory.customers[me];
     let mut steps = Vec::new();
@@ -239,6 +254,82 @@ pub fn benign(rng: &mut ChaCha8Rng, directory: &Directory, me: usize) -> Vec<Ste
         steps.push(login(c, "wrong-password"));
     }
     steps.push(login(c, &c.password));
+    let tasks = tasks_per_visit(rng);
+    for task_number in 0..tasks {
+        let mut task = benign_task(rng, directory, me);
+        if task_number > 0 {
+            // Half the time the app still shows the account list it loaded for an earlier
+            // task and goes straight on (only if an earlier task did load it).
+            let list_loaded = steps
+                .iter()
+                .any(|s: &Step| s.path_and_query == "/api/v1/accounts");
+            if list_loaded
+                && task.len() > 1
+                && task
+                    .first()
+                    .is_some_and(|s| s.path_and_query == "/api/v1/accounts")
+                && rng.random_bool(0.5)
+            {
+                task.remove(0);
+            }
+            let pause = if rng.random_bool(IDLE_GAP_SHARE) {
+                let idle = rng.random_range(IDLE_GAP_MS);
+                if rng.random_bool(0.5) {
+                    // The app re-authenticates after the idle time (same customer, same `sub`).
+                    let mut again = login(c, &c.password);
+                    again.think_ms = idle;
+                    steps.push(again);
+                    1
+                } else {
+                    idle
+                }
+            } else {
+                rng.random_range(BETWEEN_TASKS_MS)
+            };
+            if let Some(first) = task.first_mut() {
+                first.think_ms = pause;
+            }
+        }
+        steps.extend(task);
+    }
+    steps
+}
+
+/// Tasks of a benign visit: a task starts after a pause of at least the shortest pause
+/// between tasks (in-task think times are a few milliseconds).
+pub fn task_count(journey: &Journey) -> usize {
+    1 + journey
+        .steps
+        .iter()
+        .skip(1)
+        .filter(|s| s.think_ms >= *BETWEEN_TASKS_MS.start())
+        .count()
+}
+
+/// Whether the visit holds a pause of at least `IDLE_GAP_MS`'s start.
+pub fn has_idle_gap(journey: &Journey) -> bool {
+    journey
+        .steps
+        .iter()
+        .any(|s| s.think_ms >= *IDLE_GAP_MS.start())
+}
+
+fn tasks_per_visit(rng: &mut ChaCha8Rng) -> u32 {
+    let total: u32 = TASKS_PER_VISIT.iter().map(|(_, w)| w).sum();
+    let mut draw = rng.random_range(0..total);
+    for (tasks, weight) in TASKS_PER_VISIT {
+        if draw < weight {
+            return tasks;
+        }
+        draw -= weight;
+    }
+    1
+}
+
+/// One task of a visit, without the login.
+fn benign_task(rng: &mut ChaCha8Rng, directory: &Directory, me: usize) -> Vec<Step> {
+    let c = &directory.customers[me];
+    let mut steps = Vec::new();
     let own = c.accounts[0];
     match rng.random_range(0..100) {
         // Check balances, perhaps recent transactions.
@@ -560,5 +651,69 @@ mod tests {
         );
         let clients: std::collections::HashSet<Ipv4Addr> = a.iter().map(|j| j.client).collect();
         assert_eq!(clients.len(), a.len());
+    }
+
+    #[test]
+    fn benign_visits_hold_several_tasks_with_pauses_and_idle_gaps() {
+        let directory = Directory::generate(400);
+        let visits = generate(11, &directory, 0, 400, 0, false);
+        let logins = |j: &Journey| {
+            j.steps
+                .iter()
+                .filter(|s| {
+                    s.path_and_query == "/api/v1/login"
+                        && s.body
+                            .as_ref()
+                            .is_some_and(|b| b["password"] != "wrong-password")
+                })
+                .count()
+        };
+        // A task boundary is a pause longer than any in-task think time.
+        let tasks = |j: &Journey| {
+            1 + j
+                .steps
+                .iter()
+                .skip(1)
+                .filter(|s| s.think_ms >= 20 && s.path_and_query != "/api/v1/login")
+                .count()
+                + j.steps
+                    .iter()
+                    .skip(1)
+                    .filter(|s| s.path_and_query == "/api/v1/login" && s.think_ms >= 20)
+                    .count()
+        };
+        let mut by_count = [0usize; 6];
+        for v in &visits {
+            let n = tasks(v);
+            assert_eq!(task_count(v), n);
+            assert!((1..=5).contains(&n), "{n} tasks: {v:?}");
+            by_count[n] += 1;
+            assert!(logins(v) >= 1);
+        }
+        // Every count occurs, single-task visits are the most common but not the majority of
+        // requests.
+        assert!(by_count[1..].iter().all(|n| *n > 0), "{by_count:?}");
+        assert!(
+            by_count[1] > by_count[2] && by_count[1] < 250,
+            "{by_count:?}"
+        );
+        let idle = visits
+            .iter()
+            .flat_map(|v| &v.steps)
+            .filter(|s| IDLE_GAP_MS.contains(&s.think_ms))
+            .count();
+        let relogins = visits.iter().filter(|v| logins(v) > 1).count();
+        assert!(
+            idle > 20 && relogins > 5,
+            "{idle} idle gaps, {relogins} re-logins"
+        );
+        // A later task can start without the account list (the app still shows it).
+        let later_starts: std::collections::HashSet<&str> = visits
+            .iter()
+            .flat_map(|v| v.steps.iter().skip(2))
+            .filter(|s| s.think_ms >= 20 && s.path_and_query != "/api/v1/login")
+            .map(|s| s.path_and_query.split('?').next().unwrap_or(""))
+            .collect();
+        assert!(later_starts.len() >= 3, "{later_starts:?}");
     }
 }

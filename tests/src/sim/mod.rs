@@ -3,6 +3,7 @@
 //! ATRDF replay benchmark.
 
 pub mod atrdf;
+pub mod attacks;
 pub mod bank;
 pub mod driver;
 pub mod evaluate;
