@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use super::body::{BoxError, PermitBody, ProxyBody};
 use super::decision::{Verdict, decide};
-use super::headers::{add_forwarding, strip_hop_by_hop};
+use super::headers::{X_REQUEST_ID, add_forwarding, forwardable_headers, strip_hop_by_hop};
 use super::problem::problem;
 use super::state::Shared;
 use crate::analysis::{
@@ -35,17 +35,30 @@ fn unix_ms() -> u64 {
 }
 
 fn request_id(shared: &Shared, headers: &http::HeaderMap) -> String {
-    match headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    match headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         Some(id)
             if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
         {
             id.to_owned()
         }
-        _ => format!(
-            "{:x}-{:x}",
-            shared.instance,
-            shared.request_seq.fetch_add(1, Ordering::Relaxed)
-        ),
+        _ => {
+            // `{instance:x}-{seq:x}`, without the formatting machinery (every request
+            // without an id of its own gets one).
+            let mut id = String::with_capacity(33);
+            push_hex(&mut id, shared.instance);
+            id.push('-');
+            push_hex(&mut id, shared.request_seq.fetch_add(1, Ordering::Relaxed));
+            id
+        }
+    }
+}
+
+/// Appends `v` in lower-case hexadecimal without leading zeros (as `{:x}` writes it).
+fn push_hex(out: &mut String, v: u64) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        let nibble = u32::try_from((v >> (i * 4)) & 0xf).unwrap_or(0);
+        out.push(char::from_digit(nibble, 16).unwrap_or('0'));
     }
 }
 
@@ -545,13 +558,15 @@ async fn handle_inner(
             );
         }
     };
-    // The request's own headers stay as received for learning; the upstream gets a copy.
-    let mut upstream_headers = parts.headers.clone();
-    strip_hop_by_hop(&mut upstream_headers);
+    // The request's own headers stay as received for learning; the upstream gets a copy
+    // without the hop-by-hop headers, with room for the four this adds.
+    let mut upstream_headers = forwardable_headers(&parts.headers, 4);
     let trust = policy.config.client_address.source == ClientAddressSource::XForwardedFor;
     add_forwarding(&mut upstream_headers, peer.ip(), trust);
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        upstream_headers.insert("x-request-id", v);
+    // Built once: the response gets a clone (a reference count, not a copy).
+    let rid_value = HeaderValue::from_str(&rid).ok();
+    if let Some(v) = &rid_value {
+        upstream_headers.insert(X_REQUEST_ID, v.clone());
     }
     if upstream_headers.get(header::HOST).is_none()
         && let Some(authority) = uri.authority()
@@ -635,8 +650,8 @@ async fn handle_inner(
     observe(shared, &facts, status, duration_us, flagged);
     let (mut rparts, rbody) = response.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        rparts.headers.insert("x-request-id", v);
+    if let Some(v) = rid_value {
+        rparts.headers.insert(X_REQUEST_ID, v);
     }
     Response::from_parts(
         rparts,
@@ -726,5 +741,19 @@ fn observe(
             .with_label_values(&["open"])
             .inc();
         tracing::error!(operation = %facts.op.template, "internal error while learning from a response");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_hex;
+
+    #[test]
+    fn hex_ids_match_the_format_macro() {
+        for v in [0, 1, 9, 10, 15, 16, 255, 0xdead_beef, u64::MAX, 1 << 63] {
+            let mut s = String::new();
+            push_hex(&mut s, v);
+            assert_eq!(s, format!("{v:x}"));
+        }
     }
 }

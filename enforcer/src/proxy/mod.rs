@@ -11,6 +11,6 @@ mod state;
 
 pub use body::{BoxError, ProxyBody};
 pub use decision::{Verdict, decide};
-pub use headers::{add_forwarding, strip_hop_by_hop};
+pub use headers::{add_forwarding, forwardable_headers, strip_hop_by_hop};
 pub use server::{ReloadHook, RunningEnforcer, StartError, refresh_gauges, start, start_with_hook};
 pub use state::Shared;

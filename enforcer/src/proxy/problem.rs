@@ -38,7 +38,7 @@ pub fn problem(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(super::headers::X_REQUEST_ID, v);
     }
     resp
 }
