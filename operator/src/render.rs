@@ -219,11 +219,17 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         })
         .collect();
     let window = duration("spec.learning.window", &spec.learning.window, &mut errors);
+    let journey_gap = duration(
+        "spec.learning.journeyGap",
+        &spec.learning.journey_gap,
+        &mut errors,
+    );
     let learning = LearningConfig {
         min_requests: u64::try_from(spec.learning.min_requests).unwrap_or(0),
         min_sessions: u64::try_from(spec.learning.min_sessions).unwrap_or(0),
         window_seconds: window.std().as_secs().max(1),
         sequence_order: usize::try_from(spec.learning.sequence_order).unwrap_or(1),
+        journey_gap,
         ..LearningConfig::default()
     };
     let detector = |d: &crd::DetectorSpec| DetectorConfig {
@@ -553,6 +559,7 @@ mod tests {
         let spec = spec(serde_json::json!({
             "target": {"service": "bank-api", "port": 80},
             "mode": "Enforce",
+            "learning": {"journeyGap": "2m"},
             "rateLimits": [{"operation": "POST /api/v1/transfer", "requests": 5, "per": "1m"}]
         }));
         let low = rule_config(
@@ -579,6 +586,7 @@ mod tests {
         );
         assert_eq!(loaded.mode, cfg::Mode::Enforce);
         assert_eq!(loaded.rate_limits[0].per, cfg::Duration::from_secs(60));
+        assert_eq!(loaded.learning.journey_gap, cfg::Duration::from_secs(120));
         assert_eq!(
             loaded.rules[0].requires.as_ref().unwrap().within.duration,
             cfg::Duration::from_secs(120)

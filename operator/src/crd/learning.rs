@@ -43,6 +43,15 @@ pub struct LearningSpec {
     #[serde(default = "default_sequence_order")]
     #[schemars(range(min = 1, max = 8))]
     pub sequence_order: i32,
+    /// A pause at least this long inside a session starts a new journey for the sequence
+    /// model: what follows is judged like the start of a task, so a customer who comes back
+    /// later is not compared with the end of their previous task. A duration such as `5m`
+    /// (1s to 24h). Default `5m`.
+    #[serde(default = "default_journey_gap")]
+    #[schemars(length(min = 2, max = DURATION_MAX_LENGTH), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+        .message("learning.journeyGap must be between 1s and 24h"))]
+    pub journey_gap: String,
 }
 
 impl Default for LearningSpec {
@@ -52,6 +61,7 @@ impl Default for LearningSpec {
             min_sessions: default_min_sessions(),
             window: default_window(),
             sequence_order: default_sequence_order(),
+            journey_gap: default_journey_gap(),
         }
     }
 }
@@ -70,6 +80,10 @@ fn default_window() -> String {
 
 fn default_sequence_order() -> i32 {
     8
+}
+
+fn default_journey_gap() -> String {
+    "5m".to_owned()
 }
 
 /// The learned detectors, each with its own action and sensitivity. Declared `SequenceRule`s

@@ -188,6 +188,7 @@ fn minimal_protection_gets_documented_defaults() {
     assert_eq!(spec.learning.min_sessions, 50);
     assert_eq!(spec.learning.window, "24h");
     assert_eq!(spec.learning.sequence_order, 8);
+    assert_eq!(spec.learning.journey_gap, "5m");
     for detector in [
         spec.detectors.shadow_endpoint,
         spec.detectors.request_shape,
@@ -426,6 +427,13 @@ fn durations_are_range_checked() {
     assert_single_error(
         &protection_errors(&p),
         "learning.window must be between 1m and 720h",
+    );
+
+    let mut p = full_protection();
+    p.spec.learning.journey_gap = "500ms".into();
+    assert_single_error(
+        &protection_errors(&p),
+        "learning.journeyGap must be between 1s and 24h",
     );
 
     let mut p = full_protection();
