@@ -546,7 +546,7 @@ fn start_enforcer(
         &opts.enforcer_bin,
         &["--config".into(), config.display().to_string()],
         &[
-            ("TOKIO_WORKER_THREADS", opts.workers.to_string()),
+            ("ORDO_WORKERS", opts.workers.to_string()),
             ("ORDO_LOG", "warn".into()),
         ],
         logs,

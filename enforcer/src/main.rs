@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use ordo_enforcer::config::load_file;
 use ordo_enforcer::detect::LearnedAnalyzer;
-use ordo_enforcer::proxy::{ReloadHook, start_with_hook};
+use ordo_enforcer::proxy::{ReloadHook, StartOptions, start_with_options};
 
 /// mimalloc instead of glibc malloc: the per-request path (hyper buffers, header maps, boxed
 /// futures, the analyzer's scratch) allocates and frees many small blocks, which glibc's
@@ -28,6 +28,10 @@ struct Args {
     /// Log format: `json` (one line per event) or `text`.
     #[arg(long, env = "ORDO_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Proxy worker threads, each with its own runtime and listening socket; default: the
+    /// CPUs this process may use (its cgroup's CPU limit included).
+    #[arg(long, env = "ORDO_WORKERS")]
+    workers: Option<usize>,
 }
 
 fn init_logging(args: &Args) {
@@ -69,7 +73,9 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
+/// The first proxy worker, the admin server, housekeeping and reports share the main thread's
+/// single-threaded runtime; further workers get threads of their own (see `StartOptions`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args);
@@ -97,15 +103,22 @@ async fn main() -> anyhow::Result<()> {
     };
     let report_config = config.report.clone();
     let config_persist_seconds = config.learning.persist_seconds;
-    let running = start_with_hook(
+    let workers = args
+        .workers
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    let running = start_with_options(
         config,
-        Some(args.config.clone()),
         Arc::clone(&analyzer) as _,
-        Some(on_reload),
+        StartOptions {
+            config_path: Some(args.config.clone()),
+            on_reload: Some(on_reload),
+            workers,
+        },
     )
     .await
     .context("starting the enforcer")?;
-    tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "ordo-enforcer started");
+    tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, workers, "ordo-enforcer started");
     // Reports to the operator (when the config has a `report` section; read at start).
     let report_stop = tokio_util::sync::CancellationToken::new();
     let reporter = match report_config {

@@ -539,14 +539,16 @@ async fn handle_inner(
     }
     let flagged = verdict == Verdict::Flag;
 
-    // 5. Forward.
-    let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    let upstream_uri = match Uri::builder()
-        .scheme("http")
-        .authority(shared.upstream_authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-    {
+    // 5. Forward, in origin form (`/path?query`): the pool holds connections to the one upstream.
+    let upstream_uri = match uri.path_and_query() {
+        Some(pq) => {
+            let mut target = http::uri::Parts::default();
+            target.path_and_query = Some(pq.clone());
+            Uri::from_parts(target)
+        }
+        None => Ok(Uri::from_static("/")),
+    };
+    let upstream_uri = match upstream_uri {
         Ok(u) => u,
         Err(_) => {
             return problem(
@@ -568,11 +570,12 @@ async fn handle_inner(
     if let Some(v) = &rid_value {
         upstream_headers.insert(X_REQUEST_ID, v.clone());
     }
-    if upstream_headers.get(header::HOST).is_none()
-        && let Some(authority) = uri.authority()
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        upstream_headers.insert(header::HOST, v);
+    if upstream_headers.get(header::HOST).is_none() {
+        // HTTP/2 carries the host in `:authority`; without either, name the upstream.
+        let authority = uri.authority().unwrap_or(&shared.upstream_authority);
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            upstream_headers.insert(header::HOST, v);
+        }
     }
     let mut upstream_req = Request::new(forward_body);
     *upstream_req.method_mut() = parts.method.clone();
@@ -582,7 +585,7 @@ async fn handle_inner(
     let upstream_started = Instant::now();
     let result = tokio::time::timeout(
         policy.config.upstream.timeout.std(),
-        shared.client.request(upstream_req),
+        shared.upstream.send(upstream_req),
     )
     .await;
     let upstream_elapsed = upstream_started.elapsed();

@@ -8,9 +8,14 @@ mod headers;
 mod problem;
 mod server;
 mod state;
+mod upstream;
 
 pub use body::{BoxError, ProxyBody};
 pub use decision::{Verdict, decide};
 pub use headers::{add_forwarding, forwardable_headers, strip_hop_by_hop};
-pub use server::{ReloadHook, RunningEnforcer, StartError, refresh_gauges, start, start_with_hook};
+pub use server::{
+    ReloadHook, RunningEnforcer, StartError, StartOptions, refresh_gauges, start, start_with_hook,
+    start_with_options,
+};
 pub use state::Shared;
+pub use upstream::{PooledBody, UpstreamError, UpstreamPool};

@@ -10,17 +10,16 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::handle;
 use super::state::Shared;
+use super::upstream::{PoolSettings, UpstreamPool, set_worker_index};
 use crate::analysis::Analyzer;
 use crate::config::{ConfigWatcher, EnforcerConfig, ReloadOutcome};
 use crate::incident::IncidentStore;
@@ -43,6 +42,11 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("starting proxy worker {index}: {source}")]
+    Worker {
+        index: usize,
+        source: std::io::Error,
+    },
 }
 
 /// A running enforcer (proxy + admin listener + background tasks).
@@ -100,6 +104,45 @@ pub async fn start_with_hook(
     analyzer: Arc<dyn Analyzer>,
     on_reload: Option<ReloadHook>,
 ) -> Result<RunningEnforcer, StartError> {
+    start_with_options(
+        config,
+        analyzer,
+        StartOptions {
+            config_path,
+            on_reload,
+            workers: 1,
+        },
+    )
+    .await
+}
+
+/// How the enforcer process runs around its config.
+pub struct StartOptions {
+    /// Watched and reloaded on change when given.
+    pub config_path: Option<PathBuf>,
+    /// Run after each applied reload.
+    pub on_reload: Option<ReloadHook>,
+    /// Proxy workers. Worker 0 serves on the caller's runtime (with the admin server and
+    /// housekeeping); each further worker is a thread with its own single-threaded runtime and
+    /// its own listening socket on the same address (`SO_REUSEPORT`: the kernel spreads new
+    /// connections over them). One per core is the nginx model: a connection, its upstream
+    /// connections and every task of its requests stay on one thread, without the work
+    /// stealing of tokio's multi-threaded runtime (measured in docs/benchmarks.md).
+    pub workers: usize,
+}
+
+/// Starts the enforcer (see [`StartOptions`]).
+pub async fn start_with_options(
+    config: EnforcerConfig,
+    analyzer: Arc<dyn Analyzer>,
+    options: StartOptions,
+) -> Result<RunningEnforcer, StartError> {
+    let StartOptions {
+        config_path,
+        on_reload,
+        workers,
+    } = options;
+    let workers = workers.max(1);
     let uri: http::Uri = config
         .upstream
         .url
@@ -120,16 +163,13 @@ pub async fn start_with_hook(
     let admin_listen = config.admin.listen;
     let max_concurrent = config.limits.max_concurrent_requests;
 
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.upstream.connect_timeout.std()));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.upstream.pool_idle_timeout.std())
-        .pool_max_idle_per_host(config.upstream.max_idle_connections)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector);
+    let upstream = UpstreamPool::new(PoolSettings {
+        authority: upstream_authority.clone(),
+        connect_timeout: config.upstream.connect_timeout.std(),
+        max_idle: config.upstream.max_idle_connections,
+        idle_timeout: config.upstream.pool_idle_timeout.std(),
+        shards: workers,
+    });
 
     let policy = compile(config, &resolver, &counters)?;
     let shared = Arc::new(Shared {
@@ -140,7 +180,7 @@ pub async fn start_with_hook(
         counters,
         metrics: Metrics::new()?,
         analyzer,
-        client,
+        upstream,
         upstream_authority,
         limiter: Arc::new(Semaphore::new(max_concurrent)),
         epoch: Instant::now(),
@@ -148,12 +188,10 @@ pub async fn start_with_hook(
         request_seq: AtomicU64::new(1),
     });
 
-    let proxy_listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: listen,
-            source,
-        })?;
+    let proxy_listener = bind_proxy(listen, workers > 1).map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
     let admin_listener =
         TcpListener::bind(admin_listen)
             .await
@@ -183,6 +221,24 @@ pub async fn start_with_hook(
         tasks.clone(),
         limits.clone(),
     ));
+    for index in 1..workers {
+        // Bound here, so that a failure stops the start; served by the worker's own runtime.
+        let listener = bind_proxy(proxy_addr, true)
+            .and_then(TcpListener::into_std)
+            .map_err(|source| StartError::Worker { index, source })?;
+        let done = spawn_worker(
+            index,
+            listener,
+            Arc::clone(&shared),
+            shutdown.clone(),
+            limits.clone(),
+        )
+        .map_err(|source| StartError::Worker { index, source })?;
+        // `shutdown` waits for the worker's connections to drain, as for worker 0's.
+        tasks.spawn(async move {
+            let _ = done.await;
+        });
+    }
     tasks.spawn(crate::admin::serve(
         admin_listener,
         Arc::clone(&shared),
@@ -203,6 +259,58 @@ pub async fn start_with_hook(
         tasks,
         grace: limits.shutdown_grace.std(),
     })
+}
+
+/// The proxy's listening socket; `shared` lets further workers bind the same address.
+fn bind_proxy(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Runs proxy worker `index` on a thread of its own with a single-threaded runtime. The
+/// receiver completes when the worker has stopped accepting and its connections have ended
+/// (or the shutdown grace period is over).
+fn spawn_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    limits: crate::config::LimitsConfig,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("ordo-proxy-{index}"))
+        .spawn(move || {
+            set_worker_index(index);
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(worker = index, error = %e, "proxy worker cannot listen");
+                        return;
+                    }
+                };
+                let grace = limits.shutdown_grace.std();
+                let connections = TaskTracker::new();
+                accept_loop(listener, shared, shutdown, connections.clone(), limits).await;
+                connections.close();
+                let _ = tokio::time::timeout(grace, connections.wait()).await;
+            });
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
 }
 
 /// Per-connection activity, for the idle timeout.
@@ -334,6 +442,7 @@ async fn housekeeping(
                 }
             }
         }
+        shared.upstream.evict_idle();
         if n.is_multiple_of(10) {
             let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
             shared.sessions.sweep(now_s);

@@ -5,11 +5,9 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::Semaphore;
 
-use super::body::ProxyBody;
+use super::upstream::UpstreamPool;
 use crate::analysis::Analyzer;
 use crate::incident::IncidentStore;
 use crate::metrics::Metrics;
@@ -27,7 +25,8 @@ pub struct Shared {
     pub counters: CounterRegistry,
     pub metrics: Metrics,
     pub analyzer: Arc<dyn Analyzer>,
-    pub client: Client<HttpConnector, ProxyBody>,
+    /// Keep-alive connections to the protected Service.
+    pub upstream: UpstreamPool,
     pub upstream_authority: http::uri::Authority,
     pub limiter: Arc<Semaphore>,
     /// Process start, the zero of the session table's clock.

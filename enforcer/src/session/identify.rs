@@ -9,7 +9,7 @@ use http::HeaderName;
 
 use super::SessionSource;
 use super::jwt::{JwtConfigError, JwtVerifier, unverified_claims};
-use super::token_cache::{Cached, DEFAULT_CAPACITY, VerifiedTokens};
+use super::token_cache::{Cached, VerifiedTokens, capacity_for};
 use crate::config::{OnInvalidToken, SessionConfig};
 
 /// Session values longer than this are replaced by a hash (keys stay small).
@@ -84,7 +84,7 @@ impl SessionIdentifiers {
             verifier,
             on_invalid,
             hasher: std::collections::hash_map::RandomState::new(),
-            tokens: VerifiedTokens::new(DEFAULT_CAPACITY),
+            tokens: VerifiedTokens::new(capacity_for(config.max_sessions)),
             leeway_s: config
                 .jwt_verification
                 .as_ref()

@@ -8,7 +8,7 @@
 //! keyed by two independent keyed (per-process random SipHash) 64-bit hashes of the claim name
 //! and the token — 128 bits that nobody outside the process can compute, so a forged token
 //! cannot be aimed at a cached one — and the token itself is not stored (an entry is about
-//! 90 bytes: [`DEFAULT_CAPACITY`] entries are about 12 MB). The cache is bounded:
+//! 90 bytes: 131,072 entries are about 12 MB; [`capacity_for`] sizes it from the session table). The cache is bounded:
 //! each shard holds two generations; when the current one is full it becomes the previous one
 //! and the oldest generation is dropped, and a hit in the previous generation moves the entry
 //! forward (an approximate LRU with constant-time operations). The cache belongs to the
@@ -24,9 +24,12 @@ use super::table::PassThroughHasher;
 pub const MAX_AGE_S: u64 = 300;
 /// Tokens longer than this are verified every time (never stored).
 pub const MAX_TOKEN_LEN: usize = 4096;
-/// Default bound on the number of remembered tokens: more than the sessions a busy API has
-/// active at once, so that an active session's token stays cached between its requests.
-pub const DEFAULT_CAPACITY: usize = 131_072;
+/// Bound on remembered tokens for a session table of `max_sessions`: twice the table, so that
+/// with two generations (the older dropped when the newer fills) every tracked session's
+/// current token can stay cached between its requests; at most 2^21 tokens (~190 MB).
+pub fn capacity_for(max_sessions: usize) -> usize {
+    max_sessions.saturating_mul(2).clamp(1024, 1 << 21)
+}
 
 const SHARDS: usize = 16;
 
@@ -231,6 +234,25 @@ mod tests {
             cache.get("sub", "token-9999", 0),
             Cached::Valid(Some("x".into()))
         );
+    }
+
+    #[test]
+    fn sized_for_the_session_table_it_keeps_the_active_sessions_tokens() {
+        // Sized for 10,000 sessions, with 8,000 of them active (each token used again and
+        // again): after the first round every request is a hit.
+        let cache = VerifiedTokens::new(capacity_for(10_000));
+        let active = 8_000;
+        for i in 0..active {
+            cache.insert("sub", &format!("token-{i}"), Some("x"), None, 0, 0);
+        }
+        for round in 0..3 {
+            let hits = (0..active)
+                .filter(|i| cache.get("sub", &format!("token-{i}"), 0) != Cached::Unknown)
+                .count();
+            assert_eq!(hits, active, "round {round}");
+        }
+        assert_eq!(capacity_for(0), 1024);
+        assert_eq!(capacity_for(usize::MAX), 1 << 21);
     }
 
     #[test]
