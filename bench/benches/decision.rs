@@ -44,6 +44,7 @@ fn fixture() -> Fixture {
         max_sessions: 250_000,
         session_header: None,
         model_file: None,
+        bare: false,
     });
     let config = parse_yaml(&yaml).expect("config");
     let resolver = OperationResolver::new(&config.operations);

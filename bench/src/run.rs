@@ -67,6 +67,10 @@ pub const ALL_TARGETS: &[(&str, &str)] = &[
         "nginx-crs",
         "nginx + ModSecurity 3 + OWASP CRS 3.3.4, paranoia level 1, blocking",
     ),
+    (
+        "ordo-bare",
+        "ordo-enforcer as a plain proxy: sessions by client address, no token check, OpenAPI, rules or detectors",
+    ),
     ("ordo-monitor", "ordo-enforcer in Monitor mode"),
     ("ordo-enforce", "ordo-enforcer in Enforce mode"),
 ];
@@ -195,18 +199,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
                 proc: None,
             },
             "nginx" | "nginx-crs" => start_nginx(name, &opts, upstream_addr, &work, &logs)?,
-            "ordo-monitor" | "ordo-enforce" => {
-                let mode = if *name == "ordo-monitor" {
-                    EnforcerMode::Monitor
-                } else {
+            "ordo-bare" | "ordo-monitor" | "ordo-enforce" => {
+                let mode = if *name == "ordo-enforce" {
                     EnforcerMode::Enforce
+                } else {
+                    EnforcerMode::Monitor
                 };
+                let bare = *name == "ordo-bare";
                 let spec = EnforcerSpec {
                     name,
                     mode,
-                    openapi: Some(&openapi),
+                    openapi: (!bare).then_some(openapi.as_path()),
                     max_sessions: usize::try_from(pool_size)? * 2,
                     session_header: None,
+                    bare,
                 };
                 start_enforcer(&spec, &opts, upstream_addr, &work, &logs)?
             }
@@ -517,6 +523,7 @@ struct EnforcerSpec<'a> {
     openapi: Option<&'a Path>,
     max_sessions: usize,
     session_header: Option<&'a str>,
+    bare: bool,
 }
 
 fn start_enforcer(
@@ -538,6 +545,7 @@ fn start_enforcer(
         max_sessions: spec.max_sessions,
         session_header: spec.session_header,
         model_file: None,
+        bare: spec.bare,
     });
     std::fs::write(&config, yaml)?;
     let mut proc = Proc::spawn(
@@ -701,6 +709,7 @@ async fn measure_memory(
         openapi: Some(openapi),
         max_sessions: cap,
         session_header: Some("X-Session-Id"),
+        bare: false,
     };
     let mut t = start_enforcer(&spec, opts, upstream, work, logs)?;
     let header = http::HeaderName::from_static("x-session-id");
@@ -758,6 +767,7 @@ async fn measure_memory(
         openapi: None,
         max_sessions: 100_000,
         session_header: Some("X-Session-Id"),
+        bare: false,
     };
     let mut t = start_enforcer(&spec, opts, upstream, work, logs)?;
     let (a, b) = opts.memory_operations;

@@ -87,7 +87,7 @@ struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,nginx,nginx-crs,ordo-monitor,ordo-enforce"
+        default_value = "direct,nginx,nginx-crs,ordo-bare,ordo-monitor,ordo-enforce"
     )]
     targets: Vec<String>,
 }
