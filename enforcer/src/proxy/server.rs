@@ -223,17 +223,25 @@ pub async fn start_with_options(
     ));
     for index in 1..workers {
         // Bound here, so that a failure stops the start; served by the worker's own runtime.
-        let listener = bind_proxy(proxy_addr, true)
+        let started = bind_proxy(proxy_addr, true)
             .and_then(TcpListener::into_std)
-            .map_err(|source| StartError::Worker { index, source })?;
-        let done = spawn_worker(
-            index,
-            listener,
-            Arc::clone(&shared),
-            shutdown.clone(),
-            limits.clone(),
-        )
-        .map_err(|source| StartError::Worker { index, source })?;
+            .and_then(|listener| {
+                spawn_worker(
+                    index,
+                    listener,
+                    Arc::clone(&shared),
+                    shutdown.clone(),
+                    limits.clone(),
+                )
+            });
+        let done = match started {
+            Ok(done) => done,
+            Err(source) => {
+                // Stop what already runs (worker 0 and earlier workers) before failing.
+                shutdown.cancel();
+                return Err(StartError::Worker { index, source });
+            }
+        };
         // `shutdown` waits for the worker's connections to drain, as for worker 0's.
         tasks.spawn(async move {
             let _ = done.await;
