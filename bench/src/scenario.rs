@@ -116,15 +116,14 @@ pub const RULES_YAML: &str = r#"  - name: balance-before-transfer
 
 /// The enforcer config for one instance.
 /// The learned detectors, and the action each has in the realistic policy.
-const DETECTORS: [&str; 6] = [
-    "shadowEndpoint",
-    "requestShape",
-    "unlikelySequence",
-    "volume",
-    "enumeration",
-    "credentialStuffing",
+const DETECTORS: [(&str, &str); 6] = [
+    ("shadowEndpoint", "Block"),
+    ("requestShape", "Log"),
+    ("unlikelySequence", "Log"),
+    ("volume", "Block"),
+    ("enumeration", "Block"),
+    ("credentialStuffing", "Block"),
 ];
-const DETECTOR_ACTIONS: [&str; 6] = ["Block", "Log", "Log", "Block", "Block", "Block"];
 
 pub fn enforcer_config_yaml(p: &EnforcerParams<'_>) -> String {
     let mut y = String::with_capacity(8192);
@@ -145,7 +144,7 @@ pub fn enforcer_config_yaml(p: &EnforcerParams<'_>) -> String {
             p.max_sessions
         );
         let _ = writeln!(y, "detectors:");
-        for name in DETECTORS {
+        for (name, _) in DETECTORS {
             let _ = writeln!(y, "  {name}: {{ enabled: false }}");
         }
         return y;
@@ -179,7 +178,7 @@ pub fn enforcer_config_yaml(p: &EnforcerParams<'_>) -> String {
         );
     }
     let _ = writeln!(y, "detectors:");
-    for (name, action) in DETECTORS.into_iter().zip(DETECTOR_ACTIONS) {
+    for (name, action) in DETECTORS {
         let _ = writeln!(y, "  {name}: {{ action: {action} }}");
     }
     if let Some(model) = p.model_file {

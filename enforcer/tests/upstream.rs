@@ -153,7 +153,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
     let r = get(
         &c,
         &e,
-        "/h",
+        "/h?a=1&b=two",
         &[
             ("connection", "x-private"),
             ("x-private", "1"),
@@ -169,7 +169,11 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
         "response hop-by-hop header leaked"
     );
     assert!(r.headers.get("x-request-id").is_some());
+    // The upstream gets the request target in origin form, query included, and the client's Host.
+    let seen = up.seen.paths.lock().unwrap().clone();
+    assert_eq!(seen, vec!["GET /h?a=1&b=two".to_owned()]);
     let h = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["host"], e.proxy_addr.to_string());
     assert!(h.get("x-private").is_none());
     assert!(h.get("te").is_none());
     assert_eq!(h["x-keep"], "yes");

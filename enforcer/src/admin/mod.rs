@@ -59,7 +59,7 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
 }
 
 async fn upstream_reachable(shared: &Shared) -> bool {
-    let authority = shared.upstream_authority.as_str().to_owned();
+    let authority = shared.upstream.authority().as_str().to_owned();
     matches!(
         tokio::time::timeout(
             Duration::from_secs(1),

@@ -540,26 +540,10 @@ async fn handle_inner(
     let flagged = verdict == Verdict::Flag;
 
     // 5. Forward, in origin form (`/path?query`): the pool holds connections to the one upstream.
-    let upstream_uri = match uri.path_and_query() {
-        Some(pq) => {
-            let mut target = http::uri::Parts::default();
-            target.path_and_query = Some(pq.clone());
-            Uri::from_parts(target)
-        }
-        None => Ok(Uri::from_static("/")),
-    };
-    let upstream_uri = match upstream_uri {
-        Ok(u) => u,
-        Err(_) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "invalid request target",
-                &rid,
-                None,
-            );
-        }
-    };
+    let upstream_uri = uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
     // The request's own headers stay as received for learning; the upstream gets a copy
     // without the hop-by-hop headers, with room for the four this adds.
     let mut upstream_headers = forwardable_headers(&parts.headers, 4);
@@ -572,7 +556,7 @@ async fn handle_inner(
     }
     if upstream_headers.get(header::HOST).is_none() {
         // HTTP/2 carries the host in `:authority`; without either, name the upstream.
-        let authority = uri.authority().unwrap_or(&shared.upstream_authority);
+        let authority = uri.authority().unwrap_or(shared.upstream.authority());
         if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
             upstream_headers.insert(header::HOST, v);
         }

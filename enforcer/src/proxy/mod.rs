@@ -14,7 +14,7 @@ pub use body::{BoxError, ProxyBody};
 pub use decision::{Verdict, decide};
 pub use headers::{add_forwarding, forwardable_headers, strip_hop_by_hop};
 pub use server::{
-    ReloadHook, RunningEnforcer, StartError, StartOptions, refresh_gauges, start, start_with_hook,
+    ReloadHook, RunningEnforcer, StartError, StartOptions, refresh_gauges, start,
     start_with_options,
 };
 pub use state::Shared;

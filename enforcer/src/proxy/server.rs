@@ -94,26 +94,12 @@ pub async fn start(
     config_path: Option<PathBuf>,
     analyzer: Arc<dyn Analyzer>,
 ) -> Result<RunningEnforcer, StartError> {
-    start_with_hook(config, config_path, analyzer, None).await
-}
-
-/// [`start`], plus a hook run after each applied reload.
-pub async fn start_with_hook(
-    config: EnforcerConfig,
-    config_path: Option<PathBuf>,
-    analyzer: Arc<dyn Analyzer>,
-    on_reload: Option<ReloadHook>,
-) -> Result<RunningEnforcer, StartError> {
-    start_with_options(
-        config,
-        analyzer,
-        StartOptions {
-            config_path,
-            on_reload,
-            workers: 1,
-        },
-    )
-    .await
+    let options = StartOptions {
+        config_path,
+        on_reload: None,
+        workers: 1,
+    };
+    start_with_options(config, analyzer, options).await
 }
 
 /// How the enforcer process runs around its config.
@@ -164,7 +150,7 @@ pub async fn start_with_options(
     let max_concurrent = config.limits.max_concurrent_requests;
 
     let upstream = UpstreamPool::new(PoolSettings {
-        authority: upstream_authority.clone(),
+        authority: upstream_authority,
         connect_timeout: config.upstream.connect_timeout.std(),
         max_idle: config.upstream.max_idle_connections,
         idle_timeout: config.upstream.pool_idle_timeout.std(),
@@ -181,7 +167,6 @@ pub async fn start_with_options(
         metrics: Metrics::new()?,
         analyzer,
         upstream,
-        upstream_authority,
         limiter: Arc::new(Semaphore::new(max_concurrent)),
         epoch: Instant::now(),
         instance: random_u64() & 0xffff_ffff,
@@ -297,19 +282,17 @@ fn spawn_worker(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Registered with the worker's runtime here, so that a failure fails the start.
+    let listener = {
+        let _worker_runtime = runtime.enter();
+        TcpListener::from_std(listener)?
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("ordo-proxy-{index}"))
         .spawn(move || {
             set_worker_index(index);
             runtime.block_on(async move {
-                let listener = match TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(worker = index, error = %e, "proxy worker cannot listen");
-                        return;
-                    }
-                };
                 let grace = limits.shutdown_grace.std();
                 let connections = TaskTracker::new();
                 accept_loop(listener, shared, shutdown, connections.clone(), limits).await;

@@ -27,7 +27,6 @@ pub struct Shared {
     pub analyzer: Arc<dyn Analyzer>,
     /// Keep-alive connections to the protected Service.
     pub upstream: UpstreamPool,
-    pub upstream_authority: http::uri::Authority,
     pub limiter: Arc<Semaphore>,
     /// Process start, the zero of the session table's clock.
     pub epoch: Instant,

@@ -30,7 +30,7 @@ thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks the calling thread as proxy worker `index` (see [`crate::proxy::start_with_hook`]).
+/// Marks the calling thread as proxy worker `index` (see [`crate::proxy::StartOptions`]).
 pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
@@ -118,7 +118,13 @@ impl UpstreamPool {
         Ok(self.wrap(resp, sender, shard))
     }
 
-    /// Closes idle connections kept longer than `idle_timeout` (called by housekeeping).
+    /// The upstream's `host:port`.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.inner.settings.authority
+    }
+
+    /// Closes idle connections kept longer than `idle_timeout` (called by housekeeping once a
+    /// second; a checkout does not read the clock).
     pub fn evict_idle(&self) {
         let timeout = self.inner.settings.idle_timeout;
         for shard in &self.inner.shards {
@@ -198,7 +204,7 @@ impl PoolInner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.settings.idle_timeout {
+            if !c.sender.is_closed() {
                 return Some(c.sender);
             }
         }
