@@ -103,8 +103,10 @@ pub struct FixedRateRow {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
-    /// p99 of this target minus p99 of direct access at the same rate.
-    pub added_p99_us: i64,
+    /// p99 of this target minus p99 of direct access at the same rate; `None` when the run
+    /// did not measure direct access.
+    #[serde(default)]
+    pub added_p99_us: Option<i64>,
     #[serde(default)]
     pub cpu_us_per_request: f64,
 }
@@ -234,7 +236,7 @@ impl Results {
             for r in &f.rows {
                 let _ = writeln!(
                     t,
-                    "| {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+                    "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     r.target,
                     r.achieved_rps,
                     ms(r.p50_us),
@@ -242,7 +244,10 @@ impl Results {
                     ms(r.p99_us),
                     ms(r.p999_us),
                     ms(r.max_us),
-                    r.added_p99_us as f64 / 1000.0,
+                    r.added_p99_us.map_or_else(
+                        || "n/a".to_owned(),
+                        |us| format!("{:.2}", us as f64 / 1000.0)
+                    ),
                     r.non_2xx,
                     r.errors + r.dropped
                 );
@@ -361,14 +366,18 @@ impl Results {
         if let Some(f) = &self.fixed_rate
             && let Some(r) = f.rows.iter().find(|r| r.target == "ordo-enforce")
         {
-            self.goals.push(Goal {
-                goal: "Enforce p99 added latency < 1 ms at half its max throughput".into(),
-                measured: format!(
-                    "{:.3} ms at {:.0} req/s",
-                    r.added_p99_us as f64 / 1000.0,
-                    f.rate
-                ),
-                holds: r.added_p99_us < 1000 && r.dropped == 0 && r.errors == 0,
+            let goal = "Enforce p99 added latency < 1 ms at half its max throughput".into();
+            self.goals.push(match r.added_p99_us {
+                Some(added) => Goal {
+                    goal,
+                    measured: format!("{:.3} ms at {:.0} req/s", added as f64 / 1000.0, f.rate),
+                    holds: added < 1000 && r.dropped == 0 && r.errors == 0,
+                },
+                None => Goal {
+                    goal,
+                    measured: "not measured: the run has no `direct` target to add to".into(),
+                    holds: false,
+                },
             });
         }
     }
@@ -411,7 +420,7 @@ mod tests {
                 rows: vec![FixedRateRow {
                     target: "ordo-enforce".into(),
                     p99_us: 900,
-                    added_p99_us: 600,
+                    added_p99_us: Some(600),
                     ..Default::default()
                 }],
             }),
@@ -436,5 +445,31 @@ mod tests {
             table.contains("| ordo-enforce | 9600 | 64 | 0.80 |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn added_latency_without_direct_access_is_not_measured() {
+        let mut r = Results {
+            fixed_rate: Some(FixedRate {
+                rate: 4800.0,
+                basis: "half".into(),
+                rows: vec![FixedRateRow {
+                    target: "ordo-enforce".into(),
+                    p99_us: 900,
+                    added_p99_us: None,
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        };
+        r.summarise();
+        let goal = r
+            .goals
+            .iter()
+            .find(|g| g.goal.contains("added latency"))
+            .unwrap();
+        assert!(!goal.holds);
+        assert!(goal.measured.contains("not measured"), "{}", goal.measured);
+        assert!(r.render_tables().contains("| n/a |"));
     }
 }

@@ -421,7 +421,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
             p99_us: r.latency_us.p99,
             p999_us: r.latency_us.p999,
             max_us: r.latency_us.max,
-            added_p99_us: 0,
+            added_p99_us: None,
             cpu_us_per_request: if r.requests > 0 {
                 cpu_s * 1e6 / r.requests as f64
             } else {
@@ -436,7 +436,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
         .map(|r| r.p99_us)
     {
         for r in &mut fixed.rows {
-            r.added_p99_us = r.p99_us as i64 - direct_p99 as i64;
+            r.added_p99_us = Some(r.p99_us as i64 - direct_p99 as i64);
         }
     }
     results.fixed_rate = Some(fixed);
