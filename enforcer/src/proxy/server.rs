@@ -406,13 +406,12 @@ async fn housekeeping(
 ) {
     let mut watcher = config_path.as_deref().map(ConfigWatcher::new);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n: u64 = 0;
+    let mut next_shard = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        n += 1;
         if let Some(w) = watcher.as_mut() {
             match w.poll() {
                 ReloadOutcome::Unchanged => {}
@@ -434,11 +433,25 @@ async fn housekeeping(
             }
         }
         shared.upstream.evict_idle();
-        if n.is_multiple_of(10) {
-            let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
-            shared.sessions.sweep(now_s);
-        }
+        sweep_sessions(&shared, &mut next_shard).await;
         refresh_gauges(&shared);
+    }
+}
+
+/// Seconds over which housekeeping sweeps the whole session table once.
+const SWEEP_PERIOD_S: usize = 10;
+
+/// Sweeps the next tenth of the session table's shards (a full pass every
+/// [`SWEEP_PERIOD_S`] ticks), yielding after each shard. Housekeeping shares its thread with
+/// proxy worker 0: one sweep of 100,000 sessions at once held that worker for milliseconds, and
+/// at a high request rate every request queued behind it paid for it in the latency tail.
+async fn sweep_sessions(shared: &Shared, next_shard: &mut usize) {
+    let shards = shared.sessions.shard_len();
+    for _ in 0..shards.div_ceil(SWEEP_PERIOD_S) {
+        let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+        shared.sessions.sweep_shard(*next_shard % shards, now_s);
+        *next_shard = (*next_shard + 1) % shards;
+        tokio::task::yield_now().await;
     }
 }
 
