@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::body::{BoxError, PermitBody, ProxyBody};
@@ -17,6 +19,7 @@ use super::decision::{Verdict, decide};
 use super::headers::{X_REQUEST_ID, add_forwarding, forwardable_headers, strip_hop_by_hop};
 use super::problem::problem;
 use super::state::Shared;
+use super::upstream::RequestBody;
 use crate::analysis::{
     Finding, FindingKind, RequestContext, RequestScratch, ResponseSummary, Severity,
 };
@@ -246,7 +249,7 @@ async fn handle_inner(
         .as_ref()
         .filter(|_| policy.schema_action.is_some());
     let needs_body = schema.is_some_and(|s| s.wants_body()) || shared.analyzer.wants_body(op);
-    let (forward_body, json_body, body_present): (ProxyBody, Option<serde_json::Value>, bool) =
+    let (forward_body, json_body, body_present): (RequestBody, Option<serde_json::Value>, bool) =
         if needs_body {
             let limited = Limited::new(
                 body,
@@ -263,13 +266,7 @@ async fn handle_inner(
                         serde_json::from_slice(&bytes).ok()
                     };
                     let present = !bytes.is_empty();
-                    (
-                        Full::new(bytes)
-                            .map_err(|never| match never {})
-                            .boxed_unsync(),
-                        json,
-                        present,
-                    )
+                    (RequestBody::Buffered(bytes), json, present)
                 }
                 Ok(Err(e)) => {
                     metrics
@@ -307,12 +304,14 @@ async fn handle_inner(
                     );
                 }
             }
+        } else if body.is_end_stream() {
+            (RequestBody::Buffered(Bytes::new()), None, false)
         } else {
             let limited = Limited::new(
                 body,
                 usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
             );
-            (limited.boxed_unsync(), None, false)
+            (RequestBody::Streaming(limited.boxed_unsync()), None, false)
         };
 
     // 3. Checks.

@@ -18,4 +18,4 @@ pub use server::{
     start_with_options,
 };
 pub use state::Shared;
-pub use upstream::{PooledBody, UpstreamError, UpstreamPool};
+pub use upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool};

@@ -1,29 +1,49 @@
-//! Keep-alive HTTP/1.1 connections to the protected Service.
+//! Keep-alive HTTP/1.1 connections to the protected Service, driven by the request's own task.
 //!
-//! Why not hyper-util's legacy `Client`: for every request it hashes a pool key, goes through a
-//! shared checkout future and spawns one more task that waits for the connection to be idle
-//! again before putting it back (issue 7's profile). A proxy in front of one upstream needs
-//! none of that. Here a request takes the most recently used idle connection of its worker's
-//! shard, sends on it, and the connection returns to the shard when the response body has been
-//! read to its end — by the same task, without a spawn. Each connection is driven by its own
-//! task on the runtime that opened it; shards keep a worker's requests on its own connections
-//! so that no request waits for a task of another thread.
+//! Why not hyper's client: with it, every request crossed to the connection's own task over a
+//! channel, and the response head and every body chunk came back over two more; the request
+//! head went through a header map built for it and the response through hyper's dispatcher on
+//! both sides (issue 7's profiles: the upstream connection task alone was ~8 % of the proxy's
+//! CPU). A proxy in front of one upstream can do what nginx does instead: the task that
+//! decided the request writes its head (and body) on a pooled connection, reads the response
+//! head, and hands the client a body that reads the rest from the same connection. A response
+//! whose body arrived with its head (most API responses) is answered from memory and its
+//! connection is back in the pool before the client has it.
+//!
+//! Connections are kept per proxy worker (a shard each), since a socket belongs to the runtime
+//! that opened it. An idle connection that the upstream closed is noticed from the readiness the
+//! runtime already recorded (no system call) and dropped before use; when the close races with
+//! reuse and nothing was answered, an idempotent request with a body in memory is sent again on
+//! another connection (what nginx does; a POST is not, and gets a 502).
+//!
+//! The request body is written before the response is read: an upstream that answers early and
+//! stops reading a large body ends the exchange with an error (or the upstream timeout), not
+//! with its early answer.
+
+mod body;
+mod chunked;
+mod codec;
 
 use std::cell::Cell;
-use std::pin::Pin;
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::body::ProxyBody;
+pub use body::UpstreamBody;
+use body::{Decoder, Giveback, Streaming};
+use chunked::ChunkedDecoder;
+pub use codec::ProtocolError;
+use codec::{Parsed, RequestFraming, ResponseFraming, ResponseHead};
+
+use super::body::{BoxError, ProxyBody};
 
 thread_local! {
     /// The proxy worker this thread runs (0 outside the worker threads); picks the shard.
@@ -35,17 +55,42 @@ pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+/// Read buffer of a connection; a response head and a typical API body fit in one read.
+const READ_BUFFER: usize = 16 * 1024;
+/// Free space below which the read buffer is grown before a read.
+const MIN_READ_SPACE: usize = 4 * 1024;
+
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connecting to {authority}: {source}")]
     Connect {
         authority: String,
-        source: std::io::Error,
+        source: io::Error,
     },
-    /// Not `transparent`: the handler looks for the `hyper::Error` among the sources.
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream response: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Reading the client's body failed (too large, client gone); the source says which.
+    #[error("request body: {0}")]
+    RequestBody(#[source] BoxError),
+}
+
+/// The body to forward: in memory (read for the checks, or empty) or streamed from the client.
+pub enum RequestBody {
+    Buffered(Bytes),
+    Streaming(ProxyBody),
+}
+
+impl RequestBody {
+    /// The exact length when known.
+    fn exact_len(&self) -> Option<u64> {
+        match self {
+            Self::Buffered(b) => Some(b.len() as u64),
+            Self::Streaming(b) => b.size_hint().exact(),
+        }
+    }
 }
 
 /// Settings of the pool (from `upstream` in the config).
@@ -61,12 +106,150 @@ pub struct PoolSettings {
     pub shards: usize,
 }
 
+/// One connection to the upstream and what was read from it but not consumed yet.
+pub(super) struct Connection {
+    stream: TcpStream,
+    read_buf: BytesMut,
+}
+
+impl Connection {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_BUFFER),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the upstream has neither closed it nor
+    /// sent anything unasked. Reads the readiness the runtime recorded; only a connection that
+    /// turned readable while idle costs a (non-blocking) read.
+    fn usable(&mut self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    fn reserve_read_space(&mut self) {
+        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
+            self.read_buf.reserve(READ_BUFFER);
+        }
+    }
+
+    /// Writes the head and the body (head and a body in memory in one `writev`).
+    async fn write_request(
+        &mut self,
+        head: &[u8],
+        body: &mut RequestBody,
+        framing: RequestFraming,
+    ) -> Result<(), UpstreamError> {
+        match body {
+            RequestBody::Buffered(bytes) if bytes.is_empty() => self.stream.write_all(head).await?,
+            RequestBody::Buffered(bytes) => {
+                let mut message = Buf::chain(head, bytes.clone());
+                self.stream.write_all_buf(&mut message).await?;
+            }
+            RequestBody::Streaming(body) => {
+                self.stream.write_all(head).await?;
+                let chunked = framing == RequestFraming::Chunked;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(UpstreamError::RequestBody)?;
+                    let Ok(data) = frame.into_data() else {
+                        continue; // Trailers are not forwarded.
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        let size = format!("{:x}\r\n", data.len());
+                        let mut piece = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
+                        self.stream.write_all_buf(&mut piece).await?;
+                    } else {
+                        let mut piece = data;
+                        self.stream.write_all_buf(&mut piece).await?;
+                    }
+                }
+                if chunked {
+                    self.stream.write_all(b"0\r\n\r\n").await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to the final response head, skipping interim (1xx) responses.
+    async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, Failure> {
+        let mut received = false;
+        loop {
+            if !self.read_buf.is_empty() {
+                received = true;
+                match codec::parse_response_head(&self.read_buf, method) {
+                    Ok(Parsed::Complete { head, len }) => {
+                        self.read_buf.advance(len);
+                        return Ok(head);
+                    }
+                    Ok(Parsed::Informational { len }) => {
+                        self.read_buf.advance(len);
+                        continue;
+                    }
+                    Ok(Parsed::Partial) => {}
+                    Err(e) => return Err(Failure::answered(e.into())),
+                }
+            }
+            self.reserve_read_space();
+            let read = self.stream.read_buf(&mut self.read_buf).await;
+            match read {
+                Ok(0) => {
+                    let error = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection before answering",
+                    );
+                    return Err(Failure {
+                        error: error.into(),
+                        answered_nothing: !received,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Failure {
+                        error: e.into(),
+                        answered_nothing: !received,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// An exchange that failed, and whether the upstream answered anything before it did.
+struct Failure {
+    error: UpstreamError,
+    answered_nothing: bool,
+}
+
+impl Failure {
+    fn answered(error: UpstreamError) -> Self {
+        Self {
+            error,
+            answered_nothing: false,
+        }
+    }
+}
+
 struct IdleConnection {
-    sender: SendRequest<ProxyBody>,
+    conn: Connection,
     since: Instant,
 }
 
-struct PoolInner {
+pub(super) struct PoolInner {
     settings: PoolSettings,
     max_idle_per_shard: usize,
     shards: Box<[Mutex<Vec<IdleConnection>>]>,
@@ -91,31 +274,37 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) and returns the response head; its body gives
-    /// the connection back to the pool once read to the end. A request that an idle connection
-    /// could not take (closed by the upstream meanwhile) goes on the next one, or a new one.
+    /// Sends `req` (origin-form URI, `Host` set, no hop-by-hop headers) and returns the
+    /// response; its body gives the connection back to the pool once read to the end.
     pub async fn send(
         &self,
-        mut req: Request<ProxyBody>,
-    ) -> Result<http::Response<PooledBody>, UpstreamError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let shard = WORKER.with(Cell::get) % self.inner.shards.len();
-        while let Some(mut sender) = self.inner.take_idle(shard) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender, shard)),
-                Err(mut failed) => match failed.take_message() {
-                    // Not written: the connection closed before it could take the request.
-                    Some(unsent) => req = unsent,
-                    None => return Err(failed.into_error().into()),
-                },
+        let (parts, mut body) = req.into_parts();
+        let method = parts.method;
+        let framing = RequestFraming::of(&method, body.exact_len());
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = Vec::with_capacity(1024);
+        codec::encode_request_head(&method, target, &parts.headers, framing, &mut head);
+        let resendable = matches!(body, RequestBody::Buffered(_)) && codec::is_idempotent(&method);
+
+        while let Some(conn) = self.inner.take_idle(shard) {
+            match self
+                .exchange(conn, &head, &mut body, framing, &method, shard)
+                .await
+            {
+                Ok(response) => return Ok(response),
+                Err(f) if f.answered_nothing && resendable => {
+                    tracing::debug!(error = %f.error, "pooled upstream connection was closed; sending again");
+                }
+                Err(f) => return Err(f.error),
             }
         }
-        let mut sender = self.connect().await?;
-        sender.ready().await?;
-        let resp = sender.send_request(req).await?;
-        Ok(self.wrap(resp, sender, shard))
+        let conn = self.connect().await?;
+        self.exchange(conn, &head, &mut body, framing, &method, shard)
+            .await
+            .map_err(|f| f.error)
     }
 
     /// The upstream's `host:port`.
@@ -131,7 +320,7 @@ impl UpstreamPool {
             shard
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+                .retain(|c| c.since.elapsed() < timeout);
         }
     }
 
@@ -144,7 +333,7 @@ impl UpstreamPool {
             .sum()
     }
 
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, UpstreamError> {
+    async fn connect(&self) -> Result<Connection, UpstreamError> {
         let authority = &self.inner.settings.authority;
         let connect_error = |source| UpstreamError::Connect {
             authority: authority.to_string(),
@@ -156,123 +345,107 @@ impl UpstreamPool {
             TcpStream::connect((authority.host(), port)),
         )
         .await
-        .map_err(|_| {
-            connect_error(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timeout",
-            ))
-        })?
+        .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")))?
         .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 
-    fn wrap(
+    /// One request and response head on `conn`.
+    async fn exchange(
         &self,
-        resp: http::Response<Incoming>,
-        sender: SendRequest<ProxyBody>,
+        mut conn: Connection,
+        head: &[u8],
+        body: &mut RequestBody,
+        framing: RequestFraming,
+        method: &Method,
         shard: usize,
-    ) -> http::Response<PooledBody> {
-        resp.map(|body| {
-            let mut pooled = PooledBody {
-                inner: body,
-                giveback: Some(Giveback {
-                    sender,
-                    pool: Arc::clone(&self.inner),
-                    shard,
-                }),
-            };
-            if pooled.inner.is_end_stream() {
-                pooled.give_back();
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        if let Err(error) = conn.write_request(head, body, framing).await {
+            // A write fails on a connection the upstream closed: nothing was answered.
+            let answered_nothing = matches!(error, UpstreamError::Io(_));
+            return Err(Failure {
+                error,
+                answered_nothing,
+            });
+        }
+        let head = conn.read_head(method).await?;
+        Ok(self.respond(conn, head, shard))
+    }
+
+    /// The response for the client, with a body in memory when it is all there already.
+    fn respond(
+        &self,
+        mut conn: Connection,
+        head: ResponseHead,
+        shard: usize,
+    ) -> Response<UpstreamBody> {
+        let giveback = head.keep_alive.then(|| Giveback {
+            pool: Arc::clone(&self.inner),
+            shard,
+        });
+        let body = match head.framing {
+            ResponseFraming::Empty => {
+                if let Some(g) = giveback {
+                    g.give(conn);
+                }
+                UpstreamBody::full(Bytes::new())
             }
-            pooled
-        })
+            ResponseFraming::Length(n) if conn.read_buf.len() as u64 >= n => {
+                let bytes = conn
+                    .read_buf
+                    .split_to(usize::try_from(n).unwrap_or(usize::MAX))
+                    .freeze();
+                if let Some(g) = giveback {
+                    g.give(conn);
+                }
+                UpstreamBody::full(bytes)
+            }
+            framing => {
+                let decoder = match framing {
+                    ResponseFraming::Length(n) => Decoder::Length(n),
+                    ResponseFraming::Chunked => Decoder::Chunked(ChunkedDecoder::default()),
+                    _ => Decoder::UntilClose,
+                };
+                UpstreamBody::streaming(Streaming {
+                    conn: Some(conn),
+                    decoder,
+                    giveback,
+                })
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = Version::HTTP_11;
+        *response.headers_mut() = head.headers;
+        response
     }
 }
 
 impl PoolInner {
-    fn take_idle(&self, shard: usize) -> Option<SendRequest<ProxyBody>> {
+    /// The most recently used idle connection of `shard` that is still usable.
+    fn take_idle(&self, shard: usize) -> Option<Connection> {
         let mut idle = self.shards[shard]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() {
-                return Some(c.sender);
+        while let Some(mut c) = idle.pop() {
+            if c.conn.usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put_idle(&self, shard: usize, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub(super) fn put_idle(&self, shard: usize, conn: Connection) {
         let mut idle = self.shards[shard]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle_per_shard {
             idle.push(IdleConnection {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
-    }
-}
-
-struct Giveback {
-    sender: SendRequest<ProxyBody>,
-    pool: Arc<PoolInner>,
-    shard: usize,
-}
-
-/// An upstream response body that returns its connection to the pool when read to the end.
-/// Dropped early (the client went away), it drops the connection instead: hyper closes a
-/// connection whose response was not read.
-pub struct PooledBody {
-    inner: Incoming,
-    giveback: Option<Giveback>,
-}
-
-impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some(g) = self.giveback.take() {
-            g.pool.put_idle(g.shard, g.sender);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.giveback = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -284,13 +457,18 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::{BodyExt, Empty, Full};
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
 
-    /// A keep-alive HTTP/1.1 upstream that counts the connections it accepted.
+    const BIG: usize = 1 << 20;
+
+    /// A keep-alive HTTP/1.1 upstream (hyper) that counts the connections it accepted. It
+    /// answers `got N bytes`; `/big` answers 1 MiB, `/chunked` three chunks of unknown length.
     async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -301,11 +479,29 @@ mod tests {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let path = req.uri().path().to_owned();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
-                            "got {} bytes",
-                            body.len()
-                        )))))
+                        let response: Response<ProxyBody> = match path.as_str() {
+                            "/big" => Response::new(
+                                Full::new(Bytes::from(vec![b'x'; BIG]))
+                                    .map_err(|e| match e {})
+                                    .boxed_unsync(),
+                            ),
+                            "/chunked" => {
+                                let pieces = ["one ", "two ", "three"].map(|p| {
+                                    Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(p)))
+                                });
+                                Response::new(
+                                    StreamBody::new(futures::stream::iter(pieces)).boxed_unsync(),
+                                )
+                            }
+                            _ => Response::new(
+                                Full::new(Bytes::from(format!("got {} bytes", body.len())))
+                                    .map_err(|e| match e {})
+                                    .boxed_unsync(),
+                            ),
+                        };
+                        Ok::<_, Infallible>(response)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -316,9 +512,9 @@ mod tests {
         (addr, accepted)
     }
 
-    /// An upstream that answers one request per connection, keep-alive style (no
-    /// `Connection: close`), then closes the socket: every pooled connection goes stale.
-    async fn one_shot_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A raw upstream: for every request head it reads, writes `answer`; closes the connection
+    /// after each answer when `close` is set (without saying so when the answer does not).
+    async fn raw_upstream(answer: &'static str, close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -329,15 +525,18 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let mut seen = Vec::new();
-                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    loop {
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        seen.clear();
+                        if stream.write_all(answer.as_bytes()).await.is_err() || close {
+                            return;
                         }
                     }
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
                 });
             }
         });
@@ -354,22 +553,31 @@ mod tests {
         })
     }
 
-    fn request(body: &'static str) -> Request<ProxyBody> {
-        let body: ProxyBody = if body.is_empty() {
-            Empty::new().map_err(|e| match e {}).boxed_unsync()
-        } else {
-            Full::new(Bytes::from(body))
-                .map_err(|e| match e {})
-                .boxed_unsync()
-        };
-        Request::post("/items")
-            .header(http::header::HOST, "upstream")
-            .body(body)
-            .unwrap()
+    fn request(method: Method, path: &str, body: RequestBody) -> Request<RequestBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("upstream"),
+        );
+        req
     }
 
-    async fn send_and_read(pool: &UpstreamPool, body: &'static str) -> (u16, Bytes) {
-        let resp = pool.send(request(body)).await.unwrap();
+    fn post(body: &'static str) -> Request<RequestBody> {
+        request(
+            Method::POST,
+            "/items",
+            RequestBody::Buffered(Bytes::from(body)),
+        )
+    }
+
+    fn get(path: &str) -> Request<RequestBody> {
+        request(Method::GET, path, RequestBody::Buffered(Bytes::new()))
+    }
+
+    async fn send_and_read(pool: &UpstreamPool, req: Request<RequestBody>) -> (u16, Bytes) {
+        let resp = pool.send(req).await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
@@ -379,7 +587,7 @@ mod tests {
         let (addr, accepted) = counting_upstream().await;
         let pool = pool(addr, Duration::from_secs(60));
         for _ in 0..50 {
-            let (status, body) = send_and_read(&pool, "hello").await;
+            let (status, body) = send_and_read(&pool, post("hello")).await;
             assert_eq!((status, &body[..]), (200, &b"got 5 bytes"[..]));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -394,7 +602,7 @@ mod tests {
             let waves: Vec<_> = (0..6)
                 .map(|_| {
                     let pool = pool.clone();
-                    tokio::spawn(async move { send_and_read(&pool, "").await.0 })
+                    tokio::spawn(async move { send_and_read(&pool, post("")).await.0 })
                 })
                 .collect();
             for w in waves {
@@ -406,36 +614,122 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streamed_bodies_of_every_framing_arrive_whole_and_free_their_connection() {
+        let (addr, accepted) = counting_upstream().await;
+        let pool = pool(addr, Duration::from_secs(60));
+        for _ in 0..3 {
+            let (_, big) = send_and_read(&pool, get("/big")).await;
+            assert_eq!(big.len(), BIG);
+            assert!(big.iter().all(|&b| b == b'x'));
+            let (_, chunked) = send_and_read(&pool, get("/chunked")).await;
+            assert_eq!(&chunked[..], b"one two three");
+            // A request body of unknown length goes out chunked.
+            let pieces = ["ab", "", "cde"]
+                .map(|p| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(p))));
+            let body = RequestBody::Streaming(
+                StreamBody::new(futures::stream::iter(pieces)).boxed_unsync(),
+            );
+            let (_, got) = send_and_read(&pool, request(Method::POST, "/items", body)).await;
+            assert_eq!(&got[..], b"got 5 bytes");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
     async fn a_connection_closed_by_the_upstream_is_replaced() {
-        let (addr, accepted) = one_shot_upstream().await;
+        // Keep-alive style answers (no `Connection: close`), then the upstream closes: every
+        // pooled connection goes stale, and each GET still gets its answer.
+        let (addr, accepted) =
+            raw_upstream("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
         let pool = pool(addr, Duration::from_secs(60));
         for _ in 0..20 {
-            let (status, body) = send_and_read(&pool, "").await;
+            let (status, body) = send_and_read(&pool, get("/")).await;
             assert_eq!((status, &body[..]), (200, &b"ok"[..]));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 20);
     }
 
     #[tokio::test]
+    async fn interim_responses_are_skipped_and_close_delimited_bodies_read_to_the_end() {
+        let answer = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nuntil the end";
+        let (addr, accepted) = raw_upstream(answer, true).await;
+        let pool = pool(addr, Duration::from_secs(60));
+        for _ in 0..2 {
+            let resp = pool.send(post("x")).await.unwrap();
+            assert_eq!(resp.headers()["x-a"], "1");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"until the end");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn head_responses_have_no_body_and_keep_the_connection() {
+        let (addr, accepted) =
+            raw_upstream("HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n", false).await;
+        let pool = pool(addr, Duration::from_secs(60));
+        for _ in 0..3 {
+            let resp = pool
+                .send(request(
+                    Method::HEAD,
+                    "/",
+                    RequestBody::Buffered(Bytes::new()),
+                ))
+                .await
+                .unwrap();
+            assert_eq!(resp.headers()["content-length"], "42");
+            assert!(resp.body().is_end_stream());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_errors_and_their_connection_is_dropped() {
+        let (addr, _) =
+            raw_upstream("HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\nx", false).await;
+        let pool = pool(addr, Duration::from_secs(60));
+        let err = pool.send(get("/")).await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                UpstreamError::Protocol(ProtocolError::BadContentLength)
+            ),
+            "{err}"
+        );
+        assert_eq!(pool.idle(), 0);
+        let (addr, _) = raw_upstream(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello",
+            false,
+        )
+        .await;
+        let pool = super::tests::pool(addr, Duration::from_secs(60));
+        let resp = pool.send(get("/")).await.unwrap();
+        assert!(resp.into_body().collect().await.is_err());
+        assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test]
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let (addr, accepted) = counting_upstream().await;
         let pool = pool(addr, Duration::from_millis(50));
-        send_and_read(&pool, "").await;
+        send_and_read(&pool, get("/")).await;
         assert_eq!(pool.idle(), 1);
         tokio::time::sleep(Duration::from_millis(120)).await;
         pool.evict_idle();
         assert_eq!(pool.idle(), 0);
-        send_and_read(&pool, "").await;
+        send_and_read(&pool, get("/")).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
-    async fn an_unread_response_does_not_return_its_connection() {
+    async fn an_unread_streamed_response_does_not_return_its_connection() {
         let (addr, accepted) = counting_upstream().await;
         let pool = pool(addr, Duration::from_secs(60));
-        drop(pool.send(request("abc")).await.unwrap());
+        drop(pool.send(get("/big")).await.unwrap());
         assert_eq!(pool.idle(), 0);
-        send_and_read(&pool, "").await;
+        send_and_read(&pool, get("/")).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
