@@ -1,5 +1,6 @@
-//! The PNG chart of a run: throughput per target and concurrency level (left) and latency
-//! percentiles at the fixed rate (right, log scale).
+//! The PNG chart of a run: throughput per target and concurrency level, the median run of the
+//! rounds (left), and latency percentiles at the fixed rate, all rounds together (right, log
+//! scale).
 
 use std::path::Path;
 
@@ -84,16 +85,15 @@ where
 {
     let names = target_names(results);
     let levels = &results.settings.concurrency;
-    let max = results
-        .throughput
-        .iter()
-        .map(|r| r.rps)
-        .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.15;
+    // One bar per target and level: the run the tables show, not every round.
+    let medians = crate::rounds::median_runs(&results.throughput);
+    let max = medians.iter().map(|r| r.rps).fold(0.0, f64::max).max(1.0) * 1.15;
     let n = names.len().max(1) as f64;
     let mut chart = ChartBuilder::on(area)
-        .caption("Throughput, closed loop (wrk), req/s", ("sans-serif", 20))
+        .caption(
+            "Throughput, closed loop (wrk), median run, req/s",
+            ("sans-serif", 20),
+        )
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -123,8 +123,7 @@ where
             .iter()
             .enumerate()
             .filter_map(|(i, name)| {
-                let row = results
-                    .throughput
+                let row = medians
                     .iter()
                     .find(|r| &r.target == name && r.concurrency == *level)?;
                 let x0 = i as f64 - 0.4 + j as f64 * width;
@@ -304,6 +303,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         });
         r.summarise();
         let dir = tempfile::tempdir().unwrap();

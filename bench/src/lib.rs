@@ -13,6 +13,7 @@ pub mod mix;
 pub mod nginx;
 pub mod procs;
 pub mod results;
+pub mod rounds;
 pub mod run;
 pub mod scenario;
 pub mod sessions;

@@ -179,6 +179,13 @@ pub struct LoadReport {
     pub latency_us: LatencySummary,
 }
 
+impl LoadReport {
+    /// Responses of 400 or more.
+    pub fn non_2xx(&self) -> u64 {
+        self.status_4xx + self.status_5xx
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LatencySummary {
     pub p50: u64,
@@ -227,7 +234,9 @@ impl Counters {
     }
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+/// A latency histogram in µs (1 µs to 60 s, 3 significant digits); every run's has these
+/// bounds, so that the rounds of a fixed-rate measurement can be added together.
+pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
@@ -376,6 +385,15 @@ pub async fn run_fixed_rate(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<LoadReport> {
+    Ok(run_fixed_rate_recorded(w, rate, duration).await?.0)
+}
+
+/// [`run_fixed_rate`], also returning the latency histogram (to merge several rounds).
+pub async fn run_fixed_rate_recorded(
+    w: Workload,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(LoadReport, Histogram<u64>)> {
     anyhow::ensure!(rate > 0.0, "rate must be positive");
     let connections = w.connections.max(1);
     let total = (rate * duration.as_secs_f64()).ceil() as u64;
@@ -449,7 +467,8 @@ pub async fn run_fixed_rate(
     for t in tasks {
         hist.add(t.await??)?;
     }
-    Ok(report(&counters, &hist, start.elapsed()))
+    let report = report(&counters, &hist, start.elapsed());
+    Ok((report, hist))
 }
 
 fn micros(d: Duration) -> u64 {

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rounds::{self, median_of};
+
 /// Every measured figure of one run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Results {
@@ -13,11 +15,12 @@ pub struct Results {
     pub machine: Machine,
     pub settings: Settings,
     pub targets: Vec<TargetInfo>,
-    /// Closed-loop wrk runs: one row per target per concurrency level.
+    /// Closed-loop wrk runs: one row per target, concurrency level and round.
     pub throughput: Vec<ThroughputRow>,
-    /// The open-loop run at one fixed rate for every target.
+    /// The open-loop rounds at one fixed rate for every target.
     pub fixed_rate: Option<FixedRate>,
-    /// Per target: best throughput, ratio to nginx, latency at the fixed rate.
+    /// Per target: best throughput (median run), ratio to nginx (median of per-round ratios),
+    /// latency at the fixed rate.
     pub summary: Vec<SummaryRow>,
     /// What the enforcers held when measured (sessions, operations, maturity, rules).
     pub enforcers: Vec<EnforcerState>,
@@ -39,9 +42,17 @@ pub struct Machine {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Settings {
+    /// Seconds of each closed-loop run.
     pub duration_s: f64,
     pub concurrency: Vec<usize>,
+    /// Rounds of every measurement (closed loop per level, fixed rate).
+    #[serde(default)]
+    pub rounds: usize,
+    /// Fixed-rate seconds per target, all rounds together.
     pub fixed_rate_duration_s: f64,
+    /// Seconds of each fixed-rate round.
+    #[serde(default)]
+    pub fixed_rate_round_s: f64,
     pub fixed_rate_connections: usize,
     pub proxy_cpus: String,
     pub load_cpus: String,
@@ -62,6 +73,9 @@ pub struct TargetInfo {
 pub struct ThroughputRow {
     pub target: String,
     pub concurrency: usize,
+    /// The round of this run, from 1 (0 in results written before runs had rounds).
+    #[serde(default)]
+    pub round: usize,
     pub requests: u64,
     pub duration_s: f64,
     pub rps: f64,
@@ -87,12 +101,20 @@ pub struct FixedRate {
     pub rate: f64,
     /// How the rate was chosen.
     pub basis: String,
+    /// Rounds, each offering the rate to every target for `round_duration_s`.
+    #[serde(default)]
+    pub rounds: usize,
+    #[serde(default)]
+    pub round_duration_s: f64,
+    /// One row per target, all rounds together.
     pub rows: Vec<FixedRateRow>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FixedRateRow {
     pub target: String,
+    /// Requests answered ÷ seconds, all rounds together (the percentiles below are those of
+    /// every round's requests: the rounds' histograms added up).
     pub achieved_rps: f64,
     pub requests: u64,
     pub non_2xx: u64,
@@ -103,10 +125,13 @@ pub struct FixedRateRow {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
-    /// p99 of this target minus p99 of direct access at the same rate; `None` when the run
-    /// did not measure direct access.
+    /// The median over rounds of (this target's p99 − direct access's p99 in the same round);
+    /// `None` when the run did not measure direct access.
     #[serde(default)]
     pub added_p99_us: Option<i64>,
+    /// This target's p99 in each round, in round order.
+    #[serde(default)]
+    pub rounds_p99_us: Vec<u64>,
     #[serde(default)]
     pub cpu_us_per_request: f64,
 }
@@ -114,15 +139,24 @@ pub struct FixedRateRow {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SummaryRow {
     pub target: String,
+    /// The median run's req/s at the level where it is highest (`best_concurrency`).
     pub max_rps: f64,
     pub best_concurrency: usize,
-    /// `max_rps / nginx max_rps` in the same run.
+    /// Runs at `best_concurrency` the median was taken over.
+    #[serde(default)]
+    pub rounds: usize,
+    /// The median over rounds of (this target's req/s ÷ nginx's req/s in the same round) at
+    /// `best_concurrency`; 0 without nginx.
     pub ratio_to_nginx: f64,
+    /// The median over rounds of (nginx's CPU µs per request ÷ this target's) at
+    /// `best_concurrency`: above 1 this target serves more per CPU second.
+    #[serde(default)]
+    pub cpu_ratio_to_nginx: Option<f64>,
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
-    /// Proxy CPU per request at the best level, and the throughput one dedicated core would
-    /// give at that cost (`1e6 / cpu_us_per_request`).
+    /// Proxy CPU per request of the median run at the best level, and the throughput one
+    /// dedicated core would give at that cost (`1e6 / cpu_us_per_request`).
     #[serde(default)]
     pub cpu_us_per_request: f64,
     #[serde(default)]
@@ -173,213 +207,293 @@ impl Results {
     /// The tables printed at the end of a run (Markdown, so they paste into the docs).
     pub fn render_tables(&self) -> String {
         let mut t = String::new();
-        if !self.summary.is_empty() {
-            let rate = self.fixed_rate.as_ref().map(|f| f.rate).unwrap_or(0.0);
-            let _ = writeln!(
-                t,
-                "| target | max throughput (req/s) | at connections | ratio to nginx | CPU us/request | req/s per core | p50 ms | p99 ms | p99.9 ms (at {rate:.0} req/s) |"
-            );
-            let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-            for r in &self.summary {
-                let _ = writeln!(
-                    t,
-                    "| {} | {:.0} | {} | {:.2} | {:.1} | {:.0} | {} | {} | {} |",
-                    r.target,
-                    r.max_rps,
-                    r.best_concurrency,
-                    r.ratio_to_nginx,
-                    r.cpu_us_per_request,
-                    r.capacity_per_core,
-                    ms(r.p50_us),
-                    ms(r.p99_us),
-                    ms(r.p999_us)
-                );
-            }
-            t.push('\n');
-        }
-        if !self.throughput.is_empty() {
-            let _ = writeln!(t, "Closed loop (wrk), per concurrency level:\n");
-            let _ = writeln!(
-                t,
-                "| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | errors | CPU us/request | CPU busy |"
-            );
-            let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-            for r in &self.throughput {
-                let _ = writeln!(
-                    t,
-                    "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.0}% |",
-                    r.target,
-                    r.concurrency,
-                    r.rps,
-                    ms(r.p50_us),
-                    ms(r.p99_us),
-                    ms(r.p999_us),
-                    r.non_2xx,
-                    r.errors,
-                    r.cpu_us_per_request,
-                    r.cpu_busy * 100.0
-                );
-            }
-            t.push('\n');
-        }
-        if let Some(f) = &self.fixed_rate {
-            let _ = writeln!(
-                t,
-                "Fixed rate {:.0} req/s ({}), latency from the scheduled send time:\n",
-                f.rate, f.basis
-            );
-            let _ = writeln!(
-                t,
-                "| target | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | added p99 ms | non-2xx | errors+dropped |"
-            );
-            let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-            for r in &f.rows {
-                let _ = writeln!(
-                    t,
-                    "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    r.target,
-                    r.achieved_rps,
-                    ms(r.p50_us),
-                    ms(r.p90_us),
-                    ms(r.p99_us),
-                    ms(r.p999_us),
-                    ms(r.max_us),
-                    r.added_p99_us.map_or_else(
-                        || "n/a".to_owned(),
-                        |us| format!("{:.2}", us as f64 / 1000.0)
-                    ),
-                    r.non_2xx,
-                    r.errors + r.dropped
-                );
-            }
-            t.push('\n');
-        }
-        if let Some(m) = &self.memory {
-            let _ = writeln!(t, "Memory ({}):\n", m.method);
-            let _ = writeln!(
-                t,
-                "- {} idle sessions: RSS {} KiB -> {} KiB = {:.0} bytes per session (sessions tracked: {})",
-                m.sessions,
-                m.rss_before_kib,
-                m.rss_after_kib,
-                m.bytes_per_session,
-                m.sessions_tracked
-                    .map(|s| format!("{s:.0}"))
-                    .unwrap_or_else(|| "n/a".into())
-            );
-            let _ = writeln!(
-                t,
-                "- {} learned operations: RSS {} KiB -> {} KiB = {:.0} bytes per operation (operations in the model: {})\n",
-                m.operations,
-                m.rss_before_operations_kib,
-                m.rss_after_operations_kib,
-                m.bytes_per_operation,
-                m.operations_learned
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "n/a".into())
-            );
-        }
-        if !self.goals.is_empty() {
-            let _ = writeln!(t, "| issue 7 target | measured | holds |");
-            let _ = writeln!(t, "|---|---|---|");
-            for g in &self.goals {
-                let _ = writeln!(
-                    t,
-                    "| {} | {} | {} |",
-                    g.goal,
-                    g.measured,
-                    if g.holds { "yes" } else { "no" }
-                );
-            }
-            t.push('\n');
-        }
+        self.render_summary(&mut t);
+        self.render_throughput(&mut t);
+        self.render_fixed_rate(&mut t);
+        self.render_memory(&mut t);
+        self.render_goals(&mut t);
         for n in &self.notes {
             let _ = writeln!(t, "note: {n}");
         }
         t
     }
 
-    /// Fills `summary` and the throughput/latency `goals` from the rows.
-    pub fn summarise(&mut self) {
-        let best = |target: &str| {
-            self.throughput
-                .iter()
-                .filter(|r| r.target == target)
-                .max_by(|a, b| a.rps.total_cmp(&b.rps))
-                .map(|r| (r.rps, r.concurrency, r.cpu_us_per_request))
-        };
-        let nginx = best("nginx").map(|b| b.0).unwrap_or(0.0);
-        let mut summary = Vec::new();
-        for t in &self.targets {
-            let Some((rps, conc, cpu)) = best(&t.name) else {
-                continue;
-            };
-            let fr = self
-                .fixed_rate
-                .as_ref()
-                .and_then(|f| f.rows.iter().find(|r| r.target == t.name));
-            summary.push(SummaryRow {
-                target: t.name.clone(),
-                max_rps: rps,
-                best_concurrency: conc,
-                ratio_to_nginx: if nginx > 0.0 { rps / nginx } else { 0.0 },
-                p50_us: fr.map(|r| r.p50_us).unwrap_or(0),
-                p99_us: fr.map(|r| r.p99_us).unwrap_or(0),
-                p999_us: fr.map(|r| r.p999_us).unwrap_or(0),
-                cpu_us_per_request: cpu,
-                capacity_per_core: if cpu > 0.0 { 1e6 / cpu } else { 0.0 },
-            });
+    /// Distinct rounds among the closed-loop runs.
+    fn closed_loop_rounds(&self) -> usize {
+        let mut seen: Vec<usize> = self.throughput.iter().map(|r| r.round).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
+
+    fn render_summary(&self, t: &mut String) {
+        if self.summary.is_empty() {
+            return;
         }
+        let rate = self.fixed_rate.as_ref().map(|f| f.rate).unwrap_or(0.0);
+        let _ = writeln!(
+            t,
+            "Each target at the level where its median run is fastest ({}); ratio to nginx = the median over rounds of the ratio within a round:\n",
+            median_of(self.closed_loop_rounds())
+        );
+        let _ = writeln!(
+            t,
+            "| target | max throughput (req/s) | at connections | ratio to nginx | CPU us/request | req/s per core | p50 ms | p99 ms | p99.9 ms (at {rate:.0} req/s) |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.summary {
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {} | {:.2} | {:.1} | {:.0} | {} | {} | {} |",
+                r.target,
+                r.max_rps,
+                r.best_concurrency,
+                r.ratio_to_nginx,
+                r.cpu_us_per_request,
+                r.capacity_per_core,
+                ms(r.p50_us),
+                ms(r.p99_us),
+                ms(r.p999_us)
+            );
+        }
+        t.push('\n');
+    }
+
+    fn render_throughput(&self, t: &mut String) {
+        if self.throughput.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            t,
+            "Closed loop (wrk), per concurrency level: the median run of {} rounds by req/s (every run is in results.json):\n",
+            self.closed_loop_rounds()
+        );
+        let _ = writeln!(
+            t,
+            "| target | connections | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | errors | CPU us/request | CPU busy | req/s per round |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for r in rounds::median_runs(&self.throughput) {
+            let per_round: Vec<String> =
+                rounds::runs_of(&self.throughput, &r.target, r.concurrency)
+                    .iter()
+                    .map(|run| format!("{:.0}", run.rps))
+                    .collect();
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.0}% | {} |",
+                r.target,
+                r.concurrency,
+                r.rps,
+                ms(r.p50_us),
+                ms(r.p99_us),
+                ms(r.p999_us),
+                r.non_2xx,
+                r.errors,
+                r.cpu_us_per_request,
+                r.cpu_busy * 100.0,
+                per_round.join(" / ")
+            );
+        }
+        t.push('\n');
+    }
+
+    fn render_fixed_rate(&self, t: &mut String) {
+        let Some(f) = &self.fixed_rate else { return };
+        let rounds = if f.rounds > 0 {
+            format!(
+                ", {} rounds of {:.1} s per target",
+                f.rounds, f.round_duration_s
+            )
+        } else {
+            String::new()
+        };
+        let paired = f.rows.first().map_or(0, |r| r.rounds_p99_us.len());
+        let _ = writeln!(
+            t,
+            "Fixed rate {:.0} req/s ({}){rounds}, latency from the scheduled send time; percentiles over every round's requests; added p99 = {} of (p99 - direct's p99 in the same round):\n",
+            f.rate,
+            f.basis,
+            median_of(paired)
+        );
+        let _ = writeln!(
+            t,
+            "| target | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | added p99 ms | non-2xx | errors+dropped | p99 per round ms |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for r in &f.rows {
+            let per_round: Vec<String> = r.rounds_p99_us.iter().map(|us| ms(*us)).collect();
+            let _ = writeln!(
+                t,
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.target,
+                r.achieved_rps,
+                ms(r.p50_us),
+                ms(r.p90_us),
+                ms(r.p99_us),
+                ms(r.p999_us),
+                ms(r.max_us),
+                r.added_p99_us.map_or_else(
+                    || "n/a".to_owned(),
+                    |us| format!("{:.2}", us as f64 / 1000.0)
+                ),
+                r.non_2xx,
+                r.errors + r.dropped,
+                per_round.join(" / ")
+            );
+        }
+        t.push('\n');
+    }
+
+    fn render_memory(&self, t: &mut String) {
+        let Some(m) = &self.memory else { return };
+        let _ = writeln!(t, "Memory ({}):\n", m.method);
+        let _ = writeln!(
+            t,
+            "- {} idle sessions: RSS {} KiB -> {} KiB = {:.0} bytes per session (sessions tracked: {})",
+            m.sessions,
+            m.rss_before_kib,
+            m.rss_after_kib,
+            m.bytes_per_session,
+            m.sessions_tracked
+                .map(|s| format!("{s:.0}"))
+                .unwrap_or_else(|| "n/a".into())
+        );
+        let _ = writeln!(
+            t,
+            "- {} learned operations: RSS {} KiB -> {} KiB = {:.0} bytes per operation (operations in the model: {})\n",
+            m.operations,
+            m.rss_before_operations_kib,
+            m.rss_after_operations_kib,
+            m.bytes_per_operation,
+            m.operations_learned
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "n/a".into())
+        );
+    }
+
+    fn render_goals(&self, t: &mut String) {
+        if self.goals.is_empty() {
+            return;
+        }
+        let _ = writeln!(t, "| issue 7 target | measured | holds |");
+        let _ = writeln!(t, "|---|---|---|");
+        for g in &self.goals {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} |",
+                g.goal,
+                g.measured,
+                if g.holds { "yes" } else { "no" }
+            );
+        }
+        t.push('\n');
+    }
+
+    /// Fills `summary` and the throughput/latency `goals` from the rows, with the median-based
+    /// figures of [`crate::rounds`].
+    pub fn summarise(&mut self) {
+        let summary = self
+            .targets
+            .iter()
+            .filter_map(|t| self.summary_row(&t.name))
+            .collect();
         self.summary = summary;
         self.goals.retain(|g| g.goal.starts_with("memory"));
-        let find = |name: &str| self.summary.iter().find(|r| r.target == name).cloned();
-        if let (Some(enf), Some(ngx)) = (find("ordo-enforce"), find("nginx")) {
-            self.goals.push(Goal {
+        let goals: Vec<Goal> = self
+            .throughput_goals()
+            .into_iter()
+            .chain(self.latency_goal())
+            .collect();
+        self.goals.extend(goals);
+    }
+
+    /// A target at the level where its median run is fastest, compared with nginx round by
+    /// round at that level.
+    fn summary_row(&self, target: &str) -> Option<SummaryRow> {
+        let rows = &self.throughput;
+        let best = rounds::best_median_run(rows, target)?;
+        let level = best.concurrency;
+        let fixed = self
+            .fixed_rate
+            .as_ref()
+            .and_then(|f| f.rows.iter().find(|r| r.target == target));
+        Some(SummaryRow {
+            target: target.to_owned(),
+            max_rps: best.rps,
+            best_concurrency: level,
+            rounds: rounds::runs_of(rows, target, level).len(),
+            ratio_to_nginx: rounds::throughput_ratio(rows, target, "nginx", level)
+                .map_or(0.0, |r| r.median),
+            cpu_ratio_to_nginx: rounds::cpu_ratio(rows, target, "nginx", level).map(|r| r.median),
+            p50_us: fixed.map(|r| r.p50_us).unwrap_or(0),
+            p99_us: fixed.map(|r| r.p99_us).unwrap_or(0),
+            p999_us: fixed.map(|r| r.p999_us).unwrap_or(0),
+            cpu_us_per_request: best.cpu_us_per_request,
+            capacity_per_core: rounds::ratio(1e6, best.cpu_us_per_request).unwrap_or(0.0),
+        })
+    }
+
+    /// The Enforce-mode enforcer against nginx and nginx + CRS, each a median of per-round
+    /// ratios at the enforcer's best level.
+    fn throughput_goals(&self) -> Vec<Goal> {
+        let rows = &self.throughput;
+        let mut goals = Vec::new();
+        let Some(level) = rounds::best_median_run(rows, "ordo-enforce").map(|r| r.concurrency)
+        else {
+            return goals;
+        };
+        let how = |r: rounds::OverRounds| format!("{} at {level} connections", median_of(r.rounds));
+        if let Some(r) = rounds::throughput_ratio(rows, "ordo-enforce", "nginx", level) {
+            goals.push(Goal {
                 goal: "Enforce throughput >= nginx (ratio >= 1.0)".into(),
-                measured: format!("{:.2}", enf.ratio_to_nginx),
-                holds: enf.max_rps >= ngx.max_rps,
-            });
-            if enf.cpu_us_per_request > 0.0 && ngx.cpu_us_per_request > 0.0 {
-                let ratio = ngx.cpu_us_per_request / enf.cpu_us_per_request;
-                self.goals.push(Goal {
-                    goal: "(same, per CPU second) Enforce req/s per core >= nginx's".into(),
-                    measured: format!(
-                        "{ratio:.2} ({:.1} vs {:.1} CPU us/request)",
-                        enf.cpu_us_per_request, ngx.cpu_us_per_request
-                    ),
-                    holds: ratio >= 1.0,
-                });
-            }
-            if let Some(crs) = find("nginx-crs") {
-                let ratio = if crs.max_rps > 0.0 {
-                    enf.max_rps / crs.max_rps
-                } else {
-                    0.0
-                };
-                self.goals.push(Goal {
-                    goal: "Enforce throughput >= 3x nginx + CRS".into(),
-                    measured: format!("{ratio:.2}x"),
-                    holds: ratio >= 3.0,
-                });
-            }
-        }
-        if let Some(f) = &self.fixed_rate
-            && let Some(r) = f.rows.iter().find(|r| r.target == "ordo-enforce")
-        {
-            let goal = "Enforce p99 added latency < 1 ms at half its max throughput".into();
-            self.goals.push(match r.added_p99_us {
-                Some(added) => Goal {
-                    goal,
-                    measured: format!("{:.3} ms at {:.0} req/s", added as f64 / 1000.0, f.rate),
-                    holds: added < 1000 && r.dropped == 0 && r.errors == 0,
-                },
-                None => Goal {
-                    goal,
-                    measured: "not measured: the run has no `direct` target to add to".into(),
-                    holds: false,
-                },
+                measured: format!("{:.2} ({})", r.median, how(r)),
+                holds: r.median >= 1.0,
             });
         }
+        if let Some(r) = rounds::cpu_ratio(rows, "ordo-enforce", "nginx", level) {
+            goals.push(Goal {
+                goal: "(same, per CPU second) Enforce req/s per core >= nginx's".into(),
+                measured: format!(
+                    "{:.2} (nginx's CPU us/request / Enforce's, {})",
+                    r.median,
+                    how(r)
+                ),
+                holds: r.median >= 1.0,
+            });
+        }
+        if let Some(r) = rounds::throughput_ratio(rows, "ordo-enforce", "nginx-crs", level) {
+            goals.push(Goal {
+                goal: "Enforce throughput >= 3x nginx + CRS".into(),
+                measured: format!("{:.2}x ({})", r.median, how(r)),
+                holds: r.median >= 3.0,
+            });
+        }
+        goals
+    }
+
+    /// The Enforce-mode enforcer's added p99 at the fixed rate (median of per-round figures).
+    fn latency_goal(&self) -> Option<Goal> {
+        let f = self.fixed_rate.as_ref()?;
+        let r = f.rows.iter().find(|r| r.target == "ordo-enforce")?;
+        let goal = "Enforce p99 added latency < 1 ms at half its max throughput".into();
+        Some(match r.added_p99_us {
+            Some(added) => Goal {
+                goal,
+                measured: format!(
+                    "{:.3} ms at {:.0} req/s ({})",
+                    added as f64 / 1000.0,
+                    f.rate,
+                    median_of(r.rounds_p99_us.len())
+                ),
+                holds: added < 1000 && r.dropped == 0 && r.errors == 0,
+            },
+            None => Goal {
+                goal,
+                measured: "not measured: the run has no `direct` target to add to".into(),
+                holds: false,
+            },
+        })
     }
 }
 
@@ -423,6 +537,7 @@ mod tests {
                     added_p99_us: Some(600),
                     ..Default::default()
                 }],
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -447,6 +562,134 @@ mod tests {
         );
     }
 
+    fn round(target: &str, c: usize, round: usize, rps: f64, cpu: f64) -> ThroughputRow {
+        ThroughputRow {
+            round,
+            cpu_us_per_request: cpu,
+            ..row(target, c, rps)
+        }
+    }
+
+    fn fixed_row(target: &str, rounds_p99_us: &[u64]) -> FixedRateRow {
+        FixedRateRow {
+            target: target.into(),
+            rounds_p99_us: rounds_p99_us.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Three rounds in which the host is fastest for the enforcer's round 3 and slowest for
+    /// nginx's round 2: per round the enforcer reaches 0.95, 1.1 and 1.05 of nginx at 64
+    /// connections (median 1.05), while its median run over nginx's (11,400 / 12,000) is 0.95.
+    fn three_rounds() -> Results {
+        let mut throughput = Vec::new();
+        for (r, (ngx16, ngx64, enf64, enf_cpu)) in [
+            (10_000.0, 12_000.0, 11_400.0, 40.0),
+            (8_000.0, 9_000.0, 9_900.0, 20.0),
+            (11_000.0, 12_500.0, 13_125.0, 25.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = r + 1;
+            throughput.extend([
+                round("nginx", 16, r, ngx16, 30.0),
+                round("ordo-enforce", 16, r, 9_000.0, 40.0),
+                round("nginx-crs", 16, r, 3_000.0, 1000.0),
+                round("nginx", 64, r, ngx64, 30.0),
+                round("ordo-enforce", 64, r, enf64, enf_cpu),
+                round("nginx-crs", 64, r, 3_000.0, 1000.0),
+            ]);
+        }
+        // Direct access's own p99 is the highest of all in round 2.
+        let mut rows = vec![
+            fixed_row("direct", &[900, 8_700, 1_000]),
+            fixed_row("ordo-enforce", &[1_500, 2_000, 1_400]),
+        ];
+        crate::rounds::fill_added_p99(&mut rows);
+        Results {
+            targets: ["direct", "nginx", "nginx-crs", "ordo-enforce"]
+                .iter()
+                .map(|n| TargetInfo {
+                    name: (*n).into(),
+                    description: String::new(),
+                })
+                .collect(),
+            throughput,
+            fixed_rate: Some(FixedRate {
+                rate: 5_700.0,
+                basis: "half".into(),
+                rounds: 3,
+                round_duration_s: 10.0 / 3.0,
+                rows,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn summary_and_goals_use_medians_of_per_round_comparisons() {
+        let mut r = three_rounds();
+        r.summarise();
+        let enf = r
+            .summary
+            .iter()
+            .find(|s| s.target == "ordo-enforce")
+            .unwrap();
+        assert_eq!((enf.best_concurrency, enf.max_rps), (64, 11_400.0));
+        assert_eq!(enf.rounds, 3);
+        assert!((enf.ratio_to_nginx - 1.05).abs() < 1e-9, "{enf:?}");
+        // nginx's 30 µs over the enforcer's 40, 20, 25 µs: 0.75, 1.5, 1.2.
+        let cpu = enf.cpu_ratio_to_nginx.unwrap();
+        assert!((cpu - 1.2).abs() < 1e-9, "{cpu}");
+        assert!(
+            r.summary.iter().all(|s| s.target != "direct"),
+            "no closed-loop run"
+        );
+
+        let goal = |part: &str| r.goals.iter().find(|g| g.goal.contains(part)).unwrap();
+        let vs_nginx = goal(">= nginx");
+        assert!(vs_nginx.holds);
+        assert_eq!(
+            vs_nginx.measured,
+            "1.05 (median of 3 rounds at 64 connections)"
+        );
+        assert!(goal("per CPU second").measured.starts_with("1.20 "));
+        let crs = goal("3x nginx + CRS");
+        assert!(
+            crs.measured.starts_with("3.80x (median of 3 rounds"),
+            "{}",
+            crs.measured
+        );
+        let added = goal("added latency");
+        assert_eq!(
+            added.measured,
+            "0.400 ms at 5700 req/s (median of 3 rounds)"
+        );
+        assert!(added.holds);
+    }
+
+    #[test]
+    fn tables_show_the_median_run_and_every_round() {
+        let mut r = three_rounds();
+        r.summarise();
+        let table = r.render_tables();
+        assert!(
+            table.contains("the median run of 3 rounds by req/s"),
+            "{table}"
+        );
+        assert!(table.contains("| ordo-enforce | 64 | 11400 |"), "{table}");
+        assert!(table.contains("| 11400 / 9900 / 13125 |"), "{table}");
+        // One line per target and level, not one per run.
+        assert_eq!(table.matches("| nginx | 64 |").count(), 1, "{table}");
+        assert!(table.contains("added p99 = median of 3 rounds"), "{table}");
+        assert!(table.contains("| 0.90 / 8.70 / 1.00 |"), "{table}");
+        assert!(
+            table.contains("| ordo-enforce | 11400 | 64 | 1.05 |"),
+            "{table}"
+        );
+    }
+
     #[test]
     fn added_latency_without_direct_access_is_not_measured() {
         let mut r = Results {
@@ -459,6 +702,7 @@ mod tests {
                     added_p99_us: None,
                     ..Default::default()
                 }],
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -1,7 +1,8 @@
 //! One benchmark run, end to end: prepare the data, start every target pinned to its CPUs,
 //! check each answers the whole mix, bring the enforcers to a realistic state (mature model,
 //! 100,000 live sessions), measure throughput (wrk, several concurrency levels) and latency
-//! (fixed rate, open loop), measure memory, and write the results and the chart.
+//! (fixed rate, open loop), each in interleaved rounds (see [`crate::rounds`]), measure memory,
+//! and write the results and the chart.
 //!
 //! Every process is owned by a [`Proc`] guard, so an error or an interrupt (the script sends
 //! SIGTERM to the process group) stops them all.
@@ -11,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::loadgen::{
-    self, DistinctOperationsSource, DistinctSessionsSource, LoadReport, Workload,
-};
+use crate::loadgen::{self, DistinctOperationsSource, DistinctSessionsSource, Workload};
 use crate::mix::{CYCLE, lua_cycle};
 use crate::nginx::{self, NginxParams};
 use crate::procs::{Proc, free_port};
@@ -21,6 +20,7 @@ use crate::results::{
     EnforcerState, FixedRate, FixedRateRow, Goal, Memory, Results, Settings, TargetInfo,
     ThroughputRow,
 };
+use crate::rounds::{self, FixedTally, SlicePlan};
 use crate::scenario::{self, EnforcerMode, EnforcerParams, JWT_SECRET, OPENAPI_YAML};
 use crate::sessions::{self, PooledSession};
 use crate::wrk::{self, WrkRun};
@@ -32,8 +32,12 @@ pub struct RunOptions {
     pub enforcer_bin: PathBuf,
     pub self_bin: PathBuf,
     pub wrk_script: PathBuf,
+    /// Each closed-loop run.
     pub duration: Duration,
     pub levels: Vec<usize>,
+    /// Rounds of every measurement: each closed-loop level and the fixed rate.
+    pub rounds: usize,
+    /// Fixed rate per target, shared among the rounds.
     pub rate_duration: Duration,
     pub rate_connections: usize,
     /// Live sessions put into each enforcer's table before measuring (also the measured pool).
@@ -53,7 +57,8 @@ pub struct RunOptions {
     pub targets: Vec<String>,
 }
 
-/// The targets in the order they are measured and shown.
+/// The targets in the order they are measured and shown; `direct` comes first, so that in every
+/// fixed-rate round the reference of the added p99 is measured first.
 pub const ALL_TARGETS: &[(&str, &str)] = &[
     (
         "direct",
@@ -118,6 +123,10 @@ fn chrono_like_now() -> String {
 /// Runs the whole benchmark and returns what it measured (also written under `opts.out`).
 pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
     let started = Instant::now();
+    // Slices of the measured pool: one per run of a target, so every session continues its own
+    // cycle exactly once after the pre-warm (step 0) and never interleaves across runs. Planned
+    // first, so that a pool too small for the rounds fails at once, not after the preparation.
+    let plan = SlicePlan::new(opts.sessions, opts.levels.len(), opts.rounds)?;
     let work = opts.out.join("work");
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
@@ -134,7 +143,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
         settings: Settings {
             duration_s: opts.duration.as_secs_f64(),
             concurrency: opts.levels.clone(),
+            rounds: opts.rounds,
             fixed_rate_duration_s: opts.rate_duration.as_secs_f64(),
+            fixed_rate_round_s: rounds::fixed_round_duration(opts.rate_duration, opts.rounds)
+                .as_secs_f64(),
             fixed_rate_connections: opts.rate_connections,
             proxy_cpus: opts.proxy_cpus.clone(),
             load_cpus: opts.load_cpus.clone(),
@@ -269,7 +281,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
             "{}: learning done at {:.0} req/s ({} non-2xx, {} errors)",
             t.name,
             r.rps,
-            non_2xx(&r),
+            r.non_2xx(),
             r.errors
         ));
         log(format!(
@@ -285,7 +297,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
             "{}: pre-warm done at {:.0} req/s ({} non-2xx, {} errors)",
             t.name,
             r.rps,
-            non_2xx(&r),
+            r.non_2xx(),
             r.errors
         ));
         t.check_alive()?;
@@ -307,138 +319,37 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
         results.enforcers.push(state);
     }
 
-    // Slices of the measured pool: one per run of a target, so every session continues its own
-    // cycle exactly once after the pre-warm (step 0) and never interleaves across runs.
-    let ticks_per_s = crate::procs::clock_ticks_per_second() as f64;
-    let upstream_pid = upstream.pid();
-    let runs_per_target = opts.levels.len() as u64 + 1;
-    let slice = opts.sessions / runs_per_target;
-    anyhow::ensure!(
-        slice >= 1000,
-        "--sessions too small for {runs_per_target} runs per target"
-    );
+    let cpu = CpuMeter {
+        ticks_per_s: crate::procs::clock_ticks_per_second() as f64,
+        upstream_pid: upstream.pid(),
+    };
 
+    // Closed loop, level by level; at each level `rounds` rounds in which every target runs
+    // once, always in the same order, so that the runs compared within a round are seconds
+    // apart and a drift of the host hits all targets alike.
     for (i, level) in opts.levels.iter().enumerate() {
-        for t in &mut targets {
-            t.check_alive()?;
-            let out = work.join(format!("wrk-{}-{level}.json", t.name));
-            let cpu_before = t.cpu_ticks(upstream_pid);
-            let summary = wrk::run(&WrkRun {
-                target: t.addr,
-                threads: opts.wrk_threads,
-                connections: *level,
-                duration: opts.duration,
-                cpus: Some(&opts.load_cpus),
-                script: &opts.wrk_script,
-                data_dir: &work,
-                first_session: i as u64 * slice,
-                sessions: slice,
-                start_step: 1,
-                out,
-            })?;
-            let cpu_s = t.cpu_ticks(upstream_pid).saturating_sub(cpu_before) as f64 / ticks_per_s;
-            let duration_s = summary.duration_us as f64 / 1e6;
-            let cpu_us_per_request = if summary.requests > 0 {
-                cpu_s * 1e6 / summary.requests as f64
-            } else {
-                0.0
-            };
-            log(format!(
-                "{} c={level}: {:.0} req/s, p50 {} us, p99 {} us, {} non-2xx, {} errors, {cpu_us_per_request:.1} CPU us/request, CPU busy {:.0}%",
-                t.name,
-                summary.rps(),
-                summary.latency_us.p50,
-                summary.latency_us.p99,
-                summary.errors.status,
-                summary.transport_errors(),
-                cpu_s / duration_s.max(1e-9) * 100.0
-            ));
-            results.throughput.push(ThroughputRow {
-                target: t.name.clone(),
-                concurrency: *level,
-                requests: summary.requests,
-                duration_s,
-                cpu_us_per_request,
-                cpu_busy: cpu_s / duration_s.max(1e-9),
-                rps: summary.rps(),
-                non_2xx: summary.errors.status,
-                errors: summary.transport_errors(),
-                p50_us: summary.latency_us.p50,
-                p99_us: summary.latency_us.p99,
-                p999_us: summary.latency_us.p999,
-            });
+        for round in 0..opts.rounds {
+            for t in &mut targets {
+                let run = ClosedRun {
+                    level: *level,
+                    round,
+                    sessions: plan.closed(i, round),
+                };
+                let row = measure_closed(t, &run, &opts, &work, &cpu)?;
+                results.throughput.push(row);
+            }
         }
     }
 
-    // Fixed rate: half of the Enforce-mode maximum (the latency target), offered to all.
-    let best = |name: &str| {
-        results
-            .throughput
-            .iter()
-            .filter(|r| r.target == name)
-            .map(|r| r.rps)
-            .fold(0.0, f64::max)
-    };
-    let (basis_target, basis_rps) = ["ordo-enforce", "ordo-monitor", "nginx", "direct"]
-        .iter()
-        .map(|n| (*n, best(n)))
-        .find(|(_, r)| *r > 0.0)
-        .unwrap_or(("none", 2000.0));
-    let rate = (basis_rps / 2.0).floor().max(100.0);
-    let mut fixed = FixedRate {
-        rate,
-        basis: format!("half of {basis_target}'s best closed-loop throughput"),
-        rows: Vec::new(),
-    };
-    let first = opts.levels.len() as u64 * slice;
-    let rate_sessions =
-        Arc::new(measured[usize::try_from(first)?..usize::try_from(first + slice)?].to_vec());
-    for t in &mut targets {
-        t.check_alive()?;
-        let w = Workload::mix(t.addr, rate_sessions.clone(), 1, opts.rate_connections);
-        let cpu_before = t.cpu_ticks(upstream_pid);
-        let r = loadgen::run_fixed_rate(w, rate, opts.rate_duration).await?;
-        let cpu_s = t.cpu_ticks(upstream_pid).saturating_sub(cpu_before) as f64 / ticks_per_s;
-        log(format!(
-            "{} at {rate:.0} req/s: p50 {} us, p99 {} us, p99.9 {} us ({} non-2xx, {} errors, {} dropped)",
-            t.name,
-            r.latency_us.p50,
-            r.latency_us.p99,
-            r.latency_us.p999,
-            non_2xx(&r),
-            r.errors,
-            r.dropped
-        ));
-        fixed.rows.push(FixedRateRow {
-            target: t.name.clone(),
-            achieved_rps: r.rps,
-            requests: r.requests,
-            non_2xx: non_2xx(&r),
-            errors: r.errors,
-            dropped: r.dropped,
-            p50_us: r.latency_us.p50,
-            p90_us: r.latency_us.p90,
-            p99_us: r.latency_us.p99,
-            p999_us: r.latency_us.p999,
-            max_us: r.latency_us.max,
-            added_p99_us: None,
-            cpu_us_per_request: if r.requests > 0 {
-                cpu_s * 1e6 / r.requests as f64
-            } else {
-                0.0
-            },
-        });
-    }
-    if let Some(direct_p99) = fixed
-        .rows
-        .iter()
-        .find(|r| r.target == "direct")
-        .map(|r| r.p99_us)
-    {
-        for r in &mut fixed.rows {
-            r.added_p99_us = Some(r.p99_us as i64 - direct_p99 as i64);
-        }
-    }
+    let fixed = measure_fixed_rate(
+        &mut targets,
+        &results.throughput,
+        &plan,
+        &measured,
+        &opts,
+        &cpu,
+    )
+    .await?;
     results.fixed_rate = Some(fixed);
 
     // What the enforcers decided during the measurement.
@@ -475,8 +386,197 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Results> {
     Ok(results)
 }
 
-fn non_2xx(r: &LoadReport) -> u64 {
-    r.status_4xx + r.status_5xx
+/// The CPU time of the process doing a target's work.
+struct CpuMeter {
+    ticks_per_s: f64,
+    upstream_pid: u32,
+}
+
+impl CpuMeter {
+    fn ticks(&self, t: &Target) -> u64 {
+        t.cpu_ticks(self.upstream_pid)
+    }
+
+    /// CPU seconds `t` used since it was at `before` ticks.
+    fn seconds_since(&self, t: &Target, before: u64) -> f64 {
+        self.ticks(t).saturating_sub(before) as f64 / self.ticks_per_s
+    }
+}
+
+/// One closed-loop run of a target: the level, the round (from 0) and its slice of sessions.
+struct ClosedRun {
+    level: usize,
+    round: usize,
+    sessions: std::ops::Range<u64>,
+}
+
+/// Runs wrk once against `t` and returns the row of the results (logged as it ends).
+fn measure_closed(
+    t: &mut Target,
+    run: &ClosedRun,
+    opts: &RunOptions,
+    work: &Path,
+    cpu: &CpuMeter,
+) -> anyhow::Result<ThroughputRow> {
+    t.check_alive()?;
+    let (level, round) = (run.level, run.round + 1);
+    let before = cpu.ticks(t);
+    let summary = wrk::run(&WrkRun {
+        target: t.addr,
+        threads: opts.wrk_threads,
+        connections: level,
+        duration: opts.duration,
+        cpus: Some(&opts.load_cpus),
+        script: &opts.wrk_script,
+        data_dir: work,
+        first_session: run.sessions.start,
+        sessions: run.sessions.end - run.sessions.start,
+        start_step: 1,
+        out: work.join(format!("wrk-{}-{level}-{round}.json", t.name)),
+    })?;
+    let cpu_s = cpu.seconds_since(t, before);
+    let duration_s = summary.duration_us as f64 / 1e6;
+    let cpu_us_per_request = rounds::ratio(cpu_s * 1e6, summary.requests as f64).unwrap_or(0.0);
+    let cpu_busy = cpu_s / duration_s.max(1e-9);
+    log(format!(
+        "{} c={level} round {round}/{}: {:.0} req/s, p50 {} us, p99 {} us, {} non-2xx, {} errors, {cpu_us_per_request:.1} CPU us/request, CPU busy {:.0}%",
+        t.name,
+        opts.rounds,
+        summary.rps(),
+        summary.latency_us.p50,
+        summary.latency_us.p99,
+        summary.errors.status,
+        summary.transport_errors(),
+        cpu_busy * 100.0
+    ));
+    Ok(ThroughputRow {
+        target: t.name.clone(),
+        concurrency: level,
+        round,
+        requests: summary.requests,
+        duration_s,
+        cpu_us_per_request,
+        cpu_busy,
+        rps: summary.rps(),
+        non_2xx: summary.errors.status,
+        errors: summary.transport_errors(),
+        p50_us: summary.latency_us.p50,
+        p99_us: summary.latency_us.p99,
+        p999_us: summary.latency_us.p999,
+    })
+}
+
+/// The rate every target is offered: half of the Enforce-mode enforcer's best closed-loop
+/// throughput (the latency target), judged by its median run per level so that one
+/// lucky run does not set it; failing that, of the next target measured.
+fn fixed_rate_basis(throughput: &[ThroughputRow]) -> (&'static str, f64) {
+    let (target, rps) = ["ordo-enforce", "ordo-monitor", "nginx", "direct"]
+        .iter()
+        .map(|n| {
+            (
+                *n,
+                rounds::best_median_run(throughput, n).map_or(0.0, |r| r.rps),
+            )
+        })
+        .find(|(_, rps)| *rps > 0.0)
+        .unwrap_or(("none", 2000.0));
+    (target, (rps / 2.0).floor().max(100.0))
+}
+
+/// The fixed-rate rounds: in each, every target in turn (direct first) gets the rate for a
+/// share of `--rate-duration`, over the round's own slice of sessions. Per target the rounds'
+/// histograms are merged; the added p99 is the median of per-round differences to direct.
+async fn measure_fixed_rate(
+    targets: &mut [Target],
+    throughput: &[ThroughputRow],
+    plan: &SlicePlan,
+    measured: &[PooledSession],
+    opts: &RunOptions,
+    cpu: &CpuMeter,
+) -> anyhow::Result<FixedRate> {
+    let (basis_target, rate) = fixed_rate_basis(throughput);
+    let duration = rounds::fixed_round_duration(opts.rate_duration, opts.rounds);
+    let mut tallies = targets
+        .iter()
+        .map(|t| FixedTally::new(&t.name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for round in 0..opts.rounds {
+        let slice = plan.fixed(round);
+        let sessions =
+            Arc::new(measured[usize::try_from(slice.start)?..usize::try_from(slice.end)?].to_vec());
+        for (t, tally) in targets.iter_mut().zip(&mut tallies) {
+            let run = FixedRound {
+                rate,
+                duration,
+                round,
+                sessions: sessions.clone(),
+            };
+            measure_fixed_round(t, tally, run, opts, cpu).await?;
+        }
+    }
+    let mut rows: Vec<FixedRateRow> = tallies.iter().map(FixedTally::row).collect();
+    rounds::fill_added_p99(&mut rows);
+    for r in &rows {
+        log(format!(
+            "{} at {rate:.0} req/s, {} rounds together: p50 {} us, p99 {} us, p99.9 {} us; added p99 {}",
+            r.target,
+            opts.rounds,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.added_p99_us.map_or_else(
+                || "n/a".to_owned(),
+                |us| format!("{us} us (median of rounds)")
+            )
+        ));
+    }
+    Ok(FixedRate {
+        rate,
+        basis: format!(
+            "half of {basis_target}'s best closed-loop throughput (median run per level)"
+        ),
+        rounds: opts.rounds,
+        round_duration_s: duration.as_secs_f64(),
+        rows,
+    })
+}
+
+/// One fixed-rate round of one target.
+struct FixedRound {
+    rate: f64,
+    duration: Duration,
+    /// From 0.
+    round: usize,
+    sessions: Arc<Vec<PooledSession>>,
+}
+
+/// Offers `run.rate` to `t` for `run.duration` and adds the outcome to its tally.
+async fn measure_fixed_round(
+    t: &mut Target,
+    tally: &mut FixedTally,
+    run: FixedRound,
+    opts: &RunOptions,
+    cpu: &CpuMeter,
+) -> anyhow::Result<()> {
+    t.check_alive()?;
+    let w = Workload::mix(t.addr, run.sessions, 1, opts.rate_connections);
+    let before = cpu.ticks(t);
+    let (r, histogram) = loadgen::run_fixed_rate_recorded(w, run.rate, run.duration).await?;
+    let cpu_s = cpu.seconds_since(t, before);
+    log(format!(
+        "{} at {:.0} req/s round {}/{}: p50 {} us, p99 {} us, p99.9 {} us ({} non-2xx, {} errors, {} dropped)",
+        t.name,
+        run.rate,
+        run.round + 1,
+        opts.rounds,
+        r.latency_us.p50,
+        r.latency_us.p99,
+        r.latency_us.p999,
+        r.non_2xx(),
+        r.errors,
+        r.dropped
+    ));
+    tally.add(&r, &histogram, cpu_s)
 }
 
 fn start_nginx(
@@ -751,7 +851,7 @@ async fn measure_memory(
         "memory: {} sessions sent ({:.0} req/s, {} non-2xx, {} errors): RSS {before} -> {after} KiB, {} tracked",
         r.requests,
         r.rps,
-        non_2xx(&r),
+        r.non_2xx(),
         r.errors,
         tracked
             .map(|s| format!("{s:.0}"))

@@ -42,17 +42,21 @@ struct RunArgs {
     /// Output directory (results.json, throughput.png, work/ with configs and logs).
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    #[arg(long, default_value = "target/release/ordo-enforcer")]
+    #[arg(long, default_value = "target/dist/ordo-enforcer")]
     enforcer_bin: PathBuf,
     #[arg(long, default_value = "bench/wrk/mix.lua")]
     wrk_script: PathBuf,
     /// Seconds of each closed-loop (wrk) run.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 5)]
     duration: u64,
     /// Concurrency levels (keep-alive connections) of the closed-loop runs.
     #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
     levels: Vec<usize>,
-    /// Seconds of each fixed-rate run.
+    /// Rounds of every measurement: per level, every target runs once per round (same order);
+    /// the fixed rate likewise. Targets are compared within a round, medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
+    /// Seconds of fixed rate per target, shared among the rounds (at least 2 s per round).
     #[arg(long, default_value_t = 10)]
     rate_duration: u64,
     #[arg(long, default_value_t = 64)]
@@ -135,6 +139,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         wrk_script: std::fs::canonicalize(&a.wrk_script)?,
         duration: Duration::from_secs(a.duration),
         levels: a.levels,
+        rounds: usize::from(a.rounds),
         rate_duration: Duration::from_secs(a.rate_duration),
         rate_connections: a.rate_connections,
         sessions: a.sessions,
