@@ -5,8 +5,9 @@
 //! Only successful verifications are kept, with the one value the session key needs (the
 //! configured claim) and until the token expires (`exp` plus the configured leeway, and never
 //! longer than [`MAX_AGE_S`]): an expired token is verified again, and rejected. Entries are
-//! keyed by two independent keyed (per-process random SipHash) 64-bit hashes of the claim name
-//! and the token — 128 bits that nobody outside the process can compute, so a forged token
+//! keyed by a 128-bit SipHash-1-3 of the claim name and the token under a per-process random
+//! key (one half is the map key, the other the entry's check) — 128 bits that nobody outside
+//! the process can compute, so a forged token
 //! cannot be aimed at a cached one — and the token itself is not stored (an entry is about
 //! 90 bytes: 131,072 entries are about 12 MB; [`capacity_for`] sizes it from the session table). The cache is bounded:
 //! each shard holds two generations; when the current one is full it becomes the previous one
@@ -16,6 +17,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 use std::sync::{Mutex, PoisonError};
 
 use super::table::PassThroughHasher;
@@ -35,6 +38,13 @@ pub fn capacity_for(max_sessions: usize) -> usize {
 /// before it is dropped on the request path that filled it (about 4,000 entries per shard at
 /// the benchmark's size, a fraction of a millisecond; with 16 shards it was four times that).
 const SHARDS: usize = 64;
+
+/// A random 64-bit value from the standard library's per-process random hash keys.
+fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
 
 #[derive(Debug)]
 struct Verified {
@@ -58,9 +68,9 @@ struct Shard {
 #[derive(Debug)]
 pub struct VerifiedTokens {
     shards: Box<[Mutex<Shard>]>,
-    hasher: std::collections::hash_map::RandomState,
-    /// Independent of `hasher`: the `check` of an entry.
-    check_hasher: std::collections::hash_map::RandomState,
+    /// Per-process random key of the 128-bit SipHash whose halves are an entry's map key and
+    /// its `check` (one pass over the token instead of two keyed 64-bit hashes).
+    hasher: SipHasher13,
     /// Entries per generation per shard (two generations: at most twice this per shard).
     generation_cap: usize,
 }
@@ -78,22 +88,19 @@ impl VerifiedTokens {
     pub fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
-            check_hasher: std::collections::hash_map::RandomState::new(),
+            hasher: SipHasher13::new_with_keys(random_u64(), random_u64()),
             generation_cap: capacity / (2 * SHARDS),
         }
     }
 
     /// The map key and the check of `claim` and `token`.
     fn key(&self, claim: &str, token: &str) -> (u64, u64) {
-        let hash = |state: &std::collections::hash_map::RandomState| {
-            let mut h = state.build_hasher();
-            h.write(claim.as_bytes());
-            h.write_u8(0xff);
-            h.write(token.as_bytes());
-            h.finish()
-        };
-        (hash(&self.hasher), hash(&self.check_hasher))
+        let mut h = self.hasher;
+        h.write(claim.as_bytes());
+        h.write_u8(0xff);
+        h.write(token.as_bytes());
+        let hash = h.finish128();
+        (hash.h1, hash.h2)
     }
 
     fn shard(&self, key: u64) -> Option<&Mutex<Shard>> {
