@@ -9,17 +9,17 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::body::{BoxError, PermitBody, ProxyBody};
 use super::decision::{Verdict, decide};
-use super::headers::{X_REQUEST_ID, add_forwarding, forwardable_headers, strip_hop_by_hop};
+use super::headers::{Forwarding, X_REQUEST_ID, strip_hop_by_hop, write_forwarded};
 use super::problem::problem;
 use super::state::Shared;
-use super::upstream::RequestBody;
+use super::upstream::{RequestBody, UpstreamRequest};
 use crate::analysis::{
     Finding, FindingKind, RequestContext, RequestScratch, ResponseSummary, Severity,
 };
@@ -539,31 +539,21 @@ async fn handle_inner(
     let flagged = verdict == Verdict::Flag;
 
     // 5. Forward, in origin form (`/path?query`): the pool holds connections to the one upstream.
-    let upstream_uri = uri
-        .path_and_query()
-        .cloned()
-        .map_or_else(|| Uri::from_static("/"), Uri::from);
-    // The request's own headers stay as received for learning; the upstream gets a copy
-    // without the hop-by-hop headers, with room for the four this adds.
-    let mut upstream_headers = forwardable_headers(&parts.headers, 4);
-    let trust = policy.config.client_address.source == ClientAddressSource::XForwardedFor;
-    add_forwarding(&mut upstream_headers, peer.ip(), trust);
-    // Built once: the response gets a clone (a reference count, not a copy).
+    // The request's own headers stay as received for learning; the upstream's head is written
+    // from them directly (without the hop-by-hop ones, with the forwarding headers).
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut upstream_req = UpstreamRequest::new(parts.method.clone(), target, forward_body);
+    // HTTP/2 carries the host in `:authority`; without either, name the upstream.
+    let authority = uri.authority().unwrap_or(shared.upstream.authority());
+    let forwarding = Forwarding {
+        peer: peer.ip(),
+        trust_incoming: policy.config.client_address.source == ClientAddressSource::XForwardedFor,
+        request_id: &rid,
+        host: authority.as_str(),
+    };
+    write_forwarded(&mut upstream_req.head, &parts.headers, &forwarding);
+    // Built once, for the response.
     let rid_value = HeaderValue::from_str(&rid).ok();
-    if let Some(v) = &rid_value {
-        upstream_headers.insert(X_REQUEST_ID, v.clone());
-    }
-    if upstream_headers.get(header::HOST).is_none() {
-        // HTTP/2 carries the host in `:authority`; without either, name the upstream.
-        let authority = uri.authority().unwrap_or(shared.upstream.authority());
-        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-            upstream_headers.insert(header::HOST, v);
-        }
-    }
-    let mut upstream_req = Request::new(forward_body);
-    *upstream_req.method_mut() = parts.method.clone();
-    *upstream_req.uri_mut() = upstream_uri;
-    *upstream_req.headers_mut() = upstream_headers;
     let decided = started.elapsed();
     let upstream_started = Instant::now();
     let result = tokio::time::timeout(

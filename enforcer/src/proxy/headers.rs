@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 
+use std::io::Write as _;
+
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -58,46 +60,90 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A copy of `headers` without the hop-by-hop ones (as [`strip_hop_by_hop`] would leave it),
-/// built in one pass with room for `extra` more headers, so that adding the forwarding
-/// headers does not grow the map.
-pub fn forwardable_headers(headers: &HeaderMap, extra: usize) -> HeaderMap {
+/// What the proxy adds to a forwarded request's headers.
+pub struct Forwarding<'a> {
+    /// The client connection's address, appended to `X-Forwarded-For`.
+    pub peer: IpAddr,
+    /// Whether the incoming `X-Forwarded-*` headers come from a trusted proxy (kept and
+    /// extended) or from the client (replaced).
+    pub trust_incoming: bool,
+    pub request_id: &'a str,
+    /// `Host` for a request without one (HTTP/2 carries it in `:authority`).
+    pub host: &'a str,
+}
+
+/// Writes the header field lines of the request as it goes to the upstream straight into
+/// the request head being built: the client's headers without the hop-by-hop ones (those
+/// listed in `Connection` included) and without framing headers (the upstream client writes
+/// its own), then `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-Id` and, when missing,
+/// `Host`. No header map is built for the upstream request (a copy of the map and its drop
+/// were ~3 % of the enforcer's CPU). Names and values were validated by the server side.
+pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, fwd: &Forwarding<'_>) {
     let listed = if headers.contains_key(header::CONNECTION) {
         connection_listed(headers)
     } else {
         Vec::new()
     };
-    let mut out = HeaderMap::with_capacity(headers.len() + extra);
+    let keep_proto = fwd.trust_incoming && headers.contains_key(X_FORWARDED_PROTO);
     for (name, value) in headers {
-        if is_hop_by_hop(name) || listed.contains(name) {
+        let replaced = name == X_FORWARDED_FOR
+            || name == X_REQUEST_ID
+            || (name == X_FORWARDED_PROTO && !keep_proto);
+        if replaced
+            || name == header::CONTENT_LENGTH
+            || is_hop_by_hop(name)
+            || listed.contains(name)
+        {
             continue;
         }
-        out.append(name.clone(), value.clone());
+        write_field(out, name.as_str(), value.as_bytes());
     }
-    out
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if fwd.trust_incoming
+        && let Some(existing) = headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes)
+        && !existing.is_empty()
+    {
+        out.extend_from_slice(existing);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}\r\n", fwd.peer);
+    if !keep_proto {
+        write_field(out, "x-forwarded-proto", b"http");
+    }
+    write_field(out, "x-request-id", fwd.request_id.as_bytes());
+    if !headers.contains_key(header::HOST) {
+        write_field(out, "host", fwd.host.as_bytes());
+    }
 }
 
-/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` (kept when a trusted
-/// proxy already set it).
-pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, trust_incoming: bool) {
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if trust_incoming && !existing.is_empty() => format!("{existing}, {peer}"),
-        _ => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if !(trust_incoming && headers.contains_key(X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const FWD: Forwarding<'static> = Forwarding {
+        peer: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+        trust_incoming: false,
+        request_id: "rid-1",
+        host: "upstream:8080",
+    };
+
+    fn written(headers: &HeaderMap, fwd: &Forwarding<'_>) -> Vec<String> {
+        let mut out = Vec::new();
+        write_forwarded(&mut out, headers, fwd);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n"));
+        text.split_terminator("\r\n").map(str::to_owned).collect()
+    }
+
     #[test]
-    fn strips_listed_and_standard_hop_headers() {
+    fn strips_hop_by_hop_headers_in_place() {
         let mut h = HeaderMap::new();
         h.insert("connection", "keep-alive, x-secret".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
@@ -106,39 +152,71 @@ mod tests {
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("proxy-authorization", "x".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
-        let copy = forwardable_headers(&h, 2);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
-        assert_eq!(copy, h);
-        add_forwarding(&mut h, "10.0.0.1".parse().unwrap(), false);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        // Nothing hop-by-hop: the map is left as it was.
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]
-    fn forwardable_copy_keeps_every_value_in_order() {
+    fn forwarded_head_drops_hop_by_hop_and_framing_and_adds_ours() {
         let mut h = HeaderMap::new();
-        h.append("accept", "a/b".parse().unwrap());
+        h.insert("host", "api.example".parse().unwrap());
+        h.insert("connection", "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("content-length", "5".parse().unwrap());
+        h.insert("proxy-authorization", "x".parse().unwrap());
         h.append("x-multi", "1".parse().unwrap());
         h.append("x-multi", "2".parse().unwrap());
-        h.append("transfer-encoding", "chunked".parse().unwrap());
-        h.append("x-forwarded-for", "10.0.0.9".parse().unwrap());
-        let copy = forwardable_headers(&h, 0);
-        assert_eq!(copy.len(), 4);
-        let multi: Vec<_> = copy.get_all("x-multi").iter().collect();
-        assert_eq!(multi, ["1", "2"]);
-        assert!(!copy.contains_key("transfer-encoding"));
-        let mut stripped = h.clone();
-        strip_hop_by_hop(&mut stripped);
-        assert_eq!(copy, stripped);
-        // Nothing hop-by-hop: the map is left as it was.
-        let before = copy.clone();
-        let mut same = copy;
-        strip_hop_by_hop(&mut same);
-        assert_eq!(same, before);
-        let mut trusted = before.clone();
-        add_forwarding(&mut trusted, "10.0.0.1".parse().unwrap(), true);
-        assert_eq!(trusted["x-forwarded-for"], "10.0.0.9, 10.0.0.1");
+        h.insert("x-request-id", "client-chosen".parse().unwrap());
+        // From the client, not a trusted proxy: replaced, not extended.
+        h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert_eq!(
+            written(&h, &FWD),
+            [
+                "host: api.example",
+                "x-multi: 1",
+                "x-multi: 2",
+                "x-forwarded-for: 10.0.0.1",
+                "x-forwarded-proto: http",
+                "x-request-id: rid-1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxy_chain_is_extended_and_a_missing_host_named() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "10.0.0.9".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        let trusted = Forwarding {
+            trust_incoming: true,
+            ..FWD
+        };
+        assert_eq!(
+            written(&h, &trusted),
+            [
+                "x-forwarded-proto: https",
+                "x-forwarded-for: 10.0.0.9, 10.0.0.1",
+                "x-request-id: rid-1",
+                "host: upstream:8080",
+            ]
+        );
+        assert_eq!(
+            written(&HeaderMap::new(), &trusted),
+            [
+                "x-forwarded-for: 10.0.0.1",
+                "x-forwarded-proto: http",
+                "x-request-id: rid-1",
+                "host: upstream:8080",
+            ]
+        );
     }
 }

@@ -12,10 +12,10 @@ mod upstream;
 
 pub use body::{BoxError, ProxyBody};
 pub use decision::{Verdict, decide};
-pub use headers::{add_forwarding, forwardable_headers, strip_hop_by_hop};
+pub use headers::{Forwarding, strip_hop_by_hop, write_forwarded};
 pub use server::{
     ReloadHook, RunningEnforcer, StartError, StartOptions, refresh_gauges, start,
     start_with_options,
 };
 pub use state::Shared;
-pub use upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool};
+pub use upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool, UpstreamRequest};

@@ -64,20 +64,17 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Appends `METHOD target HTTP/1.1`, the headers (the framing ones replaced by `framing`) and
-/// the blank line to `out`. `headers` are already free of hop-by-hop fields; names and values
-/// were validated by the server side (no CR or LF can be in them).
-pub fn encode_request_head(
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    framing: RequestFraming,
-    out: &mut Vec<u8>,
-) {
+/// Appends the request line `METHOD target HTTP/1.1`.
+pub fn encode_request_line(method: &Method, target: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// Appends `headers` as field lines, without the framing ones (the head's end writes its own).
+/// Names and values come validated from `http` (no CR or LF can be in them).
+pub fn encode_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
@@ -87,6 +84,10 @@ pub fn encode_request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends the framing header of `framing` and the blank line that ends the head.
+pub fn finish_head(framing: RequestFraming, out: &mut Vec<u8>) {
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
@@ -277,25 +278,16 @@ mod tests {
         headers.append("accept", HeaderValue::from_static("c/d"));
         headers.insert("content-length", HeaderValue::from_static("999"));
         let mut out = Vec::new();
-        encode_request_head(
-            &Method::POST,
-            "/x?y=1",
-            &headers,
-            RequestFraming::Length(5),
-            &mut out,
-        );
+        encode_request_line(&Method::POST, "/x?y=1", &mut out);
+        encode_fields(&headers, &mut out);
+        finish_head(RequestFraming::Length(5), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /x?y=1 HTTP/1.1\r\nhost: api.example\r\naccept: a/b\r\naccept: c/d\r\ncontent-length: 5\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_request_head(
-            &Method::PUT,
-            "/",
-            &HeaderMap::new(),
-            RequestFraming::Chunked,
-            &mut out,
-        );
+        encode_request_line(&Method::PUT, "/", &mut out);
+        finish_head(RequestFraming::Chunked, &mut out);
         assert_eq!(out, b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n");
     }
 

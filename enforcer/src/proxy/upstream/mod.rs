@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response, Version};
+use http::{Method, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,6 +75,35 @@ pub enum UpstreamError {
     /// Reading the client's body failed (too large, client gone); the source says which.
     #[error("request body: {0}")]
     RequestBody(#[source] BoxError),
+}
+
+/// A request for the upstream: its head up to the framing (request line and header field
+/// lines, origin-form target, `Host` included, no hop-by-hop fields) and its body.
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub head: Vec<u8>,
+    pub body: RequestBody,
+}
+
+impl UpstreamRequest {
+    /// A request whose head holds the request line; the caller appends the field lines.
+    pub fn new(method: Method, target: &str, body: RequestBody) -> Self {
+        let mut head = Vec::with_capacity(1024);
+        codec::encode_request_line(&method, target, &mut head);
+        Self { method, head, body }
+    }
+
+    /// A request with the field lines of `headers` (without the framing ones).
+    pub fn with_headers(
+        method: Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: RequestBody,
+    ) -> Self {
+        let mut req = Self::new(method, target, body);
+        codec::encode_fields(headers, &mut req.head);
+        req
+    }
 }
 
 /// The body to forward: in memory (read for the checks, or empty) or streamed from the client.
@@ -274,19 +303,20 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set, no hop-by-hop headers) and returns the
-    /// response; its body gives the connection back to the pool once read to the end.
+    /// Sends `req` and returns the response; its body gives the connection back to the pool
+    /// once read to the end.
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
+        req: UpstreamRequest,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let shard = WORKER.with(Cell::get) % self.inner.shards.len();
-        let (parts, mut body) = req.into_parts();
-        let method = parts.method;
+        let UpstreamRequest {
+            method,
+            mut head,
+            mut body,
+        } = req;
         let framing = RequestFraming::of(&method, body.exact_len());
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut head = Vec::with_capacity(1024);
-        codec::encode_request_head(&method, target, &parts.headers, framing, &mut head);
+        codec::finish_head(framing, &mut head);
         let resendable = matches!(body, RequestBody::Buffered(_)) && codec::is_idempotent(&method);
 
         while let Some(conn) = self.inner.take_idle(shard) {
@@ -457,6 +487,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::Request;
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
@@ -553,18 +584,16 @@ mod tests {
         })
     }
 
-    fn request(method: Method, path: &str, body: RequestBody) -> Request<RequestBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = path.parse().unwrap();
-        req.headers_mut().insert(
+    fn request(method: Method, path: &str, body: RequestBody) -> UpstreamRequest {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
             http::header::HOST,
             http::HeaderValue::from_static("upstream"),
         );
-        req
+        UpstreamRequest::with_headers(method, path, &headers, body)
     }
 
-    fn post(body: &'static str) -> Request<RequestBody> {
+    fn post(body: &'static str) -> UpstreamRequest {
         request(
             Method::POST,
             "/items",
@@ -572,11 +601,11 @@ mod tests {
         )
     }
 
-    fn get(path: &str) -> Request<RequestBody> {
+    fn get(path: &str) -> UpstreamRequest {
         request(Method::GET, path, RequestBody::Buffered(Bytes::new()))
     }
 
-    async fn send_and_read(pool: &UpstreamPool, req: Request<RequestBody>) -> (u16, Bytes) {
+    async fn send_and_read(pool: &UpstreamPool, req: UpstreamRequest) -> (u16, Bytes) {
         let resp = pool.send(req).await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.into_body().collect().await.unwrap().to_bytes())
