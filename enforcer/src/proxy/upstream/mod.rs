@@ -342,15 +342,16 @@ impl UpstreamPool {
         &self.inner.settings.authority
     }
 
-    /// Closes idle connections kept longer than `idle_timeout` (called by housekeeping once a
-    /// second; a checkout does not read the clock).
+    /// Closes idle connections kept longer than `idle_timeout` and those the upstream closed
+    /// meanwhile, which would otherwise hold their socket until then (called by housekeeping
+    /// once a second; a checkout does not read the clock).
     pub fn evict_idle(&self) {
         let timeout = self.inner.settings.idle_timeout;
         for shard in &self.inner.shards {
             shard
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|c| c.since.elapsed() < timeout);
+                .retain_mut(|c| c.since.elapsed() < timeout && c.conn.usable());
         }
     }
 
@@ -750,6 +751,23 @@ mod tests {
         assert_eq!(pool.idle(), 0);
         send_and_read(&pool, get("/")).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_the_upstream_closed_are_evicted() {
+        let (addr, _) = raw_upstream("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
+        let pool = pool(addr, Duration::from_secs(60));
+        send_and_read(&pool, get("/")).await;
+        assert_eq!(pool.idle(), 1);
+        // The upstream's close reaches the runtime's readiness after a turn of its driver.
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            pool.evict_idle();
+            if pool.idle() == 0 {
+                return;
+            }
+        }
+        panic!("the closed connection stayed in the pool");
     }
 
     #[tokio::test]
