@@ -93,7 +93,9 @@ impl UpstreamRequest {
         Self { method, head, body }
     }
 
-    /// A request with the field lines of `headers` (without the framing ones).
+    /// A request with the field lines of `headers` (without the framing ones); the proxy
+    /// writes its field lines itself (`headers::write_forwarded`).
+    #[cfg(test)]
     pub fn with_headers(
         method: Method,
         target: &str,
