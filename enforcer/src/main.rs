@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ordo_enforcer::config::load_file;
+use ordo_enforcer::config::ConfigWatcher;
 use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::proxy::{ReloadHook, StartOptions, start_with_options};
 
@@ -79,8 +79,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args);
-    let config =
-        load_file(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    let (config_watcher, config) = ConfigWatcher::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
     // Standalone persistence of the learned model (learning.modelFile).
     let model_file = config.learning.model_file.clone();
     let initial = match &model_file {
@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         config,
         Arc::clone(&analyzer) as _,
         StartOptions {
-            config_path: Some(args.config.clone()),
+            config_watcher: Some(config_watcher),
             on_reload: Some(on_reload),
             workers,
         },

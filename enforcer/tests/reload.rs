@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use ordo_enforcer::analysis::NoopAnalyzer;
-use ordo_enforcer::config::load_file;
+use ordo_enforcer::config::ConfigWatcher;
 use ordo_enforcer::proxy::start;
 
 const V1: &str = r#"
@@ -58,13 +58,10 @@ async fn configmap_symlink_swap_reloads_good_and_rejects_bad() {
     let v1 = V1.replace("{upstream}", &up.addr.to_string());
     publish(dir.path(), 1, &v1);
     let path = dir.path().join("enforcer.yaml");
-    let e = start(
-        load_file(&path).unwrap(),
-        Some(path.clone()),
-        Arc::new(NoopAnalyzer),
-    )
-    .await
-    .unwrap();
+    let (watcher, config) = ConfigWatcher::load(&path).unwrap();
+    let e = start(config, Some(watcher), Arc::new(NoopAnalyzer))
+        .await
+        .unwrap();
     let c = client();
     let h = [("x-forwarded-for", "1.1.1.1")];
     assert_eq!(
@@ -136,13 +133,10 @@ async fn reload_keeps_open_connections() {
     let v1 = V1.replace("{upstream}", &up.addr.to_string());
     publish(dir.path(), 1, &v1);
     let path = dir.path().join("enforcer.yaml");
-    let e = start(
-        load_file(&path).unwrap(),
-        Some(path.clone()),
-        Arc::new(NoopAnalyzer),
-    )
-    .await
-    .unwrap();
+    let (watcher, config) = ConfigWatcher::load(&path).unwrap();
+    let e = start(config, Some(watcher), Arc::new(NoopAnalyzer))
+        .await
+        .unwrap();
     // One HTTP/1.1 connection, used before and after the reload.
     let stream = tokio::net::TcpStream::connect(e.proxy_addr).await.unwrap();
     let (mut sender, conn) =

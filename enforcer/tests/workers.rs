@@ -57,7 +57,7 @@ async fn three_workers_serve_on_one_address_and_stop_on_shutdown() {
         parse_yaml(&yaml).unwrap(),
         Arc::new(NoopAnalyzer),
         StartOptions {
-            config_path: None,
+            config_watcher: None,
             on_reload: None,
             workers: 3,
         },
@@ -103,7 +103,7 @@ async fn a_taken_address_fails_the_start() {
         parse_yaml(&yaml).unwrap(),
         Arc::new(NoopAnalyzer),
         StartOptions {
-            config_path: None,
+            config_watcher: None,
             on_reload: None,
             workers: 2,
         },

@@ -31,6 +31,7 @@ use crate::crd::{
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::names::{FIELD_MANAGER, FINALIZER, Names};
+use crate::propagation;
 use crate::render::{self, RenderInput, ReportTarget};
 use crate::reports::{ProtectionKey, ReportHub, now_ms};
 use crate::resources::{self, DeploymentInput, EnforcerPorts};
@@ -63,6 +64,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub hub: Arc<ReportHub>,
 }
+
+/// Longest a reconcile waits for the report state before it goes on without it.
+const REPORT_STATE_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(
@@ -404,9 +408,12 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
         namespace: namespace.clone(),
         name: name.clone(),
     };
-    let report_part = match ctx
-        .hub
-        .with_state(&key, |r| {
+    // A report being merged and persisted holds the report state; the config and the routing
+    // must never wait behind report ingestion, so the reported part of the status may be
+    // left as it is this time.
+    let report_state = tokio::time::timeout(
+        REPORT_STATE_WAIT,
+        ctx.hub.with_state(&key, |r| {
             summary::report_part(
                 &summary::ProtectionRef {
                     namespace: &namespace,
@@ -418,12 +425,17 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
                 now_ms(),
                 reporting_window(ctx),
             )
-        })
-        .await
-    {
-        Ok(part) => Some(part),
-        Err(err) => {
+        }),
+    )
+    .await;
+    let report_part = match report_state {
+        Ok(Ok(part)) => Some(part),
+        Ok(Err(err)) => {
             tracing::warn!(error = %err, "report state unavailable; keeping the reported status as it is");
+            None
+        }
+        Err(_) => {
+            tracing::info!("report state busy; keeping the reported status as it is");
             None
         }
     };
@@ -569,6 +581,12 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
             )),
         )
         .await?;
+    if let Some(revision) = &rendered.config.revision {
+        let objects = std::iter::once(&protection.metadata)
+            .chain(rules.verdicts.iter().map(|(rule, _)| &rule.metadata));
+        ctx.hub
+            .rendered(&key, revision, propagation::last_spec_write_ms(objects));
+    }
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
     accounts
         .patch(

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod leader_endpoint;
 pub mod metrics;
 pub mod names;
+pub mod propagation;
 pub mod render;
 pub mod reports;
 pub mod resources;

@@ -279,6 +279,7 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         }
     });
     let mut config = EnforcerConfig {
+        revision: None,
         listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.listen_port)),
         admin: cfg::AdminConfig {
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.admin_port)),
@@ -331,15 +332,25 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let yaml = serde_yaml_ng::to_string(&config).map_err(|err| {
+    // The revision is a hash of everything else, so an unchanged spec renders the same
+    // revision (and the same ConfigMap) every time.
+    data.insert(CONFIG_KEY.to_owned(), config_yaml(&config)?);
+    config.revision = Some(hash_data(&data)[..REVISION_HEX_DIGITS].to_owned());
+    data.insert(CONFIG_KEY.to_owned(), config_yaml(&config)?);
+    let hash = hash_data(&data);
+    Ok(Rendered { config, data, hash })
+}
+
+/// Hex digits of the config revision (64 bits: unique among one protection's configs).
+const REVISION_HEX_DIGITS: usize = 16;
+
+fn config_yaml(config: &EnforcerConfig) -> Result<String, Vec<FieldError>> {
+    serde_yaml_ng::to_string(config).map_err(|err| {
         vec![FieldError {
             field: "spec".into(),
             message: format!("rendering the config failed: {err}"),
         }]
-    })?;
-    data.insert(CONFIG_KEY.to_owned(), yaml);
-    let hash = hash_data(&data);
-    Ok(Rendered { config, data, hash })
+    })
 }
 
 /// The upstream defaults of the enforcer config (everything but the URL).

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::names::{self, FIELD_MANAGER, MODEL_KEY, REPORT_STATE_KEY};
+use crate::propagation::Propagation;
 
 /// Most incidents kept per protection (the status shows fewer).
 pub const MAX_INCIDENTS: usize = 200;
@@ -205,6 +206,9 @@ pub struct ReportHub {
     client: kube::Client,
     metrics: Arc<Metrics>,
     states: std::sync::Mutex<HashMap<ProtectionKey, Arc<tokio::sync::Mutex<ProtectionReports>>>>,
+    /// Which config revision each protection's enforcers should run (never held across an
+    /// await, so reconciles and reports never wait on each other for it).
+    propagation: std::sync::Mutex<HashMap<ProtectionKey, Propagation>>,
     /// Whether this replica leads (only the leader accepts reports).
     pub leading: AtomicBool,
     /// Reconcile requests for the controller.
@@ -225,6 +229,7 @@ impl ReportHub {
             client,
             metrics,
             states: std::sync::Mutex::new(HashMap::new()),
+            propagation: std::sync::Mutex::new(HashMap::new()),
             leading: AtomicBool::new(false),
             reconcile_tx,
             min_refresh,
@@ -247,6 +252,45 @@ impl ReportHub {
             Err(poisoned) => poisoned.into_inner(),
         };
         states.remove(key);
+        self.with_propagation(|all| all.remove(key));
+    }
+
+    /// The reconcile rendered `revision` for the protection; `last_spec_write_ms` as in
+    /// [`Propagation::rendered`].
+    pub fn rendered(&self, key: &ProtectionKey, revision: &str, last_spec_write_ms: Option<u64>) {
+        self.with_propagation(|all| {
+            all.entry(key.clone())
+                .or_default()
+                .rendered(revision, last_spec_write_ms, now_ms());
+        });
+    }
+
+    /// Observes the propagation delay when this report shows a replica switching to the
+    /// protection's current config.
+    fn observe_running_config(&self, key: &ProtectionKey, report: &Report) {
+        let Some(running) = &report.config else {
+            return;
+        };
+        let delay = self.with_propagation(|all| {
+            all.entry(key.clone())
+                .or_default()
+                .reported(&report.instance, running)
+        });
+        if let Some(seconds) = delay {
+            self.metrics.config_propagation.observe(seconds);
+            tracing::info!(namespace = %key.namespace, name = %key.name, replica = %report.replica, revision = %running.revision, seconds, "an enforcer runs the changed config");
+        }
+    }
+
+    fn with_propagation<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<ProtectionKey, Propagation>) -> T,
+    ) -> T {
+        let mut all = match self.propagation.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut all)
     }
 
     /// Runs `f` on the protection's state, loading it from its ConfigMap first if needed.
@@ -292,6 +336,7 @@ impl ReportHub {
         owner: &OwnerReference,
         report: &Report,
     ) -> Result<Accepted> {
+        self.observe_running_config(key, report);
         let entry = self.entry(key);
         let mut guard = entry.lock().await;
         self.ensure_loaded(key, &mut guard).await?;
@@ -488,6 +533,7 @@ mod tests {
                 blocked: 1,
                 last_match_ms: Some(requests),
             }],
+            config: None,
         }
     }
 

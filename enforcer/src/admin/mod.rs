@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::policy::format_unix_ms;
 use crate::proxy::{Shared, refresh_gauges};
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -129,8 +130,11 @@ pub fn model_view(shared: &Shared) -> serde_json::Value {
         .into_iter()
         .map(|op| json!({ "id": op.id, "operation": &*op.template, "origin": op.origin }))
         .collect();
+    let policy = shared.policy.load();
     json!({
-        "mode": shared.policy.load().config.mode,
+        "mode": policy.config.mode,
+        "configRevision": policy.config.revision,
+        "configSince": format_unix_ms(policy.compiled_at_ms),
         "operations": ops,
         "templating": shared.resolver.stats(),
         "sessions": shared.sessions.stats(),

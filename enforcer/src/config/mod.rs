@@ -56,6 +56,11 @@ pub enum FailurePolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnforcerConfig {
+    /// Identifies the rendered config (the operator sets it to a hash of the rest); the
+    /// enforcer reports which revision it runs and since when, so that the operator can tell
+    /// how long a change took to reach every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Address of the proxy listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,

@@ -12,7 +12,9 @@ use crate::operation::{OperationPattern, OperationResolver, OperationSchema, loa
 use crate::session::{JwtConfigError, SessionIdentifiers};
 
 pub use ratelimit::CompiledLimit;
-pub use rules::{CompiledRule, RuleCounters, RuleCountersView, RuleKind, format_unix_ms};
+pub use rules::{
+    CompiledRule, RuleCounters, RuleCountersView, RuleKind, format_unix_ms, unix_now_ms,
+};
 
 /// Why a config could not be compiled (after it validated).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ pub struct CompiledPolicy {
     pub history_ms: u64,
     pub schema_action: Option<Action>,
     pub admin_token: Option<String>,
+    /// Unix milliseconds when this policy was compiled, i.e. since when it runs.
+    pub compiled_at_ms: u64,
 }
 
 impl CompiledPolicy {
@@ -282,6 +286,7 @@ pub fn compile(
         limits,
         limits_by_op,
         admin_token,
+        compiled_at_ms: unix_now_ms(),
         config,
     })
 }

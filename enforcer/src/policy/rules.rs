@@ -40,6 +40,13 @@ impl RuleCounters {
     }
 }
 
+/// Milliseconds since the Unix epoch now (0 if the clock is before it).
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// RFC 3339 with milliseconds.
 pub fn format_unix_ms(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -87,15 +86,15 @@ fn random_u64() -> u64 {
 /// Called with every config that was reloaded and applied (e.g. to reconfigure the analyzer).
 pub type ReloadHook = Arc<dyn Fn(&EnforcerConfig) + Send + Sync>;
 
-/// Starts the enforcer with `config`. When `config_path` is given the file is watched and
-/// reloaded on change.
+/// Starts the enforcer with `config`. When `config_watcher` is given (from
+/// [`ConfigWatcher::load`], which also gave `config`) the file is reloaded on change.
 pub async fn start(
     config: EnforcerConfig,
-    config_path: Option<PathBuf>,
+    config_watcher: Option<ConfigWatcher>,
     analyzer: Arc<dyn Analyzer>,
 ) -> Result<RunningEnforcer, StartError> {
     let options = StartOptions {
-        config_path,
+        config_watcher,
         on_reload: None,
         workers: 1,
     };
@@ -104,8 +103,8 @@ pub async fn start(
 
 /// How the enforcer process runs around its config.
 pub struct StartOptions {
-    /// Watched and reloaded on change when given.
-    pub config_path: Option<PathBuf>,
+    /// The config file, reloaded on change when given (see [`ConfigWatcher::load`]).
+    pub config_watcher: Option<ConfigWatcher>,
     /// Run after each applied reload.
     pub on_reload: Option<ReloadHook>,
     /// Proxy workers. Worker 0 serves on the caller's runtime (with the admin server and
@@ -124,7 +123,7 @@ pub async fn start_with_options(
     options: StartOptions,
 ) -> Result<RunningEnforcer, StartError> {
     let StartOptions {
-        config_path,
+        config_watcher,
         on_reload,
         workers,
     } = options;
@@ -239,7 +238,7 @@ pub async fn start_with_options(
     ));
     tasks.spawn(housekeeping(
         Arc::clone(&shared),
-        config_path,
+        config_watcher,
         on_reload,
         shutdown.clone(),
     ));
@@ -400,11 +399,10 @@ async fn accept_loop(
 /// Reloads the config, expires idle sessions and refreshes gauges.
 async fn housekeeping(
     shared: Arc<Shared>,
-    config_path: Option<PathBuf>,
+    mut watcher: Option<ConfigWatcher>,
     on_reload: Option<ReloadHook>,
     shutdown: CancellationToken,
 ) {
-    let mut watcher = config_path.as_deref().map(ConfigWatcher::new);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut next_shard = 0;
     loop {

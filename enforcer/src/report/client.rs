@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::protocol::{
     IncidentReport, MAX_INCIDENTS_PER_REPORT, MAX_REPORT_BYTES, MAX_RULES_PER_REPORT, Report,
-    ReportAnswer, RuleCounters, TrafficCounters,
+    ReportAnswer, RuleCounters, RunningConfig, TrafficCounters,
 };
 
 /// Incidents waiting for acknowledgement are capped; the oldest (by last seen) are dropped.
@@ -172,6 +172,10 @@ pub trait ReportSource: Send + Sync + 'static {
     /// Adopts the merged model of all replicas (`LearnedModel::to_bytes()`). The learning
     /// that happened after the last `take_model_delta` must be kept on top of it.
     fn adopt_model(&self, merged: &[u8]) -> Result<(), String>;
+    /// The config revision this process runs and since when (`None` without a revision).
+    fn running_config(&self) -> Option<RunningConfig> {
+        None
+    }
 }
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -272,6 +276,7 @@ impl ReportClient {
             incidents,
             counters: source.counters(),
             rules,
+            config: source.running_config(),
         };
         let timeout = Duration::from_secs(self.config.timeout_seconds);
         let answer = match tokio::time::timeout(timeout, self.send(&report)).await {

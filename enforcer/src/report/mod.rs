@@ -8,6 +8,6 @@ pub mod source;
 pub use client::{ReportClient, ReportConfig, ReportError, ReportSource};
 pub use protocol::{
     IncidentReport, REPORT_AUDIENCE, REPORT_PATH_PREFIX, Report, ReportAnswer, RuleCounters,
-    TrafficCounters,
+    RunningConfig, TrafficCounters,
 };
 pub use source::EnforcerSource;
