@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use ordo_enforcer::detect::ModelView;
 use ordo_operator::crd::{ApiProtection, ApiProtectionStatus, SequenceRule};
-use ordo_operator::names::{ORIGINAL_SELECTOR_ANNOTATION, TAKEN_OVER_BY_ANNOTATION, enforcer_name};
+use ordo_operator::desired::names::{
+    ORIGINAL_SELECTOR_ANNOTATION, TAKEN_OVER_BY_ANNOTATION, enforcer_name,
+};
 
 use super::enforcer::{self, ConfigSync, LocalAddrs, LocalFiles};
 use super::examples::{self, FIELD_MANAGER};

@@ -34,12 +34,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{Error, Result};
-use crate::names::{
+use crate::desired::names::{
     FIELD_MANAGER, Names, ORIGINAL_AFFINITY_ANNOTATION, ORIGINAL_SELECTOR_ANNOTATION,
     TAKEN_OVER_BY_ANNOTATION,
 };
-use crate::resources;
+use crate::desired::resources;
+use crate::error::{Error, Result};
 
 /// A step after which a test may ask the operator to die (fault injection, see
 /// `--exit-after-routing-step`).

@@ -1,164 +1,34 @@
-//! The ApiProtection controller: watches ApiProtections (through `DeserializeGuard`, so one
-//! malformed object cannot stop the watch), the objects they own, the SequenceRules that
-//! point at them and their target Services, and reconciles each into running enforcers.
+//! The reconcile of one ApiProtection: `apply` while it lives, `cleanup` when it is deleted.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Resource as _, ResourceExt as _};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field};
 
-use crate::conditions::{self, Desired};
-use crate::crd::{
-    ApiProtection, ApiProtectionStatus, EnforcerCounts, ProtectionPhase, Routing, SequenceRule,
-};
+use super::Context;
+use super::routing::{self, TakeoverState};
+use super::rules::{RuleSet, load_rules, write_rule_statuses};
+use super::target::resolve_target;
+use crate::crd::{ApiProtection, ApiProtectionStatus, EnforcerCounts, ProtectionPhase, Routing};
+use crate::desired::conditions::{self, Desired};
+use crate::desired::names::{FIELD_MANAGER, FINALIZER, Names};
+use crate::desired::render::{self, RenderInput};
+use crate::desired::resources::{self, DeploymentInput, EnforcerPorts};
+use crate::desired::summary::{self, Maturity, ReportPart};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::names::{FIELD_MANAGER, FINALIZER, Names};
-use crate::render::{self, RenderInput, ReportTarget};
-use crate::reports::{ProtectionKey, ReportHub, now_ms};
-use crate::resources::{self, DeploymentInput, EnforcerPorts};
-use crate::routing::{self, RoutingStep, TakeoverState};
-use crate::rule_status;
-use crate::summary::{self, Maturity, ReportPart};
-
-/// Settings of the controller that come from the operator's flags.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Enforcer image when a spec names none.
-    pub enforcer_image: String,
-    /// Where enforcers report to (none: reports disabled).
-    pub report: Option<ReportTarget>,
-    /// Fault injection for tests: exit the process after this routing step.
-    pub exit_after: Option<RoutingStep>,
-    /// Requeue period of a healthy object.
-    pub resync: Duration,
-    /// Most reconciles running at once.
-    pub concurrency: u16,
-    /// Watch only this namespace (none: every namespace).
-    pub namespace: Option<String>,
-}
-
-/// Shared state of every reconcile.
-pub struct Context {
-    pub client: kube::Client,
-    pub settings: Settings,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    pub hub: Arc<ReportHub>,
-}
-
-/// Runs the controller until `shutdown` is cancelled.
-pub async fn run(
-    ctx: Arc<Context>,
-    reconcile_requests: tokio::sync::mpsc::Receiver<ProtectionKey>,
-    shutdown: CancellationToken,
-) {
-    let client = ctx.client.clone();
-    let scope = ctx.settings.namespace.clone();
-    let protections: Api<DeserializeGuard<ApiProtection>> = scoped(&client, scope.as_deref());
-    let wc = watcher::Config::default().any_semantic();
-    let controller = Controller::new(protections, wc.clone());
-    let store = controller.store();
-    let rules: Api<DeserializeGuard<SequenceRule>> = scoped(&client, scope.as_deref());
-    let services: Api<Service> = scoped(&client, scope.as_deref());
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ordo-operator");
-    let service_store = store.clone();
-    let requests = tokio_stream_from(reconcile_requests).map(|key: ProtectionKey| {
-        ObjectRef::<DeserializeGuard<ApiProtection>>::new(&key.name).within(&key.namespace)
-    });
-    let concurrency = ctx.settings.concurrency;
-    let protections_stop = shutdown.clone();
-    let protections = controller
-        .owns(
-            scoped::<ConfigMap>(&client, scope.as_deref()),
-            owned.clone(),
-        )
-        .owns(
-            scoped::<ServiceAccount>(&client, scope.as_deref()),
-            owned.clone(),
-        )
-        .owns(
-            scoped::<Deployment>(&client, scope.as_deref()),
-            owned.clone(),
-        )
-        .owns(scoped::<Service>(&client, scope.as_deref()), owned)
-        .watches(rules, wc.clone(), |rule: DeserializeGuard<SequenceRule>| {
-            // A rule (valid or not) maps to the protection it names.
-            let namespace = rule.namespace()?;
-            let target = match &rule.0 {
-                Ok(rule) => rule.spec.protection_ref.name.clone(),
-                Err(_) => return None,
-            };
-            Some(ObjectRef::new(&target).within(&namespace))
-        })
-        .watches(
-            services,
-            watcher::Config::default(),
-            move |service: Service| {
-                let namespace = service.namespace().unwrap_or_default();
-                let name = service.name_any();
-                service_store
-                    .state()
-                    .into_iter()
-                    .filter_map(|p| match &p.0 {
-                        Ok(p)
-                            if p.namespace().as_deref() == Some(namespace.as_str())
-                                && p.spec.target.service == name =>
-                        {
-                            Some(ObjectRef::new(&p.name_any()).within(&namespace))
-                        }
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            },
-        )
-        .reconcile_on(requests)
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(async move { protections_stop.cancelled().await })
-        .run(reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile loop reported an error");
-            }
-        });
-    // Rules whose ApiProtection does not exist are never reconciled above.
-    futures::join!(protections, rule_status::run(ctx, shutdown));
-}
-
-/// An Api over one namespace, or over all of them.
-pub(crate) fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
+use crate::reports::state::{ProtectionKey, now_ms, truncate};
 
 /// Requeues a failed object with a delay that grows with how often it failed lately.
 pub fn error_policy(
@@ -223,138 +93,6 @@ pub async fn reconcile(
         .with_label_values(&["ApiProtection", outcome])
         .inc();
     result
-}
-
-/// The target Service and the port that is protected.
-struct Target {
-    service: Service,
-    port: ServicePort,
-}
-
-/// Resolves `spec.target`; `Err(reason, message)` when it cannot be used.
-async fn resolve_target(
-    client: &kube::Client,
-    namespace: &str,
-    protection: &ApiProtection,
-) -> Result<std::result::Result<Target, (String, String)>> {
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let target = &protection.spec.target;
-    let Some(service) = services.get_opt(&target.service).await? else {
-        return Ok(Err((
-            "ServiceNotFound".into(),
-            format!(
-                "Service {} does not exist in namespace {namespace}",
-                target.service
-            ),
-        )));
-    };
-    let ports = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
-    let port = ports.iter().find(|p| match &target.port {
-        IntOrString::Int(n) => p.port == *n,
-        IntOrString::String(port_name) => p.name.as_deref() == Some(port_name.as_str()),
-    });
-    let Some(port) = port.cloned() else {
-        let known: Vec<String> = ports
-            .iter()
-            .map(|p| format!("{}({})", p.name.clone().unwrap_or_default(), p.port))
-            .collect();
-        return Ok(Err((
-            "PortNotFound".into(),
-            format!(
-                "Service {} has no port {:?}; it has {}",
-                target.service,
-                target.port,
-                known.join(", ")
-            ),
-        )));
-    };
-    if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
-        return Ok(Err((
-            "UnsupportedPort".into(),
-            format!("port {:?} is not TCP", target.port),
-        )));
-    }
-    if protection.spec.routing == Routing::Takeover {
-        if ports.len() != 1 {
-            return Ok(Err((
-                "MultiPortService".into(),
-                format!(
-                    "Takeover re-points the whole Service {} and it has {} ports; the enforcers serve one. Use routing: Alongside",
-                    target.service,
-                    ports.len()
-                ),
-            )));
-        }
-        let spec = service.spec.clone().unwrap_or_default();
-        if spec.type_.as_deref() == Some("ExternalName") {
-            return Ok(Err((
-                "UnsupportedService".into(),
-                "an ExternalName Service cannot be taken over".into(),
-            )));
-        }
-        let recorded = routing::recorded_selector(&service)?.is_some();
-        if !recorded && spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
-            return Ok(Err((
-                "NoSelector".into(),
-                format!(
-                    "Service {} has no selector to take over; use routing: Alongside",
-                    target.service
-                ),
-            )));
-        }
-    }
-    Ok(Ok(Target { service, port }))
-}
-
-/// Accepted rules for the config and each rule's acceptance for its status.
-struct RuleSet {
-    accepted: Vec<ordo_enforcer::config::SequenceRuleConfig>,
-    /// (rule, Ok or error message)
-    verdicts: Vec<(SequenceRule, std::result::Result<(), String>)>,
-    /// Names of objects in the namespace that could not be read at all.
-    unreadable: Vec<String>,
-}
-
-async fn load_rules(
-    client: &kube::Client,
-    namespace: &str,
-    protection: &str,
-    session: &crate::crd::SessionSpec,
-) -> Result<RuleSet> {
-    let api: Api<DeserializeGuard<SequenceRule>> = Api::namespaced(client.clone(), namespace);
-    let mut set = RuleSet {
-        accepted: Vec::new(),
-        verdicts: Vec::new(),
-        unreadable: Vec::new(),
-    };
-    for guard in api.list(&ListParams::default()).await? {
-        match guard.0 {
-            Ok(rule) if rule.spec.protection_ref.name == protection => {
-                let name = rule.name_any();
-                match render::rule_config(&name, &rule.spec)
-                    .and_then(|config| render::rule_fits_history(&config, session).map(|()| config))
-                {
-                    Ok(config) => {
-                        set.accepted.push(config);
-                        set.verdicts.push((rule, Ok(())));
-                    }
-                    Err(errors) => set.verdicts.push((rule, Err(render::join_errors(&errors)))),
-                }
-            }
-            Ok(_) => {}
-            Err(invalid) => set.unreadable.push(format!(
-                "{}: {}",
-                invalid.metadata.name.unwrap_or_default(),
-                invalid.error
-            )),
-        }
-    }
-    set.verdicts.sort_by_key(|a| a.0.name_any());
-    Ok(set)
 }
 
 async fn load_openapi(
@@ -849,7 +587,7 @@ async fn write_status(
                     "False"
                 }
             ),
-            note: Some(crate::reports::truncate(
+            note: Some(truncate(
                 &format!("{}: {}", changed.reason, changed.message),
                 1000,
             )),
@@ -859,36 +597,6 @@ async fn write_status(
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %err, "publishing an Event failed");
         }
-    }
-    Ok(())
-}
-
-/// Writes each rule's status: Accepted (or why not), the rule kind and the counters reported
-/// by the enforcers.
-async fn write_rule_statuses(ctx: &Context, key: &ProtectionKey, rules: &RuleSet) -> Result<()> {
-    let counters = ctx
-        .hub
-        .with_state(key, |r| r.state.rule_totals())
-        .await
-        .unwrap_or_default();
-    let api: Api<SequenceRule> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    for (rule, verdict) in &rules.verdicts {
-        let desired = match verdict {
-            Ok(()) => Desired::new(
-                conditions::ACCEPTED,
-                true,
-                "Accepted",
-                format!("rendered into the config of ApiProtection {}", key.name),
-            ),
-            Err(message) => Desired::new(conditions::ACCEPTED, false, "Invalid", message.clone()),
-        };
-        let status = rule_status::build(
-            rule,
-            desired,
-            counters.get(&rule.name_any()),
-            Timestamp::now(),
-        );
-        rule_status::write(&api, rule, status).await?;
     }
     Ok(())
 }
@@ -938,20 +646,4 @@ async fn cleanup(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
         }
     }
     Ok(Action::await_change())
-}
-
-/// The Event reporter of this operator instance.
-pub fn reporter(instance: &str) -> Reporter {
-    Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: Some(instance.to_owned()),
-    }
-}
-
-/// Conditions of an object as a map, for tests and logs.
-pub fn condition_map(conditions: &[Condition]) -> BTreeMap<String, (String, String)> {
-    conditions
-        .iter()
-        .map(|c| (c.type_.clone(), (c.status.clone(), c.reason.clone())))
-        .collect()
 }

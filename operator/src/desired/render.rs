@@ -12,8 +12,8 @@ use ordo_enforcer::config::{
 use ordo_enforcer::report::ReportConfig;
 use sha2::{Digest as _, Sha256};
 
+use super::names::{self, CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
 use crate::crd::{self, ApiProtectionSpec, SequenceRule, SequenceRuleSpec};
-use crate::names::{self, CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
 
 /// A problem in a resource, with the path of the field (as the user wrote it, e.g.
 /// `spec.requires.within.duration`).
