@@ -20,12 +20,15 @@ use tracing::{Instrument as _, field};
 use super::Context;
 use super::routing::{self, TakeoverState};
 use super::rules::{RuleSet, load_rules, write_rule_statuses};
-use super::target::resolve_target;
+use super::target::{Target, resolve_target};
 use crate::crd::{ApiProtection, ApiProtectionStatus, EnforcerCounts, ProtectionPhase, Routing};
 use crate::desired::conditions::{self, Desired};
 use crate::desired::names::{FIELD_MANAGER, FINALIZER, Names};
-use crate::desired::render::{self, RenderInput};
+use crate::desired::render::{self, RenderInput, Rendered};
 use crate::desired::resources::{self, DeploymentInput, EnforcerPorts};
+use crate::desired::status::{
+    Availability, ConfigProblem, DesiredStatus, Observed, Rollout, RoutingOutcome, desired_status,
+};
 use crate::desired::summary::{self, Maturity, ReportPart};
 use crate::error::{Error, Result};
 use crate::reports::state::{ProtectionKey, now_ms, truncate};
@@ -129,27 +132,78 @@ fn owner_of(protection: &ApiProtection) -> Result<OwnerReference> {
     Ok(resources::owner_reference(&protection.name_any(), &uid))
 }
 
-/// The reconcile of a live ApiProtection.
+/// Requeue of a protection whose target cannot be used (the watch on Services usually
+/// triggers the next reconcile sooner).
+const TARGET_RETRY: Duration = Duration::from_secs(30);
+/// Requeue of a protection whose enforcer config cannot be rendered.
+const CONFIG_RETRY: Duration = Duration::from_secs(60);
+
+/// The reconcile of a live ApiProtection: reads what it depends on, rolls the enforcers out as
+/// far as that allows, and writes the status [`desired_status`] decides.
 async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
-    let client = &ctx.client;
     let namespace = protection
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = protection.name_any();
     let names = Names::new(&namespace, &name, &protection.spec.target.service);
     let owner = owner_of(protection)?;
-    let key = ProtectionKey {
-        namespace: namespace.clone(),
-        name: name.clone(),
+    let key = ProtectionKey { namespace, name };
+    let report = report_part(ctx, protection, &key).await;
+    let rules = load_rules(
+        &ctx.client,
+        &key.namespace,
+        &key.name,
+        &protection.spec.session,
+    )
+    .await?;
+    if !rules.unreadable.is_empty() {
+        tracing::warn!(objects = ?rules.unreadable, "SequenceRules in the namespace could not be read");
+    }
+    let rollout = roll_out(ctx, protection, &names, &owner, &rules).await?;
+    let observed = Observed {
+        service: &names.service,
+        mode: protection.spec.mode,
+        replicas: protection.spec.enforcer.replicas,
+        rules: rules.outcome(),
+        report: report.as_ref(),
+        rollout,
     };
-    let report_part = match ctx
+    let DesiredStatus { conditions, phase } = desired_status(&observed);
+    let (ready, requeue) = match &observed.rollout {
+        Rollout::NoTarget(_) => (0, TARGET_RETRY),
+        Rollout::ConfigFailed { .. } => (0, CONFIG_RETRY),
+        Rollout::Applied { enforcers, .. } => (enforcers.ready, ctx.settings.resync),
+    };
+    let status = StatusInput {
+        phase,
+        counts: EnforcerCounts {
+            desired: protection.spec.enforcer.replicas,
+            ready,
+            reporting: 0,
+        },
+        report,
+    };
+    write_status(ctx, protection, &conditions, status).await?;
+    write_rule_statuses(ctx, &key, &rules).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// The report-derived part of the status; none when the report state cannot be loaded (the
+/// status then keeps what was reported before).
+async fn report_part(
+    ctx: &Context,
+    protection: &ApiProtection,
+    key: &ProtectionKey,
+) -> Option<ReportPart> {
+    let protection_ref = summary::ProtectionRef {
+        namespace: &key.namespace,
+        name: &key.name,
+    };
+    let part = ctx
         .hub
-        .with_state(&key, |r| {
+        .with_state(key, |r| {
             summary::report_part(
-                &summary::ProtectionRef {
-                    namespace: &namespace,
-                    name: &name,
-                },
+                &protection_ref,
                 &r.model,
                 &r.state,
                 maturity(protection),
@@ -157,117 +211,80 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
                 reporting_window(ctx),
             )
         })
-        .await
-    {
-        Ok(part) => Some(part),
-        Err(err) => {
-            tracing::warn!(error = %err, "report state unavailable; keeping the reported status as it is");
-            None
-        }
-    };
-    let mut desired = Vec::new();
-    let mut status = StatusInput {
-        phase: ProtectionPhase::Pending,
-        counts: EnforcerCounts::default(),
-        report: report_part,
-    };
-    status.counts.desired = protection.spec.enforcer.replicas;
+        .await;
+    part.inspect_err(|err| {
+        tracing::warn!(error = %err, "report state unavailable; keeping the reported status as it is");
+    })
+    .ok()
+}
 
-    let rules = load_rules(client, &namespace, &name, &protection.spec.session).await?;
-    let rules_ok = rules.verdicts.iter().all(|(_, v)| v.is_ok());
-    let rejected: Vec<String> = rules
-        .verdicts
-        .iter()
-        .filter_map(|(rule, v)| {
-            v.as_ref()
-                .err()
-                .map(|e| format!("{}: {e}", rule.name_any()))
-        })
-        .collect();
-    let rules_condition = if rules_ok {
-        Desired::new(
-            conditions::RULES_ACCEPTED,
-            true,
-            "AllAccepted",
-            format!("{} rule(s) accepted", rules.accepted.len()),
-        )
-    } else {
-        Desired::new(
-            conditions::RULES_ACCEPTED,
-            false,
-            "RulesRejected",
-            format!("rejected: {}", rejected.join("; ")),
-        )
-    };
-    if !rules.unreadable.is_empty() {
-        tracing::warn!(objects = ?rules.unreadable, "SequenceRules in the namespace could not be read");
-    }
-
-    let target = match resolve_target(client, &namespace, protection).await? {
+/// Resolves the target, renders the config, applies the enforcers and routes traffic to them,
+/// each step only when the one before succeeded.
+async fn roll_out(
+    ctx: &Context,
+    protection: &ApiProtection,
+    names: &Names,
+    owner: &OwnerReference,
+    rules: &RuleSet,
+) -> Result<Rollout> {
+    let target = match resolve_target(&ctx.client, &names.namespace, protection).await? {
         Ok(target) => target,
-        Err((reason, message)) => {
-            desired.push(Desired::new(
-                conditions::TARGET_RESOLVED,
-                false,
-                reason.clone(),
-                message.clone(),
-            ));
-            desired.push(Desired::new(
-                conditions::ENFORCER_AVAILABLE,
-                false,
-                "TargetNotResolved",
-                "no enforcers without a target",
-            ));
-            desired.push(rules_condition);
-            desired.push(model_condition(&status.report));
-            desired.push(Desired::new(conditions::READY, false, reason, message));
-            write_status(ctx, protection, &desired, status).await?;
-            write_rule_statuses(ctx, &key, &rules).await?;
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
+        Err(problem) => return Ok(Rollout::NoTarget(problem)),
     };
-    desired.push(Desired::new(
-        conditions::TARGET_RESOLVED,
-        true,
-        "Resolved",
-        format!("Service {} port {}", names.service, target.port.port),
-    ));
-
+    let port = target.port.port;
     let ports = EnforcerPorts::for_target_port(
         target
             .port
             .target_port
             .as_ref()
-            .unwrap_or(&IntOrString::Int(target.port.port)),
+            .unwrap_or(&IntOrString::Int(port)),
     );
+    let rendered = match render_config(ctx, protection, names, &target, &ports, rules).await? {
+        Ok(rendered) => rendered,
+        // The previous config (if any) keeps running: nothing is applied.
+        Err(problem) => return Ok(Rollout::ConfigFailed { port, problem }),
+    };
+    let enforcers = apply_enforcers(ctx, protection, names, owner, &ports, &rendered).await?;
+    let routing = route(
+        ctx,
+        protection,
+        names,
+        owner,
+        &target,
+        enforcers.available > 0,
+    )
+    .await?;
+    Ok(Rollout::Applied {
+        port,
+        enforcers,
+        routing,
+    })
+}
+
+/// Renders the enforcer config; the inner `Err` says why it cannot be.
+async fn render_config(
+    ctx: &Context,
+    protection: &ApiProtection,
+    names: &Names,
+    target: &Target,
+    ports: &EnforcerPorts,
+    rules: &RuleSet,
+) -> Result<std::result::Result<Rendered, ConfigProblem>> {
+    let openapi = match load_openapi(&ctx.client, &names.namespace, protection).await? {
+        Ok(doc) => doc,
+        Err(message) => return Ok(Err(ConfigProblem::OpenApiDocumentMissing(message))),
+    };
     let upstream_host = match protection.spec.routing {
         Routing::Takeover => names.origin_service(),
         Routing::Alongside => names.service.clone(),
     };
-    let openapi = match load_openapi(client, &namespace, protection).await? {
-        Ok(doc) => doc,
-        Err(message) => {
-            return config_failed(
-                ctx,
-                protection,
-                desired,
-                rules_condition,
-                status,
-                &rules,
-                &key,
-                "OpenAPIDocumentMissing",
-                message,
-            )
-            .await;
-        }
-    };
     let rendered = render::render(RenderInput {
-        namespace: &namespace,
-        name: &name,
+        namespace: &names.namespace,
+        name: &names.protection,
         spec: &protection.spec,
         upstream_url: format!(
-            "http://{upstream_host}.{namespace}.svc:{}",
-            target.port.port
+            "http://{upstream_host}.{}.svc:{}",
+            names.namespace, target.port.port
         ),
         listen_port: ports.proxy,
         admin_port: ports.admin,
@@ -275,86 +292,63 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
         openapi,
         report: ctx.settings.report.clone(),
     });
-    let rendered = match rendered {
-        Ok(rendered) => rendered,
-        Err(errors) => {
-            let message = render::join_errors(&errors);
-            return config_failed(
-                ctx,
-                protection,
-                desired,
-                rules_condition,
-                status,
-                &rules,
-                &key,
-                "InvalidConfig",
-                message,
-            )
-            .await;
-        }
-    };
+    Ok(rendered.map_err(|errors| ConfigProblem::InvalidConfig(render::join_errors(&errors))))
+}
 
+/// Applies the enforcers' ConfigMap, ServiceAccount and Deployment; returns how many of them
+/// are available and ready.
+async fn apply_enforcers(
+    ctx: &Context,
+    protection: &ApiProtection,
+    names: &Names,
+    owner: &OwnerReference,
+    ports: &EnforcerPorts,
+    rendered: &Rendered,
+) -> Result<Availability> {
+    let client = &ctx.client;
+    let namespace = &names.namespace;
     let apply_params = PatchParams::apply(FIELD_MANAGER).force();
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    config_maps
-        .patch(
-            &names.enforcer(),
-            &apply_params,
-            &Patch::Apply(&resources::config_map(
-                &names,
-                &owner,
-                rendered.data.clone(),
-            )),
-        )
+    let config_map = resources::config_map(names, owner, rendered.data.clone());
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .patch(&names.enforcer(), &apply_params, &Patch::Apply(&config_map))
         .await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-    accounts
-        .patch(
-            &names.enforcer(),
-            &apply_params,
-            &Patch::Apply(&resources::service_account(&names, &owner)),
-        )
+    let account = resources::service_account(names, owner);
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .patch(&names.enforcer(), &apply_params, &Patch::Apply(&account))
         .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let deployment = resources::deployment(
-        &names,
-        &owner,
+        names,
+        owner,
         &DeploymentInput {
             spec: &protection.spec,
-            ports: &ports,
+            ports,
             config_hash: &rendered.hash,
             default_image: &ctx.settings.enforcer_image,
         },
     );
-    let deployment = deployments
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
         .patch(&names.enforcer(), &apply_params, &Patch::Apply(&deployment))
         .await?;
-    let dstatus = deployment.status.clone().unwrap_or_default();
-    let available = dstatus.available_replicas.unwrap_or(0);
-    status.counts.ready = dstatus.ready_replicas.unwrap_or(0);
-    let enforcer_ok = available > 0;
-    desired.push(if enforcer_ok {
-        Desired::new(
-            conditions::ENFORCER_AVAILABLE,
-            true,
-            "Available",
-            format!(
-                "{available} of {} enforcer(s) available",
-                protection.spec.enforcer.replicas
-            ),
-        )
-    } else {
-        Desired::new(
-            conditions::ENFORCER_AVAILABLE,
-            false,
-            "NoneAvailable",
-            "waiting for an enforcer pod to become available",
-        )
-    });
+    let status = deployment.status.unwrap_or_default();
+    Ok(Availability {
+        available: status.available_replicas.unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+    })
+}
 
-    let routed = match protection.spec.routing {
+/// Points client traffic at the enforcers the way `spec.routing` says.
+async fn route(
+    ctx: &Context,
+    protection: &ApiProtection,
+    names: &Names,
+    owner: &OwnerReference,
+    target: &Target,
+    enforcers_available: bool,
+) -> Result<RoutingOutcome> {
+    let client = &ctx.client;
+    match protection.spec.routing {
         Routing::Takeover => {
-            let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+            let services: Api<Service> = Api::namespaced(client.clone(), &names.namespace);
             routing::delete_ignoring_missing(&services, &names.protected_service()).await?;
             let ports_of_service = target
                 .service
@@ -362,112 +356,37 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
                 .as_ref()
                 .and_then(|s| s.ports.clone())
                 .unwrap_or_default();
-            match routing::takeover(
+            let state = routing::takeover(
                 client,
-                &names,
-                &owner,
+                names,
+                owner,
                 &target.service,
                 &ports_of_service,
-                enforcer_ok,
+                enforcers_available,
                 ctx.settings.exit_after,
             )
-            .await
-            {
-                Ok(TakeoverState::Active) => Ok(format!(
-                    "Service {} selects the enforcers; {} selects the app",
-                    names.service,
-                    names.origin_service()
-                )),
-                Ok(TakeoverState::WaitingForEnforcers) => Err((
-                    "WaitingForEnforcers".to_owned(),
-                    format!(
-                        "Service {} keeps its selector until an enforcer is available",
-                        names.service
-                    ),
-                )),
-                Err(Error::Conflict(message)) => Err(("Conflict".to_owned(), message)),
-                Err(err) => return Err(err),
-            }
+            .await?;
+            Ok(match state {
+                TakeoverState::Active => RoutingOutcome::TakenOver {
+                    service: names.service.clone(),
+                    origin: names.origin_service(),
+                },
+                TakeoverState::WaitingForEnforcers => RoutingOutcome::WaitingForEnforcers {
+                    service: names.service.clone(),
+                },
+                TakeoverState::HeldByAnother(message) => RoutingOutcome::Conflict(message),
+            })
         }
         Routing::Alongside => {
             // Switching from Takeover: give the Service back first.
-            routing::restore(client, &names).await?;
-            routing::alongside(client, &names, &owner, &target.port).await?;
-            Ok(format!(
-                "Service {} selects the enforcers; {} is untouched",
-                names.protected_service(),
-                names.service
-            ))
-        }
-    };
-    desired.push(rules_condition);
-    desired.push(model_condition(&status.report));
-    let mature = status.report.as_ref().is_some_and(|r| r.mature);
-    match &routed {
-        Ok(message) if enforcer_ok => {
-            desired.push(Desired::new(
-                conditions::READY,
-                true,
-                "Protecting",
-                message.clone(),
-            ));
-            status.phase = if protection.spec.mode == crate::crd::ProtectionMode::Learn || !mature {
-                ProtectionPhase::Learning
-            } else if status.counts.ready < status.counts.desired {
-                ProtectionPhase::Degraded
-            } else {
-                ProtectionPhase::Protecting
-            };
-        }
-        Ok(_) => desired.push(Desired::new(
-            conditions::READY,
-            false,
-            "WaitingForEnforcers",
-            "no enforcer is available yet",
-        )),
-        Err((reason, message)) => {
-            desired.push(Desired::new(
-                conditions::READY,
-                false,
-                reason.clone(),
-                message.clone(),
-            ));
-            if reason == "Conflict" {
-                status.phase = ProtectionPhase::Failed;
-            }
+            routing::restore(client, names).await?;
+            routing::alongside(client, names, owner, &target.port).await?;
+            Ok(RoutingOutcome::Alongside {
+                protected: names.protected_service(),
+                service: names.service.clone(),
+            })
         }
     }
-    write_status(ctx, protection, &desired, status).await?;
-    write_rule_statuses(ctx, &key, &rules).await?;
-    Ok(Action::requeue(ctx.settings.resync))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn config_failed(
-    ctx: &Context,
-    protection: &ApiProtection,
-    mut desired: Vec<Desired>,
-    rules_condition: Desired,
-    mut status: StatusInput,
-    rules: &RuleSet,
-    key: &ProtectionKey,
-    reason: &str,
-    message: String,
-) -> Result<Action> {
-    // The previous config (if any) keeps running: nothing is applied.
-    desired.push(Desired::new(
-        conditions::ENFORCER_AVAILABLE,
-        false,
-        reason,
-        "the enforcer config could not be rendered; the previous one stays",
-    ));
-    desired.push(rules_condition);
-    desired.push(model_condition(&status.report));
-    desired.push(Desired::new(conditions::READY, false, reason, message));
-    status.phase = ProtectionPhase::Failed;
-    write_status(ctx, protection, &desired, status).await?;
-    write_rule_statuses(ctx, key, rules).await?;
-    Ok(Action::requeue(Duration::from_secs(60)))
 }
 
 fn maturity(protection: &ApiProtection) -> Maturity {
@@ -484,35 +403,6 @@ fn reporting_window(ctx: &Context) -> Duration {
         .as_ref()
         .map_or(30, |r| r.interval_seconds);
     Duration::from_secs(interval.saturating_mul(3).max(30))
-}
-
-fn model_condition(report: &Option<ReportPart>) -> Desired {
-    match report.as_ref().and_then(|r| r.model.as_ref()) {
-        Some(model) if model.mature => Desired::new(
-            conditions::MODEL_MATURE,
-            true,
-            "Mature",
-            format!(
-                "learned from {} requests in {} sessions",
-                model.requests, model.sessions
-            ),
-        ),
-        Some(model) => Desired::new(
-            conditions::MODEL_MATURE,
-            false,
-            "Learning",
-            format!(
-                "learned from {} requests in {} sessions so far",
-                model.requests, model.sessions
-            ),
-        ),
-        None => Desired::new(
-            conditions::MODEL_MATURE,
-            false,
-            "NoReports",
-            "no enforcer has reported yet",
-        ),
-    }
 }
 
 struct StatusInput {

@@ -56,6 +56,8 @@ pub enum TakeoverState {
     Active,
     /// The origin Service exists; the Service waits for an available enforcer.
     WaitingForEnforcers,
+    /// Another ApiProtection has taken the Service over; nothing was changed.
+    HeldByAnother(String),
 }
 
 /// The original session affinity of a Service, recorded before a takeover.
@@ -117,7 +119,7 @@ pub async fn takeover(
     if let Some(holder) = taken_over_by(service)
         && holder != names.protection
     {
-        return Err(Error::Conflict(format!(
+        return Ok(TakeoverState::HeldByAnother(format!(
             "Service {} is already taken over by ApiProtection {holder}",
             names.service
         )));

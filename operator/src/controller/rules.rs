@@ -25,6 +25,7 @@ use crate::desired::conditions::{self, Desired};
 use crate::desired::names::FIELD_MANAGER;
 use crate::desired::render;
 use crate::desired::rule_status::{build, protection_not_found};
+use crate::desired::status::RuleVerdicts;
 use crate::error::{Error, Result};
 use crate::reports::state::ProtectionKey;
 
@@ -39,6 +40,23 @@ pub struct RuleSet {
     pub verdicts: Vec<(SequenceRule, std::result::Result<(), String>)>,
     /// Names of objects in the namespace that could not be read at all.
     pub unreadable: Vec<String>,
+}
+
+impl RuleSet {
+    /// How many rules were accepted and why the others were not.
+    pub fn outcome(&self) -> RuleVerdicts {
+        RuleVerdicts {
+            accepted: self.accepted.len(),
+            rejected: self
+                .verdicts
+                .iter()
+                .filter_map(|(rule, verdict)| {
+                    let why = verdict.as_ref().err()?;
+                    Some(format!("{}: {why}", rule.name_any()))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Lists the namespace's SequenceRules that name `protection` and renders each.

@@ -8,6 +8,7 @@ use kube::api::Api;
 
 use super::routing;
 use crate::crd::{ApiProtection, Routing};
+use crate::desired::status::TargetProblem;
 use crate::error::Result;
 
 /// The target Service and the port that is protected.
@@ -16,81 +17,129 @@ pub struct Target {
     pub port: ServicePort,
 }
 
-/// Resolves `spec.target`; `Err(reason, message)` when it cannot be used.
+/// Resolves `spec.target`; the inner `Err` says why it cannot be used.
 pub async fn resolve_target(
     client: &kube::Client,
     namespace: &str,
     protection: &ApiProtection,
-) -> Result<std::result::Result<Target, (String, String)>> {
+) -> Result<std::result::Result<Target, TargetProblem>> {
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let target = &protection.spec.target;
-    let Some(service) = services.get_opt(&target.service).await? else {
-        return Ok(Err((
-            "ServiceNotFound".into(),
-            format!(
-                "Service {} does not exist in namespace {namespace}",
-                target.service
-            ),
-        )));
+    let service_name = &protection.spec.target.service;
+    let Some(service) = services.get_opt(service_name).await? else {
+        return Ok(Err(TargetProblem::ServiceNotFound {
+            service: service_name.clone(),
+            namespace: namespace.to_owned(),
+        }));
     };
-    let ports = service
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
+    let recorded = routing::recorded_selector(&service)?.is_some();
+    Ok(protected_port(protection, &service, recorded).map(|port| Target { service, port }))
+}
+
+/// The port of `service` that `protection` protects, or why there is none. `recorded`: the
+/// Service carries a selector recorded by an earlier takeover.
+fn protected_port(
+    protection: &ApiProtection,
+    service: &Service,
+    recorded: bool,
+) -> std::result::Result<ServicePort, TargetProblem> {
+    let target = &protection.spec.target;
+    let spec = service.spec.clone().unwrap_or_default();
+    let ports = spec.ports.clone().unwrap_or_default();
     let port = ports.iter().find(|p| match &target.port {
         IntOrString::Int(n) => p.port == *n,
         IntOrString::String(port_name) => p.name.as_deref() == Some(port_name.as_str()),
     });
     let Some(port) = port.cloned() else {
-        let known: Vec<String> = ports
-            .iter()
-            .map(|p| format!("{}({})", p.name.clone().unwrap_or_default(), p.port))
-            .collect();
-        return Ok(Err((
-            "PortNotFound".into(),
-            format!(
-                "Service {} has no port {:?}; it has {}",
-                target.service,
-                target.port,
-                known.join(", ")
-            ),
-        )));
+        return Err(TargetProblem::PortNotFound {
+            service: target.service.clone(),
+            port: target.port.clone(),
+            known: ports
+                .iter()
+                .map(|p| format!("{}({})", p.name.clone().unwrap_or_default(), p.port))
+                .collect(),
+        });
     };
     if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
-        return Ok(Err((
-            "UnsupportedPort".into(),
-            format!("port {:?} is not TCP", target.port),
-        )));
+        return Err(TargetProblem::UnsupportedPort {
+            port: target.port.clone(),
+        });
     }
     if protection.spec.routing == Routing::Takeover {
         if ports.len() != 1 {
-            return Ok(Err((
-                "MultiPortService".into(),
-                format!(
-                    "Takeover re-points the whole Service {} and it has {} ports; the enforcers serve one. Use routing: Alongside",
-                    target.service,
-                    ports.len()
-                ),
-            )));
+            return Err(TargetProblem::MultiPortService {
+                service: target.service.clone(),
+                ports: ports.len(),
+            });
         }
-        let spec = service.spec.clone().unwrap_or_default();
         if spec.type_.as_deref() == Some("ExternalName") {
-            return Ok(Err((
-                "UnsupportedService".into(),
-                "an ExternalName Service cannot be taken over".into(),
-            )));
+            return Err(TargetProblem::UnsupportedService);
         }
-        let recorded = routing::recorded_selector(&service)?.is_some();
         if !recorded && spec.selector.as_ref().is_none_or(BTreeMap::is_empty) {
-            return Ok(Err((
-                "NoSelector".into(),
-                format!(
-                    "Service {} has no selector to take over; use routing: Alongside",
-                    target.service
-                ),
-            )));
+            return Err(TargetProblem::NoSelector {
+                service: target.service.clone(),
+            });
         }
     }
-    Ok(Ok(Target { service, port }))
+    Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ApiProtectionSpec;
+
+    fn protection(routing: &str, port: serde_json::Value) -> ApiProtection {
+        let spec: ApiProtectionSpec = serde_json::from_value(serde_json::json!({
+            "target": {"service": "bank-api", "port": port},
+            "routing": routing,
+        }))
+        .unwrap();
+        ApiProtection::new("bank", spec)
+    }
+
+    fn service(spec: serde_json::Value) -> Service {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "bank-api"}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn two_ports() -> Service {
+        service(serde_json::json!({
+            "selector": {"app": "bank"},
+            "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+        }))
+    }
+
+    #[test]
+    fn the_port_is_found_by_number_or_name() {
+        let by_name = protected_port(&protection("Alongside", "http".into()), &two_ports(), false);
+        assert_eq!(by_name.unwrap().port, 80);
+        let missing = protected_port(&protection("Alongside", 8080.into()), &two_ports(), false);
+        assert_eq!(
+            missing.unwrap_err(),
+            TargetProblem::PortNotFound {
+                service: "bank-api".into(),
+                port: IntOrString::Int(8080),
+                known: vec!["http(80)".into(), "dns(53)".into()],
+            }
+        );
+        let udp = protected_port(&protection("Alongside", 53.into()), &two_ports(), false);
+        assert_eq!(udp.unwrap_err().reason(), "UnsupportedPort");
+    }
+
+    #[test]
+    fn takeover_needs_one_port_a_selector_and_no_external_name() {
+        let takeover = protection("Takeover", 80.into());
+        let multi = protected_port(&takeover, &two_ports(), false);
+        assert_eq!(multi.unwrap_err().reason(), "MultiPortService");
+        let bare = service(serde_json::json!({"ports": [{"port": 80}]}));
+        let no_selector = protected_port(&takeover, &bare, false);
+        assert_eq!(no_selector.unwrap_err().reason(), "NoSelector");
+        // A Service this protection already took over has its selector in the annotation.
+        assert!(protected_port(&takeover, &bare, true).is_ok());
+        let external = service(serde_json::json!({
+            "type": "ExternalName", "externalName": "example.com", "ports": [{"port": 80}],
+        }));
+        let external = protected_port(&takeover, &external, true);
+        assert_eq!(external.unwrap_err(), TargetProblem::UnsupportedService);
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`resources`]: the owned objects (ConfigMap, ServiceAccount, Deployment, Services).
 //! - [`conditions`]: status conditions and their transitions.
 //! - [`summary`]: the report-derived part of the status.
+//! - [`status`]: the desired status of an ApiProtection, from what a reconcile observed.
 //! - [`rule_status`]: the desired status of a SequenceRule.
 
 pub mod conditions;
@@ -14,4 +15,5 @@ pub mod names;
 pub mod render;
 pub mod resources;
 pub mod rule_status;
+pub mod status;
 pub mod summary;
