@@ -12,6 +12,7 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
+use ordo_operator::controller::backoff::Backoff;
 use ordo_operator::controller::routing::RoutingStep;
 use ordo_operator::controller::{self, Context, Settings};
 use ordo_operator::desired::render::ReportTarget;
@@ -274,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
         recorder,
         metrics: Arc::clone(&metrics),
         hub: Arc::clone(&hub),
+        backoff: Backoff::default(),
     });
 
     let namespace = args

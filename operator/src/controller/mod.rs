@@ -9,7 +9,9 @@
 //! - [`target`]: resolution of `spec.target` to a Service port.
 //! - [`rules`]: the SequenceRules of a protection, and the controller of rules without one.
 //! - [`routing`]: how client traffic is pointed at the enforcers.
+//! - [`backoff`]: how long a failing object waits before it is retried.
 
+pub mod backoff;
 pub mod protection;
 pub mod routing;
 pub mod rules;
@@ -38,6 +40,7 @@ use crate::desired::render::ReportTarget;
 use crate::metrics::Metrics;
 use crate::reports::hub::ReportHub;
 use crate::reports::state::ProtectionKey;
+use backoff::Backoff;
 use routing::RoutingStep;
 
 /// Settings of the controller that come from the operator's flags.
@@ -64,6 +67,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub hub: Arc<ReportHub>,
+    /// Requeue delays of ApiProtections that keep failing.
+    pub backoff: Backoff<ObjectRef<DeserializeGuard<ApiProtection>>>,
 }
 
 /// Runs the controller until `shutdown` is cancelled.

@@ -13,14 +13,15 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource as _, ResourceExt as _};
 use serde_json::json;
 use tracing::{Instrument as _, field};
 
-use super::Context;
 use super::routing::{self, TakeoverState};
 use super::rules::{RuleSet, load_rules, write_rule_statuses};
 use super::target::{Target, resolve_target};
+use super::{Context, backoff};
 use crate::crd::{ApiProtection, ApiProtectionStatus, EnforcerCounts, ProtectionPhase, Routing};
 use crate::desired::conditions::{self, Desired};
 use crate::desired::names::{FIELD_MANAGER, FINALIZER, Names};
@@ -33,7 +34,8 @@ use crate::desired::summary::{self, Maturity, ReportPart};
 use crate::error::{Error, Result};
 use crate::reports::state::{ProtectionKey, now_ms, truncate};
 
-/// Requeues a failed object with a delay that grows with how often it failed lately.
+/// Requeues a failed object with a delay that grows with how often it failed in a row (see
+/// [`super::backoff`]); a write conflict is retried soon without counting as a failure.
 pub fn error_policy(
     guard: Arc<DeserializeGuard<ApiProtection>>,
     error: &Error,
@@ -43,14 +45,14 @@ pub fn error_policy(
         .reconcile_errors
         .with_label_values(&[error.metric_kind()])
         .inc();
+    let delay = if error.is_conflict() {
+        backoff::CONFLICT
+    } else {
+        ctx.backoff.failed(ObjectRef::from_obj(&*guard))
+    };
     let name = guard.name_any();
-    tracing::warn!(apiprotection = %name, error = %error, "reconcile failed");
-    match error {
-        Error::Kube(kube::Error::Api(status)) if status.code == 409 => {
-            Action::requeue(Duration::from_secs(1))
-        }
-        _ => Action::requeue(Duration::from_secs(15)),
-    }
+    tracing::warn!(apiprotection = %name, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Reconciles one ApiProtection.
@@ -82,7 +84,7 @@ pub async fn reconcile(
         .await
         .map_err(|err| match err {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(other.to_string()),
+            other => Error::Finalizer(Box::new(other)),
         })
     }
     .instrument(span)
@@ -90,6 +92,9 @@ pub async fn reconcile(
     ctx.metrics
         .reconcile_seconds
         .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.backoff.succeeded(&ObjectRef::from_obj(&*guard));
+    }
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .reconciles

@@ -90,11 +90,12 @@ pub fn recorded_selector(service: &Service) -> Result<Option<BTreeMap<String, St
     else {
         return Ok(None);
     };
-    serde_json::from_str(text).map(Some).map_err(|err| {
-        Error::Routing(format!(
-            "annotation {ORIGINAL_SELECTOR_ANNOTATION} is not a JSON object of strings: {err}"
-        ))
-    })
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|source| Error::RoutingAnnotation {
+            annotation: ORIGINAL_SELECTOR_ANNOTATION,
+            source,
+        })
 }
 
 fn current_selector(service: &Service) -> BTreeMap<String, String> {
@@ -178,8 +179,8 @@ pub async fn takeover(
         "metadata": {
             "resourceVersion": service.metadata.resource_version,
             "annotations": {
-                ORIGINAL_SELECTOR_ANNOTATION: serde_json::to_string(&original).map_err(|e| Error::Routing(e.to_string()))?,
-                ORIGINAL_AFFINITY_ANNOTATION: serde_json::to_string(&affinity).map_err(|e| Error::Routing(e.to_string()))?,
+                ORIGINAL_SELECTOR_ANNOTATION: serde_json::to_string(&original)?,
+                ORIGINAL_AFFINITY_ANNOTATION: serde_json::to_string(&affinity)?,
                 TAKEN_OVER_BY_ANNOTATION: names.protection,
             }
         },

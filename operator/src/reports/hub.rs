@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::state::{MAX_PERSISTED_BYTES, PersistedState, ProtectionKey, now_ms, truncate};
 use crate::desired::names::{self, FIELD_MANAGER, MODEL_KEY, REPORT_STATE_KEY};
-use crate::error::{Error, Result};
+use crate::error::{ModelProblem, Result};
 use crate::metrics::Metrics;
 
 /// The whole state of one protection.
@@ -108,8 +108,7 @@ impl ReportHub {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
         if let Some(cm) = api.get_opt(&names::model_config_map(&key.name)).await? {
             if let Some(bytes) = cm.binary_data.as_ref().and_then(|d| d.get(MODEL_KEY)) {
-                reports.model =
-                    LearnedModel::from_bytes(&bytes.0).map_err(|e| Error::Model(e.to_string()))?;
+                reports.model = LearnedModel::from_bytes(&bytes.0).map_err(ModelProblem::from)?;
             }
             if let Some(text) = cm.data.as_ref().and_then(|d| d.get(REPORT_STATE_KEY)) {
                 reports.state = serde_json::from_str(text)?;
@@ -140,8 +139,8 @@ impl ReportHub {
             .map_or(0, |i| i.applied_sequence);
         let mut applied = false;
         if report.sequence > applied_before && !report.model_delta.is_empty() {
-            let delta = LearnedModel::from_bytes(&report.model_delta)
-                .map_err(|e| Error::Model(e.to_string()))?;
+            let delta =
+                LearnedModel::from_bytes(&report.model_delta).map_err(ModelProblem::from)?;
             reports.model.merge(&delta);
             self.metrics
                 .merge_bytes
@@ -180,9 +179,11 @@ impl ReportHub {
         let state_json = serde_json::to_string(state)?;
         let size = model.len() + state_json.len();
         if size > MAX_PERSISTED_BYTES {
-            return Err(Error::Model(format!(
-                "merged model and state take {size} bytes, more than the {MAX_PERSISTED_BYTES} a ConfigMap can hold"
-            )));
+            return Err(ModelProblem::TooLarge {
+                size,
+                limit: MAX_PERSISTED_BYTES,
+            }
+            .into());
         }
         self.metrics.model_bytes.observe(model.len() as f64);
         let cm = ConfigMap {

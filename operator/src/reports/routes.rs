@@ -198,9 +198,9 @@ impl Endpoint {
                 };
                 (outcome, server::json(StatusCode::OK, &accepted.answer))
             }
-            Err(Error::Model(message)) => (
+            Err(Error::Model(problem)) => (
                 "invalid",
-                server::text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+                server::text(StatusCode::BAD_REQUEST, format!("{problem}\n")),
             ),
             Err(err) => {
                 tracing::warn!(error = %err, "merging a report failed");
