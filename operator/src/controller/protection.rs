@@ -103,28 +103,29 @@ pub async fn reconcile(
     result
 }
 
+/// The OpenAPI document `spec.openAPI` references, if any; the inner `Err` when it is missing.
 async fn load_openapi(
     client: &kube::Client,
     namespace: &str,
     protection: &ApiProtection,
-) -> Result<std::result::Result<Option<String>, String>> {
+) -> Result<std::result::Result<Option<String>, ConfigProblem>> {
     let Some(open_api) = &protection.spec.open_api else {
         return Ok(Ok(None));
     };
     let reference = &open_api.config_map_ref;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let Some(cm) = api.get_opt(&reference.name).await? else {
-        return Ok(Err(format!(
+        return Ok(Err(ConfigProblem::OpenApiDocumentMissing(format!(
             "spec.openAPI.configMapRef: ConfigMap {} does not exist",
             reference.name
-        )));
+        ))));
     };
     match cm.data.as_ref().and_then(|d| d.get(&reference.key)) {
         Some(doc) => Ok(Ok(Some(doc.clone()))),
-        None => Ok(Err(format!(
+        None => Ok(Err(ConfigProblem::OpenApiDocumentMissing(format!(
             "spec.openAPI.configMapRef: ConfigMap {} has no key {}",
             reference.name, reference.key
-        ))),
+        )))),
     }
 }
 
@@ -277,7 +278,7 @@ async fn render_config(
 ) -> Result<std::result::Result<Rendered, ConfigProblem>> {
     let openapi = match load_openapi(&ctx.client, &names.namespace, protection).await? {
         Ok(doc) => doc,
-        Err(message) => return Ok(Err(ConfigProblem::OpenApiDocumentMissing(message))),
+        Err(problem) => return Ok(Err(problem)),
     };
     let upstream_host = match protection.spec.routing {
         Routing::Takeover => names.origin_service(),
