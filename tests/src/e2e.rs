@@ -239,7 +239,7 @@ async fn objects_report(cluster: &TestCluster, namespace: &str) -> anyhow::Resul
             "---- ConfigMap {} (resourceVersion {:?}): hash {} {mode}\n",
             map.name_any(),
             map.metadata.resource_version,
-            ordo_operator::render::hash_data(&data),
+            ordo_operator::desired::render::hash_data(&data),
         ));
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
@@ -249,7 +249,10 @@ async fn objects_report(cluster: &TestCluster, namespace: &str) -> anyhow::Resul
             .as_ref()
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(ordo_operator::names::CONFIG_HASH_ANNOTATION).cloned())
+            .and_then(|a| {
+                a.get(ordo_operator::desired::names::CONFIG_HASH_ANNOTATION)
+                    .cloned()
+            })
             .unwrap_or_default();
         out.push_str(&format!(
             "---- Deployment {}: pod template config hash {hash}, status {:?}\n",

@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use ordo_enforcer::config::Mode;
 use ordo_operator::crd::{ApiProtection, SequenceRule};
-use ordo_operator::names::enforcer_name;
+use ordo_operator::desired::names::enforcer_name;
 use ordo_tests::cluster::supervisor::Supervisor;
 use ordo_tests::cluster::workspace_root;
 use ordo_tests::demo::enforcer::{

@@ -107,6 +107,32 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 9090))
 }
 
+impl EnforcerConfig {
+    /// The config a document naming only `upstream` loads as: every other field at its
+    /// default.
+    pub fn new(upstream: UpstreamConfig) -> Self {
+        Self {
+            revision: None,
+            listen: default_listen(),
+            admin: AdminConfig::default(),
+            upstream,
+            mode: Mode::default(),
+            failure_policy: FailurePolicy::default(),
+            client_address: ClientAddressConfig::default(),
+            session: SessionConfig::default(),
+            operations: OperationsConfig::default(),
+            open_api: None,
+            learning: LearningConfig::default(),
+            detectors: DetectorsConfig::default(),
+            rules: Vec::new(),
+            rate_limits: Vec::new(),
+            limits: LimitsConfig::default(),
+            incidents: IncidentsConfig::default(),
+            report: None,
+        }
+    }
+}
+
 /// The admin listener (health, metrics, incidents, model, rules).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -162,6 +188,19 @@ fn default_pool_idle() -> usize {
 }
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)
+}
+
+impl UpstreamConfig {
+    /// The upstream `url` with the default timeouts and pool.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connect_timeout: default_connect_timeout(),
+            timeout: default_upstream_timeout(),
+            max_idle_connections: default_pool_idle(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+        }
+    }
 }
 
 /// Where the client address comes from.
@@ -360,6 +399,20 @@ fn default_leeway() -> Duration {
 }
 fn default_true() -> bool {
     true
+}
+
+impl JwtVerificationConfig {
+    /// Verification with `keys` and the default policy, leeway and claims.
+    pub fn new(keys: Vec<JwtKeyConfig>) -> Self {
+        Self {
+            keys,
+            on_invalid: OnInvalidToken::default(),
+            leeway: default_leeway(),
+            require_exp: default_true(),
+            issuer: None,
+            audience: None,
+        }
+    }
 }
 
 /// One verification key: exactly one of `secret`, `publicKeyPem`, `file`.

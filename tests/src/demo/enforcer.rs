@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Api, PostParams};
 use ordo_enforcer::config::{EnforcerConfig, Mode};
 use ordo_enforcer::report::REPORT_AUDIENCE;
-use ordo_operator::names::{CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
+use ordo_operator::desired::names::{CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
 use tokio::task::JoinHandle;
 
 /// Where the local enforcer listens and what it forwards to.

@@ -15,7 +15,9 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use ordo_enforcer::config::Mode;
 use ordo_enforcer::detect::ModelView;
 use ordo_operator::crd::{ApiProtection, ApiProtectionStatus, SequenceRule};
-use ordo_operator::names::{ORIGINAL_SELECTOR_ANNOTATION, TAKEN_OVER_BY_ANNOTATION, enforcer_name};
+use ordo_operator::desired::names::{
+    ORIGINAL_SELECTOR_ANNOTATION, TAKEN_OVER_BY_ANNOTATION, enforcer_name,
+};
 
 use super::enforcer::{self, ChangeFollower, ConfigSync, Expected, LocalAddrs, LocalFiles};
 use super::examples::{self, FIELD_MANAGER};
