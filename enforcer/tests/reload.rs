@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ordo_enforcer::analysis::NoopAnalyzer;
 use ordo_enforcer::config::load_file;
-use ordo_enforcer::proxy::start;
+use ordo_enforcer::detect::NoopAnalyzer;
+use ordo_enforcer::runtime::start;
 
 const V1: &str = r#"
 upstream: { url: "http://{upstream}" }

@@ -47,7 +47,7 @@ fn config(action: &str, dry: bool, mode: &str) -> String {
 }
 
 /// Runs one violation of each rule and returns the statuses seen.
-async fn violate_each(e: &ordo_enforcer::proxy::RunningEnforcer, c: &TestClient) -> Vec<u16> {
+async fn violate_each(e: &ordo_enforcer::runtime::RunningEnforcer, c: &TestClient) -> Vec<u16> {
     let s1 = [("x-session", "s1")];
     let s2 = [("x-session", "s2")];
     let s3 = [("x-session", "s3")];
@@ -80,7 +80,7 @@ async fn violate_each(e: &ordo_enforcer::proxy::RunningEnforcer, c: &TestClient)
 
 async fn rule_counters(
     c: &TestClient,
-    e: &ordo_enforcer::proxy::RunningEnforcer,
+    e: &ordo_enforcer::runtime::RunningEnforcer,
 ) -> Vec<(String, u64, u64)> {
     let rules = admin_json(c, e, "/v1/rules").await;
     rules["rules"]

@@ -41,7 +41,7 @@ rules:
     maxRepeat: { operation: GET /api/me, count: 1 }
 "#;
 
-async fn session_of(c: &TestClient, e: &ordo_enforcer::proxy::RunningEnforcer) -> String {
+async fn session_of(c: &TestClient, e: &ordo_enforcer::runtime::RunningEnforcer) -> String {
     let incidents = admin_json(c, e, "/v1/incidents").await;
     incidents[0]["session"]
         .as_str()

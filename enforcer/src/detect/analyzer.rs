@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard, TryLockError}
 
 use arc_swap::ArcSwap;
 
-use crate::analysis::{Analyzer, Finding, RequestContext, ResponseSummary};
+use super::request::{Analyzer, RequestContext, ResponseSummary};
 use crate::config::{DetectorsConfig, LearningConfig};
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
+use crate::finding::Finding;
 use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps};
 use crate::operation::Operation;
 use crate::session::RecentOp;

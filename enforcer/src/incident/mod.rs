@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::analysis::{Finding, FindingKind, Severity};
-use crate::policy::format_unix_ms;
+use crate::finding::{Finding, FindingKind, Severity};
+use crate::time::format_unix_ms;
 
 /// Distinct (kind, rule, operation) groups kept per incident for its summary.
 const MAX_GROUPS: usize = 16;

@@ -11,12 +11,37 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 
 use super::openapi::OperationSchema;
 use super::pattern::{OperationPattern, PatternSegment, split_path};
 use super::shape::looks_variable;
 use super::{Operation, OperationOrigin};
-use crate::config::OperationsConfig;
+
+/// Operation templating from traffic: the `operations` section of the enforcer config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperationsConfig {
+    /// Learn templates for paths not declared (otherwise they resolve to one unknown operation per method).
+    pub learn: bool,
+    /// Cap on learned templates; beyond it requests go to one overflow operation per method.
+    pub max_templates: usize,
+    /// Distinct literal values tracked at one path position before it becomes a parameter.
+    pub max_values_per_position: usize,
+    /// Paths deeper than this many segments go to the overflow operation.
+    pub max_segments: usize,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            learn: true,
+            max_templates: 1000,
+            max_values_per_position: 32,
+            max_segments: 16,
+        }
+    }
+}
 
 /// A resolved template: the operation and where its parameters are in the path.
 #[derive(Debug)]

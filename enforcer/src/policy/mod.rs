@@ -12,7 +12,7 @@ use crate::operation::{OperationPattern, OperationResolver, OperationSchema, loa
 use crate::session::{JwtConfigError, SessionIdentifiers};
 
 pub use ratelimit::CompiledLimit;
-pub use rules::{CompiledRule, RuleCounters, RuleCountersView, RuleKind, format_unix_ms};
+pub use rules::{CompiledRule, RuleCounters, RuleCountersView, RuleKind};
 
 /// Why a config could not be compiled (after it validated).
 #[derive(Debug, thiserror::Error)]

@@ -20,22 +20,14 @@ use super::headers::{Forwarding, X_REQUEST_ID, strip_hop_by_hop, write_forwarded
 use super::problem::problem;
 use super::state::Shared;
 use super::upstream::{RequestBody, UpstreamRequest};
-use crate::analysis::{
-    Finding, FindingKind, RequestContext, RequestScratch, ResponseSummary, Severity,
-};
 use crate::config::{ClientAddressSource, FailurePolicy};
 use crate::detect::session_state::SessionState;
+use crate::detect::{RequestContext, RequestScratch, ResponseSummary};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
 use crate::operation::Operation;
 use crate::operation::parse_query;
 use crate::session::{MAX_HISTORY, RecentOp, SessionSource, client_address};
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 fn request_id(shared: &Shared, headers: &http::HeaderMap) -> String {
     match headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
@@ -198,7 +190,7 @@ async fn handle_inner(
         );
     }
 
-    let now_ms = unix_ms();
+    let now_ms = crate::time::now_ms();
     let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
     let client: IpAddr = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
     let uri = parts.uri.clone();

@@ -16,9 +16,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ordo_enforcer::analysis::NoopAnalyzer;
 use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::proxy::{RunningEnforcer, start};
+use ordo_enforcer::detect::NoopAnalyzer;
+use ordo_enforcer::runtime::{RunningEnforcer, start};
 use tokio::net::TcpListener;
 
 /// What the upstream saw.

@@ -50,7 +50,7 @@ thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks the calling thread as proxy worker `index` (see [`crate::proxy::StartOptions`]).
+/// Marks the calling thread as proxy worker `index` (the runtime starts one per worker).
 pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
