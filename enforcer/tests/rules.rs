@@ -117,7 +117,7 @@ async fn every_rule_kind_blocks_in_enforce_with_block() {
     let statuses = violate_each(&e, &c).await;
     assert_eq!(statuses, vec![403, 403, 403, 403]);
     // The blocked transfer never reached the upstream.
-    let paths = up.seen.paths.lock().unwrap().clone();
+    let paths = up.seen.paths.lock().clone();
     assert_eq!(
         paths.iter().filter(|p| p.contains("transferFunds")).count(),
         1

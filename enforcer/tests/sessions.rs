@@ -457,7 +457,7 @@ async fn client_address_from_trusted_forwarded_for() {
     assert_eq!(incidents[0]["session"], "ip:203.0.113.9");
     assert_eq!(incidents[0]["client"], "203.0.113.9");
     // The upstream sees the chain with the enforcer's peer appended.
-    let headers = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    let headers = up.seen.last_headers.lock().clone().unwrap();
     assert_eq!(
         headers["x-forwarded-for"],
         "6.6.6.6, 203.0.113.9, 127.0.0.1"

@@ -204,7 +204,7 @@ pub struct Accepted {
 pub struct ReportHub {
     client: kube::Client,
     metrics: Arc<Metrics>,
-    states: std::sync::Mutex<HashMap<ProtectionKey, Arc<tokio::sync::Mutex<ProtectionReports>>>>,
+    states: parking_lot::Mutex<HashMap<ProtectionKey, Arc<tokio::sync::Mutex<ProtectionReports>>>>,
     /// Whether this replica leads (only the leader accepts reports).
     pub leading: AtomicBool,
     /// Reconcile requests for the controller.
@@ -224,7 +224,7 @@ impl ReportHub {
         let hub = Arc::new(Self {
             client,
             metrics,
-            states: std::sync::Mutex::new(HashMap::new()),
+            states: parking_lot::Mutex::new(HashMap::new()),
             leading: AtomicBool::new(false),
             reconcile_tx,
             min_refresh,
@@ -233,20 +233,12 @@ impl ReportHub {
     }
 
     fn entry(&self, key: &ProtectionKey) -> Arc<tokio::sync::Mutex<ProtectionReports>> {
-        let mut states = match self.states.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        Arc::clone(states.entry(key.clone()).or_default())
+        Arc::clone(self.states.lock().entry(key.clone()).or_default())
     }
 
     /// Forgets a protection (it was deleted).
     pub fn forget(&self, key: &ProtectionKey) {
-        let mut states = match self.states.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        states.remove(key);
+        self.states.lock().remove(key);
     }
 
     /// Runs `f` on the protection's state, loading it from its ConfigMap first if needed.

@@ -4,7 +4,8 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+
+use parking_lot::Mutex;
 
 use super::params::RequestParams;
 use super::session_state::SessionState;
@@ -57,17 +58,13 @@ impl std::fmt::Debug for RequestScratch {
 impl RequestScratch {
     /// The request's parameter observations, derived now unless an earlier call left them.
     pub fn take_params(&self, ctx: &RequestContext<'_>) -> RequestParams {
-        let kept = self
-            .params
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let kept = self.params.lock().take();
         kept.unwrap_or_else(|| RequestParams::from_request(ctx))
     }
 
     /// Keeps the observations for a later call on the same request.
     pub fn keep_params(&self, params: RequestParams) {
-        *self.params.lock().unwrap_or_else(PoisonError::into_inner) = Some(params);
+        *self.params.lock() = Some(params);
     }
 }
 

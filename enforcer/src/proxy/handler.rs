@@ -432,17 +432,11 @@ async fn handle_inner(
         for f in &findings {
             metrics.findings.with_label_values(&[f.kind.as_str()]).inc();
         }
-        let inc = &policy.config.incidents;
-        if let Some(rec) = shared.incidents.record(
-            &session,
-            client,
-            &op.template,
-            &findings,
-            blocked,
-            now_ms,
-            inc.inactivity_window.as_millis_u64(),
-            inc.max_incidents,
-        ) {
+        if let Some(rec) =
+            shared
+                .incidents
+                .record(&session, client, &op.template, &findings, blocked, now_ms)
+        {
             if rec.created {
                 metrics.incidents.inc();
             }
@@ -463,13 +457,7 @@ async fn handle_inner(
             findings = ?findings.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>(),
             "request flagged"
         );
-    } else if incident_seq != 0
-        && !shared.incidents.note_request(
-            incident_seq,
-            now_ms,
-            policy.config.incidents.inactivity_window.as_millis_u64(),
-        )
-    {
+    } else if incident_seq != 0 && !shared.incidents.note_request(incident_seq, now_ms) {
         shared
             .sessions
             .with_entry(hash, now_s, |e, _| e.incident = 0);

@@ -93,9 +93,11 @@ fn apply_reload(shared: &Shared, config: EnforcerConfig) -> bool {
     config.operations = old.operations.clone();
     let max_sessions = config.session.max_sessions;
     let idle = config.session.idle_timeout.std();
+    let incidents = config.incidents.clone();
     match compile(config, &shared.resolver, &shared.counters) {
         Ok(policy) => {
             shared.sessions.configure(max_sessions, idle);
+            shared.incidents.configure(&incidents);
             shared.policy.store(Arc::new(policy));
             shared
                 .metrics

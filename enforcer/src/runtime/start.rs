@@ -153,12 +153,13 @@ pub async fn start_with_options(
         shards: workers,
     });
 
+    let incidents = IncidentStore::new(&config.incidents);
     let policy = compile(config, &resolver, &counters)?;
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         resolver,
         sessions,
-        incidents: IncidentStore::default(),
+        incidents,
         counters,
         metrics: Metrics::new()?,
         analyzer,
