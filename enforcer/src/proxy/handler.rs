@@ -27,6 +27,7 @@ use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
 use crate::operation::Operation;
 use crate::operation::parse_query;
+use crate::policy::CompiledPolicy;
 use crate::session::{MAX_HISTORY, RecentOp, SessionSource, client_address};
 
 fn request_id(shared: &Shared, headers: &http::HeaderMap) -> String {
@@ -513,7 +514,7 @@ async fn handle_inner(
         metrics
             .added_latency
             .observe(started.elapsed().as_secs_f64());
-        observe(shared, &facts, status.as_u16(), 0, true);
+        observe(shared, &policy, &facts, status.as_u16(), 0, true);
         return resp;
     }
     let flagged = verdict == Verdict::Flag;
@@ -603,7 +604,7 @@ async fn handle_inner(
 
     // 6. Learn.
     let duration_us = u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX);
-    observe(shared, &facts, status, duration_us, flagged);
+    observe(shared, &policy, &facts, status, duration_us, flagged);
     let (mut rparts, rbody) = response.into_parts();
     strip_hop_by_hop(&mut rparts.headers);
     if let Some(v) = rid_value {
@@ -657,15 +658,17 @@ impl<'a> RequestFacts<'a> {
     }
 }
 
-/// Learning from the exchange (`status` answered, or the block status with `flagged`).
+/// Learning from the exchange (`status` answered, or the block status with `flagged`), under
+/// the policy the request was checked with: a reload while the upstream answers must not
+/// change the history the request learns from.
 fn observe(
     shared: &Shared,
+    policy: &CompiledPolicy,
     facts: &RequestFacts<'_>,
     status: u16,
     duration_us: u64,
     flagged: bool,
 ) {
-    let policy = shared.policy.load();
     let analyzer = &shared.analyzer;
     let done = shared
         .sessions
