@@ -13,7 +13,9 @@ use crate::finding::Finding;
 use crate::operation::Operation;
 use crate::session::{RecentOp, SessionSource};
 
-/// Everything the learned detectors may look at for one request. Borrowed; built once per request.
+/// Everything the learned detectors may look at for one request. Borrowed; built once per
+/// request (only `recent` differs between checking and learning).
+#[derive(Clone, Copy)]
 pub struct RequestContext<'a> {
     /// Unix milliseconds when the request arrived.
     pub now_ms: u64,

@@ -7,6 +7,7 @@ mod decision;
 mod handler;
 mod headers;
 mod problem;
+mod rejection;
 mod server;
 mod state;
 mod upstream;

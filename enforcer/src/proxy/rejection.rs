@@ -19,7 +19,10 @@ pub enum Rejection {
     NotOriginForm,
     BadContentLength,
     /// The body is over `limits.maxBodyBytes`; `declared` when `Content-Length` said so.
-    BodyTooLarge { limit: u64, declared: Option<u64> },
+    BodyTooLarge {
+        limit: u64,
+        declared: Option<u64>,
+    },
     BodyUnreadable,
     BodyTimeout,
     /// The session token failed verification (`onInvalidToken: Reject`).
@@ -52,10 +55,14 @@ pub enum UpstreamFailure {
     /// The upstream did not accept the connection in time.
     ConnectTimeout,
     /// No answer within `upstream.timeout`.
-    Timeout { after: Duration },
+    Timeout {
+        after: Duration,
+    },
     Other,
     /// The client's body went over the limit while it was streamed to the upstream.
-    BodyTooLarge { limit: u64 },
+    BodyTooLarge {
+        limit: u64,
+    },
 }
 
 impl UpstreamFailure {
