@@ -41,7 +41,7 @@ rules:
     maxRepeat: { operation: GET /api/me, count: 1 }
 "#;
 
-async fn session_of(c: &TestClient, e: &ordo_enforcer::proxy::RunningEnforcer) -> String {
+async fn session_of(c: &TestClient, e: &ordo_enforcer::runtime::RunningEnforcer) -> String {
     let incidents = admin_json(c, e, "/v1/incidents").await;
     incidents[0]["session"]
         .as_str()
@@ -457,7 +457,7 @@ async fn client_address_from_trusted_forwarded_for() {
     assert_eq!(incidents[0]["session"], "ip:203.0.113.9");
     assert_eq!(incidents[0]["client"], "203.0.113.9");
     // The upstream sees the chain with the enforcer's peer appended.
-    let headers = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    let headers = up.seen.last_headers.lock().clone().unwrap();
     assert_eq!(
         headers["x-forwarded-for"],
         "6.6.6.6, 203.0.113.9, 127.0.0.1"

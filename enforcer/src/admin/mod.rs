@@ -17,8 +17,29 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::format_unix_ms;
-use crate::proxy::{Shared, refresh_gauges};
+use crate::detect::Analyzer;
+use crate::incident::IncidentStore;
+use crate::metrics::Metrics;
+use crate::operation::OperationResolver;
+use crate::policy::CompiledPolicy;
+use crate::session::TableStats;
+use crate::time::format_unix_ms;
+
+/// What the admin API reads from the running enforcer. The runtime implements it for the
+/// proxy's shared state, so that this module does not depend on the proxy.
+pub trait AdminSource: Send + Sync + 'static {
+    /// The policy in force.
+    fn policy(&self) -> Arc<CompiledPolicy>;
+    /// `host:port` of the protected Service, for `/readyz?upstream=true`.
+    fn upstream_authority(&self) -> String;
+    fn metrics(&self) -> &Metrics;
+    /// Copies table counters into the gauges before `/metrics` is served.
+    fn refresh_gauges(&self);
+    fn incidents(&self) -> &IncidentStore;
+    fn resolver(&self) -> &OperationResolver;
+    fn session_stats(&self) -> TableStats;
+    fn analyzer(&self) -> &dyn Analyzer;
+}
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -47,8 +68,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
-    let policy = shared.policy.load();
+fn authorized(shared: &dyn AdminSource, req: &Request<Incoming>) -> bool {
+    let policy = shared.policy();
     let Some(token) = policy.admin_token.as_deref() else {
         return true;
     };
@@ -59,8 +80,8 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
         .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
 }
 
-async fn upstream_reachable(shared: &Shared) -> bool {
-    let authority = shared.upstream.authority().as_str().to_owned();
+async fn upstream_reachable(shared: &dyn AdminSource) -> bool {
+    let authority = shared.upstream_authority();
     matches!(
         tokio::time::timeout(
             Duration::from_secs(1),
@@ -71,7 +92,7 @@ async fn upstream_reachable(shared: &Shared) -> bool {
     )
 }
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
+async fn route(shared: Arc<dyn AdminSource>, req: Request<Incoming>) -> AdminResponse {
     if req.method() != Method::GET {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
@@ -83,7 +104,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|p| p == "upstream=true"));
-            if check_upstream && !upstream_reachable(&shared).await {
+            if check_upstream && !upstream_reachable(&*shared).await {
                 return respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
@@ -94,7 +115,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
         }
         _ => {}
     }
-    if !authorized(&shared, &req) {
+    if !authorized(&*shared, &req) {
         let mut r = respond(
             StatusCode::UNAUTHORIZED,
             "text/plain",
@@ -106,45 +127,45 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
     }
     match path {
         "/metrics" => {
-            refresh_gauges(&shared);
+            shared.refresh_gauges();
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                shared.metrics.encode(),
+                shared.metrics().encode(),
             )
         }
         "/v1/incidents" => {
-            json_response(&serde_json::to_value(shared.incidents.list()).unwrap_or_default())
+            json_response(&serde_json::to_value(shared.incidents().list()).unwrap_or_default())
         }
-        "/v1/model" => json_response(&model_view(&shared)),
-        "/v1/rules" => json_response(&rules_view(&shared)),
+        "/v1/model" => json_response(&model_view(&*shared)),
+        "/v1/rules" => json_response(&rules_view(&*shared)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
 
 /// `GET /v1/model`: the operation inventory, table sizes and the analyzer's view.
-pub fn model_view(shared: &Shared) -> serde_json::Value {
+pub fn model_view(shared: &dyn AdminSource) -> serde_json::Value {
     let ops: Vec<serde_json::Value> = shared
-        .resolver
+        .resolver()
         .inventory()
         .into_iter()
         .map(|op| json!({ "id": op.id, "operation": &*op.template, "origin": op.origin }))
         .collect();
-    let policy = shared.policy.load();
+    let policy = shared.policy();
     json!({
         "mode": policy.config.mode,
         "configRevision": policy.config.revision,
         "configSince": format_unix_ms(policy.compiled_at_ms),
         "operations": ops,
-        "templating": shared.resolver.stats(),
-        "sessions": shared.sessions.stats(),
-        "analyzer": shared.analyzer.model_view(),
+        "templating": shared.resolver().stats(),
+        "sessions": shared.session_stats(),
+        "analyzer": shared.analyzer().model_view(),
     })
 }
 
 /// `GET /v1/rules`: compiled rules (priority order) with counters, and rate limits.
-pub fn rules_view(shared: &Shared) -> serde_json::Value {
-    let policy = shared.policy.load();
+pub fn rules_view(shared: &dyn AdminSource) -> serde_json::Value {
+    let policy = shared.policy();
     let rules: Vec<serde_json::Value> = policy
         .rules
         .iter()
@@ -184,7 +205,11 @@ pub fn rules_view(shared: &Shared) -> serde_json::Value {
 }
 
 /// Serves the admin API until `shutdown`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<dyn AdminSource>,
+    shutdown: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

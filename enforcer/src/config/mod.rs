@@ -5,6 +5,7 @@ mod duration;
 pub mod learning;
 mod load;
 mod reload;
+mod report;
 
 mod validate;
 
@@ -13,10 +14,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// The `operations` section, defined with the resolver it configures.
+pub use crate::operation::OperationsConfig;
 pub use duration::Duration;
 pub use learning::{DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
 pub use load::{ConfigError, load_file, parse_yaml};
 pub use reload::{ConfigWatcher, ReloadOutcome};
+pub use report::{ReportConfig, ReportConfigError};
 
 pub use validate::{ValidationError, ValidationErrors, validate_config, validate_rule};
 
@@ -96,7 +100,7 @@ pub struct EnforcerConfig {
     pub incidents: IncidentsConfig,
     /// Periodic reports to the operator (absent in standalone mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<crate::report::ReportConfig>,
+    pub report: Option<ReportConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -431,31 +435,6 @@ pub struct JwtKeyConfig {
     /// File with the secret (HS256) or the PEM public key (RS256/ES256), e.g. a mounted Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-}
-
-/// Operation templating from traffic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct OperationsConfig {
-    /// Learn templates for paths not declared (otherwise they resolve to one unknown operation per method).
-    pub learn: bool,
-    /// Cap on learned templates; beyond it requests go to one overflow operation per method.
-    pub max_templates: usize,
-    /// Distinct literal values tracked at one path position before it becomes a parameter.
-    pub max_values_per_position: usize,
-    /// Paths deeper than this many segments go to the overflow operation.
-    pub max_segments: usize,
-}
-
-impl Default for OperationsConfig {
-    fn default() -> Self {
-        Self {
-            learn: true,
-            max_templates: 1000,
-            max_values_per_position: 32,
-            max_segments: 16,
-        }
-    }
 }
 
 /// A declared OpenAPI 3 document.

@@ -343,7 +343,7 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     // The report section is checked with the rest so that a bad URL or a missing CA file is
     // rejected at load (and by the operator's webhook), not only when the client starts.
     if let Some(report) = &config.report
-        && let Err(crate::report::ReportError::Config { field, message }) = report.validate()
+        && let Err(super::ReportConfigError { field, message }) = report.validate()
     {
         errors.push(field, message);
     }

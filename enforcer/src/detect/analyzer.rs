@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard, TryLockError};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use crate::analysis::{Analyzer, Finding, RequestContext, ResponseSummary};
+use super::request::{Analyzer, RequestContext, ResponseSummary};
 use crate::config::{DetectorsConfig, LearningConfig};
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
+use crate::finding::Finding;
 use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps};
 use crate::operation::Operation;
 use crate::session::RecentOp;
@@ -185,7 +187,7 @@ impl LearnedAnalyzer {
             }),
             pending: Mutex::new(PendingLessons::default()),
             clients: Mutex::new(ClientTable::default()),
-            auth: Mutex::new(AuthActivity::default()),
+            auth: Mutex::new(AuthActivity::new(learning.max_tracked_clients)),
         }
     }
 
@@ -206,6 +208,9 @@ impl LearnedAnalyzer {
             detectors: detectors.clone(),
             protection: current.protection.clone(),
         }));
+        self.auth
+            .lock()
+            .set_max_identities(learning.max_tracked_clients);
         let mut inner = self.write_inner();
         inner.model.set_caps(caps_of(learning));
     }
@@ -281,11 +286,7 @@ impl LearnedAnalyzer {
     pub fn view(&self) -> ModelView {
         let settings = self.settings.load();
         let inner = self.write_inner();
-        let clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let clients = self.clients.lock().len();
         let mut view = model_view(
             &inner.model,
             &settings.learning,
@@ -299,12 +300,8 @@ impl LearnedAnalyzer {
     /// The write lock, with every queued lesson applied first: whoever reads the model through
     /// it (snapshots, deltas, the view) sees everything learned so far.
     fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        let queued = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let mut inner = self.inner.write();
+        let queued = self.pending.lock().take();
         if !queued.is_empty() {
             let shape_caps = caps_of(&self.settings.load().learning).shape();
             inner.apply(queued, &shape_caps);
@@ -316,32 +313,19 @@ impl LearnedAnalyzer {
     /// lock next; a full queue is applied in one batch. Never waits for the lock otherwise.
     fn learn(&self, lesson: Lesson, learning: &LearningConfig) {
         let shape_caps = caps_of(learning).shape();
-        match self.inner.try_write() {
-            Ok(mut inner) => {
-                let queued = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                inner.apply(
-                    queued.into_iter().chain(std::iter::once(lesson)),
-                    &shape_caps,
-                );
-            }
-            Err(TryLockError::Poisoned(poisoned)) => {
-                let mut inner = poisoned.into_inner();
-                inner.apply(std::iter::once(lesson), &shape_caps);
-            }
-            Err(TryLockError::WouldBlock) => {
-                let full = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(lesson);
-                if let Some(batch) = full {
-                    let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-                    inner.apply(batch, &shape_caps);
-                }
+        if let Some(mut inner) = self.inner.try_write() {
+            let queued = self.pending.lock().take();
+            inner.apply(
+                queued.into_iter().chain(std::iter::once(lesson)),
+                &shape_caps,
+            );
+        } else {
+            // The queue's lock is released before the model's is taken (`write_inner` takes
+            // them in the other order).
+            let full = self.pending.lock().push(lesson);
+            if let Some(batch) = full {
+                let mut inner = self.inner.write();
+                inner.apply(batch, &shape_caps);
             }
         }
     }
@@ -360,7 +344,7 @@ impl LearnedAnalyzer {
         let period = learning.window_seconds.saturating_mul(1000).max(60_000);
         let now = ctx.now_ms;
         let due = {
-            let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            let inner = self.inner.read();
             inner.next_ageing_ms == 0
                 || now >= inner.next_ageing_ms
                 || inner.baselines.due(now, window_ms)
@@ -403,7 +387,7 @@ impl Analyzer for LearnedAnalyzer {
     fn inspect(&self, ctx: &RequestContext<'_>, state: &mut SessionState, out: &mut Vec<Finding>) {
         let settings = self.settings.load();
         let (learning, detectors) = (&settings.learning, &settings.detectors);
-        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.inner.read();
         let model = &inner.model;
         if !Self::globally_mature(model, learning) {
             return;
@@ -469,15 +453,11 @@ impl Analyzer for LearnedAnalyzer {
             out.push(f);
         }
         if detectors.credential_stuffing.enabled && stuffing::is_auth_request(&judged) {
-            let client = self
-                .clients
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&ctx.client, judged.window);
+            let client = self.clients.lock().get(&ctx.client, judged.window);
             if let Some(f) = stuffing::check(&judged, &detectors.credential_stuffing, client) {
                 out.push(f);
             } else {
-                let mut auth = self.auth.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut auth = self.auth.lock();
                 out.extend(distributed::check(
                     &judged,
                     &detectors.credential_stuffing,
@@ -509,7 +489,7 @@ impl Analyzer for LearnedAnalyzer {
         let window = ctx.now_ms / window_ms;
         self.maintain(ctx, learning, window_ms, learnable);
         // Everything below reads the shared model; what it must change goes into `lesson`.
-        let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.inner.read();
         let inner = &*guard;
         let baselines = &inner.baselines;
         let model = &inner.model;
@@ -597,21 +577,17 @@ impl Analyzer for LearnedAnalyzer {
             && !flagged
             && let Some(index) = op
         {
-            self.auth
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(
-                    index,
-                    ctx.now_ms,
-                    window,
-                    params.identity,
-                    &ctx.client,
-                    auth_failure,
-                    learning.max_tracked_clients,
-                );
+            self.auth.lock().record(
+                index,
+                ctx.now_ms,
+                window,
+                params.identity,
+                &ctx.client,
+                auth_failure,
+            );
         }
         if auth_failure && auth_like {
-            let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut clients = self.clients.lock();
             let before = clients
                 .get(&ctx.client, window)
                 .map_or(0, |e| e.distinct_identities());

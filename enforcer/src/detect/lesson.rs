@@ -166,9 +166,9 @@ mod tests {
     use std::net::IpAddr;
     use std::sync::Arc;
 
-    use crate::analysis::{Analyzer, RequestContext, RequestScratch, ResponseSummary};
     use crate::config::{Action, DetectorsConfig, LearningConfig};
     use crate::detect::LearnedAnalyzer;
+    use crate::detect::request::{Analyzer, RequestContext, RequestScratch, ResponseSummary};
     use crate::detect::session_state::SessionState;
     use crate::model::LearnedModel;
     use crate::operation::{Operation, OperationOrigin};

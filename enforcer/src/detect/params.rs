@@ -2,7 +2,7 @@
 //! check: path parameters, query keys, JSON body fields by path, headers and cookies; plus the
 //! object identifiers it names, whether it carries credentials, and the identity it claims.
 
-use crate::analysis::RequestContext;
+use super::request::RequestContext;
 use crate::model::hashing::stable_hash;
 use crate::model::value::{ValueKind, json_facts, text_facts};
 use crate::model::{Location, ParamObservation};

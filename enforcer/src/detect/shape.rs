@@ -6,8 +6,8 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::{DetectorConfig, Sensitivity};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::histogram::LogHistogram;
 use crate::model::value::{
     CHAR_CLASS_NAMES, MARKER_NAMES, RISKY_CHAR_CLASSES, TypeFamily, ValueKind, bit_names,

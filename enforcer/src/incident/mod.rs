@@ -5,12 +5,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::analysis::{Finding, FindingKind, Severity};
-use crate::policy::format_unix_ms;
+use crate::config::IncidentsConfig;
+use crate::finding::{Finding, FindingKind, Severity};
+use crate::time::format_unix_ms;
 
 /// Distinct (kind, rule, operation) groups kept per incident for its summary.
 const MAX_GROUPS: usize = 16;
@@ -150,17 +151,36 @@ struct Inner {
     open: HashMap<String, u32>,
     dirty: BTreeSet<u32>,
     evicted: u64,
+    /// A session's findings closer than this belong to one incident.
+    window_ms: u64,
+    /// Incidents kept (oldest evicted first).
+    max_incidents: usize,
 }
 
 /// Bounded incident store (oldest evicted first).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IncidentStore {
     inner: Mutex<Inner>,
 }
 
 impl IncidentStore {
+    pub fn new(config: &IncidentsConfig) -> Self {
+        let store = Self {
+            inner: Mutex::new(Inner::default()),
+        };
+        store.configure(config);
+        store
+    }
+
+    /// Applies the `incidents` section (at start and on reload); a smaller cap takes effect
+    /// with the next new incident.
+    pub fn configure(&self, config: &IncidentsConfig) {
+        let mut inner = self.inner.lock();
+        inner.window_ms = config.inactivity_window.as_millis_u64();
+        inner.max_incidents = config.max_incidents;
+    }
+
     /// Adds the findings of one request. `op` is the operation's display template.
-    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         session: &str,
@@ -169,10 +189,9 @@ impl IncidentStore {
         findings: &[Finding],
         blocked: bool,
         now_ms: u64,
-        window_ms: u64,
-        max_incidents: usize,
     ) -> Option<Recorded> {
-        let mut inner = self.inner.lock().ok()?;
+        let mut inner = self.inner.lock();
+        let (window_ms, max_incidents) = (inner.window_ms, inner.max_incidents);
         let stuffing_only = !findings.is_empty()
             && findings
                 .iter()
@@ -294,10 +313,9 @@ impl IncidentStore {
 
     /// Counts an unflagged request of a session whose incident `seq` may still be open.
     /// Returns false when the incident closed (the caller forgets `seq`).
-    pub fn note_request(&self, seq: u32, now_ms: u64, window_ms: u64) -> bool {
-        let Ok(mut inner) = self.inner.lock() else {
-            return false;
-        };
+    pub fn note_request(&self, seq: u32, now_ms: u64) -> bool {
+        let mut inner = self.inner.lock();
+        let window_ms = inner.window_ms;
         let Some(incident) = inner.by_seq.get_mut(&seq) else {
             return false;
         };
@@ -311,9 +329,7 @@ impl IncidentStore {
 
     /// Newest first.
     pub fn list(&self) -> Vec<Incident> {
-        let Ok(inner) = self.inner.lock() else {
-            return Vec::new();
-        };
+        let inner = self.inner.lock();
         inner
             .order
             .iter()
@@ -324,9 +340,7 @@ impl IncidentStore {
 
     /// New and updated incidents since the previous call (for reports), oldest first.
     pub fn drain_updated(&self) -> Vec<Incident> {
-        let Ok(mut inner) = self.inner.lock() else {
-            return Vec::new();
-        };
+        let mut inner = self.inner.lock();
         let dirty = std::mem::take(&mut inner.dirty);
         dirty
             .iter()
@@ -335,7 +349,7 @@ impl IncidentStore {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|i| i.by_seq.len()).unwrap_or(0)
+        self.inner.lock().by_seq.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -343,14 +357,22 @@ impl IncidentStore {
     }
 
     pub fn evicted(&self) -> u64 {
-        self.inner.lock().map(|i| i.evicted).unwrap_or(0)
+        self.inner.lock().evicted
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
+    use crate::config::{Action, Duration};
+
+    /// A store with a 15-minute inactivity window and room for 10 incidents.
+    fn store() -> IncidentStore {
+        IncidentStore::new(&IncidentsConfig {
+            inactivity_window: Duration::from_secs(900),
+            max_incidents: 10,
+        })
+    }
 
     fn finding() -> Finding {
         Finding {
@@ -367,17 +389,17 @@ mod tests {
 
     #[test]
     fn groups_a_session_and_writes_the_summary() {
-        let store = IncidentStore::default();
+        let store = store();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let op = "POST /api/v1/transferFunds";
         let a = store
-            .record("user:4411", ip, op, &[finding()], true, 1_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 1_000)
             .unwrap();
         let b = store
-            .record("user:4411", ip, op, &[finding()], true, 21_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 21_000)
             .unwrap();
         let c = store
-            .record("user:4411", ip, op, &[finding()], true, 41_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 41_000)
             .unwrap();
         assert!(a.created && !b.created && !c.created);
         assert_eq!(a.id, c.id);
@@ -389,16 +411,7 @@ mod tests {
         );
         // After the inactivity window a new incident starts.
         let d = store
-            .record(
-                "user:4411",
-                ip,
-                op,
-                &[finding()],
-                false,
-                2_000_000,
-                900_000,
-                10,
-            )
+            .record("user:4411", ip, op, &[finding()], false, 2_000_000)
             .unwrap();
         assert!(d.created);
         assert_eq!(store.drain_updated().len(), 2);
@@ -407,7 +420,7 @@ mod tests {
 
     #[test]
     fn the_summary_keeps_the_first_finding_of_a_group() {
-        let store = IncidentStore::default();
+        let store = store();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let op = "GET /api/v1/accounts/{account_id}/transactions";
         let cause = Finding {
@@ -421,10 +434,10 @@ mod tests {
             ..cause.clone()
         };
         store
-            .record("user:1", ip, op, &[cause], true, 1_000, 900_000, 10)
+            .record("user:1", ip, op, &[cause], true, 1_000)
             .unwrap();
         store
-            .record("user:1", ip, op, &[repeat], true, 3_000, 900_000, 10)
+            .record("user:1", ip, op, &[repeat], true, 3_000)
             .unwrap();
         let summary = &store.list()[0].summary;
         assert_eq!(
@@ -435,20 +448,11 @@ mod tests {
 
     #[test]
     fn store_is_bounded() {
-        let store = IncidentStore::default();
+        let store = store();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         for i in 0..100 {
             store
-                .record(
-                    &format!("s{i}"),
-                    ip,
-                    "GET /",
-                    &[finding()],
-                    false,
-                    1000,
-                    900_000,
-                    10,
-                )
+                .record(&format!("s{i}"), ip, "GET /", &[finding()], false, 1000)
                 .unwrap();
         }
         assert_eq!(store.len(), 10);

@@ -38,5 +38,7 @@ mod shape;
 
 pub use openapi::{OpenApiDocument, OpenApiError, OperationSchema, load_openapi, parse_openapi};
 pub use query::{MAX_QUERY_PAIRS, parse_query};
-pub use resolver::{DeclaredSet, OperationResolver, Resolved, ResolverStats, Template};
+pub use resolver::{
+    DeclaredSet, OperationResolver, OperationsConfig, Resolved, ResolverStats, Template,
+};
 pub use shape::looks_variable;

@@ -8,15 +8,41 @@
 //! resolves to its method's overflow operation, so a path fuzzer cannot grow memory.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 
 use super::openapi::OperationSchema;
 use super::pattern::{OperationPattern, PatternSegment, split_path};
 use super::shape::looks_variable;
 use super::{Operation, OperationOrigin};
-use crate::config::OperationsConfig;
+
+/// Operation templating from traffic: the `operations` section of the enforcer config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperationsConfig {
+    /// Learn templates for paths not declared (otherwise they resolve to one unknown operation per method).
+    pub learn: bool,
+    /// Cap on learned templates; beyond it requests go to one overflow operation per method.
+    pub max_templates: usize,
+    /// Distinct literal values tracked at one path position before it becomes a parameter.
+    pub max_values_per_position: usize,
+    /// Paths deeper than this many segments go to the overflow operation.
+    pub max_segments: usize,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            learn: true,
+            max_templates: 1000,
+            max_values_per_position: 32,
+            max_segments: 16,
+        }
+    }
+}
 
 /// A resolved template: the operation and where its parameters are in the path.
 #[derive(Debug)]
@@ -153,9 +179,7 @@ impl OperationResolver {
     /// the first occurrence of a normalized key wins.
     pub fn set_declared(&self, patterns: Vec<(OperationPattern, Option<Arc<OperationSchema>>)>) {
         let mut set = DeclaredSet::default();
-        let Ok(mut registry) = self.registry.lock() else {
-            return;
-        };
+        let mut registry = self.registry.lock();
         for (pattern, schema) in patterns {
             let key = pattern.normalized_key();
             if let Some(existing) = set.by_key.get_mut(&key) {
@@ -263,7 +287,7 @@ impl OperationResolver {
     }
 
     fn lookup_learned(&self, method: &http::Method, segments: &[&str]) -> Option<Arc<Template>> {
-        let tree = self.tree.read().ok()?;
+        let tree = self.tree.read();
         let mut node = tree.nodes.first()?;
         for seg in segments {
             let next = match node.literals.get(*seg) {
@@ -281,7 +305,7 @@ impl OperationResolver {
 
     /// Inserts the path into the tree; `None` when a cap is reached.
     fn learn(&self, method: &http::Method, segments: &[&str]) -> Option<Arc<Template>> {
-        let mut tree = self.tree.write().ok()?;
+        let mut tree = self.tree.write();
         let mut idx = 0usize;
         let mut key = String::with_capacity(64);
         key.push_str(method.as_str());
@@ -344,7 +368,7 @@ impl OperationResolver {
             return Some(Arc::clone(t));
         }
         let id = {
-            let mut registry = self.registry.lock().ok()?;
+            let mut registry = self.registry.lock();
             if registry.learned >= self.config.max_templates {
                 return None;
             }
@@ -384,9 +408,7 @@ impl OperationResolver {
         } else {
             http::Method::from_bytes(b"OTHER").unwrap_or(http::Method::GET)
         };
-        if let Ok(map) = self.specials.read()
-            && let Some(t) = map.get(&(method.clone(), origin))
-        {
+        if let Some(t) = self.specials.read().get(&(method.clone(), origin)) {
             return Arc::clone(t);
         }
         let suffix = if origin == OperationOrigin::Unknown {
@@ -395,11 +417,7 @@ impl OperationResolver {
             "{overflow}"
         };
         let display = format!("{} /{suffix}", method.as_str());
-        let id = self
-            .registry
-            .lock()
-            .map(|mut r| r.id_for(&display))
-            .unwrap_or(u32::MAX);
+        let id = self.registry.lock().id_for(&display);
         let template = Arc::new(Template {
             op: Operation {
                 id,
@@ -409,10 +427,12 @@ impl OperationResolver {
             params: Box::new([]),
             schema: None,
         });
-        if let Ok(mut map) = self.specials.write() {
-            return Arc::clone(map.entry((method, origin)).or_insert(template));
-        }
-        template
+        Arc::clone(
+            self.specials
+                .write()
+                .entry((method, origin))
+                .or_insert(template),
+        )
     }
 
     /// Every operation currently known: declared, learned and the overflow buckets in use.
@@ -424,24 +444,23 @@ impl OperationResolver {
             .values()
             .map(|t| t.op.clone())
             .collect();
-        if let Ok(tree) = self.tree.read() {
+        {
+            let tree = self.tree.read();
             ops.extend(
                 tree.nodes
                     .iter()
                     .flat_map(|n| n.ends.iter().map(|(_, t)| t.op.clone())),
             );
         }
-        if let Ok(map) = self.specials.read() {
-            ops.extend(map.values().map(|t| t.op.clone()));
-        }
+        ops.extend(self.specials.read().values().map(|t| t.op.clone()));
         ops.sort_by_key(|op| op.id);
         ops.dedup_by_key(|op| op.id);
         ops
     }
 
     pub fn stats(&self) -> ResolverStats {
-        let learned_templates = self.registry.lock().map(|r| r.learned).unwrap_or(0);
-        let tree_nodes = self.tree.read().map(|t| t.nodes.len()).unwrap_or(0);
+        let learned_templates = self.registry.lock().learned;
+        let tree_nodes = self.tree.read().nodes.len();
         ResolverStats {
             learned_templates,
             tree_nodes,

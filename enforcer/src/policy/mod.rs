@@ -5,16 +5,16 @@ mod ratelimit;
 mod rules;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::config::{Action, EnforcerConfig, OpenApiConfig};
 use crate::operation::{OperationPattern, OperationResolver, OperationSchema, load_openapi};
 use crate::session::{JwtConfigError, SessionIdentifiers};
 
 pub use ratelimit::CompiledLimit;
-pub use rules::{
-    CompiledRule, RuleCounters, RuleCountersView, RuleKind, format_unix_ms, unix_now_ms,
-};
+pub use rules::{CompiledRule, RuleCounters, RuleCountersView, RuleKind};
 
 /// Why a config could not be compiled (after it validated).
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +40,7 @@ pub struct CounterRegistry {
 
 impl CounterRegistry {
     pub fn get(&self, name: &str) -> Arc<RuleCounters> {
-        match self.by_name.lock() {
-            Ok(mut map) => Arc::clone(map.entry(name.to_owned()).or_default()),
-            Err(_) => Arc::default(),
-        }
+        Arc::clone(self.by_name.lock().entry(name.to_owned()).or_default())
     }
 }
 
@@ -286,7 +283,7 @@ pub fn compile(
         limits,
         limits_by_op,
         admin_token,
-        compiled_at_ms: unix_now_ms(),
+        compiled_at_ms: crate::time::now_ms(),
         config,
     })
 }

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::{Action, Duration};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::session::RecentOp;
+use crate::time::format_unix_ms;
 
 /// Match counters of one rule; kept across reloads by rule name.
 #[derive(Debug, Default)]
@@ -38,19 +39,6 @@ impl RuleCounters {
             last_match: (last > 0).then(|| format_unix_ms(last)),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch now (0 if the clock is before it).
-pub fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// RFC 3339 with milliseconds.
-pub fn format_unix_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// The condition of a compiled rule (operation ids from the resolver).

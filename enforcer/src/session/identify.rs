@@ -112,7 +112,7 @@ impl SessionIdentifiers {
                     if token.is_empty() {
                         continue;
                     }
-                    let now_s = unix_s();
+                    let now_s = crate::time::now_s();
                     if self.verifier.is_some()
                         && let Cached::Valid(value) = self.tokens.get(claim, token, now_s)
                     {
@@ -199,12 +199,6 @@ impl SessionIdentifiers {
             let _ = write!(out, "#{:016x}", h.finish());
         }
     }
-}
-
-fn unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn strip_bearer(value: &str) -> &str {

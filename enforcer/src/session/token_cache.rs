@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
+use parking_lot::Mutex;
 use siphasher::sip128::{Hasher128, SipHasher13};
-use std::sync::{Mutex, PoisonError};
 
 use super::table::PassThroughHasher;
 
@@ -116,7 +116,7 @@ impl VerifiedTokens {
         let Some(shard) = self.shard(key) else {
             return Cached::Unknown;
         };
-        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = shard.lock();
         let matches = |v: &Verified| v.check == check;
         if let Some(v) = shard.current.get(&key) {
             if matches(v) && now_s <= v.valid_until_s {
@@ -164,7 +164,7 @@ impl VerifiedTokens {
             value: value.map(Into::into),
             valid_until_s,
         };
-        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = shard.lock();
         Self::insert_into(&mut shard, key, entry, self.generation_cap);
     }
 
@@ -180,7 +180,7 @@ impl VerifiedTokens {
         self.shards
             .iter()
             .map(|s| {
-                let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+                let s = s.lock();
                 s.current.len() + s.previous.len()
             })
             .sum()
