@@ -4,6 +4,7 @@
 mod duration;
 pub mod learning;
 mod load;
+mod paths;
 mod reload;
 
 mod validate;
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 pub use duration::Duration;
 pub use learning::{DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
 pub use load::{ConfigError, load_file, parse_yaml};
+pub use paths::{
+    Backslash, DoubleEncoding, EncodedSlash, PathParameters, PathsConfig, RepeatedSlashes,
+    TrailingSlash,
+};
 pub use reload::{ConfigWatcher, ReloadOutcome};
 
 pub use validate::{ValidationError, ValidationErrors, validate_config, validate_rule};
@@ -72,6 +77,9 @@ pub struct EnforcerConfig {
     pub session: SessionConfig,
     #[serde(default)]
     pub operations: OperationsConfig,
+    /// How request paths are canonicalised before any check.
+    #[serde(default)]
+    pub paths: PathsConfig,
     /// Optional declared OpenAPI 3 document.
     #[serde(default, rename = "openAPI", skip_serializing_if = "Option::is_none")]
     pub open_api: Option<OpenApiConfig>,
@@ -528,6 +536,9 @@ pub struct LimitsConfig {
     pub body_read_timeout: Duration,
     /// Time allowed to drain in-flight requests on shutdown.
     pub shutdown_grace: Duration,
+    /// Query parameters (`&`-separated pairs) accepted in one request; more answer 400, so
+    /// that no parameter goes unchecked.
+    pub max_query_parameters: usize,
 }
 
 impl Default for LimitsConfig {
@@ -539,6 +550,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
+            max_query_parameters: 128,
         }
     }
 }

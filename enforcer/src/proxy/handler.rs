@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -27,7 +27,7 @@ use crate::config::{ClientAddressSource, FailurePolicy};
 use crate::detect::session_state::SessionState;
 use crate::metrics::Metrics;
 use crate::operation::Operation;
-use crate::operation::parse_query;
+use crate::operation::canonical_target;
 use crate::session::{MAX_HISTORY, RecentOp, SessionSource, client_address};
 
 fn unix_ms() -> u64 {
@@ -147,19 +147,29 @@ async fn handle_inner(
     let metrics = &shared.metrics;
     let (parts, body) = req.into_parts();
     let rid = request_id(shared, &parts.headers);
-    if parts.method == Method::CONNECT || !parts.uri.path().starts_with('/') {
-        metrics
-            .requests
-            .with_label_values(&["none", "reject"])
-            .inc();
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "only origin-form requests are proxied",
-            &rid,
-            None,
-        );
-    }
+    // Every check below sees the canonical target, and the upstream receives it.
+    let (canonical, query) = match canonical_target(
+        &parts.method,
+        parts.version,
+        &parts.uri,
+        &policy.config.paths,
+        policy.config.limits.max_query_parameters,
+    ) {
+        Ok(t) => t,
+        Err(reason) => {
+            metrics
+                .requests
+                .with_label_values(&["none", "reject"])
+                .inc();
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &reason.to_string(),
+                &rid,
+                None,
+            );
+        }
+    };
     let limits = &policy.config.limits;
     let content_length = parts
         .headers
@@ -202,7 +212,6 @@ async fn handle_inner(
     let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
     let client: IpAddr = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
     let uri = parts.uri.clone();
-    let query = uri.query().map(parse_query).unwrap_or_default();
 
     // 1. Session.
     let mut session = String::with_capacity(48);
@@ -237,7 +246,7 @@ async fn handle_inner(
     let mut segments = Vec::with_capacity(8);
     let resolved = shared
         .resolver
-        .resolve(&parts.method, uri.path(), &mut segments);
+        .resolve(&parts.method, &canonical.match_path, &mut segments);
     let template = resolved.template;
     let op = &template.op;
     let path_params = template.path_params(&segments);
@@ -541,8 +550,8 @@ async fn handle_inner(
     // 5. Forward, in origin form (`/path?query`): the pool holds connections to the one upstream.
     // The request's own headers stay as received for learning; the upstream's head is written
     // from them directly (without the hop-by-hop ones, with the forwarding headers).
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut upstream_req = UpstreamRequest::new(parts.method.clone(), target, forward_body);
+    let target = canonical.forward_target();
+    let mut upstream_req = UpstreamRequest::new(parts.method.clone(), &target, forward_body);
     // HTTP/2 carries the host in `:authority`; without either, name the upstream.
     let authority = uri.authority().unwrap_or(shared.upstream.authority());
     let forwarding = Forwarding {
