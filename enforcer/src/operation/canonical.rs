@@ -12,6 +12,8 @@
 //! double encoding) follows the configured policy; what no server should see (control
 //! characters, invalid escapes, invalid UTF-8, `..` above the root) is refused.
 
+use std::borrow::Cow;
+
 use crate::config::{
     Backslash, DoubleEncoding, EncodedSlash, PathParameters, PathsConfig, RepeatedSlashes,
     TrailingSlash,
@@ -174,8 +176,40 @@ fn without_parameters<'a>(raw: &'a str, policy: &PathsConfig) -> Result<&'a str,
     }
 }
 
+/// Whether `raw` is canonical as it is (most requests): only characters written as
+/// themselves, no empty segment but a trailing one, no dot segment.
+fn already_canonical(raw: &str, policy: &PathsConfig) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    if !rest.bytes().all(|b| b == b'/' || stays_raw(b)) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        match segment {
+            "" if last => return policy.trailing_slash == TrailingSlash::Keep,
+            "" | "." | ".." => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 /// The canonical form of a path (`raw` without the query): see the module documentation.
-pub fn canonical_path(raw: &str, policy: &PathsConfig) -> Result<String, TargetError> {
+/// Borrowed when `raw` is canonical already.
+pub fn canonical_path<'a>(raw: &'a str, policy: &PathsConfig) -> Result<Cow<'a, str>, TargetError> {
+    if already_canonical(raw, policy) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    rebuild_path(raw, policy).map(Cow::Owned)
+}
+
+fn rebuild_path(raw: &str, policy: &PathsConfig) -> Result<String, TargetError> {
     let rest = raw.strip_prefix('/').ok_or(TargetError::NotOriginForm)?;
     let mut segments: Vec<String> = Vec::new();
     let mut trailing = rest.is_empty();
@@ -238,7 +272,7 @@ mod tests {
     use super::*;
 
     fn canon(raw: &str) -> Result<String, TargetError> {
-        canonical_path(raw, &PathsConfig::default())
+        canonical_path(raw, &PathsConfig::default()).map(Cow::into_owned)
     }
 
     #[test]
@@ -356,6 +390,25 @@ mod tests {
         ] {
             let once = canon(raw).unwrap();
             assert_eq!(canon(&once).unwrap(), once, "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_rebuild() {
+        let strip = PathsConfig {
+            trailing_slash: TrailingSlash::Strip,
+            ..PathsConfig::default()
+        };
+        for policy in [PathsConfig::default(), strip] {
+            for raw in [
+                "/", "/a", "/a/", "/a/b", "/a//b", "/a/./b", "/a/..", "/.", "/a:b@c~d", "/a;b",
+                "/a%41", "/a b", "//", "/a/b/",
+            ] {
+                let fast = canonical_path(raw, &policy);
+                assert_eq!(fast, rebuild_path(raw, &policy).map(Cow::Owned), "{raw}");
+                let borrowed = matches!(fast, Ok(Cow::Borrowed(_)));
+                assert_eq!(borrowed, fast.as_deref() == Ok(raw), "{raw}");
+            }
         }
     }
 

@@ -20,16 +20,21 @@ const STANDARD_METHODS: [&str; 9] = [
 /// A request target in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalTarget<'u> {
-    /// The canonical path, forwarded to the upstream.
-    pub path: String,
-    /// The path operations are matched on: `path`, ASCII-lower-cased when matching is
-    /// case-insensitive.
-    pub match_path: String,
+    /// The canonical path, forwarded to the upstream (borrowed when the request's path was
+    /// canonical already).
+    pub path: Cow<'u, str>,
+    /// The ASCII-lower-cased path when matching is case-insensitive.
+    folded: Option<String>,
     /// The query as received (forwarded unchanged).
     pub query: Option<&'u str>,
 }
 
 impl CanonicalTarget<'_> {
+    /// The path operations are matched on.
+    pub fn match_path(&self) -> &str {
+        self.folded.as_deref().unwrap_or(&self.path)
+    }
+
     /// The origin-form target written on the upstream request line.
     pub fn forward_target(&self) -> Cow<'_, str> {
         match self.query {
@@ -71,11 +76,7 @@ pub fn canonical_target<'u>(
         return Err(TargetError::NotOriginForm);
     }
     let path = canonical_path(uri.path(), policy)?;
-    let match_path = if policy.case_sensitive {
-        path.clone()
-    } else {
-        path.to_ascii_lowercase()
-    };
+    let folded = (!policy.case_sensitive).then(|| path.to_ascii_lowercase());
     let query = uri.query();
     let query_pairs = match query {
         Some(q) => parse_request_query(q, max_query, policy)?,
@@ -83,7 +84,7 @@ pub fn canonical_target<'u>(
     };
     let target = CanonicalTarget {
         path,
-        match_path,
+        folded,
         query,
     };
     Ok((target, query_pairs))
@@ -144,7 +145,7 @@ mod tests {
         };
         let (t, _) = canonical_target(&Method::GET, Version::HTTP_11, &uri, &policy, 8).unwrap();
         assert_eq!(
-            (t.path.as_str(), t.match_path.as_str()),
+            (&*t.path, t.match_path()),
             ("/API/v1/Export", "/api/v1/export")
         );
     }

@@ -246,7 +246,7 @@ async fn handle_inner(
     let mut segments = Vec::with_capacity(8);
     let resolved = shared
         .resolver
-        .resolve(&parts.method, &canonical.match_path, &mut segments);
+        .resolve(&parts.method, canonical.match_path(), &mut segments);
     let template = resolved.template;
     let op = &template.op;
     let path_params = template.path_params(&segments);
