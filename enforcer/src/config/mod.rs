@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 /// The `operations` section, defined with the resolver it configures.
 pub use crate::operation::OperationsConfig;
+pub use crate::operation::{
+    Backslash, DoubleEncoding, EncodedSlash, PathParameters, PathsConfig, RepeatedSlashes,
+    TrailingSlash,
+};
 pub use duration::Duration;
 pub use learning::{DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
 pub use load::{ConfigError, load_file, parse_yaml};
@@ -81,6 +85,9 @@ pub struct EnforcerConfig {
     pub session: SessionConfig,
     #[serde(default)]
     pub operations: OperationsConfig,
+    /// How request paths are canonicalised before any check.
+    #[serde(default)]
+    pub paths: PathsConfig,
     /// Optional declared OpenAPI 3 document.
     #[serde(default, rename = "openAPI", skip_serializing_if = "Option::is_none")]
     pub open_api: Option<OpenApiConfig>,
@@ -125,6 +132,7 @@ impl EnforcerConfig {
             client_address: ClientAddressConfig::default(),
             session: SessionConfig::default(),
             operations: OperationsConfig::default(),
+            paths: PathsConfig::default(),
             open_api: None,
             learning: LearningConfig::default(),
             detectors: DetectorsConfig::default(),
@@ -565,6 +573,9 @@ pub struct LimitsConfig {
     pub body_read_timeout: Duration,
     /// Time allowed to drain in-flight requests on shutdown.
     pub shutdown_grace: Duration,
+    /// Query parameters (`&`-separated pairs) accepted in one request; more answer 400, so
+    /// that no parameter goes unchecked.
+    pub max_query_parameters: usize,
 }
 
 impl Default for LimitsConfig {
@@ -576,6 +587,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
+            max_query_parameters: 128,
         }
     }
 }

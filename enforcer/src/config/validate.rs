@@ -434,6 +434,9 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     if config.limits.max_concurrent_requests == 0 {
         errors.push("limits.maxConcurrentRequests", "must be at least 1");
     }
+    if config.limits.max_query_parameters == 0 {
+        errors.push("limits.maxQueryParameters", "must be at least 1");
+    }
     if config.limits.header_read_timeout.std().is_zero() {
         errors.push("limits.headerReadTimeout", "must be greater than 0");
     }

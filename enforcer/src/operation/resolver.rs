@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
@@ -85,12 +86,18 @@ impl DeclaredSet {
         self.by_key.values()
     }
 
-    fn lookup(&self, method: &http::Method, segments: &[&str]) -> Option<&Arc<Template>> {
+    fn lookup(
+        &self,
+        method: &http::Method,
+        segments: &[&str],
+        fold_case: bool,
+    ) -> Option<&Arc<Template>> {
         let candidates = self.by_shape.get(&(method.clone(), segments.len()))?;
         candidates
             .iter()
             .find(|(pattern, _)| {
                 pattern.iter().zip(segments).all(|(p, s)| match p {
+                    PatternSegment::Literal(l) if fold_case => l.eq_ignore_ascii_case(s),
                     PatternSegment::Literal(l) => l == s,
                     PatternSegment::Param(_) => true,
                 })
@@ -152,6 +159,9 @@ pub struct OperationResolver {
     declared: ArcSwap<DeclaredSet>,
     tree: RwLock<LearnedTree>,
     specials: RwLock<HashMap<(http::Method, OperationOrigin), Arc<Template>>>,
+    /// Declared literals match without regard to ASCII case (`paths.caseSensitive: false`;
+    /// the caller then resolves lower-cased paths).
+    fold_case: AtomicBool,
 }
 
 /// The result of resolving a request.
@@ -172,7 +182,13 @@ impl OperationResolver {
                 nodes: vec![Node::default()],
             }),
             specials: RwLock::new(HashMap::new()),
+            fold_case: AtomicBool::new(false),
         }
+    }
+
+    /// Whether declared literals match case-sensitively (the default).
+    pub fn set_case_sensitive(&self, sensitive: bool) {
+        self.fold_case.store(!sensitive, Ordering::Relaxed);
     }
 
     /// Replaces the declared templates. `patterns` carry an optional schema (OpenAPI);
@@ -252,8 +268,10 @@ impl OperationResolver {
         self.declared.load_full()
     }
 
-    /// Resolves `method` + `path` (path without the query). `segments` receives the path
-    /// segments, for parameter extraction.
+    /// Resolves `method` + `path` (the canonical path, without the query). `segments`
+    /// receives the path segments, for parameter extraction. `HEAD` resolves to the `GET`
+    /// operation of its path unless `HEAD` is declared for it: upstreams answer `HEAD` with
+    /// their `GET` handler, so its rules and limits apply.
     pub fn resolve<'p>(
         &self,
         method: &http::Method,
@@ -262,7 +280,19 @@ impl OperationResolver {
     ) -> Resolved {
         segments.clear();
         segments.extend(split_path(path));
-        if let Some(t) = self.declared.load().lookup(method, segments) {
+        let declared = self.declared.load();
+        let fold_case = self.fold_case.load(Ordering::Relaxed);
+        if let Some(t) = declared.lookup(method, segments, fold_case) {
+            return Resolved {
+                template: Arc::clone(t),
+            };
+        }
+        let method = if *method == http::Method::HEAD {
+            &http::Method::GET
+        } else {
+            method
+        };
+        if let Some(t) = declared.lookup(method, segments, fold_case) {
             return Resolved {
                 template: Arc::clone(t),
             };
@@ -511,6 +541,42 @@ mod tests {
         assert_eq!(c.op.id, a.op.id, "same normalized key keeps its id");
         assert_eq!(&*c.op.template, "GET /api/v1/accounts/{account_id}/balance");
         assert_eq!(c.op.origin, OperationOrigin::Declared);
+    }
+
+    #[test]
+    fn head_takes_the_get_operation_unless_declared() {
+        let r = OperationResolver::new(&OperationsConfig::default());
+        r.set_declared(vec![
+            (OperationPattern::parse("GET /api/v1/export").unwrap(), None),
+            (
+                OperationPattern::parse("HEAD /api/v1/status").unwrap(),
+                None,
+            ),
+            (OperationPattern::parse("GET /api/v1/status").unwrap(), None),
+        ]);
+        let get = resolve(&r, "GET", "/api/v1/export");
+        assert_eq!(resolve(&r, "HEAD", "/api/v1/export").op.id, get.op.id);
+        assert_eq!(
+            &*resolve(&r, "HEAD", "/api/v1/status").op.template,
+            "HEAD /api/v1/status"
+        );
+        let learned = resolve(&r, "GET", "/other/123");
+        assert_eq!(resolve(&r, "HEAD", "/other/456").op.id, learned.op.id);
+    }
+
+    #[test]
+    fn case_folding_matches_declared_literals() {
+        let r = OperationResolver::new(&OperationsConfig::default());
+        r.set_declared(vec![(
+            OperationPattern::parse("POST /api/v1/transferFunds").unwrap(),
+            None,
+        )]);
+        let declared = |r: &OperationResolver| {
+            resolve(r, "POST", "/api/v1/transferfunds").op.origin == OperationOrigin::Declared
+        };
+        assert!(!declared(&r));
+        r.set_case_sensitive(false);
+        assert!(declared(&r));
     }
 
     #[test]

@@ -182,6 +182,7 @@ pub fn compile(
         declared.push((p.clone(), None));
         limit_patterns.push(p);
     }
+    resolver.set_case_sensitive(config.paths.case_sensitive);
     resolver.set_declared(declared);
     let set = resolver.declared();
     let id_of = |p: &OperationPattern| {

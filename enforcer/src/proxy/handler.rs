@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -27,7 +27,7 @@ use crate::detect::session_state::SessionState;
 use crate::detect::{RequestContext, RequestScratch, ResponseSummary};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
-use crate::operation::{OperationSchema, parse_query};
+use crate::operation::{CanonicalTarget, OperationSchema, canonical_target};
 use crate::policy::CompiledPolicy;
 use crate::session::{MAX_HISTORY, RecentOp, SessionEntry, client_address};
 
@@ -107,13 +107,23 @@ async fn handle_inner(
         rejection.into_response(&shared.metrics, &rid, operation)
     };
     let limits = &policy.config.limits;
+    // Every check below sees the canonical target, and the upstream receives it.
+    let (target, query) = match canonical_target(
+        &parts.method,
+        parts.version,
+        &parts.uri,
+        &policy.config.paths,
+        limits.max_query_parameters,
+    ) {
+        Ok(canonical) => canonical,
+        Err(reason) => return reject(Rejection::BadTarget(reason), NO_OPERATION),
+    };
     if let Err(rejection) = admit(&parts, limits.max_body_bytes) {
         return reject(rejection, NO_OPERATION);
     }
     let now_ms = crate::time::now_ms();
     let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
     let client = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
-    let query = parts.uri.query().map(parse_query).unwrap_or_default();
 
     let mut session = String::with_capacity(48);
     let source = match policy
@@ -131,7 +141,7 @@ async fn handle_inner(
     let mut segments = Vec::with_capacity(8);
     let template = shared
         .resolver
-        .resolve(&parts.method, parts.uri.path(), &mut segments)
+        .resolve(&parts.method, target.match_path(), &mut segments)
         .template;
     let op = &template.op;
     let path_params = template.path_params(&segments);
@@ -189,7 +199,7 @@ async fn handle_inner(
         return reject(Rejection::Blocked(block), op_label);
     }
 
-    let upstream_req = upstream_request(&exchange, peer, &parts, body.forward);
+    let upstream_req = upstream_request(&exchange, peer, &parts, &target, body.forward);
     // Built once, for the response.
     let rid_value = HeaderValue::from_str(&rid).ok();
     let decided = started.elapsed();
@@ -210,12 +220,9 @@ async fn handle_inner(
     relay(response, rid_value)
 }
 
-/// Refuses what the proxy does not forward at all: non-origin-form targets, a bad or too
-/// large `Content-Length`.
+/// Refuses a body the proxy does not forward at all: a bad or too large `Content-Length`.
+/// (The target was refused before, by `canonical_target`.)
 fn admit(parts: &Parts, max_body_bytes: u64) -> Result<(), Rejection> {
-    if parts.method == Method::CONNECT || !parts.uri.path().starts_with('/') {
-        return Err(Rejection::NotOriginForm);
-    }
     let content_length = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -626,10 +633,10 @@ fn upstream_request(
     exchange: &Exchange<'_>,
     peer: SocketAddr,
     parts: &Parts,
+    target: &CanonicalTarget<'_>,
     body: RequestBody,
 ) -> UpstreamRequest {
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut req = UpstreamRequest::new(parts.method.clone(), target, body);
+    let mut req = UpstreamRequest::new(parts.method.clone(), &target.forward_target(), body);
     // HTTP/2 carries the host in `:authority`; without either, name the upstream.
     let authority = parts
         .uri

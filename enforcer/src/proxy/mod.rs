@@ -5,6 +5,7 @@
 mod body;
 mod decision;
 mod handler;
+mod header_policy;
 mod headers;
 mod problem;
 mod rejection;

@@ -9,14 +9,16 @@ use super::body::ProxyBody;
 use super::problem::problem;
 use crate::config::Duration;
 use crate::metrics::Metrics;
+use crate::operation::TargetError;
 
 /// Why a request was answered by the proxy.
 #[derive(Debug)]
 pub enum Rejection {
     /// `limits.maxConcurrentRequests` requests are in flight.
     Overloaded,
-    /// `CONNECT` or an absolute-form / asterisk-form target.
-    NotOriginForm,
+    /// The method or target has no unambiguous canonical form (`CONNECT`, an absolute-form
+    /// target, `get` for `GET`, an encoded slash under the `reject` policy, …).
+    BadTarget(TargetError),
     BadContentLength,
     /// The body is over `limits.maxBodyBytes`; `declared` when `Content-Length` said so.
     BodyTooLarge {
@@ -135,7 +137,7 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Overloaded | Self::CheckFailed => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NotOriginForm | Self::BadContentLength | Self::BodyUnreadable => {
+            Self::BadTarget(_) | Self::BadContentLength | Self::BodyUnreadable => {
                 StatusCode::BAD_REQUEST
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -149,7 +151,7 @@ impl Rejection {
     pub fn title(&self) -> &'static str {
         match self {
             Self::Overloaded => "Overloaded",
-            Self::NotOriginForm | Self::BadContentLength | Self::BodyUnreadable => "Bad request",
+            Self::BadTarget(_) | Self::BadContentLength | Self::BodyUnreadable => "Bad request",
             Self::BodyTooLarge { .. } | Self::Upstream(UpstreamFailure::BodyTooLarge { .. }) => {
                 "Request body too large"
             }
@@ -171,7 +173,7 @@ impl Rejection {
     fn detail(&self) -> Cow<'_, str> {
         match self {
             Self::Overloaded => "too many requests in flight; retry later".into(),
-            Self::NotOriginForm => "only origin-form requests are proxied".into(),
+            Self::BadTarget(reason) => reason.to_string().into(),
             Self::BadContentLength => "invalid Content-Length".into(),
             Self::BodyTooLarge {
                 limit,
@@ -196,7 +198,7 @@ impl Rejection {
     pub fn metric_label(&self) -> Option<&'static str> {
         match self {
             Self::Overloaded | Self::Blocked(_) | Self::Upstream(_) => None,
-            Self::NotOriginForm
+            Self::BadTarget(_)
             | Self::BadContentLength
             | Self::BodyTooLarge { .. }
             | Self::BodyUnreadable
@@ -264,7 +266,11 @@ mod tests {
     fn statuses_and_titles() {
         let cases = [
             (Rejection::Overloaded, 503, "Overloaded"),
-            (Rejection::NotOriginForm, 400, "Bad request"),
+            (
+                Rejection::BadTarget(TargetError::NotOriginForm),
+                400,
+                "Bad request",
+            ),
             (
                 Rejection::BodyTooLarge {
                     limit: 10,
