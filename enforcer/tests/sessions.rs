@@ -60,7 +60,9 @@ async fn each_identifier_names_the_session() {
         now() + 600,
     );
     let bearer = format!("Bearer {unsigned}");
-    // (identifier YAML, request headers, query, expected session key)
+    // (identifier YAML, request headers, query, expected session key). The values of
+    // header, cookie and query identifiers are credentials: `admin.revealSessionKeys` shows
+    // them here, `credential_session_keys_are_hashed_unless_revealed` checks the default.
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
     let cases: Vec<Case<'_>> = vec![
         (
@@ -93,7 +95,7 @@ async fn each_identifier_names_the_session() {
         let yaml = ONE_PER_SESSION.replace(
             "mode: Enforce",
             &format!(
-                "mode: Enforce\nsession:\n  identifiers:\n    {identifier}\n    - clientIp: {{}}"
+                "mode: Enforce\nadmin: {{ listen: 127.0.0.1:0, revealSessionKeys: true }}\nlisten: 127.0.0.1:0\nsession:\n  identifiers:\n    {identifier}\n    - clientIp: {{}}"
             ),
         );
         let e = start_enforcer(&yaml, up.addr).await;
@@ -153,7 +155,26 @@ async fn identifiers_are_tried_in_order() {
         get(&c, &e, "/api/me", &[("cookie", "sid=z")]).await.status,
         403
     );
-    assert_eq!(session_of(&c, &e).await, "cookie:sid=z");
+    let session = session_of(&c, &e).await;
+    assert!(session.starts_with("cookie:sid=#"), "{session}");
+    assert!(!session.contains("=z"), "{session}");
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn credential_session_keys_are_hashed_unless_revealed() {
+    let up = start_upstream().await;
+    let c = client();
+    let identifiers = "mode: Enforce\nsession:\n  identifiers:\n    - header: { name: X-Api-Key }";
+    let yaml = ONE_PER_SESSION.replace("mode: Enforce", identifiers);
+    let e = start_enforcer(&yaml, up.addr).await;
+    let key = [("x-api-key", "ak_live_secret_1")];
+    assert_eq!(get(&c, &e, "/api/me", &key).await.status, 200);
+    assert_eq!(get(&c, &e, "/api/me", &key).await.status, 403);
+    let incidents = admin_json(&c, &e, "/v1/incidents").await.to_string();
+    assert!(!incidents.contains("ak_live_secret_1"), "{incidents}");
+    let session = session_of(&c, &e).await;
+    assert!(session.starts_with("header:x-api-key=#"), "{session}");
     e.shutdown().await;
 }
 

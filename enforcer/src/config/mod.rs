@@ -108,12 +108,17 @@ fn default_admin_listen() -> SocketAddr {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
-    /// Bearer token required on `/metrics` and `/v1/*` (health endpoints stay open).
+    /// Bearer token required on `/v1/*` (health, readiness and metrics stay open); without
+    /// one, `/v1/*` answers loopback peers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// File holding the bearer token (read at load; trailing whitespace trimmed).
+    /// File holding the bearer token (read at load and reload; surrounding whitespace trimmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Show session keys verbatim in incidents, reports and logs (by default the values of
+    /// header, cookie and query identifiers are shown as a keyed hash).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reveal_session_keys: bool,
 }
 
 impl Default for AdminConfig {
@@ -122,6 +127,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             token: None,
             token_file: None,
+            reveal_session_keys: false,
         }
     }
 }

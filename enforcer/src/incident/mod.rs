@@ -1,6 +1,12 @@
 //! Incidents: the findings of one session (of one client address for credential
 //! stuffing) within an inactivity window, with a deterministic plain-language summary.
+//!
+//! Bounded in bytes, not only in count: operations and explanations come partly from client
+//! input (a 60 kB path segment, a schema error quoting a body value), so each is cut at
+//! [`MAX_OPERATION_BYTES`] / [`MAX_EXPLANATION_BYTES`] with a `…(+N bytes)` marker. Session
+//! keys are shown through [`session_label`] (credential values hashed).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -10,12 +16,50 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::analysis::{Finding, FindingKind, Severity};
+use crate::config::EnforcerConfig;
 use crate::policy::format_unix_ms;
+use crate::session::session_label;
 
 /// Distinct (kind, rule, operation) groups kept per incident for its summary.
 const MAX_GROUPS: usize = 16;
 /// Operations listed per incident.
 const MAX_OPERATIONS: usize = 32;
+/// Longest operation name kept in an incident.
+pub const MAX_OPERATION_BYTES: usize = 256;
+/// Longest finding explanation kept in an incident.
+pub const MAX_EXPLANATION_BYTES: usize = 512;
+
+/// `text` cut to at most `max` bytes (at a character boundary) plus a `…(+N bytes)` marker
+/// saying how much was cut.
+pub fn truncate_marked(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…(+{} bytes)", &text[..end], text.len() - end))
+}
+
+/// How incidents are grouped, capped and shown (from the config).
+#[derive(Debug, Clone, Copy)]
+pub struct IncidentSettings {
+    pub window_ms: u64,
+    pub max_incidents: usize,
+    /// Show session keys verbatim (`admin.revealSessionKeys`).
+    pub reveal_session_keys: bool,
+}
+
+impl IncidentSettings {
+    pub fn of(config: &EnforcerConfig) -> Self {
+        Self {
+            window_ms: config.incidents.inactivity_window.as_millis_u64(),
+            max_incidents: config.incidents.max_incidents,
+            reveal_session_keys: config.admin.reveal_session_keys,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Group {
@@ -139,6 +183,8 @@ pub struct Recorded {
     pub seq: u32,
     pub id: String,
     pub created: bool,
+    /// The session as the incident shows it (for logs).
+    pub session: String,
 }
 
 #[derive(Debug, Default)]
@@ -159,7 +205,8 @@ pub struct IncidentStore {
 }
 
 impl IncidentStore {
-    /// Adds the findings of one request. `op` is the operation's display template.
+    /// Adds the findings of one request. `session` is the session key (shown through
+    /// [`session_label`]), `op` the operation's display template.
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
@@ -169,9 +216,17 @@ impl IncidentStore {
         findings: &[Finding],
         blocked: bool,
         now_ms: u64,
-        window_ms: u64,
-        max_incidents: usize,
+        settings: &IncidentSettings,
     ) -> Option<Recorded> {
+        let IncidentSettings {
+            window_ms,
+            max_incidents,
+            reveal_session_keys,
+        } = *settings;
+        let session = session_label(session, reveal_session_keys);
+        let session = truncate_marked(&session, MAX_OPERATION_BYTES).into_owned();
+        let op = truncate_marked(op, MAX_OPERATION_BYTES);
+        let op = op.as_ref();
         let mut inner = self.inner.lock().ok()?;
         let stuffing_only = !findings.is_empty()
             && findings
@@ -180,7 +235,7 @@ impl IncidentStore {
         let key = if stuffing_only {
             format!("client:{client}")
         } else {
-            session.to_owned()
+            session.clone()
         };
         let open = inner.open.get(&key).copied().filter(|seq| {
             inner
@@ -200,7 +255,7 @@ impl IncidentStore {
                     session: if stuffing_only {
                         format!("client {client}")
                     } else {
-                        session.to_owned()
+                        session.clone()
                     },
                     client,
                     severity: Severity::Low,
@@ -279,7 +334,8 @@ impl IncidentStore {
                     count: 1,
                     first_ms: now_ms,
                     last_ms: now_ms,
-                    explanation: f.explanation.clone(),
+                    explanation: truncate_marked(&f.explanation, MAX_EXPLANATION_BYTES)
+                        .into_owned(),
                 }),
                 None => {}
             }
@@ -289,6 +345,7 @@ impl IncidentStore {
             seq,
             id: incident.id.clone(),
             created,
+            session: incident.session.clone(),
         })
     }
 
@@ -365,19 +422,25 @@ mod tests {
         }
     }
 
+    const SETTINGS: IncidentSettings = IncidentSettings {
+        window_ms: 900_000,
+        max_incidents: 10,
+        reveal_session_keys: false,
+    };
+
     #[test]
     fn groups_a_session_and_writes_the_summary() {
         let store = IncidentStore::default();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let op = "POST /api/v1/transferFunds";
         let a = store
-            .record("user:4411", ip, op, &[finding()], true, 1_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 1_000, &SETTINGS)
             .unwrap();
         let b = store
-            .record("user:4411", ip, op, &[finding()], true, 21_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 21_000, &SETTINGS)
             .unwrap();
         let c = store
-            .record("user:4411", ip, op, &[finding()], true, 41_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 41_000, &SETTINGS)
             .unwrap();
         assert!(a.created && !b.created && !c.created);
         assert_eq!(a.id, c.id);
@@ -396,8 +459,7 @@ mod tests {
                 &[finding()],
                 false,
                 2_000_000,
-                900_000,
-                10,
+                &SETTINGS,
             )
             .unwrap();
         assert!(d.created);
@@ -421,16 +483,68 @@ mod tests {
             ..cause.clone()
         };
         store
-            .record("user:1", ip, op, &[cause], true, 1_000, 900_000, 10)
+            .record("user:1", ip, op, &[cause], true, 1_000, &SETTINGS)
             .unwrap();
         store
-            .record("user:1", ip, op, &[repeat], true, 3_000, 900_000, 10)
+            .record("user:1", ip, op, &[repeat], true, 3_000, &SETTINGS)
             .unwrap();
         let summary = &store.list()[0].summary;
         assert_eq!(
             summary,
             "Session user:1 (10.0.0.7) called GET /api/v1/accounts/{account_id}/transactions right after GET /api/v1/profile (2 requests in 2 s); 2 of the requests were blocked."
         );
+    }
+
+    #[test]
+    fn credential_session_keys_are_hashed_and_long_input_is_cut() {
+        let store = IncidentStore::default();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let long_op = format!("GET /{}", "a".repeat(60_000));
+        let long = Finding {
+            explanation: format!("called {long_op}"),
+            ..finding()
+        };
+        store
+            .record(
+                "cookie:sid=s3cr3t",
+                ip,
+                &long_op,
+                &[long],
+                false,
+                1,
+                &SETTINGS,
+            )
+            .unwrap();
+        let incident = &store.list()[0];
+        assert!(
+            incident.session.starts_with("cookie:sid=#"),
+            "{}",
+            incident.session
+        );
+        let json = serde_json::to_string(incident).unwrap();
+        assert!(!json.contains("s3cr3t"));
+        assert!(
+            json.len() < 4 * (MAX_OPERATION_BYTES + MAX_EXPLANATION_BYTES),
+            "{}",
+            json.len()
+        );
+        assert!(json.contains("…(+"), "{json}");
+        let revealed = IncidentSettings {
+            reveal_session_keys: true,
+            ..SETTINGS
+        };
+        store
+            .record(
+                "cookie:sid=s3cr3t",
+                ip,
+                "GET /",
+                &[finding()],
+                false,
+                1,
+                &revealed,
+            )
+            .unwrap();
+        assert_eq!(store.list()[0].session, "cookie:sid=s3cr3t");
     }
 
     #[test]
@@ -446,8 +560,7 @@ mod tests {
                     &[finding()],
                     false,
                     1000,
-                    900_000,
-                    10,
+                    &SETTINGS,
                 )
                 .unwrap();
         }

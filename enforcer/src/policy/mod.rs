@@ -26,6 +26,8 @@ pub enum CompileError {
         path: String,
         source: std::io::Error,
     },
+    #[error("admin: the token is empty")]
+    EmptyAdminToken,
     #[error("{path}: {message}")]
     Operation { path: String, message: String },
 }
@@ -59,7 +61,7 @@ pub struct CompiledPolicy {
     pub history_capacity: usize,
     pub history_ms: u64,
     pub schema_action: Option<Action>,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::admin::auth::AdminToken>,
 }
 
 impl CompiledPolicy {
@@ -121,7 +123,7 @@ pub fn compile(
 ) -> Result<CompiledPolicy, CompileError> {
     let identifiers = SessionIdentifiers::new(&config.session)?;
     let admin_token = match (&config.admin.token, &config.admin.token_file) {
-        (Some(t), _) => Some(t.clone()),
+        (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(path)) => Some(
             std::fs::read_to_string(path)
                 .map_err(|source| CompileError::AdminToken {
@@ -133,6 +135,12 @@ pub fn compile(
         ),
         (None, None) => None,
     };
+    if admin_token.as_deref() == Some("") {
+        return Err(CompileError::EmptyAdminToken);
+    }
+    let admin_token = admin_token
+        .as_deref()
+        .map(crate::admin::auth::AdminToken::new);
     let mut declared = load_schemas(&config.open_api)?;
     // Parse every operation the rules and limits name.
     let mut rule_patterns: Vec<Vec<OperationPattern>> = Vec::with_capacity(config.rules.len());

@@ -25,6 +25,7 @@ use crate::analysis::{
 };
 use crate::config::{ClientAddressSource, FailurePolicy};
 use crate::detect::session_state::SessionState;
+use crate::incident::IncidentSettings;
 use crate::metrics::Metrics;
 use crate::operation::Operation;
 use crate::operation::parse_query;
@@ -440,7 +441,8 @@ async fn handle_inner(
         for f in &findings {
             metrics.findings.with_label_values(&[f.kind.as_str()]).inc();
         }
-        let inc = &policy.config.incidents;
+        let settings = IncidentSettings::of(&policy.config);
+        let mut shown_session = String::new();
         if let Some(rec) = shared.incidents.record(
             &session,
             client,
@@ -448,9 +450,9 @@ async fn handle_inner(
             &findings,
             blocked,
             now_ms,
-            inc.inactivity_window.as_millis_u64(),
-            inc.max_incidents,
+            &settings,
         ) {
+            shown_session = rec.session;
             if rec.created {
                 metrics.incidents.inc();
             }
@@ -463,7 +465,7 @@ async fn handle_inner(
         }
         tracing::info!(
             request_id = %rid,
-            session = %session,
+            session = %shown_session,
             client = %client,
             operation = %op.template,
             decision = verdict.label(),

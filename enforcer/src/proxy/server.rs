@@ -158,6 +158,7 @@ pub async fn start_with_options(
     });
 
     let policy = compile(config, &resolver, &counters)?;
+    analyzer.configure(&policy.config);
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         resolver,
@@ -493,6 +494,7 @@ fn apply_reload(shared: &Shared, config: EnforcerConfig) -> bool {
     match compile(config, &shared.resolver, &shared.counters) {
         Ok(policy) => {
             shared.sessions.configure(max_sessions, idle);
+            shared.analyzer.configure(&policy.config);
             shared.policy.store(Arc::new(policy));
             shared
                 .metrics

@@ -26,6 +26,7 @@ mod client;
 mod history;
 mod identify;
 pub mod jwt;
+mod label;
 mod table;
 pub mod token_cache;
 
@@ -33,4 +34,5 @@ pub use client::client_address;
 pub use history::{History, MAX_HISTORY};
 pub use identify::{InvalidToken, SessionIdentifiers};
 pub use jwt::JwtConfigError;
+pub use label::session_label;
 pub use table::{LimitSlot, SessionEntry, SessionTable, TableStats};
