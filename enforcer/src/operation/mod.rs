@@ -39,4 +39,4 @@ mod shape;
 pub use openapi::{OpenApiDocument, OpenApiError, OperationSchema, load_openapi, parse_openapi};
 pub use query::{MAX_QUERY_PAIRS, parse_query};
 pub use resolver::{DeclaredSet, OperationResolver, Resolved, ResolverStats, Template};
-pub use shape::looks_variable;
+pub use shape::{MAX_LITERAL_SEGMENT_BYTES, looks_variable};
