@@ -362,7 +362,9 @@ async fn handle_inner(
     let hash = facts.hash;
     let analyzer = &shared.analyzer;
     let mut internal_error = false;
+    let verified = policy.identifiers.verifies(source);
     let checked = shared.sessions.with_entry(hash, now_s, |entry, _fresh| {
+        entry.note_request(verified);
         let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
         let n = entry
             .history

@@ -92,6 +92,11 @@ impl SessionIdentifiers {
         })
     }
 
+    /// Whether a session named by `source` was named by a verified token.
+    pub fn verifies(&self, source: SessionSource) -> bool {
+        source == SessionSource::Jwt && self.verifier.is_some()
+    }
+
     /// Writes the session key into `out` (e.g. `jwt:sub=4411`, `ip:10.0.0.7`). The client
     /// address is always the last resort.
     pub fn identify(

@@ -31,7 +31,7 @@ mod table;
 pub mod token_cache;
 
 pub use client::client_address;
-pub use history::{History, MAX_HISTORY};
+pub use history::{History, LOST_HISTORY, MAX_HISTORY};
 pub use identify::{InvalidToken, SessionIdentifiers};
 pub use jwt::JwtConfigError;
 pub use label::session_label;
