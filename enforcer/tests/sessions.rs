@@ -347,6 +347,69 @@ async fn forged_token_falls_through_to_the_next_identifier() {
     );
     // The forged token did not name the session: the client address did.
     assert_eq!(session_of(&c, &e).await, "ip:127.0.0.1");
+    // Ignored, but counted.
+    let m = metrics(&c, &e).await;
+    assert_eq!(metric_value(&m, "ordo_invalid_tokens_total"), 2.0, "{m}");
+    e.shutdown().await;
+}
+
+/// With `withoutValidToken: ClientAddress`, a client without a valid token cannot pick its
+/// session with a header of its own: every such request of one address shares one session.
+#[tokio::test]
+async fn unverified_requests_share_their_address_when_configured() {
+    let up = start_upstream().await;
+    let c = client();
+    let yaml = ONE_PER_SESSION.replace(
+        "mode: Enforce",
+        "mode: Enforce\nsession:\n  identifiers:\n    - jwtClaim: { claim: sub }\n    - header: { name: X-Session }\n  withoutValidToken: ClientAddress\n  jwtVerification:\n    onInvalid: FallThrough\n    keys:\n      - { algorithm: HS256, secret: s3cret-key-for-tests }",
+    );
+    let e = start_enforcer(&yaml, up.addr).await;
+    let forged = format!(
+        "Bearer {}",
+        token(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"guessed"),
+            "victim",
+            now() + 600
+        )
+    );
+    // A fresh X-Session per request would have been a fresh session each time.
+    let first = [("x-session", "a"), ("authorization", forged.as_str())];
+    assert_eq!(get(&c, &e, "/api/me", &first).await.status, 200);
+    assert_eq!(
+        get(&c, &e, "/api/me", &[("x-session", "b")]).await.status,
+        403
+    );
+    assert_eq!(session_of(&c, &e).await, "ip:127.0.0.1");
+    // A valid token still names its own session.
+    let valid = format!(
+        "Bearer {}",
+        token(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"s3cret-key-for-tests"),
+            "4411",
+            now() + 600
+        )
+    );
+    let valid = [("authorization", valid.as_str())];
+    assert_eq!(get(&c, &e, "/api/me", &valid).await.status, 200);
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_authorization_fields_are_refused() {
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(ONE_PER_SESSION, up.addr).await;
+    let a = get(
+        &c,
+        &e,
+        "/api/me",
+        &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(up.seen.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     e.shutdown().await;
 }
 

@@ -217,6 +217,10 @@ pub struct SessionConfig {
     /// Verify JWT signatures before a token may name a session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_verification: Option<JwtVerificationConfig>,
+    /// With `jwtVerification`: who a request without a valid token (none, or an invalid one
+    /// with `onInvalid: FallThrough`) is.
+    #[serde(default, skip_serializing_if = "WithoutValidToken::is_default")]
+    pub without_valid_token: WithoutValidToken,
 }
 
 fn default_identifiers() -> Vec<SessionIdentifier> {
@@ -249,6 +253,7 @@ impl Default for SessionConfig {
             max_sessions: default_max_sessions(),
             history: HistoryConfig::default(),
             jwt_verification: None,
+            without_valid_token: WithoutValidToken::default(),
         }
     }
 }
@@ -335,6 +340,24 @@ pub enum OnInvalidToken {
     Reject,
     /// Ignore the token and try the next identifier.
     FallThrough,
+}
+
+/// Who a request without a valid token is, when tokens are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WithoutValidToken {
+    /// The next identifier names the session (a header, cookie or query value the client
+    /// picks: it can spread its requests over as many sessions as it likes).
+    #[default]
+    NextIdentifier,
+    /// The client address names the session: every unverified request of one address shares
+    /// one session (clients behind one NAT share its limits and rules).
+    ClientAddress,
+}
+
+impl WithoutValidToken {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -211,25 +211,30 @@ async fn handle_inner(
         .identifiers
         .identify(&parts.headers, &query, client, &mut session)
     {
-        Ok(s) => s,
-        Err(invalid) => {
-            metrics.invalid_tokens.inc();
+        Ok(identified) => {
+            if identified.invalid_token {
+                metrics.invalid_tokens.inc();
+            }
+            identified.source
+        }
+        Err(refusal) => {
+            if refusal.status() == 401 {
+                metrics.invalid_tokens.inc();
+            }
             metrics
                 .requests
                 .with_label_values(&["none", "reject"])
                 .inc();
-            tracing::info!(request_id = %rid, client = %client, reason = %invalid.0, "session token rejected");
-            let mut resp = problem(
-                StatusCode::UNAUTHORIZED,
-                "Invalid session token",
-                "the bearer token could not be verified",
-                &rid,
-                None,
-            );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+            tracing::info!(request_id = %rid, client = %client, reason = %refusal.reason(), "session identification refused");
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let (title, detail) = refusal.problem();
+            let mut resp = problem(status, title, &detail, &rid, None);
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
             return resp;
         }
     };
