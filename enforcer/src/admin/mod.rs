@@ -281,3 +281,21 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_stop_at_the_cap_and_count_the_rest() {
+        let items: Vec<String> = (0..100).map(|i| format!("item-{i:03}")).collect();
+        let (body, omitted) = bounded_json_array(items.iter(), 1_000);
+        assert!(body.len() <= 1_000, "{}", body.len());
+        let kept: Vec<String> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(kept.len() + omitted, 100);
+        assert_eq!(kept.first().map(String::as_str), Some("item-000"));
+        let (all, none) = bounded_json_array(items.iter(), 1 << 20);
+        assert_eq!(none, 0);
+        assert_eq!(serde_json::from_slice::<Vec<String>>(&all).unwrap(), items);
+    }
+}
