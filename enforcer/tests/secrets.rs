@@ -131,6 +131,9 @@ async fn planted_secrets_appear_in_no_model_report_or_admin_answer() {
             assert_eq!(r.status, 200);
             let r = get(&c, &e, "/api/accounts?format=short", &headers).await;
             assert_eq!(r.status, 200);
+            // A social security number in the path must not become part of an operation name.
+            let r = get(&c, &e, &format!("/api/people/{SSN}/profile"), &headers).await;
+            assert_eq!(r.status, 200);
         }
         // Two exports in a row open an incident for the session (Monitor: nothing blocked).
         for _ in 0..2 {
