@@ -400,7 +400,7 @@ fn benches(c: &mut Criterion) {
                 let ctx = RequestContext {
                     now_ms: now,
                     session: &key,
-                    session_source: source.unwrap_or(SessionSource::ClientIp),
+                    session_source: source.map_or(SessionSource::ClientIp, |i| i.source),
                     client,
                     method: &r.method,
                     operation: &resolved.template.op,

@@ -151,12 +151,17 @@ impl EnforcerConfig {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
-    /// Bearer token required on `/metrics` and `/v1/*` (health endpoints stay open).
+    /// Bearer token required on `/v1/*` (health, readiness and metrics stay open); without
+    /// one, `/v1/*` answers loopback peers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// File holding the bearer token (read at load; trailing whitespace trimmed).
+    /// File holding the bearer token (read at load and reload; surrounding whitespace trimmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Show session keys verbatim in incidents, reports and logs (by default the values of
+    /// header, cookie and query identifiers are shown as a keyed hash).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reveal_session_keys: bool,
 }
 
 impl Default for AdminConfig {
@@ -165,6 +170,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             token: None,
             token_file: None,
+            reveal_session_keys: false,
         }
     }
 }
@@ -267,6 +273,10 @@ pub struct SessionConfig {
     /// Verify JWT signatures before a token may name a session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_verification: Option<JwtVerificationConfig>,
+    /// With `jwtVerification`: who a request without a valid token (none, or an invalid one
+    /// with `onInvalid: FallThrough`) is.
+    #[serde(default, skip_serializing_if = "WithoutValidToken::is_default")]
+    pub without_valid_token: WithoutValidToken,
 }
 
 fn default_identifiers() -> Vec<SessionIdentifier> {
@@ -299,6 +309,7 @@ impl Default for SessionConfig {
             max_sessions: default_max_sessions(),
             history: HistoryConfig::default(),
             jwt_verification: None,
+            without_valid_token: WithoutValidToken::default(),
         }
     }
 }
@@ -385,6 +396,24 @@ pub enum OnInvalidToken {
     Reject,
     /// Ignore the token and try the next identifier.
     FallThrough,
+}
+
+/// Who a request without a valid token is, when tokens are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WithoutValidToken {
+    /// The next identifier names the session (a header, cookie or query value the client
+    /// picks: it can spread its requests over as many sessions as it likes).
+    #[default]
+    NextIdentifier,
+    /// The client address names the session: every unverified request of one address shares
+    /// one session (clients behind one NAT share its limits and rules).
+    ClientAddress,
+}
+
+impl WithoutValidToken {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

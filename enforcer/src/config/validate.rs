@@ -307,6 +307,14 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     if history.duration.std().is_zero() || history.duration.std() > MAX_WINDOW {
         errors.push("session.history.duration", "must be between 1ms and 24h");
     }
+    if config.session.without_valid_token == super::WithoutValidToken::ClientAddress
+        && config.session.jwt_verification.is_none()
+    {
+        errors.push(
+            "session.withoutValidToken",
+            "ClientAddress needs jwtVerification (without it no token is ever valid)",
+        );
+    }
     if let Some(jwt) = &config.session.jwt_verification {
         if jwt.keys.is_empty() {
             errors.push("session.jwtVerification.keys", "must list at least one key");

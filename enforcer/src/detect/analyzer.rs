@@ -11,9 +11,11 @@ use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::request::{Analyzer, RequestContext, ResponseSummary};
-use crate::config::{DetectorsConfig, LearningConfig};
+use crate::config::{DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
+use crate::detect::params::RequestParams;
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
 use crate::finding::Finding;
+use crate::model::hashing::stable_hash;
 use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps};
 use crate::operation::Operation;
 use crate::session::RecentOp;
@@ -40,6 +42,26 @@ struct Settings {
     learning: LearningConfig,
     detectors: DetectorsConfig,
     protection: Option<String>,
+    /// Lower-case header, cookie and query names that identify sessions: never learned.
+    session_names: Vec<String>,
+}
+
+/// The header, cookie and query names the session config identifies sessions by.
+fn session_names(session: &SessionConfig) -> Vec<String> {
+    session
+        .identifiers
+        .iter()
+        .flat_map(|id| {
+            [
+                id.jwt_claim.as_ref().map(|j| j.header.clone()),
+                id.header.as_ref().map(|h| h.name.clone()),
+                id.cookie.as_ref().map(|c| c.name.clone()),
+                id.query_param.as_ref().map(|q| q.name.clone()),
+            ]
+        })
+        .flatten()
+        .map(|name| name.to_ascii_lowercase())
+        .collect()
 }
 
 #[derive(Debug)]
@@ -176,6 +198,7 @@ impl LearnedAnalyzer {
                 learning: learning.clone(),
                 detectors: detectors.clone(),
                 protection: None,
+                session_names: Vec::new(),
             }),
             inner: RwLock::new(Inner {
                 model,
@@ -206,7 +229,7 @@ impl LearnedAnalyzer {
         self.settings.store(Arc::new(Settings {
             learning: learning.clone(),
             detectors: detectors.clone(),
-            protection: current.protection.clone(),
+            ..(**current).clone()
         }));
         self.auth
             .lock()
@@ -373,6 +396,13 @@ impl LearnedAnalyzer {
         }
     }
 
+    /// The request's parameters, with those that identify sessions hidden.
+    fn params_of(ctx: &RequestContext<'_>, settings: &Settings) -> RequestParams {
+        let mut params = ctx.scratch.take_params(ctx);
+        params.hide_session_identifiers(&settings.session_names);
+        params
+    }
+
     fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
         model.requests >= learning.min_requests && model.sessions >= learning.min_sessions
     }
@@ -392,7 +422,7 @@ impl Analyzer for LearnedAnalyzer {
         if !Self::globally_mature(model, learning) {
             return;
         }
-        let params = ctx.scratch.take_params(ctx);
+        let params = Self::params_of(ctx, &settings);
         let window_ms = window_ms(learning);
         let judged = Judged {
             ctx,
@@ -484,7 +514,7 @@ impl Analyzer for LearnedAnalyzer {
         }
         let tainted = state.tainted();
         let learnable = (200..400).contains(&resp.status) && !tainted;
-        let params = ctx.scratch.take_params(ctx);
+        let params = Self::params_of(ctx, &settings);
         let window_ms = window_ms(learning);
         let window = ctx.now_ms / window_ms;
         self.maintain(ctx, learning, window_ms, learnable);
@@ -500,6 +530,7 @@ impl Analyzer for LearnedAnalyzer {
             learnable,
             sequence_order: learning.sequence_order,
             max_contexts: learning.max_contexts,
+            session: stable_hash(ctx.session.as_bytes()),
             ..Lesson::default()
         };
         if newly_tainted {
@@ -623,6 +654,14 @@ impl Analyzer for LearnedAnalyzer {
         }
         self.learn(lesson, learning);
         state.record_seen();
+    }
+
+    fn configure(&self, config: &EnforcerConfig) {
+        let current = self.settings.load();
+        self.settings.store(Arc::new(Settings {
+            session_names: session_names(&config.session),
+            ..(**current).clone()
+        }));
     }
 
     fn model_view(&self) -> serde_json::Value {

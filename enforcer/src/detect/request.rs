@@ -95,6 +95,9 @@ pub trait Analyzer: Send + Sync + 'static {
     );
     /// JSON for `GET /v1/model`.
     fn model_view(&self) -> serde_json::Value;
+    /// Called with the config at start and after every applied reload (e.g. so that the values
+    /// of the headers, cookies and query parameters that identify sessions are never learned).
+    fn configure(&self, _config: &crate::config::EnforcerConfig) {}
 }
 
 /// An analyzer that learns nothing and finds nothing: the proxy's declared policy alone.

@@ -1,6 +1,12 @@
 //! Incidents: the findings of one session (of one client address for credential
 //! stuffing) within an inactivity window, with a deterministic plain-language summary.
+//!
+//! Bounded in bytes, not only in count: operations and explanations come partly from client
+//! input (a 60 kB path segment, a schema error quoting a body value), so each is cut at
+//! [`MAX_OPERATION_BYTES`] / [`MAX_EXPLANATION_BYTES`] with a `…(+N bytes)` marker. Session
+//! keys are shown through [`session_label`] (credential values hashed).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -11,12 +17,30 @@ use serde::Serialize;
 
 use crate::config::IncidentsConfig;
 use crate::finding::{Finding, FindingKind, Severity};
+use crate::session::session_label;
 use crate::time::format_unix_ms;
 
 /// Distinct (kind, rule, operation) groups kept per incident for its summary.
 const MAX_GROUPS: usize = 16;
 /// Operations listed per incident.
 const MAX_OPERATIONS: usize = 32;
+/// Longest operation name kept in an incident.
+pub const MAX_OPERATION_BYTES: usize = 256;
+/// Longest finding explanation kept in an incident.
+pub const MAX_EXPLANATION_BYTES: usize = 512;
+
+/// `text` cut to at most `max` bytes (at a character boundary) plus a `…(+N bytes)` marker
+/// saying how much was cut.
+pub fn truncate_marked(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…(+{} bytes)", &text[..end], text.len() - end))
+}
 
 #[derive(Debug, Clone)]
 struct Group {
@@ -140,6 +164,8 @@ pub struct Recorded {
     pub seq: u32,
     pub id: String,
     pub created: bool,
+    /// The session as the incident shows it (for logs).
+    pub session: String,
 }
 
 #[derive(Debug, Default)]
@@ -155,6 +181,8 @@ struct Inner {
     window_ms: u64,
     /// Incidents kept (oldest evicted first).
     max_incidents: usize,
+    /// Show session keys verbatim (`admin.revealSessionKeys`).
+    reveal_session_keys: bool,
 }
 
 /// Bounded incident store (oldest evicted first).
@@ -164,23 +192,26 @@ pub struct IncidentStore {
 }
 
 impl IncidentStore {
-    pub fn new(config: &IncidentsConfig) -> Self {
+    /// `reveal_session_keys` is `admin.revealSessionKeys`.
+    pub fn new(config: &IncidentsConfig, reveal_session_keys: bool) -> Self {
         let store = Self {
             inner: Mutex::new(Inner::default()),
         };
-        store.configure(config);
+        store.configure(config, reveal_session_keys);
         store
     }
 
     /// Applies the `incidents` section (at start and on reload); a smaller cap takes effect
     /// with the next new incident.
-    pub fn configure(&self, config: &IncidentsConfig) {
+    pub fn configure(&self, config: &IncidentsConfig, reveal_session_keys: bool) {
         let mut inner = self.inner.lock();
         inner.window_ms = config.inactivity_window.as_millis_u64();
         inner.max_incidents = config.max_incidents;
+        inner.reveal_session_keys = reveal_session_keys;
     }
 
-    /// Adds the findings of one request. `op` is the operation's display template.
+    /// Adds the findings of one request. `session` is the session key (shown through
+    /// [`session_label`]), `op` the operation's display template.
     pub fn record(
         &self,
         session: &str,
@@ -192,6 +223,10 @@ impl IncidentStore {
     ) -> Option<Recorded> {
         let mut inner = self.inner.lock();
         let (window_ms, max_incidents) = (inner.window_ms, inner.max_incidents);
+        let session = session_label(session, inner.reveal_session_keys);
+        let session = truncate_marked(&session, MAX_OPERATION_BYTES).into_owned();
+        let op = truncate_marked(op, MAX_OPERATION_BYTES);
+        let op = op.as_ref();
         let stuffing_only = !findings.is_empty()
             && findings
                 .iter()
@@ -199,7 +234,7 @@ impl IncidentStore {
         let key = if stuffing_only {
             format!("client:{client}")
         } else {
-            session.to_owned()
+            session.clone()
         };
         let open = inner.open.get(&key).copied().filter(|seq| {
             inner
@@ -219,7 +254,7 @@ impl IncidentStore {
                     session: if stuffing_only {
                         format!("client {client}")
                     } else {
-                        session.to_owned()
+                        session.clone()
                     },
                     client,
                     severity: Severity::Low,
@@ -298,7 +333,8 @@ impl IncidentStore {
                     count: 1,
                     first_ms: now_ms,
                     last_ms: now_ms,
-                    explanation: f.explanation.clone(),
+                    explanation: truncate_marked(&f.explanation, MAX_EXPLANATION_BYTES)
+                        .into_owned(),
                 }),
                 None => {}
             }
@@ -308,6 +344,7 @@ impl IncidentStore {
             seq,
             id: incident.id.clone(),
             created,
+            session: incident.session.clone(),
         })
     }
 
@@ -368,11 +405,13 @@ mod tests {
 
     /// A store with a 15-minute inactivity window and room for 10 incidents.
     fn store() -> IncidentStore {
-        IncidentStore::new(&IncidentsConfig {
-            inactivity_window: Duration::from_secs(900),
-            max_incidents: 10,
-        })
+        IncidentStore::new(&CONFIG, false)
     }
+
+    const CONFIG: IncidentsConfig = IncidentsConfig {
+        inactivity_window: Duration::from_secs(900),
+        max_incidents: 10,
+    };
 
     fn finding() -> Finding {
         Finding {
@@ -444,6 +483,39 @@ mod tests {
             summary,
             "Session user:1 (10.0.0.7) called GET /api/v1/accounts/{account_id}/transactions right after GET /api/v1/profile (2 requests in 2 s); 2 of the requests were blocked."
         );
+    }
+
+    #[test]
+    fn credential_session_keys_are_hashed_and_long_input_is_cut() {
+        let store = store();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let long_op = format!("GET /{}", "a".repeat(60_000));
+        let long = Finding {
+            explanation: format!("called {long_op}"),
+            ..finding()
+        };
+        store
+            .record("cookie:sid=s3cr3t", ip, &long_op, &[long], false, 1)
+            .unwrap();
+        let incident = &store.list()[0];
+        assert!(
+            incident.session.starts_with("cookie:sid=#"),
+            "{}",
+            incident.session
+        );
+        let json = serde_json::to_string(incident).unwrap();
+        assert!(!json.contains("s3cr3t"));
+        assert!(
+            json.len() < 4 * (MAX_OPERATION_BYTES + MAX_EXPLANATION_BYTES),
+            "{}",
+            json.len()
+        );
+        assert!(json.contains("…(+"), "{json}");
+        store.configure(&CONFIG, true);
+        store
+            .record("cookie:sid=s3cr3t", ip, "GET /", &[finding()], false, 1)
+            .unwrap();
+        assert_eq!(store.list()[0].session, "cookie:sid=s3cr3t");
     }
 
     #[test]

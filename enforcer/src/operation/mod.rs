@@ -49,5 +49,5 @@ pub use query::{QueryPairs, parse_query, parse_request_query};
 pub use resolver::{
     DeclaredSet, OperationResolver, OperationsConfig, Resolved, ResolverStats, Template,
 };
-pub use shape::looks_variable;
+pub use shape::{MAX_LITERAL_SEGMENT_BYTES, looks_variable};
 pub use target::{CanonicalTarget, canonical_target, check_method};

@@ -5,7 +5,10 @@
 //! looks like an id (see [`looks_variable`]) goes to the position's parameter branch, and
 //! a position that has seen more than `maxValuesPerPosition` distinct names sends every
 //! further new name there too. Nodes and templates are capped; beyond the caps a request
-//! resolves to its method's overflow operation, so a path fuzzer cannot grow memory.
+//! resolves to its method's overflow operation, so a path fuzzer cannot grow memory. The tree
+//! is bounded in bytes too: no literal is longer than `MAX_LITERAL_SEGMENT_BYTES` (a longer
+//! segment is a value), and the literals, keys and display forms it holds together stay under
+//! [`OperationResolver::max_tree_bytes`] (beyond it, new shapes go to the overflow operation).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,6 +140,14 @@ struct Node {
 #[derive(Debug)]
 struct LearnedTree {
     nodes: Vec<Node>,
+    /// Bytes of the literals, template keys and display forms learned (see `learned_bytes`).
+    bytes: usize,
+}
+
+/// Bytes one learned shape adds: its new literals, and the key and display form of its
+/// template (each kept about twice: in the tree or registry, and in the operation).
+fn learned_bytes(new_literals: usize, key: &str, display: &str) -> usize {
+    new_literals + 2 * (key.len() + display.len())
 }
 
 /// Counters exposed by `/v1/model` and the tests.
@@ -147,6 +158,9 @@ pub struct ResolverStats {
     pub tree_nodes: usize,
     pub max_templates: usize,
     pub max_nodes: usize,
+    /// Bytes of text the learned templates hold, and the cap.
+    pub tree_bytes: usize,
+    pub max_tree_bytes: usize,
 }
 
 /// Thread-safe resolver shared by all connections. Reads take a read lock only; the write
@@ -155,6 +169,7 @@ pub struct ResolverStats {
 pub struct OperationResolver {
     config: OperationsConfig,
     max_nodes: usize,
+    max_tree_bytes: usize,
     registry: Mutex<Registry>,
     declared: ArcSwap<DeclaredSet>,
     tree: RwLock<LearnedTree>,
@@ -176,10 +191,12 @@ impl OperationResolver {
         Self {
             config: config.clone(),
             max_nodes,
+            max_tree_bytes: Self::max_tree_bytes(config),
             registry: Mutex::new(Registry::default()),
             declared: ArcSwap::from_pointee(DeclaredSet::default()),
             tree: RwLock::new(LearnedTree {
                 nodes: vec![Node::default()],
+                bytes: 0,
             }),
             specials: RwLock::new(HashMap::new()),
             fold_case: AtomicBool::new(false),
@@ -189,6 +206,12 @@ impl OperationResolver {
     /// Whether declared literals match case-sensitively (the default).
     pub fn set_case_sensitive(&self, sensitive: bool) {
         self.fold_case.store(!sensitive, Ordering::Relaxed);
+    }
+
+    /// The byte budget of the learned tree: 512 bytes per allowed template (1,000 templates:
+    /// 512 KB), at least 64 KiB. Typical templates take a tenth of that.
+    pub fn max_tree_bytes(config: &OperationsConfig) -> usize {
+        config.max_templates.saturating_mul(512).max(64 * 1024)
     }
 
     /// Replaces the declared templates. `patterns` carry an optional schema (OpenAPI);
@@ -342,6 +365,9 @@ impl OperationResolver {
         key.push(' ');
         let mut display = key.clone();
         let mut params = Vec::new();
+        if tree.bytes >= self.max_tree_bytes {
+            return None;
+        }
         for (pos, seg) in segments.iter().enumerate() {
             let node = tree.nodes.get(idx)?;
             let literal = node.literals.get(*seg).copied();
@@ -372,8 +398,12 @@ impl OperationResolver {
                         }
                     }
                 } else {
+                    if tree.bytes + seg.len() > self.max_tree_bytes {
+                        return None;
+                    }
                     let new = push_node(&mut tree, self.max_nodes)?;
                     tree.nodes.get_mut(idx)?.literals.insert((*seg).into(), new);
+                    tree.bytes += seg.len();
                     new
                 }
             };
@@ -396,6 +426,10 @@ impl OperationResolver {
         }
         if let Some((_, t)) = tree.nodes.get(idx)?.ends.iter().find(|(m, _)| m == method) {
             return Some(Arc::clone(t));
+        }
+        let added = learned_bytes(0, &key, &display);
+        if tree.bytes + added > self.max_tree_bytes {
+            return None;
         }
         let id = {
             let mut registry = self.registry.lock();
@@ -427,6 +461,7 @@ impl OperationResolver {
             .get_mut(idx)?
             .ends
             .push((method.clone(), Arc::clone(&template)));
+        tree.bytes += added;
         Some(template)
     }
 
@@ -490,12 +525,17 @@ impl OperationResolver {
 
     pub fn stats(&self) -> ResolverStats {
         let learned_templates = self.registry.lock().learned;
-        let tree_nodes = self.tree.read().nodes.len();
+        let (tree_nodes, tree_bytes) = {
+            let tree = self.tree.read();
+            (tree.nodes.len(), tree.bytes)
+        };
         ResolverStats {
             learned_templates,
             tree_nodes,
             max_templates: self.config.max_templates,
             max_nodes: self.max_nodes,
+            tree_bytes,
+            max_tree_bytes: self.max_tree_bytes,
         }
     }
 }
@@ -596,6 +636,43 @@ mod tests {
         assert_eq!(
             &*resolve(&r, "GET", "/users/alice/profile").op.template,
             "GET /users/alice/profile"
+        );
+    }
+
+    #[test]
+    fn long_segments_are_values_and_bytes_are_capped() {
+        let r = OperationResolver::new(&OperationsConfig::default());
+        for i in 0..200 {
+            let long = format!("{}{i}", "x".repeat(60_000));
+            let t = resolve(&r, "GET", &format!("/p{}/{long}", i % 8));
+            assert!(t.op.template.len() < 64, "{}", t.op.template);
+        }
+        let stats = r.stats();
+        assert!(stats.tree_bytes < 4096, "{stats:?}");
+        assert_eq!(stats.learned_templates, 8, "{stats:?}");
+        // Many distinct short literals hit the byte budget before anything else grows.
+        let wide = OperationsConfig {
+            max_values_per_position: 100_000,
+            ..OperationsConfig::default()
+        };
+        let r = OperationResolver::new(&wide);
+        // Letters only (digits would make them look like ids).
+        let name = |i: u32| -> String {
+            let tail: String = [i / 676, i / 26 % 26, i % 26]
+                .iter()
+                .filter_map(|d| char::from_u32(u32::from('a') + d % 26))
+                .collect();
+            format!("{}{tail}", "n".repeat(120))
+        };
+        for i in 0..2_000 {
+            resolve(&r, "GET", &format!("/{}", name(i)));
+        }
+        let stats = r.stats();
+        assert!(stats.tree_bytes <= stats.max_tree_bytes, "{stats:?}");
+        assert!(stats.learned_templates < wide.max_templates, "{stats:?}");
+        assert_eq!(
+            resolve(&r, "GET", &format!("/{}", name(5_000))).op.origin,
+            OperationOrigin::Overflow
         );
     }
 

@@ -29,7 +29,7 @@ use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
 use crate::operation::{CanonicalTarget, OperationSchema, canonical_target};
 use crate::policy::CompiledPolicy;
-use crate::session::{MAX_HISTORY, RecentOp, SessionEntry, client_address};
+use crate::session::{MAX_HISTORY, RecentOp, Refusal, SessionEntry, client_address};
 
 /// The operation label of rejections before the operation is known.
 const NO_OPERATION: &str = "none";
@@ -130,11 +130,22 @@ async fn handle_inner(
         .identifiers
         .identify(&parts.headers, &query, client, &mut session)
     {
-        Ok(source) => source,
-        Err(invalid) => {
-            shared.metrics.invalid_tokens.inc();
-            tracing::info!(request_id = %rid, client = %client, reason = %invalid.0, "session token rejected");
-            return reject(Rejection::InvalidToken, NO_OPERATION);
+        Ok(identified) => {
+            if identified.invalid_token {
+                shared.metrics.invalid_tokens.inc();
+            }
+            identified.source
+        }
+        Err(refusal) => {
+            tracing::info!(request_id = %rid, client = %client, reason = %refusal.reason(), "session identification refused");
+            let rejection = match refusal {
+                Refusal::InvalidToken(_) => {
+                    shared.metrics.invalid_tokens.inc();
+                    Rejection::InvalidToken
+                }
+                Refusal::RepeatedHeader(name) => Rejection::RepeatedCredentialHeader(name),
+            };
+            return reject(rejection, NO_OPERATION);
         }
     };
 
@@ -386,6 +397,7 @@ impl Exchange<'_> {
             self.ctx.operation,
             self.ctx.now_ms,
         );
+        entry.note_request(policy.identifiers.verifies(self.ctx.session_source));
         let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
         let n = entry
             .history
@@ -465,6 +477,8 @@ impl Exchange<'_> {
             for f in findings {
                 metrics.findings.with_label_values(&[f.kind.as_str()]).inc();
             }
+            // The session as incidents show it (credential values hashed), for the log too.
+            let mut shown_session = String::new();
             if let Some(rec) = shared.incidents.record(
                 ctx.session,
                 ctx.client,
@@ -480,10 +494,11 @@ impl Exchange<'_> {
                     self.set_incident(rec.seq);
                 }
                 incident_id = Some(rec.id);
+                shown_session = rec.session;
             }
             tracing::info!(
                 request_id = %self.rid,
-                session = %ctx.session,
+                session = %shown_session,
                 client = %ctx.client,
                 operation = %ctx.operation.template,
                 decision = verdict.label(),

@@ -29,6 +29,9 @@ pub enum Rejection {
     BodyTimeout,
     /// The session token failed verification (`onInvalidToken: Reject`).
     InvalidToken,
+    /// A credential header came more than once: the enforcer and the app could each read a
+    /// different one.
+    RepeatedCredentialHeader(String),
     /// A check failed internally and the failure policy is `Closed`.
     CheckFailed,
     /// A finding blocked the request (`Enforce` mode).
@@ -137,9 +140,10 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Overloaded | Self::CheckFailed => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadTarget(_) | Self::BadContentLength | Self::BodyUnreadable => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadTarget(_)
+            | Self::BadContentLength
+            | Self::BodyUnreadable
+            | Self::RepeatedCredentialHeader(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -151,7 +155,10 @@ impl Rejection {
     pub fn title(&self) -> &'static str {
         match self {
             Self::Overloaded => "Overloaded",
-            Self::BadTarget(_) | Self::BadContentLength | Self::BodyUnreadable => "Bad request",
+            Self::BadTarget(_)
+            | Self::BadContentLength
+            | Self::BodyUnreadable
+            | Self::RepeatedCredentialHeader(_) => "Bad request",
             Self::BodyTooLarge { .. } | Self::Upstream(UpstreamFailure::BodyTooLarge { .. }) => {
                 "Request body too large"
             }
@@ -186,6 +193,9 @@ impl Rejection {
             Self::BodyUnreadable => "the request body could not be read".into(),
             Self::BodyTimeout => "the request body was not received in time".into(),
             Self::InvalidToken => "the bearer token could not be verified".into(),
+            Self::RepeatedCredentialHeader(name) => {
+                format!("the {name} header may appear only once").into()
+            }
             Self::CheckFailed => "the request could not be checked".into(),
             Self::Blocked(block) => Cow::Borrowed(&block.detail),
             Self::Upstream(failure) => failure.detail(),
@@ -204,6 +214,7 @@ impl Rejection {
             | Self::BodyUnreadable
             | Self::BodyTimeout
             | Self::InvalidToken
+            | Self::RepeatedCredentialHeader(_)
             | Self::CheckFailed => Some("reject"),
         }
     }
@@ -281,6 +292,11 @@ mod tests {
             ),
             (Rejection::BodyTimeout, 408, "Request timeout"),
             (Rejection::InvalidToken, 401, "Invalid session token"),
+            (
+                Rejection::RepeatedCredentialHeader("authorization".into()),
+                400,
+                "Bad request",
+            ),
             (Rejection::CheckFailed, 503, "Unavailable"),
             (
                 Rejection::Upstream(UpstreamFailure::ConnectTimeout),

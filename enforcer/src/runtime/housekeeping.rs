@@ -95,7 +95,10 @@ fn apply_reload(shared: &Shared, config: EnforcerConfig) -> bool {
     match compile(config, &shared.resolver, &shared.counters) {
         Ok(policy) => {
             shared.sessions.configure(max_sessions, idle);
-            shared.incidents.configure(&incidents);
+            shared
+                .incidents
+                .configure(&incidents, policy.config.admin.reveal_session_keys);
+            shared.analyzer.configure(&policy.config);
             shared.policy.store(Arc::new(policy));
             shared
                 .metrics

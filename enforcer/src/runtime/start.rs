@@ -152,8 +152,9 @@ pub async fn start_with_options(
         shards: workers,
     });
 
-    let incidents = IncidentStore::new(&config.incidents);
+    let incidents = IncidentStore::new(&config.incidents, config.admin.reveal_session_keys);
     let policy = compile(config, &resolver, &counters)?;
+    analyzer.configure(&policy.config);
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         resolver,
