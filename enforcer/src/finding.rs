@@ -17,6 +17,21 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// Every severity, lowest first.
+    pub const ALL: [Self; 4] = [Self::Low, Self::Medium, Self::High, Self::Critical];
+
+    /// Stable name used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "Low",
+            Self::Medium => "Medium",
+            Self::High => "High",
+            Self::Critical => "Critical",
+        }
+    }
+}
+
 /// Which check produced a finding.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
@@ -35,6 +50,19 @@ pub enum FindingKind {
 }
 
 impl FindingKind {
+    /// Every kind, so that metrics can show each at zero before its first finding.
+    pub const ALL: [Self; 9] = [
+        Self::SequenceRule,
+        Self::RateLimit,
+        Self::SchemaViolation,
+        Self::ShadowEndpoint,
+        Self::ShapeDeviation,
+        Self::UnlikelySequence,
+        Self::Volume,
+        Self::Enumeration,
+        Self::CredentialStuffing,
+    ];
+
     /// Stable name used in metrics, JSON and summaries.
     pub fn as_str(self) -> &'static str {
         match self {

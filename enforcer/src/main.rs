@@ -123,8 +123,9 @@ async fn main() -> anyhow::Result<()> {
     let report_stop = tokio_util::sync::CancellationToken::new();
     let reporter = match report_config {
         Some(report) => {
-            let client =
-                ordo_enforcer::report::ReportClient::new(report).context("report section")?;
+            let client = ordo_enforcer::report::ReportClient::new(report)
+                .context("report section")?
+                .with_metrics(&running.shared.metrics);
             let source = Arc::new(EnforcerSource::new(
                 Arc::clone(&running.shared),
                 Arc::clone(&analyzer),

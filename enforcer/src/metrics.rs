@@ -29,10 +29,13 @@ pub struct Metrics {
     pub shed: IntCounter,
     pub invalid_tokens: IntCounter,
     pub in_flight: IntGauge,
-    pub incidents: IntCounter,
+    /// Incidents opened, by the severity they opened with.
+    pub incidents: IntCounterVec,
     pub rule_matches: IntCounterVec,
     pub rule_blocked: IntCounterVec,
     pub operations_learned: IntGauge,
+    /// Reports to the operator by result (`ok`, `failed`).
+    pub reports: IntCounterVec,
 }
 
 fn counter_vec(
@@ -140,7 +143,12 @@ impl Metrics {
                 "ordo_requests_in_flight",
                 "Requests being processed",
             )?,
-            incidents: counter(&registry, "ordo_incidents_total", "Incidents opened")?,
+            incidents: counter_vec(
+                &registry,
+                "ordo_incidents_total",
+                "Incidents opened, by severity",
+                &["severity"],
+            )?,
             rule_matches: counter_vec(
                 &registry,
                 "ordo_rule_matches_total",
@@ -158,6 +166,12 @@ impl Metrics {
                 "ordo_operations_learned",
                 "Learned operation templates",
             )?,
+            reports: counter_vec(
+                &registry,
+                "ordo_reports_total",
+                "Reports to the operator by result",
+                &["result"],
+            )?,
             registry,
         }
         .initialize())
@@ -171,11 +185,24 @@ impl Metrics {
         }
         for result in ["ok", "failed"] {
             self.config_reloads.with_label_values(&[result]);
+            self.reports.with_label_values(&[result]);
         }
         for policy in ["open", "closed"] {
             self.failure_policy.with_label_values(&[policy]);
         }
         self
+    }
+
+    /// Creates the series of every finding kind and severity at zero (the names live above
+    /// this module, in `finding`).
+    pub fn initialize_kinds(&self, kinds: &[&str], severities: &[&str]) {
+        for kind in kinds {
+            self.blocked.with_label_values(&[kind]);
+            self.findings.with_label_values(&[kind]);
+        }
+        for severity in severities {
+            self.incidents.with_label_values(&[severity]);
+        }
     }
 
     /// The label of an operation (bounded in number and in length).

@@ -47,6 +47,20 @@ pub enum ModelProblem {
 
 impl Error {
     /// Bounded label value for the error metric.
+    /// Every value `metric_kind` returns (keep the two together), so that
+    /// `ordo_operator_reconcile_errors_total` shows each at zero before its first error.
+    pub const METRIC_KINDS: [&'static str; 9] = [
+        "conflict",
+        "kube",
+        "finalizer",
+        "target",
+        "routing",
+        "model",
+        "serialization",
+        "missing_field",
+        "invalid_object",
+    ];
+
     pub fn metric_kind(&self) -> &'static str {
         match self {
             Self::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",

@@ -1,7 +1,12 @@
 //! Prometheus metrics of the operator, served as text on `/metrics` of the health port.
 //!
 //! Label values are bounded: results and error kinds are fixed enums, ApiProtections are
-//! not used as labels (their number is unbounded in principle).
+//! not used as labels (their number is unbounded in principle); what is per ApiProtection is
+//! counted instead (`protections_without_ready_enforcers`).
+
+use std::collections::BTreeSet;
+
+use parking_lot::Mutex;
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -33,6 +38,13 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Seconds from a spec change to an enforcer running it (see `propagation`).
     pub config_propagation: Histogram,
+    /// ApiProtections whose enforcer Deployment has no ready replica: their Service is served
+    /// by nobody in Takeover, or unprotected in Alongside.
+    pub protections_without_ready_enforcers: IntGauge,
+    /// When the serving certificate (webhook, reports) expires, Unix seconds; 0 until loaded.
+    pub tls_certificate_expiry: IntGauge,
+    /// The `(namespace, name)` behind `protections_without_ready_enforcers`.
+    unready: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Metrics {
@@ -109,6 +121,16 @@ impl Metrics {
         registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(config_propagation.clone()))?;
+        let protections_without_ready_enforcers = IntGauge::new(
+            "protections_without_ready_enforcers",
+            "ApiProtections whose enforcer Deployment has no ready replica",
+        )?;
+        registry.register(Box::new(protections_without_ready_enforcers.clone()))?;
+        let tls_certificate_expiry = IntGauge::new(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the serving certificate of the webhook and the report endpoint expires",
+        )?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -122,7 +144,63 @@ impl Metrics {
             tls_reloads,
             leader,
             config_propagation,
-        })
+            protections_without_ready_enforcers,
+            tls_certificate_expiry,
+            unready: Mutex::new(BTreeSet::new()),
+        }
+        .initialize())
+    }
+
+    /// Creates the series of fixed label sets at zero, so that dashboards and alerts see
+    /// them before the first event.
+    fn initialize(self) -> Self {
+        for kind in ["ApiProtection", "SequenceRule"] {
+            for result in ["ok", "error"] {
+                self.reconciles.with_label_values(&[kind, result]);
+            }
+            for decision in ["allowed", "denied", "error"] {
+                self.webhook_decisions.with_label_values(&[kind, decision]);
+            }
+        }
+        for error in crate::error::Error::METRIC_KINDS {
+            self.reconcile_errors.with_label_values(&[error]);
+        }
+        for outcome in [
+            "applied",
+            "duplicate",
+            "unauthenticated",
+            "forbidden",
+            "invalid",
+            "not_leader",
+            "error",
+        ] {
+            self.reports.with_label_values(&[outcome]);
+        }
+        for result in ["ok", "error"] {
+            self.tls_reloads.with_label_values(&[result]);
+        }
+        self
+    }
+
+    /// Records how many enforcers of an ApiProtection are ready (after a reconcile).
+    pub fn note_ready_enforcers(&self, namespace: &str, name: &str, ready: i32) {
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut unready = self.unready.lock();
+        if ready > 0 {
+            unready.remove(&key);
+        } else {
+            unready.insert(key);
+        }
+        self.protections_without_ready_enforcers
+            .set(i64::try_from(unready.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets a deleted ApiProtection.
+    pub fn forget_protection(&self, namespace: &str, name: &str) {
+        let mut unready = self.unready.lock();
+        unready.remove(&(namespace.to_owned(), name.to_owned()));
+        self.protections_without_ready_enforcers
+            .set(i64::try_from(unready.len()).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.
@@ -138,6 +216,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protections_without_ready_enforcers_follows_each_protection() {
+        let metrics = Metrics::new().unwrap();
+        metrics.note_ready_enforcers("a", "api", 0);
+        metrics.note_ready_enforcers("b", "api", 0);
+        metrics.note_ready_enforcers("a", "api", 0);
+        assert_eq!(metrics.protections_without_ready_enforcers.get(), 2);
+        metrics.note_ready_enforcers("a", "api", 2);
+        assert_eq!(metrics.protections_without_ready_enforcers.get(), 1);
+        metrics.forget_protection("b", "api");
+        assert_eq!(metrics.protections_without_ready_enforcers.get(), 0);
+        assert!(
+            metrics
+                .render()
+                .contains("ordo_operator_protections_without_ready_enforcers 0")
+        );
+    }
 
     #[test]
     fn metrics_register_and_render() {

@@ -488,7 +488,13 @@ impl Exchange<'_> {
                 ctx.now_ms,
             ) {
                 if rec.created {
-                    metrics.incidents.inc();
+                    let severity = findings.iter().map(|f| f.severity).max();
+                    if let Some(severity) = severity {
+                        metrics
+                            .incidents
+                            .with_label_values(&[severity.as_str()])
+                            .inc();
+                    }
                 }
                 if rec.seq != incident_seq {
                     self.set_incident(rec.seq);

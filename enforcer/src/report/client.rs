@@ -96,6 +96,8 @@ pub struct ReportClient {
     pub sent: u64,
     /// Failed attempts so far.
     pub failed: u64,
+    /// `ordo_reports_total`, when the client reports into the enforcer's metrics.
+    outcomes: Option<prometheus::IntCounterVec>,
 }
 
 impl ReportClient {
@@ -113,7 +115,21 @@ impl ReportClient {
             http: None,
             sent: 0,
             failed: 0,
+            outcomes: None,
         })
+    }
+
+    /// Counts every attempt in `metrics` (`ordo_reports_total{result}`), so that a failing
+    /// report channel is visible on `/metrics` and can be alerted on.
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.outcomes = Some(metrics.reports.clone());
+        self
+    }
+
+    fn count(&self, result: &str) {
+        if let Some(outcomes) = &self.outcomes {
+            outcomes.with_label_values(&[result]).inc();
+        }
     }
 
     /// Sends reports every interval until `shutdown` resolves, then one last report
@@ -187,10 +203,12 @@ impl ReportClient {
             Ok(answer) => answer,
             Err(err) => {
                 self.failed += 1;
+                self.count("failed");
                 return Err(err);
             }
         };
         self.sent += 1;
+        self.count("ok");
         if self
             .pending_delta
             .as_ref()

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::housekeeping::housekeeping;
 use crate::config::{ConfigWatcher, EnforcerConfig, LimitsConfig};
 use crate::detect::Analyzer;
+use crate::finding::{FindingKind, Severity};
 use crate::incident::IncidentStore;
 use crate::metrics::Metrics;
 use crate::operation::OperationResolver;
@@ -155,13 +156,18 @@ pub async fn start_with_options(
     let incidents = IncidentStore::new(&config.incidents, config.admin.reveal_session_keys);
     let policy = compile(config, &resolver, &counters)?;
     analyzer.configure(&policy.config);
+    let metrics = Metrics::new()?;
+    metrics.initialize_kinds(
+        &FindingKind::ALL.map(FindingKind::as_str),
+        &Severity::ALL.map(Severity::as_str),
+    );
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         resolver,
         sessions,
         incidents,
         counters,
-        metrics: Metrics::new()?,
+        metrics,
         analyzer,
         upstream,
         limiter: Arc::new(Semaphore::new(max_concurrent)),

@@ -181,6 +181,8 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
         Rollout::ConfigFailed { .. } => (0, CONFIG_RETRY),
         Rollout::Applied { enforcers, .. } => (enforcers.ready, ctx.settings.resync),
     };
+    ctx.metrics
+        .note_ready_enforcers(&key.namespace, &key.name, ready);
     let status = StatusInput {
         phase,
         counts: EnforcerCounts {
@@ -524,6 +526,7 @@ async fn cleanup(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = protection.name_any();
     let names = Names::new(&namespace, &name, &protection.spec.target.service);
+    ctx.metrics.forget_protection(&namespace, &name);
     let restored = routing::restore(client, &names).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     routing::delete_ignoring_missing(&services, &names.protected_service()).await?;

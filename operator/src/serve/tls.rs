@@ -82,6 +82,20 @@ impl ReloadingCert {
         Ok(())
     }
 
+    /// When the served leaf certificate expires (Unix seconds); `None` if it cannot be parsed.
+    pub fn expiry_unix_seconds(&self) -> Option<i64> {
+        let current = self.current();
+        let leaf = current.cert.first()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(parsed.validity().not_after.timestamp())
+    }
+
+    fn publish_expiry(&self, metrics: &Metrics) {
+        if let Some(expiry) = self.expiry_unix_seconds() {
+            metrics.tls_certificate_expiry.set(expiry);
+        }
+    }
+
     /// Polls the files every `every` and reloads when their content changed (a Secret
     /// volume swaps a `..data` symlink, so modification times alone are not reliable).
     pub fn spawn_watcher(
@@ -93,6 +107,7 @@ impl ReloadingCert {
         let this = Arc::clone(self);
         // Fingerprint now, not when the task first runs: a change in between must count.
         let mut last = this.fingerprint();
+        this.publish_expiry(&metrics);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -107,6 +122,7 @@ impl ReloadingCert {
                     Ok(()) => {
                         tracing::info!(cert = %this.cert_path.display(), "serving certificate reloaded");
                         metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                        this.publish_expiry(&metrics);
                         last = now;
                     }
                     Err(err) => {
@@ -157,6 +173,28 @@ mod tests {
         std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
         std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
         cert.der().to_vec()
+    }
+
+    #[tokio::test]
+    async fn the_expiry_of_the_served_certificate_is_published() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["expiring.example".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+        let served =
+            ReloadingCert::load(&dir.path().join("tls.crt"), &dir.path().join("tls.key")).unwrap();
+        // 2031-05-17T00:00:00Z
+        assert_eq!(served.expiry_unix_seconds(), Some(1_936_742_400));
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let stop = CancellationToken::new();
+        served.spawn_watcher(Duration::from_secs(60), Arc::clone(&metrics), stop.clone());
+        assert_eq!(metrics.tls_certificate_expiry.get(), 1_936_742_400);
+        stop.cancel();
     }
 
     #[tokio::test]

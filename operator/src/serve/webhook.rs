@@ -33,18 +33,23 @@ pub struct Webhook {
 impl Webhook {
     /// Handles one AdmissionReview body for `path`; returns the response review as JSON.
     pub async fn review(&self, path: &str, body: &[u8]) -> serde_json::Value {
-        let (kind, response) = match path {
+        let (kind, reviewed) = match path {
             APIPROTECTION_PATH => ("ApiProtection", self.review_protection(body).await),
             SEQUENCERULE_PATH => ("SequenceRule", review_rule(body)),
             _ => (
                 "unknown",
-                AdmissionResponse::invalid(format!("no webhook at {path}")),
+                Err(Box::new(AdmissionResponse::invalid(format!(
+                    "no webhook at {path}"
+                )))),
             ),
         };
-        let decision = if response.allowed {
-            "allowed"
-        } else {
-            "denied"
+        // `error`: the webhook could not review (a body that is no AdmissionReview of the
+        // kind, which the API server never sends when the CRDs match this operator, or a
+        // failed lookup); the OrdoWebhookErrors alert watches it.
+        let (response, decision) = match reviewed {
+            Err(response) => (*response, "error"),
+            Ok(response) if response.allowed => (response, "allowed"),
+            Ok(response) => (response, "denied"),
         };
         self.metrics
             .webhook_decisions
@@ -57,17 +62,18 @@ impl Webhook {
             .unwrap_or_else(|err| serde_json::json!({ "error": err.to_string() }))
     }
 
-    async fn review_protection(&self, body: &[u8]) -> AdmissionResponse {
-        let request = match parse::<ApiProtection>(body) {
-            Ok(request) => request,
-            Err(response) => return *response,
-        };
+    /// `Err` when the review could not be made (see [`Webhook::review`]).
+    async fn review_protection(
+        &self,
+        body: &[u8],
+    ) -> Result<AdmissionResponse, Box<AdmissionResponse>> {
+        let request = parse::<ApiProtection>(body)?;
         let response = AdmissionResponse::from(&request);
         if !matches!(request.operation, Operation::Create | Operation::Update) {
-            return response;
+            return Ok(response);
         }
         let Some(protection) = &request.object else {
-            return response;
+            return Ok(response);
         };
         let namespace = request
             .namespace
@@ -90,13 +96,13 @@ impl Webhook {
             }),
             Ok(None) => {}
             Err(err) => {
-                return response.deny(format!("could not check other ApiProtections on the same Service: {err}"));
+                return Err(Box::new(response.deny(format!("could not check other ApiProtections on the same Service: {err}"))));
             }
         }
         if errors.is_empty() {
-            response
+            Ok(response)
         } else {
-            response.deny(render::join_errors(&errors))
+            Ok(response.deny(render::join_errors(&errors)))
         }
     }
 
@@ -135,17 +141,15 @@ where
         })
 }
 
-fn review_rule(body: &[u8]) -> AdmissionResponse {
-    let request = match parse::<SequenceRule>(body) {
-        Ok(request) => request,
-        Err(response) => return *response,
-    };
+/// `Err` when the review could not be made (see [`Webhook::review`]).
+fn review_rule(body: &[u8]) -> Result<AdmissionResponse, Box<AdmissionResponse>> {
+    let request = parse::<SequenceRule>(body)?;
     let response = AdmissionResponse::from(&request);
     if !matches!(request.operation, Operation::Create | Operation::Update) {
-        return response;
+        return Ok(response);
     }
     let Some(rule) = &request.object else {
-        return response;
+        return Ok(response);
     };
     let mut name = if request.name.is_empty() {
         rule.name_any()
@@ -157,8 +161,8 @@ fn review_rule(body: &[u8]) -> AdmissionResponse {
         name = rule.metadata.generate_name.clone().unwrap_or_default() + "x";
     }
     match validate_rule(&name, rule) {
-        Ok(()) => response,
-        Err(errors) => response.deny(render::join_errors(&errors)),
+        Ok(()) => Ok(response),
+        Err(errors) => Ok(response.deny(render::join_errors(&errors))),
     }
 }
 
