@@ -3,4 +3,5 @@
 pub mod cluster;
 pub mod demo;
 pub mod e2e;
+pub mod monitoring;
 pub mod sim;

@@ -275,6 +275,13 @@ async fn every_spec_change_reaches_the_enforcer() -> anyhow::Result<()> {
         within("5"),
         within("10"),
     );
+    // The chart's dashboard and alerts read only metrics these live processes export.
+    let (_, enforcer_metrics) = http::get(&format!("http://{admin}/metrics"), None).await?;
+    let missing = ordo_tests::monitoring::missing_metrics(&[&text, &enforcer_metrics])?;
+    assert!(
+        missing.is_empty(),
+        "the chart's dashboard or alerts read metrics the running operator and enforcer do not export: {missing:?}"
+    );
     bank.shutdown();
     supervisor.shutdown();
     diagnostics.passed();
