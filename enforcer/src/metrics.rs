@@ -205,6 +205,15 @@ impl Metrics {
         }
     }
 
+    /// Creates the series of every declared rule at zero, so that a rule that never matched
+    /// shows as 0 rather than missing (called whenever a policy is compiled).
+    pub fn initialize_rules<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            self.rule_matches.with_label_values(&[name]);
+            self.rule_blocked.with_label_values(&[name]);
+        }
+    }
+
     /// The label of an operation (bounded in number and in length).
     pub fn operation_label(id: u32, template: &str) -> &str {
         if id >= MAX_OPERATION_LABELS {

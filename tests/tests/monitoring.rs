@@ -115,8 +115,7 @@ fn registry_expositions() -> anyhow::Result<(String, String)> {
         .requests
         .with_label_values(&["GET /x", "allow"])
         .inc();
-    enforcer.rule_matches.with_label_values(&["r"]).inc();
-    enforcer.rule_blocked.with_label_values(&["r"]).inc();
+    enforcer.initialize_rules(["a-declared-rule"]);
     enforcer.added_latency.observe(0.001);
     let operator = ordo_operator::metrics::Metrics::new()?;
     operator.config_propagation.observe(1.0);

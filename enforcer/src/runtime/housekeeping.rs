@@ -99,6 +99,9 @@ fn apply_reload(shared: &Shared, config: EnforcerConfig) -> bool {
                 .incidents
                 .configure(&incidents, policy.config.admin.reveal_session_keys);
             shared.analyzer.configure(&policy.config);
+            shared
+                .metrics
+                .initialize_rules(policy.rules.iter().map(|rule| &*rule.name));
             shared.policy.store(Arc::new(policy));
             shared
                 .metrics

@@ -161,6 +161,7 @@ pub async fn start_with_options(
         &FindingKind::ALL.map(FindingKind::as_str),
         &Severity::ALL.map(Severity::as_str),
     );
+    metrics.initialize_rules(policy.rules.iter().map(|rule| &*rule.name));
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         resolver,
