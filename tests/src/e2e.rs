@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,68 @@ pub fn file_tail(path: &Path, lines: usize) -> String {
     }
 }
 
+/// A child process, killed when dropped, with its output in a log file.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `command` with its standard output and error written to `log`.
+    pub fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(log)
+            .with_context(|| format!("creating the log {}", log.display()))?;
+        let child = command
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Self {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The process id (to send it a signal).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self) -> String {
+        file_tail(&self.log, LOG_LINES)
+    }
+
+    /// The whole log so far ("" when it cannot be read).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Lines of each log the failure report shows.
 const LOG_LINES: usize = 40;
 /// Lines of each control-plane component's log the failure report shows.
@@ -125,6 +187,8 @@ pub struct Diagnostics<'a> {
     cluster: &'a TestCluster,
     namespace: String,
     logs: Vec<(String, PathBuf)>,
+    /// Where [`Diagnostics::new_log`] puts logs: removed only after the report is printed.
+    log_dir: Option<tempfile::TempDir>,
     passed: bool,
 }
 
@@ -135,6 +199,7 @@ impl<'a> Diagnostics<'a> {
             cluster,
             namespace: namespace.to_owned(),
             logs: Vec::new(),
+            log_dir: None,
             passed: false,
         }
     }
@@ -142,6 +207,29 @@ impl<'a> Diagnostics<'a> {
     /// Adds a process log (operator, enforcer, app) to the report.
     pub fn log(&mut self, name: &str, path: &Path) {
         self.logs.push((name.to_owned(), path.to_path_buf()));
+    }
+
+    /// A path for a new process log named `name`, added to the report. The file lives in a
+    /// directory the guard owns, so it outlasts the process and is still there for the report.
+    pub fn new_log(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = match &self.log_dir {
+            Some(dir) => dir.path().to_path_buf(),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("ordo-e2e-logs-")
+                    .tempdir()?;
+                let path = dir.path().to_path_buf();
+                self.log_dir = Some(dir);
+                path
+            }
+        };
+        let file: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = dir.join(format!("{}-{file}.log", self.logs.len()));
+        self.log(name, &path);
+        Ok(path)
     }
 
     /// The test passed: print nothing.

@@ -21,28 +21,13 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Config};
 use ordo_tests::cluster::{self, K8S_VERSION, NODE_NAME};
+use ordo_tests::e2e::{self, Diagnostics};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
 
 fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).unwrap()
-}
-
-/// Polls `check` until it returns true or `timeout` passes.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]
@@ -80,6 +65,7 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
     let cluster = cluster::shared().await.unwrap();
     let client = cluster.client().await.unwrap();
     let ns = cluster.namespace("deployment").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
@@ -166,7 +152,7 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
         .delete("web", &DeleteParams::foreground())
         .await
         .unwrap();
-    eventually(
+    e2e::wait_for(
         "the garbage collector to remove pods and replicasets",
         WAIT,
         || {
@@ -178,11 +164,13 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
                     .await
                     .unwrap()
                     .items;
-                pods.is_empty() && sets.is_empty()
+                Ok((pods.is_empty() && sets.is_empty()).then_some(()))
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
+    diagnostics.passed();
 }
 
 /// A client that authenticates with a bearer token instead of the admin certificate.
@@ -207,6 +195,7 @@ async fn namespaces_keep_tests_apart_and_rbac_confines_service_account_tokens() 
     let client = cluster.client().await.unwrap();
     let a = cluster.namespace("isolation").await.unwrap();
     let b = cluster.namespace("isolation").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &b);
     assert_ne!(a, b);
     assert!(
         a.starts_with("isolation-") && b.starts_with("isolation-"),
@@ -310,17 +299,26 @@ async fn namespaces_keep_tests_apart_and_rbac_confines_service_account_tokens() 
         .delete(&a, &DeleteParams::default())
         .await
         .unwrap();
-    eventually("namespace a to be deleted", WAIT, || {
+    e2e::wait_for("namespace a to be deleted", WAIT, || {
         let namespaces = namespaces.clone();
         let a = a.clone();
-        async move { namespaces.get_opt(&a).await.unwrap().is_none() }
+        async move {
+            Ok(namespaces
+                .get_opt(&a)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(()))
+        }
     })
-    .await;
+    .await
+    .unwrap();
     let settings_b = Api::<ConfigMap>::namespaced(client, &b)
         .get("settings")
         .await
         .unwrap();
     assert_eq!(settings_b.data.unwrap()["owner"], b);
+    diagnostics.passed();
 }
 
 const WIDGET_CRD: &str = r#"
@@ -357,6 +355,7 @@ async fn install_crds_applies_idempotently_and_the_schema_is_enforced() {
     cluster.install_crds(dir.path()).await.unwrap();
 
     let ns = cluster.namespace("crds").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &ns);
     let gvk = GroupVersionKind::gvk("harness.ordo.dev", "v1", "Widget");
     let widgets: Api<DynamicObject> = Api::namespaced_with(
         cluster.client().await.unwrap(),
@@ -392,6 +391,7 @@ async fn install_crds_applies_idempotently_and_the_schema_is_enforced() {
         err.to_string().contains("no CustomResourceDefinition"),
         "{err:#}"
     );
+    diagnostics.passed();
 }
 
 /// `/proc/<pid>` exists and is not a zombie.
