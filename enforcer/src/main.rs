@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use ordo_enforcer::config::ConfigWatcher;
 use ordo_enforcer::detect::LearnedAnalyzer;
-use ordo_enforcer::proxy::{ReloadHook, StartOptions, start_with_options};
+use ordo_enforcer::runtime::{EnforcerSource, ReloadHook, StartOptions, start_with_options};
 
 /// mimalloc instead of glibc malloc: the per-request path (hyper buffers, header maps, boxed
 /// futures, the analyzer's scratch) allocates and frees many small blocks, which glibc's
@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         Some(report) => {
             let client =
                 ordo_enforcer::report::ReportClient::new(report).context("report section")?;
-            let source = Arc::new(ordo_enforcer::report::EnforcerSource::new(
+            let source = Arc::new(EnforcerSource::new(
                 Arc::clone(&running.shared),
                 Arc::clone(&analyzer),
             ));

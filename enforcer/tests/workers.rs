@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use ordo_enforcer::analysis::NoopAnalyzer;
 use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::proxy::{StartOptions, start_with_options};
+use ordo_enforcer::detect::NoopAnalyzer;
+use ordo_enforcer::runtime::{StartOptions, start_with_options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Threads named `ordo-proxy-*`, once the count settles on `expected` (a new thread names

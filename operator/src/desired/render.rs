@@ -304,6 +304,7 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         },
         session,
         operations: cfg::OperationsConfig::default(),
+        paths: cfg::PathsConfig::default(),
         open_api,
         learning,
         detectors,

@@ -6,11 +6,10 @@ use std::sync::atomic::Ordering;
 
 use prometheus::core::Collector as _;
 
-use super::client::ReportSource;
-use super::protocol::{IncidentReport, RuleCounters, RunningConfig, TrafficCounters};
 use crate::detect::LearnedAnalyzer;
 use crate::incident::Incident;
 use crate::proxy::Shared;
+use crate::report::{IncidentReport, ReportSource, RuleCounters, RunningConfig, TrafficCounters};
 
 /// Reads what a report carries from the running enforcer.
 pub struct EnforcerSource {
