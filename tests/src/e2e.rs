@@ -71,25 +71,46 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Polls `check` every 250 ms until it yields a value or `timeout` passes; the error names
-/// `what` and the last problem `check` reported.
+/// Polls `check` every 250 ms until it yields a value or `timeout` passes.
+///
+/// `check` answers `Ok(Some(value))` when the wait is over, and `Err(what it saw)` while it is
+/// not (or when asking failed): the timeout's error names `what` was awaited, how many times
+/// it was checked and the last thing `check` saw, so that a failure reads "waited 90 s for
+/// ApiProtection Ready: last saw Ready=False TargetNotFound: ..." rather than "deadline has
+/// elapsed". `Ok(None)` is "not yet" with nothing worth saying.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("not yet");
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut last = None;
+    let mut checks = 0u32;
     loop {
+        checks += 1;
         match check().await {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => {}
-            Err(err) => last = format!("{err:#}"),
+            Err(err) => last = Some(format!("{err:#}")),
         }
         if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+            let seen = last.unwrap_or_else(|| "the condition never held".to_owned());
+            bail!(
+                "waited {:.1?} (limit {timeout:?}, {checks} checks) for {what}; last saw: {seen}",
+                started.elapsed()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// For a [`wait_for`] check: `Some(value)` ends the wait; `None` keeps waiting and records
+/// `seen()` as what the check last saw.
+pub fn or_seen<T>(value: Option<T>, seen: impl FnOnce() -> String) -> anyhow::Result<Option<T>> {
+    match value {
+        Some(value) => Ok(Some(value)),
+        None => Err(anyhow!(seen())),
     }
 }
 
@@ -185,7 +206,8 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 /// [`Diagnostics::passed`]. See the module docs.
 pub struct Diagnostics<'a> {
     cluster: &'a TestCluster,
-    namespace: String,
+    /// The test's namespace, whose Ordo objects the report shows (none: control plane only).
+    namespace: Option<String>,
     logs: Vec<(String, PathBuf)>,
     /// Where [`Diagnostics::new_log`] puts logs: removed only after the report is printed.
     log_dir: Option<tempfile::TempDir>,
@@ -197,7 +219,19 @@ impl<'a> Diagnostics<'a> {
     pub fn new(cluster: &'a TestCluster, namespace: &str) -> Self {
         Self {
             cluster,
-            namespace: namespace.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            logs: Vec::new(),
+            log_dir: None,
+            passed: false,
+        }
+    }
+
+    /// A guard for a test of the control plane itself, which has no namespace of its own:
+    /// the report shows the control plane's logs only.
+    pub fn control_plane(cluster: &'a TestCluster) -> Self {
+        Self {
+            cluster,
+            namespace: None,
             logs: Vec::new(),
             log_dir: None,
             passed: false,
@@ -247,18 +281,21 @@ impl<'a> Diagnostics<'a> {
                 file_tail(path, LOG_LINES)
             ));
         }
-        for component in ["kube-apiserver", "kube-controller-manager", "kwok"] {
+        for component in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+        ] {
             out.push_str(&format!(
                 "---- last {CONTROL_PLANE_LINES} lines of {component}:\n{}\n",
                 self.cluster.log_tail(component, CONTROL_PLANE_LINES)
             ));
         }
-        match tokio::time::timeout(
-            REPORT_TIMEOUT,
-            objects_report(self.cluster, &self.namespace),
-        )
-        .await
-        {
+        let Some(namespace) = &self.namespace else {
+            return out;
+        };
+        match tokio::time::timeout(REPORT_TIMEOUT, objects_report(self.cluster, namespace)).await {
             Ok(Ok(objects)) => out.push_str(&objects),
             Ok(Err(err)) => out.push_str(&format!("---- objects: could not be read: {err:#}\n")),
             Err(_) => out.push_str("---- objects: the API server did not answer in time\n"),
@@ -286,9 +323,12 @@ impl Drop for Diagnostics<'_> {
                 .join()
                 .unwrap_or_else(|_| "(building the report panicked)".to_owned())
         });
+        let scope = self.namespace.as_deref().map_or_else(
+            || "the control plane".to_owned(),
+            |namespace| format!("namespace {namespace}"),
+        );
         eprintln!(
-            "\n======== why the test failed: namespace {} ========\n{report}======== end of report ========",
-            self.namespace
+            "\n======== why the test failed: {scope} ========\n{report}======== end of report ========"
         );
     }
 }

@@ -18,7 +18,6 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Config};
 use ordo_tests::cluster::{self, K8S_VERSION, NODE_NAME};
 use ordo_tests::e2e::{self, Diagnostics};
@@ -33,6 +32,7 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
 #[tokio::test]
 async fn api_server_and_kubectl_report_the_pinned_release() {
     let cluster = cluster::shared().await.unwrap();
+    let diagnostics = Diagnostics::control_plane(cluster);
     let info = cluster
         .client()
         .await
@@ -58,6 +58,7 @@ async fn api_server_and_kubectl_report_the_pinned_release() {
     let versions: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(versions["clientVersion"]["gitVersion"], K8S_VERSION);
     assert_eq!(versions["serverVersion"]["gitVersion"], K8S_VERSION);
+    diagnostics.passed();
 }
 
 #[tokio::test]
@@ -92,25 +93,36 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
 
     // Available needs: the deployment and replicaset controllers (kube-controller-manager),
     // the scheduler binding each Pod to the Node, and kwok marking the Pods Running + Ready.
-    let available = |d: Option<&Deployment>| {
-        d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-            s.available_replicas == Some(3)
-                && s.conditions
+    e2e::wait_for(
+        "Deployment web to have 3 available replicas",
+        WAIT,
+        || async {
+            let status = deployments.get("web").await?.status.unwrap_or_default();
+            let available = status.available_replicas == Some(3)
+                && status
+                    .conditions
                     .iter()
                     .flatten()
-                    .any(|c| c.type_ == "Available" && c.status == "True")
-        })
-    };
-    tokio::time::timeout(WAIT, await_condition(deployments.clone(), "web", available))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "web did not become Available; scheduler log:\n{}\nkwok log:\n{}",
-                cluster.log_tail("kube-scheduler", 20),
-                cluster.log_tail("kwok", 20)
-            )
-        })
-        .unwrap();
+                    .any(|c| c.type_ == "Available" && c.status == "True");
+            if available {
+                return Ok(Some(()));
+            }
+            let pods = pods.list(&ListParams::default().labels("app=web")).await?;
+            let phases: Vec<_> = pods
+                .items
+                .iter()
+                .map(|p| {
+                    (
+                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                    )
+                })
+                .collect();
+            anyhow::bail!("status {status:?}; pods (node, phase) {phases:?}")
+        },
+    )
+    .await
+    .unwrap();
 
     let listed = pods
         .list(&ListParams::default().labels("app=web"))
@@ -164,7 +176,10 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
                     .await
                     .unwrap()
                     .items;
-                Ok((pods.is_empty() && sets.is_empty()).then_some(()))
+                if pods.is_empty() && sets.is_empty() {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("{} pods and {} replicasets left", pods.len(), sets.len())
             }
         },
     )
@@ -303,12 +318,10 @@ async fn namespaces_keep_tests_apart_and_rbac_confines_service_account_tokens() 
         let namespaces = namespaces.clone();
         let a = a.clone();
         async move {
-            Ok(namespaces
-                .get_opt(&a)
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(()))
+            match namespaces.get_opt(&a).await? {
+                None => Ok(Some(())),
+                Some(ns) => anyhow::bail!("namespace {a} is {:?}", ns.status),
+            }
         }
     })
     .await

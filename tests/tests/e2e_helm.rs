@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -24,7 +24,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
 use kube::{Api, Client};
 use ordo_tests::cluster::{self, TestCluster};
-use ordo_tests::e2e::{self, Diagnostics, yaml_documents};
+use ordo_tests::e2e::{self, Diagnostics, or_seen, yaml_documents};
 use tokio::io::AsyncWriteExt;
 
 /// Longest a single helm or kubectl invocation may take.
@@ -735,7 +735,7 @@ async fn wait_available(deployments: &Api<Deployment>, name: &str) -> Deployment
         &format!("Deployment {name} to be Available"),
         AVAILABLE_TIMEOUT,
         || async {
-            let deployment = deployments.get(name).await.unwrap();
+            let deployment = deployments.get(name).await?;
             let generation = deployment.metadata.generation;
             let status = deployment.status.clone().unwrap_or_default();
             let available = status
@@ -1207,14 +1207,19 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         "the ApiProtection to become Ready under the chart's RBAC",
         OPERATOR_TIMEOUT,
         || async {
-            let status = protections.get("bank-api").await?.status;
-            Ok(status.and_then(|status| {
-                status
-                    .conditions
+            let conditions = protections
+                .get("bank-api")
+                .await?
+                .status
+                .unwrap_or_default()
+                .conditions;
+            or_seen(
+                conditions
                     .iter()
                     .any(|c| c.type_ == "Ready" && c.status == "True")
-                    .then_some(())
-            }))
+                    .then_some(()),
+                || format!("conditions {conditions:?}"),
+            )
         },
     )
     .await
@@ -1243,7 +1248,10 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         &release_namespace,
     );
     let slice = e2e::wait_for("the leader's EndpointSlice", OPERATOR_TIMEOUT, || async {
-        Ok(slices.get_opt("rbac-ordo-reports-leader").await?)
+        let slice = slices.get_opt("rbac-ordo-reports-leader").await?;
+        or_seen(slice, || {
+            "no EndpointSlice rbac-ordo-reports-leader".to_owned()
+        })
     })
     .await
     .unwrap_or_else(|err| panic!("{err:#}; operator log:\n{}", log_text()));
@@ -1263,11 +1271,14 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         "the ApiProtection to be cleaned up",
         OPERATOR_TIMEOUT,
         || async {
-            Ok(protections
-                .get_opt("bank-api")
-                .await?
-                .is_none()
-                .then_some(()))
+            match protections.get_opt("bank-api").await? {
+                None => Ok(Some(())),
+                Some(p) => anyhow::bail!(
+                    "bank-api still exists (deletionTimestamp {:?}, finalizers {:?})",
+                    p.metadata.deletion_timestamp,
+                    p.metadata.finalizers
+                ),
+            }
         },
     )
     .await

@@ -27,8 +27,8 @@ use ordo_enforcer::report::{
     TrafficCounters,
 };
 use ordo_operator::crd::{ApiProtection, SequenceRule};
-use ordo_tests::cluster::{TestCluster, workspace_root};
-use ordo_tests::e2e::{self, Diagnostics, Proc, wait_for};
+use ordo_tests::cluster::TestCluster;
+use ordo_tests::e2e::{self, Diagnostics, Proc, or_seen, wait_for};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -213,6 +213,22 @@ fn condition<'a>(
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// Each Event's reason and the name of the object it is about (what a poll for an Event saw).
+fn event_reasons(events: &[Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.regarding
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 async fn wait_ready(
     api: &Api<ApiProtection>,
     name: &str,
@@ -224,7 +240,7 @@ async fn wait_ready(
         match condition(&status.conditions, "Ready") {
             Some(c) if c.status == "True" => Ok(Some(p)),
             Some(c) => Err(anyhow!("Ready={} {}: {}", c.status, c.reason, c.message)),
-            None => Ok(None),
+            None => Err(anyhow!("no Ready condition; status {status:?}")),
         }
     })
     .await
@@ -253,7 +269,14 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     wait_for(&format!("{name} to be deleted"), WAIT, || async {
-        Ok(api.get_opt(name).await?.is_none().then_some(()))
+        match api.get_opt(name).await? {
+            None => Ok(Some(())),
+            Some(object) => Err(anyhow!(
+                "{name} still exists (deletionTimestamp {:?}, finalizers {:?})",
+                object.meta().deletion_timestamp,
+                object.meta().finalizers
+            )),
+        }
     })
     .await
 }
@@ -431,14 +454,16 @@ async fn takeover_creates_hardened_enforcers_and_deletion_restores_the_service()
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     wait_for("a Ready Event", WAIT, || async {
         let list = events.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("Ready")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bank-api")
-            })
-            .then_some(()))
+        or_seen(
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("Ready")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bank-api")
+                })
+                .then_some(()),
+            || format!("Event reasons {:?}", event_reasons(&list.items)),
+        )
     })
     .await?;
 
@@ -596,9 +621,12 @@ async fn missing_target_creates_nothing_and_says_why() -> anyhow::Result<()> {
     let status = wait_for("TargetResolved=False", WAIT, || async {
         let p = api.get("bank-api").await?;
         let status = p.status.unwrap_or_default();
-        Ok(condition(&status.conditions, "TargetResolved")
-            .filter(|c| c.status == "False")
-            .map(|c| (c.reason.clone(), c.message.clone())))
+        or_seen(
+            condition(&status.conditions, "TargetResolved")
+                .filter(|c| c.status == "False")
+                .map(|c| (c.reason.clone(), c.message.clone())),
+            || format!("conditions {:?}", status.conditions),
+        )
     })
     .await
     .with_context(|| operator.proc.log_tail())?;
@@ -683,15 +711,22 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
     };
     wait_for("the rule in the rendered config", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((rule_names(&config) == vec![("balance-before-transfer".to_owned(), 10)]).then_some(()))
+        let names = rule_names(&config);
+        or_seen(
+            (names == vec![("balance-before-transfer".to_owned(), 10)]).then_some(()),
+            || format!("rendered rules {names:?}"),
+        )
     })
     .await?;
     let accepted = wait_for("rule Accepted", WAIT, || async {
         let r = rules.get("balance-before-transfer").await?;
         let status = r.status.unwrap_or_default();
-        Ok(condition(&status.conditions, "Accepted")
-            .filter(|c| c.status == "True")
-            .map(|_| status.clone()))
+        or_seen(
+            condition(&status.conditions, "Accepted")
+                .filter(|c| c.status == "True")
+                .map(|_| status.clone()),
+            || format!("rule status {status:?}"),
+        )
     })
     .await?;
     assert_eq!(
@@ -708,21 +743,23 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
         )
         .await?;
     let rejected = wait_for("broken rule Accepted=False", WAIT, || async {
-        let r = rules.get("broken").await?;
-        Ok(
-            condition(&r.status.unwrap_or_default().conditions, "Accepted")
+        let status = rules.get("broken").await?.status.unwrap_or_default();
+        or_seen(
+            condition(&status.conditions, "Accepted")
                 .filter(|c| c.status == "False")
                 .map(|c| c.message.clone()),
+            || format!("rule status {status:?}"),
         )
     })
     .await?;
     assert!(rejected.contains("spec.requires.operation"), "{rejected}");
-    wait_for("RulesAccepted=False", WAIT, || async {
-        let p = api.get("bank-api").await?;
-        Ok(
-            condition(&p.status.unwrap_or_default().conditions, "RulesAccepted")
+    wait_for("RulesAccepted=False naming rule broken", WAIT, || async {
+        let status = api.get("bank-api").await?.status.unwrap_or_default();
+        or_seen(
+            condition(&status.conditions, "RulesAccepted")
                 .filter(|c| c.status == "False" && c.message.contains("broken"))
                 .map(|_| ()),
+            || format!("conditions {:?}", status.conditions),
         )
     })
     .await?;
@@ -752,18 +789,29 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
         .await?;
     wait_for("both rules by priority", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((rule_names(&config)
-            == vec![
-                ("balance-before-payee".to_owned(), 50),
-                ("balance-before-transfer".to_owned(), 20),
-            ])
-        .then_some(()))
+        let names = rule_names(&config);
+        or_seen(
+            (names
+                == vec![
+                    ("balance-before-payee".to_owned(), 50),
+                    ("balance-before-transfer".to_owned(), 20),
+                ])
+            .then_some(()),
+            || format!("rendered rules {names:?}"),
+        )
     })
     .await?;
-    wait_for("edited rule observed", WAIT, || async {
-        let r = rules.get("balance-before-transfer").await?;
-        Ok((r.status.and_then(|s| s.observed_generation) == Some(2)).then_some(()))
-    })
+    wait_for(
+        "edited rule observed (observedGeneration 2)",
+        WAIT,
+        || async {
+            let r = rules.get("balance-before-transfer").await?;
+            let observed = r.status.and_then(|s| s.observed_generation);
+            or_seen((observed == Some(2)).then_some(()), || {
+                format!("observedGeneration {observed:?}")
+            })
+        },
+    )
     .await?;
 
     // Deleting a rule removes it from the config.
@@ -772,7 +820,11 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
         .await?;
     wait_for("deleted rule gone from the config", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((rule_names(&config) == vec![("balance-before-payee".to_owned(), 50)]).then_some(()))
+        let names = rule_names(&config);
+        or_seen(
+            (names == vec![("balance-before-payee".to_owned(), 50)]).then_some(()),
+            || format!("rendered rules {names:?}"),
+        )
     })
     .await?;
     diagnostics.passed();
@@ -934,7 +986,9 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
     wait_ready(&api, "bank-api", &operator).await?;
     wait_for("the rule in the rendered config", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((config.rules.len() == 1).then_some(()))
+        or_seen((config.rules.len() == 1).then_some(()), || {
+            format!("rendered rules {:?}", config.rules)
+        })
     })
     .await?;
 
@@ -975,10 +1029,9 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     wait_for("the enforcer to answer", WAIT, || async {
-        Ok(send(&http, proxy_port, "probe", "GET", "/api/v1/health")
+        send(&http, proxy_port, "probe", "GET", "/api/v1/health")
             .await
-            .ok()
-            .map(|_| ()))
+            .map(|_| Some(()))
     })
     .await
     .with_context(|| enforcer.log_tail())?;
@@ -1069,18 +1122,30 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     wait_for("an IncidentDetected Event", WAIT, || async {
         let list = events.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("IncidentDetected"))
-            .then_some(()))
+        or_seen(
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("IncidentDetected"))
+                .then_some(()),
+            || format!("Event reasons {:?}", event_reasons(&list.items)),
+        )
     })
     .await?;
-    wait_for("rule matches in status", WAIT, || async {
-        let r = rules.get("balance-before-transfer").await?;
-        Ok(r.status
-            .filter(|s| s.matches >= 3 && s.last_match.is_some())
-            .map(|_| ()))
+    wait_for("at least 3 rule matches in status", WAIT, || async {
+        let status = rules.get("balance-before-transfer").await?.status;
+        or_seen(
+            status
+                .as_ref()
+                .filter(|s| s.matches >= 3 && s.last_match.is_some())
+                .map(|_| ()),
+            || {
+                format!(
+                    "matches {:?}, lastMatch {:?}",
+                    status.as_ref().map(|s| s.matches),
+                    status.as_ref().map(|s| s.last_match.clone())
+                )
+            },
+        )
     })
     .await?;
     let model_cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
@@ -1389,10 +1454,13 @@ async fn only_one_candidate_leads_and_a_standby_takes_over_an_abandoned_lease() 
     let started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(15);
     while b.try_acquire_or_renew().await? != Attempt::Leading {
-        assert!(
-            Instant::now() < deadline,
-            "b did not take over an abandoned Lease"
-        );
+        if Instant::now() >= deadline {
+            let lease = leases.get("ordo-operator").await?;
+            bail!(
+                "b did not take over an abandoned Lease within 15 s; the Lease: {:?}",
+                lease.spec
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
@@ -1482,10 +1550,14 @@ async fn the_report_service_follows_the_leader_through_handover_and_crash() -> a
         move || {
             let slices = slices.clone();
             async move {
-                Ok(report_endpoint(&slices)
-                    .await?
-                    .filter(|(address, p)| address == pod_ip && *p == i32::from(port))
-                    .map(|_| ()))
+                let endpoint = report_endpoint(&slices).await?;
+                or_seen(
+                    endpoint
+                        .as_ref()
+                        .filter(|(address, p)| address == pod_ip && *p == i32::from(port))
+                        .map(|_| ()),
+                    || format!("the report Service's endpoint is {endpoint:?}"),
+                )
             }
         }
     };
@@ -1608,11 +1680,12 @@ async fn wait_accepted(
         &format!("rule {name} Accepted={status} ({reason})"),
         WAIT,
         || async {
-            let rule = rules.get(name).await?;
-            Ok(
-                condition(&rule.status.unwrap_or_default().conditions, "Accepted")
+            let conditions = rules.get(name).await?.status.unwrap_or_default().conditions;
+            or_seen(
+                condition(&conditions, "Accepted")
                     .filter(|c| c.status == status && c.reason == reason)
                     .map(|c| c.message.clone()),
+                || format!("conditions {conditions:?}"),
             )
         },
     )
