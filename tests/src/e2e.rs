@@ -37,12 +37,29 @@ pub async fn setup(prefix: &str) -> anyhow::Result<(&'static TestCluster, Client
 
 /// Builds the debug `ordo-operator` and `ordo-enforcer` binaries once per test binary and
 /// returns the directory they are in.
+///
+/// The build runs without the variables Cargo sets for the test process (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...): build scripts such as ring's declare `rerun-if-env-changed`
+/// on them, so inheriting the test's values would make this build and the next `cargo test`
+/// rebuild those crates (and everything above them) in turn.
 pub fn binaries() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
+            let mut command = Command::new(cargo);
+            for (name, _) in std::env::vars_os() {
+                let Some(name) = name.to_str() else {
+                    continue;
+                };
+                if TEST_PROCESS_VARIABLES.contains(&name)
+                    || name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_")
+                {
+                    command.env_remove(name);
+                }
+            }
+            let status = command
                 .current_dir(workspace_root())
                 .args([
                     "build",
@@ -64,6 +81,19 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow!(e))
 }
 
+/// Variables Cargo sets for a test process (besides `CARGO_PKG_*` and `CARGO_BIN_*`) that a
+/// nested build must not inherit (see [`binaries`]).
+const TEST_PROCESS_VARIABLES: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 /// Cargo's target directory (`CARGO_TARGET_DIR` or `target/` of the workspace).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -75,9 +105,9 @@ pub fn target_dir() -> PathBuf {
 ///
 /// `check` answers `Ok(Some(value))` when the wait is over, and `Err(what it saw)` while it is
 /// not (or when asking failed): the timeout's error names `what` was awaited, how many times
-/// it was checked and the last thing `check` saw, so that a failure reads "waited 90 s for
-/// ApiProtection Ready: last saw Ready=False TargetNotFound: ..." rather than "deadline has
-/// elapsed". `Ok(None)` is "not yet" with nothing worth saying.
+/// it was checked and the last thing `check` saw, so that a failure reads "waited 90.1s
+/// (limit 90s, 341 checks) for ApiProtection Ready; last saw: Ready=False ServiceNotFound: ..."
+/// rather than "deadline has elapsed". `Ok(None)` is "not yet" with nothing worth saying.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -122,15 +152,37 @@ pub fn yaml_documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-/// The last `lines` lines of a text file ("(no log)" when it cannot be read).
+/// The last `lines` lines of a text file, without terminal colour codes ("(no log)" when it
+/// cannot be read).
 pub fn file_tail(path: &Path, lines: usize) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
+            strip_ansi(&all[all.len().saturating_sub(lines)..].join("\n"))
         }
         Err(err) => format!("(no log at {}: {err})", path.display()),
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`), which tracing writes even
+/// into a log file.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A child process, killed when dropped, with its output in a log file.
@@ -406,4 +458,18 @@ async fn objects_report(cluster: &TestCluster, namespace: &str) -> anyhow::Resul
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn colour_codes_are_removed_and_text_kept() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026-12-06T16:06:21Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m leading"),
+            "2026-12-06T16:06:21Z  INFO leading"
+        );
+        assert_eq!(strip_ansi("plain [text]"), "plain [text]");
+    }
 }

@@ -130,7 +130,7 @@ fn check(report: &DemoReport) {
         "{:?}",
         report.rule_matches
     );
-    let totals = status.totals.clone().unwrap();
+    let totals = status.totals.unwrap();
     assert!(totals.blocked > 0 && totals.incidents > 0, "{totals:?}");
     assert!(!status.endpoints.is_empty() && !status.top_sequences.is_empty());
 
