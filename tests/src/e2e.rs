@@ -263,6 +263,8 @@ pub struct Diagnostics<'a> {
     logs: Vec<(String, PathBuf)>,
     /// Where [`Diagnostics::new_log`] puts logs: removed only after the report is printed.
     log_dir: Option<tempfile::TempDir>,
+    /// The namespace's objects as [`Diagnostics::snapshot`] recorded them earlier.
+    snapshots: Vec<String>,
     passed: bool,
 }
 
@@ -274,6 +276,7 @@ impl<'a> Diagnostics<'a> {
             namespace: Some(namespace.to_owned()),
             logs: Vec::new(),
             log_dir: None,
+            snapshots: Vec::new(),
             passed: false,
         }
     }
@@ -286,6 +289,7 @@ impl<'a> Diagnostics<'a> {
             namespace: None,
             logs: Vec::new(),
             log_dir: None,
+            snapshots: Vec::new(),
             passed: false,
         }
     }
@@ -344,15 +348,37 @@ impl<'a> Diagnostics<'a> {
                 self.cluster.log_tail(component, CONTROL_PLANE_LINES)
             ));
         }
-        let Some(namespace) = &self.namespace else {
-            return out;
-        };
-        match tokio::time::timeout(REPORT_TIMEOUT, objects_report(self.cluster, namespace)).await {
-            Ok(Ok(objects)) => out.push_str(&objects),
-            Ok(Err(err)) => out.push_str(&format!("---- objects: could not be read: {err:#}\n")),
-            Err(_) => out.push_str("---- objects: the API server did not answer in time\n"),
+        for snapshot in &self.snapshots {
+            out.push_str(snapshot);
+        }
+        if self.namespace.is_some() {
+            out.push_str("======== the objects now:\n");
+            out.push_str(&self.objects().await);
         }
         out
+    }
+
+    /// Records the namespace's objects as they are now, for the report: a test that goes on
+    /// to delete them (the demo deletes its ApiProtection) still shows their status and
+    /// rendered ConfigMap when a later check fails.
+    pub async fn snapshot(&mut self, when: &str) {
+        if self.namespace.is_some() {
+            let objects = self.objects().await;
+            self.snapshots
+                .push(format!("======== the objects {when}:\n{objects}"));
+        }
+    }
+
+    /// The namespace's Ordo objects, or why they could not be read.
+    async fn objects(&self) -> String {
+        let Some(namespace) = &self.namespace else {
+            return String::new();
+        };
+        match tokio::time::timeout(REPORT_TIMEOUT, objects_report(self.cluster, namespace)).await {
+            Ok(Ok(objects)) => objects,
+            Ok(Err(err)) => format!("---- objects: could not be read: {err:#}\n"),
+            Err(_) => "---- objects: the API server did not answer in time\n".to_owned(),
+        }
     }
 }
 

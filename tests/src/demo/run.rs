@@ -834,6 +834,9 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
         return Ok(report);
     }
 
+    diagnostics
+        .snapshot("before ApiProtection bank-api was deleted")
+        .await;
     let step = Step::start("Deleting ApiProtection bank-api");
     protections
         .delete(PROTECTION, &DeleteParams::foreground())
