@@ -25,7 +25,7 @@ pub struct Results {
     /// What the enforcers held when measured (sessions, operations, maturity, rules).
     pub enforcers: Vec<EnforcerState>,
     pub memory: Option<Memory>,
-    /// The targets of issue 7, each with the measured value and whether it holds.
+    /// The performance targets (docs/benchmarks.md, "Performance targets"), each with the measured value and whether it holds.
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
 }
@@ -376,7 +376,7 @@ impl Results {
         if self.goals.is_empty() {
             return;
         }
-        let _ = writeln!(t, "| issue 7 target | measured | holds |");
+        let _ = writeln!(t, "| performance target | measured | holds |");
         let _ = writeln!(t, "|---|---|---|");
         for g in &self.goals {
             let _ = writeln!(

@@ -11,7 +11,7 @@ use ordo_enforcer::runtime::{EnforcerSource, ReloadHook, StartOptions, start_wit
 
 /// mimalloc instead of glibc malloc: the per-request path (hyper buffers, header maps, boxed
 /// futures, the analyzer's scratch) allocates and frees many small blocks, which glibc's
-/// allocator served at a measurable share of the CPU profile (issue 7).
+/// allocator served at a measurable share of the CPU profile (docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,29 @@ pub async fn setup(prefix: &str) -> anyhow::Result<(&'static TestCluster, Client
 
 /// Builds the debug `ordo-operator` and `ordo-enforcer` binaries once per test binary and
 /// returns the directory they are in.
+///
+/// The build runs without the variables Cargo sets for the test process (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...): build scripts such as ring's declare `rerun-if-env-changed`
+/// on them, so inheriting the test's values would make this build and the next `cargo test`
+/// rebuild those crates (and everything above them) in turn.
 pub fn binaries() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
+            let mut command = Command::new(cargo);
+            for (name, _) in std::env::vars_os() {
+                let Some(name) = name.to_str() else {
+                    continue;
+                };
+                if TEST_PROCESS_VARIABLES.contains(&name)
+                    || name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_")
+                {
+                    command.env_remove(name);
+                }
+            }
+            let status = command
                 .current_dir(workspace_root())
                 .args([
                     "build",
@@ -64,6 +81,19 @@ pub fn binaries() -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow!(e))
 }
 
+/// Variables Cargo sets for a test process (besides `CARGO_PKG_*` and `CARGO_BIN_*`) that a
+/// nested build must not inherit (see [`binaries`]).
+const TEST_PROCESS_VARIABLES: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 /// Cargo's target directory (`CARGO_TARGET_DIR` or `target/` of the workspace).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -71,25 +101,46 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Polls `check` every 250 ms until it yields a value or `timeout` passes; the error names
-/// `what` and the last problem `check` reported.
+/// Polls `check` every 250 ms until it yields a value or `timeout` passes.
+///
+/// `check` answers `Ok(Some(value))` when the wait is over, and `Err(what it saw)` while it is
+/// not (or when asking failed): the timeout's error names `what` was awaited, how many times
+/// it was checked and the last thing `check` saw, so that a failure reads "waited 90.1s
+/// (limit 90s, 341 checks) for ApiProtection Ready; last saw: Ready=False ServiceNotFound: ..."
+/// rather than "deadline has elapsed". `Ok(None)` is "not yet" with nothing worth saying.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("not yet");
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut last = None;
+    let mut checks = 0u32;
     loop {
+        checks += 1;
         match check().await {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => {}
-            Err(err) => last = format!("{err:#}"),
+            Err(err) => last = Some(format!("{err:#}")),
         }
         if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+            let seen = last.unwrap_or_else(|| "the condition never held".to_owned());
+            bail!(
+                "waited {:.1?} (limit {timeout:?}, {checks} checks) for {what}; last saw: {seen}",
+                started.elapsed()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// For a [`wait_for`] check: `Some(value)` ends the wait; `None` keeps waiting and records
+/// `seen()` as what the check last saw.
+pub fn or_seen<T>(value: Option<T>, seen: impl FnOnce() -> String) -> anyhow::Result<Option<T>> {
+    match value {
+        Some(value) => Ok(Some(value)),
+        None => Err(anyhow!(seen())),
     }
 }
 
@@ -101,14 +152,98 @@ pub fn yaml_documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         .collect()
 }
 
-/// The last `lines` lines of a text file ("(no log)" when it cannot be read).
+/// The last `lines` lines of a text file, without terminal colour codes ("(no log)" when it
+/// cannot be read).
 pub fn file_tail(path: &Path, lines: usize) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
+            strip_ansi(&all[all.len().saturating_sub(lines)..].join("\n"))
         }
         Err(err) => format!("(no log at {}: {err})", path.display()),
+    }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`), which tracing writes even
+/// into a log file.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A child process, killed when dropped, with its output in a log file.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `command` with its standard output and error written to `log`.
+    pub fn spawn(command: &mut Command, log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(log)
+            .with_context(|| format!("creating the log {}", log.display()))?;
+        let child = command
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .with_context(|| format!("starting {:?}", command.get_program()))?;
+        Ok(Self {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The process id (to send it a signal).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self) -> String {
+        file_tail(&self.log, LOG_LINES)
+    }
+
+    /// The whole log so far ("" when it cannot be read).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -123,8 +258,13 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 /// [`Diagnostics::passed`]. See the module docs.
 pub struct Diagnostics<'a> {
     cluster: &'a TestCluster,
-    namespace: String,
+    /// The test's namespace, whose Ordo objects the report shows (none: control plane only).
+    namespace: Option<String>,
     logs: Vec<(String, PathBuf)>,
+    /// Where [`Diagnostics::new_log`] puts logs: removed only after the report is printed.
+    log_dir: Option<tempfile::TempDir>,
+    /// The namespace's objects as [`Diagnostics::snapshot`] recorded them earlier.
+    snapshots: Vec<String>,
     passed: bool,
 }
 
@@ -133,8 +273,23 @@ impl<'a> Diagnostics<'a> {
     pub fn new(cluster: &'a TestCluster, namespace: &str) -> Self {
         Self {
             cluster,
-            namespace: namespace.to_owned(),
+            namespace: Some(namespace.to_owned()),
             logs: Vec::new(),
+            log_dir: None,
+            snapshots: Vec::new(),
+            passed: false,
+        }
+    }
+
+    /// A guard for a test of the control plane itself, which has no namespace of its own:
+    /// the report shows the control plane's logs only.
+    pub fn control_plane(cluster: &'a TestCluster) -> Self {
+        Self {
+            cluster,
+            namespace: None,
+            logs: Vec::new(),
+            log_dir: None,
+            snapshots: Vec::new(),
             passed: false,
         }
     }
@@ -142,6 +297,29 @@ impl<'a> Diagnostics<'a> {
     /// Adds a process log (operator, enforcer, app) to the report.
     pub fn log(&mut self, name: &str, path: &Path) {
         self.logs.push((name.to_owned(), path.to_path_buf()));
+    }
+
+    /// A path for a new process log named `name`, added to the report. The file lives in a
+    /// directory the guard owns, so it outlasts the process and is still there for the report.
+    pub fn new_log(&mut self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = match &self.log_dir {
+            Some(dir) => dir.path().to_path_buf(),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("ordo-e2e-logs-")
+                    .tempdir()?;
+                let path = dir.path().to_path_buf();
+                self.log_dir = Some(dir);
+                path
+            }
+        };
+        let file: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = dir.join(format!("{}-{file}.log", self.logs.len()));
+        self.log(name, &path);
+        Ok(path)
     }
 
     /// The test passed: print nothing.
@@ -159,23 +337,48 @@ impl<'a> Diagnostics<'a> {
                 file_tail(path, LOG_LINES)
             ));
         }
-        for component in ["kube-apiserver", "kube-controller-manager", "kwok"] {
+        for component in [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+        ] {
             out.push_str(&format!(
                 "---- last {CONTROL_PLANE_LINES} lines of {component}:\n{}\n",
                 self.cluster.log_tail(component, CONTROL_PLANE_LINES)
             ));
         }
-        match tokio::time::timeout(
-            REPORT_TIMEOUT,
-            objects_report(self.cluster, &self.namespace),
-        )
-        .await
-        {
-            Ok(Ok(objects)) => out.push_str(&objects),
-            Ok(Err(err)) => out.push_str(&format!("---- objects: could not be read: {err:#}\n")),
-            Err(_) => out.push_str("---- objects: the API server did not answer in time\n"),
+        for snapshot in &self.snapshots {
+            out.push_str(snapshot);
+        }
+        if self.namespace.is_some() {
+            out.push_str("======== the objects now:\n");
+            out.push_str(&self.objects().await);
         }
         out
+    }
+
+    /// Records the namespace's objects as they are now, for the report: a test that goes on
+    /// to delete them (the demo deletes its ApiProtection) still shows their status and
+    /// rendered ConfigMap when a later check fails.
+    pub async fn snapshot(&mut self, when: &str) {
+        if self.namespace.is_some() {
+            let objects = self.objects().await;
+            self.snapshots
+                .push(format!("======== the objects {when}:\n{objects}"));
+        }
+    }
+
+    /// The namespace's Ordo objects, or why they could not be read.
+    async fn objects(&self) -> String {
+        let Some(namespace) = &self.namespace else {
+            return String::new();
+        };
+        match tokio::time::timeout(REPORT_TIMEOUT, objects_report(self.cluster, namespace)).await {
+            Ok(Ok(objects)) => objects,
+            Ok(Err(err)) => format!("---- objects: could not be read: {err:#}\n"),
+            Err(_) => "---- objects: the API server did not answer in time\n".to_owned(),
+        }
     }
 }
 
@@ -198,9 +401,12 @@ impl Drop for Diagnostics<'_> {
                 .join()
                 .unwrap_or_else(|_| "(building the report panicked)".to_owned())
         });
+        let scope = self.namespace.as_deref().map_or_else(
+            || "the control plane".to_owned(),
+            |namespace| format!("namespace {namespace}"),
+        );
         eprintln!(
-            "\n======== why the test failed: namespace {} ========\n{report}======== end of report ========",
-            self.namespace
+            "\n======== why the test failed: {scope} ========\n{report}======== end of report ========"
         );
     }
 }
@@ -278,4 +484,18 @@ async fn objects_report(cluster: &TestCluster, namespace: &str) -> anyhow::Resul
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn colour_codes_are_removed_and_text_kept() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026-12-06T16:06:21Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m leading"),
+            "2026-12-06T16:06:21Z  INFO leading"
+        );
+        assert_eq!(strip_ansi("plain [text]"), "plain [text]");
+    }
 }

@@ -125,7 +125,13 @@ fn atrdf_replay_scores_every_attack_class() {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../../shared/data/atrdf/dataset_1_train.json.gz")
         });
-    let records = atrdf::load(&path).expect("the ATRDF dataset (shared/data/atrdf) is readable");
+    let records = atrdf::load(&path).unwrap_or_else(|err| {
+        panic!(
+            "the ATRDF dataset 1 is not readable at {} ({err:#}): docs/detection.md says where \
+             to get it; set ORDO_ATRDF to its path",
+            path.display()
+        )
+    });
     assert_eq!(records.len(), 4282);
     let report = atrdf::replay(&records, 42, 0.7);
     println!("{report}");

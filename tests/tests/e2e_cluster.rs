@@ -18,9 +18,9 @@ use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Config};
 use ordo_tests::cluster::{self, K8S_VERSION, NODE_NAME};
+use ordo_tests::e2e::{self, Diagnostics};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -29,25 +29,10 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).unwrap()
 }
 
-/// Polls `check` until it returns true or `timeout` passes.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn api_server_and_kubectl_report_the_pinned_release() {
     let cluster = cluster::shared().await.unwrap();
+    let diagnostics = Diagnostics::control_plane(cluster);
     let info = cluster
         .client()
         .await
@@ -73,6 +58,7 @@ async fn api_server_and_kubectl_report_the_pinned_release() {
     let versions: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(versions["clientVersion"]["gitVersion"], K8S_VERSION);
     assert_eq!(versions["serverVersion"]["gitVersion"], K8S_VERSION);
+    diagnostics.passed();
 }
 
 #[tokio::test]
@@ -80,6 +66,7 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
     let cluster = cluster::shared().await.unwrap();
     let client = cluster.client().await.unwrap();
     let ns = cluster.namespace("deployment").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns);
@@ -106,25 +93,36 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
 
     // Available needs: the deployment and replicaset controllers (kube-controller-manager),
     // the scheduler binding each Pod to the Node, and kwok marking the Pods Running + Ready.
-    let available = |d: Option<&Deployment>| {
-        d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-            s.available_replicas == Some(3)
-                && s.conditions
+    e2e::wait_for(
+        "Deployment web to have 3 available replicas",
+        WAIT,
+        || async {
+            let status = deployments.get("web").await?.status.unwrap_or_default();
+            let available = status.available_replicas == Some(3)
+                && status
+                    .conditions
                     .iter()
                     .flatten()
-                    .any(|c| c.type_ == "Available" && c.status == "True")
-        })
-    };
-    tokio::time::timeout(WAIT, await_condition(deployments.clone(), "web", available))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "web did not become Available; scheduler log:\n{}\nkwok log:\n{}",
-                cluster.log_tail("kube-scheduler", 20),
-                cluster.log_tail("kwok", 20)
-            )
-        })
-        .unwrap();
+                    .any(|c| c.type_ == "Available" && c.status == "True");
+            if available {
+                return Ok(Some(()));
+            }
+            let pods = pods.list(&ListParams::default().labels("app=web")).await?;
+            let phases: Vec<_> = pods
+                .items
+                .iter()
+                .map(|p| {
+                    (
+                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                    )
+                })
+                .collect();
+            anyhow::bail!("status {status:?}; pods (node, phase) {phases:?}")
+        },
+    )
+    .await
+    .unwrap();
 
     let listed = pods
         .list(&ListParams::default().labels("app=web"))
@@ -166,7 +164,7 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
         .delete("web", &DeleteParams::foreground())
         .await
         .unwrap();
-    eventually(
+    e2e::wait_for(
         "the garbage collector to remove pods and replicasets",
         WAIT,
         || {
@@ -178,11 +176,16 @@ async fn a_deployment_becomes_available_on_the_kwok_node_and_is_garbage_collecte
                     .await
                     .unwrap()
                     .items;
-                pods.is_empty() && sets.is_empty()
+                if pods.is_empty() && sets.is_empty() {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("{} pods and {} replicasets left", pods.len(), sets.len())
             }
         },
     )
-    .await;
+    .await
+    .unwrap();
+    diagnostics.passed();
 }
 
 /// A client that authenticates with a bearer token instead of the admin certificate.
@@ -207,6 +210,7 @@ async fn namespaces_keep_tests_apart_and_rbac_confines_service_account_tokens() 
     let client = cluster.client().await.unwrap();
     let a = cluster.namespace("isolation").await.unwrap();
     let b = cluster.namespace("isolation").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &b);
     assert_ne!(a, b);
     assert!(
         a.starts_with("isolation-") && b.starts_with("isolation-"),
@@ -310,17 +314,24 @@ async fn namespaces_keep_tests_apart_and_rbac_confines_service_account_tokens() 
         .delete(&a, &DeleteParams::default())
         .await
         .unwrap();
-    eventually("namespace a to be deleted", WAIT, || {
+    e2e::wait_for("namespace a to be deleted", WAIT, || {
         let namespaces = namespaces.clone();
         let a = a.clone();
-        async move { namespaces.get_opt(&a).await.unwrap().is_none() }
+        async move {
+            match namespaces.get_opt(&a).await? {
+                None => Ok(Some(())),
+                Some(ns) => anyhow::bail!("namespace {a} is {:?}", ns.status),
+            }
+        }
     })
-    .await;
+    .await
+    .unwrap();
     let settings_b = Api::<ConfigMap>::namespaced(client, &b)
         .get("settings")
         .await
         .unwrap();
     assert_eq!(settings_b.data.unwrap()["owner"], b);
+    diagnostics.passed();
 }
 
 const WIDGET_CRD: &str = r#"
@@ -357,6 +368,7 @@ async fn install_crds_applies_idempotently_and_the_schema_is_enforced() {
     cluster.install_crds(dir.path()).await.unwrap();
 
     let ns = cluster.namespace("crds").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &ns);
     let gvk = GroupVersionKind::gvk("harness.ordo.dev", "v1", "Widget");
     let widgets: Api<DynamicObject> = Api::namespaced_with(
         cluster.client().await.unwrap(),
@@ -392,6 +404,7 @@ async fn install_crds_applies_idempotently_and_the_schema_is_enforced() {
         err.to_string().contains("no CustomResourceDefinition"),
         "{err:#}"
     );
+    diagnostics.passed();
 }
 
 /// `/proc/<pid>` exists and is not a zombie.

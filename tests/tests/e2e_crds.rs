@@ -11,28 +11,11 @@ use ordo_operator::crd::examples::{
     FULL_API_PROTECTION, FULL_SEQUENCE_RULES, MINIMAL_API_PROTECTION,
 };
 use ordo_operator::crd::{ApiProtection, ApiProtectionSpec, SequenceRule};
-use ordo_tests::cluster::{self, TestCluster, workspace_root};
-use serde::Deserialize;
+use ordo_tests::e2e::{self, Diagnostics, yaml_documents};
 use serde_json::{Value, json};
-
-/// The shared control plane with the CRDs from `crds/` installed, a client, and a fresh
-/// namespace for this test.
-async fn setup(prefix: &str) -> Result<(&'static TestCluster, Client, String)> {
-    let cluster = cluster::shared().await?;
-    cluster.install_crds(&workspace_root().join("crds")).await?;
-    let client = cluster.client().await?;
-    let namespace = cluster.namespace(prefix).await?;
-    Ok((cluster, client, namespace))
-}
 
 fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), namespace, &ApiResource::erase::<K>(&()))
-}
-
-fn documents(yaml: &str) -> Result<Vec<Value>> {
-    serde_yaml_ng::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).context("parsing an example manifest"))
-        .collect()
 }
 
 /// Creates `manifest` (without its status) and then applies its status through the status
@@ -67,7 +50,8 @@ async fn create_with_status(api: &Api<DynamicObject>, manifest: &Value) -> Resul
 
 #[tokio::test]
 async fn crds_install_and_become_established() -> Result<()> {
-    let (_cluster, client, namespace) = setup("crds-established").await?;
+    let (cluster, client, namespace) = e2e::setup("crds-established").await?;
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for name in [ApiProtection::crd_name(), SequenceRule::crd_name()] {
         let crd = crds.get(name).await?;
@@ -103,13 +87,15 @@ async fn crds_install_and_become_established() -> Result<()> {
     );
     let rules: Api<SequenceRule> = Api::namespaced(client, &namespace);
     assert!(rules.list(&ListParams::default()).await?.items.is_empty());
+    diagnostics.passed();
     Ok(())
 }
 
 #[tokio::test]
 async fn api_protection_with_every_field_round_trips_unchanged() -> Result<()> {
-    let (_cluster, client, namespace) = setup("crds-apip-roundtrip").await?;
-    let manifest = documents(FULL_API_PROTECTION)?.remove(0);
+    let (cluster, client, namespace) = e2e::setup("crds-apip-roundtrip").await?;
+    let diagnostics = Diagnostics::new(cluster, &namespace);
+    let manifest = yaml_documents(FULL_API_PROTECTION)?.remove(0);
     let api = dynamic::<ApiProtection>(&client, &namespace);
     let stored = create_with_status(&api, &manifest).await?;
     assert_eq!(
@@ -127,14 +113,16 @@ async fn api_protection_with_every_field_round_trips_unchanged() -> Result<()> {
     let expected: ApiProtection = serde_yaml_ng::from_str(FULL_API_PROTECTION)?;
     assert_eq!(read.spec, expected.spec);
     assert_eq!(read.status, expected.status);
+    diagnostics.passed();
     Ok(())
 }
 
 #[tokio::test]
 async fn sequence_rules_of_every_kind_round_trip_unchanged() -> Result<()> {
-    let (_cluster, client, namespace) = setup("crds-rules-roundtrip").await?;
+    let (cluster, client, namespace) = e2e::setup("crds-rules-roundtrip").await?;
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let api = dynamic::<SequenceRule>(&client, &namespace);
-    let manifests = documents(FULL_SEQUENCE_RULES)?;
+    let manifests = yaml_documents(FULL_SEQUENCE_RULES)?;
     assert_eq!(manifests.len(), 4);
     for manifest in &manifests {
         let stored = create_with_status(&api, manifest).await?;
@@ -156,13 +144,15 @@ async fn sequence_rules_of_every_kind_round_trip_unchanged() -> Result<()> {
         .list(&ListParams::default().fields("spec.protectionRef.name=other-api"))
         .await?;
     assert!(of_other.items.is_empty());
+    diagnostics.passed();
     Ok(())
 }
 
 #[tokio::test]
 async fn minimal_api_protection_is_defaulted_by_the_api_server() -> Result<()> {
-    let (_cluster, client, namespace) = setup("crds-defaults").await?;
-    let manifest = documents(MINIMAL_API_PROTECTION)?.remove(0);
+    let (cluster, client, namespace) = e2e::setup("crds-defaults").await?;
+    let diagnostics = Diagnostics::new(cluster, &namespace);
+    let manifest = yaml_documents(MINIMAL_API_PROTECTION)?.remove(0);
     let api = dynamic::<ApiProtection>(&client, &namespace);
     let object: DynamicObject = serde_json::from_value(manifest.clone())?;
     let created = api.create(&PostParams::default(), &object).await?;
@@ -177,6 +167,7 @@ async fn minimal_api_protection_is_defaulted_by_the_api_server() -> Result<()> {
         created.data["spec"]["session"]["identifiers"][0]["jwtClaim"]["claim"],
         "sub"
     );
+    diagnostics.passed();
     Ok(())
 }
 
@@ -385,7 +376,8 @@ fn invalid_resources() -> Vec<Invalid> {
 
 #[tokio::test]
 async fn invalid_resources_are_rejected_naming_the_field() -> Result<()> {
-    let (_cluster, client, namespace) = setup("crds-invalid").await?;
+    let (cluster, client, namespace) = e2e::setup("crds-invalid").await?;
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let protections = dynamic::<ApiProtection>(&client, &namespace);
     let rules = dynamic::<SequenceRule>(&client, &namespace);
     let mut failures = Vec::new();
@@ -427,6 +419,7 @@ async fn invalid_resources_are_rejected_naming_the_field() -> Result<()> {
             .is_empty()
     );
     assert!(rules.list(&ListParams::default()).await?.items.is_empty());
+    diagnostics.passed();
     Ok(())
 }
 
@@ -448,15 +441,16 @@ fn words(text: &str) -> String {
 
 #[tokio::test]
 async fn kubectl_shows_printer_columns_and_explains_fields() -> Result<()> {
-    let (cluster, client, namespace) = setup("crds-kubectl").await?;
+    let (cluster, client, namespace) = e2e::setup("crds-kubectl").await?;
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     create_with_status(
         &dynamic::<ApiProtection>(&client, &namespace),
-        &documents(FULL_API_PROTECTION)?[0],
+        &yaml_documents(FULL_API_PROTECTION)?[0],
     )
     .await?;
     create_with_status(
         &dynamic::<SequenceRule>(&client, &namespace),
-        &documents(FULL_SEQUENCE_RULES)?[0],
+        &yaml_documents(FULL_SEQUENCE_RULES)?[0],
     )
     .await?;
 
@@ -502,5 +496,6 @@ async fn kubectl_shows_printer_columns_and_explains_fields() -> Result<()> {
             "kubectl explain lacks {expected:?}: {text}"
         );
     }
+    diagnostics.passed();
     Ok(())
 }

@@ -7,38 +7,21 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use ordo_tests::cluster::workspace_root;
-use ordo_tests::demo::run::{Options, run};
+use ordo_tests::demo::run::{DemoReport, Options, run};
+use ordo_tests::e2e;
 use ordo_tests::sim::journeys::AttackKind;
 
-/// Builds the debug `ordo-operator` and `ordo-enforcer` the demo runs with `debug: true`.
-fn build_binaries() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "ordo-operator",
-            "-p",
-            "ordo-enforcer",
-            "--bins",
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cargo build of the binaries failed: {status}"
-    );
-}
-
+/// The demo runs the debug `ordo-operator` and `ordo-enforcer` (`debug: true`); it checks the
+/// report with [`check`] before it stops anything, so that a failed check prints the demo's
+/// diagnostics (logs, status, rendered ConfigMap) while they still exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_shows_what_ordo_catches() {
-    build_binaries();
+    tokio::task::spawn_blocking(e2e::binaries)
+        .await
+        .unwrap()
+        .unwrap();
     let report = run(Options {
         keep: false,
         build: false,
@@ -46,10 +29,16 @@ async fn demo_shows_what_ordo_catches() {
         seed: 42,
         max_learning: Duration::from_secs(300),
         k8s_bin_dir: std::env::var_os("ORDO_K8S_BIN").map(PathBuf::from),
+        verify: Some(check),
     })
     .await
     .unwrap();
+    // `check` ran inside the demo; running it again here makes sure it did run.
+    check(&report);
+}
 
+/// What the demo shows a user is true.
+fn check(report: &DemoReport) {
     assert!(
         report.taken_over,
         "the operator did not take Service bank-api over"

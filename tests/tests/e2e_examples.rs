@@ -5,17 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use ordo_operator::crd::{ApiProtection, SequenceRule};
-use ordo_tests::cluster::{self, workspace_root};
+use ordo_tests::cluster::workspace_root;
 use ordo_tests::demo::examples::{self, Resource};
+use ordo_tests::e2e::{self, Diagnostics};
 
 async fn apply_and_compare(dir: &str, extra_protection_from: Option<&str>) {
-    let cluster = cluster::shared().await.unwrap();
-    cluster
-        .install_crds(&workspace_root().join("crds"))
-        .await
-        .unwrap();
-    let client = cluster.client().await.unwrap();
-    let namespace = cluster.namespace("examples").await.unwrap();
+    let (cluster, client, namespace) = e2e::setup("examples").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &namespace);
 
     let mut manifests = examples::load_dir(&workspace_root().join(dir)).unwrap();
     if let Some(other) = extra_protection_from {
@@ -85,6 +81,7 @@ async fn apply_and_compare(dir: &str, extra_protection_from: Option<&str>) {
             .items
             .is_empty()
     );
+    diagnostics.passed();
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -24,13 +24,15 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
 use kube::{Api, Client};
 use ordo_tests::cluster::{self, TestCluster};
-use serde::Deserialize;
+use ordo_tests::e2e::{self, Diagnostics, or_seen, yaml_documents};
 use tokio::io::AsyncWriteExt;
 
 /// Longest a single helm or kubectl invocation may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest the operator Deployment may take to become Available after install.
 const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Longest the operator run by `operator_works_with_exactly_the_chart_rbac` may take per step.
+const OPERATOR_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn chart_dir() -> PathBuf {
     cluster::workspace_root().join("charts/ordo")
@@ -202,14 +204,6 @@ const VALUE_SETS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// Parses a YAML stream into its non-empty documents.
-fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|doc| serde_json::Value::deserialize(doc).unwrap())
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
 fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
@@ -258,7 +252,7 @@ async fn chart_ships_exactly_the_generated_crds() {
     files.sort();
     let generated: Vec<serde_json::Value> = files
         .iter()
-        .flat_map(|f| yaml_documents(&std::fs::read_to_string(f).unwrap()))
+        .flat_map(|f| yaml_documents(&std::fs::read_to_string(f).unwrap()).unwrap())
         .collect();
     assert_eq!(
         generated.len(),
@@ -291,7 +285,7 @@ async fn chart_ships_exactly_the_generated_crds() {
                 "--include-crds",
             ])
             .await;
-        let docs = yaml_documents(&rendered);
+        let docs = yaml_documents(&rendered).unwrap();
         let shipped = find(&docs, "CustomResourceDefinition");
         let name = |d: &serde_json::Value| {
             d["metadata"]["name"]
@@ -378,6 +372,7 @@ async fn invalid_values_are_rejected_by_the_schema() {
     // The same at install time against the cluster: nothing is created.
     let cluster = cluster::shared().await.unwrap();
     let namespace = cluster.namespace("helm-invalid").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let helm = Helm::for_cluster(cluster);
     let out = helm
         .output(&[
@@ -406,6 +401,7 @@ async fn invalid_values_are_rejected_by_the_schema() {
             .items
             .is_empty()
     );
+    diagnostics.passed();
 }
 
 /// Everything the chart renders, CRDs included, is accepted by the real API server
@@ -415,6 +411,7 @@ async fn invalid_values_are_rejected_by_the_schema() {
 async fn rendered_chart_passes_a_server_side_dry_run() {
     let cluster = cluster::shared().await.unwrap();
     let namespace = cluster.namespace("helm-dry-run").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let helm = Helm::for_cluster(cluster);
     let chart = chart_dir();
     let watch = format!("watchNamespace={namespace}");
@@ -435,7 +432,7 @@ async fn rendered_chart_passes_a_server_side_dry_run() {
         ];
         full.extend_from_slice(args);
         let rendered = helm.run(&full).await;
-        let docs = yaml_documents(&rendered);
+        let docs = yaml_documents(&rendered).unwrap();
         assert_eq!(find(&docs, "CustomResourceDefinition").len(), 2, "{name}");
         assert_eq!(find(&docs, "Deployment").len(), 1, "{name}");
 
@@ -476,6 +473,7 @@ async fn rendered_chart_passes_a_server_side_dry_run() {
             "{name}:\n{stdout}"
         );
     }
+    diagnostics.passed();
 }
 
 /// A real `helm install`: the operator Deployment becomes Available, the webhook is wired to
@@ -485,6 +483,7 @@ async fn rendered_chart_passes_a_server_side_dry_run() {
 async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
     let cluster = cluster::shared().await.unwrap();
     let namespace = cluster.namespace("helm-install").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let helm = Helm::for_cluster(cluster);
     let chart = chart_dir();
     let client = cluster.client().await.unwrap();
@@ -728,31 +727,34 @@ async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
             .unwrap()
             .is_some()
     );
+    diagnostics.passed();
 }
 
 async fn wait_available(deployments: &Api<Deployment>, name: &str) -> Deployment {
-    let deadline = Instant::now() + AVAILABLE_TIMEOUT;
-    loop {
-        let deployment = deployments.get(name).await.unwrap();
-        let generation = deployment.metadata.generation;
-        let status = deployment.status.clone().unwrap_or_default();
-        let available = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Available" && c.status == "True");
-        let settled = status.observed_generation == generation
-            && status.updated_replicas == status.replicas
-            && status.ready_replicas == status.replicas;
-        if available && settled {
-            return deployment;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Deployment {name} not Available after {AVAILABLE_TIMEOUT:?}: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    e2e::wait_for(
+        &format!("Deployment {name} to be Available"),
+        AVAILABLE_TIMEOUT,
+        || async {
+            let deployment = deployments.get(name).await?;
+            let generation = deployment.metadata.generation;
+            let status = deployment.status.clone().unwrap_or_default();
+            let available = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            let settled = status.observed_generation == generation
+                && status.updated_replicas == status.replicas
+                && status.ready_replicas == status.replicas;
+            if available && settled {
+                Ok(Some(deployment))
+            } else {
+                Err(anyhow::anyhow!("status {status:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// A permission asked of the API server's authorizer: (verb, group, resource[/subresource],
@@ -936,6 +938,7 @@ async fn helm_install_scoped_to_one_namespace_grants_only_that_namespace() {
     let cluster = cluster::shared().await.unwrap();
     let namespace = cluster.namespace("helm-scoped").await.unwrap();
     let watched = cluster.namespace("helm-watched").await.unwrap();
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let helm = Helm::for_cluster(cluster);
     let client = cluster.client().await.unwrap();
     let watch = format!("watchNamespace={watched}");
@@ -1019,36 +1022,7 @@ async fn helm_install_scoped_to_one_namespace_grants_only_that_namespace() {
         "2m",
     ])
     .await;
-}
-
-/// Builds `ordo-operator` (once per test binary) and returns its path.
-fn operator_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .current_dir(cluster::workspace_root())
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "ordo-operator",
-                    "--bin",
-                    "ordo-operator",
-                ])
-                .status()
-                .unwrap();
-            assert!(
-                status.success(),
-                "cargo build of ordo-operator failed: {status}"
-            );
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| cluster::workspace_root().join("target"));
-            target.join("debug").join("ordo-operator")
-        })
-        .clone()
+    diagnostics.passed();
 }
 
 /// A kubeconfig that authenticates as ServiceAccount `namespace/account` with a fresh token.
@@ -1106,9 +1080,14 @@ async fn operator_works_with_exactly_the_chart_rbac() {
     let cluster = cluster::shared().await.unwrap();
     let release_namespace = cluster.namespace("helm-rbac").await.unwrap();
     let app_namespace = cluster.namespace("helm-rbac-app").await.unwrap();
+    let mut diagnostics = Diagnostics::new(cluster, &app_namespace);
     let helm = Helm::for_cluster(cluster);
     let client = cluster.client().await.unwrap();
-    let binary = tokio::task::spawn_blocking(operator_binary).await.unwrap();
+    let binary = tokio::task::spawn_blocking(e2e::binaries)
+        .await
+        .unwrap()
+        .unwrap()
+        .join("ordo-operator");
     helm.run(&[
         "install",
         "rbac",
@@ -1171,8 +1150,7 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         dir.path(),
     )
     .await;
-    let log_path = dir.path().join("operator.log");
-    let log = std::fs::File::create(&log_path).unwrap();
+    let log_path = diagnostics.new_log("operator").unwrap();
     let free_port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -1192,53 +1170,60 @@ async fn operator_works_with_exactly_the_chart_rbac() {
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, &tls["tls.crt"].0).unwrap();
     std::fs::write(&key, &tls["tls.key"].0).unwrap();
-    let mut operator = tokio::process::Command::new(&binary)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info")
-        .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
-        .args(["--https-addr", &format!("127.0.0.1:{https_port}")])
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .args([
-            "--report-service",
-            "rbac-ordo-reports",
-            "--pod-ip",
-            "10.255.0.9",
-        ])
-        .args([
-            "--lease-namespace",
-            &release_namespace,
-            "--lease-name",
-            "rbac-ordo",
-        ])
-        .args([
-            "--log-format",
-            "text",
-            "--enforcer-image",
-            "ordo-enforcer:e2e",
-        ])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let operator = e2e::Proc::spawn(
+        std::process::Command::new(&binary)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
+            .args(["--https-addr", &format!("127.0.0.1:{https_port}")])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args([
+                "--report-service",
+                "rbac-ordo-reports",
+                "--pod-ip",
+                "10.255.0.9",
+            ])
+            .args([
+                "--lease-namespace",
+                &release_namespace,
+                "--lease-name",
+                "rbac-ordo",
+            ])
+            .args([
+                "--log-format",
+                "text",
+                "--enforcer-image",
+                "ordo-enforcer:e2e",
+            ]),
+        &log_path,
+    )
+    .unwrap();
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
-    poll(
+    e2e::wait_for(
         "the ApiProtection to become Ready under the chart's RBAC",
-        &log_text,
+        OPERATOR_TIMEOUT,
         || async {
-            let status = protections.get("bank-api").await.ok()?.status?;
-            status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
+            let conditions = protections
+                .get("bank-api")
+                .await?
+                .status
+                .unwrap_or_default()
+                .conditions;
+            or_seen(
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .then_some(()),
+                || format!("conditions {conditions:?}"),
+            )
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|err| panic!("{err:#}; operator log:\n{}", log_text()));
     let taken_over = services.get("bank-api").await.unwrap();
     assert_ne!(
         taken_over.spec.unwrap().selector,
@@ -1262,10 +1247,14 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         client.clone(),
         &release_namespace,
     );
-    let slice = poll("the leader's EndpointSlice", &log_text, || async {
-        slices.get_opt("rbac-ordo-reports-leader").await.ok()?
+    let slice = e2e::wait_for("the leader's EndpointSlice", OPERATOR_TIMEOUT, || async {
+        let slice = slices.get_opt("rbac-ordo-reports-leader").await?;
+        or_seen(slice, || {
+            "no EndpointSlice rbac-ordo-reports-leader".to_owned()
+        })
     })
-    .await;
+    .await
+    .unwrap_or_else(|err| panic!("{err:#}; operator log:\n{}", log_text()));
     let endpoints = slice.endpoints.unwrap_or_default();
     assert_eq!(endpoints.len(), 1);
     assert_eq!(endpoints[0].addresses, ["10.255.0.9"]);
@@ -1278,15 +1267,22 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         .delete("bank-api", &DeleteParams::default())
         .await
         .unwrap();
-    poll("the ApiProtection to be cleaned up", &log_text, || async {
-        protections
-            .get_opt("bank-api")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    e2e::wait_for(
+        "the ApiProtection to be cleaned up",
+        OPERATOR_TIMEOUT,
+        || async {
+            match protections.get_opt("bank-api").await? {
+                None => Ok(Some(())),
+                Some(p) => anyhow::bail!(
+                    "bank-api still exists (deletionTimestamp {:?}, finalizers {:?})",
+                    p.metadata.deletion_timestamp,
+                    p.metadata.finalizers
+                ),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|err| panic!("{err:#}; operator log:\n{}", log_text()));
     let restored = services.get("bank-api").await.unwrap();
     assert_eq!(
         restored.spec.unwrap().selector,
@@ -1294,8 +1290,7 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         "the original selector was not restored"
     );
 
-    let _ = operator.start_kill();
-    let _ = operator.wait().await;
+    drop(operator);
     let text = log_text();
     assert!(
         !text.to_lowercase().contains("forbidden"),
@@ -1311,26 +1306,7 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         "2m",
     ])
     .await;
-}
-
-/// Polls `check` every 250 ms for up to 120 s; fails with `what` and the operator's log.
-async fn poll<T, F, Fut>(what: &str, log: &dyn Fn() -> String, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; operator log:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    diagnostics.passed();
 }
 
 #[test]

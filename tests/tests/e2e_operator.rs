@@ -3,11 +3,9 @@
 //! test restricted to the test's namespace; the enforcer is the real `ordo-enforcer` binary.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -29,45 +27,15 @@ use ordo_enforcer::report::{
     TrafficCounters,
 };
 use ordo_operator::crd::{ApiProtection, SequenceRule};
-use ordo_tests::cluster::{self, TestCluster, workspace_root};
+use ordo_tests::cluster::TestCluster;
+use ordo_tests::e2e::{self, Diagnostics, Proc, or_seen, wait_for};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------
-// Support: binaries, certificates, processes, waiting.
+// Support: certificates, the operator process, objects.
 // ---------------------------------------------------------------------------------------
-
-/// Builds `ordo-operator` and `ordo-enforcer` once per test binary; returns the directory.
-fn binaries() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .current_dir(workspace_root())
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "ordo-operator",
-                    "-p",
-                    "ordo-enforcer",
-                    "--bins",
-                ])
-                .status()
-                .map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build of the binaries failed: {status}"));
-            }
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"));
-            Ok(target.join("debug"))
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
 
 /// A CA and a serving certificate for 127.0.0.1 (the operator's HTTPS server).
 struct Pki {
@@ -116,136 +84,58 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A child process killed when dropped, with its output in a log file.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Proc {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// Waits for the process to exit by itself; returns its exit code.
-    async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "process did not exit within {timeout:?}; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Operator {
     proc: Proc,
     https_port: u16,
 }
 
-/// Starts `ordo-operator` for one namespace.
+/// Starts `ordo-operator` for one namespace, its output in `log`.
 fn start_operator(
     cluster: &TestCluster,
     namespace: &str,
     pki: &Pki,
     https_port: u16,
     extra: &[&str],
+    log: &Path,
 ) -> anyhow::Result<Operator> {
-    let bin = binaries()?.join("ordo-operator");
-    let dir = tempfile::tempdir()?;
-    let log = dir.path().join("operator.log");
-    let out = std::fs::File::create(&log)?;
+    let bin = e2e::binaries()?.join("ordo-operator");
     let health = free_port()?;
-    let child = Command::new(bin)
-        .env("KUBECONFIG", cluster.kubeconfig_path())
-        .env("RUST_LOG", "info,ordo_operator=debug")
-        .args(["--https-addr", &format!("127.0.0.1:{https_port}")])
-        .args(["--health-addr", &format!("127.0.0.1:{health}")])
-        .arg("--tls-cert")
-        .arg(&pki.cert)
-        .arg("--tls-key")
-        .arg(&pki.key)
-        .args(["--report-url", &format!("https://127.0.0.1:{https_port}")])
-        .arg("--report-ca-file")
-        .arg(&pki.ca)
-        .args([
-            "--report-interval-seconds",
-            "1",
-            "--status-refresh-seconds",
-            "1",
-        ])
-        .args([
-            "--watch-namespace",
-            namespace,
-            "--lease-namespace",
-            namespace,
-        ])
-        .args([
-            "--enforcer-image",
-            "ordo-enforcer:e2e",
-            "--log-format",
-            "text",
-        ])
-        .args(extra)
-        .stdout(Stdio::from(out.try_clone()?))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .context("starting ordo-operator")?;
-    Ok(Operator {
-        proc: Proc {
-            child,
-            log,
-            _dir: dir,
-        },
-        https_port,
-    })
-}
-
-/// Polls `check` until it yields a value or `timeout` passes; the error names `what` and
-/// the last problem seen.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("not yet");
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(err) => last = format!("{err:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn setup(prefix: &str) -> anyhow::Result<(&'static TestCluster, Client, String)> {
-    let cluster = cluster::shared().await?;
-    cluster.install_crds(&workspace_root().join("crds")).await?;
-    let client = cluster.client().await?;
-    let namespace = cluster.namespace(prefix).await?;
-    Ok((cluster, client, namespace))
+    let proc = Proc::spawn(
+        Command::new(bin)
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("RUST_LOG", "info,ordo_operator=debug")
+            .args(["--https-addr", &format!("127.0.0.1:{https_port}")])
+            .args(["--health-addr", &format!("127.0.0.1:{health}")])
+            .arg("--tls-cert")
+            .arg(&pki.cert)
+            .arg("--tls-key")
+            .arg(&pki.key)
+            .args(["--report-url", &format!("https://127.0.0.1:{https_port}")])
+            .arg("--report-ca-file")
+            .arg(&pki.ca)
+            .args([
+                "--report-interval-seconds",
+                "1",
+                "--status-refresh-seconds",
+                "1",
+            ])
+            .args([
+                "--watch-namespace",
+                namespace,
+                "--lease-namespace",
+                namespace,
+            ])
+            .args([
+                "--enforcer-image",
+                "ordo-enforcer:e2e",
+                "--log-format",
+                "text",
+            ])
+            .args(extra),
+        log,
+    )
+    .context("starting ordo-operator")?;
+    Ok(Operator { proc, https_port })
 }
 
 fn original_selector() -> BTreeMap<String, String> {
@@ -323,6 +213,22 @@ fn condition<'a>(
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// Each Event's reason and the name of the object it is about (what a poll for an Event saw).
+fn event_reasons(events: &[Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.regarding
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 async fn wait_ready(
     api: &Api<ApiProtection>,
     name: &str,
@@ -334,7 +240,7 @@ async fn wait_ready(
         match condition(&status.conditions, "Ready") {
             Some(c) if c.status == "True" => Ok(Some(p)),
             Some(c) => Err(anyhow!("Ready={} {}: {}", c.status, c.reason, c.message)),
-            None => Ok(None),
+            None => Err(anyhow!("no Ready condition; status {status:?}")),
         }
     })
     .await
@@ -363,7 +269,14 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     wait_for(&format!("{name} to be deleted"), WAIT, || async {
-        Ok(api.get_opt(name).await?.is_none().then_some(()))
+        match api.get_opt(name).await? {
+            None => Ok(Some(())),
+            Some(object) => Err(anyhow!(
+                "{name} still exists (deletionTimestamp {:?}, finalizers {:?})",
+                object.meta().deletion_timestamp,
+                object.meta().finalizers
+            )),
+        }
     })
     .await
 }
@@ -375,9 +288,17 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_creates_hardened_enforcers_and_deletion_restores_the_service()
 -> anyhow::Result<()> {
-    let (cluster, client, ns) = setup("op-takeover").await?;
+    let (cluster, client, ns) = e2e::setup("op-takeover").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
-    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let operator = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        free_port()?,
+        &[],
+        &diagnostics.new_log("operator")?,
+    )?;
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let original = create_app_service(&client, &ns).await?;
     let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
@@ -533,14 +454,16 @@ async fn takeover_creates_hardened_enforcers_and_deletion_restores_the_service()
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     wait_for("a Ready Event", WAIT, || async {
         let list = events.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("Ready")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bank-api")
-            })
-            .then_some(()))
+        or_seen(
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("Ready")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bank-api")
+                })
+                .then_some(()),
+            || format!("Event reasons {:?}", event_reasons(&list.items)),
+        )
     })
     .await?;
 
@@ -588,13 +511,15 @@ async fn takeover_creates_hardened_enforcers_and_deletion_restores_the_service()
             .await?
             .is_none()
     );
+    diagnostics.passed();
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_between_origin_and_selector_converges_after_restart() -> anyhow::Result<()>
 {
-    let (cluster, client, ns) = setup("op-crash").await?;
+    let (cluster, client, ns) = e2e::setup("op-crash").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     create_app_service(&client, &ns).await?;
@@ -613,6 +538,7 @@ async fn operator_killed_between_origin_and_selector_converges_after_restart() -
         &pki,
         port,
         &["--exit-after-routing-step", "origin-applied"],
+        &diagnostics.new_log("operator (exits after origin-applied)")?,
     )?;
     let code = crashing.proc.wait_exit(WAIT).await?;
     assert_eq!(code, Some(75), "log:\n{}", crashing.proc.log_tail());
@@ -635,7 +561,14 @@ async fn operator_killed_between_origin_and_selector_converges_after_restart() -
     drop(crashing);
 
     // A restarted operator finishes the takeover from there.
-    let operator = start_operator(cluster, &ns, &pki, port, &[])?;
+    let operator = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        port,
+        &[],
+        &diagnostics.new_log("operator (restarted)")?,
+    )?;
     wait_ready(&api, "bank-api", &operator).await?;
     let taken = services.get("bank-api").await?;
     assert_eq!(
@@ -662,14 +595,23 @@ async fn operator_killed_between_origin_and_selector_converges_after_restart() -
         Some(original_selector())
     );
     assert!(services.get_opt("bank-api-origin").await?.is_none());
+    diagnostics.passed();
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_target_creates_nothing_and_says_why() -> anyhow::Result<()> {
-    let (cluster, client, ns) = setup("op-missing").await?;
+    let (cluster, client, ns) = e2e::setup("op-missing").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
-    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let operator = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        free_port()?,
+        &[],
+        &diagnostics.new_log("operator")?,
+    )?;
     let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
     api.create(
         &PostParams::default(),
@@ -679,9 +621,12 @@ async fn missing_target_creates_nothing_and_says_why() -> anyhow::Result<()> {
     let status = wait_for("TargetResolved=False", WAIT, || async {
         let p = api.get("bank-api").await?;
         let status = p.status.unwrap_or_default();
-        Ok(condition(&status.conditions, "TargetResolved")
-            .filter(|c| c.status == "False")
-            .map(|c| (c.reason.clone(), c.message.clone())))
+        or_seen(
+            condition(&status.conditions, "TargetResolved")
+                .filter(|c| c.status == "False")
+                .map(|c| (c.reason.clone(), c.message.clone())),
+            || format!("conditions {:?}", status.conditions),
+        )
     })
     .await
     .with_context(|| operator.proc.log_tail())?;
@@ -699,6 +644,7 @@ async fn missing_target_creates_nothing_and_says_why() -> anyhow::Result<()> {
             .await?
             .is_none()
     );
+    diagnostics.passed();
     Ok(())
 }
 
@@ -708,9 +654,17 @@ async fn missing_target_creates_nothing_and_says_why() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow::Result<()> {
-    let (cluster, client, ns) = setup("op-rules").await?;
+    let (cluster, client, ns) = e2e::setup("op-rules").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
-    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let operator = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        free_port()?,
+        &[],
+        &diagnostics.new_log("operator")?,
+    )?;
     let original = create_app_service(&client, &ns).await?;
     let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
     api.create(
@@ -757,15 +711,22 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
     };
     wait_for("the rule in the rendered config", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((rule_names(&config) == vec![("balance-before-transfer".to_owned(), 10)]).then_some(()))
+        let names = rule_names(&config);
+        or_seen(
+            (names == vec![("balance-before-transfer".to_owned(), 10)]).then_some(()),
+            || format!("rendered rules {names:?}"),
+        )
     })
     .await?;
     let accepted = wait_for("rule Accepted", WAIT, || async {
         let r = rules.get("balance-before-transfer").await?;
         let status = r.status.unwrap_or_default();
-        Ok(condition(&status.conditions, "Accepted")
-            .filter(|c| c.status == "True")
-            .map(|_| status.clone()))
+        or_seen(
+            condition(&status.conditions, "Accepted")
+                .filter(|c| c.status == "True")
+                .map(|_| status.clone()),
+            || format!("rule status {status:?}"),
+        )
     })
     .await?;
     assert_eq!(
@@ -782,21 +743,23 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
         )
         .await?;
     let rejected = wait_for("broken rule Accepted=False", WAIT, || async {
-        let r = rules.get("broken").await?;
-        Ok(
-            condition(&r.status.unwrap_or_default().conditions, "Accepted")
+        let status = rules.get("broken").await?.status.unwrap_or_default();
+        or_seen(
+            condition(&status.conditions, "Accepted")
                 .filter(|c| c.status == "False")
                 .map(|c| c.message.clone()),
+            || format!("rule status {status:?}"),
         )
     })
     .await?;
     assert!(rejected.contains("spec.requires.operation"), "{rejected}");
-    wait_for("RulesAccepted=False", WAIT, || async {
-        let p = api.get("bank-api").await?;
-        Ok(
-            condition(&p.status.unwrap_or_default().conditions, "RulesAccepted")
+    wait_for("RulesAccepted=False naming rule broken", WAIT, || async {
+        let status = api.get("bank-api").await?.status.unwrap_or_default();
+        or_seen(
+            condition(&status.conditions, "RulesAccepted")
                 .filter(|c| c.status == "False" && c.message.contains("broken"))
                 .map(|_| ()),
+            || format!("conditions {:?}", status.conditions),
         )
     })
     .await?;
@@ -826,18 +789,29 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
         .await?;
     wait_for("both rules by priority", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((rule_names(&config)
-            == vec![
-                ("balance-before-payee".to_owned(), 50),
-                ("balance-before-transfer".to_owned(), 20),
-            ])
-        .then_some(()))
+        let names = rule_names(&config);
+        or_seen(
+            (names
+                == vec![
+                    ("balance-before-payee".to_owned(), 50),
+                    ("balance-before-transfer".to_owned(), 20),
+                ])
+            .then_some(()),
+            || format!("rendered rules {names:?}"),
+        )
     })
     .await?;
-    wait_for("edited rule observed", WAIT, || async {
-        let r = rules.get("balance-before-transfer").await?;
-        Ok((r.status.and_then(|s| s.observed_generation) == Some(2)).then_some(()))
-    })
+    wait_for(
+        "edited rule observed (observedGeneration 2)",
+        WAIT,
+        || async {
+            let r = rules.get("balance-before-transfer").await?;
+            let observed = r.status.and_then(|s| s.observed_generation);
+            or_seen((observed == Some(2)).then_some(()), || {
+                format!("observedGeneration {observed:?}")
+            })
+        },
+    )
     .await?;
 
     // Deleting a rule removes it from the config.
@@ -846,9 +820,14 @@ async fn sequence_rules_change_the_rendered_config_and_their_status() -> anyhow:
         .await?;
     wait_for("deleted rule gone from the config", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((rule_names(&config) == vec![("balance-before-payee".to_owned(), 50)]).then_some(()))
+        let names = rule_names(&config);
+        or_seen(
+            (names == vec![("balance-before-payee".to_owned(), 50)]).then_some(()),
+            || format!("rendered rules {names:?}"),
+        )
     })
     .await?;
+    diagnostics.passed();
     Ok(())
 }
 
@@ -974,9 +953,17 @@ impl ReportSource for StaticSource {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result<()> {
-    let (cluster, client, ns) = setup("op-report").await?;
+    let (cluster, client, ns) = e2e::setup("op-report").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
-    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let operator = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        free_port()?,
+        &[],
+        &diagnostics.new_log("operator")?,
+    )?;
     create_app_service(&client, &ns).await?;
     let api: Api<ApiProtection> = Api::namespaced(client.clone(), &ns);
     api.create(
@@ -999,7 +986,9 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
     wait_ready(&api, "bank-api", &operator).await?;
     wait_for("the rule in the rendered config", WAIT, || async {
         let (_, config) = rendered_config(&client, &ns, "bank-api").await?;
-        Ok((config.rules.len() == 1).then_some(()))
+        or_seen((config.rules.len() == 1).then_some(()), || {
+            format!("rendered rules {:?}", config.rules)
+        })
     })
     .await?;
 
@@ -1026,19 +1015,13 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
     let report_url = report.url.clone();
     let config_file = dir.path().join("enforcer.yaml");
     std::fs::write(&config_file, serde_yaml_ng::to_string(&config)?)?;
-    let log = dir.path().join("enforcer.log");
-    let out = std::fs::File::create(&log)?;
-    let enforcer = Proc {
-        child: Command::new(binaries()?.join("ordo-enforcer"))
+    let enforcer = Proc::spawn(
+        Command::new(e2e::binaries()?.join("ordo-enforcer"))
             .arg("--config")
-            .arg(&config_file)
-            .stdout(Stdio::from(out.try_clone()?))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .context("starting ordo-enforcer")?,
-        log,
-        _dir: tempfile::tempdir()?,
-    };
+            .arg(&config_file),
+        &diagnostics.new_log("enforcer")?,
+    )
+    .context("starting ordo-enforcer")?;
 
     // Simulated traffic: honest sessions look at a balance before they transfer; one
     // session transfers without looking.
@@ -1046,10 +1029,9 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     wait_for("the enforcer to answer", WAIT, || async {
-        Ok(send(&http, proxy_port, "probe", "GET", "/api/v1/health")
+        send(&http, proxy_port, "probe", "GET", "/api/v1/health")
             .await
-            .ok()
-            .map(|_| ()))
+            .map(|_| Some(()))
     })
     .await
     .with_context(|| enforcer.log_tail())?;
@@ -1140,18 +1122,30 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     wait_for("an IncidentDetected Event", WAIT, || async {
         let list = events.list(&ListParams::default()).await?;
-        Ok(list
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("IncidentDetected"))
-            .then_some(()))
+        or_seen(
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("IncidentDetected"))
+                .then_some(()),
+            || format!("Event reasons {:?}", event_reasons(&list.items)),
+        )
     })
     .await?;
-    wait_for("rule matches in status", WAIT, || async {
-        let r = rules.get("balance-before-transfer").await?;
-        Ok(r.status
-            .filter(|s| s.matches >= 3 && s.last_match.is_some())
-            .map(|_| ()))
+    wait_for("at least 3 rule matches in status", WAIT, || async {
+        let status = rules.get("balance-before-transfer").await?.status;
+        or_seen(
+            status
+                .as_ref()
+                .filter(|s| s.matches >= 3 && s.last_match.is_some())
+                .map(|_| ()),
+            || {
+                format!(
+                    "matches {:?}, lastMatch {:?}",
+                    status.as_ref().map(|s| s.matches),
+                    status.as_ref().map(|s| s.last_match.clone())
+                )
+            },
+        )
     })
     .await?;
     let model_cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
@@ -1210,6 +1204,7 @@ async fn enforcer_reports_learning_and_incidents_into_status() -> anyhow::Result
         .await;
     assert!(accepted.is_ok(), "{accepted:?}");
     drop(enforcer);
+    diagnostics.passed();
     Ok(())
 }
 
@@ -1265,9 +1260,17 @@ fn denial(result: Result<impl Sized, kube::Error>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_denies_invalid_resources_naming_the_field_and_allows_valid_ones()
 -> anyhow::Result<()> {
-    let (cluster, client, ns) = setup("op-webhook").await?;
+    let (cluster, client, ns) = e2e::setup("op-webhook").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
-    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let operator = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        free_port()?,
+        &[],
+        &diagnostics.new_log("operator")?,
+    )?;
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let config_name = format!("ordo-e2e-{ns}");
     let config = ValidatingWebhookConfiguration {
@@ -1305,7 +1308,9 @@ async fn webhook_denies_invalid_resources_naming_the_field_and_allows_valid_ones
     configs
         .delete(&config_name, &DeleteParams::default())
         .await?;
-    outcome
+    outcome?;
+    diagnostics.passed();
+    Ok(())
 }
 
 async fn run_webhook_checks(client: &Client, ns: &str, operator: &Operator) -> anyhow::Result<()> {
@@ -1426,7 +1431,8 @@ async fn only_one_candidate_leads_and_a_standby_takes_over_an_abandoned_lease() 
 {
     use k8s_openapi::api::coordination::v1::Lease;
     use ordo_operator::leader::{Attempt, LeaderElector, LeaseTiming};
-    let (_, client, ns) = setup("op-lease").await?;
+    let (cluster, client, ns) = e2e::setup("op-lease").await?;
+    let diagnostics = Diagnostics::new(cluster, &ns);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let timing = LeaseTiming {
         lease_duration: Duration::from_secs(3),
@@ -1448,10 +1454,13 @@ async fn only_one_candidate_leads_and_a_standby_takes_over_an_abandoned_lease() 
     let started = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(15);
     while b.try_acquire_or_renew().await? != Attempt::Leading {
-        assert!(
-            Instant::now() < deadline,
-            "b did not take over an abandoned Lease"
-        );
+        if Instant::now() >= deadline {
+            let lease = leases.get("ordo-operator").await?;
+            bail!(
+                "b did not take over an abandoned Lease within 15 s; the Lease: {:?}",
+                lease.spec
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
@@ -1467,6 +1476,7 @@ async fn only_one_candidate_leads_and_a_standby_takes_over_an_abandoned_lease() 
     // A released Lease is taken at once.
     b.release().await;
     assert_eq!(a.try_acquire_or_renew().await?, Attempt::Leading);
+    diagnostics.passed();
     Ok(())
 }
 
@@ -1502,7 +1512,8 @@ async fn report_endpoint(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_service_follows_the_leader_through_handover_and_crash() -> anyhow::Result<()> {
-    let (cluster, client, ns) = setup("op-leader-ep").await?;
+    let (cluster, client, ns) = e2e::setup("op-leader-ep").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
     // The chart's report Service: no selector, the leader provides its endpoint.
     let service: Service = serde_json::from_value(json!({
@@ -1516,7 +1527,8 @@ async fn the_report_service_follows_the_leader_through_handover_and_crash() -> a
         Api::namespaced(client.clone(), &ns);
     // Every replica listens on loopback; the API server refuses loopback endpoint addresses,
     // so each publishes a distinct stand-in Pod IP (nothing routes to it in this test).
-    let replica = |identity: &'static str, pod_ip: &'static str| -> anyhow::Result<Operator> {
+    let mut replica = |identity: &'static str, pod_ip: &'static str| -> anyhow::Result<Operator> {
+        let log = diagnostics.new_log(&format!("operator {identity}"))?;
         start_operator(
             cluster,
             &ns,
@@ -1530,6 +1542,7 @@ async fn the_report_service_follows_the_leader_through_handover_and_crash() -> a
                 "--pod-ip",
                 pod_ip,
             ],
+            &log,
         )
     };
     let points_at = |pod_ip: &'static str, port: u16| {
@@ -1537,10 +1550,14 @@ async fn the_report_service_follows_the_leader_through_handover_and_crash() -> a
         move || {
             let slices = slices.clone();
             async move {
-                Ok(report_endpoint(&slices)
-                    .await?
-                    .filter(|(address, p)| address == pod_ip && *p == i32::from(port))
-                    .map(|_| ()))
+                let endpoint = report_endpoint(&slices).await?;
+                or_seen(
+                    endpoint
+                        .as_ref()
+                        .filter(|(address, p)| address == pod_ip && *p == i32::from(port))
+                        .map(|_| ()),
+                    || format!("the report Service's endpoint is {endpoint:?}"),
+                )
             }
         }
     };
@@ -1571,7 +1588,7 @@ async fn the_report_service_follows_the_leader_through_handover_and_crash() -> a
 
     // Graceful hand-over: a withdraws its address before releasing the Lease; b publishes its own.
     let status = Command::new("kill")
-        .args(["-TERM", &a.proc.child.id().to_string()])
+        .args(["-TERM", &a.proc.id().to_string()])
         .status()?;
     assert!(status.success());
     assert_eq!(a.proc.wait_exit(Duration::from_secs(30)).await?, Some(0));
@@ -1612,6 +1629,7 @@ async fn the_report_service_follows_the_leader_through_handover_and_crash() -> a
         401,
         "the leader must authenticate reports (and refuse a bogus token)"
     );
+    diagnostics.passed();
     Ok(())
 }
 
@@ -1662,11 +1680,12 @@ async fn wait_accepted(
         &format!("rule {name} Accepted={status} ({reason})"),
         WAIT,
         || async {
-            let rule = rules.get(name).await?;
-            Ok(
-                condition(&rule.status.unwrap_or_default().conditions, "Accepted")
+            let conditions = rules.get(name).await?.status.unwrap_or_default().conditions;
+            or_seen(
+                condition(&conditions, "Accepted")
                     .filter(|c| c.status == status && c.reason == reason)
                     .map(|c| c.message.clone()),
+                || format!("conditions {conditions:?}"),
             )
         },
     )
@@ -1676,9 +1695,17 @@ async fn wait_accepted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_without_its_protection_says_so_until_the_protection_exists() -> anyhow::Result<()> {
-    let (cluster, client, ns) = setup("op-orphan-rule").await?;
+    let (cluster, client, ns) = e2e::setup("op-orphan-rule").await?;
+    let mut diagnostics = Diagnostics::new(cluster, &ns);
     let pki = pki()?;
-    let operator = start_operator(cluster, &ns, &pki, free_port()?, &[])?;
+    let operator = start_operator(
+        cluster,
+        &ns,
+        &pki,
+        free_port()?,
+        &[],
+        &diagnostics.new_log("operator")?,
+    )?;
     let rules: Api<SequenceRule> = Api::namespaced(client.clone(), &ns);
     rules
         .create(
@@ -1718,5 +1745,6 @@ async fn a_rule_without_its_protection_says_so_until_the_protection_exists() -> 
         .await?;
     wait_deleted(&protections, "bank-api").await?;
     wait_accepted(&rules, "early", "False", "ProtectionNotFound", &operator).await?;
+    diagnostics.passed();
     Ok(())
 }

@@ -157,7 +157,9 @@ async fn every_spec_change_reaches_the_enforcer() -> anyhow::Result<()> {
         || async {
             let (_, text) = http::get(&metrics_url, None).await?;
             let count = metric(&text, "ordo_operator_config_propagation_seconds_count");
-            Ok((count >= 1.0).then_some(count))
+            e2e::or_seen((count >= 1.0).then_some(count), || {
+                format!("ordo_operator_config_propagation_seconds_count {count}")
+            })
         },
     )
     .await?;
@@ -214,12 +216,17 @@ async fn every_spec_change_reaches_the_enforcer() -> anyhow::Result<()> {
                     e2e::wait_for("the operator to measure the change", BOUND, || async {
                         let (_, text) = http::get(&metrics_url, None).await?;
                         let count = metric(&text, "ordo_operator_config_propagation_seconds_count");
-                        Ok((count > observed).then_some(count))
+                        e2e::or_seen((count > observed).then_some(count), || {
+                            format!("ordo_operator_config_propagation_seconds_count {count}")
+                        })
                     })
                     .await;
                 match measured {
                     Ok(count) => observed = count,
-                    Err(_) => unmeasured.push(change),
+                    Err(err) => {
+                        eprintln!("change {change} was not measured: {err:#}");
+                        unmeasured.push(change);
+                    }
                 }
             }
             None => {

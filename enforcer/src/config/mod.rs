@@ -492,7 +492,7 @@ fn default_block() -> Action {
     Action::Block
 }
 
-/// A declared rule about order (DESIGN §3). Exactly one of `requires`, `forbids`,
+/// A declared rule about order (docs/rules-cookbook.md). Exactly one of `requires`, `forbids`,
 /// `maxRepeat`, `minInterval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

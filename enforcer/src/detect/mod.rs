@@ -1,4 +1,4 @@
-//! Learned anomaly detectors (issue 4): each compares one request with the learned model and
+//! Learned anomaly detectors (docs/detection.md): each compares one request with the learned model and
 //! may emit a [`Finding`](crate::finding::Finding) with evidence and a deterministic
 //! plain-language explanation. [`LearnedAnalyzer`] runs them and feeds the model.
 

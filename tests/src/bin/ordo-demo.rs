@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         seed: cli.seed,
         max_learning: Duration::from_secs(cli.max_learning_seconds.max(10)),
         k8s_bin_dir: cli.k8s_bin_dir,
+        verify: None,
     };
     // Ctrl-C at any point drops the demo: every process it started is stopped by the
     // supervisors' drop (and by their reapers if this process dies harder).

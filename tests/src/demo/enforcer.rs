@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Api, PostParams};
@@ -131,21 +131,24 @@ pub async fn wait_for_config(
     timeout: Duration,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(map) = maps.get_opt(name).await?
-            && let Some(data) = map.data
-            && data.contains_key(CONFIG_KEY)
-        {
-            return Ok(data);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(anyhow!(
-                "ConfigMap {namespace}/{name} with {CONFIG_KEY} did not appear within {timeout:?}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    crate::e2e::wait_for(
+        &format!("ConfigMap {namespace}/{name} with {CONFIG_KEY}"),
+        timeout,
+        || async {
+            match maps.get_opt(name).await? {
+                None => bail!("no ConfigMap {name}"),
+                Some(map) => {
+                    let data = map.data.unwrap_or_default();
+                    if data.contains_key(CONFIG_KEY) {
+                        Ok(Some(data))
+                    } else {
+                        bail!("ConfigMap {name} has keys {:?}", data.keys())
+                    }
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// Keeps the local config file in step with the ConfigMap, like the kubelet refreshes a

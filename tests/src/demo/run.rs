@@ -109,6 +109,10 @@ pub struct Options {
     pub max_learning: Duration,
     /// Directory of the control-plane binaries (default: the build.sh cache).
     pub k8s_bin_dir: Option<PathBuf>,
+    /// Checks of the finished report (the end-to-end test's assertions), run before anything
+    /// is stopped: when one panics, the demo's [`Diagnostics`] prints the operator's, the
+    /// enforcer's and the control plane's logs and the objects while they still exist.
+    pub verify: Option<fn(&DemoReport)>,
 }
 
 fn target_dir(debug: bool) -> PathBuf {
@@ -822,14 +826,17 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
 
     println!();
     println!("Demo ran in {:.0}s.", started.elapsed().as_secs_f64());
-    diagnostics.passed();
     if options.keep {
+        diagnostics.passed();
         keep_running(&cluster, &dir, &addrs, operator.health).await;
         drop(sync);
         supervisor.shutdown();
         return Ok(report);
     }
 
+    diagnostics
+        .snapshot("before ApiProtection bank-api was deleted")
+        .await;
     let step = Step::start("Deleting ApiProtection bank-api");
     protections
         .delete(PROTECTION, &DeleteParams::foreground())
@@ -858,6 +865,10 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
         )),
         None => step.fail(),
     }
+    if let Some(verify) = options.verify {
+        verify(&report);
+    }
+    diagnostics.passed();
     let step = Step::start("Stopping everything");
     drop(sync);
     bank.shutdown();

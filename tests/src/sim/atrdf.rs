@@ -1,5 +1,5 @@
-//! Replay benchmark on ATRDF dataset 1 (labelled request/response pairs; see
-//! `shared/data/atrdf/README.md`). The dataset has no multi-request sessions, so only the
+//! Replay benchmark on ATRDF dataset 1 (labelled request/response pairs; docs/detection.md
+//! says where it comes from). The dataset has no multi-request sessions, so only the
 //! per-request detectors take part (unknown endpoint and request shape); sequence, volume,
 //! enumeration and stuffing are switched off. The model learns from a seeded split of the
 //! benign records (every training record counts as a successful exchange: the response, which

@@ -3,12 +3,12 @@
 //! Why not hyper's client: with it, every request crossed to the connection's own task over a
 //! channel, and the response head and every body chunk came back over two more; the request
 //! head went through a header map built for it and the response through hyper's dispatcher on
-//! both sides (issue 7's profiles: the upstream connection task alone was ~8 % of the proxy's
-//! CPU). A proxy in front of one upstream can do what nginx does instead: the task that
-//! decided the request writes its head (and body) on a pooled connection, reads the response
-//! head, and hands the client a body that reads the rest from the same connection. A response
-//! whose body arrived with its head (most API responses) is answered from memory and its
-//! connection is back in the pool before the client has it.
+//! both sides (in the CPU profiles behind docs/benchmarks.md, the upstream connection task
+//! alone was ~8 % of the proxy's CPU). A proxy in front of one upstream can do what nginx
+//! does instead: the task that decided the request writes its head (and body) on a pooled
+//! connection, reads the response head, and hands the client a body that reads the rest from
+//! the same connection. A response whose body arrived with its head (most API responses) is
+//! answered from memory and its connection is back in the pool before the client has it.
 //!
 //! Connections are kept per proxy worker (a shard each), since a socket belongs to the runtime
 //! that opened it. An idle connection that the upstream closed is noticed from the readiness the
