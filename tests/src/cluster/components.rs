@@ -223,6 +223,7 @@ mod tests {
                 admin: pair("admin"),
                 controller_manager: pair("controller-manager"),
                 scheduler: pair("scheduler"),
+                node: pair("node"),
                 front_proxy_ca: pair("front-proxy-ca"),
                 front_proxy_client: pair("front-proxy-client"),
                 service_account_key: PathBuf::from("/d/sa.key"),
