@@ -133,6 +133,13 @@ impl NodeLayout {
         self.dir.join(name)
     }
 
+    /// The bridge's address on the host: the Pods' gateway and the Node's InternalIP, where
+    /// the kubelet listens (so the API server reaches it for logs and exec).
+    pub fn gateway(&self) -> String {
+        let network = self.pod_subnet.trim_end_matches(".0/24");
+        format!("{network}.1")
+    }
+
     /// containerd's socket.
     pub fn socket(&self) -> PathBuf {
         self.path("containerd.sock")
@@ -174,7 +181,32 @@ pub fn prepare(l: &NodeLayout) -> anyhow::Result<()> {
     write(&l.path("containerd.toml"), &containerd_config(l))?;
     write(&l.path("cni/net.d/10-ordo.conflist"), &cni_config(l))?;
     write(&l.path("kubelet.yaml"), &kubelet_config(l))?;
-    create_cgroups(&l.cgroup)
+    create_cgroups(&l.cgroup)?;
+    create_bridge(l)
+}
+
+/// The bridge with the gateway address, before the kubelet needs its node IP (the CNI
+/// plugin finds and keeps it).
+fn create_bridge(l: &NodeLayout) -> anyhow::Result<()> {
+    let address = format!("{}/24", l.gateway());
+    for args in [
+        vec!["link", "add", "name", &l.bridge, "type", "bridge"],
+        vec!["addr", "add", &address, "dev", &l.bridge],
+        vec!["link", "set", &l.bridge, "up"],
+    ] {
+        let output = Command::new("ip")
+            .args(&args)
+            .output()
+            .context("running ip (iproute2)")?;
+        if !output.status.success() {
+            bail!(
+                "ip {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -294,7 +326,7 @@ fn kubelet_config(l: &NodeLayout) -> String {
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": format!("/{}", l.cgroup),
         "containerRuntimeEndpoint": format!("unix://{}", l.socket().display()),
-        "address": "127.0.0.1",
+        "address": l.gateway(),
         "port": l.kubelet_port,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
@@ -376,12 +408,13 @@ pub fn kubelet_command(
         script,
         "exec nsenter --mount=/proc/{containerd_pid}/ns/mnt -- '{bin}/kubelet' \
          --config='{config}' --kubeconfig='{kubeconfig}' --root-dir='{root}' \
-         --cert-dir='{root}/pki' --hostname-override={REAL_NODE_NAME} --node-ip=127.0.0.1 \
+         --cert-dir='{root}/pki' --hostname-override={REAL_NODE_NAME} --node-ip={gateway} \
          --node-labels=type=real --v=2",
         bin = l.bin_dir.display(),
         config = l.path("kubelet.yaml").display(),
         kubeconfig = l.kubeconfig.display(),
         root = l.path("kubelet").display(),
+        gateway = l.gateway(),
     );
     Ok((PathBuf::from("sh"), vec!["-c".to_owned(), script]))
 }
@@ -452,11 +485,11 @@ mod tests {
     }
 
     #[test]
-    fn kubelet_runs_on_loopback_under_the_node_cgroup_with_cgroup_v1_allowed() {
+    fn kubelet_listens_on_the_bridge_under_the_node_cgroup_with_cgroup_v1_allowed() {
         let config: serde_json::Value = serde_json::from_str(&kubelet_config(&layout())).unwrap();
         assert_eq!(config["failCgroupV1"], false);
         assert_eq!(config["cgroupRoot"], "/ordo-00ab");
-        assert_eq!(config["address"], "127.0.0.1");
+        assert_eq!(config["address"], "10.245.7.1");
         assert_eq!(config["port"], 2001);
         assert_eq!(config["readOnlyPort"], 0);
         assert_eq!(

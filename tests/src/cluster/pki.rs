@@ -37,6 +37,9 @@ pub struct Credentials {
     /// The kubelet of the real node (`system:node:<name>` in `system:nodes`, as the Node
     /// authorizer and the NodeRestriction admission plugin expect); unused without one.
     pub node: CertFiles,
+    /// The API server's client certificate towards kubelets (logs, exec), in
+    /// `system:masters` as the kubelet's webhook authorizer must allow it everything.
+    pub apiserver_kubelet_client: CertFiles,
     /// Trust anchor for request-header authentication (`--requestheader-client-ca-file`).
     pub front_proxy_ca: CertFiles,
     /// The API server's client certificate towards extension API servers.
@@ -90,6 +93,11 @@ pub fn generate(dir: &Path, service_ip: IpAddr) -> anyhow::Result<Credentials> {
         &format!("system:node:{}", super::node::REAL_NODE_NAME),
         Some("system:nodes"),
     )?;
+    let apiserver_kubelet_client = client(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+    )?;
 
     let (front_proxy_ca, front_proxy_issuer) =
         certificate_authority(dir, "front-proxy-ca", "ordo-test-front-proxy-ca")?;
@@ -116,6 +124,7 @@ pub fn generate(dir: &Path, service_ip: IpAddr) -> anyhow::Result<Credentials> {
         controller_manager,
         scheduler,
         node,
+        apiserver_kubelet_client,
         front_proxy_ca,
         front_proxy_client,
         service_account_key,
@@ -218,6 +227,7 @@ mod tests {
             &creds.controller_manager,
             &creds.scheduler,
             &creds.node,
+            &creds.apiserver_kubelet_client,
             &creds.front_proxy_ca,
             &creds.front_proxy_client,
         ] {
