@@ -14,10 +14,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Method};
 use ordo_bench::mix::{CYCLE, SessionVars, request};
 use ordo_bench::scenario::{self, EnforcerMode, EnforcerParams, JWT_SECRET, OPENAPI_YAML};
-use ordo_enforcer::analysis::{Analyzer, RequestContext, RequestScratch, ResponseSummary};
 use ordo_enforcer::config::{EnforcerConfig, parse_yaml};
 use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::detect::session_state::SessionState;
+use ordo_enforcer::detect::{Analyzer, RequestContext, RequestScratch, ResponseSummary};
 use ordo_enforcer::operation::{OperationResolver, parse_query};
 use ordo_enforcer::policy::{CompiledPolicy, CounterRegistry, compile};
 use ordo_enforcer::session::jwt::JwtVerifier;
@@ -207,7 +207,7 @@ fn benches(c: &mut Criterion) {
     });
 
     // 2. Session table: find one of 100,000 live sessions (sharded map, hashed key).
-    let table = SessionTable::new(250_000, std::time::Duration::from_secs(1800));
+    let table = SessionTable::<SessionState>::new(250_000, std::time::Duration::from_secs(1800));
     let keys: Vec<String> = (0..100_000u64)
         .map(|i| format!("jwt:sub=cust-{i:07}"))
         .collect();
@@ -400,7 +400,7 @@ fn benches(c: &mut Criterion) {
                 let ctx = RequestContext {
                     now_ms: now,
                     session: &key,
-                    session_source: source.unwrap_or(SessionSource::ClientIp),
+                    session_source: source.map_or(SessionSource::ClientIp, |i| i.source),
                     client,
                     method: &r.method,
                     operation: &resolved.template.op,

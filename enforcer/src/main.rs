@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use ordo_enforcer::config::load_file;
+use ordo_enforcer::config::ConfigWatcher;
 use ordo_enforcer::detect::LearnedAnalyzer;
-use ordo_enforcer::proxy::{ReloadHook, StartOptions, start_with_options};
+use ordo_enforcer::runtime::{EnforcerSource, ReloadHook, StartOptions, start_with_options};
 
 /// mimalloc instead of glibc malloc: the per-request path (hyper buffers, header maps, boxed
 /// futures, the analyzer's scratch) allocates and frees many small blocks, which glibc's
@@ -79,8 +79,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args);
-    let config =
-        load_file(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    let (config_watcher, config) = ConfigWatcher::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?;
     // Standalone persistence of the learned model (learning.modelFile).
     let model_file = config.learning.model_file.clone();
     let initial = match &model_file {
@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         config,
         Arc::clone(&analyzer) as _,
         StartOptions {
-            config_path: Some(args.config.clone()),
+            config_watcher: Some(config_watcher),
             on_reload: Some(on_reload),
             workers,
         },
@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         Some(report) => {
             let client =
                 ordo_enforcer::report::ReportClient::new(report).context("report section")?;
-            let source = Arc::new(ordo_enforcer::report::EnforcerSource::new(
+            let source = Arc::new(EnforcerSource::new(
                 Arc::clone(&running.shared),
                 Arc::clone(&analyzer),
             ));

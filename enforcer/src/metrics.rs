@@ -1,6 +1,6 @@
 //! Prometheus metrics of the enforcer. Label sets are bounded: operations by their first
-//! [`MAX_OPERATION_LABELS`] ids (then `other`), decisions and kinds are fixed enums, rules
-//! come from the config.
+//! [`MAX_OPERATION_LABELS`] ids (then `other`) and [`MAX_LABEL_BYTES`] each, decisions and
+//! kinds are fixed enums, rules come from the config.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -9,6 +9,8 @@ use prometheus::{
 
 /// Operation ids at or beyond this share the label `other`.
 pub const MAX_OPERATION_LABELS: u32 = 200;
+/// Longest operation label (a longer template is cut at a character boundary).
+pub const MAX_LABEL_BYTES: usize = 256;
 
 /// All metrics, registered in one registry.
 #[derive(Debug, Clone)]
@@ -176,13 +178,16 @@ impl Metrics {
         self
     }
 
-    /// The label of an operation (bounded).
+    /// The label of an operation (bounded in number and in length).
     pub fn operation_label(id: u32, template: &str) -> &str {
-        if id < MAX_OPERATION_LABELS {
-            template
-        } else {
-            "other"
+        if id >= MAX_OPERATION_LABELS {
+            return "other";
         }
+        let mut end = template.len().min(MAX_LABEL_BYTES);
+        while !template.is_char_boundary(end) {
+            end -= 1;
+        }
+        template.get(..end).unwrap_or("other")
     }
 
     /// Prometheus text exposition.

@@ -90,3 +90,108 @@ operations: { maxTemplates: 100, maxValuesPerPosition: 16 }
     assert!(series <= 110, "{series} request series");
     e.shutdown().await;
 }
+
+/// A path segment of `len` letters, different for each `i` (letters only, so that only its
+/// length can make it a value).
+fn long_segment(i: usize, len: usize) -> String {
+    let mut s: String = (0..len)
+        .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
+        .collect();
+    for (k, c) in format!("{i}").bytes().enumerate() {
+        s.replace_range(k..=k, &char::from(b'a' + (c - b'0')).to_string());
+    }
+    s
+}
+
+/// The longest string anywhere in a JSON document.
+fn longest_string(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::String(s) => s.len(),
+        serde_json::Value::Array(items) => items.iter().map(longest_string).max().unwrap_or(0),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| k.len().max(longest_string(v)))
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn long_path_segments_stay_bounded_in_bytes() {
+    use ordo_enforcer::config::parse_yaml;
+    use ordo_enforcer::detect::LearnedAnalyzer;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    let up = start_upstream().await;
+    let yaml = r#"
+upstream: { url: "http://{upstream}" }
+mode: Monitor
+session:
+  identifiers: [ { header: { name: X-Session } } ]
+learning: { minRequests: 20, minSessions: 2, minEndpointRequests: 3 }
+rules:
+  - name: no-second-download
+    maxRepeat: { operation: "GET /download/{file}", count: 1 }
+"#;
+    let config = parse_yaml(&enforcer_yaml(yaml, up.addr)).unwrap();
+    let analyzer = Arc::new(LearnedAnalyzer::new(
+        &config.learning,
+        &config.detectors,
+        None,
+    ));
+    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
+        .await
+        .unwrap();
+    let c = client();
+    for i in 0..40 {
+        let session = format!("warm-{}", i % 4);
+        let r = get(&c, &e, "/api/items", &[("x-session", session.as_str())]).await;
+        assert_eq!(r.status, 200);
+    }
+    // 600 requests with a 60 kB segment each (36 MB of path), from 50 sessions whose own
+    // keys are long too; each second download in a session is flagged (an incident).
+    let long_session = "k".repeat(4_000);
+    for i in 0..600 {
+        let segment = long_segment(i, 60_000);
+        let path = if i % 2 == 0 {
+            format!("/p{}/{segment}", i % 40)
+        } else {
+            format!("/download/{segment}")
+        };
+        let session = format!("{long_session}{}", i % 50);
+        let r = get(&c, &e, &path, &[("x-session", session.as_str())]).await;
+        assert_eq!(r.status, 200);
+    }
+    let stats = e.shared.resolver.stats();
+    assert!(stats.tree_bytes <= 16 * 1024, "{stats:?}");
+    assert!(stats.learned_templates <= 45, "{stats:?}");
+
+    let admin = |path: &str| format!("http://{}{path}", e.admin_addr);
+    for path in ["/v1/incidents", "/v1/model", "/v1/rules"] {
+        let a = send(&c, "GET", &admin(path), &[], "").await;
+        assert_eq!(a.status, 200, "{path}");
+        assert!(a.body.len() < 1024 * 1024, "{path}: {} bytes", a.body.len());
+        let json = a.json();
+        assert!(
+            longest_string(&json) <= 4096,
+            "{path}: a string of {}",
+            longest_string(&json)
+        );
+        if path == "/v1/incidents" {
+            assert!(
+                !json.as_array().unwrap().is_empty(),
+                "the downloads were flagged"
+            );
+        }
+    }
+    let mut model = Vec::new();
+    flate2::read::GzDecoder::new(analyzer.snapshot().to_bytes().as_slice())
+        .read_to_end(&mut model)
+        .unwrap();
+    assert!(model.len() < 1024 * 1024, "model: {} bytes", model.len());
+    let m = metrics(&c, &e).await;
+    assert!(m.len() < 256 * 1024, "metrics: {} bytes", m.len());
+    e.shutdown().await;
+}

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ordo_enforcer::analysis::NoopAnalyzer;
 use ordo_enforcer::config::{Mode, load_file, parse_yaml};
+use ordo_enforcer::detect::NoopAnalyzer;
 
 fn example() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/enforcer.yaml")
@@ -41,7 +41,7 @@ async fn example_config_starts_on_loopback() {
         )
         .replace("tokenFile: /etc/ordo/admin/token", "token: t0ken");
     let config = parse_yaml(&text).unwrap();
-    let running = ordo_enforcer::proxy::start(config, None, Arc::new(NoopAnalyzer))
+    let running = ordo_enforcer::runtime::start(config, None, Arc::new(NoopAnalyzer))
         .await
         .unwrap();
     running.shutdown().await;

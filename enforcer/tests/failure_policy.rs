@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ordo_enforcer::analysis::{Analyzer, Finding, RequestContext, ResponseSummary};
 use ordo_enforcer::config::parse_yaml;
 use ordo_enforcer::detect::session_state::SessionState;
+use ordo_enforcer::detect::{Analyzer, RequestContext, ResponseSummary};
+use ordo_enforcer::finding::Finding;
 use ordo_enforcer::operation::Operation;
-use ordo_enforcer::proxy::start;
+use ordo_enforcer::runtime::start;
 
 /// A detector with a bug: it panics on one path.
 struct Buggy;

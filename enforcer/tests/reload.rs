@@ -11,9 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ordo_enforcer::analysis::NoopAnalyzer;
-use ordo_enforcer::config::load_file;
-use ordo_enforcer::proxy::start;
+use ordo_enforcer::config::ConfigWatcher;
+use ordo_enforcer::detect::session_state::SessionState;
+use ordo_enforcer::detect::{Analyzer, NoopAnalyzer, RequestContext, ResponseSummary};
+use ordo_enforcer::finding::Finding;
+use ordo_enforcer::operation::Operation;
+use ordo_enforcer::runtime::start;
 
 const V1: &str = r#"
 upstream: { url: "http://{upstream}" }
@@ -58,13 +61,10 @@ async fn configmap_symlink_swap_reloads_good_and_rejects_bad() {
     let v1 = V1.replace("{upstream}", &up.addr.to_string());
     publish(dir.path(), 1, &v1);
     let path = dir.path().join("enforcer.yaml");
-    let e = start(
-        load_file(&path).unwrap(),
-        Some(path.clone()),
-        Arc::new(NoopAnalyzer),
-    )
-    .await
-    .unwrap();
+    let (watcher, config) = ConfigWatcher::load(&path).unwrap();
+    let e = start(config, Some(watcher), Arc::new(NoopAnalyzer))
+        .await
+        .unwrap();
     let c = client();
     let h = [("x-forwarded-for", "1.1.1.1")];
     assert_eq!(
@@ -136,13 +136,10 @@ async fn reload_keeps_open_connections() {
     let v1 = V1.replace("{upstream}", &up.addr.to_string());
     publish(dir.path(), 1, &v1);
     let path = dir.path().join("enforcer.yaml");
-    let e = start(
-        load_file(&path).unwrap(),
-        Some(path.clone()),
-        Arc::new(NoopAnalyzer),
-    )
-    .await
-    .unwrap();
+    let (watcher, config) = ConfigWatcher::load(&path).unwrap();
+    let e = start(config, Some(watcher), Arc::new(NoopAnalyzer))
+        .await
+        .unwrap();
     // One HTTP/1.1 connection, used before and after the reload.
     let stream = tokio::net::TcpStream::connect(e.proxy_addr).await.unwrap();
     let (mut sender, conn) =
@@ -171,5 +168,84 @@ async fn reload_keeps_open_connections() {
         200,
         "same connection still served"
     );
+    e.shutdown().await;
+}
+
+/// Records how many recent operations the analyzer was shown for `/slow`, when checking and
+/// when learning.
+#[derive(Default)]
+struct RecentProbe {
+    seen: parking_lot::Mutex<Vec<(&'static str, usize)>>,
+}
+
+impl Analyzer for RecentProbe {
+    fn wants_body(&self, _op: &Operation) -> bool {
+        false
+    }
+    fn inspect(&self, ctx: &RequestContext<'_>, _: &mut SessionState, _: &mut Vec<Finding>) {
+        if ctx.operation.template.contains("slow") {
+            self.seen.lock().push(("inspect", ctx.recent.len()));
+        }
+    }
+    fn observe(
+        &self,
+        ctx: &RequestContext<'_>,
+        _: &mut SessionState,
+        _: &ResponseSummary,
+        _: bool,
+    ) {
+        if ctx.operation.template.contains("slow") {
+            self.seen.lock().push(("observe", ctx.recent.len()));
+        }
+    }
+    fn model_view(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// A reload while a request waits for the upstream does not change the config that request
+/// learns under: it learns with the history it was checked with.
+#[tokio::test]
+async fn a_request_learns_under_the_config_it_was_checked_under() {
+    let up = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = format!(
+        "upstream: {{ url: \"http://{}\" }}\nlisten: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nsession:\n  history: {{ duration: 10m }}\n",
+        up.addr
+    );
+    publish(dir.path(), 1, &v1);
+    let path = dir.path().join("enforcer.yaml");
+    let probe = Arc::new(RecentProbe::default());
+    let (watcher, config) = ConfigWatcher::load(&path).unwrap();
+    let e = start(config, Some(watcher), probe.clone()).await.unwrap();
+    let c = client();
+    assert_eq!(get(&c, &e, "/api/v1/accounts", &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // `/slow` waits 5 s upstream; the history shrinks to 500 ms meanwhile, which would drop
+    // the earlier request from a history filled again for learning.
+    let slow = {
+        let (c, addr) = (c.clone(), e.proxy_addr);
+        tokio::spawn(async move {
+            common::send(&c, "GET", &format!("http://{addr}/slow"), &[], "")
+                .await
+                .status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(
+        dir.path(),
+        2,
+        &v1.replace("duration: 10m", "duration: 500ms"),
+    );
+    let reloaded = wait_for(async || {
+        metric_value(
+            &metrics(&c, &e).await,
+            "ordo_config_reloads_total{result=\"ok\"}",
+        ) == 1.0
+    })
+    .await;
+    assert!(reloaded, "reload not applied");
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(*probe.seen.lock(), [("inspect", 1), ("observe", 1)]);
     e.shutdown().await;
 }

@@ -41,7 +41,7 @@ rules:
     maxRepeat: { operation: GET /api/me, count: 1 }
 "#;
 
-async fn session_of(c: &TestClient, e: &ordo_enforcer::proxy::RunningEnforcer) -> String {
+async fn session_of(c: &TestClient, e: &ordo_enforcer::runtime::RunningEnforcer) -> String {
     let incidents = admin_json(c, e, "/v1/incidents").await;
     incidents[0]["session"]
         .as_str()
@@ -60,7 +60,9 @@ async fn each_identifier_names_the_session() {
         now() + 600,
     );
     let bearer = format!("Bearer {unsigned}");
-    // (identifier YAML, request headers, query, expected session key)
+    // (identifier YAML, request headers, query, expected session key). The values of
+    // header, cookie and query identifiers are credentials: `admin.revealSessionKeys` shows
+    // them here, `credential_session_keys_are_hashed_unless_revealed` checks the default.
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
     let cases: Vec<Case<'_>> = vec![
         (
@@ -93,7 +95,7 @@ async fn each_identifier_names_the_session() {
         let yaml = ONE_PER_SESSION.replace(
             "mode: Enforce",
             &format!(
-                "mode: Enforce\nsession:\n  identifiers:\n    {identifier}\n    - clientIp: {{}}"
+                "mode: Enforce\nadmin: {{ listen: 127.0.0.1:0, revealSessionKeys: true }}\nlisten: 127.0.0.1:0\nsession:\n  identifiers:\n    {identifier}\n    - clientIp: {{}}"
             ),
         );
         let e = start_enforcer(&yaml, up.addr).await;
@@ -153,7 +155,26 @@ async fn identifiers_are_tried_in_order() {
         get(&c, &e, "/api/me", &[("cookie", "sid=z")]).await.status,
         403
     );
-    assert_eq!(session_of(&c, &e).await, "cookie:sid=z");
+    let session = session_of(&c, &e).await;
+    assert!(session.starts_with("cookie:sid=#"), "{session}");
+    assert!(!session.contains("=z"), "{session}");
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn credential_session_keys_are_hashed_unless_revealed() {
+    let up = start_upstream().await;
+    let c = client();
+    let identifiers = "mode: Enforce\nsession:\n  identifiers:\n    - header: { name: X-Api-Key }";
+    let yaml = ONE_PER_SESSION.replace("mode: Enforce", identifiers);
+    let e = start_enforcer(&yaml, up.addr).await;
+    let key = [("x-api-key", "ak_live_secret_1")];
+    assert_eq!(get(&c, &e, "/api/me", &key).await.status, 200);
+    assert_eq!(get(&c, &e, "/api/me", &key).await.status, 403);
+    let incidents = admin_json(&c, &e, "/v1/incidents").await.to_string();
+    assert!(!incidents.contains("ak_live_secret_1"), "{incidents}");
+    let session = session_of(&c, &e).await;
+    assert!(session.starts_with("header:x-api-key=#"), "{session}");
     e.shutdown().await;
 }
 
@@ -326,6 +347,69 @@ async fn forged_token_falls_through_to_the_next_identifier() {
     );
     // The forged token did not name the session: the client address did.
     assert_eq!(session_of(&c, &e).await, "ip:127.0.0.1");
+    // Ignored, but counted.
+    let m = metrics(&c, &e).await;
+    assert_eq!(metric_value(&m, "ordo_invalid_tokens_total"), 2.0, "{m}");
+    e.shutdown().await;
+}
+
+/// With `withoutValidToken: ClientAddress`, a client without a valid token cannot pick its
+/// session with a header of its own: every such request of one address shares one session.
+#[tokio::test]
+async fn unverified_requests_share_their_address_when_configured() {
+    let up = start_upstream().await;
+    let c = client();
+    let yaml = ONE_PER_SESSION.replace(
+        "mode: Enforce",
+        "mode: Enforce\nsession:\n  identifiers:\n    - jwtClaim: { claim: sub }\n    - header: { name: X-Session }\n  withoutValidToken: ClientAddress\n  jwtVerification:\n    onInvalid: FallThrough\n    keys:\n      - { algorithm: HS256, secret: s3cret-key-for-tests }",
+    );
+    let e = start_enforcer(&yaml, up.addr).await;
+    let forged = format!(
+        "Bearer {}",
+        token(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"guessed"),
+            "victim",
+            now() + 600
+        )
+    );
+    // A fresh X-Session per request would have been a fresh session each time.
+    let first = [("x-session", "a"), ("authorization", forged.as_str())];
+    assert_eq!(get(&c, &e, "/api/me", &first).await.status, 200);
+    assert_eq!(
+        get(&c, &e, "/api/me", &[("x-session", "b")]).await.status,
+        403
+    );
+    assert_eq!(session_of(&c, &e).await, "ip:127.0.0.1");
+    // A valid token still names its own session.
+    let valid = format!(
+        "Bearer {}",
+        token(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"s3cret-key-for-tests"),
+            "4411",
+            now() + 600
+        )
+    );
+    let valid = [("authorization", valid.as_str())];
+    assert_eq!(get(&c, &e, "/api/me", &valid).await.status, 200);
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_authorization_fields_are_refused() {
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(ONE_PER_SESSION, up.addr).await;
+    let a = get(
+        &c,
+        &e,
+        "/api/me",
+        &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(up.seen.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     e.shutdown().await;
 }
 
@@ -457,7 +541,7 @@ async fn client_address_from_trusted_forwarded_for() {
     assert_eq!(incidents[0]["session"], "ip:203.0.113.9");
     assert_eq!(incidents[0]["client"], "203.0.113.9");
     // The upstream sees the chain with the enforcer's peer appended.
-    let headers = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    let headers = up.seen.last_headers.lock().clone().unwrap();
     assert_eq!(
         headers["x-forwarded-for"],
         "6.6.6.6, 203.0.113.9, 127.0.0.1"

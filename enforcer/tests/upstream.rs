@@ -170,9 +170,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
     );
     assert!(r.headers.get("x-request-id").is_some());
     // The upstream gets the request target in origin form, query included, and the client's Host.
-    let seen = up.seen.paths.lock().unwrap().clone();
+    let seen = up.seen.paths.lock().clone();
     assert_eq!(seen, vec!["GET /h?a=1&b=two".to_owned()]);
-    let h = up.seen.last_headers.lock().unwrap().clone().unwrap();
+    let h = up.seen.last_headers.lock().clone().unwrap();
     assert_eq!(h["host"], e.proxy_addr.to_string());
     assert!(h.get("x-private").is_none());
     assert!(h.get("te").is_none());

@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use ordo_enforcer::analysis::NoopAnalyzer;
 use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::proxy::{StartOptions, start_with_options};
+use ordo_enforcer::detect::NoopAnalyzer;
+use ordo_enforcer::runtime::{StartOptions, start_with_options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Threads named `ordo-proxy-*`, once the count settles on `expected` (a new thread names
@@ -57,7 +57,7 @@ async fn three_workers_serve_on_one_address_and_stop_on_shutdown() {
         parse_yaml(&yaml).unwrap(),
         Arc::new(NoopAnalyzer),
         StartOptions {
-            config_path: None,
+            config_watcher: None,
             on_reload: None,
             workers: 3,
         },
@@ -103,7 +103,7 @@ async fn a_taken_address_fails_the_start() {
         parse_yaml(&yaml).unwrap(),
         Arc::new(NoopAnalyzer),
         StartOptions {
-            config_path: None,
+            config_watcher: None,
             on_reload: None,
             workers: 2,
         },

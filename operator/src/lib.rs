@@ -2,27 +2,24 @@
 //! `SequenceRule` into running enforcers, aggregates their reports into status, and
 //! validates both kinds in an admission webhook.
 //!
-//! Layout: pure logic (`names`, `render`, `resources`, `conditions`) is separate from the
-//! runtime (`controller`, `routing`, `reports`, `webhook`, `leader`, `server`, `tls`).
+//! Layout: the folders show the split between pure logic and the runtime.
+//!
+//! - [`crd`]: the resource types, one file per kind.
+//! - [`desired`]: pure — names, the rendered enforcer config, the owned objects, conditions
+//!   and status, computed from the spec and the reports.
+//! - [`controller`]: the runtime that reads the cluster, asks [`desired`] and writes.
+//! - [`reports`]: enforcer reports — routes, authentication, the merged state and the hub
+//!   that persists it.
+//! - [`serve`]: the HTTP(S) server loop, TLS, the admission webhook.
+//! - [`leader`], [`metrics`], [`error`]: leader election, Prometheus metrics, the error type.
 
-pub mod auth;
-pub mod conditions;
 pub mod controller;
 pub mod crd;
-pub mod endpoint;
+pub mod desired;
 pub mod error;
 pub mod leader;
-pub mod leader_endpoint;
 pub mod metrics;
-pub mod names;
-pub mod render;
 pub mod reports;
-pub mod resources;
-pub mod routing;
-pub mod rule_status;
-pub mod server;
-pub mod summary;
-pub mod tls;
-pub mod webhook;
+pub mod serve;
 
 pub use error::{Error, Result};

@@ -12,17 +12,18 @@ use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
+use ordo_operator::controller::backoff::Backoff;
+use ordo_operator::controller::routing::RoutingStep;
 use ordo_operator::controller::{self, Context, Settings};
-use ordo_operator::endpoint::{Endpoint, Readiness, health_handler};
+use ordo_operator::desired::render::ReportTarget;
 use ordo_operator::leader::{LeaderElector, LeaseTiming};
-use ordo_operator::leader_endpoint::LeaderEndpoint;
 use ordo_operator::metrics::Metrics;
-use ordo_operator::render::ReportTarget;
-use ordo_operator::reports::ReportHub;
-use ordo_operator::routing::RoutingStep;
-use ordo_operator::server;
-use ordo_operator::tls::ReloadingCert;
-use ordo_operator::webhook::Webhook;
+use ordo_operator::reports::hub::ReportHub;
+use ordo_operator::reports::leader_slice::LeaderEndpoint;
+use ordo_operator::reports::routes::{Endpoint, Readiness, health_handler};
+use ordo_operator::serve::server;
+use ordo_operator::serve::tls::ReloadingCert;
+use ordo_operator::serve::webhook::Webhook;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -274,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
         recorder,
         metrics: Arc::clone(&metrics),
         hub: Arc::clone(&hub),
+        backoff: Backoff::default(),
     });
 
     let namespace = args

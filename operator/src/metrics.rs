@@ -31,6 +31,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
+    /// Seconds from a spec change to an enforcer running it (see `propagation`).
+    pub config_propagation: Histogram,
 }
 
 impl Metrics {
@@ -89,6 +91,13 @@ impl Metrics {
             &["result"],
         )?;
         let leader = IntGauge::new("leader", "1 while this replica holds the leader Lease")?;
+        let config_propagation = Histogram::with_opts(
+            HistogramOpts::new(
+                "config_propagation_seconds",
+                "From a spec change of an ApiProtection or its SequenceRules to an enforcer running the config rendered from it",
+            )
+            .buckets(vec![0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0]),
+        )?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_seconds.clone()))?;
@@ -99,6 +108,7 @@ impl Metrics {
         registry.register(Box::new(status_refreshes.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(config_propagation.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -111,6 +121,7 @@ impl Metrics {
             status_refreshes,
             tls_reloads,
             leader,
+            config_propagation,
         })
     }
 

@@ -25,7 +25,6 @@ pub mod supervisor;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -35,6 +34,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Config};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -294,7 +294,7 @@ impl TestCluster {
         args: &[String],
         envs: &[(&str, &Path)],
     ) -> anyhow::Result<u32> {
-        let pid = self.lock_supervisor()?.spawn(name, program, args, envs)?;
+        let pid = self.supervisor.lock().spawn(name, program, args, envs)?;
         tracing::debug!(component = name, pid, "started");
         Ok(pid)
     }
@@ -317,7 +317,8 @@ impl TestCluster {
             &layout.creds.node,
         )?;
         let l = node::NodeLayout::new(&layout.dir, &bin_dir, &layout.creds.ca.cert, &kubeconfig)?;
-        self.lock_supervisor()?
+        self.supervisor
+            .lock()
             .add_cleanup("node", &node::cleanup_script(&l))?;
         node::prepare(&l)?;
         let (program, args) = node::containerd_command(&l)?;
@@ -370,7 +371,8 @@ impl TestCluster {
     {
         let mut last_error = None;
         loop {
-            self.lock_supervisor()?
+            self.supervisor
+                .lock()
                 .check_running()
                 .with_context(|| format!("while waiting for {what}"))?;
             match probe().await {
@@ -387,12 +389,6 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-    }
-
-    fn lock_supervisor(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Supervisor>> {
-        self.supervisor
-            .lock()
-            .map_err(|_| anyhow!("the cluster supervisor lock is poisoned"))
     }
 
     /// The admin kubeconfig (user in `system:masters`).
@@ -429,20 +425,17 @@ impl TestCluster {
 
     /// `(component, pid)` of every process of this control plane.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        self.supervisor.lock().map(|s| s.pids()).unwrap_or_default()
+        self.supervisor.lock().pids()
     }
 
     /// The last `lines` lines of a component's log (e.g. for a failing test's message).
     pub fn log_tail(&self, component: &str, lines: usize) -> String {
-        self.supervisor
-            .lock()
-            .map(|s| s.log_tail(component, lines))
-            .unwrap_or_default()
+        self.supervisor.lock().log_tail(component, lines)
     }
 
     /// Fails with the component's log when any component has exited.
     pub fn check_running(&self) -> anyhow::Result<()> {
-        self.lock_supervisor()?.check_running()
+        self.supervisor.lock().check_running()
     }
 
     /// A new admin client. Make one per test: a client is bound to the runtime it was made in.

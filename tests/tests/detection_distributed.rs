@@ -45,7 +45,7 @@ async fn stuffing_spread_over_many_addresses_is_caught() {
         &config.detectors,
         None,
     ));
-    let enforcer = ordo_enforcer::proxy::start(config, None, Arc::clone(&analyzer) as _)
+    let enforcer = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
         .await
         .unwrap();
 

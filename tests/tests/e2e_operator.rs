@@ -462,7 +462,7 @@ async fn takeover_creates_hardened_enforcers_and_deletion_restores_the_service()
         .cloned();
     assert_eq!(
         hash,
-        Some(ordo_operator::render::hash_data(
+        Some(ordo_operator::desired::render::hash_data(
             cm.data.as_ref().unwrap_or(&BTreeMap::new())
         ))
     );

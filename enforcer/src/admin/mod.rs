@@ -1,8 +1,13 @@
 //! The admin listener: health, readiness, Prometheus metrics, incidents, model and rules.
-//! Everything except `/healthz` and `/readyz` requires `Authorization: Bearer <admin.token>`
-//! when a token is configured.
+//! `/v1/*` requires `Authorization: Bearer <token>` when a token is configured, and answers
+//! loopback peers only otherwise (see [`auth`]). Answers are capped in bytes
+//! ([`MAX_ANSWER_BYTES`]): list items beyond the cap are left out and counted in the
+//! `Ordo-Omitted-Items` header.
+
+pub mod auth;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +22,29 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{Shared, refresh_gauges};
+use crate::detect::Analyzer;
+use crate::incident::IncidentStore;
+use crate::metrics::Metrics;
+use crate::operation::OperationResolver;
+use crate::policy::CompiledPolicy;
+use crate::session::TableStats;
+use crate::time::format_unix_ms;
+
+/// What the admin API reads from the running enforcer. The runtime implements it for the
+/// proxy's shared state, so that this module does not depend on the proxy.
+pub trait AdminSource: Send + Sync + 'static {
+    /// The policy in force.
+    fn policy(&self) -> Arc<CompiledPolicy>;
+    /// `host:port` of the protected Service, for `/readyz?upstream=true`.
+    fn upstream_authority(&self) -> String;
+    fn metrics(&self) -> &Metrics;
+    /// Copies table counters into the gauges before `/metrics` is served.
+    fn refresh_gauges(&self);
+    fn incidents(&self) -> &IncidentStore;
+    fn resolver(&self) -> &OperationResolver;
+    fn session_stats(&self) -> TableStats;
+    fn analyzer(&self) -> &dyn Analyzer;
+}
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -33,33 +60,51 @@ fn respond(
     r
 }
 
-fn json_response(value: &serde_json::Value) -> AdminResponse {
-    respond(
-        StatusCode::OK,
-        "application/json",
-        serde_json::to_vec(value).unwrap_or_default(),
-    )
+/// Largest body of a `/v1/*` answer.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Header counting the list items left out of an answer to keep it under the cap.
+pub const OMITTED_HEADER: &str = "ordo-omitted-items";
+
+/// A JSON array of `items` in order, stopping before the one that would take the body past
+/// `max_bytes`; returns the body and how many items were left out.
+pub fn bounded_json_array<T: serde::Serialize>(
+    items: impl ExactSizeIterator<Item = T>,
+    max_bytes: usize,
+) -> (Vec<u8>, usize) {
+    let total = items.len();
+    let mut body = Vec::with_capacity(4096);
+    body.push(b'[');
+    let mut kept = 0;
+    for item in items {
+        let Ok(json) = serde_json::to_vec(&item) else {
+            continue;
+        };
+        // Room for the comma and the closing bracket.
+        if body.len() + json.len() + 2 > max_bytes {
+            break;
+        }
+        if kept > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&json);
+        kept += 1;
+    }
+    body.push(b']');
+    (body, total - kept)
 }
 
-/// Constant-time comparison (the token is a secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn bounded_response(body: Vec<u8>, omitted: usize) -> AdminResponse {
+    let mut r = respond(StatusCode::OK, "application/json", body);
+    if omitted > 0 {
+        r.headers_mut()
+            .insert(OMITTED_HEADER, HeaderValue::from(omitted));
+    }
+    r
 }
 
-fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
-    let policy = shared.policy.load();
-    let Some(token) = policy.admin_token.as_deref() else {
-        return true;
-    };
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
-}
-
-async fn upstream_reachable(shared: &Shared) -> bool {
-    let authority = shared.upstream.authority().as_str().to_owned();
+async fn upstream_reachable(shared: &dyn AdminSource) -> bool {
+    let authority = shared.upstream_authority();
     matches!(
         tokio::time::timeout(
             Duration::from_secs(1),
@@ -70,7 +115,11 @@ async fn upstream_reachable(shared: &Shared) -> bool {
     )
 }
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
+async fn route(
+    shared: Arc<dyn AdminSource>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> AdminResponse {
     if req.method() != Method::GET {
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
@@ -82,7 +131,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|p| p == "upstream=true"));
-            if check_upstream && !upstream_reachable(&shared).await {
+            if check_upstream && !upstream_reachable(&*shared).await {
                 return respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
@@ -91,56 +140,99 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
             }
             return respond(StatusCode::OK, "text/plain", "ready\n");
         }
-        _ => {}
-    }
-    if !authorized(&shared, &req) {
-        let mut r = respond(
-            StatusCode::UNAUTHORIZED,
-            "text/plain",
-            "admin token required\n",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    match path {
         "/metrics" => {
-            refresh_gauges(&shared);
-            respond(
+            shared.refresh_gauges();
+            return respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                shared.metrics.encode(),
-            )
+                shared.metrics().encode(),
+            );
         }
+        _ => {}
+    }
+    let policy = shared.policy();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !auth::authorized(policy.admin_token.as_ref(), peer, authorization) {
+        return unauthorized(policy.admin_token.is_some());
+    }
+    match path {
         "/v1/incidents" => {
-            json_response(&serde_json::to_value(shared.incidents.list()).unwrap_or_default())
+            let incidents = shared.incidents().list();
+            let (body, omitted) = bounded_json_array(incidents.iter(), MAX_ANSWER_BYTES);
+            bounded_response(body, omitted)
         }
-        "/v1/model" => json_response(&model_view(&shared)),
-        "/v1/rules" => json_response(&rules_view(&shared)),
+        "/v1/model" => capped_json(&model_view(&*shared)),
+        "/v1/rules" => capped_json(&rules_view(&*shared)),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
 }
 
+fn unauthorized(token_configured: bool) -> AdminResponse {
+    if !token_configured {
+        return respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "no admin token is configured: /v1/* answers loopback clients only\n",
+        );
+    }
+    let mut r = respond(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "admin token required\n",
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// A JSON answer whose lists are bounded by the config caps; one past [`MAX_ANSWER_BYTES`]
+/// anyway is refused rather than sent.
+fn capped_json(value: &serde_json::Value) -> AdminResponse {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    if body.len() > MAX_ANSWER_BYTES {
+        return respond(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "text/plain",
+            format!(
+                "the answer has {} bytes, more than the {MAX_ANSWER_BYTES} an answer may have\n",
+                body.len()
+            ),
+        );
+    }
+    respond(StatusCode::OK, "application/json", body)
+}
+
+/// Operations listed by `GET /v1/model` (the rest are counted in `omittedOperations`).
+pub const MAX_LISTED_OPERATIONS: usize = 2000;
+
 /// `GET /v1/model`: the operation inventory, table sizes and the analyzer's view.
-pub fn model_view(shared: &Shared) -> serde_json::Value {
-    let ops: Vec<serde_json::Value> = shared
-        .resolver
-        .inventory()
+pub fn model_view(shared: &dyn AdminSource) -> serde_json::Value {
+    let inventory = shared.resolver().inventory();
+    let omitted = inventory.len().saturating_sub(MAX_LISTED_OPERATIONS);
+    let ops: Vec<serde_json::Value> = inventory
         .into_iter()
+        .take(MAX_LISTED_OPERATIONS)
         .map(|op| json!({ "id": op.id, "operation": &*op.template, "origin": op.origin }))
         .collect();
+    let policy = shared.policy();
     json!({
-        "mode": shared.policy.load().config.mode,
+        "mode": policy.config.mode,
+        "configRevision": policy.config.revision,
+        "configSince": format_unix_ms(policy.compiled_at_ms),
         "operations": ops,
-        "templating": shared.resolver.stats(),
-        "sessions": shared.sessions.stats(),
-        "analyzer": shared.analyzer.model_view(),
+        "omittedOperations": omitted,
+        "templating": shared.resolver().stats(),
+        "sessions": shared.session_stats(),
+        "analyzer": shared.analyzer().model_view(),
     })
 }
 
 /// `GET /v1/rules`: compiled rules (priority order) with counters, and rate limits.
-pub fn rules_view(shared: &Shared) -> serde_json::Value {
-    let policy = shared.policy.load();
+pub fn rules_view(shared: &dyn AdminSource) -> serde_json::Value {
+    let policy = shared.policy();
     let rules: Vec<serde_json::Value> = policy
         .rules
         .iter()
@@ -180,7 +272,11 @@ pub fn rules_view(shared: &Shared) -> serde_json::Value {
 }
 
 /// Serves the admin API until `shutdown`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<dyn AdminSource>,
+    shutdown: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -188,7 +284,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         .header_read_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(x) => x,
@@ -204,7 +300,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(route(shared, req).await) }
+                async move { Ok::<_, Infallible>(route(shared, peer.ip(), req).await) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -216,5 +312,23 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_stop_at_the_cap_and_count_the_rest() {
+        let items: Vec<String> = (0..100).map(|i| format!("item-{i:03}")).collect();
+        let (body, omitted) = bounded_json_array(items.iter(), 1_000);
+        assert!(body.len() <= 1_000, "{}", body.len());
+        let kept: Vec<String> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(kept.len() + omitted, 100);
+        assert_eq!(kept.first().map(String::as_str), Some("item-000"));
+        let (all, none) = bounded_json_array(items.iter(), 1 << 20);
+        assert_eq!(none, 0);
+        assert_eq!(serde_json::from_slice::<Vec<String>>(&all).unwrap(), items);
     }
 }

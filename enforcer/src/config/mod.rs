@@ -5,6 +5,7 @@ mod duration;
 pub mod learning;
 mod load;
 mod reload;
+mod report;
 
 mod validate;
 
@@ -13,10 +14,17 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// The `operations` section, defined with the resolver it configures.
+pub use crate::operation::OperationsConfig;
+pub use crate::operation::{
+    Backslash, DoubleEncoding, EncodedSlash, PathParameters, PathsConfig, RepeatedSlashes,
+    TrailingSlash,
+};
 pub use duration::Duration;
 pub use learning::{DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
 pub use load::{ConfigError, load_file, parse_yaml};
 pub use reload::{ConfigWatcher, ReloadOutcome};
+pub use report::{ReportConfig, ReportConfigError};
 
 pub use validate::{ValidationError, ValidationErrors, validate_config, validate_rule};
 
@@ -56,6 +64,11 @@ pub enum FailurePolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnforcerConfig {
+    /// Identifies the rendered config (the operator sets it to a hash of the rest); the
+    /// enforcer reports which revision it runs and since when, so that the operator can tell
+    /// how long a change took to reach every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Address of the proxy listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -72,6 +85,9 @@ pub struct EnforcerConfig {
     pub session: SessionConfig,
     #[serde(default)]
     pub operations: OperationsConfig,
+    /// How request paths are canonicalised before any check.
+    #[serde(default)]
+    pub paths: PathsConfig,
     /// Optional declared OpenAPI 3 document.
     #[serde(default, rename = "openAPI", skip_serializing_if = "Option::is_none")]
     pub open_api: Option<OpenApiConfig>,
@@ -91,7 +107,7 @@ pub struct EnforcerConfig {
     pub incidents: IncidentsConfig,
     /// Periodic reports to the operator (absent in standalone mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<crate::report::ReportConfig>,
+    pub report: Option<ReportConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -102,18 +118,50 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 9090))
 }
 
+impl EnforcerConfig {
+    /// The config a document naming only `upstream` loads as: every other field at its
+    /// default.
+    pub fn new(upstream: UpstreamConfig) -> Self {
+        Self {
+            revision: None,
+            listen: default_listen(),
+            admin: AdminConfig::default(),
+            upstream,
+            mode: Mode::default(),
+            failure_policy: FailurePolicy::default(),
+            client_address: ClientAddressConfig::default(),
+            session: SessionConfig::default(),
+            operations: OperationsConfig::default(),
+            paths: PathsConfig::default(),
+            open_api: None,
+            learning: LearningConfig::default(),
+            detectors: DetectorsConfig::default(),
+            rules: Vec::new(),
+            rate_limits: Vec::new(),
+            limits: LimitsConfig::default(),
+            incidents: IncidentsConfig::default(),
+            report: None,
+        }
+    }
+}
+
 /// The admin listener (health, metrics, incidents, model, rules).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
-    /// Bearer token required on `/metrics` and `/v1/*` (health endpoints stay open).
+    /// Bearer token required on `/v1/*` (health, readiness and metrics stay open); without
+    /// one, `/v1/*` answers loopback peers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// File holding the bearer token (read at load; trailing whitespace trimmed).
+    /// File holding the bearer token (read at load and reload; surrounding whitespace trimmed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Show session keys verbatim in incidents, reports and logs (by default the values of
+    /// header, cookie and query identifiers are shown as a keyed hash).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reveal_session_keys: bool,
 }
 
 impl Default for AdminConfig {
@@ -122,6 +170,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             token: None,
             token_file: None,
+            reveal_session_keys: false,
         }
     }
 }
@@ -157,6 +206,19 @@ fn default_pool_idle() -> usize {
 }
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)
+}
+
+impl UpstreamConfig {
+    /// The upstream `url` with the default timeouts and pool.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connect_timeout: default_connect_timeout(),
+            timeout: default_upstream_timeout(),
+            max_idle_connections: default_pool_idle(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+        }
+    }
 }
 
 /// Where the client address comes from.
@@ -211,6 +273,10 @@ pub struct SessionConfig {
     /// Verify JWT signatures before a token may name a session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_verification: Option<JwtVerificationConfig>,
+    /// With `jwtVerification`: who a request without a valid token (none, or an invalid one
+    /// with `onInvalid: FallThrough`) is.
+    #[serde(default, skip_serializing_if = "WithoutValidToken::is_default")]
+    pub without_valid_token: WithoutValidToken,
 }
 
 fn default_identifiers() -> Vec<SessionIdentifier> {
@@ -243,6 +309,7 @@ impl Default for SessionConfig {
             max_sessions: default_max_sessions(),
             history: HistoryConfig::default(),
             jwt_verification: None,
+            without_valid_token: WithoutValidToken::default(),
         }
     }
 }
@@ -331,6 +398,24 @@ pub enum OnInvalidToken {
     FallThrough,
 }
 
+/// Who a request without a valid token is, when tokens are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WithoutValidToken {
+    /// The next identifier names the session (a header, cookie or query value the client
+    /// picks: it can spread its requests over as many sessions as it likes).
+    #[default]
+    NextIdentifier,
+    /// The client address names the session: every unverified request of one address shares
+    /// one session (clients behind one NAT share its limits and rules).
+    ClientAddress,
+}
+
+impl WithoutValidToken {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtVerificationConfig {
@@ -357,6 +442,20 @@ fn default_true() -> bool {
     true
 }
 
+impl JwtVerificationConfig {
+    /// Verification with `keys` and the default policy, leeway and claims.
+    pub fn new(keys: Vec<JwtKeyConfig>) -> Self {
+        Self {
+            keys,
+            on_invalid: OnInvalidToken::default(),
+            leeway: default_leeway(),
+            require_exp: default_true(),
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
 /// One verification key: exactly one of `secret`, `publicKeyPem`, `file`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -373,31 +472,6 @@ pub struct JwtKeyConfig {
     /// File with the secret (HS256) or the PEM public key (RS256/ES256), e.g. a mounted Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-}
-
-/// Operation templating from traffic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct OperationsConfig {
-    /// Learn templates for paths not declared (otherwise they resolve to one unknown operation per method).
-    pub learn: bool,
-    /// Cap on learned templates; beyond it requests go to one overflow operation per method.
-    pub max_templates: usize,
-    /// Distinct literal values tracked at one path position before it becomes a parameter.
-    pub max_values_per_position: usize,
-    /// Paths deeper than this many segments go to the overflow operation.
-    pub max_segments: usize,
-}
-
-impl Default for OperationsConfig {
-    fn default() -> Self {
-        Self {
-            learn: true,
-            max_templates: 1000,
-            max_values_per_position: 32,
-            max_segments: 16,
-        }
-    }
 }
 
 /// A declared OpenAPI 3 document.
@@ -528,6 +602,9 @@ pub struct LimitsConfig {
     pub body_read_timeout: Duration,
     /// Time allowed to drain in-flight requests on shutdown.
     pub shutdown_grace: Duration,
+    /// Query parameters (`&`-separated pairs) accepted in one request; more answer 400, so
+    /// that no parameter goes unchecked.
+    pub max_query_parameters: usize,
 }
 
 impl Default for LimitsConfig {
@@ -539,6 +616,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
+            max_query_parameters: 128,
         }
     }
 }

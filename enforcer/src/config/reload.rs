@@ -54,13 +54,17 @@ fn fingerprint(path: &Path) -> Result<(Fingerprint, String), ConfigError> {
 }
 
 impl ConfigWatcher {
-    /// Starts watching; the current content counts as already loaded.
-    pub fn new(path: &Path) -> Self {
-        let last = fingerprint(path).ok().map(|(f, _)| f);
-        Self {
+    /// Reads and parses the config file, and watches it from exactly the text that was
+    /// parsed. (Taking the baseline later, when the watching starts, would count a change
+    /// made while the process starts as already loaded, and it would never be applied.)
+    pub fn load(path: &Path) -> Result<(Self, EnforcerConfig), ConfigError> {
+        let (fingerprint, text) = fingerprint(path)?;
+        let config = parse_yaml(&text)?;
+        let watcher = Self {
             path: path.to_path_buf(),
-            last,
-        }
+            last: Some(fingerprint),
+        };
+        Ok((watcher, config))
     }
 
     pub fn path(&self) -> &Path {
@@ -94,5 +98,31 @@ impl ConfigWatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "upstream:\n  url: http://127.0.0.1:9\nmode: Monitor\n";
+
+    #[test]
+    fn a_change_between_load_and_the_first_poll_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("enforcer.yaml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let (mut watcher, loaded) = ConfigWatcher::load(&path).unwrap();
+        assert_eq!(loaded.mode, crate::config::Mode::Monitor);
+        assert!(matches!(watcher.poll(), ReloadOutcome::Unchanged));
+        // The process is still starting when the file changes.
+        std::fs::write(&path, CONFIG.replace("Monitor", "Enforce")).unwrap();
+        match watcher.poll() {
+            ReloadOutcome::Loaded(config) => {
+                assert_eq!(config.mode, crate::config::Mode::Enforce);
+            }
+            other => panic!("the change was not seen: {other:?}"),
+        }
+        assert!(matches!(watcher.poll(), ReloadOutcome::Unchanged));
     }
 }

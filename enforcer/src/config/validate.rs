@@ -307,6 +307,14 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     if history.duration.std().is_zero() || history.duration.std() > MAX_WINDOW {
         errors.push("session.history.duration", "must be between 1ms and 24h");
     }
+    if config.session.without_valid_token == super::WithoutValidToken::ClientAddress
+        && config.session.jwt_verification.is_none()
+    {
+        errors.push(
+            "session.withoutValidToken",
+            "ClientAddress needs jwtVerification (without it no token is ever valid)",
+        );
+    }
     if let Some(jwt) = &config.session.jwt_verification {
         if jwt.keys.is_empty() {
             errors.push("session.jwtVerification.keys", "must list at least one key");
@@ -343,7 +351,7 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     // The report section is checked with the rest so that a bad URL or a missing CA file is
     // rejected at load (and by the operator's webhook), not only when the client starts.
     if let Some(report) = &config.report
-        && let Err(crate::report::ReportError::Config { field, message }) = report.validate()
+        && let Err(super::ReportConfigError { field, message }) = report.validate()
     {
         errors.push(field, message);
     }
@@ -433,6 +441,9 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     }
     if config.limits.max_concurrent_requests == 0 {
         errors.push("limits.maxConcurrentRequests", "must be at least 1");
+    }
+    if config.limits.max_query_parameters == 0 {
+        errors.push("limits.maxQueryParameters", "must be at least 1");
     }
     if config.limits.header_read_timeout.std().is_zero() {
         errors.push("limits.headerReadTimeout", "must be greater than 0");

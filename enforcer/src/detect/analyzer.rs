@@ -5,13 +5,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockWriteGuard, TryLockError};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use crate::analysis::{Analyzer, Finding, RequestContext, ResponseSummary};
-use crate::config::{DetectorsConfig, LearningConfig};
+use super::request::{Analyzer, RequestContext, ResponseSummary};
+use crate::config::{DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
+use crate::detect::params::RequestParams;
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
+use crate::finding::Finding;
+use crate::model::hashing::stable_hash;
 use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps};
 use crate::operation::Operation;
 use crate::session::RecentOp;
@@ -38,6 +42,26 @@ struct Settings {
     learning: LearningConfig,
     detectors: DetectorsConfig,
     protection: Option<String>,
+    /// Lower-case header, cookie and query names that identify sessions: never learned.
+    session_names: Vec<String>,
+}
+
+/// The header, cookie and query names the session config identifies sessions by.
+fn session_names(session: &SessionConfig) -> Vec<String> {
+    session
+        .identifiers
+        .iter()
+        .flat_map(|id| {
+            [
+                id.jwt_claim.as_ref().map(|j| j.header.clone()),
+                id.header.as_ref().map(|h| h.name.clone()),
+                id.cookie.as_ref().map(|c| c.name.clone()),
+                id.query_param.as_ref().map(|q| q.name.clone()),
+            ]
+        })
+        .flatten()
+        .map(|name| name.to_ascii_lowercase())
+        .collect()
 }
 
 #[derive(Debug)]
@@ -174,6 +198,7 @@ impl LearnedAnalyzer {
                 learning: learning.clone(),
                 detectors: detectors.clone(),
                 protection: None,
+                session_names: Vec::new(),
             }),
             inner: RwLock::new(Inner {
                 model,
@@ -185,7 +210,7 @@ impl LearnedAnalyzer {
             }),
             pending: Mutex::new(PendingLessons::default()),
             clients: Mutex::new(ClientTable::default()),
-            auth: Mutex::new(AuthActivity::default()),
+            auth: Mutex::new(AuthActivity::new(learning.max_tracked_clients)),
         }
     }
 
@@ -204,8 +229,11 @@ impl LearnedAnalyzer {
         self.settings.store(Arc::new(Settings {
             learning: learning.clone(),
             detectors: detectors.clone(),
-            protection: current.protection.clone(),
+            ..(**current).clone()
         }));
+        self.auth
+            .lock()
+            .set_max_identities(learning.max_tracked_clients);
         let mut inner = self.write_inner();
         inner.model.set_caps(caps_of(learning));
     }
@@ -281,11 +309,7 @@ impl LearnedAnalyzer {
     pub fn view(&self) -> ModelView {
         let settings = self.settings.load();
         let inner = self.write_inner();
-        let clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let clients = self.clients.lock().len();
         let mut view = model_view(
             &inner.model,
             &settings.learning,
@@ -299,12 +323,8 @@ impl LearnedAnalyzer {
     /// The write lock, with every queued lesson applied first: whoever reads the model through
     /// it (snapshots, deltas, the view) sees everything learned so far.
     fn write_inner(&self) -> RwLockWriteGuard<'_, Inner> {
-        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        let queued = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let mut inner = self.inner.write();
+        let queued = self.pending.lock().take();
         if !queued.is_empty() {
             let shape_caps = caps_of(&self.settings.load().learning).shape();
             inner.apply(queued, &shape_caps);
@@ -316,32 +336,19 @@ impl LearnedAnalyzer {
     /// lock next; a full queue is applied in one batch. Never waits for the lock otherwise.
     fn learn(&self, lesson: Lesson, learning: &LearningConfig) {
         let shape_caps = caps_of(learning).shape();
-        match self.inner.try_write() {
-            Ok(mut inner) => {
-                let queued = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                inner.apply(
-                    queued.into_iter().chain(std::iter::once(lesson)),
-                    &shape_caps,
-                );
-            }
-            Err(TryLockError::Poisoned(poisoned)) => {
-                let mut inner = poisoned.into_inner();
-                inner.apply(std::iter::once(lesson), &shape_caps);
-            }
-            Err(TryLockError::WouldBlock) => {
-                let full = self
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(lesson);
-                if let Some(batch) = full {
-                    let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-                    inner.apply(batch, &shape_caps);
-                }
+        if let Some(mut inner) = self.inner.try_write() {
+            let queued = self.pending.lock().take();
+            inner.apply(
+                queued.into_iter().chain(std::iter::once(lesson)),
+                &shape_caps,
+            );
+        } else {
+            // The queue's lock is released before the model's is taken (`write_inner` takes
+            // them in the other order).
+            let full = self.pending.lock().push(lesson);
+            if let Some(batch) = full {
+                let mut inner = self.inner.write();
+                inner.apply(batch, &shape_caps);
             }
         }
     }
@@ -360,7 +367,7 @@ impl LearnedAnalyzer {
         let period = learning.window_seconds.saturating_mul(1000).max(60_000);
         let now = ctx.now_ms;
         let due = {
-            let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+            let inner = self.inner.read();
             inner.next_ageing_ms == 0
                 || now >= inner.next_ageing_ms
                 || inner.baselines.due(now, window_ms)
@@ -389,6 +396,13 @@ impl LearnedAnalyzer {
         }
     }
 
+    /// The request's parameters, with those that identify sessions hidden.
+    fn params_of(ctx: &RequestContext<'_>, settings: &Settings) -> RequestParams {
+        let mut params = ctx.scratch.take_params(ctx);
+        params.hide_session_identifiers(&settings.session_names);
+        params
+    }
+
     fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
         model.requests >= learning.min_requests && model.sessions >= learning.min_sessions
     }
@@ -403,12 +417,12 @@ impl Analyzer for LearnedAnalyzer {
     fn inspect(&self, ctx: &RequestContext<'_>, state: &mut SessionState, out: &mut Vec<Finding>) {
         let settings = self.settings.load();
         let (learning, detectors) = (&settings.learning, &settings.detectors);
-        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let inner = self.inner.read();
         let model = &inner.model;
         if !Self::globally_mature(model, learning) {
             return;
         }
-        let params = ctx.scratch.take_params(ctx);
+        let params = Self::params_of(ctx, &settings);
         let window_ms = window_ms(learning);
         let judged = Judged {
             ctx,
@@ -469,15 +483,11 @@ impl Analyzer for LearnedAnalyzer {
             out.push(f);
         }
         if detectors.credential_stuffing.enabled && stuffing::is_auth_request(&judged) {
-            let client = self
-                .clients
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&ctx.client, judged.window);
+            let client = self.clients.lock().get(&ctx.client, judged.window);
             if let Some(f) = stuffing::check(&judged, &detectors.credential_stuffing, client) {
                 out.push(f);
             } else {
-                let mut auth = self.auth.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut auth = self.auth.lock();
                 out.extend(distributed::check(
                     &judged,
                     &detectors.credential_stuffing,
@@ -504,12 +514,12 @@ impl Analyzer for LearnedAnalyzer {
         }
         let tainted = state.tainted();
         let learnable = (200..400).contains(&resp.status) && !tainted;
-        let params = ctx.scratch.take_params(ctx);
+        let params = Self::params_of(ctx, &settings);
         let window_ms = window_ms(learning);
         let window = ctx.now_ms / window_ms;
         self.maintain(ctx, learning, window_ms, learnable);
         // Everything below reads the shared model; what it must change goes into `lesson`.
-        let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.inner.read();
         let inner = &*guard;
         let baselines = &inner.baselines;
         let model = &inner.model;
@@ -520,6 +530,7 @@ impl Analyzer for LearnedAnalyzer {
             learnable,
             sequence_order: learning.sequence_order,
             max_contexts: learning.max_contexts,
+            session: stable_hash(ctx.session.as_bytes()),
             ..Lesson::default()
         };
         if newly_tainted {
@@ -597,21 +608,17 @@ impl Analyzer for LearnedAnalyzer {
             && !flagged
             && let Some(index) = op
         {
-            self.auth
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .record(
-                    index,
-                    ctx.now_ms,
-                    window,
-                    params.identity,
-                    &ctx.client,
-                    auth_failure,
-                    learning.max_tracked_clients,
-                );
+            self.auth.lock().record(
+                index,
+                ctx.now_ms,
+                window,
+                params.identity,
+                &ctx.client,
+                auth_failure,
+            );
         }
         if auth_failure && auth_like {
-            let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut clients = self.clients.lock();
             let before = clients
                 .get(&ctx.client, window)
                 .map_or(0, |e| e.distinct_identities());
@@ -647,6 +654,14 @@ impl Analyzer for LearnedAnalyzer {
         }
         self.learn(lesson, learning);
         state.record_seen();
+    }
+
+    fn configure(&self, config: &EnforcerConfig) {
+        let current = self.settings.load();
+        self.settings.store(Arc::new(Settings {
+            session_names: session_names(&config.session),
+            ..(**current).clone()
+        }));
     }
 
     fn model_view(&self) -> serde_json::Value {

@@ -85,17 +85,32 @@ pub fn client_hash(client: &IpAddr) -> u64 {
 }
 
 /// Authentication attempts across all clients (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AuthActivity {
     rings: Vec<AttemptRing>,
     identities: HashMap<u64, IdentityFailures>,
+    /// Cap on identities with failures tracked at once (`learning.maxTrackedClients`).
+    max_identities: usize,
     /// Identities not tracked because the table was full.
     pub untracked: u64,
 }
 
 impl AuthActivity {
+    pub fn new(max_identities: usize) -> Self {
+        Self {
+            rings: Vec::new(),
+            identities: HashMap::new(),
+            max_identities,
+            untracked: 0,
+        }
+    }
+
+    /// Applies a new cap (config reload); a smaller one takes effect as identities arrive.
+    pub fn set_max_identities(&mut self, max_identities: usize) {
+        self.max_identities = max_identities;
+    }
+
     /// Records one unflagged attempt on authenticating operation `op`.
-    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &mut self,
         op: u16,
@@ -104,7 +119,6 @@ impl AuthActivity {
         identity: Option<u64>,
         client: &IpAddr,
         failed: bool,
-        max_identities: usize,
     ) {
         let client_key = client_hash(client);
         let attempt = Attempt {
@@ -122,7 +136,7 @@ impl AuthActivity {
             ring.next = (ring.next + 1) % RING_SIZE;
         }
         if failed && let Some(identity) = identity {
-            self.record_identity_failure(identity, window, client_key, max_identities);
+            self.record_identity_failure(identity, window, client_key);
         }
     }
 
@@ -142,7 +156,8 @@ impl AuthActivity {
         self.rings.last_mut()
     }
 
-    fn record_identity_failure(&mut self, identity: u64, window: u64, client: u64, cap: usize) {
+    fn record_identity_failure(&mut self, identity: u64, window: u64, client: u64) {
+        let cap = self.max_identities;
         if !self.identities.contains_key(&identity) && self.identities.len() >= cap {
             self.identities.retain(|_, e| e.window == window);
             if self.identities.len() >= cap {
@@ -244,7 +259,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_latest_attempts_within_the_horizon() {
-        let mut a = AuthActivity::default();
+        let mut a = AuthActivity::new(100);
         // 200 attempts, every fourth failing for its own identity from its own address.
         for i in 0..200u32 {
             a.record(
@@ -254,7 +269,6 @@ mod tests {
                 Some(u64::from(i) + 1),
                 &ip(i),
                 i % 4 == 0,
-                100,
             );
         }
         let r = a.recent(0, 2000, 10_000);
@@ -276,34 +290,34 @@ mod tests {
 
     #[test]
     fn operations_and_identities_are_bounded() {
-        let mut a = AuthActivity::default();
+        let mut a = AuthActivity::new(10);
         for op in 0..20u16 {
-            a.record(op, 1, 1, None, &ip(1), true, 10);
+            a.record(op, 1, 1, None, &ip(1), true);
         }
         assert_eq!(a.rings.len(), MAX_AUTH_OPERATIONS);
         for i in 0..100u32 {
-            a.record(0, 2, 1, Some(u64::from(i) + 1), &ip(i), true, 10);
+            a.record(0, 2, 1, Some(u64::from(i) + 1), &ip(i), true);
         }
         assert_eq!(a.tracked_identities(), 10);
         assert_eq!(a.untracked, 90);
         // A new window frees the table.
-        a.record(0, 3, 2, Some(7777), &ip(1), true, 10);
+        a.record(0, 3, 2, Some(7777), &ip(1), true);
         assert_eq!(a.tracked_identities(), 1);
     }
 
     #[test]
     fn one_identity_from_many_addresses() {
-        let mut a = AuthActivity::default();
+        let mut a = AuthActivity::new(100);
         for i in 0..6u32 {
-            a.record(0, 1, 5, Some(42), &ip(i), true, 100);
+            a.record(0, 1, 5, Some(42), &ip(i), true);
         }
         let e = a.identity(42, 5).unwrap();
         assert_eq!(e.failures, 6);
         assert_eq!(e.distinct_clients(), 6);
         assert!(a.identity(42, 6).is_none());
-        let mut b = AuthActivity::default();
-        b.record(0, 1, 5, Some(42), &ip(3), true, 100);
-        b.record(0, 1, 5, Some(42), &ip(3), true, 100);
+        let mut b = AuthActivity::new(100);
+        b.record(0, 1, 5, Some(42), &ip(3), true);
+        b.record(0, 1, 5, Some(42), &ip(3), true);
         let e = b.identity(42, 5).unwrap();
         assert_eq!(e.distinct_clients(), 1);
     }

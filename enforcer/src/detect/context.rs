@@ -1,7 +1,8 @@
 //! What every detector reads when it judges one request.
 
-use crate::analysis::{Finding, FindingKind, RequestContext, Severity};
+use super::request::RequestContext;
 use crate::config::{DetectorConfig, LearningConfig};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::{LearnedModel, OperationStats};
 
 use super::baselines::Baselines;

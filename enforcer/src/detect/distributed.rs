@@ -19,8 +19,8 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::DetectorConfig;
+use crate::finding::{Finding, FindingKind, Severity};
 
 use super::auth_activity::{AuthActivity, IdentityFailures, RecentAttempts};
 use super::clients::ClientFailures;

@@ -4,9 +4,9 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::DetectorConfig;
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
+use crate::finding::{Finding, FindingKind, Severity};
 
 use super::context::{Judged, finding};
 use super::thresholds::{object_threshold, peer_threshold};

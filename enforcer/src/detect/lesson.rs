@@ -43,6 +43,8 @@ pub struct Lesson {
     pub headers: Vec<ParamObservation>,
     pub params: Vec<ParamObservation>,
     pub has_credentials: bool,
+    /// Fingerprint of the session key (the model's keyed hash): which sessions saw a value.
+    pub session: u64,
     /// The collapsed history this operation followed (sequence learning), when learned.
     pub sequence: Option<Vec<u16>>,
     pub sequence_order: usize,
@@ -88,7 +90,7 @@ impl Lesson {
                 model.sessions += 1;
             }
             for obs in &self.headers {
-                model.headers.learn(obs, shape_caps);
+                model.headers.learn(obs, shape_caps, self.session);
             }
             if let (Some(op), Some(history)) = (self.op, &self.sequence) {
                 model.sequences.learn(history, op, self.sequence_order);
@@ -109,7 +111,7 @@ impl Lesson {
                     stats.credential_requests += 1;
                 }
                 for obs in &self.params {
-                    stats.shape.learn(obs, shape_caps);
+                    stats.shape.learn(obs, shape_caps, self.session);
                 }
             }
             if let Some(reached) = self.volume_reached {
@@ -166,9 +168,9 @@ mod tests {
     use std::net::IpAddr;
     use std::sync::Arc;
 
-    use crate::analysis::{Analyzer, RequestContext, RequestScratch, ResponseSummary};
     use crate::config::{Action, DetectorsConfig, LearningConfig};
     use crate::detect::LearnedAnalyzer;
+    use crate::detect::request::{Analyzer, RequestContext, RequestScratch, ResponseSummary};
     use crate::detect::session_state::SessionState;
     use crate::model::LearnedModel;
     use crate::operation::{Operation, OperationOrigin};

@@ -1,5 +1,5 @@
 //! Learned anomaly detectors (issue 4): each compares one request with the learned model and
-//! may emit a [`Finding`](crate::analysis::Finding) with evidence and a deterministic
+//! may emit a [`Finding`](crate::finding::Finding) with evidence and a deterministic
 //! plain-language explanation. [`LearnedAnalyzer`] runs them and feeds the model.
 
 pub mod analyzer;
@@ -12,6 +12,7 @@ pub mod enumeration;
 pub mod journey;
 pub mod lesson;
 pub mod params;
+pub mod request;
 pub mod sequence;
 pub mod session_state;
 pub mod shadow;
@@ -22,6 +23,7 @@ pub mod view;
 pub mod volume;
 
 pub use analyzer::LearnedAnalyzer;
+pub use request::{Analyzer, NoopAnalyzer, RequestContext, RequestScratch, ResponseSummary};
 pub use view::{ModelView, model_view, suggested_rules, suggested_rules_in};
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,8 @@
 //! check: path parameters, query keys, JSON body fields by path, headers and cookies; plus the
 //! object identifiers it names, whether it carries credentials, and the identity it claims.
 
-use crate::analysis::RequestContext;
+use super::request::RequestContext;
+use crate::model::disclosure::{is_secret_name, is_secret_param};
 use crate::model::hashing::stable_hash;
 use crate::model::value::{ValueKind, json_facts, text_facts};
 use crate::model::{Location, ParamObservation};
@@ -237,12 +238,13 @@ impl RequestParams {
         if is_credential_name(name) && matches!(value, serde_json::Value::String(_)) {
             self.has_credentials = true;
             // A secret is never profiled beyond its presence and type: no value set, no sketch.
-            self.push(ParamObservation {
-                name: name.to_owned(),
-                location: Location::Body,
+            self.push(ParamObservation::new(
+                name.to_owned(),
+                Location::Body,
                 facts,
-                value: String::new(),
-            });
+                String::new(),
+                true,
+            ));
             return;
         }
         if is_identity_name(name) && !text.is_empty() && self.identity.is_none() {
@@ -251,12 +253,13 @@ impl RequestParams {
         if !matches!(kind, ValueKind::Object | ValueKind::Array) {
             self.consider_object(Location::Body, name, kind, &text);
         }
-        self.push(ParamObservation {
-            name: name.to_owned(),
-            location: Location::Body,
+        self.push(ParamObservation::new(
+            name.to_owned(),
+            Location::Body,
             facts,
-            value: text,
-        });
+            text,
+            is_secret_name(name),
+        ));
         if depth >= MAX_JSON_DEPTH {
             return;
         }
@@ -277,18 +280,33 @@ impl RequestParams {
         }
     }
 
+    /// Marks the parameters the session config names (lower-case header, cookie and query
+    /// names) as secret: their values identify sessions and are not kept.
+    pub fn hide_session_identifiers(&mut self, session_names: &[String]) {
+        if session_names.is_empty() {
+            return;
+        }
+        for obs in self.params.iter_mut().chain(self.headers.iter_mut()) {
+            if !obs.secret && is_secret_param(obs.location, &obs.name, session_names) {
+                obs.secret = true;
+                obs.value.clear();
+            }
+        }
+    }
+
     /// Extracts everything from one request.
     pub fn from_request(ctx: &RequestContext<'_>) -> Self {
         let mut out = Self::default();
         for (name, value) in ctx.path_params {
             let facts = text_facts(value);
             let kind = facts.kind;
-            let obs = ParamObservation {
-                name: bounded_name("path", name),
-                location: Location::Path,
+            let obs = ParamObservation::new(
+                bounded_name("path", name),
+                Location::Path,
                 facts,
-                value: truncate(value),
-            };
+                truncate(value),
+                false,
+            );
             out.consider_object(Location::Path, name, kind, value);
             out.push(obs);
         }
@@ -297,24 +315,27 @@ impl RequestParams {
             let facts = text_facts(value);
             if is_credential_name(key) {
                 out.has_credentials = true;
-                out.push(ParamObservation {
+                out.push(ParamObservation::new(
                     name,
-                    location: Location::Query,
+                    Location::Query,
                     facts,
-                    value: String::new(),
-                });
+                    String::new(),
+                    true,
+                ));
                 continue;
             }
             if is_identity_name(key) && out.identity.is_none() && !value.is_empty() {
                 out.identity = Some(stable_hash(value.to_ascii_lowercase().as_bytes()));
             }
             out.consider_object(Location::Query, key, facts.kind, value);
-            out.push(ParamObservation {
+            let secret = is_secret_name(&name);
+            out.push(ParamObservation::new(
                 name,
-                location: Location::Query,
+                Location::Query,
                 facts,
-                value: truncate(value),
-            });
+                truncate(value),
+                secret,
+            ));
         }
         if let Some(body) = ctx.body {
             match body {
@@ -338,12 +359,15 @@ impl RequestParams {
             }
             let text = String::from_utf8_lossy(value.as_bytes());
             let facts = text_facts(&text);
-            out.push(ParamObservation {
-                name: bounded_name("header", header),
-                location: Location::Header,
+            let name = bounded_name("header", header);
+            let secret = is_secret_param(Location::Header, &name, &[]);
+            out.push(ParamObservation::new(
+                name,
+                Location::Header,
                 facts,
-                value: truncate(&text),
-            });
+                truncate(&text),
+                secret,
+            ));
         }
         for cookie_header in ctx.headers.get_all(http::header::COOKIE) {
             let text = String::from_utf8_lossy(cookie_header.as_bytes());
@@ -352,12 +376,14 @@ impl RequestParams {
                     continue;
                 };
                 let facts = text_facts(value);
-                out.push(ParamObservation {
-                    name: bounded_name("cookie", name.trim()),
-                    location: Location::Cookie,
+                // Cookies carry sessions and credentials: never a value, only facts.
+                out.push(ParamObservation::new(
+                    bounded_name("cookie", name.trim()),
+                    Location::Cookie,
                     facts,
-                    value: truncate(value),
-                });
+                    String::new(),
+                    true,
+                ));
             }
         }
         out

@@ -20,8 +20,8 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::DetectorConfig;
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::sequence::{NextCounts, SequenceModel, upper_bound};
 use crate::model::{LearnedModel, SESSION_START};
 

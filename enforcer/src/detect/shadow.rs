@@ -3,8 +3,8 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::DetectorConfig;
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::operation::OperationOrigin;
 
 use super::context::{Judged, finding};

@@ -6,8 +6,8 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::{DetectorConfig, Sensitivity};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::histogram::LogHistogram;
 use crate::model::value::{
     CHAR_CLASS_NAMES, MARKER_NAMES, RISKY_CHAR_CLASSES, TypeFamily, ValueKind, bit_names,
@@ -191,23 +191,43 @@ fn check_value(
     }
     // Small enums (query and body only).
     if matches!(obs.location, Location::Body | Location::Query)
+        && !obs.secret
         && !profile.values_overflow
         && !profile.values.is_empty()
         && profile.values.len() <= 3
         && samples >= 100
         && !matches!(facts.kind, ValueKind::Object | ValueKind::Array)
-        && !profile.values.contains_key(obs.value.as_str())
+        && !profile.has_value(&obs.value)
     {
-        let allowed: Vec<&str> = profile.values.keys().map(String::as_str).collect();
         out.push(Deviation {
             param: obs.name.clone(),
             kind: "enum",
-            detail: format!(
-                "{what} {name} is {:?}; all {samples} learned values were one of {allowed:?}",
-                obs.value
-            ),
+            detail: enum_detail(obs, profile, what, name, samples),
             severity: Severity::Medium,
         });
+    }
+}
+
+/// "body field currency is "GBP"; all 120 learned values were one of ["EUR", "USD"]", naming
+/// only values that may be shown (see `model::disclosure`).
+fn enum_detail(
+    obs: &ParamObservation,
+    profile: &ParamProfile,
+    what: &str,
+    name: &str,
+    samples: u64,
+) -> String {
+    let value = if obs.may_show() {
+        format!("{:?}", obs.value)
+    } else {
+        "a value".to_owned()
+    };
+    let known = profile.values.len();
+    if profile.shown_values.len() == known {
+        let allowed: Vec<&str> = profile.shown_values.iter().map(String::as_str).collect();
+        format!("{what} {name} is {value}; all {samples} learned values were one of {allowed:?}")
+    } else {
+        format!("{what} {name} is {value}; all {samples} learned values were one of {known} others")
     }
 }
 

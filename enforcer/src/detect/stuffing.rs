@@ -5,8 +5,8 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::DetectorConfig;
+use crate::finding::{Finding, FindingKind, Severity};
 
 use super::clients::ClientFailures;
 use super::context::{Judged, finding};

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::analysis::{Analyzer, Finding, FindingKind, RequestContext, ResponseSummary};
+use super::request::{Analyzer, RequestContext, ResponseSummary};
 use crate::config::{Action, DetectorsConfig, LearningConfig};
 use crate::detect::LearnedAnalyzer;
 use crate::detect::session_state::SessionState;
+use crate::finding::{Finding, FindingKind};
 use crate::model::LearnedModel;
 use crate::operation::{Operation, OperationOrigin};
 use crate::session::{RecentOp, SessionSource};

@@ -3,9 +3,9 @@
 
 use serde_json::json;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::DetectorConfig;
 use crate::detect::session_state::SessionState;
+use crate::finding::{Finding, FindingKind, Severity};
 
 use super::context::{Judged, finding};
 use super::thresholds::volume_threshold;

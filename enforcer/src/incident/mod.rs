@@ -1,21 +1,46 @@
 //! Incidents: the findings of one session (of one client address for credential
 //! stuffing) within an inactivity window, with a deterministic plain-language summary.
+//!
+//! Bounded in bytes, not only in count: operations and explanations come partly from client
+//! input (a 60 kB path segment, a schema error quoting a body value), so each is cut at
+//! [`MAX_OPERATION_BYTES`] / [`MAX_EXPLANATION_BYTES`] with a `…(+N bytes)` marker. Session
+//! keys are shown through [`session_label`] (credential values hashed).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::analysis::{Finding, FindingKind, Severity};
-use crate::policy::format_unix_ms;
+use crate::config::IncidentsConfig;
+use crate::finding::{Finding, FindingKind, Severity};
+use crate::session::session_label;
+use crate::time::format_unix_ms;
 
 /// Distinct (kind, rule, operation) groups kept per incident for its summary.
 const MAX_GROUPS: usize = 16;
 /// Operations listed per incident.
 const MAX_OPERATIONS: usize = 32;
+/// Longest operation name kept in an incident.
+pub const MAX_OPERATION_BYTES: usize = 256;
+/// Longest finding explanation kept in an incident.
+pub const MAX_EXPLANATION_BYTES: usize = 512;
+
+/// `text` cut to at most `max` bytes (at a character boundary) plus a `…(+N bytes)` marker
+/// saying how much was cut.
+pub fn truncate_marked(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…(+{} bytes)", &text[..end], text.len() - end))
+}
 
 #[derive(Debug, Clone)]
 struct Group {
@@ -139,6 +164,8 @@ pub struct Recorded {
     pub seq: u32,
     pub id: String,
     pub created: bool,
+    /// The session as the incident shows it (for logs).
+    pub session: String,
 }
 
 #[derive(Debug, Default)]
@@ -150,17 +177,41 @@ struct Inner {
     open: HashMap<String, u32>,
     dirty: BTreeSet<u32>,
     evicted: u64,
+    /// A session's findings closer than this belong to one incident.
+    window_ms: u64,
+    /// Incidents kept (oldest evicted first).
+    max_incidents: usize,
+    /// Show session keys verbatim (`admin.revealSessionKeys`).
+    reveal_session_keys: bool,
 }
 
 /// Bounded incident store (oldest evicted first).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IncidentStore {
     inner: Mutex<Inner>,
 }
 
 impl IncidentStore {
-    /// Adds the findings of one request. `op` is the operation's display template.
-    #[allow(clippy::too_many_arguments)]
+    /// `reveal_session_keys` is `admin.revealSessionKeys`.
+    pub fn new(config: &IncidentsConfig, reveal_session_keys: bool) -> Self {
+        let store = Self {
+            inner: Mutex::new(Inner::default()),
+        };
+        store.configure(config, reveal_session_keys);
+        store
+    }
+
+    /// Applies the `incidents` section (at start and on reload); a smaller cap takes effect
+    /// with the next new incident.
+    pub fn configure(&self, config: &IncidentsConfig, reveal_session_keys: bool) {
+        let mut inner = self.inner.lock();
+        inner.window_ms = config.inactivity_window.as_millis_u64();
+        inner.max_incidents = config.max_incidents;
+        inner.reveal_session_keys = reveal_session_keys;
+    }
+
+    /// Adds the findings of one request. `session` is the session key (shown through
+    /// [`session_label`]), `op` the operation's display template.
     pub fn record(
         &self,
         session: &str,
@@ -169,10 +220,13 @@ impl IncidentStore {
         findings: &[Finding],
         blocked: bool,
         now_ms: u64,
-        window_ms: u64,
-        max_incidents: usize,
     ) -> Option<Recorded> {
-        let mut inner = self.inner.lock().ok()?;
+        let mut inner = self.inner.lock();
+        let (window_ms, max_incidents) = (inner.window_ms, inner.max_incidents);
+        let session = session_label(session, inner.reveal_session_keys);
+        let session = truncate_marked(&session, MAX_OPERATION_BYTES).into_owned();
+        let op = truncate_marked(op, MAX_OPERATION_BYTES);
+        let op = op.as_ref();
         let stuffing_only = !findings.is_empty()
             && findings
                 .iter()
@@ -180,7 +234,7 @@ impl IncidentStore {
         let key = if stuffing_only {
             format!("client:{client}")
         } else {
-            session.to_owned()
+            session.clone()
         };
         let open = inner.open.get(&key).copied().filter(|seq| {
             inner
@@ -200,7 +254,7 @@ impl IncidentStore {
                     session: if stuffing_only {
                         format!("client {client}")
                     } else {
-                        session.to_owned()
+                        session.clone()
                     },
                     client,
                     severity: Severity::Low,
@@ -279,7 +333,8 @@ impl IncidentStore {
                     count: 1,
                     first_ms: now_ms,
                     last_ms: now_ms,
-                    explanation: f.explanation.clone(),
+                    explanation: truncate_marked(&f.explanation, MAX_EXPLANATION_BYTES)
+                        .into_owned(),
                 }),
                 None => {}
             }
@@ -289,15 +344,15 @@ impl IncidentStore {
             seq,
             id: incident.id.clone(),
             created,
+            session: incident.session.clone(),
         })
     }
 
     /// Counts an unflagged request of a session whose incident `seq` may still be open.
     /// Returns false when the incident closed (the caller forgets `seq`).
-    pub fn note_request(&self, seq: u32, now_ms: u64, window_ms: u64) -> bool {
-        let Ok(mut inner) = self.inner.lock() else {
-            return false;
-        };
+    pub fn note_request(&self, seq: u32, now_ms: u64) -> bool {
+        let mut inner = self.inner.lock();
+        let window_ms = inner.window_ms;
         let Some(incident) = inner.by_seq.get_mut(&seq) else {
             return false;
         };
@@ -311,9 +366,7 @@ impl IncidentStore {
 
     /// Newest first.
     pub fn list(&self) -> Vec<Incident> {
-        let Ok(inner) = self.inner.lock() else {
-            return Vec::new();
-        };
+        let inner = self.inner.lock();
         inner
             .order
             .iter()
@@ -324,9 +377,7 @@ impl IncidentStore {
 
     /// New and updated incidents since the previous call (for reports), oldest first.
     pub fn drain_updated(&self) -> Vec<Incident> {
-        let Ok(mut inner) = self.inner.lock() else {
-            return Vec::new();
-        };
+        let mut inner = self.inner.lock();
         let dirty = std::mem::take(&mut inner.dirty);
         dirty
             .iter()
@@ -335,7 +386,7 @@ impl IncidentStore {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|i| i.by_seq.len()).unwrap_or(0)
+        self.inner.lock().by_seq.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -343,14 +394,24 @@ impl IncidentStore {
     }
 
     pub fn evicted(&self) -> u64 {
-        self.inner.lock().map(|i| i.evicted).unwrap_or(0)
+        self.inner.lock().evicted
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
+    use crate::config::{Action, Duration};
+
+    /// A store with a 15-minute inactivity window and room for 10 incidents.
+    fn store() -> IncidentStore {
+        IncidentStore::new(&CONFIG, false)
+    }
+
+    const CONFIG: IncidentsConfig = IncidentsConfig {
+        inactivity_window: Duration::from_secs(900),
+        max_incidents: 10,
+    };
 
     fn finding() -> Finding {
         Finding {
@@ -367,17 +428,17 @@ mod tests {
 
     #[test]
     fn groups_a_session_and_writes_the_summary() {
-        let store = IncidentStore::default();
+        let store = store();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let op = "POST /api/v1/transferFunds";
         let a = store
-            .record("user:4411", ip, op, &[finding()], true, 1_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 1_000)
             .unwrap();
         let b = store
-            .record("user:4411", ip, op, &[finding()], true, 21_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 21_000)
             .unwrap();
         let c = store
-            .record("user:4411", ip, op, &[finding()], true, 41_000, 900_000, 10)
+            .record("user:4411", ip, op, &[finding()], true, 41_000)
             .unwrap();
         assert!(a.created && !b.created && !c.created);
         assert_eq!(a.id, c.id);
@@ -389,16 +450,7 @@ mod tests {
         );
         // After the inactivity window a new incident starts.
         let d = store
-            .record(
-                "user:4411",
-                ip,
-                op,
-                &[finding()],
-                false,
-                2_000_000,
-                900_000,
-                10,
-            )
+            .record("user:4411", ip, op, &[finding()], false, 2_000_000)
             .unwrap();
         assert!(d.created);
         assert_eq!(store.drain_updated().len(), 2);
@@ -407,7 +459,7 @@ mod tests {
 
     #[test]
     fn the_summary_keeps_the_first_finding_of_a_group() {
-        let store = IncidentStore::default();
+        let store = store();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         let op = "GET /api/v1/accounts/{account_id}/transactions";
         let cause = Finding {
@@ -421,10 +473,10 @@ mod tests {
             ..cause.clone()
         };
         store
-            .record("user:1", ip, op, &[cause], true, 1_000, 900_000, 10)
+            .record("user:1", ip, op, &[cause], true, 1_000)
             .unwrap();
         store
-            .record("user:1", ip, op, &[repeat], true, 3_000, 900_000, 10)
+            .record("user:1", ip, op, &[repeat], true, 3_000)
             .unwrap();
         let summary = &store.list()[0].summary;
         assert_eq!(
@@ -434,21 +486,45 @@ mod tests {
     }
 
     #[test]
+    fn credential_session_keys_are_hashed_and_long_input_is_cut() {
+        let store = store();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let long_op = format!("GET /{}", "a".repeat(60_000));
+        let long = Finding {
+            explanation: format!("called {long_op}"),
+            ..finding()
+        };
+        store
+            .record("cookie:sid=s3cr3t", ip, &long_op, &[long], false, 1)
+            .unwrap();
+        let incident = &store.list()[0];
+        assert!(
+            incident.session.starts_with("cookie:sid=#"),
+            "{}",
+            incident.session
+        );
+        let json = serde_json::to_string(incident).unwrap();
+        assert!(!json.contains("s3cr3t"));
+        assert!(
+            json.len() < 4 * (MAX_OPERATION_BYTES + MAX_EXPLANATION_BYTES),
+            "{}",
+            json.len()
+        );
+        assert!(json.contains("…(+"), "{json}");
+        store.configure(&CONFIG, true);
+        store
+            .record("cookie:sid=s3cr3t", ip, "GET /", &[finding()], false, 1)
+            .unwrap();
+        assert_eq!(store.list()[0].session, "cookie:sid=s3cr3t");
+    }
+
+    #[test]
     fn store_is_bounded() {
-        let store = IncidentStore::default();
+        let store = store();
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
         for i in 0..100 {
             store
-                .record(
-                    &format!("s{i}"),
-                    ip,
-                    "GET /",
-                    &[finding()],
-                    false,
-                    1000,
-                    900_000,
-                    10,
-                )
+                .record(&format!("s{i}"), ip, "GET /", &[finding()], false, 1000)
                 .unwrap();
         }
         assert_eq!(store.len(), 10);

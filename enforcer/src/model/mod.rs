@@ -12,6 +12,7 @@
 //! merging translates the other model's indices by template.
 
 pub mod codec;
+pub mod disclosure;
 pub mod endpoint;
 pub mod hashing;
 pub mod histogram;
@@ -323,6 +324,10 @@ impl LearnedModel {
                 )));
             }
         }
+        for op in &mut self.operations {
+            op.shape.scrub_legacy();
+        }
+        self.headers.scrub_legacy();
         let count = self.operations.len();
         let valid = |op: &u16| *op == SESSION_START || usize::from(*op) < count;
         for (context, next) in &self.sequences.contexts {

@@ -1,12 +1,16 @@
 //! Learned request shape: per parameter (path, query, JSON body field by path, header, cookie)
 //! the kinds of values seen, presence, lengths, magnitudes, character classes, suspicious
 //! constructs, small value sets and a distinct-count sketch. Counts only, so profiles merge by
-//! addition (the sketch by register maximum, the value set by union).
+//! addition (the sketch by register maximum, the value set by union). Values are kept as the
+//! model's keyed hash; clear text only for values proven not to be secrets, and nothing at all
+//! of secret ones (see [`super::disclosure`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::disclosure::{MIN_SHOWN_SESSIONS, is_secret_param, is_secret_value, may_show_value};
+use super::hashing::stable_hash;
 use super::histogram::LogHistogram;
 use super::sketch::DistinctSketch;
 use super::value::{ValueFacts, ValueKind};
@@ -40,8 +44,45 @@ pub struct ParamObservation {
     pub name: String,
     pub location: Location,
     pub facts: ValueFacts,
-    /// The value as text (scalars only; empty for objects and arrays), capped in length.
+    /// The value as text (scalars only; empty for objects and arrays and secrets), capped in
+    /// length.
     pub value: String,
+    /// The value is a secret (see [`super::disclosure`]): only its facts are learned.
+    pub secret: bool,
+}
+
+impl ParamObservation {
+    /// An observation; `secret` when the parameter or the value is secret, in which case the
+    /// value itself is not kept.
+    pub fn new(
+        name: String,
+        location: Location,
+        facts: ValueFacts,
+        value: String,
+        secret: bool,
+    ) -> Self {
+        let secret = secret || is_secret_value(&value);
+        Self {
+            name,
+            location,
+            facts,
+            value: if secret { String::new() } else { value },
+            secret,
+        }
+    }
+
+    /// Whether the value may be shown (in explanations) as it is.
+    pub fn may_show(&self) -> bool {
+        !self.secret && may_show_value(&self.value)
+    }
+}
+
+/// One member of a parameter's value set: how often it was seen, and in which sessions (one
+/// bit per session fingerprint modulo 64: the bits set are a lower bound on distinct sessions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnumValue {
+    pub count: u64,
+    pub sessions: u64,
 }
 
 /// Caps of one shape profile.
@@ -72,9 +113,21 @@ pub struct ParamProfile {
     pub magnitudes: LogHistogram,
     #[serde(default)]
     pub negatives: u64,
-    /// Small value sets (enums): value → count, while at most `max_enum_values` were seen.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub values: BTreeMap<String, u64>,
+    /// Small value sets (enums), by the keyed hash of the value, while at most
+    /// `max_enum_values` were seen.
+    #[serde(
+        default,
+        rename = "valueHashes",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub values: BTreeMap<u64, EnumValue>,
+    /// Clear text of the members of `values` proven not to be secrets.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub shown_values: BTreeSet<String>,
+    /// Clear-text values of models written before values were hashed: read, scrubbed when the
+    /// model is loaded (see [`ParamProfile::scrub_legacy`]), never written.
+    #[serde(default, rename = "values", skip_serializing)]
+    legacy_values: BTreeMap<String, u64>,
     /// More (or longer) distinct values than an enum may have were seen.
     #[serde(default)]
     pub values_overflow: bool,
@@ -83,7 +136,8 @@ pub struct ParamProfile {
 }
 
 impl ParamProfile {
-    pub fn learn(&mut self, obs: &ParamObservation, caps: &ShapeCaps) {
+    /// Learns one observation of session `session` (a fingerprint of the session key).
+    pub fn learn(&mut self, obs: &ParamObservation, caps: &ShapeCaps, session: u64) {
         let facts = &obs.facts;
         self.present += 1;
         *self.kinds.entry(facts.kind).or_insert(0) += 1;
@@ -104,27 +158,67 @@ impl ParamProfile {
                 self.negatives += 1;
             }
         }
-        if matches!(facts.kind, ValueKind::Object | ValueKind::Array) {
+        if matches!(facts.kind, ValueKind::Object | ValueKind::Array) || obs.secret {
             return;
         }
         if !self.values_overflow {
-            if obs.value.len() > caps.max_enum_value_len {
-                self.values_overflow = true;
-                self.values.clear();
-            } else if let Some(count) = self.values.get_mut(obs.value.as_str()) {
-                *count += 1;
-            } else if self.values.len() < caps.max_enum_values {
-                self.values.insert(obs.value.clone(), 1);
-            } else {
-                self.values_overflow = true;
-                self.values.clear();
-            }
+            self.learn_value(obs, caps, session);
         }
         if self.distinct.is_none() {
             self.distinct = DistinctSketch::new();
         }
         if let Some(sketch) = self.distinct.as_mut() {
             sketch.insert(&obs.value);
+        }
+    }
+
+    fn learn_value(&mut self, obs: &ParamObservation, caps: &ShapeCaps, session: u64) {
+        if obs.value.len() > caps.max_enum_value_len {
+            self.overflow();
+            return;
+        }
+        let hash = stable_hash(obs.value.as_bytes());
+        if !self.values.contains_key(&hash) && self.values.len() >= caps.max_enum_values {
+            self.overflow();
+            return;
+        }
+        let member = self.values.entry(hash).or_default();
+        member.count += 1;
+        member.sessions |= 1 << (session % 64);
+        if member.sessions.count_ones() >= MIN_SHOWN_SESSIONS
+            && obs.may_show()
+            && !self.shown_values.contains(obs.value.as_str())
+        {
+            self.shown_values.insert(obs.value.clone());
+        }
+    }
+
+    fn overflow(&mut self) {
+        self.values_overflow = true;
+        self.values.clear();
+        self.shown_values.clear();
+    }
+
+    /// Whether `value` is a member of the learned value set.
+    pub fn has_value(&self, value: &str) -> bool {
+        self.values.contains_key(&stable_hash(value.as_bytes()))
+    }
+
+    /// Drops what a model written before values were hashed kept in clear text: secret
+    /// parameters and values lose it, the rest is kept as hashes (shown again once seen in
+    /// enough sessions).
+    pub fn scrub_legacy(&mut self, name: &str, location: Location) {
+        let legacy = std::mem::take(&mut self.legacy_values);
+        if self.values_overflow || is_secret_param(location, name, &[]) {
+            return;
+        }
+        for (value, count) in legacy {
+            if !is_secret_value(&value) {
+                self.values
+                    .entry(stable_hash(value.as_bytes()))
+                    .or_default()
+                    .count += count;
+            }
         }
     }
 
@@ -154,7 +248,7 @@ impl ParamProfile {
 
     /// Distinct values seen (exact for enums, estimated beyond).
     pub fn distinct_estimate(&self) -> u64 {
-        if !self.values_overflow {
+        if !self.values_overflow && !self.values.is_empty() {
             return self.values.len() as u64;
         }
         self.distinct.as_ref().map_or(0, DistinctSketch::estimate)
@@ -172,13 +266,18 @@ impl ParamProfile {
             self.values_overflow = true;
         }
         if !self.values_overflow {
-            add_map(&mut self.values, &other.values);
+            for (hash, theirs) in &other.values {
+                let mine = self.values.entry(*hash).or_default();
+                mine.count += theirs.count;
+                mine.sessions |= theirs.sessions;
+            }
+            self.shown_values.extend(other.shown_values.iter().cloned());
             if self.values.len() > caps.max_enum_values {
                 self.values_overflow = true;
             }
         }
         if self.values_overflow {
-            self.values.clear();
+            self.overflow();
         }
         match (&mut self.distinct, &other.distinct) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
@@ -195,8 +294,14 @@ impl ParamProfile {
         self.lengths.subtract(&base.lengths);
         self.magnitudes.subtract(&base.magnitudes);
         self.negatives = self.negatives.saturating_sub(base.negatives);
-        sub_map(&mut self.values, &base.values);
-        // The sketch stays whole: merging it again is idempotent.
+        for (hash, theirs) in &base.values {
+            if let Some(mine) = self.values.get_mut(hash) {
+                mine.count = mine.count.saturating_sub(theirs.count);
+            }
+        }
+        self.values.retain(|_, v| v.count > 0);
+        // The sketch, the session bits and the shown values stay whole: merging them again is
+        // idempotent.
     }
 }
 
@@ -211,12 +316,12 @@ pub struct ShapeProfile {
 }
 
 impl ShapeProfile {
-    pub fn learn(&mut self, obs: &ParamObservation, caps: &ShapeCaps) {
+    pub fn learn(&mut self, obs: &ParamObservation, caps: &ShapeCaps, session: u64) {
         if let Some(profile) = self.params.get_mut(obs.name.as_str()) {
-            profile.learn(obs, caps);
+            profile.learn(obs, caps, session);
         } else if self.params.len() < caps.max_params {
             let mut profile = ParamProfile::default();
-            profile.learn(obs, caps);
+            profile.learn(obs, caps, session);
             self.params.insert(obs.name.clone(), profile);
         } else {
             self.dropped += 1;
@@ -236,6 +341,20 @@ impl ShapeProfile {
             }
         }
         self.dropped += other.dropped;
+    }
+
+    /// See [`ParamProfile::scrub_legacy`].
+    pub fn scrub_legacy(&mut self) {
+        for (name, profile) in &mut self.params {
+            let location = match name.split_once('.').map(|(prefix, _)| prefix) {
+                Some("path") => Location::Path,
+                Some("query") => Location::Query,
+                Some("header") => Location::Header,
+                Some("cookie") => Location::Cookie,
+                _ => Location::Body,
+            };
+            profile.scrub_legacy(name, location);
+        }
     }
 
     pub fn subtract(&mut self, base: &Self) {
@@ -284,26 +403,100 @@ mod tests {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        ParamObservation {
-            name: name.into(),
-            location: Location::Body,
-            facts: json_facts(&value),
-            value: text,
-        }
+        ParamObservation::new(name.into(), Location::Body, json_facts(&value), text, false)
     }
 
     #[test]
     fn learns_enum_then_overflows() {
         let mut p = ParamProfile::default();
         for v in ["EUR", "USD", "EUR", "CHF"] {
-            p.learn(&obs("body.currency", serde_json::json!(v)), &CAPS);
+            p.learn(&obs("body.currency", serde_json::json!(v)), &CAPS, 0);
         }
         assert_eq!(p.values.len(), 3);
         assert!(!p.values_overflow);
-        p.learn(&obs("body.currency", serde_json::json!("GBP")), &CAPS);
+        p.learn(&obs("body.currency", serde_json::json!("GBP")), &CAPS, 0);
         assert!(p.values_overflow);
         assert!(p.values.is_empty());
         assert_eq!(p.distinct_estimate(), 4);
+    }
+
+    #[test]
+    fn clear_text_needs_many_sessions_and_a_harmless_value() {
+        let caps = ShapeCaps {
+            max_enum_values: 16,
+            ..CAPS
+        };
+        let mut p = ParamProfile::default();
+        for session in 0..4 {
+            p.learn(
+                &obs("body.currency", serde_json::json!("EUR")),
+                &caps,
+                session,
+            );
+        }
+        assert!(p.shown_values.is_empty(), "four sessions are too few");
+        p.learn(&obs("body.currency", serde_json::json!("EUR")), &caps, 4);
+        assert_eq!(p.shown_values.iter().collect::<Vec<_>>(), ["EUR"]);
+        assert!(p.has_value("EUR") && !p.has_value("USD"));
+        // One session sending a value many times does not make it shown.
+        for _ in 0..50 {
+            p.learn(&obs("body.currency", serde_json::json!("CHF")), &caps, 7);
+        }
+        assert!(!p.shown_values.contains("CHF"));
+        // A high-entropy value is hashed only, however many sessions send it.
+        for session in 0..64 {
+            p.learn(
+                &obs("body.currency", serde_json::json!("x9Qz-77Lp!")),
+                &caps,
+                session,
+            );
+        }
+        assert!(p.has_value("x9Qz-77Lp!"));
+        assert!(!p.shown_values.contains("x9Qz-77Lp!"));
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("x9Qz") && !json.contains("CHF"), "{json}");
+    }
+
+    #[test]
+    fn secrets_leave_only_facts() {
+        let mut p = ParamProfile::default();
+        let secret = ParamObservation::new(
+            "body.password".into(),
+            Location::Body,
+            text_facts("hunter2"),
+            "hunter2".into(),
+            true,
+        );
+        for session in 0..10 {
+            p.learn(&secret, &CAPS, session);
+        }
+        assert_eq!(p.present, 10);
+        assert!(p.values.is_empty() && p.distinct.is_none());
+        let card = ParamObservation::new(
+            "body.note".into(),
+            Location::Body,
+            text_facts("4111111111111111"),
+            "4111111111111111".into(),
+            false,
+        );
+        assert!(card.secret && card.value.is_empty());
+    }
+
+    #[test]
+    fn legacy_clear_text_is_scrubbed_on_load() {
+        let legacy = r#"{"params":{
+            "body.currency":{"present":3,"values":{"EUR":2,"USD":1}},
+            "body.cardNumber":{"present":1,"values":{"4111111111111111":1}},
+            "body.note":{"present":1,"values":{"078-05-1120":1}}}}"#;
+        let mut shape: ShapeProfile = serde_json::from_str(legacy).unwrap();
+        shape.scrub_legacy();
+        assert!(shape.params["body.currency"].has_value("EUR"));
+        assert!(shape.params["body.cardNumber"].values.is_empty());
+        assert!(shape.params["body.note"].values.is_empty());
+        let json = serde_json::to_string(&shape).unwrap();
+        for clear in ["EUR", "USD", "4111111111111111", "078-05-1120"] {
+            assert!(!json.contains(clear), "{json}");
+        }
     }
 
     #[test]
@@ -321,11 +514,11 @@ mod tests {
         let (mut left, mut right) = (ShapeProfile::default(), ShapeProfile::default());
         for (i, v) in values.iter().enumerate() {
             let o = obs("body.field", v.clone());
-            all.learn(&o, &CAPS);
+            all.learn(&o, &CAPS, i as u64);
             if i % 2 == 0 {
-                left.learn(&o, &CAPS)
+                left.learn(&o, &CAPS, i as u64)
             } else {
-                right.learn(&o, &CAPS)
+                right.learn(&o, &CAPS, i as u64)
             }
         }
         left.merge(&right, &CAPS);
@@ -344,13 +537,15 @@ mod tests {
         let mut s = ShapeProfile::default();
         for i in 0..10 {
             s.learn(
-                &ParamObservation {
-                    name: format!("query.k{i}"),
-                    location: Location::Query,
-                    facts: text_facts("1"),
-                    value: "1".into(),
-                },
+                &ParamObservation::new(
+                    format!("query.k{i}"),
+                    Location::Query,
+                    text_facts("1"),
+                    "1".into(),
+                    false,
+                ),
                 &CAPS,
+                0,
             );
         }
         assert_eq!(s.params.len(), 4);

@@ -31,12 +31,23 @@ pub struct Operation {
     pub origin: OperationOrigin,
 }
 
+mod canonical;
 pub mod openapi;
+mod paths;
 mod query;
 mod resolver;
 mod shape;
+mod target;
 
+pub use canonical::{TargetError, canonical_literal, canonical_path};
 pub use openapi::{OpenApiDocument, OpenApiError, OperationSchema, load_openapi, parse_openapi};
-pub use query::{MAX_QUERY_PAIRS, parse_query};
-pub use resolver::{DeclaredSet, OperationResolver, Resolved, ResolverStats, Template};
-pub use shape::looks_variable;
+pub use paths::{
+    Backslash, DoubleEncoding, EncodedSlash, PathParameters, PathsConfig, RepeatedSlashes,
+    TrailingSlash,
+};
+pub use query::{QueryPairs, parse_query, parse_request_query};
+pub use resolver::{
+    DeclaredSet, OperationResolver, OperationsConfig, Resolved, ResolverStats, Template,
+};
+pub use shape::{MAX_LITERAL_SEGMENT_BYTES, looks_variable};
+pub use target::{CanonicalTarget, canonical_target, check_method};

@@ -67,10 +67,14 @@ impl OperationSchema {
             }
         }
         for p in &self.query_params {
-            match query.iter().find(|(k, _)| k == &p.name) {
-                Some((_, value)) => check_value(p, value, "query parameter", out),
-                None if p.required => out.push(format!("query parameter {:?} is required", p.name)),
-                None => {}
+            // Every occurrence: upstreams differ on which of repeated values they read.
+            let mut present = false;
+            for (_, value) in query.iter().filter(|(k, _)| k == &p.name) {
+                present = true;
+                check_value(p, value, "query parameter", out);
+            }
+            if !present && p.required {
+                out.push(format!("query parameter {:?} is required", p.name));
             }
         }
     }

@@ -2,6 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::canonical::canonical_literal;
+
 /// Methods an operation may name.
 pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -54,8 +56,15 @@ impl OperationPattern {
                 segments.push(PatternSegment::Param(name.to_owned()));
             } else if raw.contains(['{', '}']) {
                 return Err(format!("a parameter must be a whole segment, got {raw:?}"));
+            } else if matches!(raw, "." | "..") {
+                return Err(format!(
+                    "dot segment {raw:?} (requests are matched without them)"
+                ));
             } else {
-                segments.push(PatternSegment::Literal(raw.to_owned()));
+                // Requests are matched in canonical form: so are the declared literals.
+                let literal = canonical_literal(raw)
+                    .map_err(|e| format!("segment {raw:?} has no canonical form: {e}"))?;
+                segments.push(PatternSegment::Literal(literal));
             }
         }
         Ok(Self { method, segments })
@@ -155,5 +164,14 @@ mod tests {
             OperationPattern::parse("GET /").unwrap().normalized_key(),
             "GET /"
         );
+        assert!(OperationPattern::parse("GET /a/../b").is_err());
+        assert!(OperationPattern::parse("GET /a%2Fb").is_err());
+        assert!(OperationPattern::parse("GET /a;x").is_err());
+    }
+
+    #[test]
+    fn literals_are_canonical() {
+        let p = OperationPattern::parse("POST /api/v1/%74ransfer%46unds/café").unwrap();
+        assert_eq!(p.display(), "POST /api/v1/transferFunds/caf%C3%A9");
     }
 }

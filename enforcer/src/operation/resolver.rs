@@ -5,18 +5,48 @@
 //! looks like an id (see [`looks_variable`]) goes to the position's parameter branch, and
 //! a position that has seen more than `maxValuesPerPosition` distinct names sends every
 //! further new name there too. Nodes and templates are capped; beyond the caps a request
-//! resolves to its method's overflow operation, so a path fuzzer cannot grow memory.
+//! resolves to its method's overflow operation, so a path fuzzer cannot grow memory. The tree
+//! is bounded in bytes too: no literal is longer than `MAX_LITERAL_SEGMENT_BYTES` (a longer
+//! segment is a value), and the literals, keys and display forms it holds together stay under
+//! [`OperationResolver::max_tree_bytes`] (beyond it, new shapes go to the overflow operation).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 
 use super::openapi::OperationSchema;
 use super::pattern::{OperationPattern, PatternSegment, split_path};
 use super::shape::looks_variable;
 use super::{Operation, OperationOrigin};
-use crate::config::OperationsConfig;
+
+/// Operation templating from traffic: the `operations` section of the enforcer config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct OperationsConfig {
+    /// Learn templates for paths not declared (otherwise they resolve to one unknown operation per method).
+    pub learn: bool,
+    /// Cap on learned templates; beyond it requests go to one overflow operation per method.
+    pub max_templates: usize,
+    /// Distinct literal values tracked at one path position before it becomes a parameter.
+    pub max_values_per_position: usize,
+    /// Paths deeper than this many segments go to the overflow operation.
+    pub max_segments: usize,
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self {
+            learn: true,
+            max_templates: 1000,
+            max_values_per_position: 32,
+            max_segments: 16,
+        }
+    }
+}
 
 /// A resolved template: the operation and where its parameters are in the path.
 #[derive(Debug)]
@@ -59,12 +89,18 @@ impl DeclaredSet {
         self.by_key.values()
     }
 
-    fn lookup(&self, method: &http::Method, segments: &[&str]) -> Option<&Arc<Template>> {
+    fn lookup(
+        &self,
+        method: &http::Method,
+        segments: &[&str],
+        fold_case: bool,
+    ) -> Option<&Arc<Template>> {
         let candidates = self.by_shape.get(&(method.clone(), segments.len()))?;
         candidates
             .iter()
             .find(|(pattern, _)| {
                 pattern.iter().zip(segments).all(|(p, s)| match p {
+                    PatternSegment::Literal(l) if fold_case => l.eq_ignore_ascii_case(s),
                     PatternSegment::Literal(l) => l == s,
                     PatternSegment::Param(_) => true,
                 })
@@ -104,6 +140,14 @@ struct Node {
 #[derive(Debug)]
 struct LearnedTree {
     nodes: Vec<Node>,
+    /// Bytes of the literals, template keys and display forms learned (see `learned_bytes`).
+    bytes: usize,
+}
+
+/// Bytes one learned shape adds: its new literals, and the key and display form of its
+/// template (each kept about twice: in the tree or registry, and in the operation).
+fn learned_bytes(new_literals: usize, key: &str, display: &str) -> usize {
+    new_literals + 2 * (key.len() + display.len())
 }
 
 /// Counters exposed by `/v1/model` and the tests.
@@ -114,6 +158,9 @@ pub struct ResolverStats {
     pub tree_nodes: usize,
     pub max_templates: usize,
     pub max_nodes: usize,
+    /// Bytes of text the learned templates hold, and the cap.
+    pub tree_bytes: usize,
+    pub max_tree_bytes: usize,
 }
 
 /// Thread-safe resolver shared by all connections. Reads take a read lock only; the write
@@ -122,10 +169,14 @@ pub struct ResolverStats {
 pub struct OperationResolver {
     config: OperationsConfig,
     max_nodes: usize,
+    max_tree_bytes: usize,
     registry: Mutex<Registry>,
     declared: ArcSwap<DeclaredSet>,
     tree: RwLock<LearnedTree>,
     specials: RwLock<HashMap<(http::Method, OperationOrigin), Arc<Template>>>,
+    /// Declared literals match without regard to ASCII case (`paths.caseSensitive: false`;
+    /// the caller then resolves lower-cased paths).
+    fold_case: AtomicBool,
 }
 
 /// The result of resolving a request.
@@ -140,22 +191,34 @@ impl OperationResolver {
         Self {
             config: config.clone(),
             max_nodes,
+            max_tree_bytes: Self::max_tree_bytes(config),
             registry: Mutex::new(Registry::default()),
             declared: ArcSwap::from_pointee(DeclaredSet::default()),
             tree: RwLock::new(LearnedTree {
                 nodes: vec![Node::default()],
+                bytes: 0,
             }),
             specials: RwLock::new(HashMap::new()),
+            fold_case: AtomicBool::new(false),
         }
+    }
+
+    /// Whether declared literals match case-sensitively (the default).
+    pub fn set_case_sensitive(&self, sensitive: bool) {
+        self.fold_case.store(!sensitive, Ordering::Relaxed);
+    }
+
+    /// The byte budget of the learned tree: 512 bytes per allowed template (1,000 templates:
+    /// 512 KB), at least 64 KiB. Typical templates take a tenth of that.
+    pub fn max_tree_bytes(config: &OperationsConfig) -> usize {
+        config.max_templates.saturating_mul(512).max(64 * 1024)
     }
 
     /// Replaces the declared templates. `patterns` carry an optional schema (OpenAPI);
     /// the first occurrence of a normalized key wins.
     pub fn set_declared(&self, patterns: Vec<(OperationPattern, Option<Arc<OperationSchema>>)>) {
         let mut set = DeclaredSet::default();
-        let Ok(mut registry) = self.registry.lock() else {
-            return;
-        };
+        let mut registry = self.registry.lock();
         for (pattern, schema) in patterns {
             let key = pattern.normalized_key();
             if let Some(existing) = set.by_key.get_mut(&key) {
@@ -228,8 +291,10 @@ impl OperationResolver {
         self.declared.load_full()
     }
 
-    /// Resolves `method` + `path` (path without the query). `segments` receives the path
-    /// segments, for parameter extraction.
+    /// Resolves `method` + `path` (the canonical path, without the query). `segments`
+    /// receives the path segments, for parameter extraction. `HEAD` resolves to the `GET`
+    /// operation of its path unless `HEAD` is declared for it: upstreams answer `HEAD` with
+    /// their `GET` handler, so its rules and limits apply.
     pub fn resolve<'p>(
         &self,
         method: &http::Method,
@@ -238,7 +303,19 @@ impl OperationResolver {
     ) -> Resolved {
         segments.clear();
         segments.extend(split_path(path));
-        if let Some(t) = self.declared.load().lookup(method, segments) {
+        let declared = self.declared.load();
+        let fold_case = self.fold_case.load(Ordering::Relaxed);
+        if let Some(t) = declared.lookup(method, segments, fold_case) {
+            return Resolved {
+                template: Arc::clone(t),
+            };
+        }
+        let method = if *method == http::Method::HEAD {
+            &http::Method::GET
+        } else {
+            method
+        };
+        if let Some(t) = declared.lookup(method, segments, fold_case) {
             return Resolved {
                 template: Arc::clone(t),
             };
@@ -263,7 +340,7 @@ impl OperationResolver {
     }
 
     fn lookup_learned(&self, method: &http::Method, segments: &[&str]) -> Option<Arc<Template>> {
-        let tree = self.tree.read().ok()?;
+        let tree = self.tree.read();
         let mut node = tree.nodes.first()?;
         for seg in segments {
             let next = match node.literals.get(*seg) {
@@ -281,13 +358,16 @@ impl OperationResolver {
 
     /// Inserts the path into the tree; `None` when a cap is reached.
     fn learn(&self, method: &http::Method, segments: &[&str]) -> Option<Arc<Template>> {
-        let mut tree = self.tree.write().ok()?;
+        let mut tree = self.tree.write();
         let mut idx = 0usize;
         let mut key = String::with_capacity(64);
         key.push_str(method.as_str());
         key.push(' ');
         let mut display = key.clone();
         let mut params = Vec::new();
+        if tree.bytes >= self.max_tree_bytes {
+            return None;
+        }
         for (pos, seg) in segments.iter().enumerate() {
             let node = tree.nodes.get(idx)?;
             let literal = node.literals.get(*seg).copied();
@@ -318,8 +398,12 @@ impl OperationResolver {
                         }
                     }
                 } else {
+                    if tree.bytes + seg.len() > self.max_tree_bytes {
+                        return None;
+                    }
                     let new = push_node(&mut tree, self.max_nodes)?;
                     tree.nodes.get_mut(idx)?.literals.insert((*seg).into(), new);
+                    tree.bytes += seg.len();
                     new
                 }
             };
@@ -343,8 +427,12 @@ impl OperationResolver {
         if let Some((_, t)) = tree.nodes.get(idx)?.ends.iter().find(|(m, _)| m == method) {
             return Some(Arc::clone(t));
         }
+        let added = learned_bytes(0, &key, &display);
+        if tree.bytes + added > self.max_tree_bytes {
+            return None;
+        }
         let id = {
-            let mut registry = self.registry.lock().ok()?;
+            let mut registry = self.registry.lock();
             if registry.learned >= self.config.max_templates {
                 return None;
             }
@@ -373,6 +461,7 @@ impl OperationResolver {
             .get_mut(idx)?
             .ends
             .push((method.clone(), Arc::clone(&template)));
+        tree.bytes += added;
         Some(template)
     }
 
@@ -384,9 +473,7 @@ impl OperationResolver {
         } else {
             http::Method::from_bytes(b"OTHER").unwrap_or(http::Method::GET)
         };
-        if let Ok(map) = self.specials.read()
-            && let Some(t) = map.get(&(method.clone(), origin))
-        {
+        if let Some(t) = self.specials.read().get(&(method.clone(), origin)) {
             return Arc::clone(t);
         }
         let suffix = if origin == OperationOrigin::Unknown {
@@ -395,11 +482,7 @@ impl OperationResolver {
             "{overflow}"
         };
         let display = format!("{} /{suffix}", method.as_str());
-        let id = self
-            .registry
-            .lock()
-            .map(|mut r| r.id_for(&display))
-            .unwrap_or(u32::MAX);
+        let id = self.registry.lock().id_for(&display);
         let template = Arc::new(Template {
             op: Operation {
                 id,
@@ -409,10 +492,12 @@ impl OperationResolver {
             params: Box::new([]),
             schema: None,
         });
-        if let Ok(mut map) = self.specials.write() {
-            return Arc::clone(map.entry((method, origin)).or_insert(template));
-        }
-        template
+        Arc::clone(
+            self.specials
+                .write()
+                .entry((method, origin))
+                .or_insert(template),
+        )
     }
 
     /// Every operation currently known: declared, learned and the overflow buckets in use.
@@ -424,29 +509,33 @@ impl OperationResolver {
             .values()
             .map(|t| t.op.clone())
             .collect();
-        if let Ok(tree) = self.tree.read() {
+        {
+            let tree = self.tree.read();
             ops.extend(
                 tree.nodes
                     .iter()
                     .flat_map(|n| n.ends.iter().map(|(_, t)| t.op.clone())),
             );
         }
-        if let Ok(map) = self.specials.read() {
-            ops.extend(map.values().map(|t| t.op.clone()));
-        }
+        ops.extend(self.specials.read().values().map(|t| t.op.clone()));
         ops.sort_by_key(|op| op.id);
         ops.dedup_by_key(|op| op.id);
         ops
     }
 
     pub fn stats(&self) -> ResolverStats {
-        let learned_templates = self.registry.lock().map(|r| r.learned).unwrap_or(0);
-        let tree_nodes = self.tree.read().map(|t| t.nodes.len()).unwrap_or(0);
+        let learned_templates = self.registry.lock().learned;
+        let (tree_nodes, tree_bytes) = {
+            let tree = self.tree.read();
+            (tree.nodes.len(), tree.bytes)
+        };
         ResolverStats {
             learned_templates,
             tree_nodes,
             max_templates: self.config.max_templates,
             max_nodes: self.max_nodes,
+            tree_bytes,
+            max_tree_bytes: self.max_tree_bytes,
         }
     }
 }
@@ -495,6 +584,42 @@ mod tests {
     }
 
     #[test]
+    fn head_takes_the_get_operation_unless_declared() {
+        let r = OperationResolver::new(&OperationsConfig::default());
+        r.set_declared(vec![
+            (OperationPattern::parse("GET /api/v1/export").unwrap(), None),
+            (
+                OperationPattern::parse("HEAD /api/v1/status").unwrap(),
+                None,
+            ),
+            (OperationPattern::parse("GET /api/v1/status").unwrap(), None),
+        ]);
+        let get = resolve(&r, "GET", "/api/v1/export");
+        assert_eq!(resolve(&r, "HEAD", "/api/v1/export").op.id, get.op.id);
+        assert_eq!(
+            &*resolve(&r, "HEAD", "/api/v1/status").op.template,
+            "HEAD /api/v1/status"
+        );
+        let learned = resolve(&r, "GET", "/other/123");
+        assert_eq!(resolve(&r, "HEAD", "/other/456").op.id, learned.op.id);
+    }
+
+    #[test]
+    fn case_folding_matches_declared_literals() {
+        let r = OperationResolver::new(&OperationsConfig::default());
+        r.set_declared(vec![(
+            OperationPattern::parse("POST /api/v1/transferFunds").unwrap(),
+            None,
+        )]);
+        let declared = |r: &OperationResolver| {
+            resolve(r, "POST", "/api/v1/transferfunds").op.origin == OperationOrigin::Declared
+        };
+        assert!(!declared(&r));
+        r.set_case_sensitive(false);
+        assert!(declared(&r));
+    }
+
+    #[test]
     fn high_cardinality_position_becomes_parameter() {
         let cfg = OperationsConfig {
             max_values_per_position: 4,
@@ -511,6 +636,43 @@ mod tests {
         assert_eq!(
             &*resolve(&r, "GET", "/users/alice/profile").op.template,
             "GET /users/alice/profile"
+        );
+    }
+
+    #[test]
+    fn long_segments_are_values_and_bytes_are_capped() {
+        let r = OperationResolver::new(&OperationsConfig::default());
+        for i in 0..200 {
+            let long = format!("{}{i}", "x".repeat(60_000));
+            let t = resolve(&r, "GET", &format!("/p{}/{long}", i % 8));
+            assert!(t.op.template.len() < 64, "{}", t.op.template);
+        }
+        let stats = r.stats();
+        assert!(stats.tree_bytes < 4096, "{stats:?}");
+        assert_eq!(stats.learned_templates, 8, "{stats:?}");
+        // Many distinct short literals hit the byte budget before anything else grows.
+        let wide = OperationsConfig {
+            max_values_per_position: 100_000,
+            ..OperationsConfig::default()
+        };
+        let r = OperationResolver::new(&wide);
+        // Letters only (digits would make them look like ids).
+        let name = |i: u32| -> String {
+            let tail: String = [i / 676, i / 26 % 26, i % 26]
+                .iter()
+                .filter_map(|d| char::from_u32(u32::from('a') + d % 26))
+                .collect();
+            format!("{}{tail}", "n".repeat(120))
+        };
+        for i in 0..2_000 {
+            resolve(&r, "GET", &format!("/{}", name(i)));
+        }
+        let stats = r.stats();
+        assert!(stats.tree_bytes <= stats.max_tree_bytes, "{stats:?}");
+        assert!(stats.learned_templates < wide.max_templates, "{stats:?}");
+        assert_eq!(
+            resolve(&r, "GET", &format!("/{}", name(5_000))).op.origin,
+            OperationOrigin::Overflow
         );
     }
 

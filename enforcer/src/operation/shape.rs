@@ -1,10 +1,22 @@
 //! Whether one path segment looks like a value (an id) rather than a name.
 
-/// True for numbers, UUIDs, long hex strings, e-mail-like strings and long token-like strings.
+/// Longest segment kept as a literal of a learned template: anything longer is a value. Names
+/// in real APIs are short; a long segment is data (or a client growing the template tree).
+pub const MAX_LITERAL_SEGMENT_BYTES: usize = 128;
+
+/// True for numbers, UUIDs, long hex strings, e-mail-like strings, long token-like strings,
+/// card and social security numbers, and anything longer than [`MAX_LITERAL_SEGMENT_BYTES`].
 pub fn looks_variable(segment: &str) -> bool {
     let bytes = segment.as_bytes();
     if bytes.is_empty() {
         return false;
+    }
+    if bytes.len() > MAX_LITERAL_SEGMENT_BYTES {
+        return true;
+    }
+    // A card or social security number must never become part of an operation's name.
+    if crate::model::disclosure::is_secret_value(segment) {
+        return true;
     }
     if bytes.iter().all(u8::is_ascii_digit) {
         return true;
@@ -41,7 +53,7 @@ fn is_uuid(b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_variable;
+    use super::{MAX_LITERAL_SEGMENT_BYTES, looks_variable};
 
     #[test]
     fn classifies_ids_and_names() {
@@ -52,6 +64,9 @@ mod tests {
             "deadbeef01",
             "a@b.io",
             "eyJhbGciOiJIUzI1NiJ9abc123",
+            &"a".repeat(MAX_LITERAL_SEGMENT_BYTES + 1),
+            "078-05-1120",
+            "4111-1111-1111-1111",
         ] {
             assert!(looks_variable(v), "{v}");
         }

@@ -1,18 +1,22 @@
 //! The compiled policy: everything the per-request path reads, built once per config load
 //! and swapped atomically (`ArcSwap`) so that a request always sees one consistent version.
 
+mod admin_token;
 mod ratelimit;
 mod rules;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::config::{Action, EnforcerConfig, OpenApiConfig};
 use crate::operation::{OperationPattern, OperationResolver, OperationSchema, load_openapi};
 use crate::session::{JwtConfigError, SessionIdentifiers};
 
+pub use admin_token::AdminToken;
 pub use ratelimit::CompiledLimit;
-pub use rules::{CompiledRule, RuleCounters, RuleCountersView, RuleKind, format_unix_ms};
+pub use rules::{CompiledRule, RuleCounters, RuleCountersView, RuleKind};
 
 /// Why a config could not be compiled (after it validated).
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,8 @@ pub enum CompileError {
         path: String,
         source: std::io::Error,
     },
+    #[error("admin: the token is empty")]
+    EmptyAdminToken,
     #[error("{path}: {message}")]
     Operation { path: String, message: String },
 }
@@ -38,10 +44,7 @@ pub struct CounterRegistry {
 
 impl CounterRegistry {
     pub fn get(&self, name: &str) -> Arc<RuleCounters> {
-        match self.by_name.lock() {
-            Ok(mut map) => Arc::clone(map.entry(name.to_owned()).or_default()),
-            Err(_) => Arc::default(),
-        }
+        Arc::clone(self.by_name.lock().entry(name.to_owned()).or_default())
     }
 }
 
@@ -59,7 +62,9 @@ pub struct CompiledPolicy {
     pub history_capacity: usize,
     pub history_ms: u64,
     pub schema_action: Option<Action>,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<AdminToken>,
+    /// Unix milliseconds when this policy was compiled, i.e. since when it runs.
+    pub compiled_at_ms: u64,
 }
 
 impl CompiledPolicy {
@@ -121,7 +126,7 @@ pub fn compile(
 ) -> Result<CompiledPolicy, CompileError> {
     let identifiers = SessionIdentifiers::new(&config.session)?;
     let admin_token = match (&config.admin.token, &config.admin.token_file) {
-        (Some(t), _) => Some(t.clone()),
+        (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(path)) => Some(
             std::fs::read_to_string(path)
                 .map_err(|source| CompileError::AdminToken {
@@ -133,6 +138,10 @@ pub fn compile(
         ),
         (None, None) => None,
     };
+    if admin_token.as_deref() == Some("") {
+        return Err(CompileError::EmptyAdminToken);
+    }
+    let admin_token = admin_token.as_deref().map(AdminToken::new);
     let mut declared = load_schemas(&config.open_api)?;
     // Parse every operation the rules and limits name.
     let mut rule_patterns: Vec<Vec<OperationPattern>> = Vec::with_capacity(config.rules.len());
@@ -181,6 +190,7 @@ pub fn compile(
         declared.push((p.clone(), None));
         limit_patterns.push(p);
     }
+    resolver.set_case_sensitive(config.paths.case_sensitive);
     resolver.set_declared(declared);
     let set = resolver.declared();
     let id_of = |p: &OperationPattern| {
@@ -282,6 +292,7 @@ pub fn compile(
         limits,
         limits_by_op,
         admin_token,
+        compiled_at_ms: crate::time::now_ms(),
         config,
     })
 }

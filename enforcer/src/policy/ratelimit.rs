@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::{Action, Duration};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::session::LimitSlot;
 
 #[derive(Debug, Clone)]

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use crate::analysis::{Finding, FindingKind, Severity};
 use crate::config::{Action, Duration};
-use crate::session::RecentOp;
+use crate::finding::{Finding, FindingKind, Severity};
+use crate::session::{LOST_HISTORY, RecentOp};
+use crate::time::format_unix_ms;
 
 /// Match counters of one rule; kept across reloads by rule name.
 #[derive(Debug, Default)]
@@ -17,6 +18,8 @@ pub struct RuleCounters {
     pub blocked: AtomicU64,
     /// Unix ms of the last match (0 = never).
     pub last_match_ms: AtomicU64,
+    /// `requires` checks not made because the session's history was lost to eviction.
+    pub skipped_lost_history: AtomicU64,
 }
 
 /// A snapshot for JSON and reports.
@@ -27,6 +30,7 @@ pub struct RuleCountersView {
     pub blocked: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_match: Option<String>,
+    pub skipped_lost_history: u64,
 }
 
 impl RuleCounters {
@@ -36,14 +40,9 @@ impl RuleCounters {
             matches: self.matches.load(Ordering::Relaxed),
             blocked: self.blocked.load(Ordering::Relaxed),
             last_match: (last > 0).then(|| format_unix_ms(last)),
+            skipped_lost_history: self.skipped_lost_history.load(Ordering::Relaxed),
         }
     }
-}
-
-/// RFC 3339 with milliseconds.
-pub fn format_unix_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// The condition of a compiled rule (operation ids from the resolver).
@@ -149,6 +148,14 @@ impl CompiledRule {
             } if *operation == op => {
                 let w = window(recent, *requests, *within_ms, now_ms);
                 if is_subsequence(after, w.iter().map(|r| r.op)) {
+                    return None;
+                }
+                if w.iter().any(|r| r.op == LOST_HISTORY) {
+                    // What the rule needs may be in the part of the history that eviction
+                    // took: err toward not firing until the window is known again.
+                    self.counters
+                        .skipped_lost_history
+                        .fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
                 let names = self.written.get(1..).unwrap_or_default().join(" then ");
@@ -290,6 +297,29 @@ mod tests {
             "too old"
         );
         assert!(r.check(5, &ops(&[]), 20).is_none(), "other operation");
+    }
+
+    #[test]
+    fn requires_does_not_fire_on_a_lost_history() {
+        let r = rule(
+            RuleKind::Requires {
+                operation: 9,
+                after: vec![1],
+                requests: 3,
+                within_ms: 600_000,
+            },
+            &["POST /t", "GET /a"],
+        );
+        let lost = ops(&[(LOST_HISTORY, 0), (5, 10)]);
+        assert!(r.check(9, &lost, 20).is_none());
+        assert_eq!(r.counters.skipped_lost_history.load(Ordering::Relaxed), 1);
+        // Once the window no longer reaches the marker, the rule applies again.
+        let refilled = ops(&[(LOST_HISTORY, 0), (5, 10), (5, 11), (5, 12)]);
+        assert!(r.check(9, &refilled, 20).is_some());
+        assert!(
+            r.check(9, &lost, 700_000).is_some(),
+            "marker out of the time window"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The one place where the mode turns findings into a verdict.
 
-use crate::analysis::Finding;
 use crate::config::{Action, Mode};
+use crate::finding::Finding;
 
 /// What happens to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,15 +1,17 @@
-//! One request, in the order DESIGN §4 gives: session, operation, checks, decision,
-//! forwarding, learning. No lock is held across an await.
+//! One request, in phases: admit (its shape), identify (the session), resolve (the
+//! operation), read the body when a check needs it, then check → decide → forward → learn.
+//! The policy is loaded once per request and every phase uses that one. Whatever the proxy
+//! answers itself is a [`Rejection`]. No lock is held across an await.
 
-use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -17,25 +19,20 @@ use hyper::body::Incoming;
 use super::body::{BoxError, PermitBody, ProxyBody};
 use super::decision::{Verdict, decide};
 use super::headers::{Forwarding, X_REQUEST_ID, strip_hop_by_hop, write_forwarded};
-use super::problem::problem;
+use super::rejection::{Block, Rejection, UpstreamFailure, find_source};
 use super::state::Shared;
-use super::upstream::{RequestBody, UpstreamRequest};
-use crate::analysis::{
-    Finding, FindingKind, RequestContext, RequestScratch, ResponseSummary, Severity,
-};
-use crate::config::{ClientAddressSource, FailurePolicy};
+use super::upstream::{RequestBody, UpstreamBody, UpstreamRequest};
+use crate::config::{Action, ClientAddressSource, FailurePolicy, LimitsConfig};
 use crate::detect::session_state::SessionState;
+use crate::detect::{RequestContext, RequestScratch, ResponseSummary};
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
-use crate::operation::Operation;
-use crate::operation::parse_query;
-use crate::session::{MAX_HISTORY, RecentOp, SessionSource, client_address};
+use crate::operation::{CanonicalTarget, OperationSchema, canonical_target};
+use crate::policy::CompiledPolicy;
+use crate::session::{MAX_HISTORY, RecentOp, Refusal, SessionEntry, client_address};
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+/// The operation label of rejections before the operation is known.
+const NO_OPERATION: &str = "none";
 
 fn request_id(shared: &Shared, headers: &http::HeaderMap) -> String {
     match headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
@@ -76,36 +73,6 @@ fn is_json(headers: &http::HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-/// Walks an error's sources looking for a specific type.
-fn find_source<'a, T: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(t) = e.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = e.source();
-    }
-    None
-}
-
-fn upstream_error_kind(err: &(dyn std::error::Error + 'static)) -> &'static str {
-    if let Some(io) = find_source::<std::io::Error>(err) {
-        return match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => "refused",
-            std::io::ErrorKind::TimedOut => "timeout",
-            _ => "reset",
-        };
-    }
-    if let Some(h) = find_source::<hyper::Error>(err)
-        && (h.is_incomplete_message() || h.is_closed() || h.is_canceled())
-    {
-        return "reset";
-    }
-    "other"
-}
-
 /// Handles one request end to end. Never panics on client input; every failure becomes a response.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -115,25 +82,15 @@ pub async fn handle(
     let started = Instant::now();
     let metrics = &shared.metrics;
     metrics.in_flight.inc();
-    let permit = match Arc::clone(&shared.limiter).try_acquire_owned() {
-        Ok(p) => Some(p),
-        Err(_) => {
-            metrics.in_flight.dec();
-            metrics.shed.inc();
-            let id = request_id(&shared, req.headers());
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Overloaded",
-                "too many requests in flight; retry later",
-                &id,
-                None,
-            );
-        }
+    let Ok(permit) = Arc::clone(&shared.limiter).try_acquire_owned() else {
+        metrics.in_flight.dec();
+        let id = request_id(&shared, req.headers());
+        return Rejection::Overloaded.into_response(metrics, &id, NO_OPERATION);
     };
     let resp = handle_inner(&shared, peer, req, started).await;
     // Keep the permit and the in-flight gauge until the response body is done.
     let (parts, body) = resp.into_parts();
-    let body = PermitBody::new(body, permit, metrics.in_flight.clone());
+    let body = PermitBody::new(body, Some(permit), metrics.in_flight.clone());
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -144,374 +101,446 @@ async fn handle_inner(
     started: Instant,
 ) -> Response<ProxyBody> {
     let policy = shared.policy.load_full();
-    let metrics = &shared.metrics;
     let (parts, body) = req.into_parts();
     let rid = request_id(shared, &parts.headers);
-    if parts.method == Method::CONNECT || !parts.uri.path().starts_with('/') {
-        metrics
-            .requests
-            .with_label_values(&["none", "reject"])
-            .inc();
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "only origin-form requests are proxied",
-            &rid,
-            None,
-        );
-    }
+    let reject = |rejection: Rejection, operation: &str| {
+        rejection.into_response(&shared.metrics, &rid, operation)
+    };
     let limits = &policy.config.limits;
-    let content_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().parse::<u64>());
-    if let Some(Err(_)) = content_length {
-        metrics
-            .requests
-            .with_label_values(&["none", "reject"])
-            .inc();
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "invalid Content-Length",
-            &rid,
-            None,
-        );
+    // Every check below sees the canonical target, and the upstream receives it.
+    let (target, query) = match canonical_target(
+        &parts.method,
+        parts.version,
+        &parts.uri,
+        &policy.config.paths,
+        limits.max_query_parameters,
+    ) {
+        Ok(canonical) => canonical,
+        Err(reason) => return reject(Rejection::BadTarget(reason), NO_OPERATION),
+    };
+    if let Err(rejection) = admit(&parts, limits.max_body_bytes) {
+        return reject(rejection, NO_OPERATION);
     }
-    if let Some(Ok(len)) = content_length
-        && len > limits.max_body_bytes
-    {
-        metrics
-            .requests
-            .with_label_values(&["none", "reject"])
-            .inc();
-        return problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large",
-            &format!(
-                "the body has {len} bytes; the limit is {}",
-                limits.max_body_bytes
-            ),
-            &rid,
-            None,
-        );
-    }
-
-    let now_ms = unix_ms();
+    let now_ms = crate::time::now_ms();
     let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
-    let client: IpAddr = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
-    let uri = parts.uri.clone();
-    let query = uri.query().map(parse_query).unwrap_or_default();
+    let client = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
 
-    // 1. Session.
     let mut session = String::with_capacity(48);
     let source = match policy
         .identifiers
         .identify(&parts.headers, &query, client, &mut session)
     {
-        Ok(s) => s,
-        Err(invalid) => {
-            metrics.invalid_tokens.inc();
-            metrics
-                .requests
-                .with_label_values(&["none", "reject"])
-                .inc();
-            tracing::info!(request_id = %rid, client = %client, reason = %invalid.0, "session token rejected");
-            let mut resp = problem(
-                StatusCode::UNAUTHORIZED,
-                "Invalid session token",
-                "the bearer token could not be verified",
-                &rid,
-                None,
-            );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-            return resp;
+        Ok(identified) => {
+            if identified.invalid_token {
+                shared.metrics.invalid_tokens.inc();
+            }
+            identified.source
+        }
+        Err(refusal) => {
+            tracing::info!(request_id = %rid, client = %client, reason = %refusal.reason(), "session identification refused");
+            let rejection = match refusal {
+                Refusal::InvalidToken(_) => {
+                    shared.metrics.invalid_tokens.inc();
+                    Rejection::InvalidToken
+                }
+                Refusal::RepeatedHeader(name) => Rejection::RepeatedCredentialHeader(name),
+            };
+            return reject(rejection, NO_OPERATION);
         }
     };
 
-    // 2. Operation.
     let mut segments = Vec::with_capacity(8);
-    let resolved = shared
+    let template = shared
         .resolver
-        .resolve(&parts.method, uri.path(), &mut segments);
-    let template = resolved.template;
+        .resolve(&parts.method, target.match_path(), &mut segments)
+        .template;
     let op = &template.op;
     let path_params = template.path_params(&segments);
     let op_label: &str = Metrics::operation_label(op.id, &op.template);
-
-    // Body: buffered only when a check needs it.
     let schema = template
         .schema
-        .as_ref()
+        .as_deref()
         .filter(|_| policy.schema_action.is_some());
     let needs_body = schema.is_some_and(|s| s.wants_body()) || shared.analyzer.wants_body(op);
-    let (forward_body, json_body, body_present): (RequestBody, Option<serde_json::Value>, bool) =
-        if needs_body {
-            let limited = Limited::new(
-                body,
-                usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
-            );
-            match tokio::time::timeout(limits.body_read_timeout.std(), limited.collect()).await {
-                Ok(Ok(collected)) => {
-                    let bytes = collected.to_bytes();
-                    let parse = is_json(&parts.headers)
-                        || !parts.headers.contains_key(header::CONTENT_TYPE);
-                    let json = if bytes.is_empty() || !parse {
-                        None
-                    } else {
-                        serde_json::from_slice(&bytes).ok()
-                    };
-                    let present = !bytes.is_empty();
-                    (RequestBody::Buffered(bytes), json, present)
-                }
-                Ok(Err(e)) => {
-                    metrics
-                        .requests
-                        .with_label_values(&[op_label, "reject"])
-                        .inc();
-                    if find_source::<http_body_util::LengthLimitError>(&*e).is_some() {
-                        return problem(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "Request body too large",
-                            &format!("the limit is {} bytes", limits.max_body_bytes),
-                            &rid,
-                            None,
-                        );
-                    }
-                    return problem(
-                        StatusCode::BAD_REQUEST,
-                        "Bad request",
-                        "the request body could not be read",
-                        &rid,
-                        None,
-                    );
-                }
-                Err(_) => {
-                    metrics
-                        .requests
-                        .with_label_values(&[op_label, "reject"])
-                        .inc();
-                    return problem(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "Request timeout",
-                        "the request body was not received in time",
-                        &rid,
-                        None,
-                    );
-                }
-            }
-        } else if body.is_end_stream() {
-            (RequestBody::Buffered(Bytes::new()), None, false)
-        } else {
-            let limited = Limited::new(
-                body,
-                usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
-            );
-            (RequestBody::Streaming(limited.boxed_unsync()), None, false)
-        };
+    let body = match read_body(body, &parts.headers, needs_body, limits).await {
+        Ok(body) => body,
+        Err(rejection) => return reject(rejection, op_label),
+    };
 
-    // 3. Checks.
-    let mut findings: Vec<Finding> = Vec::new();
-    if let (Some(schema), Some(action)) = (schema, policy.schema_action) {
-        let mut errors = Vec::new();
-        schema.validate_params(&path_params, &query, &mut errors);
-        if schema.wants_body() {
-            schema.validate_body(json_body.as_ref(), body_present, &mut errors);
-        }
-        if !errors.is_empty() {
-            let more = if errors.len() > 1 {
-                format!(", and {} more", errors.len() - 1)
-            } else {
-                String::new()
-            };
-            findings.push(Finding {
-                kind: FindingKind::SchemaViolation,
-                severity: Severity::Medium,
-                action,
-                block_status: 400,
-                rule: None,
-                explanation: format!(
-                    "with a request that violates the OpenAPI document ({}{more})",
-                    errors.first().map(String::as_str).unwrap_or_default()
-                ),
-                evidence: serde_json::json!({ "errors": errors }),
-                retry_after_s: None,
-            });
-        }
-    }
     let scratch = RequestScratch::default();
-    let facts = RequestFacts {
+    let exchange = Exchange {
+        shared,
+        policy: &policy,
+        ctx: RequestContext {
+            now_ms,
+            session: &session,
+            session_source: source,
+            client,
+            method: &parts.method,
+            operation: op,
+            path_params: &path_params,
+            query: &query,
+            headers: &parts.headers,
+            body: body.json.as_ref(),
+            recent: &[],
+            scratch: &scratch,
+        },
         hash: shared.sessions.key_hash(&session),
         now_s,
-        now_ms,
-        session: &session,
-        source,
-        client,
-        parts: &parts,
-        op,
-        path_params: &path_params,
-        query: &query,
-        body: json_body.as_ref(),
-        scratch: &scratch,
+        rid: &rid,
     };
-    let hash = facts.hash;
-    let analyzer = &shared.analyzer;
-    let mut internal_error = false;
-    let checked = shared.sessions.with_entry(hash, now_s, |entry, _fresh| {
+    let schema_finding = schema
+        .zip(policy.schema_action)
+        .and_then(|(schema, action)| schema_violation(schema, action, &exchange.ctx, body.present));
+    let (findings, incident_seq) = match exchange.check(schema_finding) {
+        Ok(checked) => checked,
+        Err(rejection) => return reject(rejection, op_label),
+    };
+    let (verdict, incident_id) = exchange.decide(&findings, incident_seq, op_label);
+    if let Verdict::Block { index } = verdict {
+        let Some(block) = exchange.block(&findings, index, incident_id) else {
+            return reject(Rejection::Blocked(Box::new(Block::by_policy())), op_label);
+        };
+        let status = block.status.as_u16();
+        shared
+            .metrics
+            .added_latency
+            .observe(started.elapsed().as_secs_f64());
+        exchange.learn(status, 0, true);
+        return reject(Rejection::Blocked(block), op_label);
+    }
+
+    let upstream_req = upstream_request(&exchange, peer, &parts, &target, body.forward);
+    // Built once, for the response.
+    let rid_value = HeaderValue::from_str(&rid).ok();
+    let decided = started.elapsed();
+    let upstream_started = Instant::now();
+    let forwarded = exchange.forward(upstream_req).await;
+    let upstream_elapsed = upstream_started.elapsed();
+    let response = match forwarded {
+        Ok(response) => response,
+        Err(rejection) => return reject(rejection, op_label),
+    };
+    shared.metrics.added_latency.observe(decided.as_secs_f64());
+    let duration_us = u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX);
+    exchange.learn(
+        response.status().as_u16(),
+        duration_us,
+        verdict == Verdict::Flag,
+    );
+    relay(response, rid_value)
+}
+
+/// Refuses a body the proxy does not forward at all: a bad or too large `Content-Length`.
+/// (The target was refused before, by `canonical_target`.)
+fn admit(parts: &Parts, max_body_bytes: u64) -> Result<(), Rejection> {
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().parse::<u64>());
+    match content_length {
+        Some(Err(_)) => Err(Rejection::BadContentLength),
+        Some(Ok(len)) if len > max_body_bytes => Err(Rejection::BodyTooLarge {
+            limit: max_body_bytes,
+            declared: Some(len),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The request body: what is forwarded, and the parsed JSON when a check needed the body.
+struct ReadBody {
+    forward: RequestBody,
+    json: Option<serde_json::Value>,
+    /// A buffered body was not empty.
+    present: bool,
+}
+
+/// Buffers the body (within the limits) when a check needs it; streams it otherwise.
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    needs_body: bool,
+    limits: &LimitsConfig,
+) -> Result<ReadBody, Rejection> {
+    let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    if !needs_body {
+        let forward = if body.is_end_stream() {
+            RequestBody::Buffered(Bytes::new())
+        } else {
+            RequestBody::Streaming(Limited::new(body, limit).boxed_unsync())
+        };
+        return Ok(ReadBody {
+            forward,
+            json: None,
+            present: false,
+        });
+    }
+    let collected = tokio::time::timeout(
+        limits.body_read_timeout.std(),
+        Limited::new(body, limit).collect(),
+    )
+    .await
+    .map_err(|_| Rejection::BodyTimeout)?
+    .map_err(|e| {
+        if find_source::<http_body_util::LengthLimitError>(&*e).is_some() {
+            Rejection::BodyTooLarge {
+                limit: limits.max_body_bytes,
+                declared: None,
+            }
+        } else {
+            Rejection::BodyUnreadable
+        }
+    })?;
+    let bytes = collected.to_bytes();
+    let parse = is_json(headers) || !headers.contains_key(header::CONTENT_TYPE);
+    let json = if bytes.is_empty() || !parse {
+        None
+    } else {
+        serde_json::from_slice(&bytes).ok()
+    };
+    let present = !bytes.is_empty();
+    Ok(ReadBody {
+        forward: RequestBody::Buffered(bytes),
+        json,
+        present,
+    })
+}
+
+/// The finding of a request that does not match the declared OpenAPI document.
+fn schema_violation(
+    schema: &OperationSchema,
+    action: Action,
+    ctx: &RequestContext<'_>,
+    body_present: bool,
+) -> Option<Finding> {
+    let mut errors = Vec::new();
+    schema.validate_params(ctx.path_params, ctx.query, &mut errors);
+    if schema.wants_body() {
+        schema.validate_body(ctx.body, body_present, &mut errors);
+    }
+    let first = errors.first()?;
+    let more = if errors.len() > 1 {
+        format!(", and {} more", errors.len() - 1)
+    } else {
+        String::new()
+    };
+    Some(Finding {
+        kind: FindingKind::SchemaViolation,
+        severity: Severity::Medium,
+        action,
+        block_status: 400,
+        rule: None,
+        explanation: format!("with a request that violates the OpenAPI document ({first}{more})"),
+        evidence: serde_json::json!({ "errors": errors }),
+        retry_after_s: None,
+    })
+}
+
+/// One identified request with its resolved operation, as the phases after identification
+/// see it: the policy it was admitted under and the analyzer's view of it.
+struct Exchange<'a> {
+    shared: &'a Shared,
+    policy: &'a CompiledPolicy,
+    /// The request facts, shared by the checks and learning; `recent` is filled from the
+    /// session's history at each visit of its entry.
+    ctx: RequestContext<'a>,
+    /// Keyed hash of the session (the session table's key).
+    hash: u64,
+    /// Seconds since the process epoch (the session table's clock).
+    now_s: u32,
+    rid: &'a str,
+}
+
+/// What the checks found in one visit of the session entry.
+struct Checked {
+    /// Declared rules (by priority) and rate limits.
+    declared: Vec<Finding>,
+    learned: Vec<Finding>,
+    /// The session's open incident (0: none).
+    incident: u32,
+    /// The analyzer failed.
+    failed: bool,
+}
+
+impl Exchange<'_> {
+    /// Runs the declared rules and limits and the analyzer with the session's entry locked,
+    /// and records the operation in its history. Findings come in priority order: rules,
+    /// limits, schema, learned detectors. With the incident the session has open.
+    fn check(&self, schema: Option<Finding>) -> Result<(Vec<Finding>, u32), Rejection> {
+        let checked = self
+            .shared
+            .sessions
+            .with_entry(self.hash, self.now_s, |entry, _fresh| {
+                self.check_session(entry)
+            });
+        let (findings, incident, failed) = match checked {
+            Some(checked) => {
+                let mut findings = checked.declared;
+                findings.extend(schema);
+                findings.extend(checked.learned);
+                (findings, checked.incident, checked.failed)
+            }
+            None => (schema.into_iter().collect(), 0, true),
+        };
+        if failed {
+            self.check_failed()?;
+        }
+        Ok((findings, incident))
+    }
+
+    fn check_session(&self, entry: &mut SessionEntry<SessionState>) -> Checked {
+        let (policy, metrics, op, now_ms) = (
+            self.policy,
+            &self.shared.metrics,
+            self.ctx.operation,
+            self.ctx.now_ms,
+        );
+        entry.note_request(policy.identifiers.verifies(self.ctx.session_source));
         let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
         let n = entry
             .history
             .fill(&mut recent_buf, now_ms, policy.history_ms);
         let recent = recent_buf.get(..n).unwrap_or_default();
-        let mut rule_findings = Vec::new();
+        let mut declared = Vec::new();
         for rule in policy.rules_for(op.id) {
             if let Some(explanation) = rule.check(op.id, recent, now_ms) {
                 rule.counters.matches.fetch_add(1, Ordering::Relaxed);
                 rule.counters.last_match_ms.store(now_ms, Ordering::Relaxed);
                 metrics.rule_matches.with_label_values(&[&*rule.name]).inc();
                 if !rule.dry_run {
-                    rule_findings.push(rule.finding(explanation, &op.template));
+                    declared.push(rule.finding(explanation, &op.template));
                 }
             }
         }
         for limit in policy.limits_for(op.id) {
             if let Some(f) = limit.check(&mut entry.limits, now_ms) {
-                rule_findings.push(f);
+                declared.push(f);
             }
         }
-        let ctx = facts.context(recent);
+        let ctx = RequestContext { recent, ..self.ctx };
         let mut learned = Vec::new();
         let inspected = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            analyzer.inspect(&ctx, &mut entry.state, &mut learned)
+            self.shared
+                .analyzer
+                .inspect(&ctx, &mut entry.state, &mut learned)
         }));
-        if inspected.is_err() {
+        let failed = inspected.is_err();
+        if failed {
             entry.state = SessionState::default();
             learned.clear();
-            internal_error = true;
         }
         entry.history.push(op.id, now_ms, policy.history_capacity);
-        (rule_findings, learned, entry.incident)
-    });
-    let incident_seq = match checked {
-        Some((rule_findings, learned, seq)) => {
-            // Priority order: rules (by priority), limits, schema, learned detectors.
-            let schema_findings = std::mem::take(&mut findings);
-            findings = rule_findings;
-            findings.extend(schema_findings);
-            findings.extend(learned);
-            seq
+        Checked {
+            declared,
+            learned,
+            incident: entry.incident,
+            failed,
         }
-        None => {
-            internal_error = true;
-            0
-        }
-    };
-    if internal_error {
-        let label = match policy.config.failure_policy {
+    }
+
+    /// Counts and logs an internal error of the checks; refuses the request when the
+    /// failure policy is `Closed`.
+    fn check_failed(&self) -> Result<(), Rejection> {
+        let failure_policy = self.policy.config.failure_policy;
+        let label = match failure_policy {
             FailurePolicy::Open => "open",
             FailurePolicy::Closed => "closed",
         };
-        metrics.failure_policy.with_label_values(&[label]).inc();
-        tracing::error!(request_id = %rid, operation = %op.template, policy = label, "internal error while checking a request");
-        if policy.config.failure_policy == FailurePolicy::Closed {
-            metrics
-                .requests
-                .with_label_values(&[op_label, "reject"])
-                .inc();
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "the request could not be checked",
-                &rid,
-                None,
-            );
+        self.shared
+            .metrics
+            .failure_policy
+            .with_label_values(&[label])
+            .inc();
+        tracing::error!(request_id = %self.rid, operation = %self.ctx.operation.template, policy = label, "internal error while checking a request");
+        match failure_policy {
+            FailurePolicy::Open => Ok(()),
+            FailurePolicy::Closed => Err(Rejection::CheckFailed),
         }
     }
 
-    // 4. Decision (the mode is applied here and only here).
-    let verdict = decide(policy.config.mode, &findings);
-    let mut incident_id = None;
-    if verdict != Verdict::Allow {
-        let blocked = matches!(verdict, Verdict::Block { .. });
-        for f in &findings {
-            metrics.findings.with_label_values(&[f.kind.as_str()]).inc();
-        }
-        let inc = &policy.config.incidents;
-        if let Some(rec) = shared.incidents.record(
-            &session,
-            client,
-            &op.template,
-            &findings,
-            blocked,
-            now_ms,
-            inc.inactivity_window.as_millis_u64(),
-            inc.max_incidents,
-        ) {
-            if rec.created {
-                metrics.incidents.inc();
+    /// Applies the mode (in `decision`), records findings in the session's incident, counts
+    /// the request under its decision. Returns the verdict and the incident's id.
+    fn decide(
+        &self,
+        findings: &[Finding],
+        incident_seq: u32,
+        op_label: &str,
+    ) -> (Verdict, Option<String>) {
+        let (shared, ctx) = (self.shared, &self.ctx);
+        let metrics = &shared.metrics;
+        let verdict = decide(self.policy.config.mode, findings);
+        let mut incident_id = None;
+        if verdict != Verdict::Allow {
+            let blocked = matches!(verdict, Verdict::Block { .. });
+            for f in findings {
+                metrics.findings.with_label_values(&[f.kind.as_str()]).inc();
             }
-            if rec.seq != incident_seq {
-                shared
-                    .sessions
-                    .with_entry(hash, now_s, |e, _| e.incident = rec.seq);
+            // The session as incidents show it (credential values hashed), for the log too.
+            let mut shown_session = String::new();
+            if let Some(rec) = shared.incidents.record(
+                ctx.session,
+                ctx.client,
+                &ctx.operation.template,
+                findings,
+                blocked,
+                ctx.now_ms,
+            ) {
+                if rec.created {
+                    metrics.incidents.inc();
+                }
+                if rec.seq != incident_seq {
+                    self.set_incident(rec.seq);
+                }
+                incident_id = Some(rec.id);
+                shown_session = rec.session;
             }
-            incident_id = Some(rec.id);
+            tracing::info!(
+                request_id = %self.rid,
+                session = %shown_session,
+                client = %ctx.client,
+                operation = %ctx.operation.template,
+                decision = verdict.label(),
+                incident = incident_id.as_deref().unwrap_or(""),
+                findings = ?findings.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>(),
+                "request flagged"
+            );
+        } else if incident_seq != 0 && !shared.incidents.note_request(incident_seq, ctx.now_ms) {
+            self.set_incident(0);
         }
-        tracing::info!(
-            request_id = %rid,
-            session = %session,
-            client = %client,
-            operation = %op.template,
-            decision = verdict.label(),
-            incident = incident_id.as_deref().unwrap_or(""),
-            findings = ?findings.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>(),
-            "request flagged"
-        );
-    } else if incident_seq != 0
-        && !shared.incidents.note_request(
-            incident_seq,
-            now_ms,
-            policy.config.incidents.inactivity_window.as_millis_u64(),
-        )
-    {
-        shared
+        metrics
+            .requests
+            .with_label_values(&[op_label, verdict.label()])
+            .inc();
+        (verdict, incident_id)
+    }
+
+    fn set_incident(&self, seq: u32) {
+        self.shared
             .sessions
-            .with_entry(hash, now_s, |e, _| e.incident = 0);
+            .with_entry(self.hash, self.now_s, |e, _| e.incident = seq);
     }
-    metrics
-        .requests
-        .with_label_values(&[op_label, verdict.label()])
-        .inc();
 
-    if let Verdict::Block { index } = verdict {
-        let Some(f) = findings.get(index) else {
-            return problem(
-                StatusCode::FORBIDDEN,
-                "Request blocked",
-                "blocked by policy",
-                &rid,
-                None,
-            );
-        };
+    /// The answer to a request blocked by `findings[index]`, counted per kind and rule.
+    fn block(
+        &self,
+        findings: &[Finding],
+        index: usize,
+        incident_id: Option<String>,
+    ) -> Option<Box<Block>> {
+        let f = findings.get(index)?;
+        let metrics = &self.shared.metrics;
         metrics.blocked.with_label_values(&[f.kind.as_str()]).inc();
-        for rf in findings.iter().filter(|x| {
-            x.kind == FindingKind::SequenceRule && x.action == crate::config::Action::Block
-        }) {
-            if let Some(rule) = rf.rule.as_deref().and_then(|n| policy.rule(n)) {
+        for rf in findings
+            .iter()
+            .filter(|x| x.kind == FindingKind::SequenceRule && x.action == Action::Block)
+        {
+            if let Some(rule) = rf.rule.as_deref().and_then(|n| self.policy.rule(n)) {
                 rule.counters.blocked.fetch_add(1, Ordering::Relaxed);
                 metrics.rule_blocked.with_label_values(&[&*rule.name]).inc();
             }
         }
-        let status = StatusCode::from_u16(f.block_status).unwrap_or(StatusCode::FORBIDDEN);
-        let title = match status.as_u16() {
-            429 => "Too many requests",
-            400 => "Request does not match the API schema",
-            _ => "Request blocked",
-        };
         let mut extra = serde_json::json!({ "incidentId": incident_id, "kind": f.kind.as_str() });
         if let Some(obj) = extra.as_object_mut() {
             if let Some(rule) = &f.rule {
@@ -523,201 +552,134 @@ async fn handle_inner(
                 obj.insert("errors".into(), errors.clone());
             }
         }
-        let detail = format!("{} {}", op.template, f.explanation);
-        let mut resp = problem(status, title, &detail, &rid, Some(extra));
-        if let Some(retry) = f.retry_after_s
-            && let Ok(v) = HeaderValue::from_str(&retry.to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        metrics
-            .added_latency
-            .observe(started.elapsed().as_secs_f64());
-        observe(shared, &facts, status.as_u16(), 0, true);
-        return resp;
+        Some(Box::new(Block {
+            status: StatusCode::from_u16(f.block_status).unwrap_or(StatusCode::FORBIDDEN),
+            detail: format!("{} {}", self.ctx.operation.template, f.explanation),
+            extra: Some(extra),
+            retry_after_s: f.retry_after_s,
+        }))
     }
-    let flagged = verdict == Verdict::Flag;
 
-    // 5. Forward, in origin form (`/path?query`): the pool holds connections to the one upstream.
-    // The request's own headers stay as received for learning; the upstream's head is written
-    // from them directly (without the hop-by-hop ones, with the forwarding headers).
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut upstream_req = UpstreamRequest::new(parts.method.clone(), target, forward_body);
+    /// Sends the request to the upstream within `upstream.timeout`.
+    async fn forward(&self, req: UpstreamRequest) -> Result<Response<UpstreamBody>, Rejection> {
+        let config = &self.policy.config;
+        let operation = &self.ctx.operation.template;
+        match tokio::time::timeout(
+            config.upstream.timeout.std(),
+            self.shared.upstream.send(req),
+        )
+        .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => {
+                let failure = UpstreamFailure::classify(&err, config.limits.max_body_bytes);
+                if let Some(kind) = failure.metric_label() {
+                    tracing::warn!(request_id = %self.rid, operation = %operation, kind, error = %err, "upstream request failed");
+                }
+                Err(Rejection::Upstream(failure))
+            }
+            Err(_) => {
+                tracing::warn!(request_id = %self.rid, operation = %operation, "upstream timed out");
+                Err(Rejection::Upstream(UpstreamFailure::Timeout {
+                    after: config.upstream.timeout,
+                }))
+            }
+        }
+    }
+
+    /// Learning from the exchange (`status` answered, or the block status with `flagged`),
+    /// under the policy the request was checked with.
+    fn learn(&self, status: u16, duration_us: u64, flagged: bool) {
+        let done = self
+            .shared
+            .sessions
+            .with_entry(self.hash, self.now_s, |entry, _| {
+                let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
+                let n =
+                    entry
+                        .history
+                        .fill(&mut recent_buf, self.ctx.now_ms, self.policy.history_ms);
+                // The newest entry is this request.
+                let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
+                let ctx = RequestContext { recent, ..self.ctx };
+                let resp = ResponseSummary {
+                    status,
+                    duration_us,
+                };
+                let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.shared
+                        .analyzer
+                        .observe(&ctx, &mut entry.state, &resp, flagged)
+                }));
+                if observed.is_err() {
+                    entry.state = SessionState::default();
+                    return false;
+                }
+                true
+            });
+        if done != Some(true) {
+            self.shared
+                .metrics
+                .failure_policy
+                .with_label_values(&["open"])
+                .inc();
+            tracing::error!(operation = %self.ctx.operation.template, "internal error while learning from a response");
+        }
+    }
+}
+
+impl Block {
+    /// A block without a deciding finding (the verdict names one; kept as a safe answer).
+    fn by_policy() -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            detail: "blocked by policy".into(),
+            extra: None,
+            retry_after_s: None,
+        }
+    }
+}
+
+/// The upstream request in origin form (`/path?query`): the pool holds connections to the
+/// one upstream. The request's own headers stay as received for learning; the upstream's
+/// head is written from them directly (without the hop-by-hop ones, with the forwarding
+/// headers).
+fn upstream_request(
+    exchange: &Exchange<'_>,
+    peer: SocketAddr,
+    parts: &Parts,
+    target: &CanonicalTarget<'_>,
+    body: RequestBody,
+) -> UpstreamRequest {
+    let mut req = UpstreamRequest::new(parts.method.clone(), &target.forward_target(), body);
     // HTTP/2 carries the host in `:authority`; without either, name the upstream.
-    let authority = uri.authority().unwrap_or(shared.upstream.authority());
+    let authority = parts
+        .uri
+        .authority()
+        .unwrap_or(exchange.shared.upstream.authority());
     let forwarding = Forwarding {
         peer: peer.ip(),
-        trust_incoming: policy.config.client_address.source == ClientAddressSource::XForwardedFor,
-        request_id: &rid,
+        trust_incoming: exchange.policy.config.client_address.source
+            == ClientAddressSource::XForwardedFor,
+        request_id: exchange.rid,
         host: authority.as_str(),
     };
-    write_forwarded(&mut upstream_req.head, &parts.headers, &forwarding);
-    // Built once, for the response.
-    let rid_value = HeaderValue::from_str(&rid).ok();
-    let decided = started.elapsed();
-    let upstream_started = Instant::now();
-    let result = tokio::time::timeout(
-        policy.config.upstream.timeout.std(),
-        shared.upstream.send(upstream_req),
-    )
-    .await;
-    let upstream_elapsed = upstream_started.elapsed();
-    let response = match result {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(err)) => {
-            if find_source::<http_body_util::LengthLimitError>(&err).is_some() {
-                return problem(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Request body too large",
-                    &format!("the limit is {} bytes", limits.max_body_bytes),
-                    &rid,
-                    None,
-                );
-            }
-            let kind = upstream_error_kind(&err);
-            metrics.upstream_errors.with_label_values(&[kind]).inc();
-            tracing::warn!(request_id = %rid, operation = %op.template, kind, error = %err, "upstream request failed");
-            let detail = match kind {
-                "refused" => "the upstream refused the connection",
-                "reset" => "the upstream closed the connection before answering",
-                "timeout" => "the upstream did not accept the connection in time",
-                _ => "the upstream request failed",
-            };
-            let status = if kind == "timeout" {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            return problem(
-                status,
-                if status == StatusCode::BAD_GATEWAY {
-                    "Bad gateway"
-                } else {
-                    "Gateway timeout"
-                },
-                detail,
-                &rid,
-                None,
-            );
-        }
-        Err(_) => {
-            metrics
-                .upstream_errors
-                .with_label_values(&["timeout"])
-                .inc();
-            tracing::warn!(request_id = %rid, operation = %op.template, "upstream timed out");
-            return problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway timeout",
-                &format!(
-                    "the upstream did not answer within {}",
-                    policy.config.upstream.timeout
-                ),
-                &rid,
-                None,
-            );
-        }
-    };
-    let status = response.status().as_u16();
-    metrics.added_latency.observe(decided.as_secs_f64());
+    write_forwarded(&mut req.head, &parts.headers, &forwarding);
+    req
+}
 
-    // 6. Learn.
-    let duration_us = u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX);
-    observe(shared, &facts, status, duration_us, flagged);
-    let (mut rparts, rbody) = response.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    if let Some(v) = rid_value {
-        rparts.headers.insert(X_REQUEST_ID, v);
+/// The upstream's response as the client gets it: without hop-by-hop headers, with the
+/// request id.
+fn relay(response: Response<UpstreamBody>, rid: Option<HeaderValue>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(v) = rid {
+        parts.headers.insert(X_REQUEST_ID, v);
     }
     Response::from_parts(
-        rparts,
-        rbody
-            .map_err(|e| -> BoxError { Box::new(e) })
-            .boxed_unsync(),
+        parts,
+        body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
     )
-}
-
-/// What the checks and learning know about one request, gathered once in `handle_inner` and
-/// borrowed by both: the session, the resolved operation and the parsed request.
-struct RequestFacts<'a> {
-    /// Keyed hash of `session` (the session table's key).
-    hash: u64,
-    /// Seconds since the process epoch (the session table's clock).
-    now_s: u32,
-    now_ms: u64,
-    session: &'a str,
-    source: SessionSource,
-    client: IpAddr,
-    /// Method and headers as received.
-    parts: &'a http::request::Parts,
-    op: &'a Operation,
-    path_params: &'a [(&'a str, &'a str)],
-    query: &'a [(Cow<'a, str>, Cow<'a, str>)],
-    body: Option<&'a serde_json::Value>,
-    scratch: &'a RequestScratch,
-}
-
-impl<'a> RequestFacts<'a> {
-    /// The analyzer's view of the request, with the session's recent operations.
-    fn context(&self, recent: &'a [RecentOp]) -> RequestContext<'a> {
-        RequestContext {
-            now_ms: self.now_ms,
-            session: self.session,
-            session_source: self.source,
-            client: self.client,
-            method: &self.parts.method,
-            operation: self.op,
-            path_params: self.path_params,
-            query: self.query,
-            headers: &self.parts.headers,
-            body: self.body,
-            recent,
-            scratch: self.scratch,
-        }
-    }
-}
-
-/// Learning from the exchange (`status` answered, or the block status with `flagged`).
-fn observe(
-    shared: &Shared,
-    facts: &RequestFacts<'_>,
-    status: u16,
-    duration_us: u64,
-    flagged: bool,
-) {
-    let policy = shared.policy.load();
-    let analyzer = &shared.analyzer;
-    let done = shared
-        .sessions
-        .with_entry(facts.hash, facts.now_s, |entry, _| {
-            let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
-            let n = entry
-                .history
-                .fill(&mut recent_buf, facts.now_ms, policy.history_ms);
-            // The newest entry is this request.
-            let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
-            let ctx = facts.context(recent);
-            let resp = ResponseSummary {
-                status,
-                duration_us,
-            };
-            let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                analyzer.observe(&ctx, &mut entry.state, &resp, flagged)
-            }));
-            if observed.is_err() {
-                entry.state = SessionState::default();
-                return false;
-            }
-            true
-        });
-    if done != Some(true) {
-        shared
-            .metrics
-            .failure_policy
-            .with_label_values(&["open"])
-            .inc();
-        tracing::error!(operation = %facts.op.template, "internal error while learning from a response");
-    }
 }
 
 #[cfg(test)]

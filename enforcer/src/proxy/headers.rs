@@ -9,6 +9,8 @@ use std::io::Write as _;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
+use super::header_policy::{forwardable, kept_despite_connection, write_forwarded_element};
+
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// `X-Forwarded-For`, appended to on the way to the upstream.
@@ -42,6 +44,7 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !kept_despite_connection(name))
         .collect()
 }
 
@@ -93,6 +96,7 @@ pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, fwd: &Forwarding<
             || name == header::CONTENT_LENGTH
             || is_hop_by_hop(name)
             || listed.contains(name)
+            || !forwardable(name, fwd.trust_incoming)
         {
             continue;
         }
@@ -107,6 +111,9 @@ pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, fwd: &Forwarding<
         out.extend_from_slice(b", ");
     }
     let _ = write!(out, "{}\r\n", fwd.peer);
+    if fwd.trust_incoming {
+        write_forwarded_element(out, headers, fwd.peer);
+    }
     if !keep_proto {
         write_field(out, "x-forwarded-proto", b"http");
     }

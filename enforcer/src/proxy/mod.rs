@@ -1,11 +1,14 @@
-//! The in-line reverse proxy (hyper 1): HTTP/1.1 keep-alive and HTTP/2 (h2c) from clients,
-//! a pooled HTTP/1.1 client to the upstream, streaming bodies, and the per-request decision.
+//! The in-line reverse proxy's request path (hyper 1): HTTP/1.1 keep-alive and HTTP/2 (h2c)
+//! from clients, a pooled HTTP/1.1 client to the upstream, streaming bodies, and the
+//! per-request decision. Starting it (listeners, workers, admin, reloads) is `crate::runtime`.
 
 mod body;
 mod decision;
 mod handler;
+mod header_policy;
 mod headers;
 mod problem;
+mod rejection;
 mod server;
 mod state;
 mod upstream;
@@ -13,9 +16,9 @@ mod upstream;
 pub use body::{BoxError, ProxyBody};
 pub use decision::{Verdict, decide};
 pub use headers::{Forwarding, strip_hop_by_hop, write_forwarded};
-pub use server::{
-    ReloadHook, RunningEnforcer, StartError, StartOptions, refresh_gauges, start,
-    start_with_options,
+pub use server::accept_loop;
+pub use state::{Sessions, Shared};
+pub use upstream::{
+    PoolSettings, RequestBody, UpstreamBody, UpstreamError, UpstreamPool, UpstreamRequest,
+    set_worker_index,
 };
-pub use state::Shared;
-pub use upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamPool, UpstreamRequest};

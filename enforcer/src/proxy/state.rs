@@ -8,19 +8,23 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use super::upstream::UpstreamPool;
-use crate::analysis::Analyzer;
+use crate::detect::Analyzer;
+use crate::detect::session_state::SessionState;
 use crate::incident::IncidentStore;
 use crate::metrics::Metrics;
 use crate::operation::OperationResolver;
 use crate::policy::{CompiledPolicy, CounterRegistry};
 use crate::session::SessionTable;
 
+/// The session table with the learned detectors' state in each entry.
+pub type Sessions = SessionTable<SessionState>;
+
 /// Everything a request needs, behind one `Arc`.
 pub struct Shared {
     /// The compiled policy; swapped whole on reload.
     pub policy: ArcSwap<CompiledPolicy>,
     pub resolver: OperationResolver,
-    pub sessions: SessionTable,
+    pub sessions: Sessions,
     pub incidents: IncidentStore,
     pub counters: CounterRegistry,
     pub metrics: Metrics,
@@ -33,4 +37,39 @@ pub struct Shared {
     /// Random per process, prefix of generated request ids.
     pub instance: u64,
     pub request_seq: AtomicU64,
+}
+
+impl Shared {
+    /// Copies table counters into the metrics.
+    pub fn refresh_gauges(&self) {
+        let stats = self.sessions.stats();
+        let m = &self.metrics;
+        m.sessions
+            .set(i64::try_from(stats.sessions).unwrap_or(i64::MAX));
+        Metrics::sync_counter(&m.session_evictions, stats.evicted);
+        Metrics::sync_counter(&m.session_expirations, stats.expired);
+        m.operations_learned
+            .set(i64::try_from(self.resolver.stats().learned_templates).unwrap_or(i64::MAX));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SessionEntry;
+
+    #[test]
+    fn entry_size_is_small() {
+        println!(
+            "SessionEntry {} bytes inline (SessionState {})",
+            std::mem::size_of::<SessionEntry<SessionState>>(),
+            std::mem::size_of::<SessionState>()
+        );
+        // Inline part of an entry; the history adds 8 bytes per slot (80 by default).
+        assert!(
+            std::mem::size_of::<SessionEntry<SessionState>>() <= 80,
+            "{}",
+            std::mem::size_of::<SessionEntry<SessionState>>()
+        );
+    }
 }

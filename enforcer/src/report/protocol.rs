@@ -55,6 +55,19 @@ pub struct Report {
     /// Cumulative counters of each declared sequence rule in this instance.
     #[serde(default)]
     pub rules: Vec<RuleCounters>,
+    /// The config this instance runs (absent when its config has no revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<RunningConfig>,
+}
+
+/// Which rendered config an instance runs, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunningConfig {
+    /// The config's `revision`, as the operator rendered it.
+    pub revision: String,
+    /// Unix milliseconds when the instance started running it.
+    pub since_ms: u64,
 }
 
 /// The operator's answer to an accepted report.
@@ -192,11 +205,16 @@ mod tests {
                 blocked: 1,
                 last_match_ms: Some(5),
             }],
+            config: Some(RunningConfig {
+                revision: "0123456789abcdef".into(),
+                since_ms: 1_700_000_000_500,
+            }),
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["modelDelta"], "AAEC/v8=");
         assert_eq!(json["counters"]["flagged"], 2);
         assert_eq!(json["incidents"][0]["firstSeenMs"], 0);
+        assert_eq!(json["config"]["sinceMs"], 1_700_000_000_500u64);
         let back: Report = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);
     }

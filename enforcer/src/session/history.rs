@@ -1,9 +1,18 @@
 //! A session's recent operations: a compact ring buffer (8 bytes per slot).
+//!
+//! A session recreated after its entry was evicted lost what it did before: its history is
+//! marked, and [`History::fill`] puts a [`LOST_HISTORY`] marker in front of what it kept
+//! since, until the ring holds a full configured history again. Rules then see where the
+//! known history starts and do not take "not in the history" for "never happened".
 
 use super::RecentOp;
 
 /// Longest history kept per session.
 pub const MAX_HISTORY: usize = 64;
+
+/// Operation id of the marker that stands for the operations an evicted session lost (never
+/// the id of a real operation).
+pub const LOST_HISTORY: u32 = u32::MAX - 1;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
@@ -20,6 +29,8 @@ pub struct History {
     /// Index of the oldest slot.
     head: u8,
     len: u8,
+    /// What the session did before `base_ms` was lost (its entry was evicted).
+    lost: bool,
 }
 
 impl History {
@@ -59,6 +70,10 @@ impl History {
         let cap = self.slots.len();
         let len = usize::from(self.len);
         let head = usize::from(self.head);
+        if len + 1 >= capacity {
+            // A full history again: as much as a session that was never evicted keeps.
+            self.lost = false;
+        }
         if len < cap {
             if let Some(s) = self.slots.get_mut((head + len) % cap) {
                 *s = slot;
@@ -72,9 +87,18 @@ impl History {
         }
     }
 
+    /// Marks the history as missing what came before (the session's entry was evicted).
+    pub fn mark_lost(&mut self) {
+        self.lost = true;
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost
+    }
+
     fn resize(&mut self, capacity: usize) {
         let mut kept = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
-        let n = self.fill(&mut kept, 0, u64::MAX);
+        let n = self.fill_kept(&mut kept, 0, u64::MAX);
         let start = n.saturating_sub(capacity);
         self.slots = vec![Slot::default(); capacity].into_boxed_slice();
         self.head = 0;
@@ -94,13 +118,35 @@ impl History {
     }
 
     /// Copies the operations no older than `max_age_ms` into `out`, oldest first; returns
-    /// how many were written.
+    /// how many were written. A lost history starts with a [`LOST_HISTORY`] marker at the
+    /// time the session was recreated (while that is no older than `max_age_ms`).
     pub fn fill(&self, out: &mut [RecentOp; MAX_HISTORY], now_ms: u64, max_age_ms: u64) -> usize {
+        let cutoff = now_ms.saturating_sub(max_age_ms);
+        let since = if self.len == 0 { now_ms } else { self.base_ms };
+        let marked = self.lost && usize::from(self.len) < MAX_HISTORY && since >= cutoff;
+        if marked && let Some(first) = out.first_mut() {
+            *first = RecentOp {
+                op: LOST_HISTORY,
+                at_ms: since,
+            };
+        }
+        let start = usize::from(marked);
+        let Some(rest) = out.get_mut(start..) else {
+            return start;
+        };
+        start + self.fill_from(rest, cutoff)
+    }
+
+    /// The operations kept, without a marker.
+    fn fill_kept(&self, out: &mut [RecentOp; MAX_HISTORY], now_ms: u64, max_age_ms: u64) -> usize {
+        self.fill_from(out, now_ms.saturating_sub(max_age_ms))
+    }
+
+    fn fill_from(&self, out: &mut [RecentOp], cutoff: u64) -> usize {
         let cap = self.slots.len();
         if cap == 0 {
             return 0;
         }
-        let cutoff = now_ms.saturating_sub(max_age_ms);
         let mut n = 0;
         for i in 0..usize::from(self.len) {
             let Some(slot) = self.slots.get((usize::from(self.head) + i) % cap) else {
@@ -130,6 +176,33 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_history_is_marked_until_it_is_full_again() {
+        let mut h = History::default();
+        h.mark_lost();
+        let mut out = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
+        assert_eq!(h.fill(&mut out, 5_000, 600_000), 1);
+        assert_eq!(
+            out[0],
+            RecentOp {
+                op: LOST_HISTORY,
+                at_ms: 5_000
+            }
+        );
+        for i in 0..3u32 {
+            h.push(i, 5_000 + u64::from(i), 4);
+        }
+        let n = h.fill(&mut out, 6_000, 600_000);
+        assert_eq!((n, out[0].op, out[1].op), (4, LOST_HISTORY, 0));
+        assert_eq!(out[0].at_ms, 5_000);
+        // Aged out of the window: no marker.
+        assert_eq!(h.fill(&mut out, 700_000, 600_000), 0);
+        h.push(3, 6_000, 4);
+        assert!(!h.is_lost(), "four of four kept");
+        assert_eq!(h.fill(&mut out, 6_000, 600_000), 4);
+        assert_eq!(out[0].op, 0);
+    }
 
     #[test]
     fn keeps_the_newest_in_order_and_drops_old_ones() {

@@ -10,7 +10,7 @@ use http::HeaderName;
 use super::SessionSource;
 use super::jwt::{JwtConfigError, JwtVerifier, unverified_claims};
 use super::token_cache::{Cached, VerifiedTokens, capacity_for};
-use crate::config::{OnInvalidToken, SessionConfig};
+use crate::config::{OnInvalidToken, SessionConfig, WithoutValidToken};
 
 /// Session values longer than this are replaced by a hash (keys stay small).
 const MAX_VALUE_LEN: usize = 128;
@@ -24,9 +24,55 @@ enum Identifier {
     ClientIp,
 }
 
-/// A token was presented but failed verification and the policy is `Reject`.
+/// Why a request is refused before it has a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidToken(pub String);
+pub enum Refusal {
+    /// A token failed verification and the policy is `Reject` (401).
+    InvalidToken(String),
+    /// A credential header came more than once (400): the enforcer and the app could each
+    /// read a different one, so the token the enforcer checked need not be the one the app
+    /// acts on.
+    RepeatedHeader(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidToken(_) => 401,
+            Self::RepeatedHeader(_) => 400,
+        }
+    }
+
+    /// Title and detail of the problem answer.
+    pub fn problem(&self) -> (&'static str, String) {
+        match self {
+            Self::InvalidToken(_) => (
+                "Invalid session token",
+                "the bearer token could not be verified".to_owned(),
+            ),
+            Self::RepeatedHeader(name) => (
+                "Bad request",
+                format!("the {name} header may appear only once"),
+            ),
+        }
+    }
+
+    /// For the log.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::InvalidToken(reason) => reason,
+            Self::RepeatedHeader(_) => "repeated credential header",
+        }
+    }
+}
+
+/// The session a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identified {
+    pub source: SessionSource,
+    /// A token was presented and failed verification (and was ignored: `FallThrough`).
+    pub invalid_token: bool,
+}
 
 /// The compiled identifier list.
 #[derive(Debug)]
@@ -34,6 +80,9 @@ pub struct SessionIdentifiers {
     list: Vec<Identifier>,
     verifier: Option<JwtVerifier>,
     on_invalid: OnInvalidToken,
+    without_valid_token: WithoutValidToken,
+    /// Headers that may appear at most once: `Authorization` and every JWT identifier's.
+    single_headers: Vec<HeaderName>,
     /// Hashes over-long values (keyed per process so that nobody can aim at collisions).
     hasher: std::collections::hash_map::RandomState,
     /// Tokens verified already (bounded; see `token_cache`).
@@ -79,10 +128,21 @@ impl SessionIdentifiers {
             .as_ref()
             .map(|j| j.on_invalid)
             .unwrap_or_default();
+        let without_valid_token = config.without_valid_token;
+        let mut single_headers = vec![http::header::AUTHORIZATION];
+        for id in &list {
+            if let Identifier::Jwt { header, .. } = id
+                && !single_headers.contains(header)
+            {
+                single_headers.push(header.clone());
+            }
+        }
         Ok(Self {
             list,
             verifier,
             on_invalid,
+            without_valid_token,
+            single_headers,
             hasher: std::collections::hash_map::RandomState::new(),
             tokens: VerifiedTokens::new(capacity_for(config.max_sessions)),
             leeway_s: config
@@ -92,98 +152,139 @@ impl SessionIdentifiers {
         })
     }
 
+    /// Whether a session named by `source` was named by a verified token.
+    pub fn verifies(&self, source: SessionSource) -> bool {
+        source == SessionSource::Jwt && self.verifier.is_some()
+    }
+
     /// Writes the session key into `out` (e.g. `jwt:sub=4411`, `ip:10.0.0.7`). The client
-    /// address is always the last resort.
+    /// address is always the last resort. With verification and `withoutValidToken:
+    /// ClientAddress`, a request without a valid token is named by its client address.
     pub fn identify(
         &self,
         headers: &http::HeaderMap,
         query: &[(Cow<'_, str>, Cow<'_, str>)],
         client: IpAddr,
         out: &mut String,
-    ) -> Result<SessionSource, InvalidToken> {
+    ) -> Result<Identified, Refusal> {
         out.clear();
+        if let Some(repeated) = self
+            .single_headers
+            .iter()
+            .find(|h| headers.get_all(*h).iter().nth(1).is_some())
+        {
+            return Err(Refusal::RepeatedHeader(repeated.as_str().to_owned()));
+        }
+        let mut invalid_token = false;
+        let by_address =
+            self.verifier.is_some() && self.without_valid_token == WithoutValidToken::ClientAddress;
         for id in &self.list {
-            match id {
+            let source = match id {
                 Identifier::Jwt { header, claim } => {
-                    let Some(token) = headers.get(header).and_then(|v| v.to_str().ok()) else {
-                        continue;
-                    };
-                    let token = strip_bearer(token);
-                    if token.is_empty() {
-                        continue;
-                    }
-                    let now_s = unix_s();
-                    if self.verifier.is_some()
-                        && let Cached::Valid(value) = self.tokens.get(claim, token, now_s)
-                    {
-                        let Some(value) = value else { continue };
-                        self.write_key(out, "jwt", claim, &value);
-                        return Ok(SessionSource::Jwt);
-                    }
-                    let claims = match &self.verifier {
-                        Some(v) => match v.verify(token) {
-                            Ok(c) => c,
-                            Err(reason) => match self.on_invalid {
-                                OnInvalidToken::Reject => return Err(InvalidToken(reason)),
-                                OnInvalidToken::FallThrough => continue,
-                            },
-                        },
-                        None => match unverified_claims(token) {
-                            Some(c) => c,
-                            None => continue,
-                        },
-                    };
-                    let value = match claims.get(claim) {
-                        Some(serde_json::Value::String(s)) if !s.is_empty() => {
-                            Some(Cow::Borrowed(s.as_str()))
+                    match self.jwt_claim(headers, header, claim, out)? {
+                        JwtOutcome::Named => Some(SessionSource::Jwt),
+                        JwtOutcome::Invalid => {
+                            invalid_token = true;
+                            None
                         }
-                        Some(serde_json::Value::Number(n)) => Some(Cow::Owned(n.to_string())),
-                        _ => None,
-                    };
-                    // Cached until `exp` (a non-integer `exp` is not cached at all).
-                    let exp = claims.get("exp");
-                    if self.verifier.is_some() && exp.is_none_or(|e| e.as_u64().is_some()) {
-                        let exp = exp.and_then(serde_json::Value::as_u64);
-                        self.tokens.insert(
-                            claim,
-                            token,
-                            value.as_deref(),
-                            exp,
-                            self.leeway_s,
-                            now_s,
-                        );
-                    }
-                    let Some(value) = value else { continue };
-                    self.write_key(out, "jwt", claim, &value);
-                    return Ok(SessionSource::Jwt);
-                }
-                Identifier::Header { header } => {
-                    if let Some(v) = headers
-                        .get(header)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| !v.is_empty())
-                    {
-                        self.write_key(out, "header", header.as_str(), v);
-                        return Ok(SessionSource::Header);
-                    }
-                }
-                Identifier::Cookie { name } => {
-                    if let Some(v) = find_cookie(headers, name) {
-                        self.write_key(out, "cookie", name, v);
-                        return Ok(SessionSource::Cookie);
-                    }
-                }
-                Identifier::Query { name } => {
-                    if let Some((_, v)) = query.iter().find(|(k, v)| k == name && !v.is_empty()) {
-                        self.write_key(out, "query", name, v);
-                        return Ok(SessionSource::Query);
+                        JwtOutcome::Absent => None,
                     }
                 }
                 Identifier::ClientIp => break,
+                // Only a valid token may name the session; everything else is the address.
+                _ if by_address => None,
+                Identifier::Header { header } => headers
+                    .get(header)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .map(|v| {
+                        self.write_key(out, "header", header.as_str(), v);
+                        SessionSource::Header
+                    }),
+                Identifier::Cookie { name } => find_cookie(headers, name).map(|v| {
+                    self.write_key(out, "cookie", name, v);
+                    SessionSource::Cookie
+                }),
+                Identifier::Query { name } => query
+                    .iter()
+                    .find(|(k, v)| k == name && !v.is_empty())
+                    .map(|(_, v)| {
+                        self.write_key(out, "query", name, v);
+                        SessionSource::Query
+                    }),
+            };
+            if let Some(source) = source {
+                return Ok(Identified {
+                    source,
+                    invalid_token,
+                });
             }
         }
+        out.clear();
         let _ = write!(out, "ip:{client}");
-        Ok(SessionSource::ClientIp)
+        Ok(Identified {
+            source: SessionSource::ClientIp,
+            invalid_token,
+        })
+    }
+
+    /// A JWT identifier: the claim named into `out`, or why not.
+    fn jwt_claim(
+        &self,
+        headers: &http::HeaderMap,
+        header: &HeaderName,
+        claim: &str,
+        out: &mut String,
+    ) -> Result<JwtOutcome, Refusal> {
+        let Some(token) = headers.get(header).and_then(|v| v.to_str().ok()) else {
+            return Ok(JwtOutcome::Absent);
+        };
+        let token = strip_bearer(token);
+        if token.is_empty() {
+            return Ok(JwtOutcome::Absent);
+        }
+        let now_s = crate::time::now_s();
+        if self.verifier.is_some()
+            && let Cached::Valid(value) = self.tokens.get(claim, token, now_s)
+        {
+            let Some(value) = value else {
+                return Ok(JwtOutcome::Absent);
+            };
+            self.write_key(out, "jwt", claim, &value);
+            return Ok(JwtOutcome::Named);
+        }
+        let claims = match &self.verifier {
+            Some(v) => match v.verify(token) {
+                Ok(c) => c,
+                Err(reason) => {
+                    return match self.on_invalid {
+                        OnInvalidToken::Reject => Err(Refusal::InvalidToken(reason)),
+                        OnInvalidToken::FallThrough => Ok(JwtOutcome::Invalid),
+                    };
+                }
+            },
+            None => match unverified_claims(token) {
+                Some(c) => c,
+                None => return Ok(JwtOutcome::Absent),
+            },
+        };
+        let value = match claims.get(claim) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(Cow::Borrowed(s.as_str())),
+            Some(serde_json::Value::Number(n)) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        };
+        // Cached until `exp` (a non-integer `exp` is not cached at all).
+        let exp = claims.get("exp");
+        if self.verifier.is_some() && exp.is_none_or(|e| e.as_u64().is_some()) {
+            let exp = exp.and_then(serde_json::Value::as_u64);
+            self.tokens
+                .insert(claim, token, value.as_deref(), exp, self.leeway_s, now_s);
+        }
+        let Some(value) = value else {
+            return Ok(JwtOutcome::Absent);
+        };
+        self.write_key(out, "jwt", claim, &value);
+        Ok(JwtOutcome::Named)
     }
 
     fn write_key(&self, out: &mut String, kind: &str, name: &str, value: &str) {
@@ -201,10 +302,14 @@ impl SessionIdentifiers {
     }
 }
 
-fn unix_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// What a JWT identifier found.
+enum JwtOutcome {
+    /// The claim named the session (written into the key).
+    Named,
+    /// A token failed verification and is ignored (`FallThrough`).
+    Invalid,
+    /// No token, or no usable claim.
+    Absent,
 }
 
 fn strip_bearer(value: &str) -> &str {

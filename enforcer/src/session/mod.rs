@@ -26,11 +26,13 @@ mod client;
 mod history;
 mod identify;
 pub mod jwt;
+mod label;
 mod table;
 pub mod token_cache;
 
 pub use client::client_address;
-pub use history::{History, MAX_HISTORY};
-pub use identify::{InvalidToken, SessionIdentifiers};
+pub use history::{History, LOST_HISTORY, MAX_HISTORY};
+pub use identify::{Identified, Refusal, SessionIdentifiers};
 pub use jwt::JwtConfigError;
+pub use label::session_label;
 pub use table::{LimitSlot, SessionEntry, SessionTable, TableStats};

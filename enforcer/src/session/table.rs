@@ -2,16 +2,21 @@
 //! keyed hash of the session string (the string itself is not stored). The number of shards
 //! follows `maxSessions` (at least 64) so that a full shard fills its hash table's buckets to
 //! 7/8 instead of leaving half of them empty (see [`shard_count`]). Entries expire
-//! after the idle timeout; beyond the cap the least recently seen are evicted in batches.
+//! after the idle timeout; beyond the cap sessions are evicted in batches, young and unverified
+//! ones first (see [`SessionEntry::standing`]): a flood of fresh session ids evicts other
+//! fresh ids, not the history of an established user. When an established session is evicted
+//! anyway (the shard is full of established ones), its hash is remembered for a while, and if
+//! it comes back its history is marked lost ([`History::mark_lost`]), so that rules do not
+//! hold the missing history against it.
 //! A lock is held only for the synchronous work of one request, never across an await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use parking_lot::Mutex;
+
 use super::history::History;
-use crate::detect::session_state::SessionState;
 
 /// Fewest shards (lock striping for concurrent requests).
 const MIN_SHARDS: usize = 64;
@@ -43,7 +48,47 @@ impl Hasher for PassThroughHasher {
     }
 }
 
-type Shard = HashMap<u64, SessionEntry, BuildHasherDefault<PassThroughHasher>>;
+type Sessions<S> = HashMap<u64, SessionEntry<S>, BuildHasherDefault<PassThroughHasher>>;
+
+/// Requests after which a session counts as established.
+pub const ESTABLISHED_REQUESTS: u16 = 4;
+/// Evicted established sessions remembered per shard (their hashes, oldest forgotten first).
+const REMEMBERED_EVICTIONS: usize = 64;
+
+struct Shard<S> {
+    map: Sessions<S>,
+    /// Hashes of established sessions evicted recently.
+    evicted: VecDeque<u64>,
+}
+
+impl<S> Default for Shard<S> {
+    fn default() -> Self {
+        Self {
+            map: Sessions::default(),
+            evicted: VecDeque::new(),
+        }
+    }
+}
+
+impl<S> Shard<S> {
+    fn remember_eviction(&mut self, hash: u64) {
+        if self.evicted.len() >= REMEMBERED_EVICTIONS {
+            self.evicted.pop_front();
+        }
+        self.evicted.push_back(hash);
+    }
+
+    /// Whether `hash` was evicted recently (and forgets it).
+    fn was_evicted(&mut self, hash: u64) -> bool {
+        match self.evicted.iter().position(|h| *h == hash) {
+            Some(at) => {
+                self.evicted.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// Declared rate-limit state of one limit in one session (GCRA theoretical arrival time).
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,9 +98,10 @@ pub struct LimitSlot {
     pub tat_ms: u64,
 }
 
-/// Everything kept per session. Small on purpose (see `entry_size_is_small`).
+/// Everything kept per session. Small on purpose (see `entry_size_is_small` where the proxy
+/// instantiates it). `S` is the learned detectors' state, which this module does not know.
 #[derive(Debug, Default)]
-pub struct SessionEntry {
+pub struct SessionEntry<S> {
     /// Seconds since the table epoch.
     last_seen_s: u32,
     /// Sequence number of the session's open incident (0 = none).
@@ -64,7 +110,25 @@ pub struct SessionEntry {
     /// Declared rate-limit state, only for limits this session has hit.
     pub limits: Box<[LimitSlot]>,
     /// The learned detectors' state.
-    pub state: SessionState,
+    pub state: S,
+    /// Requests seen (saturating).
+    requests: u16,
+    /// A verified token named the session.
+    verified: bool,
+}
+
+impl<S> SessionEntry<S> {
+    /// Counts one request of the session; `verified` when a verified token named it.
+    pub fn note_request(&mut self, verified: bool) {
+        self.requests = self.requests.saturating_add(1);
+        self.verified |= verified;
+    }
+
+    /// How much the session is worth keeping when the table is full: 0 young and unverified,
+    /// 1 established or verified, 2 both. Lower goes first.
+    pub fn standing(&self) -> u8 {
+        u8::from(self.requests >= ESTABLISHED_REQUESTS) + u8::from(self.verified)
+    }
 }
 
 /// Table counters for metrics and tests.
@@ -77,9 +141,9 @@ pub struct TableStats {
     pub expired: u64,
 }
 
-/// The sharded table.
-pub struct SessionTable {
-    shards: Box<[Mutex<Shard>]>,
+/// The sharded table of entries carrying detector state `S`.
+pub struct SessionTable<S> {
+    shards: Box<[Mutex<Shard<S>>]>,
     hasher: std::collections::hash_map::RandomState,
     per_shard_cap: AtomicUsize,
     idle_s: AtomicU64,
@@ -88,7 +152,7 @@ pub struct SessionTable {
     len: AtomicUsize,
 }
 
-impl std::fmt::Debug for SessionTable {
+impl<S> std::fmt::Debug for SessionTable<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionTable")
             .field("stats", &self.stats())
@@ -96,7 +160,7 @@ impl std::fmt::Debug for SessionTable {
     }
 }
 
-impl SessionTable {
+impl<S> SessionTable<S> {
     /// `max_sessions` is split evenly over the shards (rounded up); the number of shards is
     /// fixed here from `max_sessions` (a reload changes only the per-shard cap).
     pub fn new(max_sessions: usize, idle_timeout: std::time::Duration) -> Self {
@@ -139,14 +203,17 @@ impl SessionTable {
         &self,
         hash: u64,
         now_s: u32,
-        f: impl FnOnce(&mut SessionEntry, bool) -> R,
-    ) -> Option<R> {
+        f: impl FnOnce(&mut SessionEntry<S>, bool) -> R,
+    ) -> Option<R>
+    where
+        S: Default,
+    {
         // The high bits pick the shard; the map inside uses the low bits for its buckets.
         let shard = self.shards.get((hash >> 40) as usize % self.shards.len())?;
-        let mut map = shard.lock().ok()?;
+        let mut shard = shard.lock();
         let idle = u32::try_from(self.idle_s.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
         let mut fresh = false;
-        if let Some(entry) = map.get_mut(&hash) {
+        if let Some(entry) = shard.map.get_mut(&hash) {
             if now_s.saturating_sub(entry.last_seen_s) > idle {
                 // Expired while idle: start over.
                 *entry = SessionEntry::default();
@@ -155,20 +222,26 @@ impl SessionTable {
             }
         } else {
             let cap = self.per_shard_cap.load(Ordering::Relaxed);
-            if map.len() >= cap {
-                self.make_room(&mut map, now_s, idle, cap);
+            if shard.map.len() >= cap {
+                self.make_room(&mut shard, now_s, idle, cap);
             }
-            map.insert(hash, SessionEntry::default());
+            let mut entry = SessionEntry::default();
+            if shard.was_evicted(hash) {
+                entry.history.mark_lost();
+            }
+            shard.map.insert(hash, entry);
             self.len.fetch_add(1, Ordering::Relaxed);
             fresh = true;
         }
-        let entry = map.get_mut(&hash)?;
+        let entry = shard.map.get_mut(&hash)?;
         entry.last_seen_s = now_s;
         Some(f(entry, fresh))
     }
 
-    /// Drops expired entries; if still full, the least recently seen eighth of the shard.
-    fn make_room(&self, map: &mut Shard, now_s: u32, idle: u32, cap: usize) {
+    /// Drops expired entries; if still full, an eighth of the shard: the lowest standing
+    /// first, the least recently seen first within a standing.
+    fn make_room(&self, shard: &mut Shard<S>, now_s: u32, idle: u32, cap: usize) {
+        let map = &mut shard.map;
         let before = map.len();
         map.retain(|_, e| now_s.saturating_sub(e.last_seen_s) <= idle);
         let expired = before - map.len();
@@ -178,20 +251,27 @@ impl SessionTable {
             return;
         }
         let batch = (cap / 8).max(1).min(map.len());
-        let mut seen: Vec<u32> = map.values().map(|e| e.last_seen_s).collect();
-        let (_, cutoff, _) = seen.select_nth_unstable(batch - 1);
+        let order = |e: &SessionEntry<S>| (e.standing(), e.last_seen_s);
+        let mut keys: Vec<(u8, u32)> = map.values().map(order).collect();
+        let (_, cutoff, _) = keys.select_nth_unstable(batch - 1);
         let cutoff = *cutoff;
-        let mut removed = 0usize;
-        map.retain(|_, e| {
-            if removed < batch && e.last_seen_s <= cutoff {
-                removed += 1;
+        let mut removed = Vec::with_capacity(batch);
+        map.retain(|hash, e| {
+            if removed.len() < batch && order(e) <= cutoff {
+                removed.push((*hash, e.standing() > 0));
                 false
             } else {
                 true
             }
         });
-        self.evicted.fetch_add(removed as u64, Ordering::Relaxed);
-        self.len.fetch_sub(removed, Ordering::Relaxed);
+        for (hash, established) in &removed {
+            if *established {
+                shard.remember_eviction(*hash);
+            }
+        }
+        self.evicted
+            .fetch_add(removed.len() as u64, Ordering::Relaxed);
+        self.len.fetch_sub(removed.len(), Ordering::Relaxed);
     }
 
     /// Removes every idle entry (all shards at once; see [`Self::sweep_shard`]).
@@ -211,16 +291,17 @@ impl SessionTable {
     /// work, a stall that every request queued behind it would pay.
     pub fn sweep_shard(&self, index: usize, now_s: u32) -> usize {
         let idle = u32::try_from(self.idle_s.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
-        let Some(Ok(mut map)) = self.shards.get(index).map(Mutex::lock) else {
+        let Some(mut shard) = self.shards.get(index).map(Mutex::lock) else {
             return 0;
         };
+        let map = &mut shard.map;
         let before = map.len();
         map.retain(|_, e| now_s.saturating_sub(e.last_seen_s) <= idle);
         let n = before - map.len();
         if map.capacity() > 4 * map.len().max(16) {
             map.shrink_to_fit();
         }
-        drop(map);
+        drop(shard);
         self.expired.fetch_add(n as u64, Ordering::Relaxed);
         self.len.fetch_sub(n, Ordering::Relaxed);
         n
@@ -237,10 +318,7 @@ impl SessionTable {
 
     /// Exact count (locks every shard; for tests and diagnostics).
     pub fn count(&self) -> usize {
-        self.shards
-            .iter()
-            .filter_map(|s| s.lock().ok().map(|m| m.len()))
-            .sum()
+        self.shards.iter().map(|s| s.lock().map.len()).sum()
     }
 }
 
@@ -248,20 +326,8 @@ impl SessionTable {
 mod tests {
     use super::*;
 
-    #[test]
-    fn entry_size_is_small() {
-        println!(
-            "SessionEntry {} bytes inline (SessionState {})",
-            std::mem::size_of::<SessionEntry>(),
-            std::mem::size_of::<SessionState>()
-        );
-        // Inline part of an entry; the history adds 8 bytes per slot (80 by default).
-        assert!(
-            std::mem::size_of::<SessionEntry>() <= 80,
-            "{}",
-            std::mem::size_of::<SessionEntry>()
-        );
-    }
+    /// The table without detector state.
+    type SessionTable = super::SessionTable<()>;
 
     #[test]
     fn one_million_sessions_stay_within_the_cap() {
@@ -285,6 +351,57 @@ mod tests {
                 .unwrap(),
             (false, 1)
         );
+    }
+
+    /// 50,000 fresh ids against 10,000 slots: the established users keep their history; an
+    /// established session evicted anyway comes back with its history marked lost.
+    #[test]
+    fn a_flood_of_fresh_ids_evicts_fresh_ids_first() {
+        let table = SessionTable::new(10_000, std::time::Duration::from_secs(3600));
+        let users: Vec<u64> = (0..500)
+            .map(|i| table.key_hash(&format!("cookie:sid=user-{i}")))
+            .collect();
+        for hash in &users {
+            for op in 0..5u32 {
+                table
+                    .with_entry(*hash, 0, |e, _| {
+                        e.note_request(false);
+                        e.history.push(op, u64::from(op), 10);
+                    })
+                    .unwrap();
+            }
+        }
+        for i in 0..50_000u32 {
+            let hash = table.key_hash(&format!("cookie:sid=flood-{i}"));
+            table
+                .with_entry(hash, 1 + i / 1000, |e, _| e.note_request(false))
+                .unwrap();
+        }
+        assert!(table.stats().evicted >= 40_000, "{:?}", table.stats());
+        for hash in &users {
+            let (fresh, len) = table
+                .with_entry(*hash, 100, |e, fresh| (fresh, e.history.len()))
+                .unwrap();
+            assert!(!fresh && len == 5, "an established user lost its history");
+        }
+        // A shard full of established sessions evicts them; the evicted one is marked.
+        let small = SessionTable::new(64, std::time::Duration::from_secs(3600));
+        let hashes: Vec<u64> = (0..2_000)
+            .map(|i| small.key_hash(&format!("s{i}")))
+            .collect();
+        for (t, hash) in hashes.iter().enumerate() {
+            for _ in 0..5 {
+                small
+                    .with_entry(*hash, u32::try_from(t).unwrap(), |e, _| {
+                        e.note_request(false)
+                    })
+                    .unwrap();
+            }
+        }
+        let lost = small
+            .with_entry(hashes[0], 5_000, |e, fresh| (fresh, e.history.is_lost()))
+            .unwrap();
+        assert_eq!(lost, (true, true));
     }
 
     #[test]

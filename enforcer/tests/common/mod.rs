@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,9 +16,10 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ordo_enforcer::analysis::NoopAnalyzer;
 use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::proxy::{RunningEnforcer, start};
+use ordo_enforcer::detect::NoopAnalyzer;
+use ordo_enforcer::runtime::{RunningEnforcer, start};
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
 /// What the upstream saw.
@@ -40,10 +41,9 @@ async fn upstream_service(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     seen.hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
-    *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
+    *seen.last_headers.lock() = Some(req.headers().clone());
     seen.paths
         .lock()
-        .unwrap()
         .push(format!("{} {}", req.method(), req.uri()));
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;

@@ -18,9 +18,9 @@ use anyhow::{Context, anyhow};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Api, PostParams};
-use ordo_enforcer::config::EnforcerConfig;
+use ordo_enforcer::config::{EnforcerConfig, Mode};
 use ordo_enforcer::report::REPORT_AUDIENCE;
-use ordo_operator::names::{CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
+use ordo_operator::desired::names::{CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
 use tokio::task::JoinHandle;
 
 /// Where the local enforcer listens and what it forwards to.
@@ -208,5 +208,192 @@ impl ConfigSync {
 impl Drop for ConfigSync {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// What a change to an ApiProtection or its rules should make the enforcer run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// `mode` of the enforcer config.
+    pub mode: Mode,
+    /// Rules (by name) that must be present (`true`) or absent (`false`).
+    pub rules: Vec<(String, bool)>,
+}
+
+impl Expected {
+    fn matches(&self, mode: Mode, rule_names: &[String]) -> bool {
+        mode == self.mode
+            && self
+                .rules
+                .iter()
+                .all(|(name, present)| rule_names.contains(name) == *present)
+    }
+}
+
+/// How far a change got, from the API server to the running enforcer, and when (time since
+/// the change was made). A change that does not arrive says at which stage it stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    /// The operator rendered it into the ConfigMap.
+    pub rendered: Option<Duration>,
+    /// The config sync (the kubelet's part) rewrote the enforcer's file.
+    pub written: Option<Duration>,
+    /// The enforcer's admin API shows it running.
+    pub running: Option<Duration>,
+    /// What the ConfigMap and the enforcer showed last.
+    pub last_rendered: String,
+    pub last_running: String,
+}
+
+impl std::fmt::Display for Arrival {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stage = |f: &mut std::fmt::Formatter<'_>, what: &str, at: Option<Duration>| match at {
+            Some(at) => write!(f, "{what} after {:.2} s", at.as_secs_f64()),
+            None => write!(f, "NOT {what}"),
+        };
+        stage(
+            f,
+            "rendered into the ConfigMap by the operator",
+            self.rendered,
+        )?;
+        write!(f, "; ")?;
+        stage(
+            f,
+            "written to the enforcer's file by the config sync",
+            self.written,
+        )?;
+        write!(f, "; ")?;
+        stage(f, "running in the enforcer", self.running)?;
+        write!(
+            f,
+            " (ConfigMap: {}; enforcer: {})",
+            self.last_rendered, self.last_running
+        )
+    }
+}
+
+/// The mode and rule names of a rendered config.
+fn rendered_state(data: &BTreeMap<String, String>) -> anyhow::Result<(Mode, Vec<String>)> {
+    let yaml = data
+        .get(CONFIG_KEY)
+        .ok_or_else(|| anyhow!("the ConfigMap has no {CONFIG_KEY} key"))?;
+    let config: EnforcerConfig = serde_yaml_ng::from_str(yaml)?;
+    Ok((
+        config.mode,
+        config.rules.into_iter().map(|r| r.name).collect(),
+    ))
+}
+
+/// The mode and rule names the enforcer runs, from its admin API.
+pub async fn running_state(admin: &str) -> anyhow::Result<(Mode, Vec<String>)> {
+    let (status, model) = super::http::get(&format!("http://{admin}/v1/model"), None).await?;
+    if status != 200 {
+        return Err(anyhow!("GET /v1/model answered {status}: {model}"));
+    }
+    let model: serde_json::Value = serde_json::from_str(&model)?;
+    let mode: Mode = serde_json::from_value(model["mode"].clone())?;
+    let (status, rules) = super::http::get(&format!("http://{admin}/v1/rules"), None).await?;
+    if status != 200 {
+        return Err(anyhow!("GET /v1/rules answered {status}: {rules}"));
+    }
+    let rules: serde_json::Value = serde_json::from_str(&rules)?;
+    let names = rules["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str().map(str::to_owned))
+        .collect();
+    Ok((mode, names))
+}
+
+/// Follows changes from the ConfigMap through the config sync to the running enforcer.
+pub struct ChangeFollower {
+    maps: Api<ConfigMap>,
+    config_map: String,
+    generation: tokio::sync::watch::Receiver<u64>,
+    admin: String,
+}
+
+impl ChangeFollower {
+    /// Follows ConfigMap `config_map` in `namespace`, `sync` and the enforcer at `admin`.
+    pub fn new(
+        client: &kube::Client,
+        namespace: &str,
+        config_map: &str,
+        sync: &ConfigSync,
+        admin: &str,
+    ) -> Self {
+        Self {
+            maps: Api::namespaced(client.clone(), namespace),
+            config_map: config_map.to_owned(),
+            generation: sync.generation.clone(),
+            admin: admin.to_owned(),
+        }
+    }
+
+    /// The config sync's counter of rewrites; read it before making a change.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Follows a change made at `since` (when the sync's counter was `generation_before`)
+    /// through its three stages until the enforcer runs it or `timeout` passes.
+    pub async fn follow(
+        &self,
+        expected: &Expected,
+        since: tokio::time::Instant,
+        generation_before: u64,
+        timeout: Duration,
+    ) -> Arrival {
+        let mut arrival = Arrival::default();
+        loop {
+            if arrival.rendered.is_none() {
+                self.check_rendered(expected, since, &mut arrival).await;
+            }
+            if arrival.rendered.is_some()
+                && arrival.written.is_none()
+                && self.generation() != generation_before
+            {
+                arrival.written = Some(since.elapsed());
+            }
+            match running_state(&self.admin).await {
+                Ok((mode, rules)) => {
+                    arrival.last_running = format!("mode {mode:?}, rules {rules:?}");
+                    if expected.matches(mode, &rules) {
+                        let now = since.elapsed();
+                        arrival.running = Some(now);
+                        arrival.rendered.get_or_insert(now);
+                        arrival.written.get_or_insert(now);
+                        return arrival;
+                    }
+                }
+                Err(err) => arrival.last_running = format!("{err:#}"),
+            }
+            if since.elapsed() > timeout {
+                return arrival;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn check_rendered(
+        &self,
+        expected: &Expected,
+        since: tokio::time::Instant,
+        arrival: &mut Arrival,
+    ) {
+        arrival.last_rendered = match self.maps.get_opt(&self.config_map).await {
+            Ok(Some(map)) => match rendered_state(&map.data.unwrap_or_default()) {
+                Ok((mode, rules)) => {
+                    if expected.matches(mode, &rules) {
+                        arrival.rendered = Some(since.elapsed());
+                    }
+                    format!("mode {mode:?}, rules {rules:?}")
+                }
+                Err(err) => format!("{err:#}"),
+            },
+            Ok(None) => "missing".into(),
+            Err(err) => format!("{err:#}"),
+        };
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use kube::api::{Api, Patch, PatchParams};
 use ordo_operator::crd::{ApiProtection, SequenceRule};
-use ordo_operator::render::{self, FieldError, RenderInput};
+use ordo_operator::desired::render::{self, FieldError, RenderInput};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -12,11 +12,14 @@ use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use ordo_enforcer::config::Mode;
 use ordo_enforcer::detect::ModelView;
 use ordo_operator::crd::{ApiProtection, ApiProtectionStatus, SequenceRule};
-use ordo_operator::names::{ORIGINAL_SELECTOR_ANNOTATION, TAKEN_OVER_BY_ANNOTATION, enforcer_name};
+use ordo_operator::desired::names::{
+    ORIGINAL_SELECTOR_ANNOTATION, TAKEN_OVER_BY_ANNOTATION, enforcer_name,
+};
 
-use super::enforcer::{self, ConfigSync, LocalAddrs, LocalFiles};
+use super::enforcer::{self, ChangeFollower, ConfigSync, Expected, LocalAddrs, LocalFiles};
 use super::examples::{self, FIELD_MANAGER};
 use super::http::{self, free_loopback_addr};
 use super::progress::{Step, learning_bar, run_command};
@@ -24,6 +27,7 @@ use super::show;
 use super::tls;
 use crate::cluster::supervisor::Supervisor;
 use crate::cluster::{K8S_VERSION, TestCluster, binaries, workspace_root};
+use crate::e2e::Diagnostics;
 use crate::sim::bank::{Directory, RunningBank};
 use crate::sim::driver::{self, JourneyOutcome};
 use crate::sim::journeys::{self, AttackKind, JourneyKind};
@@ -139,19 +143,24 @@ fn build(options: &Options) -> anyhow::Result<()> {
 }
 
 /// The operator process and where it serves.
-struct OperatorProcess {
-    health: std::net::SocketAddr,
+pub struct OperatorProcess {
+    /// Health, readiness and metrics.
+    pub health: std::net::SocketAddr,
 }
 
-fn start_operator(
+/// Starts `ordo-operator` under `supervisor` (component `ordo-operator`) with short report
+/// and status intervals, without leader election; `extra` arguments go last (for example
+/// `--watch-namespace`).
+pub fn start_operator(
     supervisor: &mut Supervisor,
     bin: &Path,
     kubeconfig: &Path,
     pki: &tls::ServingCert,
+    extra: &[String],
 ) -> anyhow::Result<OperatorProcess> {
     let health = free_loopback_addr()?;
     let https = free_loopback_addr()?;
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "--health-addr".into(),
         health.to_string(),
         "--https-addr".into(),
@@ -175,6 +184,7 @@ fn start_operator(
         "--log-format".into(),
         "text".into(),
     ];
+    args.extend_from_slice(extra);
     supervisor.spawn(
         "ordo-operator",
         bin,
@@ -208,8 +218,11 @@ async fn create_namespace(client: &kube::Client) -> anyhow::Result<()> {
 
 /// The bank's Service as its team would have it: a selector for the app's pods and one named
 /// port. Its selector is what Takeover moves to `bank-api-origin`.
-async fn create_bank_service(client: &kube::Client) -> anyhow::Result<Service> {
-    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+pub async fn create_bank_service(
+    client: &kube::Client,
+    namespace: &str,
+) -> anyhow::Result<Service> {
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let service = Service {
         metadata: ObjectMeta {
             name: Some(PROTECTION.into()),
@@ -360,13 +373,6 @@ async fn incident_kinds_by_client(admin: &str) -> anyhow::Result<BTreeMap<String
     Ok(by_client)
 }
 
-fn metric_value(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Runs the demo. Returns when it is over (with `keep`, after Ctrl-C).
 pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
     let mut report = DemoReport::default();
@@ -417,6 +423,9 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
         .context("creating the demo directory")?
         .keep();
     let mut supervisor = Supervisor::start(&dir)?;
+    let mut diagnostics = Diagnostics::new(&cluster, NAMESPACE);
+    diagnostics.log("the operator", &supervisor.log_path("ordo-operator"));
+    diagnostics.log("the enforcer", &supervisor.log_path("ordo-enforcer"));
     let pki = tls::generate(&dir.join("pki"))?;
 
     let step = Step::start("Starting the operator (local process)");
@@ -425,6 +434,7 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
         &operator_bin,
         cluster.kubeconfig_path(),
         &pki,
+        &[],
     )?;
     if let Err(err) = http::wait_ok(
         &format!("http://{}/readyz", operator.health),
@@ -446,7 +456,7 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
     let bank = RunningBank::start(&directory, None)
         .await
         .context("starting the bank")?;
-    let service = create_bank_service(&client).await?;
+    let service = create_bank_service(&client, NAMESPACE).await?;
     step.done(&format!(
         "http://{} behind Service bank/bank-api (selector {})",
         bank.addr,
@@ -630,15 +640,20 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
 
     // Enforce.
     let step = Step::start("Switching ApiProtection bank-api to mode Enforce");
-    let reloads_before = metric_value(
-        &http::get(&format!("http://{}/metrics", addrs.admin), None)
-            .await?
-            .1,
-        "ordo_config_reloads_total",
-        "result=\"ok\"",
+    let follower = ChangeFollower::new(
+        &client,
+        NAMESPACE,
+        &config_map,
+        &sync,
+        &addrs.admin.to_string(),
     );
-    let mut generation = sync.generation.clone();
-    let seen = *generation.borrow_and_update();
+    let generation_before = follower.generation();
+    let (_, running_rules) = enforcer::running_state(&addrs.admin.to_string()).await?;
+    let expected = Expected {
+        mode: Mode::Enforce,
+        rules: running_rules.into_iter().map(|name| (name, true)).collect(),
+    };
+    let since = tokio::time::Instant::now();
     protections
         .patch(
             PROTECTION,
@@ -648,27 +663,18 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
         .await
         .context("patching the mode")?;
     step.detail("the operator re-renders the ConfigMap; the enforcer reloads it");
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while *generation.borrow_and_update() == seen {
-            generation
-                .changed()
-                .await
-                .map_err(|_| anyhow!("the config sync stopped"))?;
-        }
-        loop {
-            let text = http::get(&format!("http://{}/metrics", addrs.admin), None)
-                .await?
-                .1;
-            if metric_value(&text, "ordo_config_reloads_total", "result=\"ok\"") > reloads_before {
-                return Ok::<(), anyhow::Error>(());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
-    .await
-    .context("the enforcer did not reload the Enforce config within 60 s")??;
+    let arrival = follower
+        .follow(&expected, since, generation_before, Duration::from_secs(60))
+        .await;
+    if arrival.running.is_none() {
+        step.fail();
+        bail!("the Enforce mode did not reach the enforcer within 60 s: {arrival}");
+    }
     report.enforce_reloaded = true;
-    step.done("ConfigMap re-rendered, enforcer reloaded without a restart");
+    step.done(&format!(
+        "ConfigMap re-rendered, enforcer reloaded without a restart ({:.1} s)",
+        arrival.running.unwrap_or_default().as_secs_f64()
+    ));
 
     // Attacks, with some honest customers in between.
     println!();
@@ -816,6 +822,7 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
 
     println!();
     println!("Demo ran in {:.0}s.", started.elapsed().as_secs_f64());
+    diagnostics.passed();
     if options.keep {
         keep_running(&cluster, &dir, &addrs, operator.health).await;
         drop(sync);

@@ -15,10 +15,10 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use flate2::read::GzDecoder;
-use ordo_enforcer::analysis::{Analyzer, RequestContext, ResponseSummary};
 use ordo_enforcer::config::{DetectorConfig, DetectorsConfig, LearningConfig, OperationsConfig};
 use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::detect::session_state::SessionState;
+use ordo_enforcer::detect::{Analyzer, RequestContext, ResponseSummary};
 use ordo_enforcer::operation::{OperationResolver, parse_query};
 use ordo_enforcer::session::SessionSource;
 use rand::SeedableRng;

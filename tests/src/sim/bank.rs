@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -21,6 +21,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -183,30 +184,17 @@ impl RunningBank {
 
     /// Everything that reached the bank so far.
     pub fn hits(&self) -> Vec<Hit> {
-        self.state
-            .hits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.state.hits.lock().clone()
     }
 
     /// Transfers executed so far.
     pub fn transfers(&self) -> u64 {
-        *self
-            .state
-            .transfers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        *self.state.transfers.lock()
     }
 
     /// The profile of a customer as stored (to see whether a mass assignment took effect).
     pub fn profile(&self, id: &str) -> Option<Value> {
-        self.state
-            .profiles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
+        self.state.profiles.lock().get(id).cloned()
     }
 
     pub fn shutdown(&self) {
@@ -297,16 +285,12 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
         Err(_) => Bytes::new(),
     };
     let response = route(state, &method, &path, &query, bearer.as_deref(), &body);
-    state
-        .hits
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(Hit {
-            client,
-            method: method.to_string(),
-            path,
-            status: response.status().as_u16(),
-        });
+    state.hits.lock().push(Hit {
+        client,
+        method: method.to_string(),
+        path,
+        status: response.status().as_u16(),
+    });
     response
 }
 
@@ -428,10 +412,7 @@ fn route(
                     json!({ "error": "fromAccount, toAccount and amount are required" }),
                 );
             }
-            let mut count = state
-                .transfers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut count = state.transfers.lock();
             *count += 1;
             reply(
                 StatusCode::CREATED,
@@ -439,10 +420,7 @@ fn route(
             )
         }
         (&http::Method::GET, ["api", "v1", "profile"]) => {
-            let profiles = state
-                .profiles
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let profiles = state.profiles.lock();
             reply(
                 StatusCode::OK,
                 profiles.get(&sub).cloned().unwrap_or(Value::Null),
@@ -451,10 +429,7 @@ fn route(
         // Applies every field it receives (mass assignment).
         (&http::Method::PUT, ["api", "v1", "profile"]) => match json_body {
             Some(Value::Object(fields)) => {
-                let mut profiles = state
-                    .profiles
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut profiles = state.profiles.lock();
                 let profile = profiles.entry(sub.clone()).or_insert_with(|| json!({}));
                 for (k, v) in fields {
                     profile[k] = v;
@@ -484,7 +459,7 @@ fn route(
             }
         }
         (&http::Method::GET, ["api", "v1", "payees"]) => {
-            let payees = state.payees.lock().unwrap_or_else(PoisonError::into_inner);
+            let payees = state.payees.lock();
             reply(
                 StatusCode::OK,
                 json!({ "payees": payees.get(&sub).cloned().unwrap_or_default() }),
@@ -492,7 +467,7 @@ fn route(
         }
         (&http::Method::POST, ["api", "v1", "payees"]) => match json_body {
             Some(payee @ Value::Object(_)) => {
-                let mut payees = state.payees.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut payees = state.payees.lock();
                 let list = payees.entry(sub.clone()).or_default();
                 if list.len() < 50 {
                     list.push(payee.clone());

@@ -239,7 +239,7 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         &config.detectors,
         None,
     ));
-    let enforcer = ordo_enforcer::proxy::start(config, None, Arc::clone(&analyzer) as _)
+    let enforcer = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
         .await
         .context("starting the enforcer")?;
 

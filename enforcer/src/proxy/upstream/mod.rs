@@ -26,7 +26,7 @@ mod codec;
 
 use std::cell::Cell;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -50,7 +51,7 @@ thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks the calling thread as proxy worker `index` (see [`crate::proxy::StartOptions`]).
+/// Marks the calling thread as proxy worker `index` (the runtime starts one per worker).
 pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
@@ -352,18 +353,13 @@ impl UpstreamPool {
         for shard in &self.inner.shards {
             shard
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
                 .retain_mut(|c| c.since.elapsed() < timeout && c.conn.usable());
         }
     }
 
     /// Idle connections now in the pool.
     pub fn idle(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.inner.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     async fn connect(&self) -> Result<Connection, UpstreamError> {
@@ -458,9 +454,7 @@ impl UpstreamPool {
 impl PoolInner {
     /// The most recently used idle connection of `shard` that is still usable.
     fn take_idle(&self, shard: usize) -> Option<Connection> {
-        let mut idle = self.shards[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.shards[shard].lock();
         while let Some(mut c) = idle.pop() {
             if c.conn.usable() {
                 return Some(c.conn);
@@ -470,9 +464,7 @@ impl PoolInner {
     }
 
     pub(super) fn put_idle(&self, shard: usize, conn: Connection) {
-        let mut idle = self.shards[shard]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.shards[shard].lock();
         if idle.len() < self.max_idle_per_shard {
             idle.push(IdleConnection {
                 conn,

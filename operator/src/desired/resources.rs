@@ -17,8 +17,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::names::{self, CONFIG_HASH_ANNOTATION, Names};
 use crate::crd::ApiProtectionSpec;
-use crate::names::{self, CONFIG_HASH_ANNOTATION, Names};
 
 /// Seconds a projected report token is valid (the kubelet refreshes it at 80%).
 pub const REPORT_TOKEN_SECONDS: i64 = 3600;

@@ -4,17 +4,18 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
 
-use serde::Serialize;
+use parking_lot::Mutex;
 
-use crate::config::Action;
-use crate::detect::params::RequestParams;
-use crate::detect::session_state::SessionState;
+use super::params::RequestParams;
+use super::session_state::SessionState;
+use crate::finding::Finding;
 use crate::operation::Operation;
 use crate::session::{RecentOp, SessionSource};
 
-/// Everything the learned detectors may look at for one request. Borrowed; built once per request.
+/// Everything the learned detectors may look at for one request. Borrowed; built once per
+/// request (only `recent` differs between checking and learning).
+#[derive(Clone, Copy)]
 pub struct RequestContext<'a> {
     /// Unix milliseconds when the request arrived.
     pub now_ms: u64,
@@ -59,17 +60,13 @@ impl std::fmt::Debug for RequestScratch {
 impl RequestScratch {
     /// The request's parameter observations, derived now unless an earlier call left them.
     pub fn take_params(&self, ctx: &RequestContext<'_>) -> RequestParams {
-        let kept = self
-            .params
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let kept = self.params.lock().take();
         kept.unwrap_or_else(|| RequestParams::from_request(ctx))
     }
 
     /// Keeps the observations for a later call on the same request.
     pub fn keep_params(&self, params: RequestParams) {
-        *self.params.lock().unwrap_or_else(PoisonError::into_inner) = Some(params);
+        *self.params.lock() = Some(params);
     }
 }
 
@@ -78,68 +75,6 @@ impl RequestScratch {
 pub struct ResponseSummary {
     pub status: u16,
     pub duration_us: u64,
-}
-
-/// How bad a finding is; incidents take the maximum.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-/// Which check produced a finding.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
-)]
-pub enum FindingKind {
-    SequenceRule,
-    RateLimit,
-    /// The request does not match the declared OpenAPI document.
-    SchemaViolation,
-    ShadowEndpoint,
-    ShapeDeviation,
-    UnlikelySequence,
-    Volume,
-    Enumeration,
-    CredentialStuffing,
-}
-
-impl FindingKind {
-    /// Stable name used in metrics, JSON and summaries.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SequenceRule => "SequenceRule",
-            Self::RateLimit => "RateLimit",
-            Self::SchemaViolation => "SchemaViolation",
-            Self::ShadowEndpoint => "ShadowEndpoint",
-            Self::ShapeDeviation => "ShapeDeviation",
-            Self::UnlikelySequence => "UnlikelySequence",
-            Self::Volume => "Volume",
-            Self::Enumeration => "Enumeration",
-            Self::CredentialStuffing => "CredentialStuffing",
-        }
-    }
-}
-
-/// One check's verdict with evidence. `explanation` is a deterministic plain-language clause
-/// that the incident summary quotes, e.g. "touched 58 distinct account ids via
-/// GET /api/v1/accounts/{var1}/balance in 2 min; 99% of sessions touch at most 3".
-#[derive(Debug, Clone)]
-pub struct Finding {
-    pub kind: FindingKind,
-    pub severity: Severity,
-    pub action: Action,
-    /// Status used when this finding blocks: 403 (or 429 for volume/rate findings, 400 for schema).
-    pub block_status: u16,
-    /// Name of the declared rule, when one was broken.
-    pub rule: Option<String>,
-    pub explanation: String,
-    pub evidence: serde_json::Value,
-    pub retry_after_s: Option<u64>,
 }
 
 /// Implemented by the learned model + detectors. The proxy calls it; `inspect` runs with the
@@ -160,6 +95,9 @@ pub trait Analyzer: Send + Sync + 'static {
     );
     /// JSON for `GET /v1/model`.
     fn model_view(&self) -> serde_json::Value;
+    /// Called with the config at start and after every applied reload (e.g. so that the values
+    /// of the headers, cookies and query parameters that identify sessions are never learned).
+    fn configure(&self, _config: &crate::config::EnforcerConfig) {}
 }
 
 /// An analyzer that learns nothing and finds nothing: the proxy's declared policy alone.

@@ -34,12 +34,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::error::{Error, Result};
-use crate::names::{
+use crate::desired::names::{
     FIELD_MANAGER, Names, ORIGINAL_AFFINITY_ANNOTATION, ORIGINAL_SELECTOR_ANNOTATION,
     TAKEN_OVER_BY_ANNOTATION,
 };
-use crate::resources;
+use crate::desired::resources;
+use crate::error::{Error, Result};
 
 /// A step after which a test may ask the operator to die (fault injection, see
 /// `--exit-after-routing-step`).
@@ -56,6 +56,8 @@ pub enum TakeoverState {
     Active,
     /// The origin Service exists; the Service waits for an available enforcer.
     WaitingForEnforcers,
+    /// Another ApiProtection has taken the Service over; nothing was changed.
+    HeldByAnother(String),
 }
 
 /// The original session affinity of a Service, recorded before a takeover.
@@ -88,11 +90,12 @@ pub fn recorded_selector(service: &Service) -> Result<Option<BTreeMap<String, St
     else {
         return Ok(None);
     };
-    serde_json::from_str(text).map(Some).map_err(|err| {
-        Error::Routing(format!(
-            "annotation {ORIGINAL_SELECTOR_ANNOTATION} is not a JSON object of strings: {err}"
-        ))
-    })
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|source| Error::RoutingAnnotation {
+            annotation: ORIGINAL_SELECTOR_ANNOTATION,
+            source,
+        })
 }
 
 fn current_selector(service: &Service) -> BTreeMap<String, String> {
@@ -117,7 +120,7 @@ pub async fn takeover(
     if let Some(holder) = taken_over_by(service)
         && holder != names.protection
     {
-        return Err(Error::Conflict(format!(
+        return Ok(TakeoverState::HeldByAnother(format!(
             "Service {} is already taken over by ApiProtection {holder}",
             names.service
         )));
@@ -176,8 +179,8 @@ pub async fn takeover(
         "metadata": {
             "resourceVersion": service.metadata.resource_version,
             "annotations": {
-                ORIGINAL_SELECTOR_ANNOTATION: serde_json::to_string(&original).map_err(|e| Error::Routing(e.to_string()))?,
-                ORIGINAL_AFFINITY_ANNOTATION: serde_json::to_string(&affinity).map_err(|e| Error::Routing(e.to_string()))?,
+                ORIGINAL_SELECTOR_ANNOTATION: serde_json::to_string(&original)?,
+                ORIGINAL_AFFINITY_ANNOTATION: serde_json::to_string(&affinity)?,
                 TAKEN_OVER_BY_ANNOTATION: names.protection,
             }
         },

@@ -16,8 +16,8 @@ use kube::core::DeserializeGuard;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::crd::{ApiProtection, SequenceRule};
+use crate::desired::render::{self, FieldError, RenderInput};
 use crate::metrics::Metrics;
-use crate::render::{self, FieldError, RenderInput};
 
 /// Path of the ApiProtection webhook.
 pub const APIPROTECTION_PATH: &str = "/validate/apiprotections";

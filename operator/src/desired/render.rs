@@ -12,8 +12,8 @@ use ordo_enforcer::config::{
 use ordo_enforcer::report::ReportConfig;
 use sha2::{Digest as _, Sha256};
 
+use super::names::{self, CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
 use crate::crd::{self, ApiProtectionSpec, SequenceRule, SequenceRuleSpec};
-use crate::names::{self, CONFIG_KEY, OPENAPI_KEY, REPORT_CA_KEY};
 
 /// A problem in a resource, with the path of the field (as the user wrote it, e.g.
 /// `spec.requires.within.duration`).
@@ -279,15 +279,13 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         }
     });
     let mut config = EnforcerConfig {
+        revision: None,
         listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.listen_port)),
         admin: cfg::AdminConfig {
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.admin_port)),
             ..cfg::AdminConfig::default()
         },
-        upstream: cfg::UpstreamConfig {
-            url: input.upstream_url,
-            ..default_upstream()
-        },
+        upstream: cfg::UpstreamConfig::new(input.upstream_url),
         mode: match spec.mode {
             crd::ProtectionMode::Learn => cfg::Mode::Learn,
             crd::ProtectionMode::Monitor => cfg::Mode::Monitor,
@@ -306,6 +304,7 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         },
         session,
         operations: cfg::OperationsConfig::default(),
+        paths: cfg::PathsConfig::default(),
         open_api,
         learning,
         detectors,
@@ -331,34 +330,30 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let yaml = serde_yaml_ng::to_string(&config).map_err(|err| {
-        vec![FieldError {
-            field: "spec".into(),
-            message: format!("rendering the config failed: {err}"),
-        }]
-    })?;
-    data.insert(CONFIG_KEY.to_owned(), yaml);
+    // The revision is a hash of everything else, so an unchanged spec renders the same
+    // revision (and the same ConfigMap) every time.
+    data.insert(CONFIG_KEY.to_owned(), config_yaml(&config)?);
+    config.revision = Some(hash_data(&data)[..REVISION_HEX_DIGITS].to_owned());
+    data.insert(CONFIG_KEY.to_owned(), config_yaml(&config)?);
     let hash = hash_data(&data);
     Ok(Rendered { config, data, hash })
 }
 
-/// The upstream defaults of the enforcer config (everything but the URL).
-fn default_upstream() -> cfg::UpstreamConfig {
-    // The config type has no Default (the URL is required); parse a minimal document to get
-    // the defaults the enforcer itself applies.
-    serde_yaml_ng::from_str::<cfg::UpstreamConfig>("url: http://127.0.0.1:1").unwrap_or(
-        cfg::UpstreamConfig {
-            url: String::new(),
-            connect_timeout: cfg::Duration::from_secs(5),
-            timeout: cfg::Duration::from_secs(30),
-            max_idle_connections: 256,
-            pool_idle_timeout: cfg::Duration::from_secs(90),
-        },
-    )
+/// Hex digits of the config revision (64 bits: unique among one protection's configs).
+const REVISION_HEX_DIGITS: usize = 16;
+
+fn config_yaml(config: &EnforcerConfig) -> Result<String, Vec<FieldError>> {
+    serde_yaml_ng::to_string(config).map_err(|err| {
+        vec![FieldError {
+            field: "spec".into(),
+            message: format!("rendering the config failed: {err}"),
+        }]
+    })
 }
 
-/// The smallest config the enforcer accepts; [`rule_fits_history`] adds one rule and a history.
-const MINIMAL_CONFIG: &str = "upstream:\n  url: http://127.0.0.1:1\n";
+/// The upstream of the config [`rule_fits_history`] validates (a config needs one; that one
+/// is never run).
+const PLACEHOLDER_UPSTREAM: &str = "http://127.0.0.1:1";
 
 /// Whether `rule` fits the session history that `session` configures (`spec.session.history`),
 /// checked by the enforcer's own `validate_config` on a config holding only that rule, so a
@@ -374,9 +369,7 @@ pub fn rule_fits_history(
     if !session_errors.is_empty() {
         return Ok(());
     }
-    let Ok(mut config) = cfg::parse_yaml(MINIMAL_CONFIG) else {
-        return Ok(());
-    };
+    let mut config = EnforcerConfig::new(cfg::UpstreamConfig::new(PLACEHOLDER_UPSTREAM));
     config.session.history = session.history;
     config.rules = vec![rule.clone()];
     let Err(validation) = cfg::validate_config(&config) else {
@@ -444,32 +437,31 @@ fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg:
             client_ip: id.client_ip.as_ref().map(|_| cfg::ClientIpIdentifier {}),
         })
         .collect();
-    let jwt_verification = spec
-        .jwt_verification
-        .as_ref()
-        .map(|jwt| cfg::JwtVerificationConfig {
-            keys: jwt
-                .algorithms
-                .iter()
-                .map(|alg| cfg::JwtKeyConfig {
-                    algorithm: match alg {
-                        crd::JwtAlgorithm::Hs256 => cfg::JwtAlgorithm::HS256,
-                        crd::JwtAlgorithm::Rs256 => cfg::JwtAlgorithm::RS256,
-                        crd::JwtAlgorithm::Es256 => cfg::JwtAlgorithm::ES256,
-                    },
-                    kid: None,
-                    secret: None,
-                    public_key_pem: None,
-                    file: Some(format!("{}/{}", names::JWT_MOUNT, jwt.secret_ref.key).into()),
-                })
-                .collect(),
+    let jwt_verification = spec.jwt_verification.as_ref().map(|jwt| {
+        let keys = jwt
+            .algorithms
+            .iter()
+            .map(|alg| cfg::JwtKeyConfig {
+                algorithm: match alg {
+                    crd::JwtAlgorithm::Hs256 => cfg::JwtAlgorithm::HS256,
+                    crd::JwtAlgorithm::Rs256 => cfg::JwtAlgorithm::RS256,
+                    crd::JwtAlgorithm::Es256 => cfg::JwtAlgorithm::ES256,
+                },
+                kid: None,
+                secret: None,
+                public_key_pem: None,
+                file: Some(format!("{}/{}", names::JWT_MOUNT, jwt.secret_ref.key).into()),
+            })
+            .collect();
+        cfg::JwtVerificationConfig {
             on_invalid: match jwt.on_invalid {
                 crd::InvalidTokenPolicy::Reject => cfg::OnInvalidToken::Reject,
                 crd::InvalidTokenPolicy::FallThrough => cfg::OnInvalidToken::FallThrough,
             },
             require_exp: jwt.require_exp,
-            ..default_jwt()
-        });
+            ..cfg::JwtVerificationConfig::new(keys)
+        }
+    });
     cfg::SessionConfig {
         identifiers,
         idle_timeout: duration("spec.session.idleTimeout", &spec.idle_timeout, errors),
@@ -488,19 +480,6 @@ fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg:
         },
         ..cfg::SessionConfig::default()
     }
-}
-
-fn default_jwt() -> cfg::JwtVerificationConfig {
-    serde_yaml_ng::from_str::<cfg::JwtVerificationConfig>("keys: []").unwrap_or(
-        cfg::JwtVerificationConfig {
-            keys: Vec::new(),
-            on_invalid: cfg::OnInvalidToken::Reject,
-            leeway: cfg::Duration::from_secs(30),
-            require_exp: true,
-            issuer: None,
-            audience: None,
-        },
-    )
 }
 
 /// SHA-256 over the ConfigMap data (keys sorted), hex.
@@ -527,6 +506,17 @@ pub fn rule_targets(rule: &SequenceRule, protection: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The renderer builds on the enforcer's constructors; they must be the defaults the
+    /// enforcer applies when it loads a document.
+    #[test]
+    fn the_enforcer_constructors_are_its_loaded_defaults() {
+        let loaded = cfg::parse_yaml(&format!("upstream:\n  url: {PLACEHOLDER_UPSTREAM}\n"));
+        let built = EnforcerConfig::new(cfg::UpstreamConfig::new(PLACEHOLDER_UPSTREAM));
+        assert_eq!(loaded.unwrap(), built);
+        let jwt: cfg::JwtVerificationConfig = serde_yaml_ng::from_str("keys: []").unwrap();
+        assert_eq!(jwt, cfg::JwtVerificationConfig::new(Vec::new()));
+    }
 
     fn spec(value: serde_json::Value) -> ApiProtectionSpec {
         serde_json::from_value(value).unwrap()

@@ -6,11 +6,10 @@ use std::sync::atomic::Ordering;
 
 use prometheus::core::Collector as _;
 
-use super::client::ReportSource;
-use super::protocol::{IncidentReport, RuleCounters, TrafficCounters};
 use crate::detect::LearnedAnalyzer;
 use crate::incident::Incident;
 use crate::proxy::Shared;
+use crate::report::{IncidentReport, ReportSource, RuleCounters, RunningConfig, TrafficCounters};
 
 /// Reads what a report carries from the running enforcer.
 pub struct EnforcerSource {
@@ -51,6 +50,18 @@ pub fn incident_report(incident: &Incident) -> IncidentReport {
 }
 
 impl ReportSource for EnforcerSource {
+    fn running_config(&self) -> Option<RunningConfig> {
+        let policy = self.shared.policy.load();
+        policy
+            .config
+            .revision
+            .clone()
+            .map(|revision| RunningConfig {
+                revision,
+                since_ms: policy.compiled_at_ms,
+            })
+    }
+
     fn take_model_delta(&self) -> Option<Vec<u8>> {
         self.analyzer.take_delta_bytes()
     }

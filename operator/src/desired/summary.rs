@@ -10,7 +10,7 @@ use crate::crd::{
     Confidence, EndpointStatus, IncidentStatus, ModelSummary, SequenceStatus, Severity,
     SuggestedRule, Totals,
 };
-use crate::reports::{PersistedState, truncate};
+use crate::reports::state::{PersistedState, truncate};
 
 /// Endpoints listed in status (highest volume first).
 pub const STATUS_ENDPOINTS: usize = 50;

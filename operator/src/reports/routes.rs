@@ -15,14 +15,15 @@ use kube::{Resource as _, ResourceExt as _};
 use ordo_enforcer::report::protocol::MAX_REPORT_BYTES;
 use ordo_enforcer::report::{REPORT_PATH_PREFIX, Report};
 
-use crate::auth::{self, AuthError};
+use super::auth::{self, AuthError};
+use super::hub::ReportHub;
+use super::state::ProtectionKey;
 use crate::crd::ApiProtection;
+use crate::desired::names::{self, REPORT_AUDIENCE};
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::names::{self, REPORT_AUDIENCE};
-use crate::reports::{ProtectionKey, ReportHub};
-use crate::server::{self, Body, Handler};
-use crate::webhook::Webhook;
+use crate::serve::server::{self, Body, Handler};
+use crate::serve::webhook::{self, Webhook};
 
 /// Largest AdmissionReview accepted (the API server sends objects up to ~1.5 MiB).
 const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
@@ -50,7 +51,7 @@ impl Endpoint {
         if req.method() != Method::POST {
             return server::text(StatusCode::METHOD_NOT_ALLOWED, "only POST is served here\n");
         }
-        if path == crate::webhook::APIPROTECTION_PATH || path == crate::webhook::SEQUENCERULE_PATH {
+        if path == webhook::APIPROTECTION_PATH || path == webhook::SEQUENCERULE_PATH {
             let body = match read_body(req.into_body(), MAX_REVIEW_BYTES).await {
                 Ok(body) => body,
                 Err(response) => return response,
@@ -174,7 +175,7 @@ impl Endpoint {
                 );
             }
         };
-        let owner = crate::resources::owner_reference(&protection.name_any(), &uid);
+        let owner = crate::desired::resources::owner_reference(&protection.name_any(), &uid);
         let span = tracing::info_span!("report", apiprotection = %format!("{}/{}", key.namespace, key.name), replica = %report.replica);
         let _enter = span.enter();
         match self.hub.accept(key, &owner, &report).await {
@@ -197,9 +198,9 @@ impl Endpoint {
                 };
                 (outcome, server::json(StatusCode::OK, &accepted.answer))
             }
-            Err(Error::Model(message)) => (
+            Err(Error::Model(problem)) => (
                 "invalid",
-                server::text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+                server::text(StatusCode::BAD_REQUEST, format!("{problem}\n")),
             ),
             Err(err) => {
                 tracing::warn!(error = %err, "merging a report failed");

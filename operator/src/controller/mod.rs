@@ -1,0 +1,188 @@
+//! The ApiProtection controller: watches ApiProtections (through `DeserializeGuard`, so one
+//! malformed object cannot stop the watch), the objects they own, the SequenceRules that
+//! point at them and their target Services, and reconciles each into running enforcers.
+//!
+//! This is the runtime half of the operator: it reads the cluster, asks the pure functions
+//! of [`crate::desired`] what the objects and statuses should be, and writes them.
+//!
+//! - [`protection`]: the reconcile of one ApiProtection (`apply` / `cleanup`).
+//! - [`target`]: resolution of `spec.target` to a Service port.
+//! - [`rules`]: the SequenceRules of a protection, and the controller of rules without one.
+//! - [`routing`]: how client traffic is pointed at the enforcers.
+//! - [`backoff`]: how long a failing object waits before it is retried.
+
+pub mod backoff;
+pub mod protection;
+pub mod routing;
+pub mod rules;
+pub mod target;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt as _;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use tokio_util::sync::CancellationToken;
+
+use crate::crd::{ApiProtection, SequenceRule};
+use crate::desired::names::FIELD_MANAGER;
+use crate::desired::render::ReportTarget;
+use crate::metrics::Metrics;
+use crate::reports::hub::ReportHub;
+use crate::reports::state::ProtectionKey;
+use backoff::Backoff;
+use routing::RoutingStep;
+
+/// Settings of the controller that come from the operator's flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Enforcer image when a spec names none.
+    pub enforcer_image: String,
+    /// Where enforcers report to (none: reports disabled).
+    pub report: Option<ReportTarget>,
+    /// Fault injection for tests: exit the process after this routing step.
+    pub exit_after: Option<RoutingStep>,
+    /// Requeue period of a healthy object.
+    pub resync: Duration,
+    /// Most reconciles running at once.
+    pub concurrency: u16,
+    /// Watch only this namespace (none: every namespace).
+    pub namespace: Option<String>,
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub hub: Arc<ReportHub>,
+    /// Requeue delays of ApiProtections that keep failing.
+    pub backoff: Backoff<ObjectRef<DeserializeGuard<ApiProtection>>>,
+}
+
+/// Runs the controller until `shutdown` is cancelled.
+pub async fn run(
+    ctx: Arc<Context>,
+    reconcile_requests: tokio::sync::mpsc::Receiver<ProtectionKey>,
+    shutdown: CancellationToken,
+) {
+    let client = ctx.client.clone();
+    let scope = ctx.settings.namespace.clone();
+    let protections: Api<DeserializeGuard<ApiProtection>> = scoped(&client, scope.as_deref());
+    let wc = watcher::Config::default().any_semantic();
+    let controller = Controller::new(protections, wc.clone());
+    let store = controller.store();
+    let rules: Api<DeserializeGuard<SequenceRule>> = scoped(&client, scope.as_deref());
+    let services: Api<Service> = scoped(&client, scope.as_deref());
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ordo-operator");
+    let service_store = store.clone();
+    let requests = tokio_stream_from(reconcile_requests).map(|key: ProtectionKey| {
+        ObjectRef::<DeserializeGuard<ApiProtection>>::new(&key.name).within(&key.namespace)
+    });
+    let concurrency = ctx.settings.concurrency;
+    let protections_stop = shutdown.clone();
+    let protections = controller
+        .owns(
+            scoped::<ConfigMap>(&client, scope.as_deref()),
+            owned.clone(),
+        )
+        .owns(
+            scoped::<ServiceAccount>(&client, scope.as_deref()),
+            owned.clone(),
+        )
+        .owns(
+            scoped::<Deployment>(&client, scope.as_deref()),
+            owned.clone(),
+        )
+        .owns(scoped::<Service>(&client, scope.as_deref()), owned)
+        .watches(rules, wc.clone(), |rule: DeserializeGuard<SequenceRule>| {
+            // A rule (valid or not) maps to the protection it names.
+            let namespace = rule.namespace()?;
+            let target = match &rule.0 {
+                Ok(rule) => rule.spec.protection_ref.name.clone(),
+                Err(_) => return None,
+            };
+            Some(ObjectRef::new(&target).within(&namespace))
+        })
+        .watches(
+            services,
+            watcher::Config::default(),
+            move |service: Service| {
+                let namespace = service.namespace().unwrap_or_default();
+                let name = service.name_any();
+                service_store
+                    .state()
+                    .into_iter()
+                    .filter_map(|p| match &p.0 {
+                        Ok(p)
+                            if p.namespace().as_deref() == Some(namespace.as_str())
+                                && p.spec.target.service == name =>
+                        {
+                            Some(ObjectRef::new(&p.name_any()).within(&namespace))
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(requests)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(async move { protections_stop.cancelled().await })
+        .run(
+            protection::reconcile,
+            protection::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile loop reported an error");
+            }
+        });
+    // Rules whose ApiProtection does not exist are never reconciled above.
+    futures::join!(protections, rules::run(ctx, shutdown));
+}
+
+/// An Api over one namespace, or over all of them.
+pub(crate) fn scoped<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The Event reporter of this operator instance.
+pub fn reporter(instance: &str) -> Reporter {
+    Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(instance.to_owned()),
+    }
+}
+
+/// Conditions of an object as a map, for tests and logs.
+pub fn condition_map(conditions: &[Condition]) -> BTreeMap<String, (String, String)> {
+    conditions
+        .iter()
+        .map(|c| (c.type_.clone(), (c.status.clone(), c.reason.clone())))
+        .collect()
+}
