@@ -1,7 +1,8 @@
 //! The ordo-enforcer image on the local cluster's real node (containerd + kubelet): it runs
 //! as the non-root user 65532 under the Deployment's security settings, proxies traffic from
 //! its Pod IP to an upstream outside the Pod, blocks an attack in Enforce mode, and refuses
-//! its admin `/v1` API to a non-loopback client without a token.
+//! its admin `/v1` API to a non-loopback client without a token; killed, it is restarted by the
+//! kubelet and serves again.
 //!
 //! The image is assembled from the debug binary (`ordo_tests::e2e::debug_image`), so no
 //! release build is needed; the node comes from `tests/cluster/build-node.sh`.
@@ -110,6 +111,30 @@ fn pod_process_uids(pod_uid: &str) -> Vec<String> {
         }
     }
     uids
+}
+
+/// Pids in the Pod's cgroups whose command is `comm`.
+fn pod_pids_named(pod_uid: &str, comm: &str) -> Vec<u32> {
+    let output = std::process::Command::new("find")
+        .args([
+            "/sys/fs/cgroup/pids",
+            "-path",
+            &format!("*pod{pod_uid}*"),
+            "-name",
+            "cgroup.procs",
+        ])
+        .output()
+        .unwrap();
+    let mut pids = Vec::new();
+    for procs in String::from_utf8(output.stdout).unwrap().lines() {
+        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if name.trim() == comm {
+                pids.push(pid.parse().unwrap());
+            }
+        }
+    }
+    pids
 }
 
 /// One HTTP/1.1 request; returns the status and the body.
@@ -305,6 +330,41 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     assert_eq!(status, 200);
     let (status, body) = request("GET", &format!("{admin}/v1/rules"), None, None).await;
     assert_eq!(status, 403, "{body}");
+
+    // A crash: the kubelet restarts the container in the same Pod, which serves again.
+    let enforcers = pod_pids_named(&uid, "ordo-enforcer");
+    assert_eq!(enforcers.len(), 1, "{enforcers:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &enforcers[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_for(
+        "the enforcer container to be restarted and Ready",
+        Duration::from_secs(120),
+        || {
+            let pods = pods.clone();
+            async move {
+                let status = pods.get("enforcer").await?.status.unwrap_or_default();
+                let restarted = status
+                    .container_statuses
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.restart_count >= 1 && c.ready);
+                Ok(restarted.then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let (status, body) = request(
+        "POST",
+        &format!("{proxy}/api/v1/login"),
+        None,
+        Some(serde_json::json!({ "username": customer.username, "password": customer.password })),
+    )
+    .await;
+    assert_eq!(status, 200, "login after the restart: {body}");
 
     diagnostics.passed();
 }
