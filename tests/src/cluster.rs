@@ -11,10 +11,14 @@
 //!
 //! Tests in one binary share one control plane through [`shared`] and keep out of each
 //! other's way with [`TestCluster::namespace`].
+//!
+//! [`TestCluster::start_with_options`] can add a real node (containerd and a kubelet that run
+//! real containers from imported OCI archives): see [`node`].
 
 pub mod binaries;
 mod components;
 mod kubeconfig;
+pub mod node;
 pub mod pki;
 pub mod supervisor;
 
@@ -37,6 +41,7 @@ use tokio::sync::OnceCell;
 pub use binaries::K8S_VERSION;
 pub use components::{KUBERNETES_SERVICE_IP, NODE_NAME, POD_CIDR, SERVICE_CIDR};
 use components::{KWOK_NODE_ANNOTATION, Layout, Ports};
+pub use node::{REAL_NODE_NAME, REAL_NODE_TAINT};
 use supervisor::Supervisor;
 
 /// How long the whole start may take; a cold start on a busy 2-core machine takes ~20-40 s.
@@ -47,6 +52,25 @@ const CRD_TIMEOUT: Duration = Duration::from_secs(60);
 const FIELD_MANAGER: &str = "ordo-tests";
 /// Starts tried when a picked port was taken by another process in the meantime.
 const START_ATTEMPTS: u32 = 3;
+/// How long the real node may take, after the control plane, to register Ready (containerd
+/// start, image import, kubelet start).
+const NODE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What to start besides the control plane.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A real node (see [`node`]), when set.
+    pub node: Option<NodeOptions>,
+}
+
+/// The real node's binaries and the images to import into it.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// `tests/cluster/build-node.sh`'s output ([`node::default_node_bin_dir`]).
+    pub bin_dir: PathBuf,
+    /// OCI archives (e.g. `target/images/ordo-enforcer.oci.tar` from `scripts/images`).
+    pub images: Vec<PathBuf>,
+}
 
 /// One running control plane. Dropping it stops every component and removes its directory.
 #[derive(Debug)]
@@ -88,10 +112,18 @@ impl TestCluster {
     /// Free ports are found by binding port 0 and releasing it, so another process can take
     /// one before a component binds it; such a start is retried on fresh ports.
     pub async fn start_with(bin_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_options(bin_dir, &Options::default()).await
+    }
+
+    /// Starts a new control plane with the binaries in `bin_dir`, and what `options` add.
+    pub async fn start_with_options(bin_dir: &Path, options: &Options) -> anyhow::Result<Self> {
         let bin_dir = binaries::verify_bin_dir(bin_dir)?;
+        if let Some(node) = &options.node {
+            node::verify_node_bin_dir(&node.bin_dir)?;
+        }
         let mut attempt = 1;
         loop {
-            match Self::start_once(&bin_dir).await {
+            match Self::start_once(&bin_dir, options).await {
                 Err(err) if attempt < START_ATTEMPTS && is_port_conflict(&err) => {
                     tracing::warn!(
                         attempt,
@@ -104,7 +136,7 @@ impl TestCluster {
         }
     }
 
-    async fn start_once(bin_dir: &Path) -> anyhow::Result<Self> {
+    async fn start_once(bin_dir: &Path, options: &Options) -> anyhow::Result<Self> {
         let started = Instant::now();
         let bin_dir = bin_dir.to_path_buf();
         let dir = tempfile::Builder::new()
@@ -167,6 +199,11 @@ impl TestCluster {
         };
         let deadline = started + START_TIMEOUT;
         cluster.boot(&layout, deadline).await?;
+        if let Some(node) = &options.node {
+            cluster
+                .boot_node(&layout, node, Instant::now() + NODE_TIMEOUT)
+                .await?;
+        }
         tracing::info!(
             dir = %cluster.dir.display(),
             server = %cluster.server,
@@ -246,10 +283,77 @@ impl TestCluster {
     }
 
     fn spawn(&self, name: &str, args: &[String], envs: &[(&str, &Path)]) -> anyhow::Result<()> {
-        let program = self.bin_dir.join(name);
-        let pid = self.supervisor.lock().spawn(name, &program, args, envs)?;
+        self.spawn_program(name, &self.bin_dir.join(name), args, envs)
+            .map(drop)
+    }
+
+    fn spawn_program(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &Path)],
+    ) -> anyhow::Result<u32> {
+        let pid = self.supervisor.lock().spawn(name, program, args, envs)?;
         tracing::debug!(component = name, pid, "started");
-        Ok(())
+        Ok(pid)
+    }
+
+    /// Starts containerd, imports the images, starts the kubelet and waits until its Node is
+    /// Ready. The cleanup script is registered before anything it removes exists.
+    async fn boot_node(
+        &self,
+        layout: &Layout,
+        options: &NodeOptions,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let bin_dir = node::verify_node_bin_dir(&options.bin_dir)?;
+        let kubeconfig = layout.dir.join("node.kubeconfig");
+        kubeconfig::write(
+            &kubeconfig,
+            &self.server,
+            &layout.creds.ca.cert,
+            &format!("system:node:{REAL_NODE_NAME}"),
+            &layout.creds.node,
+        )?;
+        let l = node::NodeLayout::new(&layout.dir, &bin_dir, &layout.creds.ca.cert, &kubeconfig)?;
+        self.supervisor
+            .lock()
+            .add_cleanup("node", &node::cleanup_script(&l))?;
+        node::prepare(&l)?;
+        let (program, args) = node::containerd_command(&l)?;
+        let containerd = self.spawn_program("containerd", &program, &args, &[])?;
+        let socket = l.socket();
+        self.wait_for("containerd to serve", "containerd", deadline, || {
+            let socket = socket.clone();
+            async move {
+                Ok(tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .ok()
+                    .map(drop))
+            }
+        })
+        .await?;
+        let mut archives = vec![bin_dir.join(node::PAUSE_ARCHIVE)];
+        archives.extend(options.images.iter().cloned());
+        let import_layout = l.clone();
+        tokio::task::spawn_blocking(move || node::import_images(&import_layout, &archives))
+            .await
+            .context("importing the images")??;
+        let (program, args) = node::kubelet_command(&l, containerd)?;
+        self.spawn_program("kubelet", &program, &args, &[])?;
+        let nodes: Api<Node> = Api::all(self.client().await?);
+        self.wait_for("the real Node to become Ready", "kubelet", deadline, || {
+            let nodes = nodes.clone();
+            async move {
+                Ok(nodes
+                    .get_opt(REAL_NODE_NAME)
+                    .await?
+                    .filter(node_is_ready)
+                    .map(drop))
+            }
+        })
+        .await
     }
 
     /// Polls `probe` until it yields a value, failing early when any component exits and,

@@ -94,6 +94,50 @@ const TEST_PROCESS_VARIABLES: &[&str] = &[
     "OUT_DIR",
 ];
 
+/// The image `name` (`ordo-operator` or `ordo-enforcer`) assembled by `scripts/images
+/// assemble` from the debug binary of [`binaries`], as an OCI archive under
+/// `target/e2e-images/`. Named and tagged as the release image (the chart's defaults), so the
+/// chart and the operator need no overrides. Debug binaries keep the release build out of the
+/// test suite; their debug sections are stripped first (`objcopy --strip-debug`), since a
+/// layer of several hundred MiB only slows the import. Needs root, as `scripts/images` does.
+pub fn debug_image(name: &str) -> anyhow::Result<PathBuf> {
+    let binary = binaries()?.join(name);
+    let dir = target_dir().join("e2e-images");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stripped = dir.join(name);
+    let status = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&binary)
+        .arg(&stripped)
+        .status()
+        .context("running objcopy (binutils)")?;
+    if !status.success() {
+        bail!(
+            "objcopy --strip-debug {} failed: {status}",
+            binary.display()
+        );
+    }
+    let archive = dir.join(format!("{name}.oci.tar"));
+    let output = Command::new(workspace_root().join("scripts/images"))
+        .arg("assemble")
+        .arg(name)
+        .arg(&stripped)
+        .arg(&archive)
+        .env("ORDO_IMAGE_WORK", dir.join("work"))
+        .env_remove("ORDO_IMAGE_REGISTRY")
+        .env_remove("ORDO_IMAGE_TAG")
+        .output()
+        .context("running scripts/images")?;
+    if !output.status.success() {
+        bail!(
+            "scripts/images assemble {name} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(archive)
+}
+
 /// Cargo's target directory (`CARGO_TARGET_DIR` or `target/` of the workspace).
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

@@ -1,6 +1,8 @@
-//! `ordo-cluster up [--crds DIR]`: runs the local Kubernetes control plane of the test suite
-//! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok with one fake Node)
-//! until Ctrl-C or SIGTERM, for trying Ordo by hand and for the demo.
+//! `ordo-cluster up [--crds DIR] [--node [--image FILE]...]`: runs the local Kubernetes
+//! control plane of the test suite (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, kwok with one fake Node) until Ctrl-C or SIGTERM, for trying Ordo by hand
+//! and for the demo. `--node` adds a real node (containerd and a kubelet, as root; see
+//! `ordo_tests::cluster::node`) with the OCI archives of `target/images/` imported.
 //!
 //! It prints the kubeconfig path and an `export KUBECONFIG=...` line once the control plane
 //! is ready. Stopping it (even with SIGKILL) stops every component and removes the directory.
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use ordo_tests::cluster::{K8S_VERSION, TestCluster, binaries};
+use ordo_tests::cluster::{
+    K8S_VERSION, NodeOptions, Options, REAL_NODE_NAME, TestCluster, binaries, node, workspace_root,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
@@ -35,6 +39,16 @@ enum Command {
         /// Directory with the control-plane binaries (default: the build.sh cache).
         #[arg(long, value_name = "DIR", env = "ORDO_K8S_BIN")]
         bin_dir: Option<PathBuf>,
+        /// Also start a real node (tests/cluster/build-node.sh builds it; needs root).
+        #[arg(long)]
+        node: bool,
+        /// OCI archive to import into the real node (repeatable; default: every
+        /// target/images/*.oci.tar, as scripts/images writes them).
+        #[arg(long = "image", value_name = "FILE", requires = "node")]
+        images: Vec<PathBuf>,
+        /// Directory with the real node's binaries (default: the build-node.sh cache).
+        #[arg(long, value_name = "DIR", env = "ORDO_NODE_BIN")]
+        node_bin_dir: Option<PathBuf>,
     },
 }
 
@@ -49,11 +63,59 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Up { crds, bin_dir } => up(crds, bin_dir).await,
+        Command::Up {
+            crds,
+            bin_dir,
+            node,
+            images,
+            node_bin_dir,
+        } => {
+            let options = Options {
+                node: node
+                    .then(|| node_options(images, node_bin_dir))
+                    .transpose()?,
+            };
+            up(crds, bin_dir, options).await
+        }
     }
 }
 
-async fn up(crds: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn node_options(images: Vec<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<NodeOptions> {
+    let images = if images.is_empty() {
+        built_images()?
+    } else {
+        images
+    };
+    Ok(NodeOptions {
+        bin_dir: bin_dir.unwrap_or_else(node::default_node_bin_dir),
+        images,
+    })
+}
+
+/// Every `target/images/*.oci.tar` (none when scripts/images has not run).
+fn built_images() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = workspace_root().join("target").join("images");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut images = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if path.to_string_lossy().ends_with(".oci.tar") {
+            images.push(path);
+        }
+    }
+    images.sort();
+    Ok(images)
+}
+
+async fn up(
+    crds: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+    options: Options,
+) -> anyhow::Result<()> {
     // Listen before starting, so that an interrupt during the start also cleans up: dropping
     // the start future drops the half-started cluster.
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -65,7 +127,7 @@ async fn up(crds: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<(
     );
     let started = Instant::now();
     let cluster = tokio::select! {
-        cluster = TestCluster::start_with(&bin_dir) => cluster?,
+        cluster = TestCluster::start_with_options(&bin_dir, &options) => cluster?,
         _ = terminate.recv() => bail!("terminated while starting"),
         _ = interrupt.recv() => bail!("interrupted while starting"),
     };
@@ -80,6 +142,17 @@ async fn up(crds: Option<PathBuf>, bin_dir: Option<PathBuf>) -> anyhow::Result<(
     );
     for (component, pid) in cluster.pids() {
         println!("ordo-cluster: pid {pid} {component}");
+    }
+    if let Some(node) = &options.node {
+        println!(
+            "ordo-cluster: real node {REAL_NODE_NAME} Ready (tainted {}; images imported: {})",
+            ordo_tests::cluster::REAL_NODE_TAINT.0,
+            node.images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if let Some(dir) = crds {
         cluster

@@ -115,6 +115,13 @@ pub fn apiserver(l: &Layout) -> Vec<String> {
         flag("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
         flag("proxy-client-cert-file", path(&c.front_proxy_client.cert)),
         flag("proxy-client-key-file", path(&c.front_proxy_client.key)),
+        // For `kubectl logs`/`exec` on the real node (cluster::node); kwok's node has no kubelet.
+        flag(
+            "kubelet-client-certificate",
+            path(&c.apiserver_kubelet_client.cert),
+        ),
+        flag("kubelet-client-key", path(&c.apiserver_kubelet_client.key)),
+        flag("kubelet-preferred-address-types", "InternalIP"),
         flag("authorization-mode", "Node,RBAC"),
         // The defaults (NamespaceLifecycle, ServiceAccount, webhooks, PodSecurity, quotas, ...)
         // plus NodeRestriction, as in a production cluster.
@@ -223,6 +230,8 @@ mod tests {
                 admin: pair("admin"),
                 controller_manager: pair("controller-manager"),
                 scheduler: pair("scheduler"),
+                node: pair("node"),
+                apiserver_kubelet_client: pair("apiserver-kubelet-client"),
                 front_proxy_ca: pair("front-proxy-ca"),
                 front_proxy_client: pair("front-proxy-client"),
                 service_account_key: PathBuf::from("/d/sa.key"),

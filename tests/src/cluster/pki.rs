@@ -2,9 +2,9 @@
 //!
 //! One CA signs the API server's serving certificate and one client certificate per
 //! identity: the admin (group `system:masters`), kube-controller-manager and kube-scheduler
-//! (the users their bootstrap RBAC roles are bound to). A second CA, the front proxy's, signs
-//! the client certificate the API server presents to aggregated API servers and webhooks
-//! that authenticate with request headers, as in a kubeadm cluster. A separate ECDSA key
+//! (the users their bootstrap RBAC roles are bound to) and the real node's kubelet. A second
+//! CA, the front proxy's, signs the client certificate the API server presents to aggregated
+//! API servers and webhooks that authenticate with request headers, as in a kubeadm cluster. A separate ECDSA key
 //! pair signs service-account tokens. Private keys are written with mode 0600.
 
 use std::fs::OpenOptions;
@@ -34,6 +34,12 @@ pub struct Credentials {
     pub admin: CertFiles,
     pub controller_manager: CertFiles,
     pub scheduler: CertFiles,
+    /// The kubelet of the real node (`system:node:<name>` in `system:nodes`, as the Node
+    /// authorizer and the NodeRestriction admission plugin expect); unused without one.
+    pub node: CertFiles,
+    /// The API server's client certificate towards kubelets (logs, exec), in
+    /// `system:masters` as the kubelet's webhook authorizer must allow it everything.
+    pub apiserver_kubelet_client: CertFiles,
     /// Trust anchor for request-header authentication (`--requestheader-client-ca-file`).
     pub front_proxy_ca: CertFiles,
     /// The API server's client certificate towards extension API servers.
@@ -82,6 +88,16 @@ pub fn generate(dir: &Path, service_ip: IpAddr) -> anyhow::Result<Credentials> {
     let admin = client("admin", "ordo-admin", Some("system:masters"))?;
     let controller_manager = client("controller-manager", "system:kube-controller-manager", None)?;
     let scheduler = client("scheduler", "system:kube-scheduler", None)?;
+    let node = client(
+        "node",
+        &format!("system:node:{}", super::node::REAL_NODE_NAME),
+        Some("system:nodes"),
+    )?;
+    let apiserver_kubelet_client = client(
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        Some("system:masters"),
+    )?;
 
     let (front_proxy_ca, front_proxy_issuer) =
         certificate_authority(dir, "front-proxy-ca", "ordo-test-front-proxy-ca")?;
@@ -107,6 +123,8 @@ pub fn generate(dir: &Path, service_ip: IpAddr) -> anyhow::Result<Credentials> {
         admin,
         controller_manager,
         scheduler,
+        node,
+        apiserver_kubelet_client,
         front_proxy_ca,
         front_proxy_client,
         service_account_key,
@@ -208,6 +226,8 @@ mod tests {
             &creds.admin,
             &creds.controller_manager,
             &creds.scheduler,
+            &creds.node,
+            &creds.apiserver_kubelet_client,
             &creds.front_proxy_ca,
             &creds.front_proxy_client,
         ] {

@@ -7,7 +7,8 @@
 //! reason the kernel closes it, the reaper reads end-of-file, stops every component recorded
 //! in `<dir>/pids/` in reverse start order (clients before the API server before etcd, so no
 //! one waits on a peer that is already gone): SIGTERM, SIGKILL after a grace period. Then it
-//! removes the whole temporary directory. `Drop` uses the same path: it closes the pipe and
+//! runs the cleanup scripts in `<dir>/cleanup/` (what outlives the components, e.g. the real
+//! node's containers, cgroups and bridge) and removes the whole temporary directory. `Drop` uses the same path: it closes the pipe and
 //! waits.
 //!
 //! Components and the reaper run in their own process groups, so a Ctrl-C in a terminal
@@ -27,8 +28,8 @@ use anyhow::{Context, bail};
 const GRACE: Duration = Duration::from_secs(5);
 
 /// The reaper: waits for EOF on stdin, then stops the recorded pids (files `NN-name`) in
-/// reverse order and removes `$1`. A zombie (state `Z`) counts as stopped: it has exited and
-/// only waits for its parent.
+/// reverse order, runs the scripts in `$1/cleanup` and removes `$1`. A zombie (state `Z`)
+/// counts as stopped: it has exited and only waits for its parent.
 const REAPER_SCRIPT: &str = r#"
 dir="$1"
 grace_ticks="$2"
@@ -54,6 +55,9 @@ for f in $(ls -r "$dir/pids" 2>/dev/null); do
         kill -KILL "$p" 2>/dev/null
         wait_gone "$p" 10
     fi
+done
+for f in $(ls "$dir/cleanup" 2>/dev/null); do
+    sh "$dir/cleanup/$f" >/dev/null 2>&1
 done
 rm -rf "$dir"
 "#;
@@ -82,7 +86,7 @@ impl Supervisor {
     /// Starts the reaper for `dir` (which it removes at the end). Call this before anything
     /// else is put in `dir`, so nothing can leak.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
-        for sub in ["pids", "logs"] {
+        for sub in ["pids", "logs", "cleanup"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
@@ -149,6 +153,13 @@ impl Supervisor {
             exited: None,
         });
         Ok(pid)
+    }
+
+    /// Registers `script` (POSIX shell), which the reaper runs after stopping every component
+    /// and before removing the directory, whatever way this process ends.
+    pub fn add_cleanup(&self, name: &str, script: &str) -> anyhow::Result<()> {
+        let path = self.dir.join("cleanup").join(name);
+        std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Fails, with the tail of its log, when a component has exited.
@@ -369,6 +380,31 @@ mod tests {
         assert!(err.contains("failing exited"), "{err}");
         assert!(err.contains("exit status: 3"), "{err}");
         assert!(err.contains("bad flag --nope"), "{err}");
+    }
+
+    #[test]
+    fn cleanup_scripts_run_after_the_components_stop() {
+        let base = tempfile::tempdir().unwrap();
+        let record = base.path().join("order");
+        let mut supervisor = Supervisor::start(&base.path().join("c")).unwrap();
+        supervisor
+            .spawn(
+                "server",
+                Path::new("sh"),
+                &stoppable("server", &record, false),
+                &[],
+            )
+            .unwrap();
+        supervisor
+            .add_cleanup("node", &format!("echo cleanup >> '{}'", record.display()))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        supervisor.shutdown();
+        assert_eq!(
+            std::fs::read_to_string(&record).unwrap(),
+            "server\ncleanup\n"
+        );
+        assert!(!base.path().join("c").exists());
     }
 
     #[test]

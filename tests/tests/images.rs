@@ -1,0 +1,294 @@
+//! `scripts/images` assembles images with the layout docs/images.md promises, reproducibly.
+//!
+//! Building the release binaries takes far too long for the test suite, so the assembly step
+//! (`scripts/images assemble`) runs on a stand-in: this test's own executable, a Rust binary
+//! that links what the real ones link. The script needs root (file owners in the layers) and
+//! apt (the runtime layer comes from Debian packages), as it does for the real build.
+//!
+//! The chart, the operator and the script must also agree on the image names and tag.
+
+// Helpers of a test binary may unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ordo_tests::cluster::workspace_root;
+use serde_json::Value;
+
+const STANDIN: &str = "ordo-standin";
+/// 2023-11-14T22:13:20Z: any fixed time does; the created label and every mtime must be it.
+const EPOCH: &str = "1700000000";
+const CREATED: &str = "2023-11-14T22:13:20Z";
+const NONROOT: &str = "65532";
+
+fn run(command: &mut Command) -> String {
+    String::from_utf8(run_bytes(command)).unwrap()
+}
+
+fn run_bytes(command: &mut Command) -> Vec<u8> {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// Runs `scripts/images assemble` with a work directory of its own; returns the printed digest.
+fn assemble(work: &Path, archive: &Path) -> String {
+    let root = workspace_root();
+    let standin = std::env::current_exe().unwrap();
+    let stdout = run(Command::new(root.join("scripts/images"))
+        .args(["assemble", STANDIN])
+        .arg(&standin)
+        .arg(archive)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("ORDO_IMAGE_WORK", work)
+        // Fixed, so that an edit of the working tree between the two runs changes nothing.
+        .env("ORDO_IMAGE_REVISION", git_head())
+        .env_remove("ORDO_IMAGE_REGISTRY"));
+    // NAME <tab> REF <tab> DIGEST <tab> SIZE <tab> ARCHIVE
+    let fields: Vec<&str> = stdout.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 5, "unexpected report line: {stdout}");
+    assert_eq!(fields[0], STANDIN);
+    assert_eq!(
+        fields[1],
+        format!("ghcr.io/ordo-dev/{STANDIN}:{}", app_version())
+    );
+    assert!(fields[2].starts_with("sha256:"), "{stdout}");
+    fields[2].to_owned()
+}
+
+fn app_version() -> String {
+    let chart = std::fs::read_to_string(workspace_root().join("charts/ordo/Chart.yaml")).unwrap();
+    let chart: serde_yaml_ng::Value = serde_yaml_ng::from_str(&chart).unwrap();
+    chart["appVersion"].as_str().unwrap().to_owned()
+}
+
+/// An unpacked OCI archive: its blobs by digest.
+struct Archive {
+    dir: PathBuf,
+}
+
+impl Archive {
+    fn unpack(archive: &Path, into: &Path) -> Self {
+        std::fs::create_dir_all(into).unwrap();
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(into));
+        Self {
+            dir: into.to_owned(),
+        }
+    }
+
+    fn json(&self, path: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.dir.join(path)).unwrap()).unwrap()
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    fn blob(&self, digest: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.blob_path(digest)).unwrap()).unwrap()
+    }
+
+    /// The one manifest of the archive, with its digest and reference name.
+    fn manifest(&self) -> (String, String, Value) {
+        let index = self.json("index.json");
+        let manifests = index["manifests"].as_array().unwrap();
+        assert_eq!(manifests.len(), 1, "{index}");
+        let digest = manifests[0]["digest"].as_str().unwrap().to_owned();
+        let name = manifests[0]["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let manifest = self.blob(&digest);
+        (digest, name, manifest)
+    }
+
+    /// Every entry of every layer: path -> (mode string, owner "uid/gid", date and time).
+    fn entries(&self, manifest: &Value) -> BTreeMap<String, (String, String, String)> {
+        let mut entries = BTreeMap::new();
+        for layer in manifest["layers"].as_array().unwrap() {
+            let listing = run(Command::new("tar")
+                .args(["--numeric-owner", "--full-time", "-tvzf"])
+                .arg(self.blob_path(layer["digest"].as_str().unwrap())));
+            for line in listing.lines() {
+                // drwxr-xr-x 0/0 0 2023-11-14 22:13:20 etc/   (or "a -> b" for a link)
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let path = fields[5].trim_start_matches("./").trim_end_matches('/');
+                let time = format!("{} {}", fields[3], fields[4]);
+                entries.insert(
+                    path.to_owned(),
+                    (fields[0].to_owned(), fields[1].to_owned(), time),
+                );
+            }
+        }
+        entries
+    }
+
+    fn layer_file(&self, manifest: &Value, index: usize, path: &str) -> Vec<u8> {
+        let layer = manifest["layers"][index]["digest"].as_str().unwrap();
+        run_bytes(
+            Command::new("tar")
+                .arg("-xzOf")
+                .arg(self.blob_path(layer))
+                .arg(path),
+        )
+    }
+}
+
+fn git_head() -> String {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(workspace_root())
+        .args(["rev-parse", "HEAD"]))
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn assembled_image_has_the_documented_layout_and_is_reproducible() {
+    let scratch = tempfile::tempdir().unwrap();
+    let first = scratch.path().join("first.oci.tar");
+    let second = scratch.path().join("second.oci.tar");
+    let digest = assemble(&scratch.path().join("work-1"), &first);
+    let again = assemble(&scratch.path().join("work-2"), &second);
+    assert_eq!(digest, again, "two assemblies of the same input differ");
+
+    let archive = Archive::unpack(&first, &scratch.path().join("unpacked"));
+    let (manifest_digest, ref_name, manifest) = archive.manifest();
+    assert_eq!(manifest_digest, digest);
+    assert_eq!(
+        ref_name,
+        format!("ghcr.io/ordo-dev/{STANDIN}:{}", app_version())
+    );
+
+    let image = archive.blob(manifest["config"]["digest"].as_str().unwrap());
+    let config = &image["config"];
+    assert_eq!(config["User"], format!("{NONROOT}:{NONROOT}"));
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!([format!("/usr/local/bin/{STANDIN}")])
+    );
+    assert!(config["Cmd"].is_null(), "no default arguments: {config}");
+    assert_eq!(image["created"], CREATED);
+    let labels = &config["Labels"];
+    assert_eq!(labels["org.opencontainers.image.created"], CREATED);
+    assert_eq!(labels["org.opencontainers.image.version"], app_version());
+    assert_eq!(
+        labels["org.opencontainers.image.source"],
+        "https://github.com/ordo-dev/ordo"
+    );
+    let revision = labels["org.opencontainers.image.revision"]
+        .as_str()
+        .unwrap();
+    assert!(revision.starts_with(&git_head()), "{revision}");
+
+    // Two layers: the runtime, then the binary.
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 2);
+    let entries = archive.entries(&manifest);
+    for needed in [
+        "lib64/ld-linux-x86-64.so.2",
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "lib/x86_64-linux-gnu/libgcc_s.so.1",
+        "etc/ssl/certs/ca-certificates.crt",
+        "etc/passwd",
+        "etc/group",
+        "usr/share/doc/libc6/copyright",
+        "tmp",
+        "usr/local/bin/ordo-standin",
+    ] {
+        assert!(
+            entries.contains_key(needed),
+            "{needed} missing: {entries:?}"
+        );
+    }
+    assert!(
+        entries["tmp"].0.starts_with("drwxrwxrwt"),
+        "{:?}",
+        entries["tmp"]
+    );
+    for (path, (mode, owner, time)) in &entries {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        assert!(
+            !["sh", "bash", "dash", "busybox", "apt", "apt-get", "dpkg"].contains(&name),
+            "{path}: no shell or package manager in the image"
+        );
+        assert!(
+            !path.starts_with("usr/bin") && !path.starts_with("bin"),
+            "{path}"
+        );
+        let expected_owner = if path == "home/nonroot" {
+            format!("{NONROOT}/{NONROOT}")
+        } else {
+            "0/0".to_owned()
+        };
+        assert_eq!(owner, &expected_owner, "{path} ({mode})");
+        assert_eq!(time, "2023-11-14 22:13:20", "{path}");
+    }
+
+    let text = |path| String::from_utf8(archive.layer_file(&manifest, 0, path)).unwrap();
+    let passwd = text("etc/passwd");
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with(&format!("nonroot:x:{NONROOT}:{NONROOT}:"))),
+        "{passwd}"
+    );
+    let group = text("etc/group");
+    assert!(
+        group.lines().any(|l| l == format!("nonroot:x:{NONROOT}:")),
+        "{group}"
+    );
+    let certs = text("etc/ssl/certs/ca-certificates.crt");
+    assert!(certs.matches("-----BEGIN CERTIFICATE-----").count() > 100);
+    let binary = archive.layer_file(&manifest, 1, "usr/local/bin/ordo-standin");
+    assert!(binary == std::fs::read(std::env::current_exe().unwrap()).unwrap());
+}
+
+#[test]
+fn chart_operator_and_script_agree_on_image_names_and_tag() {
+    let root = workspace_root();
+    let version = app_version();
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        workspace.contains(&format!("\nversion = \"{version}\"\n")),
+        "the workspace version must be the chart's appVersion {version}"
+    );
+    let values = std::fs::read_to_string(root.join("charts/ordo/values.yaml")).unwrap();
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(&values).unwrap();
+    assert_eq!(
+        values["image"]["repository"].as_str(),
+        Some("ghcr.io/ordo-dev/ordo-operator")
+    );
+    assert_eq!(
+        values["enforcer"]["image"]["repository"].as_str(),
+        Some("ghcr.io/ordo-dev/ordo-enforcer")
+    );
+    let operator = std::fs::read_to_string(root.join("operator/src/main.rs")).unwrap();
+    assert!(
+        operator.contains(&format!(
+            "default_value = \"ghcr.io/ordo-dev/ordo-enforcer:{version}\""
+        )),
+        "the operator's default enforcer image must be ghcr.io/ordo-dev/ordo-enforcer:{version}"
+    );
+    let script = std::fs::read_to_string(root.join("scripts/images")).unwrap();
+    for name in ["ordo-operator", "ordo-enforcer"] {
+        assert!(
+            script.contains(&format!("assemble {name} ")),
+            "scripts/images must build {name}"
+        );
+    }
+    assert!(script.contains("${ORDO_IMAGE_REGISTRY:-ghcr.io/ordo-dev}"));
+}
