@@ -750,8 +750,8 @@ fn attack(rng: &mut ChaCha8Rng, world: &mut World, i: usize, kind: AttackKind) -
 
 /// The library's journeys: `sizes.learning` honest sessions (two of them change a password),
 /// then the mixed phase: honest sessions of returning and new readers (3% change a password)
-/// and `sizes.attacks_per_kind` sessions of every kind in [`ATTACKS`] (the stuffing campaign
-/// has four addresses per session asked for), shuffled.
+/// and `sizes.attacks_per_kind` sessions of every kind in [`ATTACKS`] (each stuffing campaign
+/// tries 8 names, 1–2 per address, one session per address), shuffled.
 pub fn plan(seed: u64, sizes: &Sizes) -> (World, Plan) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let returning_count = (sizes.benign / 2).min(sizes.learning);

@@ -745,8 +745,8 @@ fn attack(rng: &mut ChaCha8Rng, world: &World, i: usize, kind: AttackKind) -> Ve
 /// The shop's journeys: `sizes.learning` honest sessions (two of them export their orders),
 /// then the mixed phase after the release: honest sessions of returning and new customers (3%
 /// export, order views go on to the released tracking) and `sizes.attacks_per_kind` sessions
-/// of every kind in [`ATTACKS`] (the stuffing campaign has four addresses per session asked
-/// for), shuffled.
+/// of every kind in [`ATTACKS`] (each stuffing campaign tries 8 e-mails, 1–2 per address, one
+/// session per address), shuffled.
 pub fn plan(seed: u64, sizes: &Sizes) -> (World, Plan) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let returning_count = (sizes.benign / 2).min(sizes.learning);
