@@ -29,6 +29,7 @@ fn failed_login(username: &str, rng: &mut ChaCha8Rng) -> Step {
         authenticated: false,
         harmful: true,
         think_ms: rng.random_range(5..30),
+        tail: super::journeys::Tail::No,
     }
 }
 

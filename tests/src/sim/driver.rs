@@ -1,5 +1,7 @@
-//! Runs journeys over real HTTP against an address (the enforcer in front of the bank),
-//! several journeys at a time, each one's steps in order.
+//! Runs journeys over real HTTP against an address (the enforcer in front of a simulated app),
+//! several journeys at a time, each one's steps in order. A journey keeps what a client keeps:
+//! the bearer token of its last successful login (a `token` or `auth_token` field) and the
+//! cookies the app set, sent on every authenticated step.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::journeys::{Journey, Step};
+use super::journeys::{Journey, Step, Tail};
 
 /// What one step got back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,7 @@ pub struct StepOutcome {
     /// Refused by the enforcer (403/429 with a problem body), so it never reached the app.
     pub blocked: bool,
     pub harmful: bool,
+    pub tail: Tail,
 }
 
 /// What one journey got back, step by step.
@@ -68,7 +71,8 @@ async fn send(
     journey: &Journey,
     step: &Step,
     token: Option<&str>,
-) -> anyhow::Result<(u16, bool, Bytes)> {
+    cookies: &[(String, String)],
+) -> anyhow::Result<(u16, bool, Vec<(String, String)>, Bytes)> {
     let uri = format!("http://{target}{}", step.path_and_query);
     let mut request = http::Request::builder()
         .method(step.method.clone())
@@ -80,6 +84,10 @@ async fn send(
         && let Some(token) = token
     {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if step.authenticated && !cookies.is_empty() {
+        let jar: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        request = request.header(http::header::COOKIE, jar.join("; "));
     }
     let body = match &step.body {
         Some(value) => {
@@ -101,13 +109,27 @@ async fn send(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/problem+json"));
+    let set_cookies: Vec<(String, String)> = response
+        .headers()
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
     let bytes = response
         .into_body()
         .collect()
         .await
         .with_context(|| format!("reading {uri}"))?
         .to_bytes();
-    Ok((status, problem && matches!(status, 403 | 429), bytes))
+    Ok((
+        status,
+        problem && matches!(status, 403 | 429),
+        set_cookies,
+        bytes,
+    ))
 }
 
 async fn run_one(
@@ -117,24 +139,30 @@ async fn run_one(
     journey: Journey,
 ) -> anyhow::Result<JourneyOutcome> {
     let mut token: Option<String> = None;
+    let mut cookies: Vec<(String, String)> = Vec::new();
     let mut steps = Vec::with_capacity(journey.steps.len());
     for step in &journey.steps {
         if step.think_ms > 0 {
             tokio::time::sleep(Duration::from_millis(step.think_ms)).await;
         }
-        let (status, blocked, body) =
-            send(&client, target, &journey, step, token.as_deref()).await?;
+        let (status, blocked, set_cookies, body) =
+            send(&client, target, &journey, step, token.as_deref(), &cookies).await?;
         if !step.authenticated
             && status == 200
             && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body)
-            && let Some(t) = value["token"].as_str()
+            && let Some(t) = value["token"].as_str().or(value["auth_token"].as_str())
         {
             token = Some(t.to_owned());
+        }
+        for (name, value) in set_cookies {
+            cookies.retain(|(k, _)| *k != name);
+            cookies.push((name, value));
         }
         steps.push(StepOutcome {
             status,
             blocked,
             harmful: step.harmful,
+            tail: step.tail,
         });
     }
     Ok(JourneyOutcome {

@@ -327,7 +327,7 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     Ok(report)
 }
 
-fn record_attack(
+pub(crate) fn record_attack(
     r: &mut KindResult,
     journey: &Journey,
     outcome: &JourneyOutcome,

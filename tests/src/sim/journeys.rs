@@ -36,6 +36,23 @@ pub enum AttackKind {
     Injection,
     /// Phone-number enumeration spread out and interleaved with normal steps, under any rate.
     LowAndSlow,
+    // The kinds below are simulated on the other API styles (`library.rs`, `shop.rs`), not on
+    // the bank: they are not in [`AttackKind::ALL`].
+    /// One request on another user's object, with a value that neither the session's token
+    /// nor any earlier response of the session carried (BOLA from the first request).
+    ForeignIdentity,
+    /// A value that breaks the format nearly every learned value follows (an e-mail address
+    /// without `@`, a 5,000-character name).
+    FormatBreak,
+    /// An export or listing that returns many times the records the operation normally does.
+    MassExport,
+    /// An attacker who is caught once and carries on along another path.
+    PathChange,
+    /// Credential stuffing spread over many addresses, one to three tries each (one session
+    /// per address).
+    StuffingCampaign,
+    /// Calls to an admin or debug endpoint the app serves but honest clients never call.
+    DebugEndpoint,
 }
 
 impl AttackKind {
@@ -66,6 +83,12 @@ impl AttackKind {
             Self::MassAssignment => "mass assignment",
             Self::Injection => "injection",
             Self::LowAndSlow => "low-and-slow enumeration",
+            Self::ForeignIdentity => "BOLA with a foreign value",
+            Self::FormatBreak => "format-breaking value",
+            Self::MassExport => "mass export",
+            Self::PathChange => "path change after being caught",
+            Self::StuffingCampaign => "stuffing campaign (many addresses)",
+            Self::DebugEndpoint => "debug endpoint",
         }
     }
 }
@@ -96,6 +119,20 @@ pub struct Step {
     pub harmful: bool,
     /// Real pause before the step, in milliseconds.
     pub think_ms: u64,
+    /// An honest request to a rarely used or newly released operation (reported apart: such
+    /// requests must never be refused).
+    pub tail: Tail,
+}
+
+/// Whether an honest step belongs to the long tail of an API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tail {
+    #[default]
+    No,
+    /// An operation honest users use less often while the model learns than any threshold.
+    Rare,
+    /// An operation a release of the app added after the model matured.
+    Released,
 }
 
 /// A sequence of requests by one client.
@@ -142,6 +179,7 @@ fn step(
         authenticated: true,
         harmful: false,
         think_ms,
+        tail: Tail::No,
     }
 }
 
@@ -153,6 +191,7 @@ fn login(c: &Customer, password: &str) -> Step {
         authenticated: false,
         harmful: false,
         think_ms: 0,
+        tail: Tail::No,
     }
 }
 
@@ -178,7 +217,7 @@ fn transactions(account: u64, page: u32) -> Step {
     )
 }
 
-fn encode_query(value: &str) -> String {
+pub(crate) fn encode_query(value: &str) -> String {
     let mut out = String::with_capacity(value.len() * 3);
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -554,6 +593,13 @@ pub fn attack(
                 }
             }
         }
+        // Simulated on the other API styles only; `generate` never asks the bank for them.
+        AttackKind::ForeignIdentity
+        | AttackKind::FormatBreak
+        | AttackKind::MassExport
+        | AttackKind::PathChange
+        | AttackKind::StuffingCampaign
+        | AttackKind::DebugEndpoint => {}
     }
     steps
 }
