@@ -9,6 +9,7 @@
 //!   returning user's early title is not refused;
 //! - a sibling with a different shape (`/books/v1/_debug?verbose=1`) stays a distinct endpoint;
 //! - probes of paths that do not exist (unknown prefix, 404 answers) are still refused.
+#![allow(clippy::unwrap_used)] // Test helpers unwrap: a panic is the failure report.
 
 mod common;
 

@@ -710,9 +710,6 @@ impl Analyzer for LearnedAnalyzer {
 
     fn fold_templates(&self, resolver: &crate::operation::OperationResolver) {
         let positions = resolver.saturated_positions();
-        if positions.is_empty() {
-            return;
-        }
         let settings = self.settings.load();
         let decisions: Vec<(u32, Vec<Box<str>>)> = {
             let inner = self.inner.read();
@@ -734,7 +731,16 @@ impl Analyzer for LearnedAnalyzer {
             .iter()
             .flat_map(|(node, names)| resolver.fold(*node, names))
             .collect();
-        if renames.is_empty() {
+        // A request resolved just before a fold may have added its literal operation again:
+        // rename whenever the model holds a folded template.
+        let stale = |inner: &Inner| {
+            inner
+                .model
+                .operations
+                .iter()
+                .any(|o| inner.folded.contains_key(&o.template))
+        };
+        if renames.is_empty() && !stale(&self.inner.read()) {
             return;
         }
         let mut guard = self.write_inner();
@@ -744,10 +750,12 @@ impl Analyzer for LearnedAnalyzer {
                 inner.folded.insert(old.to_string(), new.to_string());
             }
         }
-        tracing::info!(
-            folded = renames.len(),
-            "literal path names folded into a parameter with their statistics"
-        );
+        if !renames.is_empty() {
+            tracing::info!(
+                folded = renames.len(),
+                "literal path names folded into a parameter with their statistics"
+            );
+        }
         let model = std::mem::take(&mut inner.model);
         inner.model = inner.unfolded(model);
         let reported = std::mem::take(&mut inner.reported);

@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn names_fold_popular_and_different_siblings_stay() {
         let mut model = LearnedModel::default();
-        let mut names: Vec<String> = (0..20).map(|i| format!("user{}", i)).collect();
+        let mut names: Vec<String> = (0..20).map(|i| format!("user{i}")).collect();
         for n in &names {
             learn(&mut model, &format!("GET /users/v1/{n}"), 3, 2);
         }
