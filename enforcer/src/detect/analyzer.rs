@@ -31,7 +31,7 @@ use super::thresholds::{
     identity_threshold, learning_cap, object_threshold, peer_threshold, volume_threshold,
 };
 use super::view::{ModelView, model_view};
-use super::{distributed, enumeration, sequence, shadow, shape, stuffing, volume};
+use super::{distributed, enumeration, sequence, shadow, shape, stuffing, templates, volume};
 
 /// Most process-local operation ids remembered (the proxy's templates are capped far below).
 const MAX_OPERATION_IDS: usize = 65_536;
@@ -78,7 +78,13 @@ struct Inner {
     /// Bumped whenever the model's index space may change (adoption, merge): a lesson made
     /// under an older generation re-resolves its indices.
     generation: u64,
+    /// Literal templates folded into a parameter (old → new), applied to every model adopted
+    /// or merged later, so that a replica's model stays consistent with its resolver.
+    folded: HashMap<String, String>,
 }
+
+/// Most folded templates remembered (the resolver's template cap is far below).
+const MAX_FOLDED: usize = 65_536;
 
 /// The learned model and its detectors.
 pub struct LearnedAnalyzer {
@@ -149,9 +155,25 @@ impl Inner {
         }
     }
 
+    /// `model` with the folded templates renamed (see `detect::templates`).
+    fn unfolded(&self, model: LearnedModel) -> LearnedModel {
+        if self.folded.is_empty()
+            || !model
+                .operations
+                .iter()
+                .any(|o| self.folded.contains_key(&o.template))
+        {
+            return model;
+        }
+        model.renamed(&|t| self.folded.get(t).cloned())
+    }
+
     /// Re-resolves the id map after the model's index space changed.
     fn reindex(&mut self) {
         for (template, index) in self.ids.values_mut() {
+            if let Some(new) = self.folded.get(&**template) {
+                *template = Arc::from(new.as_str());
+            }
             *index = self.model.op_index(template);
         }
         // Indices may have changed: recompute the frozen baselines at the next exchange.
@@ -207,6 +229,7 @@ impl LearnedAnalyzer {
                 next_ageing_ms: 0,
                 baselines: Baselines::default(),
                 generation: 0,
+                folded: HashMap::new(),
             }),
             pending: Mutex::new(PendingLessons::default()),
             clients: Mutex::new(ClientTable::default()),
@@ -257,7 +280,7 @@ impl LearnedAnalyzer {
         let caps = caps_of(&self.settings.load().learning);
         let mut inner = self.write_inner();
         let pending = inner.model.delta_since(&inner.reported);
-        let mut model = merged;
+        let mut model = inner.unfolded(merged);
         model.set_caps(caps);
         inner.reported = model.clone();
         model.merge(&pending);
@@ -269,7 +292,8 @@ impl LearnedAnalyzer {
     /// is part of the next delta.
     pub fn merge_model(&self, other: &LearnedModel) {
         let mut inner = self.write_inner();
-        inner.model.merge(other);
+        let other = inner.unfolded(other.clone());
+        inner.model.merge(&other);
         inner.reindex();
     }
 
@@ -435,7 +459,7 @@ impl Analyzer for LearnedAnalyzer {
             baselines: &inner.baselines,
         };
         if detectors.shadow_endpoint.enabled
-            && let Some(f) = shadow::check(&judged, &detectors.shadow_endpoint)
+            && let Some(f) = shadow::check(&judged, &detectors.shadow_endpoint, state)
         {
             out.push(f);
         }
@@ -508,6 +532,28 @@ impl Analyzer for LearnedAnalyzer {
     ) {
         let settings = self.settings.load();
         let (learning, detectors) = (&settings.learning, &settings.detectors);
+        // A request outside the inventory that the application answers as not existing is
+        // probing (see `detect::shadow`): the session's later unknown operations are refused
+        // and it teaches nothing from now on.
+        let probe = matches!(resp.status, 404 | 405) && {
+            let learned = {
+                let inner = self.inner.read();
+                inner
+                    .model
+                    .op_index(&ctx.operation.template)
+                    .and_then(|i| inner.model.operation(i))
+                    .map_or(0, |s| s.requests)
+            };
+            shadow::outside_inventory(
+                ctx.operation.origin,
+                learned,
+                learning.min_endpoint_requests,
+            )
+        };
+        if probe {
+            state.mark_probed();
+        }
+        let flagged = flagged || probe;
         let newly_tainted = flagged && !state.tainted();
         if flagged {
             state.taint();
@@ -567,6 +613,12 @@ impl Analyzer for LearnedAnalyzer {
                 lesson.auth_failure = auth_failure;
             }
             auth_like |= stats.is_auth_like();
+            // Learned from while outside the inventory after maturity: discovered (see
+            // `detect::shadow`).
+            lesson.discovered = learnable
+                && stats.discovered_ms == 0
+                && stats.requests < learning.min_endpoint_requests
+                && Self::globally_mature(model, learning);
             let counters = state.window_mut(window);
             if let Some(slot) = counters.slot_mut(index) {
                 slot.requests = slot.requests.saturating_add(1);
@@ -654,6 +706,61 @@ impl Analyzer for LearnedAnalyzer {
         }
         self.learn(lesson, learning);
         state.record_seen();
+    }
+
+    fn fold_templates(&self, resolver: &crate::operation::OperationResolver) {
+        let positions = resolver.saturated_positions();
+        let settings = self.settings.load();
+        let decisions: Vec<(u32, Vec<Box<str>>)> = {
+            let inner = self.inner.read();
+            positions
+                .iter()
+                .map(|p| {
+                    let names = templates::names_to_fold(
+                        &inner.model,
+                        p,
+                        &settings.learning,
+                        resolver.max_values_per_position(),
+                    );
+                    (p.node, names)
+                })
+                .filter(|(_, names)| !names.is_empty())
+                .collect()
+        };
+        let renames: Vec<(Arc<str>, Arc<str>)> = decisions
+            .iter()
+            .flat_map(|(node, names)| resolver.fold(*node, names))
+            .collect();
+        // A request resolved just before a fold may have added its literal operation again:
+        // rename whenever the model holds a folded template.
+        let stale = |inner: &Inner| {
+            inner
+                .model
+                .operations
+                .iter()
+                .any(|o| inner.folded.contains_key(&o.template))
+        };
+        if renames.is_empty() && !stale(&self.inner.read()) {
+            return;
+        }
+        let mut guard = self.write_inner();
+        let inner = &mut *guard;
+        for (old, new) in &renames {
+            if inner.folded.len() < MAX_FOLDED {
+                inner.folded.insert(old.to_string(), new.to_string());
+            }
+        }
+        if !renames.is_empty() {
+            tracing::info!(
+                folded = renames.len(),
+                "literal path names folded into a parameter with their statistics"
+            );
+        }
+        let model = std::mem::take(&mut inner.model);
+        inner.model = inner.unfolded(model);
+        let reported = std::mem::take(&mut inner.reported);
+        inner.reported = inner.unfolded(reported);
+        inner.reindex();
     }
 
     fn configure(&self, config: &EnforcerConfig) {

@@ -36,6 +36,8 @@ pub struct Lesson {
     pub take_back: Vec<TakeBack>,
     /// Successful, unflagged traffic: learned from.
     pub learnable: bool,
+    /// The operation is learned from outside the inventory after maturity: mark it discovered.
+    pub discovered: bool,
     /// The operation could not be added (operation cap reached).
     pub dropped_operation: bool,
     /// First learnable request of the session.
@@ -103,6 +105,9 @@ impl Lesson {
                 if self.auth_failure {
                     stats.auth_failures += 1;
                 }
+            }
+            if self.discovered && stats.discovered_ms == 0 {
+                stats.discovered_ms = self.now_ms;
             }
             if self.learnable {
                 stats.requests += 1;

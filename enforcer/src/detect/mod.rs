@@ -18,6 +18,7 @@ pub mod session_state;
 pub mod shadow;
 pub mod shape;
 pub mod stuffing;
+pub mod templates;
 pub mod thresholds;
 pub mod view;
 pub mod volume;

@@ -95,6 +95,9 @@ pub trait Analyzer: Send + Sync + 'static {
     );
     /// JSON for `GET /v1/model`.
     fn model_view(&self) -> serde_json::Value;
+    /// Folds literal path names learned before their position became a parameter into it,
+    /// statistics included (see `detect::templates`). Called periodically by housekeeping.
+    fn fold_templates(&self, _resolver: &crate::operation::OperationResolver) {}
     /// Called with the config at start and after every applied reload (e.g. so that the values
     /// of the headers, cookies and query parameters that identify sessions are never learned).
     fn configure(&self, _config: &crate::config::EnforcerConfig) {}

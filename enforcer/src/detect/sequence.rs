@@ -205,6 +205,13 @@ pub fn check(
         }
         return SequenceVerdict::Silent;
     }
+    // An operation learned from too few requests has no sequence evidence of its own: a rare
+    // honest step (the long tail) is not judged on the contexts that merely never saw it.
+    if j.op_stats()
+        .is_none_or(|s| s.requests < j.learning.min_operation_requests)
+    {
+        return SequenceVerdict::Silent;
+    }
     let (credibility, limit) = sequence_bounds(config.sensitivity);
     let limits = JudgeLimits {
         order: j.learning.sequence_order,

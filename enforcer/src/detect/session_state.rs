@@ -10,6 +10,9 @@ pub const MAX_WINDOW_SLOTS: usize = 8;
 
 const COUNTED: u8 = 1;
 const TAINTED: u8 = 2;
+/// The session requested a path outside the learned inventory that the app answered 404/405
+/// (or that did not fit the learned structure): evidence that it probes (see `detect::shadow`).
+const PROBED: u8 = 4;
 
 /// Detector state of one session.
 #[derive(Default, Debug)]
@@ -99,6 +102,15 @@ impl SessionState {
 
     pub fn taint(&mut self) {
         self.flags |= TAINTED;
+    }
+
+    /// Whether the session already probed for paths that do not exist (see `detect::shadow`).
+    pub fn probed(&self) -> bool {
+        self.flags & PROBED != 0
+    }
+
+    pub fn mark_probed(&mut self) {
+        self.flags |= PROBED;
     }
 
     pub fn unlikely_op(&self) -> Option<u16> {

@@ -1,27 +1,79 @@
-//! Unknown endpoint (shadow API probing): once the inventory is mature, an operation that the
-//! model never saw succeed (and that no declaration names) is flagged.
+//! Unknown endpoint (shadow API probing). An operation that no declaration names and that the
+//! model has seen succeed fewer than `minEndpointRequests` times is not refused for its rarity
+//! alone: every real API has a long tail of honest operations (a password change, a yearly
+//! statement, an endpoint a new release added) that learning saw too rarely. It is refused only
+//! with evidence that it is not a real part of the API for honest clients:
+//!
+//! - its path does not fit the learned resource structure: no learned operation shares its
+//!   parent path (an unknown prefix such as `/actuator/env` or `/api/v1/admin/users`, a new
+//!   top-level name), nor is it another method of a learned path;
+//! - the session already probed: an earlier request of it to an operation outside the
+//!   inventory was answered 404/405 by the application (`SessionState::probed`);
+//! - the session was already flagged by any detector (it is not "otherwise normal");
+//! - it is the session's first request: nothing shows a normal client yet (honest clients
+//!   reach a rare operation through the app, after other requests; a one-request scanner
+//!   session does not).
+//!
+//! Otherwise (a templated sibling, a new name under a learned collection, a rarely used method
+//! of a known resource, from a clean session) the request goes through and is judged by its
+//! answer, because the decision to block is made before the application answers: a 404/405
+//! marks the session as probing and taints it (its later unknown operations are refused, it
+//! teaches nothing); a success from an untainted session is learned like any other traffic, so
+//! the operation is *discovered*: it enters the inventory with its first-seen time and counts
+//! (`OperationStats::discovered_ms`, `GET /v1/model`). Overflow and unknown operations (the
+//! template caps reached, or template learning off) carry no structure and stay refused.
 
 use serde_json::json;
 
 use crate::config::DetectorConfig;
 use crate::finding::{Finding, FindingKind, Severity};
+use crate::model::LearnedModel;
 use crate::operation::OperationOrigin;
 
 use super::context::{Judged, finding};
+use super::session_state::SessionState;
 
-pub fn check(j: &Judged<'_>, config: &DetectorConfig) -> Option<Finding> {
-    if j.ctx.operation.origin == OperationOrigin::Declared {
-        return None;
-    }
+/// Whether an operation of this origin with `learned` successful requests is outside the
+/// learned inventory (a shadow-endpoint candidate).
+pub fn outside_inventory(
+    origin: OperationOrigin,
+    learned: u64,
+    min_endpoint_requests: u64,
+) -> bool {
+    origin != OperationOrigin::Declared && learned < min_endpoint_requests
+}
+
+pub fn check(j: &Judged<'_>, config: &DetectorConfig, state: &SessionState) -> Option<Finding> {
     let learned = j.op_stats().map_or(0, |s| s.requests);
-    if learned >= j.learning.min_endpoint_requests {
+    let min = j.learning.min_endpoint_requests;
+    if !outside_inventory(j.ctx.operation.origin, learned, min) {
         return None;
     }
+    let fits = j.ctx.operation.origin == OperationOrigin::Learned
+        && fits_structure(j.model, j.template(), min);
+    let reason = if !fits {
+        match j.ctx.operation.origin {
+            OperationOrigin::Overflow => "the path is beyond the learned template caps",
+            OperationOrigin::Unknown => "template learning is off and no declaration names it",
+            _ => {
+                "its path does not fit the learned resource structure (no learned operation under its parent path)"
+            }
+        }
+    } else if state.probed() {
+        "the session already requested paths the application answered as not existing (404/405)"
+    } else if state.tainted() {
+        "the session was already flagged"
+    } else if state.seen() == 0 {
+        "it is the session's first request (nothing shows a normal client)"
+    } else {
+        // Fits the learned structure, clean session: judged by the application's answer.
+        return None;
+    };
     let known = j
         .model
         .operations
         .iter()
-        .filter(|o| o.requests >= j.learning.min_endpoint_requests)
+        .filter(|o| o.requests >= min)
         .count();
     let origin = match j.ctx.operation.origin {
         OperationOrigin::Overflow => "overflow",
@@ -29,7 +81,7 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig) -> Option<Finding> {
         _ => "learned",
     };
     let explanation = format!(
-        "requested {} {}, an endpoint outside the learned inventory of {} operations (learned from {} requests{})",
+        "requested {} {}, an endpoint outside the learned inventory of {} operations (learned from {} requests{}); refused because {reason}",
         j.ctx.method,
         path_of(j.template()),
         known,
@@ -45,6 +97,9 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig) -> Option<Finding> {
         "origin": origin,
         "learnedRequests": learned,
         "knownOperations": known,
+        "fitsStructure": fits,
+        "sessionProbed": state.probed(),
+        "sessionFlagged": state.tainted(),
     });
     Some(finding(
         FindingKind::ShadowEndpoint,
@@ -55,7 +110,92 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig) -> Option<Finding> {
     ))
 }
 
+/// A template's method and path segments (`GET /a/{var1}` → `GET`, `[a, {var1}]`).
+fn split(template: &str) -> (&str, Vec<&str>) {
+    let (method, path) = template.split_once(' ').unwrap_or(("", template));
+    (method, path.split('/').filter(|s| !s.is_empty()).collect())
+}
+
+fn is_param(segment: &str) -> bool {
+    segment.starts_with('{')
+}
+
+/// A candidate segment against a learned one: a learned parameter takes any value (a new name
+/// under a learned collection), a literal only itself.
+fn segment_fits(candidate: &str, learned: &str) -> bool {
+    is_param(learned) || candidate == learned || (is_param(candidate) && is_param(learned))
+}
+
+/// Whether `template` fits the learned resource structure: another method of a learned path,
+/// or a path whose parent is a node of the learned tree (a prefix of a learned operation's
+/// path, at least one segment long). Only operations in the inventory vouch.
+pub fn fits_structure(model: &LearnedModel, template: &str, min_endpoint_requests: u64) -> bool {
+    let (_, segments) = split(template);
+    let parent = segments.len().saturating_sub(1);
+    model
+        .operations
+        .iter()
+        .filter(|o| o.requests >= min_endpoint_requests && o.template != template)
+        .any(|o| {
+            let (_, learned) = split(&o.template);
+            let same_path = learned.len() == segments.len()
+                && segments
+                    .iter()
+                    .zip(&learned)
+                    .all(|(c, l)| segment_fits(c, l));
+            let sibling = parent > 0
+                && learned.len() >= parent
+                && segments
+                    .iter()
+                    .zip(&learned)
+                    .take(parent)
+                    .all(|(c, l)| segment_fits(c, l));
+            same_path || sibling
+        })
+}
+
 /// The path part of a template (`GET /x` → `/x`).
 fn path_of(template: &str) -> &str {
     template.split_once(' ').map_or(template, |(_, path)| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(templates: &[(&str, u64)]) -> LearnedModel {
+        let mut m = LearnedModel::default();
+        for (t, requests) in templates {
+            let i = m.op_index_or_insert(t, 1).unwrap();
+            m.operation_mut(i).unwrap().requests = *requests;
+        }
+        m
+    }
+
+    #[test]
+    fn structure_fit_follows_the_learned_tree() {
+        let m = model(&[
+            ("GET /users/v1/{var1}", 500),
+            ("GET /api/v1/accounts", 900),
+            ("GET /api/v1/accounts/{var1}/balance", 900),
+            ("GET /login", 900),
+            ("PUT /users/v1/{var1}/email", 2),
+        ]);
+        let fits = |t: &str| fits_structure(&m, t, 3);
+        // A rare method of a known resource, a sub-resource of a known one, a new name.
+        assert!(fits("PUT /users/v1/{var1}/password"));
+        assert!(fits("DELETE /users/v1/{var1}"));
+        assert!(fits("GET /users/v1/alice"));
+        assert!(fits("GET /api/v1/accounts/{var1}/statements"));
+        assert!(fits("POST /api/v1/payees"));
+        // Unknown prefixes and new top-level names.
+        assert!(!fits("GET /api/v1/admin/users"));
+        assert!(!fits("GET /actuator/env"));
+        assert!(!fits("GET /admin"));
+        assert!(!fits("GET /api/v2/accounts/{var1}/x"));
+        // Another method of a top-level path is a known resource.
+        assert!(fits("POST /login"));
+        // An operation below the inventory threshold does not vouch for others.
+        assert!(!fits("GET /users/v1/{var1}/email/history"));
+    }
 }

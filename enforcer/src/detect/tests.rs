@@ -600,3 +600,76 @@ fn an_early_enumerator_does_not_hide_a_later_one() {
     let first = enumerate(&mut h, "jwt:sub=later").expect("the later enumeration is caught");
     assert!((7..=9).contains(&first), "detected after {first} ids");
 }
+
+/// The long tail: after maturity, a rare operation that fits the learned structure is not
+/// flagged for a clean session and is discovered (learned, listed); an unknown prefix is
+/// flagged at once; a session that got a 404 on an unknown path is flagged on the next one and
+/// teaches nothing; the sequence detector does not judge an operation learned from too few
+/// requests, and the view says so.
+#[test]
+fn rare_operations_are_discovered_and_probes_still_flagged() {
+    let mut h = Harness::new(small_api());
+    // A rare operation seen twice while learning.
+    h.send(req("jwt:sub=early-1", "GET /accounts"));
+    h.send(req("jwt:sub=early-1", "PUT /accounts/{id}/nickname").with_path("id", "1000"));
+    h.send(req("jwt:sub=early-2", "GET /accounts"));
+    h.send(req("jwt:sub=early-2", "PUT /accounts/{id}/nickname").with_path("id", "1002"));
+    h.train(200);
+    let rare = "PUT /accounts/{id}/nickname";
+    for user in 0..3u32 {
+        let s = format!("jwt:sub=tail-{user}");
+        h.send(req(&s, "GET /accounts"));
+        let account = format!("{}", 1000 + user * 2);
+        let f = h.send(req(&s, rare).with_path("id", &account));
+        assert!(f.is_empty(), "rare operation under a known resource: {f:?}");
+    }
+    // A brand-new operation of a known resource, from a clean session.
+    let s = "jwt:sub=release";
+    h.send(req(s, "GET /accounts"));
+    let f = h.send(req(s, "GET /accounts/{id}/statements").with_path("id", "1000"));
+    assert!(f.is_empty(), "new endpoint of a new release: {f:?}");
+    let model = h.model();
+    let stats = model.operation(model.op_index(rare).unwrap()).unwrap();
+    assert_eq!(stats.requests, 5, "learned from after maturity");
+    assert!(stats.discovered_ms > 0);
+    let view = h.analyzer.view();
+    assert!(
+        view.discovered
+            .iter()
+            .any(|d| d.operation == "GET /accounts/{id}/statements" && d.requests == 1),
+        "{:?}",
+        view.discovered
+    );
+    let not_judged = view
+        .not_yet_judged
+        .iter()
+        .find(|n| n.operation == rare)
+        .unwrap();
+    assert!(
+        not_judged
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("unlikelySequence")),
+        "{not_judged:?}"
+    );
+
+    // Unknown prefix: flagged at once.
+    let f = h.send(req("jwt:sub=probe-a", "GET /admin/users").status(404));
+    assert!(kinds(&f).contains(&FindingKind::ShadowEndpoint), "{f:?}");
+    // Fits the structure, answered 404: not flagged, but the next unknown path is.
+    let s = "jwt:sub=probe-b";
+    h.send(req(s, "GET /accounts"));
+    let f = h.send(
+        req(s, "GET /accounts/{id}/keys")
+            .with_path("id", "1000")
+            .status(404),
+    );
+    assert!(f.is_empty(), "{f:?}");
+    let before = h.model();
+    let f = h.send(req(s, "GET /accounts/{id}/secrets").with_path("id", "1000"));
+    assert!(kinds(&f).contains(&FindingKind::ShadowEndpoint), "{f:?}");
+    assert!(f[0].explanation.contains("404/405"), "{}", f[0].explanation);
+    // The probing session teaches nothing, even a success.
+    h.send(req(s, "GET /accounts"));
+    assert_eq!(h.model().requests, before.requests);
+}

@@ -45,6 +45,33 @@ pub struct ModelView {
     pub top_sequences: Vec<SequenceView>,
     pub suggested_rules: Vec<SuggestedRule>,
     pub usage: UsageView,
+    /// Operations learned after maturity (new releases, the long tail), most recent first.
+    #[serde(default)]
+    pub discovered: Vec<DiscoveredView>,
+    /// Operations some detectors do not judge yet, and why (too little learned traffic).
+    #[serde(default)]
+    pub not_yet_judged: Vec<NotJudgedView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveredView {
+    pub operation: String,
+    pub discovered_ms: u64,
+    pub last_seen_ms: u64,
+    pub requests: u64,
+    /// Whether it has reached the inventory threshold (`minEndpointRequests`).
+    pub in_inventory: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotJudgedView {
+    pub operation: String,
+    pub requests: u64,
+    /// One entry per detector that does not judge the operation yet, e.g.
+    /// "volume: needs 41 more session windows".
+    pub reasons: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,7 +369,45 @@ pub fn model_view(
             interval: [round4(s.interval.0), round4(s.interval.1)],
         })
         .collect();
+    let mut discovered: Vec<DiscoveredView> = model
+        .operations
+        .iter()
+        .filter(|o| o.discovered_ms != 0)
+        .map(|o| DiscoveredView {
+            operation: o.template.clone(),
+            discovered_ms: o.discovered_ms,
+            last_seen_ms: o.last_seen_ms,
+            requests: o.requests,
+            in_inventory: o.requests >= learning.min_endpoint_requests,
+        })
+        .collect();
+    discovered.sort_by(|a, b| {
+        b.discovered_ms
+            .cmp(&a.discovered_ms)
+            .then_with(|| a.operation.cmp(&b.operation))
+    });
+    discovered.truncate(MAX_VIEW_ENDPOINTS);
+    let mut not_yet_judged: Vec<NotJudgedView> = model
+        .operations
+        .iter()
+        .filter_map(|o| {
+            let reasons = not_judged_reasons(o, learning, detectors);
+            (!reasons.is_empty()).then(|| NotJudgedView {
+                operation: o.template.clone(),
+                requests: o.requests,
+                reasons,
+            })
+        })
+        .collect();
+    not_yet_judged.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then_with(|| a.operation.cmp(&b.operation))
+    });
+    not_yet_judged.truncate(MAX_VIEW_ENDPOINTS);
     ModelView {
+        discovered,
+        not_yet_judged,
         analyzer: "learned".to_owned(),
         requests: model.requests,
         sessions: model.sessions,
@@ -364,6 +429,52 @@ pub fn model_view(
             approx_bytes: model.sequences.approx_bytes() + model.operations.len() * 512,
         },
     }
+}
+
+/// Why detectors do not judge operation `o` yet (empty when every enabled one does).
+fn not_judged_reasons(
+    o: &crate::model::OperationStats,
+    learning: &LearningConfig,
+    detectors: &DetectorsConfig,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if detectors.shadow_endpoint.enabled && o.requests < learning.min_endpoint_requests {
+        reasons.push(format!(
+            "shadowEndpoint: outside the inventory ({} of {} successful requests); refused only with evidence of probing",
+            o.requests, learning.min_endpoint_requests
+        ));
+    }
+    if o.requests < learning.min_operation_requests {
+        let more = learning.min_operation_requests - o.requests;
+        if detectors.request_shape.enabled {
+            reasons.push(format!(
+                "requestShape: unknown and missing fields need {more} more requests"
+            ));
+        }
+        if detectors.unlikely_sequence.enabled {
+            reasons.push(format!(
+                "unlikelySequence: needs {more} more requests before its steps are judged"
+            ));
+        }
+    }
+    let windows = o.volume.windows();
+    if detectors.volume.enabled && windows < learning.min_volume_windows {
+        reasons.push(format!(
+            "volume: needs {} more session windows",
+            learning.min_volume_windows - windows
+        ));
+    }
+    let object_windows = o.objects.windows();
+    if detectors.enumeration.enabled
+        && object_windows > 0
+        && object_windows < learning.min_volume_windows
+    {
+        reasons.push(format!(
+            "enumeration: needs {} more session windows",
+            learning.min_volume_windows - object_windows
+        ));
+    }
+    reasons
 }
 
 fn round4(value: f64) -> f64 {

@@ -22,6 +22,11 @@ pub struct OperationStats {
     pub status: BTreeMap<u16, u64>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
+    /// When the operation was first learned after the model was mature (a *discovered*
+    /// operation: a new release's endpoint, the long tail of rare operations); 0 when it was
+    /// learned while the model was still learning. Merged as the earliest non-zero time.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub discovered_ms: u64,
     #[serde(default)]
     pub shape: ShapeProfile,
     /// Requests per session per 10-minute window.
@@ -36,6 +41,10 @@ pub struct OperationStats {
     /// 401/403 answers.
     #[serde(default)]
     pub auth_failures: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl OperationStats {
@@ -79,6 +88,11 @@ impl OperationStats {
             (mine, theirs) => mine.min(theirs),
         };
         self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
+        self.discovered_ms = match (self.discovered_ms, other.discovered_ms) {
+            (0, theirs) => theirs,
+            (mine, 0) => mine,
+            (mine, theirs) => mine.min(theirs),
+        };
         self.shape.merge(&other.shape, caps);
         self.volume.merge(&other.volume);
         self.objects.merge(&other.objects);

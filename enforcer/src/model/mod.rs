@@ -230,6 +230,23 @@ impl LearnedModel {
     /// Adds `other` to this model: exact by addition for every count (sketches merge by
     /// register maximum, value sets by union), within this model's caps.
     pub fn merge(&mut self, other: &LearnedModel) {
+        self.merge_renamed(other, &|_| None);
+    }
+
+    /// This model with operations renamed by `rename` (old template → new template; `None`
+    /// keeps the name), the statistics of operations that get the same name added together
+    /// and sequence contexts translated: how literal templates folded into a parameter
+    /// (`OperationResolver::fold`) keep what was learned under them. Deterministic, so that
+    /// every replica that applies the same renames to the same counts gets the same model.
+    pub fn renamed(&self, rename: &dyn Fn(&str) -> Option<String>) -> LearnedModel {
+        let mut out = LearnedModel::new(self.caps);
+        out.merge_renamed(self, rename);
+        out.first_seen_ms = self.first_seen_ms;
+        out.last_seen_ms = self.last_seen_ms;
+        out
+    }
+
+    fn merge_renamed(&mut self, other: &LearnedModel, rename: &dyn Fn(&str) -> Option<String>) {
         let shape_caps = self.caps.shape();
         self.requests += other.requests;
         self.sessions += other.sessions;
@@ -239,7 +256,9 @@ impl LearnedModel {
         self.touch(other.last_seen_ms);
         let mut translation: Vec<Option<u16>> = Vec::with_capacity(other.operations.len());
         for theirs in &other.operations {
-            let mine = self.op_index_or_insert(&theirs.template, theirs.first_seen_ms);
+            let name = rename(&theirs.template);
+            let template = name.as_deref().unwrap_or(&theirs.template);
+            let mine = self.op_index_or_insert(template, theirs.first_seen_ms);
             match mine.and_then(|i| self.operations.get_mut(usize::from(i))) {
                 Some(stats) => stats.merge(theirs, &shape_caps),
                 None => self.dropped_operations += theirs.requests,

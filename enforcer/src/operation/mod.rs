@@ -47,7 +47,8 @@ pub use paths::{
 };
 pub use query::{QueryPairs, parse_query, parse_request_query};
 pub use resolver::{
-    DeclaredSet, OperationResolver, OperationsConfig, Resolved, ResolverStats, Template,
+    DeclaredSet, OperationResolver, OperationsConfig, Resolved, ResolverStats, SaturatedPosition,
+    Template,
 };
 pub use shape::{MAX_LITERAL_SEGMENT_BYTES, looks_variable};
 pub use target::{CanonicalTarget, canonical_target, check_method};

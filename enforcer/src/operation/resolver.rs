@@ -150,6 +150,21 @@ fn learned_bytes(new_literals: usize, key: &str, display: &str) -> usize {
     new_literals + 2 * (key.len() + display.len())
 }
 
+/// A path position that saturated (more distinct names than `maxValuesPerPosition`) while it
+/// still holds literal branches learned before it did: candidates for a retroactive fold into
+/// the position's parameter (see [`OperationResolver::fold`]).
+#[derive(Debug, Clone)]
+pub struct SaturatedPosition {
+    /// The position's node (an opaque handle for `fold`).
+    pub node: u32,
+    /// Segments before the position.
+    pub depth: usize,
+    /// Each literal branch with the templates below it (the literal's own included).
+    pub literals: Vec<(Box<str>, Vec<Arc<str>>)>,
+    /// Templates below the position's parameter branch.
+    pub param_templates: Vec<Arc<str>>,
+}
+
 /// Counters exposed by `/v1/model` and the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -540,6 +555,118 @@ impl OperationResolver {
     }
 }
 
+impl OperationResolver {
+    pub fn max_values_per_position(&self) -> usize {
+        self.config.max_values_per_position
+    }
+
+    /// Saturated positions that still hold literal branches, reachable from the root.
+    pub fn saturated_positions(&self) -> Vec<SaturatedPosition> {
+        let tree = self.tree.read();
+        let mut out = Vec::new();
+        // (node, depth), depth-first.
+        let mut stack = vec![(0u32, 0usize)];
+        while let Some((idx, depth)) = stack.pop() {
+            let Some(node) = tree.nodes.get(idx as usize) else {
+                continue;
+            };
+            stack.extend(node.literals.values().map(|c| (*c, depth + 1)));
+            stack.extend(node.param.map(|p| (p, depth + 1)));
+            if node.saturated && !node.literals.is_empty() {
+                let literals = node
+                    .literals
+                    .iter()
+                    .map(|(name, child)| (name.clone(), subtree_templates(&tree, *child)))
+                    .collect();
+                let param_templates = node
+                    .param
+                    .map(|p| subtree_templates(&tree, p))
+                    .unwrap_or_default();
+                out.push(SaturatedPosition {
+                    node: idx,
+                    depth,
+                    literals,
+                    param_templates,
+                });
+            }
+        }
+        out
+    }
+
+    /// Folds the literal branches `names` of a saturated position into its parameter: their
+    /// paths resolve to the parameter's templates from now on (created when missing), and
+    /// their templates leave the inventory. Returns each removed template with the template
+    /// its paths resolve to now, so that the model can merge their statistics
+    /// (`LearnedModel::renamed`). The orphaned nodes stay allocated (bounded by `max_nodes`).
+    pub fn fold(&self, node: u32, names: &[Box<str>]) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut removed: Vec<Arc<str>> = Vec::new();
+        {
+            let mut tree = self.tree.write();
+            for name in names {
+                let Some(child) = tree
+                    .nodes
+                    .get_mut(node as usize)
+                    .filter(|n| n.saturated)
+                    .and_then(|n| n.literals.remove(name))
+                else {
+                    continue;
+                };
+                let mut stack = vec![child];
+                while let Some(idx) = stack.pop() {
+                    let Some(n) = tree.nodes.get_mut(idx as usize) else {
+                        continue;
+                    };
+                    removed.extend(n.ends.drain(..).map(|(_, t)| t.op.template.clone()));
+                    stack.extend(n.literals.values().copied());
+                    stack.extend(n.param);
+                }
+            }
+        }
+        {
+            let mut registry = self.registry.lock();
+            registry.learned = registry.learned.saturating_sub(removed.len());
+        }
+        removed
+            .into_iter()
+            .filter_map(|old| {
+                let (method, path) = old.split_once(' ')?;
+                let method = http::Method::from_bytes(method.as_bytes()).ok()?;
+                // A parameter's value: any id-like segment takes the parameter branch.
+                let mut concrete: String = split_path(path)
+                    .map(|seg| {
+                        if seg.starts_with('{') {
+                            "/0".to_owned()
+                        } else {
+                            format!("/{seg}")
+                        }
+                    })
+                    .collect();
+                if concrete.is_empty() {
+                    concrete.push('/');
+                }
+                let mut segments = Vec::new();
+                let new = self.resolve(&method, &concrete, &mut segments).template;
+                (new.op.template != old).then(|| (old, new.op.template.clone()))
+            })
+            .collect()
+    }
+}
+
+/// Display forms of the templates ending at or below node `idx`.
+fn subtree_templates(tree: &LearnedTree, idx: u32) -> Vec<Arc<str>> {
+    let mut out = Vec::new();
+    let mut stack = vec![idx];
+    while let Some(i) = stack.pop() {
+        let Some(n) = tree.nodes.get(i as usize) else {
+            continue;
+        };
+        out.extend(n.ends.iter().map(|(_, t)| t.op.template.clone()));
+        stack.extend(n.literals.values().copied());
+        stack.extend(n.param);
+    }
+    out
+}
+
 fn push_node(tree: &mut LearnedTree, max_nodes: usize) -> Option<u32> {
     if tree.nodes.len() >= max_nodes {
         return None;
@@ -636,6 +763,56 @@ mod tests {
         assert_eq!(
             &*resolve(&r, "GET", "/users/alice/profile").op.template,
             "GET /users/alice/profile"
+        );
+    }
+
+    #[test]
+    fn folded_literals_resolve_to_the_parameter() {
+        let cfg = OperationsConfig {
+            max_values_per_position: 4,
+            ..OperationsConfig::default()
+        };
+        let r = OperationResolver::new(&cfg);
+        for name in ["alice", "bob", "carol", "dave", "erin"] {
+            resolve(&r, "GET", &format!("/users/{name}/profile"));
+        }
+        resolve(&r, "GET", "/users/me/profile");
+        let positions = r.saturated_positions();
+        assert_eq!(positions.len(), 1, "{positions:?}");
+        let p = &positions[0];
+        assert_eq!(p.depth, 1);
+        assert_eq!(p.literals.len(), 4);
+        assert_eq!(&*p.param_templates[0], "GET /users/{var1}/profile");
+        let alice = p
+            .literals
+            .iter()
+            .find(|(n, _)| &**n == "alice")
+            .map(|(_, t)| t.clone())
+            .unwrap();
+        assert_eq!(&*alice[0], "GET /users/alice/profile");
+        let learned = r.stats().learned_templates;
+        let names: Vec<Box<str>> = ["alice", "bob", "carol"].map(Box::from).to_vec();
+        let renames = r.fold(p.node, &names);
+        assert_eq!(renames.len(), 3);
+        assert!(
+            renames
+                .iter()
+                .all(|(_, new)| &**new == "GET /users/{var1}/profile")
+        );
+        assert_eq!(r.stats().learned_templates, learned - 3);
+        assert_eq!(
+            &*resolve(&r, "GET", "/users/alice/profile").op.template,
+            "GET /users/{var1}/profile"
+        );
+        // Kept literals stay.
+        assert_eq!(
+            &*resolve(&r, "GET", "/users/dave/profile").op.template,
+            "GET /users/dave/profile"
+        );
+        assert!(
+            !r.inventory()
+                .iter()
+                .any(|o| &*o.template == "GET /users/alice/profile")
         );
     }
 

@@ -20,6 +20,7 @@ pub(super) async fn housekeeping(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut next_shard = 0;
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -45,11 +46,19 @@ pub(super) async fn housekeeping(
                 }
             }
         }
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(FOLD_PERIOD_S) {
+            shared.analyzer.fold_templates(&shared.resolver);
+        }
         shared.upstream.evict_idle();
         sweep_sessions(&shared, &mut next_shard).await;
         shared.refresh_gauges();
     }
 }
+
+/// Seconds between checks for literal path names to fold into a parameter
+/// (`Analyzer::fold_templates`).
+const FOLD_PERIOD_S: u64 = 5;
 
 /// Seconds over which housekeeping sweeps the whole session table once.
 const SWEEP_PERIOD_S: usize = 10;

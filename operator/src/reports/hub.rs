@@ -43,6 +43,10 @@ pub struct ProtectionReports {
 pub struct Accepted {
     pub answer: ReportAnswer,
     pub new_incidents: Vec<IncidentReport>,
+    /// Operations the merged model marks as discovered for the first time with this report
+    /// (learned after maturity: the long tail, a new release's endpoint), with their
+    /// discovery time (unix ms).
+    pub discovered: Vec<(String, u64)>,
 }
 
 /// Shared report state of every protection; see the module docs.
@@ -173,9 +177,11 @@ impl ReportHub {
             .get(&report.instance)
             .map_or(0, |i| i.applied_sequence);
         let mut applied = false;
+        let mut discovered = Vec::new();
         if report.sequence > applied_before && !report.model_delta.is_empty() {
             let delta =
                 LearnedModel::from_bytes(&report.model_delta).map_err(ModelProblem::from)?;
+            discovered = newly_discovered(&reports.model, &delta);
             reports.model.merge(&delta);
             self.metrics
                 .merge_bytes
@@ -201,6 +207,7 @@ impl ReportHub {
                 model: model_bytes,
             },
             new_incidents,
+            discovered,
         })
     }
 
@@ -284,6 +291,32 @@ impl ReportHub {
         }
     }
 
+    /// Publishes an Event for each operation discovered (at most 10 per report).
+    pub async fn publish_discovered(
+        &self,
+        recorder: &Recorder,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        discovered: &[(String, u64)],
+    ) {
+        for (operation, _) in discovered.iter().take(10) {
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "EndpointDiscovered".into(),
+                note: Some(truncate(
+                    &format!(
+                        "new endpoint discovered: {operation} was learned after the model matured (successful requests of clean sessions)"
+                    ),
+                    1000,
+                )),
+                action: "Learn".into(),
+                secondary: None,
+            };
+            if let Err(err) = recorder.publish(&event, reference).await {
+                tracing::warn!(error = %err, "publishing a discovery Event failed");
+            }
+        }
+    }
+
     /// Publishes an Event for each new incident on the ApiProtection.
     pub async fn publish_incidents(
         &self,
@@ -314,5 +347,44 @@ impl ReportHub {
     /// Whether this replica leads.
     pub fn is_leading(&self) -> bool {
         self.leading.load(Ordering::Relaxed)
+    }
+}
+
+/// Operations `delta` marks as discovered that `merged` does not know as discovered yet.
+fn newly_discovered(merged: &LearnedModel, delta: &LearnedModel) -> Vec<(String, u64)> {
+    delta
+        .operations
+        .iter()
+        .filter(|op| op.discovered_ms != 0)
+        .filter(|op| {
+            merged
+                .op_index(&op.template)
+                .and_then(|i| merged.operation(i))
+                .is_none_or(|known| known.discovered_ms == 0)
+        })
+        .map(|op| (op.template.clone(), op.discovered_ms))
+        .collect()
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    #[test]
+    fn a_discovery_is_reported_once() {
+        let mut merged = LearnedModel::default();
+        let mut delta = LearnedModel::default();
+        for (m, discovered) in [(&mut merged, 0), (&mut delta, 7)] {
+            let i = m
+                .op_index_or_insert("PUT /users/{var1}/password", 1)
+                .unwrap();
+            m.operation_mut(i).unwrap().discovered_ms = discovered;
+        }
+        assert_eq!(
+            newly_discovered(&merged, &delta),
+            vec![("PUT /users/{var1}/password".to_owned(), 7)]
+        );
+        merged.merge(&delta);
+        assert!(newly_discovered(&merged, &delta).is_empty());
     }
 }

@@ -185,6 +185,12 @@ impl Endpoint {
                     incidents = report.incidents.len(),
                     "report merged"
                 );
+                if !accepted.discovered.is_empty() {
+                    let reference = protection.object_ref(&());
+                    self.hub
+                        .publish_discovered(&self.recorder, &reference, &accepted.discovered)
+                        .await;
+                }
                 if !accepted.new_incidents.is_empty() {
                     let reference = protection.object_ref(&());
                     self.hub
