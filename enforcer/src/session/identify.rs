@@ -282,16 +282,11 @@ impl SessionIdentifiers {
         // Cached until `exp` (a non-integer `exp` is not cached at all).
         let exp = claims.get("exp");
         if self.verifier.is_some() && exp.is_none_or(|e| e.as_u64().is_some()) {
-            let exp = exp.and_then(serde_json::Value::as_u64);
-            self.tokens.insert(
-                epoch,
-                claim,
-                token,
-                value.as_deref(),
-                exp,
-                self.leeway_s,
-                now_s,
-            );
+            let expires_s = exp
+                .and_then(serde_json::Value::as_u64)
+                .map(|exp| exp.saturating_add(self.leeway_s));
+            self.tokens
+                .insert(epoch, claim, token, value.as_deref(), expires_s, now_s);
         }
         let Some(value) = value else {
             return Ok(JwtOutcome::Absent);

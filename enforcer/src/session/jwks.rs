@@ -235,7 +235,10 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 enum Fetcher {
     File(std::path::PathBuf),
-    Uri { uri: http::Uri, client: HttpsClient },
+    Uri {
+        uri: http::Uri,
+        client: Box<HttpsClient>,
+    },
 }
 
 impl Fetcher {
@@ -436,7 +439,7 @@ impl JwksSource {
             (Some(path), None) => Fetcher::File(path.clone()),
             (None, Some(uri)) => Fetcher::Uri {
                 uri: uri.parse().map_err(|_| JwksError::Source)?,
-                client: https_client(config.ca_file.as_deref())?,
+                client: Box::new(https_client(config.ca_file.as_deref())?),
             },
             _ => return Err(JwksError::Source),
         };

@@ -142,23 +142,23 @@ impl VerifiedTokens {
         Cached::Valid(value)
     }
 
-    /// Remembers a verified token: `exp` is its expiry claim (unix seconds) when it has one.
+    /// Remembers a verified token: `expires_s` is its expiry claim plus the tolerated clock
+    /// skew (unix seconds) when it has one.
     pub fn insert(
         &self,
         epoch: u64,
         claim: &str,
         token: &str,
         value: Option<&str>,
-        exp: Option<u64>,
-        leeway_s: u64,
+        expires_s: Option<u64>,
         now_s: u64,
     ) {
         if self.generation_cap == 0 || token.len() > MAX_TOKEN_LEN {
             return;
         }
         let mut valid_until_s = now_s.saturating_add(MAX_AGE_S);
-        if let Some(exp) = exp {
-            valid_until_s = valid_until_s.min(exp.saturating_add(leeway_s));
+        if let Some(expires_s) = expires_s {
+            valid_until_s = valid_until_s.min(expires_s);
         }
         if valid_until_s < now_s {
             return;
@@ -207,7 +207,7 @@ mod tests {
     fn hit_miss_and_expiry() {
         let cache = VerifiedTokens::new(1024);
         assert_eq!(cache.get(0, "sub", "t1", 100), Cached::Unknown);
-        cache.insert(0, "sub", "t1", Some("alice"), Some(150), 10, 100);
+        cache.insert(0, "sub", "t1", Some("alice"), Some(160), 100);
         assert_eq!(
             cache.get(0, "sub", "t1", 100),
             Cached::Valid(Some("alice".into()))
@@ -224,14 +224,14 @@ mod tests {
         );
         assert_eq!(cache.get(0, "sub", "t1", 161), Cached::Unknown);
         // Without exp: at most MAX_AGE_S.
-        cache.insert(0, "sub", "t3", None, None, 0, 1000);
+        cache.insert(0, "sub", "t3", None, None, 1000);
         assert_eq!(
             cache.get(0, "sub", "t3", 1000 + MAX_AGE_S),
             Cached::Valid(None)
         );
         assert_eq!(cache.get(0, "sub", "t3", 1001 + MAX_AGE_S), Cached::Unknown);
         // Already expired: not stored.
-        cache.insert(0, "sub", "t4", Some("bob"), Some(10), 0, 100);
+        cache.insert(0, "sub", "t4", Some("bob"), Some(10), 100);
         assert_eq!(cache.get(0, "sub", "t4", 100), Cached::Unknown);
     }
 
@@ -239,9 +239,9 @@ mod tests {
     fn bounded_with_recent_entries_kept() {
         let capacity = 2 * SHARDS * 8;
         let cache = VerifiedTokens::new(capacity);
-        cache.insert(0, "sub", "hot", Some("hot"), None, 0, 0);
+        cache.insert(0, "sub", "hot", Some("hot"), None, 0);
         for i in 0..10_000 {
-            cache.insert(0, "sub", &format!("token-{i}"), Some("x"), None, 0, 0);
+            cache.insert(0, "sub", &format!("token-{i}"), Some("x"), None, 0);
             // A token in use stays: every hit moves it into the current generation.
             assert_eq!(
                 cache.get(0, "sub", "hot", 0),
@@ -263,7 +263,7 @@ mod tests {
         let cache = VerifiedTokens::new(capacity_for(10_000));
         let active = 8_000;
         for i in 0..active {
-            cache.insert(0, "sub", &format!("token-{i}"), Some("x"), None, 0, 0);
+            cache.insert(0, "sub", &format!("token-{i}"), Some("x"), None, 0);
         }
         for round in 0..3 {
             let hits = (0..active)
@@ -278,11 +278,11 @@ mod tests {
     #[test]
     fn disabled_and_oversized() {
         let cache = VerifiedTokens::new(0);
-        cache.insert(0, "sub", "t", Some("a"), None, 0, 0);
+        cache.insert(0, "sub", "t", Some("a"), None, 0);
         assert_eq!(cache.get(0, "sub", "t", 0), Cached::Unknown);
         let cache = VerifiedTokens::new(1024);
         let long = "x".repeat(MAX_TOKEN_LEN + 1);
-        cache.insert(0, "sub", &long, Some("a"), None, 0, 0);
+        cache.insert(0, "sub", &long, Some("a"), None, 0);
         assert!(cache.is_empty());
     }
 }
