@@ -460,6 +460,19 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     errors.into_result()
 }
 
+/// Whether `authority` names a port that is not 1 to 65535.
+fn bad_port(authority: &http::uri::Authority) -> bool {
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    // After an IPv6 literal's `]`, or the whole host otherwise.
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    after_host.contains(':') && authority.port_u16().is_none_or(|p| p == 0)
+}
+
 fn validate_jwks(jwks: &super::JwksConfig, errors: &mut ValidationErrors) {
     const PATH: &str = "session.jwtVerification.jwks";
     match (&jwks.file, &jwks.uri) {
@@ -469,6 +482,12 @@ fn validate_jwks(jwks: &super::JwksConfig, errors: &mut ValidationErrors) {
             }
         }
         (None, Some(uri)) => match uri.parse::<http::Uri>() {
+            // `http::Uri` accepts any digits as a port (and then reports none); every fetch
+            // would fail.
+            Ok(u) if u.authority().is_some_and(bad_port) => errors.push(
+                format!("{PATH}.uri"),
+                format!("invalid URL {uri:?}: the port must be 1 to 65535"),
+            ),
             Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
             Ok(_) => errors.push(
                 format!("{PATH}.uri"),

@@ -688,6 +688,12 @@ mod tests {
                 "spec.session.jwtVerification.jwks.uri",
                 "https://",
             ),
+            // Passes the CRD's pattern: only the webhook (this check) refuses it.
+            (
+                serde_json::json!({"jwks": {"uri": "https://idp.example:99999/certs"}}),
+                "spec.session.jwtVerification.jwks.uri",
+                "invalid URL",
+            ),
             (
                 serde_json::json!({"jwks": {"secretKeyRef": {"name": "k", "key": "k"},
                     "caConfigMapKeyRef": {"name": "ca", "key": "ca.crt"}}}),
