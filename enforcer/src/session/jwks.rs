@@ -575,6 +575,53 @@ mod tests {
         assert_eq!(keys[1].algorithms, &[Algorithm::EdDSA]);
     }
 
+    const ED_KEY: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"d","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
+    #[test]
+    fn a_reload_with_the_same_section_keeps_the_source_and_its_keys() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), ED_KEY).unwrap();
+        let config = JwksConfig {
+            file: Some(file.path().to_path_buf()),
+            uri: None,
+            ca_file: None,
+            refresh_interval: None,
+        };
+        let first = JwksSource::new(&config).unwrap();
+        let again = JwksSource::new(&config).unwrap();
+        assert!(Arc::ptr_eq(&first.shared, &again.shared));
+        assert_eq!(again.current().keys.len(), 1);
+        let other = JwksSource::new(&JwksConfig {
+            refresh_interval: Some(crate::config::Duration::from_secs(7)),
+            ..config.clone()
+        })
+        .unwrap();
+        assert!(!Arc::ptr_eq(&first.shared, &other.shared));
+        // Once every policy using it is gone, a new one reads the file anew.
+        let epoch = first.current().epoch;
+        drop((first, again));
+        assert!(JwksSource::new(&config).unwrap().current().epoch > epoch);
+    }
+
+    #[test]
+    fn early_refreshes_are_rate_limited() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), ED_KEY).unwrap();
+        let source = JwksSource::new(&JwksConfig {
+            file: Some(file.path().to_path_buf()),
+            uri: None,
+            ca_file: None,
+            refresh_interval: Some(crate::config::Duration::from_secs(3600)),
+        })
+        .unwrap();
+        source.request_refresh();
+        let first = source.shared.last_early_ms.load(Ordering::Relaxed);
+        assert_ne!(first, 0);
+        std::thread::sleep(Duration::from_millis(5));
+        source.request_refresh();
+        assert_eq!(source.shared.last_early_ms.load(Ordering::Relaxed), first);
+    }
+
     #[test]
     fn bad_documents_are_refused_with_the_reason() {
         assert!(parse_jwks(b"<html>").err().unwrap().contains("not a JWKS"));
