@@ -36,6 +36,10 @@ pub struct Metrics {
     pub operations_learned: IntGauge,
     /// Reports to the operator by result (`ok`, `failed`).
     pub reports: IntCounterVec,
+    /// JWKS reads and fetches by result (`ok`, `unchanged`, `failed`).
+    pub jwks_refreshes: IntCounterVec,
+    /// Keys of the JWKS in use.
+    pub jwks_keys: IntGauge,
 }
 
 fn counter_vec(
@@ -172,6 +176,17 @@ impl Metrics {
                 "Reports to the operator by result",
                 &["result"],
             )?,
+            jwks_refreshes: counter_vec(
+                &registry,
+                "ordo_jwks_refreshes_total",
+                "JWKS reads and fetches by result (ok: a new key set installed, unchanged, failed: the last good set kept)",
+                &["result"],
+            )?,
+            jwks_keys: gauge(
+                &registry,
+                "ordo_jwks_keys",
+                "Keys of the JWKS used to verify session tokens",
+            )?,
             registry,
         }
         .initialize())
@@ -186,6 +201,9 @@ impl Metrics {
         for result in ["ok", "failed"] {
             self.config_reloads.with_label_values(&[result]);
             self.reports.with_label_values(&[result]);
+        }
+        for result in ["ok", "unchanged", "failed"] {
+            self.jwks_refreshes.with_label_values(&[result]);
         }
         for policy in ["open", "closed"] {
             self.failure_policy.with_label_values(&[policy]);

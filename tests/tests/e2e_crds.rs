@@ -8,7 +8,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, CustomResourceExt, Resource};
 use ordo_operator::crd::examples::{
-    FULL_API_PROTECTION, FULL_SEQUENCE_RULES, MINIMAL_API_PROTECTION,
+    FULL_API_PROTECTION, FULL_SEQUENCE_RULES, JWKS_API_PROTECTIONS, MINIMAL_API_PROTECTION,
 };
 use ordo_operator::crd::{ApiProtection, ApiProtectionSpec, SequenceRule};
 use ordo_tests::e2e::{self, Diagnostics, yaml_documents};
@@ -350,6 +350,39 @@ fn invalid_resources() -> Vec<Invalid> {
             ],
         },
         Invalid {
+            what: "fixed keys and a JWKS at once",
+            manifest: protection_manifest(json!({
+                "target": target,
+                "session": {"jwtVerification": {"secretRef": {"name": "keys", "key": "k"}, "algorithms": ["RS256"], "jwks": {"uri": "https://idp.example/certs"}}},
+            })),
+            expect: &[
+                "spec.session.jwtVerification.jwks",
+                "set exactly one of secretRef (fixed keys) or jwks",
+            ],
+        },
+        Invalid {
+            what: "a JWKS with two sources",
+            manifest: protection_manifest(json!({
+                "target": target,
+                "session": {"jwtVerification": {"jwks": {"uri": "https://idp.example/certs", "configMapKeyRef": {"name": "idp", "key": "jwks.json"}}}},
+            })),
+            expect: &[
+                "spec.session.jwtVerification.jwks",
+                "set exactly one of configMapKeyRef, secretKeyRef or uri",
+            ],
+        },
+        Invalid {
+            what: "a JWKS over plain HTTP",
+            manifest: protection_manifest(json!({
+                "target": target,
+                "session": {"jwtVerification": {"jwks": {"uri": "http://idp.example/certs"}}},
+            })),
+            expect: &[
+                "spec.session.jwtVerification.jwks.uri",
+                "must be an https:// URL",
+            ],
+        },
+        Invalid {
             what: "X-Forwarded-For without trusted hops",
             manifest: protection_manifest(json!({
                 "target": target,
@@ -372,6 +405,32 @@ fn invalid_resources() -> Vec<Invalid> {
             ],
         },
     ]
+}
+
+/// The JWKS examples (one per source) pass the server's schema and CEL rules as they are.
+#[tokio::test]
+async fn jwks_examples_are_accepted() -> Result<()> {
+    let (_cluster, client, namespace) = setup("crds-jwks").await?;
+    let protections = dynamic::<ApiProtection>(&client, &namespace);
+    for (i, mut manifest) in documents(JWKS_API_PROTECTIONS)?.into_iter().enumerate() {
+        manifest["metadata"]["name"] = json!(format!("jwks-{i}"));
+        manifest["metadata"]["namespace"] = json!(namespace);
+        let object: DynamicObject = serde_json::from_value(manifest.clone())?;
+        let created = protections
+            .create(&PostParams::default(), &object)
+            .await
+            .with_context(|| format!("creating JWKS example {i}"))?;
+        // Stored as written (the server adds only the defaults `onInvalid` and `requireExp`).
+        let stored = serde_json::to_value(&created)?;
+        let written = &manifest["spec"]["session"]["jwtVerification"];
+        let stored = &stored["spec"]["session"]["jwtVerification"];
+        for field in ["jwks", "issuer", "audience"] {
+            if stored[field] != written[field] {
+                bail!("JWKS example {i}: {field} changed on the server: {stored}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::test]

@@ -1405,6 +1405,21 @@ async fn run_webhook_checks(client: &Client, ns: &str, operator: &Operator) -> a
     )?];
     assert_eq!(denial(protections.create(&dry, &limited).await), "allowed");
 
+    // A JWKS URL the CRD's pattern lets through but the enforcer could not use.
+    let mut jwks = limited.clone();
+    jwks.spec.session.jwt_verification = Some(serde_json::from_value(
+        json!({ "jwks": { "uri": "https://idp.example:99999/certs" } }),
+    )?);
+    let message = denial(protections.create(&dry, &jwks).await);
+    assert!(
+        message.contains("spec.session.jwtVerification.jwks.uri"),
+        "{message}"
+    );
+    jwks.spec.session.jwt_verification = Some(serde_json::from_value(
+        json!({ "jwks": { "uri": "https://idp.example:8443/certs" } }),
+    )?);
+    assert_eq!(denial(protections.create(&dry, &jwks).await), "allowed");
+
     // Updates are validated too.
     let mut existing = rules.get("balance-before-transfer").await?;
     existing

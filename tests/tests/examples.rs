@@ -78,7 +78,7 @@ fn bank_api_example_is_one_monitor_protection_with_two_rules() {
 
 #[test]
 fn examples_pass_the_operators_validation() {
-    for dir in ["examples/bank-api", "examples/cookbook"] {
+    for dir in ["examples/bank-api", "examples/cookbook", "examples/jwks"] {
         let mut manifests = load(dir);
         if dir == "examples/cookbook" {
             // Cookbook rules attach to the bank-api protection.

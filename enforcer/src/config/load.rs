@@ -89,6 +89,58 @@ rules:
     }
 
     #[test]
+    fn jwks_sections_are_checked_naming_the_field() {
+        let with = |jwt: &str| {
+            parse_yaml(&format!(
+                "upstream: {{ url: \"http://127.0.0.1:1\" }}\nsession:\n  jwtVerification: {jwt}\n"
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            with("{ jwks: { uri: \"https://idp.example/certs\" } }"),
+            Ok(())
+        );
+        assert_eq!(
+            with("{ jwks: { file: /etc/ordo/jwks/jwks.json, refreshInterval: 30s } }"),
+            Ok(())
+        );
+        for (jwt, expected) in [
+            (
+                "{ keys: [] }",
+                "session.jwtVerification.keys: must list at least one key",
+            ),
+            (
+                "{ jwks: { file: /a, uri: \"https://idp/certs\" } }",
+                "session.jwtVerification.jwks: exactly one of file, uri",
+            ),
+            (
+                "{ jwks: {} }",
+                "session.jwtVerification.jwks: exactly one of file, uri",
+            ),
+            (
+                "{ jwks: { uri: \"http://idp/certs\" } }",
+                "session.jwtVerification.jwks.uri: must be an https:// URL",
+            ),
+            (
+                "{ jwks: { uri: \"https://idp:70000/certs\" } }",
+                "session.jwtVerification.jwks.uri: invalid URL",
+            ),
+            (
+                "{ jwks: { file: /a, caFile: /ca.crt } }",
+                "session.jwtVerification.jwks.caFile: only applies to uri",
+            ),
+            (
+                "{ jwks: { file: /a, refreshInterval: 500ms } }",
+                "session.jwtVerification.jwks.refreshInterval: must be between 1s and 24h",
+            ),
+        ] {
+            let err = with(jwt).unwrap_err();
+            assert!(err.contains(expected), "{jwt}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_report_section_is_rejected_at_load() {
         let yaml = "upstream: { url: \"http://127.0.0.1:1\" }\nreport:\n  url: https://ordo-operator.ordo-system.svc:8443\n  tokenFile: /var/run/secrets/ordo/token\n";
         let err = parse_yaml(yaml).unwrap_err().to_string();

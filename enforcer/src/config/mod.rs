@@ -419,8 +419,14 @@ impl WithoutValidToken {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtVerificationConfig {
-    /// Verification keys; a token's `kid` selects among keys that carry one.
+    /// Fixed verification keys; a token's `kid` selects among keys that carry one. May be
+    /// empty when `jwks` is set.
+    #[serde(default)]
     pub keys: Vec<JwtKeyConfig>,
+    /// Keys published as a JWK Set (RFC 7517), read from a file or fetched over HTTPS and
+    /// refreshed, so that an identity provider can rotate them (session/jwks.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksConfig>,
     #[serde(default)]
     pub on_invalid: OnInvalidToken,
     /// Clock skew tolerated on `exp` / `nbf`.
@@ -447,12 +453,52 @@ impl JwtVerificationConfig {
     pub fn new(keys: Vec<JwtKeyConfig>) -> Self {
         Self {
             keys,
+            jwks: None,
             on_invalid: OnInvalidToken::default(),
             leeway: default_leeway(),
             require_exp: default_true(),
             issuer: None,
             audience: None,
         }
+    }
+}
+
+/// Where a JWK Set comes from: exactly one of `file`, `uri`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwksConfig {
+    /// A JWKS document on disk (e.g. a mounted ConfigMap or Secret key), read again when its
+    /// content changes (checked every `refreshInterval`, default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// An `https://` URL of the JWKS (an identity provider's `jwks_uri`), fetched with the
+    /// system's CA certificates plus `caFile`, every `refreshInterval` (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// PEM CA certificates trusted for `uri` in addition to the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// How often the document is read or fetched again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<Duration>,
+}
+
+impl JwksConfig {
+    /// Default interval between reads of `file`: cheap, and a mounted ConfigMap changes
+    /// within about a minute anyway.
+    pub const FILE_REFRESH: Duration = Duration::from_secs(5);
+    /// Default interval between fetches of `uri` (identity providers publish a new key well
+    /// before signing with it; a token naming an unknown `kid` fetches early).
+    pub const URI_REFRESH: Duration = Duration::from_secs(300);
+
+    /// The configured or default refresh interval.
+    pub fn refresh(&self) -> std::time::Duration {
+        let default = if self.uri.is_some() {
+            Self::URI_REFRESH
+        } else {
+            Self::FILE_REFRESH
+        };
+        self.refresh_interval.unwrap_or(default).std()
     }
 }
 

@@ -316,8 +316,14 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
         );
     }
     if let Some(jwt) = &config.session.jwt_verification {
-        if jwt.keys.is_empty() {
-            errors.push("session.jwtVerification.keys", "must list at least one key");
+        if jwt.keys.is_empty() && jwt.jwks.is_none() {
+            errors.push(
+                "session.jwtVerification.keys",
+                "must list at least one key (or set session.jwtVerification.jwks)",
+            );
+        }
+        if let Some(jwks) = &jwt.jwks {
+            validate_jwks(jwks, &mut errors);
         }
         for (i, key) in jwt.keys.iter().enumerate() {
             let path = format!("session.jwtVerification.keys[{i}]");
@@ -452,4 +458,54 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
         errors.push("incidents.maxIncidents", "must be at least 1");
     }
     errors.into_result()
+}
+
+/// Whether `authority` names a port that is not 1 to 65535.
+fn bad_port(authority: &http::uri::Authority) -> bool {
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    // After an IPv6 literal's `]`, or the whole host otherwise.
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    after_host.contains(':') && authority.port_u16().is_none_or(|p| p == 0)
+}
+
+fn validate_jwks(jwks: &super::JwksConfig, errors: &mut ValidationErrors) {
+    const PATH: &str = "session.jwtVerification.jwks";
+    match (&jwks.file, &jwks.uri) {
+        (Some(_), None) => {
+            if jwks.ca_file.is_some() {
+                errors.push(format!("{PATH}.caFile"), "only applies to uri");
+            }
+        }
+        (None, Some(uri)) => match uri.parse::<http::Uri>() {
+            // `http::Uri` accepts any digits as a port (and then reports none); every fetch
+            // would fail.
+            Ok(u) if u.authority().is_some_and(bad_port) => errors.push(
+                format!("{PATH}.uri"),
+                format!("invalid URL {uri:?}: the port must be 1 to 65535"),
+            ),
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
+            Ok(_) => errors.push(
+                format!("{PATH}.uri"),
+                format!("must be an https:// URL with a host, got {uri:?}"),
+            ),
+            Err(e) => errors.push(format!("{PATH}.uri"), format!("invalid URL {uri:?}: {e}")),
+        },
+        _ => errors.push(PATH, "exactly one of file, uri must be set"),
+    }
+    if let Some(every) = jwks.refresh_interval {
+        let every = every.std();
+        if every < std::time::Duration::from_secs(1)
+            || every > std::time::Duration::from_secs(86_400)
+        {
+            errors.push(
+                format!("{PATH}.refreshInterval"),
+                "must be between 1s and 24h",
+            );
+        }
+    }
 }

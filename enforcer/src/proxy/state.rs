@@ -50,6 +50,11 @@ impl Shared {
         Metrics::sync_counter(&m.session_expirations, stats.expired);
         m.operations_learned
             .set(i64::try_from(self.resolver.stats().learned_templates).unwrap_or(i64::MAX));
+        for (result, total) in crate::session::jwks::refresh_totals() {
+            Metrics::sync_counter(&m.jwks_refreshes.with_label_values(&[result]), total);
+        }
+        m.jwks_keys
+            .set(i64::try_from(self.policy.load().identifiers.jwks_keys()).unwrap_or(i64::MAX));
     }
 }
 

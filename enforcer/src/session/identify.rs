@@ -152,6 +152,11 @@ impl SessionIdentifiers {
         })
     }
 
+    /// Keys of the current JWKS (0 without one), for the metrics.
+    pub fn jwks_keys(&self) -> usize {
+        self.verifier.as_ref().map_or(0, JwtVerifier::jwks_keys)
+    }
+
     /// Whether a session named by `source` was named by a verified token.
     pub fn verifies(&self, source: SessionSource) -> bool {
         source == SessionSource::Jwt && self.verifier.is_some()
@@ -244,8 +249,9 @@ impl SessionIdentifiers {
             return Ok(JwtOutcome::Absent);
         }
         let now_s = crate::time::now_s();
+        let epoch = self.verifier.as_ref().map_or(0, JwtVerifier::epoch);
         if self.verifier.is_some()
-            && let Cached::Valid(value) = self.tokens.get(claim, token, now_s)
+            && let Cached::Valid(value) = self.tokens.get(epoch, claim, token, now_s)
         {
             let Some(value) = value else {
                 return Ok(JwtOutcome::Absent);
@@ -276,9 +282,11 @@ impl SessionIdentifiers {
         // Cached until `exp` (a non-integer `exp` is not cached at all).
         let exp = claims.get("exp");
         if self.verifier.is_some() && exp.is_none_or(|e| e.as_u64().is_some()) {
-            let exp = exp.and_then(serde_json::Value::as_u64);
+            let expires_s = exp
+                .and_then(serde_json::Value::as_u64)
+                .map(|exp| exp.saturating_add(self.leeway_s));
             self.tokens
-                .insert(claim, token, value.as_deref(), exp, self.leeway_s, now_s);
+                .insert(epoch, claim, token, value.as_deref(), expires_s, now_s);
         }
         let Some(value) = value else {
             return Ok(JwtOutcome::Absent);

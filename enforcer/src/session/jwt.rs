@@ -1,9 +1,11 @@
-//! JWT signature and claim verification (HS256, RS256, ES256) with the `jsonwebtoken` crate.
+//! JWT signature and claim verification with the `jsonwebtoken` crate: fixed keys (HS256,
+//! RS256, ES256) and a JWKS (RS256/384/512, PS256/384/512, ES256/384, EdDSA; see `jwks`).
 
 use std::collections::HashMap;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+use super::jwks::{JWKS_ALGORITHMS, JwksError, JwksSource};
 use crate::config::{JwtAlgorithm, JwtVerificationConfig};
 
 /// Why the verifier could not be built.
@@ -17,6 +19,8 @@ pub enum JwtConfigError {
     },
     #[error("session.jwtVerification.keys[{index}]: invalid key: {message}")]
     Key { index: usize, message: String },
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
 }
 
 struct Key {
@@ -28,6 +32,7 @@ struct Key {
 /// Verifies tokens against the configured keys.
 pub struct JwtVerifier {
     keys: Vec<Key>,
+    jwks: Option<JwksSource>,
     validations: HashMap<Algorithm, Validation>,
 }
 
@@ -35,6 +40,7 @@ impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtVerifier")
             .field("keys", &self.keys.len())
+            .field("jwks", &self.jwks)
             .finish()
     }
 }
@@ -90,24 +96,37 @@ impl JwtVerifier {
                 kid: k.kid.clone(),
                 key,
             });
-            validations.entry(alg).or_insert_with(|| {
-                let mut v = Validation::new(alg);
-                v.leeway = config.leeway.std().as_secs();
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                let required: &[&str] = if config.require_exp { &["exp"] } else { &[] };
-                v.set_required_spec_claims(required);
-                if let Some(iss) = &config.issuer {
-                    v.set_issuer(&[iss]);
-                }
-                match &config.audience {
-                    Some(aud) => v.set_audience(&[aud]),
-                    None => v.validate_aud = false,
-                }
-                v
-            });
+            validations
+                .entry(alg)
+                .or_insert_with(|| validation(config, alg));
         }
-        Ok(Self { keys, validations })
+        let jwks = match &config.jwks {
+            Some(j) => {
+                for alg in JWKS_ALGORITHMS {
+                    validations
+                        .entry(*alg)
+                        .or_insert_with(|| validation(config, *alg));
+                }
+                Some(JwksSource::new(j)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            keys,
+            jwks,
+            validations,
+        })
+    }
+
+    /// Identifies the keys in use: changes whenever the JWKS changes, so that tokens verified
+    /// by a key since removed are verified again (0 without a JWKS).
+    pub fn epoch(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, |j| j.current().epoch)
+    }
+
+    /// Keys of the current JWKS (0 without one).
+    pub fn jwks_keys(&self) -> usize {
+        self.jwks.as_ref().map_or(0, |j| j.current().keys.len())
     }
 
     /// The verified claims, or why the token is not acceptable.
@@ -134,8 +153,56 @@ impl JwtVerifier {
                 Err(e) => last_error = e.to_string(),
             }
         }
+        if let Some(jwks) = &self.jwks {
+            let set = jwks.current();
+            if let Some(kid) = &header.kid
+                && !set.has_kid(kid)
+            {
+                // Perhaps a key published since the last refresh: fetch early (rate-limited,
+                // in the background); this token is judged with the keys at hand.
+                jwks.request_refresh();
+                last_error = format!("no key with kid {kid:?} in the JWKS");
+            } else if set.keys.is_empty() {
+                jwks.request_refresh();
+                last_error = "no JWKS key available yet".into();
+            }
+            for key in set
+                .keys
+                .iter()
+                .filter(|k| k.algorithms.contains(&header.alg))
+            {
+                if let (Some(want), Some(have)) = (&header.kid, &key.kid)
+                    && want != have
+                {
+                    continue;
+                }
+                match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                    token, &key.key, validation,
+                ) {
+                    Ok(data) => return Ok(data.claims),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+        }
         Err(last_error)
     }
+}
+
+fn validation(config: &JwtVerificationConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = config.leeway.std().as_secs();
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    let required: &[&str] = if config.require_exp { &["exp"] } else { &[] };
+    v.set_required_spec_claims(required);
+    if let Some(iss) = &config.issuer {
+        v.set_issuer(&[iss]);
+    }
+    match &config.audience {
+        Some(aud) => v.set_audience(&[aud]),
+        None => v.validate_aud = false,
+    }
+    v
 }
 
 /// Reads the claims without verification (only when no keys are configured).

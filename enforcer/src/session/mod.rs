@@ -25,6 +25,7 @@ pub struct RecentOp {
 mod client;
 mod history;
 mod identify;
+pub mod jwks;
 pub mod jwt;
 mod label;
 mod table;

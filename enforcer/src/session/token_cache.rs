@@ -97,9 +97,10 @@ impl VerifiedTokens {
         }
     }
 
-    /// The map key and the check of `claim` and `token`.
-    fn key(&self, claim: &str, token: &str) -> (u64, u64) {
+    /// The map key and the check of `claim` and `token` verified with the keys of `epoch`.
+    fn key(&self, epoch: u64, claim: &str, token: &str) -> (u64, u64) {
         let mut h = self.hasher;
+        h.write_u64(epoch);
         h.write(claim.as_bytes());
         h.write_u8(0xff);
         h.write(token.as_bytes());
@@ -111,12 +112,14 @@ impl VerifiedTokens {
         self.shards.get((key >> 58) as usize % SHARDS)
     }
 
-    /// Looks `token` up for `claim` at `now_s` (unix seconds).
-    pub fn get(&self, claim: &str, token: &str, now_s: u64) -> Cached {
+    /// Looks `token` up for `claim` at `now_s` (unix seconds), as verified by the key set
+    /// `epoch` (a token verified by an earlier set, whose key may have been removed since, is
+    /// not found).
+    pub fn get(&self, epoch: u64, claim: &str, token: &str, now_s: u64) -> Cached {
         if self.generation_cap == 0 || token.len() > MAX_TOKEN_LEN {
             return Cached::Unknown;
         }
-        let (key, check) = self.key(claim, token);
+        let (key, check) = self.key(epoch, claim, token);
         let Some(shard) = self.shard(key) else {
             return Cached::Unknown;
         };
@@ -139,27 +142,28 @@ impl VerifiedTokens {
         Cached::Valid(value)
     }
 
-    /// Remembers a verified token: `exp` is its expiry claim (unix seconds) when it has one.
+    /// Remembers a verified token: `expires_s` is its expiry claim plus the tolerated clock
+    /// skew (unix seconds) when it has one.
     pub fn insert(
         &self,
+        epoch: u64,
         claim: &str,
         token: &str,
         value: Option<&str>,
-        exp: Option<u64>,
-        leeway_s: u64,
+        expires_s: Option<u64>,
         now_s: u64,
     ) {
         if self.generation_cap == 0 || token.len() > MAX_TOKEN_LEN {
             return;
         }
         let mut valid_until_s = now_s.saturating_add(MAX_AGE_S);
-        if let Some(exp) = exp {
-            valid_until_s = valid_until_s.min(exp.saturating_add(leeway_s));
+        if let Some(expires_s) = expires_s {
+            valid_until_s = valid_until_s.min(expires_s);
         }
         if valid_until_s < now_s {
             return;
         }
-        let (key, check) = self.key(claim, token);
+        let (key, check) = self.key(epoch, claim, token);
         let Some(shard) = self.shard(key) else {
             return;
         };
@@ -202,50 +206,52 @@ mod tests {
     #[test]
     fn hit_miss_and_expiry() {
         let cache = VerifiedTokens::new(1024);
-        assert_eq!(cache.get("sub", "t1", 100), Cached::Unknown);
-        cache.insert("sub", "t1", Some("alice"), Some(150), 10, 100);
+        assert_eq!(cache.get(0, "sub", "t1", 100), Cached::Unknown);
+        cache.insert(0, "sub", "t1", Some("alice"), Some(160), 100);
         assert_eq!(
-            cache.get("sub", "t1", 100),
+            cache.get(0, "sub", "t1", 100),
             Cached::Valid(Some("alice".into()))
         );
         // A different token or claim is not the cached one.
-        assert_eq!(cache.get("sub", "t2", 100), Cached::Unknown);
-        assert_eq!(cache.get("uid", "t1", 100), Cached::Unknown);
+        assert_eq!(cache.get(0, "sub", "t2", 100), Cached::Unknown);
+        assert_eq!(cache.get(0, "uid", "t1", 100), Cached::Unknown);
+        // Verified by another key set (the JWKS changed since): verified again.
+        assert_eq!(cache.get(1, "sub", "t1", 100), Cached::Unknown);
         // Valid until exp + leeway, not after.
         assert_eq!(
-            cache.get("sub", "t1", 160),
+            cache.get(0, "sub", "t1", 160),
             Cached::Valid(Some("alice".into()))
         );
-        assert_eq!(cache.get("sub", "t1", 161), Cached::Unknown);
+        assert_eq!(cache.get(0, "sub", "t1", 161), Cached::Unknown);
         // Without exp: at most MAX_AGE_S.
-        cache.insert("sub", "t3", None, None, 0, 1000);
+        cache.insert(0, "sub", "t3", None, None, 1000);
         assert_eq!(
-            cache.get("sub", "t3", 1000 + MAX_AGE_S),
+            cache.get(0, "sub", "t3", 1000 + MAX_AGE_S),
             Cached::Valid(None)
         );
-        assert_eq!(cache.get("sub", "t3", 1001 + MAX_AGE_S), Cached::Unknown);
+        assert_eq!(cache.get(0, "sub", "t3", 1001 + MAX_AGE_S), Cached::Unknown);
         // Already expired: not stored.
-        cache.insert("sub", "t4", Some("bob"), Some(10), 0, 100);
-        assert_eq!(cache.get("sub", "t4", 100), Cached::Unknown);
+        cache.insert(0, "sub", "t4", Some("bob"), Some(10), 100);
+        assert_eq!(cache.get(0, "sub", "t4", 100), Cached::Unknown);
     }
 
     #[test]
     fn bounded_with_recent_entries_kept() {
         let capacity = 2 * SHARDS * 8;
         let cache = VerifiedTokens::new(capacity);
-        cache.insert("sub", "hot", Some("hot"), None, 0, 0);
+        cache.insert(0, "sub", "hot", Some("hot"), None, 0);
         for i in 0..10_000 {
-            cache.insert("sub", &format!("token-{i}"), Some("x"), None, 0, 0);
+            cache.insert(0, "sub", &format!("token-{i}"), Some("x"), None, 0);
             // A token in use stays: every hit moves it into the current generation.
             assert_eq!(
-                cache.get("sub", "hot", 0),
+                cache.get(0, "sub", "hot", 0),
                 Cached::Valid(Some("hot".into()))
             );
         }
         assert!(cache.len() <= capacity, "{} > {capacity}", cache.len());
-        assert_eq!(cache.get("sub", "token-0", 0), Cached::Unknown);
+        assert_eq!(cache.get(0, "sub", "token-0", 0), Cached::Unknown);
         assert_eq!(
-            cache.get("sub", "token-9999", 0),
+            cache.get(0, "sub", "token-9999", 0),
             Cached::Valid(Some("x".into()))
         );
     }
@@ -257,11 +263,11 @@ mod tests {
         let cache = VerifiedTokens::new(capacity_for(10_000));
         let active = 8_000;
         for i in 0..active {
-            cache.insert("sub", &format!("token-{i}"), Some("x"), None, 0, 0);
+            cache.insert(0, "sub", &format!("token-{i}"), Some("x"), None, 0);
         }
         for round in 0..3 {
             let hits = (0..active)
-                .filter(|i| cache.get("sub", &format!("token-{i}"), 0) != Cached::Unknown)
+                .filter(|i| cache.get(0, "sub", &format!("token-{i}"), 0) != Cached::Unknown)
                 .count();
             assert_eq!(hits, active, "round {round}");
         }
@@ -272,11 +278,11 @@ mod tests {
     #[test]
     fn disabled_and_oversized() {
         let cache = VerifiedTokens::new(0);
-        cache.insert("sub", "t", Some("a"), None, 0, 0);
-        assert_eq!(cache.get("sub", "t", 0), Cached::Unknown);
+        cache.insert(0, "sub", "t", Some("a"), None, 0);
+        assert_eq!(cache.get(0, "sub", "t", 0), Cached::Unknown);
         let cache = VerifiedTokens::new(1024);
         let long = "x".repeat(MAX_TOKEN_LEN + 1);
-        cache.insert("sub", &long, Some("a"), None, 0, 0);
+        cache.insert(0, "sub", &long, Some("a"), None, 0);
         assert!(cache.is_empty());
     }
 }

@@ -10,3 +10,7 @@ pub const MINIMAL_API_PROTECTION: &str = include_str!("testdata/apiprotection-mi
 /// Four `SequenceRule`s, one of each kind, with every other spec and status field set, as a
 /// multi-document YAML stream.
 pub const FULL_SEQUENCE_RULES: &str = include_str!("testdata/sequencerules-full.yaml");
+
+/// `ApiProtection`s verifying tokens against a JWKS, one per source (`uri`, `configMapKeyRef`,
+/// `secretKeyRef`): `jwks` excludes `secretRef`, so the full example cannot show it.
+pub const JWKS_API_PROTECTIONS: &str = include_str!("testdata/apiprotection-jwks.yaml");

@@ -34,8 +34,8 @@ pub use sequence_rule::{
 };
 pub use session::{
     ClientAddressSource, ClientAddressSpec, ClientIpSource, CookieSource, HeaderSource,
-    InvalidTokenPolicy, JwtAlgorithm, JwtClaimSource, JwtVerificationSpec, QueryParamSource,
-    SessionHistorySpec, SessionIdentifier, SessionSpec,
+    InvalidTokenPolicy, JwksSpec, JwtAlgorithm, JwtClaimSource, JwtVerificationSpec,
+    QueryParamSource, SessionHistorySpec, SessionIdentifier, SessionSpec,
 };
 
 /// API group of every Ordo resource.

@@ -4,7 +4,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::SecretKeyRef;
+use super::common::{ConfigMapKeyRef, SecretKeyRef};
 use super::limits::{
     CLAIM_PATTERN, DURATION_MAX_LENGTH, DURATION_PATTERN, MAX_SESSION_IDENTIFIERS, NAME_MAX_LENGTH,
     QUERY_PARAM_PATTERN, TOKEN_PATTERN,
@@ -200,33 +200,109 @@ pub struct QueryParamSource {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientIpSource {}
 
-/// Signature verification of the JWTs that `jwtClaim` identifiers read.
+/// Signature verification of the JWTs that `jwtClaim` identifiers read: fixed keys from a
+/// Secret (`secretRef` and `algorithms`) or the keys an identity provider publishes as a JWK
+/// Set (`jwks`), exactly one of them.
 #[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = Rule::new("!(self.algorithms.exists(a, a == 'HS256') && self.algorithms.exists(a, a != 'HS256'))")
+    validation = Rule::new("has(self.secretRef) != has(self.jwks)")
+        .message("session.jwtVerification: set exactly one of secretRef (fixed keys) or jwks (a published key set)")
+        .field_path(".jwks"),
+    validation = Rule::new("!has(self.secretRef) || (has(self.algorithms) && size(self.algorithms) >= 1)")
+        .message("session.jwtVerification.algorithms: list the algorithms of the keys in secretRef")
+        .field_path(".algorithms"),
+    validation = Rule::new("!has(self.jwks) || has(self.secretRef) || !has(self.algorithms) || size(self.algorithms) == 0")
+        .message("session.jwtVerification.algorithms: applies to secretRef only; with jwks each key's alg, kty and crv give its algorithm")
+        .field_path(".algorithms"),
+    validation = Rule::new("!has(self.algorithms) || !(self.algorithms.exists(a, a == 'HS256') && self.algorithms.exists(a, a != 'HS256'))")
         .message("session.jwtVerification.algorithms: HS256 (a shared secret) cannot be combined with RS256 or ES256 (public keys), because the Secret key holds one kind of key")
         .field_path(".algorithms")
 )]
 pub struct JwtVerificationSpec {
-    /// Secret key with the verification key: the shared secret for `HS256`, or one or more
-    /// PEM-encoded public keys for `RS256` / `ES256`.
-    pub secret_ref: SecretKeyRef,
-    /// Signature algorithms accepted; a token signed with any other algorithm (including
-    /// `none`) is invalid.
-    #[schemars(length(min = 1, max = 3))]
+    /// Secret key with fixed verification keys: the shared secret for `HS256`, or one or more
+    /// PEM-encoded public keys for `RS256` / `ES256`. Exactly one of `secretRef` and `jwks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// Signature algorithms of the keys in `secretRef` (required with it, not allowed with
+    /// `jwks`); a token signed with any other algorithm (including `none`) is invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub algorithms: Vec<JwtAlgorithm>,
+    /// The identity provider's keys as a JWK Set (RFC 7517), as Keycloak, Dex, Auth0, Okta or
+    /// Entra ID publish them, so that keys can be rotated without changing this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksSpec>,
+    /// Tokens must carry this `iss` claim (e.g. `https://idp.example.com/realms/shop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+    /// Tokens must name this audience in their `aud` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
     /// What to do with a request whose token is present but invalid (bad signature, wrong
-    /// algorithm, expired, not yet valid): `Reject` answers 401 without forwarding it,
-    /// `FallThrough` ignores the token and tries the next identifier. Default `Reject`.
+    /// algorithm, unknown key, expired, not yet valid, wrong issuer or audience): `Reject`
+    /// answers 401 without forwarding it, `FallThrough` ignores the token and tries the next
+    /// identifier. Default `Reject`.
     #[serde(default)]
     pub on_invalid: InvalidTokenPolicy,
     /// Whether a token without an `exp` claim is invalid. `exp` and `nbf` are always checked
     /// when present. Default `true`.
     #[serde(default = "default_true")]
     pub require_exp: bool,
+}
+
+/// Where the JWK Set comes from: exactly one of `configMapKeyRef`, `secretKeyRef` (a document
+/// mounted into the enforcer pods and read again when it changes) or `uri` (fetched by the
+/// enforcers over HTTPS).
+///
+/// Keys are selected by the token's `kid`; a key's `alg` (or else its `kty` and `crv`) gives
+/// the algorithms it verifies: RS256/RS384/RS512, PS256/PS384/PS512, ES256, ES384, EdDSA.
+/// With `uri`, a fetch that fails or returns a document that is not a usable JWKS (over 1 MiB
+/// or 100 keys) keeps the last good keys; a token naming an unknown `kid` makes the enforcer
+/// fetch early, at most once per 30 s.
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("(has(self.configMapKeyRef) ? 1 : 0) + (has(self.secretKeyRef) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1")
+        .message("session.jwtVerification.jwks: set exactly one of configMapKeyRef, secretKeyRef or uri"),
+    validation = Rule::new("!has(self.caConfigMapKeyRef) || has(self.uri)")
+        .message("session.jwtVerification.jwks.caConfigMapKeyRef applies only to uri")
+        .field_path(".caConfigMapKeyRef")
+)]
+pub struct JwksSpec {
+    /// A ConfigMap key holding the JWKS document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeyRef>,
+    /// A Secret key holding the JWKS document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+    /// The `https://` URL of the JWKS (the provider's `jwks_uri`, e.g.
+    /// `https://keycloak.example.com/realms/shop/protocol/openid-connect/certs`), verified with
+    /// the system's CA certificates and `caConfigMapKeyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 9, max = 2048),
+        regex(pattern = r"^https://[^\s/?#]+(/[^\s]*)?$")
+    )]
+    #[x_kube(validation = Rule::new("self.startsWith('https://')")
+        .message("session.jwtVerification.jwks.uri must be an https:// URL"))]
+    pub uri: Option<String>,
+    /// How often the document is fetched (`uri`, default `5m`) or checked for changes (a
+    /// mounted key, default `5s`). A duration between 1s and 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = DURATION_MAX_LENGTH), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('24h')")
+        .message("session.jwtVerification.jwks.refreshInterval must be between 1s and 24h"))]
+    pub refresh_interval: Option<String>,
+    /// A ConfigMap key with PEM CA certificates trusted for `uri` in addition to the system's
+    /// (an identity provider behind a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map_key_ref: Option<ConfigMapKeyRef>,
 }
 
 fn default_true() -> bool {

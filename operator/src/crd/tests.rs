@@ -9,7 +9,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::examples::{FULL_API_PROTECTION, FULL_SEQUENCE_RULES, MINIMAL_API_PROTECTION};
+use super::examples::{
+    FULL_API_PROTECTION, FULL_SEQUENCE_RULES, JWKS_API_PROTECTIONS, MINIMAL_API_PROTECTION,
+};
 use super::generate::crds;
 use super::*;
 
@@ -146,8 +148,13 @@ fn full_examples_set_every_field_of_the_schema() {
 
     let mut paths = Vec::new();
     schema_paths(root_schema(&crds[0]), "", &skip, &mut paths);
-    let example = raw_documents(FULL_API_PROTECTION).remove(0);
-    let missing: Vec<_> = paths.iter().filter(|p| !has_path(&example, p)).collect();
+    // The full example, and the JWKS examples for what excludes its `secretRef`.
+    let mut examples = raw_documents(FULL_API_PROTECTION);
+    examples.extend(raw_documents(JWKS_API_PROTECTIONS));
+    let missing: Vec<_> = paths
+        .iter()
+        .filter(|p| !examples.iter().any(|e| has_path(e, p)))
+        .collect();
     assert!(
         missing.is_empty(),
         "ApiProtection example lacks {missing:?}"
@@ -279,6 +286,12 @@ fn sequence_rule_defaults_and_kind() {
 #[test]
 fn valid_examples_pass_every_cel_rule() {
     assert_eq!(protection_errors(&full_protection()), Vec::<String>::new());
+    for doc in serde_yaml_ng::Deserializer::from_str(JWKS_API_PROTECTIONS) {
+        let p = ApiProtection::deserialize(doc).unwrap();
+        assert_eq!(protection_errors(&p), Vec::<String>::new());
+        let errors = crate::serve::webhook::validate_protection(&p, "shop", "shop-api");
+        assert!(errors.is_empty(), "{errors:?}");
+    }
     for rule in full_rules() {
         assert_eq!(
             rule_errors(&rule),
@@ -396,6 +409,74 @@ fn jwt_verification_rules() {
     assert_single_error(
         &protection_errors(&p),
         "session.jwtVerification requires at least one jwtClaim entry",
+    );
+}
+
+#[test]
+fn jwks_rules_name_the_field() {
+    let with = |jwt: serde_json::Value| {
+        let mut p = full_protection();
+        p.spec.session.jwt_verification = Some(serde_json::from_value(jwt).unwrap());
+        protection_errors(&p)
+    };
+    assert_eq!(
+        with(
+            serde_json::json!({"jwks": {"uri": "https://idp.example/certs", "refreshInterval": "10m"}})
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        with(serde_json::json!({"jwks": {"configMapKeyRef": {"name": "idp", "key": "jwks.json"}}})),
+        Vec::<String>::new()
+    );
+    assert_single_error(
+        &with(
+            serde_json::json!({"secretRef": {"name": "k", "key": "k"}, "algorithms": ["RS256"],
+            "jwks": {"uri": "https://idp.example/certs"}}),
+        ),
+        "session.jwtVerification: set exactly one of secretRef (fixed keys) or jwks",
+    );
+    assert_single_error(
+        &with(serde_json::json!({"onInvalid": "Reject"})),
+        "session.jwtVerification: set exactly one of secretRef (fixed keys) or jwks",
+    );
+    assert_single_error(
+        &with(serde_json::json!({"secretRef": {"name": "k", "key": "k"}})),
+        "session.jwtVerification.algorithms: list the algorithms",
+    );
+    assert_single_error(
+        &with(
+            serde_json::json!({"jwks": {"uri": "https://idp.example/certs"}, "algorithms": ["RS256"]}),
+        ),
+        "session.jwtVerification.algorithms: applies to secretRef only",
+    );
+    assert_single_error(
+        &with(
+            serde_json::json!({"jwks": {"uri": "https://idp.example/certs",
+            "secretKeyRef": {"name": "k", "key": "k"}}}),
+        ),
+        "session.jwtVerification.jwks: set exactly one of configMapKeyRef, secretKeyRef or uri",
+    );
+    assert_single_error(
+        &with(serde_json::json!({"jwks": {}})),
+        "session.jwtVerification.jwks: set exactly one of configMapKeyRef, secretKeyRef or uri",
+    );
+    assert_single_error(
+        &with(serde_json::json!({"jwks": {"uri": "http://idp.example/certs"}})),
+        "session.jwtVerification.jwks.uri must be an https:// URL",
+    );
+    assert_single_error(
+        &with(
+            serde_json::json!({"jwks": {"secretKeyRef": {"name": "k", "key": "k"},
+            "caConfigMapKeyRef": {"name": "ca", "key": "ca.crt"}}}),
+        ),
+        "session.jwtVerification.jwks.caConfigMapKeyRef applies only to uri",
+    );
+    assert_single_error(
+        &with(
+            serde_json::json!({"jwks": {"uri": "https://idp.example/certs", "refreshInterval": "25h"}}),
+        ),
+        "session.jwtVerification.jwks.refreshInterval must be between 1s and 24h",
     );
 }
 

@@ -42,6 +42,12 @@ pub const REPORT_STATE_KEY: &str = "state.json";
 pub const CONFIG_MOUNT: &str = "/etc/ordo/config";
 /// Where the enforcer pod mounts the JWT verification Secret.
 pub const JWT_MOUNT: &str = "/etc/ordo/jwt";
+/// Where the ConfigMap or Secret holding `spec.session.jwtVerification.jwks` is mounted (the
+/// whole object, not a `subPath`, so that the kubelet updates the file and the enforcer reads
+/// the new keys).
+pub const JWKS_MOUNT: &str = "/etc/ordo/jwks";
+/// Where the ConfigMap of `jwks.caConfigMapKeyRef` is mounted.
+pub const JWKS_CA_MOUNT: &str = "/etc/ordo/jwks-ca";
 /// Where the enforcer pod mounts its projected report token.
 pub const TOKEN_MOUNT: &str = "/var/run/secrets/ordo/report";
 /// File name of the projected token.

@@ -416,6 +416,49 @@ fn config_path_to_spec(error: FieldError) -> FieldError {
     }
 }
 
+/// The enforcer's `jwks` section: a mounted key is read from its file under
+/// [`names::JWKS_MOUNT`] (resources.rs mounts it), a `uri` is fetched by the enforcer.
+fn jwks_config(spec: &crd::JwksSpec, errors: &mut Vec<FieldError>) -> cfg::JwksConfig {
+    let key = spec
+        .config_map_key_ref
+        .as_ref()
+        .map(|r| &r.key)
+        .or(spec.secret_key_ref.as_ref().map(|r| &r.key));
+    let sources = usize::from(spec.config_map_key_ref.is_some())
+        + usize::from(spec.secret_key_ref.is_some())
+        + usize::from(spec.uri.is_some());
+    if sources != 1 {
+        errors.push(FieldError {
+            field: "spec.session.jwtVerification.jwks".into(),
+            message: "set exactly one of configMapKeyRef, secretKeyRef or uri".into(),
+        });
+    }
+    if spec.ca_config_map_key_ref.is_some() && spec.uri.is_none() {
+        errors.push(FieldError {
+            field: "spec.session.jwtVerification.jwks.caConfigMapKeyRef".into(),
+            message: "applies only to uri".into(),
+        });
+    }
+    cfg::JwksConfig {
+        file: match (&spec.uri, key) {
+            (None, Some(key)) => Some(format!("{}/{key}", names::JWKS_MOUNT).into()),
+            _ => None,
+        },
+        uri: spec.uri.clone(),
+        ca_file: spec
+            .ca_config_map_key_ref
+            .as_ref()
+            .map(|r| format!("{}/{}", names::JWKS_CA_MOUNT, r.key).into()),
+        refresh_interval: spec.refresh_interval.as_deref().map(|text| {
+            duration(
+                "spec.session.jwtVerification.jwks.refreshInterval",
+                text,
+                errors,
+            )
+        }),
+    }
+}
+
 fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg::SessionConfig {
     let identifiers = spec
         .identifiers
@@ -438,27 +481,54 @@ fn session_config(spec: &crd::SessionSpec, errors: &mut Vec<FieldError>) -> cfg:
         })
         .collect();
     let jwt_verification = spec.jwt_verification.as_ref().map(|jwt| {
-        let keys = jwt
-            .algorithms
-            .iter()
-            .map(|alg| cfg::JwtKeyConfig {
-                algorithm: match alg {
-                    crd::JwtAlgorithm::Hs256 => cfg::JwtAlgorithm::HS256,
-                    crd::JwtAlgorithm::Rs256 => cfg::JwtAlgorithm::RS256,
-                    crd::JwtAlgorithm::Es256 => cfg::JwtAlgorithm::ES256,
-                },
-                kid: None,
-                secret: None,
-                public_key_pem: None,
-                file: Some(format!("{}/{}", names::JWT_MOUNT, jwt.secret_ref.key).into()),
-            })
-            .collect();
+        if jwt.secret_ref.is_some() == jwt.jwks.is_some() {
+            errors.push(FieldError {
+                field: "spec.session.jwtVerification.jwks".into(),
+                message: "set exactly one of secretRef (fixed keys) or jwks (a published key set)"
+                    .into(),
+            });
+        }
+        let keys = match &jwt.secret_ref {
+            Some(secret) => {
+                if jwt.algorithms.is_empty() {
+                    errors.push(FieldError {
+                        field: "spec.session.jwtVerification.algorithms".into(),
+                        message: "list the algorithms of the keys in secretRef".into(),
+                    });
+                }
+                jwt.algorithms
+                    .iter()
+                    .map(|alg| cfg::JwtKeyConfig {
+                        algorithm: match alg {
+                            crd::JwtAlgorithm::Hs256 => cfg::JwtAlgorithm::HS256,
+                            crd::JwtAlgorithm::Rs256 => cfg::JwtAlgorithm::RS256,
+                            crd::JwtAlgorithm::Es256 => cfg::JwtAlgorithm::ES256,
+                        },
+                        kid: None,
+                        secret: None,
+                        public_key_pem: None,
+                        file: Some(format!("{}/{}", names::JWT_MOUNT, secret.key).into()),
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        if jwt.jwks.is_some() && jwt.secret_ref.is_none() && !jwt.algorithms.is_empty() {
+            errors.push(FieldError {
+                field: "spec.session.jwtVerification.algorithms".into(),
+                message: "applies to secretRef only; with jwks each key's alg, kty and crv give its algorithm".into(),
+            });
+        }
+        let jwks = jwt.jwks.as_ref().map(|j| jwks_config(j, errors));
         cfg::JwtVerificationConfig {
+            jwks,
             on_invalid: match jwt.on_invalid {
                 crd::InvalidTokenPolicy::Reject => cfg::OnInvalidToken::Reject,
                 crd::InvalidTokenPolicy::FallThrough => cfg::OnInvalidToken::FallThrough,
             },
             require_exp: jwt.require_exp,
+            issuer: jwt.issuer.clone(),
+            audience: jwt.audience.clone(),
             ..cfg::JwtVerificationConfig::new(keys)
         }
     });
@@ -541,6 +611,114 @@ mod tests {
                 ca_pem: Some("-----BEGIN CERTIFICATE-----\n".into()),
                 interval_seconds: 30,
             }),
+        }
+    }
+
+    fn jwt_spec(jwt: serde_json::Value) -> ApiProtectionSpec {
+        spec(serde_json::json!({
+            "target": {"service": "bank-api", "port": 80},
+            "session": {"identifiers": [{"jwtClaim": {"claim": "sub"}}], "jwtVerification": jwt},
+        }))
+    }
+
+    #[test]
+    fn jwks_renders_a_mounted_file_or_a_uri_with_issuer_and_audience() {
+        let mounted = jwt_spec(serde_json::json!({
+            "jwks": {"configMapKeyRef": {"name": "idp-keys", "key": "jwks.json"}},
+            "issuer": "https://idp.example/realms/shop", "audience": "shop-api",
+        }));
+        let rendered = render(input(&mounted, Vec::new())).unwrap();
+        let loaded = cfg::parse_yaml(&rendered.data[CONFIG_KEY]).unwrap();
+        let jwt = loaded.session.jwt_verification.unwrap();
+        assert!(jwt.keys.is_empty());
+        let jwks = jwt.jwks.unwrap();
+        assert_eq!(
+            jwks.file.as_deref(),
+            Some(std::path::Path::new("/etc/ordo/jwks/jwks.json"))
+        );
+        assert_eq!((jwks.uri, jwks.ca_file), (None, None));
+        assert_eq!(
+            jwt.issuer.as_deref(),
+            Some("https://idp.example/realms/shop")
+        );
+        assert_eq!(jwt.audience.as_deref(), Some("shop-api"));
+
+        let fetched = jwt_spec(serde_json::json!({"jwks": {
+            "uri": "https://keycloak.example/realms/shop/protocol/openid-connect/certs",
+            "refreshInterval": "10m",
+            "caConfigMapKeyRef": {"name": "idp-ca", "key": "ca.crt"},
+        }}));
+        let rendered = render(input(&fetched, Vec::new())).unwrap();
+        let loaded = cfg::parse_yaml(&rendered.data[CONFIG_KEY]).unwrap();
+        let jwks = loaded.session.jwt_verification.unwrap().jwks.unwrap();
+        assert_eq!(jwks.file, None);
+        assert_eq!(
+            jwks.uri.as_deref(),
+            Some("https://keycloak.example/realms/shop/protocol/openid-connect/certs")
+        );
+        assert_eq!(jwks.refresh_interval, Some(cfg::Duration::from_secs(600)));
+        assert_eq!(
+            jwks.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ordo/jwks-ca/ca.crt"))
+        );
+    }
+
+    #[test]
+    fn invalid_jwks_specs_are_refused_naming_the_field() {
+        let cases = [
+            (
+                serde_json::json!({"secretRef": {"name": "k", "key": "k"}, "algorithms": ["RS256"],
+                    "jwks": {"uri": "https://idp.example/certs"}}),
+                "spec.session.jwtVerification.jwks",
+                "exactly one of secretRef",
+            ),
+            (
+                serde_json::json!({"onInvalid": "Reject"}),
+                "spec.session.jwtVerification.jwks",
+                "exactly one of secretRef",
+            ),
+            (
+                serde_json::json!({"jwks": {"uri": "https://idp.example/certs",
+                    "secretKeyRef": {"name": "k", "key": "k"}}}),
+                "spec.session.jwtVerification.jwks",
+                "exactly one of configMapKeyRef, secretKeyRef or uri",
+            ),
+            (
+                serde_json::json!({"jwks": {"uri": "http://idp.example/certs"}}),
+                "spec.session.jwtVerification.jwks.uri",
+                "https://",
+            ),
+            // Passes the CRD's pattern: only the webhook (this check) refuses it.
+            (
+                serde_json::json!({"jwks": {"uri": "https://idp.example:99999/certs"}}),
+                "spec.session.jwtVerification.jwks.uri",
+                "invalid URL",
+            ),
+            (
+                serde_json::json!({"jwks": {"secretKeyRef": {"name": "k", "key": "k"},
+                    "caConfigMapKeyRef": {"name": "ca", "key": "ca.crt"}}}),
+                "spec.session.jwtVerification.jwks.caConfigMapKeyRef",
+                "only to uri",
+            ),
+            (
+                serde_json::json!({"jwks": {"uri": "https://idp.example/certs"}, "algorithms": ["RS256"]}),
+                "spec.session.jwtVerification.algorithms",
+                "applies to secretRef only",
+            ),
+            (
+                serde_json::json!({"jwks": {"uri": "https://idp.example/certs", "refreshInterval": "0s"}}),
+                "spec.session.jwtVerification.jwks.refreshInterval",
+                "between 1s and 24h",
+            ),
+        ];
+        for (jwt, field, message) in cases {
+            let errors = render(input(&jwt_spec(jwt.clone()), Vec::new())).unwrap_err();
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.field == field && e.message.contains(message)),
+                "{jwt}: {errors:?}"
+            );
         }
     }
 

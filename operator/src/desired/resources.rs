@@ -166,21 +166,47 @@ pub fn deployment(
             ..VolumeMount::default()
         },
     ];
-    if let Some(jwt) = &spec.session.jwt_verification {
+    let jwt = spec.session.jwt_verification.as_ref();
+    let mut mount = |name: &str, path: &str, volume: Volume| {
         volumes.push(Volume {
-            name: "jwt-keys".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(jwt.secret_ref.name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
+            name: name.into(),
+            ..volume
         });
         mounts.push(VolumeMount {
-            name: "jwt-keys".into(),
-            mount_path: names::JWT_MOUNT.into(),
+            name: name.into(),
+            mount_path: path.into(),
             read_only: Some(true),
             ..VolumeMount::default()
         });
+    };
+    let secret_volume = |name: &str| Volume {
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(name.to_owned()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let config_map_volume = |name: &str| Volume {
+        config_map: Some(ConfigMapVolumeSource {
+            name: name.to_owned(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    if let Some(secret) = jwt.and_then(|j| j.secret_ref.as_ref()) {
+        mount("jwt-keys", names::JWT_MOUNT, secret_volume(&secret.name));
+    }
+    // The JWKS document as a whole volume (not a subPath), so that the kubelet replaces the
+    // file when the object changes and the enforcer reads the new keys without a restart.
+    if let Some(jwks) = jwt.and_then(|j| j.jwks.as_ref()) {
+        if let Some(r) = &jwks.config_map_key_ref {
+            mount("jwks", names::JWKS_MOUNT, config_map_volume(&r.name));
+        } else if let Some(r) = &jwks.secret_key_ref {
+            mount("jwks", names::JWKS_MOUNT, secret_volume(&r.name));
+        }
+        if let Some(r) = &jwks.ca_config_map_key_ref {
+            mount("jwks-ca", names::JWKS_CA_MOUNT, config_map_volume(&r.name));
+        }
     }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -407,6 +433,121 @@ mod tests {
         );
         let named = EnforcerPorts::for_target_port(&IntOrString::String("web".into()));
         assert_eq!((named.proxy_name.as_str(), named.proxy), ("web", 8080));
+    }
+
+    /// The pod spec of an enforcer of `spec`.
+    fn pod_of(spec: &ApiProtectionSpec) -> k8s_openapi::api::core::v1::PodSpec {
+        let names = Names::new("bank", "bank-api", "bank-api");
+        let owner = owner_reference("bank-api", "uid-1");
+        let ports = EnforcerPorts::for_target_port(&IntOrString::Int(8080));
+        deployment(
+            &names,
+            &owner,
+            &DeploymentInput {
+                spec,
+                ports: &ports,
+                config_hash: "abc",
+                default_image: "img:1",
+            },
+        )
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+    }
+
+    fn with_jwt(jwt: serde_json::Value) -> ApiProtectionSpec {
+        serde_json::from_value(serde_json::json!({
+            "target": {"service": "bank-api", "port": "http"},
+            "session": {"identifiers": [{"jwtClaim": {"claim": "sub"}}], "jwtVerification": jwt},
+        }))
+        .unwrap()
+    }
+
+    /// (volume, mount path, read-only, source kind, source name) of the JWT volumes.
+    fn jwt_mounts(
+        pod: &k8s_openapi::api::core::v1::PodSpec,
+    ) -> Vec<(String, String, bool, &'static str, String)> {
+        let volumes = pod.volumes.clone().unwrap();
+        pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.name.starts_with("jw"))
+            .map(|m| {
+                let v = volumes.iter().find(|v| v.name == m.name).unwrap();
+                let (kind, source) = match (&v.secret, &v.config_map) {
+                    (Some(s), _) => ("secret", s.secret_name.clone().unwrap()),
+                    (_, Some(c)) => ("configMap", c.name.clone()),
+                    _ => ("other", String::new()),
+                };
+                (
+                    m.name,
+                    m.mount_path,
+                    m.read_only == Some(true),
+                    kind,
+                    source,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jwks_sources_are_mounted_read_only() {
+        let pod = pod_of(&with_jwt(serde_json::json!({
+            "jwks": {"configMapKeyRef": {"name": "idp-keys", "key": "jwks.json"}}})));
+        assert_eq!(
+            jwt_mounts(&pod),
+            vec![(
+                "jwks".into(),
+                "/etc/ordo/jwks".into(),
+                true,
+                "configMap",
+                "idp-keys".into()
+            )]
+        );
+        let pod = pod_of(&with_jwt(serde_json::json!({
+            "jwks": {"secretKeyRef": {"name": "idp-secret", "key": "jwks.json"}}})));
+        assert_eq!(
+            jwt_mounts(&pod),
+            vec![(
+                "jwks".into(),
+                "/etc/ordo/jwks".into(),
+                true,
+                "secret",
+                "idp-secret".into()
+            )]
+        );
+        let pod = pod_of(&with_jwt(serde_json::json!({
+            "jwks": {"uri": "https://idp.example/certs", "caConfigMapKeyRef": {"name": "idp-ca", "key": "ca.crt"}}})));
+        assert_eq!(
+            jwt_mounts(&pod),
+            vec![(
+                "jwks-ca".into(),
+                "/etc/ordo/jwks-ca".into(),
+                true,
+                "configMap",
+                "idp-ca".into()
+            )]
+        );
+        let pod = pod_of(&with_jwt(
+            serde_json::json!({"jwks": {"uri": "https://idp.example/certs"}}),
+        ));
+        assert!(jwt_mounts(&pod).is_empty());
+        let pod = pod_of(&with_jwt(serde_json::json!({
+            "secretRef": {"name": "keys", "key": "pub.pem"}, "algorithms": ["RS256"]})));
+        assert_eq!(
+            jwt_mounts(&pod),
+            vec![(
+                "jwt-keys".into(),
+                "/etc/ordo/jwt".into(),
+                true,
+                "secret",
+                "keys".into()
+            )]
+        );
     }
 
     #[test]

@@ -1,0 +1,610 @@
+//! JWT verification from a JWKS served over HTTPS on loopback (a CA and a server certificate
+//! made by rcgen, trusted through `caFile`): RS256, ES256 and EdDSA tokens verify; a key
+//! rotation refuses no honest request and a removed key's tokens are refused; an endpoint down
+//! at start; the rate limit of refreshes triggered by unknown `kid`s; a huge or malformed
+//! document refused with the last good set kept; a JWKS file re-read when it changes.
+
+#![allow(clippy::unwrap_used)] // Test helpers unwrap: a panic is the failure report.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use bytes::Bytes;
+use common::*;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use parking_lot::Mutex;
+use rcgen::{
+    BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
+    PKCS_ED25519,
+};
+use tokio::net::TcpListener;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const ISSUER: &str = "https://idp.example/realms/shop";
+const AUDIENCE: &str = "shop-api";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A signing key with its public JWK.
+struct SigningKey {
+    alg: Algorithm,
+    kid: String,
+    encoding: EncodingKey,
+    jwk: serde_json::Value,
+}
+
+impl SigningKey {
+    fn token_for(&self, sub: &str, iss: &str, aud: &str) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        encode(
+            &header,
+            &serde_json::json!({ "sub": sub, "exp": now() + 600, "iss": iss, "aud": aud }),
+            &self.encoding,
+        )
+        .unwrap()
+    }
+
+    fn token(&self, sub: &str) -> String {
+        self.token_for(sub, ISSUER, AUDIENCE)
+    }
+}
+
+fn ec_key(kid: &str) -> SigningKey {
+    let pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    // Uncompressed point: 0x04 || x || y.
+    let raw = pair.public_key_raw();
+    assert_eq!(raw.len(), 65);
+    SigningKey {
+        alg: Algorithm::ES256,
+        kid: kid.into(),
+        encoding: EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
+        jwk: serde_json::json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "kid": kid,
+            "x": B64.encode(&raw[1..33]), "y": B64.encode(&raw[33..]),
+        }),
+    }
+}
+
+fn ed_key(kid: &str) -> SigningKey {
+    let pair = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    SigningKey {
+        alg: Algorithm::EdDSA,
+        kid: kid.into(),
+        encoding: EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap(),
+        jwk: serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": kid,
+            "x": B64.encode(pair.public_key_raw()),
+        }),
+    }
+}
+
+/// The RSA fixture (ring cannot generate RSA keys), published with `alg: RS256`.
+fn rsa_key(kid: &str) -> SigningKey {
+    use x509_parser::prelude::FromDer as _;
+    let public = std::fs::read(format!("{FIXTURES}/rsa_public.pem")).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&public).unwrap();
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&pem.contents).unwrap();
+    let x509_parser::public_key::PublicKey::RSA(rsa) = spki.parsed().unwrap() else {
+        panic!("not an RSA key");
+    };
+    let strip = |b: &[u8]| {
+        let start = b.iter().position(|x| *x != 0).unwrap_or(0);
+        B64.encode(&b[start..])
+    };
+    let private = std::fs::read(format!("{FIXTURES}/rsa_private.pem")).unwrap();
+    SigningKey {
+        alg: Algorithm::RS256,
+        kid: kid.into(),
+        encoding: EncodingKey::from_rsa_pem(&private).unwrap(),
+        jwk: serde_json::json!({
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+            "n": strip(rsa.modulus), "e": strip(rsa.exponent),
+        }),
+    }
+}
+
+fn jwks(keys: &[&SigningKey]) -> String {
+    serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
+        .to_string()
+}
+
+/// A JWKS endpoint over HTTPS: serves `document` at any path and counts the fetches.
+struct JwksServer {
+    addr: SocketAddr,
+    document: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+    ca_file: tempfile::NamedTempFile,
+    stop: Arc<AtomicBool>,
+}
+
+struct Pki {
+    ca_pem: String,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        tls: Arc::new(tls),
+    }
+}
+
+impl JwksServer {
+    /// Listens on `addr` (port 0: any) with a certificate of `pki`.
+    async fn start_on(addr: SocketAddr, document: String, pki: Pki) -> Self {
+        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut ca_file, pki.ca_pem.as_bytes()).unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let document = Arc::new(Mutex::new(document));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.tls);
+        let (d, f, s) = (
+            Arc::clone(&document),
+            Arc::clone(&fetches),
+            Arc::clone(&stop),
+        );
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (acceptor, d, f) = (acceptor.clone(), Arc::clone(&d), Arc::clone(&f));
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |_req| {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        let body = d.lock().clone();
+                        async move {
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                            resp.headers_mut().insert(
+                                "content-type",
+                                "application/jwk-set+json".parse().unwrap(),
+                            );
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            document,
+            fetches,
+            ca_file,
+            stop,
+        }
+    }
+
+    async fn start(document: String) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), document, pki()).await
+    }
+
+    fn set(&self, document: String) {
+        *self.document.lock() = document;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the enforcer has fetched `n` more times (so it has seen the document).
+    async fn wait_fetches(&self, n: usize) {
+        self.wait_total(self.fetches() + n).await;
+    }
+
+    /// Waits until the enforcer has fetched `target` times in all.
+    async fn wait_total(&self, target: usize) {
+        for _ in 0..200 {
+            if self.fetches() >= target {
+                // The fetch was answered; give the enforcer a moment to install the set.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the enforcer fetched the JWKS {} times, not {target}",
+            self.fetches()
+        );
+    }
+
+    fn uri(&self) -> String {
+        format!("https://127.0.0.1:{}/realms/shop/certs", self.addr.port())
+    }
+
+    fn ca(&self) -> String {
+        self.ca_file.path().display().to_string()
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An enforcer verifying tokens against a JWKS (`source` is the YAML of `jwks`), refusing
+/// invalid ones with 401.
+fn config(source: &str) -> String {
+    format!(
+        r#"
+upstream: {{ url: "http://{{upstream}}" }}
+mode: Enforce
+session:
+  identifiers:
+    - jwtClaim: {{ claim: sub }}
+  jwtVerification:
+    onInvalid: Reject
+    issuer: {ISSUER}
+    audience: {AUDIENCE}
+    jwks: {source}
+"#
+    )
+}
+
+fn uri_source(server_uri: &str, ca: &str, refresh: &str) -> String {
+    format!("{{ uri: \"{server_uri}\", caFile: \"{ca}\", refreshInterval: {refresh} }}")
+}
+
+async fn status(c: &TestClient, e: &ordo_enforcer::runtime::RunningEnforcer, token: &str) -> u16 {
+    get(
+        c,
+        e,
+        "/api/me",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .status
+}
+
+#[tokio::test]
+async fn rs256_es256_and_eddsa_tokens_verify_against_a_fetched_jwks() {
+    let (rsa, ec, ed, stranger) = (
+        rsa_key("rsa-1"),
+        ec_key("ec-1"),
+        ed_key("ed-1"),
+        ec_key("ec-1"),
+    );
+    let server = JwksServer::start(jwks(&[&rsa, &ec, &ed])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1h")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+    for key in [&rsa, &ec, &ed] {
+        assert_eq!(
+            status(&c, &e, &key.token("alice")).await,
+            200,
+            "{:?}",
+            key.alg
+        );
+    }
+    // Same kid, another key: the signature does not verify.
+    assert_eq!(status(&c, &e, &stranger.token("alice")).await, 401);
+    // Issuer and audience are checked.
+    assert_eq!(
+        status(&c, &e, &ec.token_for("alice", "https://evil", AUDIENCE)).await,
+        401
+    );
+    assert_eq!(
+        status(&c, &e, &ec.token_for("alice", ISSUER, "other-api")).await,
+        401
+    );
+    // A key used with another algorithm than its own (alg confusion) is refused.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let confused = encode(
+        &header,
+        &serde_json::json!({ "sub": "x", "exp": now() + 600, "iss": ISSUER, "aud": AUDIENCE }),
+        &EncodingKey::from_secret(rsa.jwk["n"].as_str().unwrap().as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(status(&c, &e, &confused).await, 401);
+    let m = metrics(&c, &e).await;
+    assert_eq!(metric_value(&m, "ordo_jwks_keys"), 3.0, "{m}");
+    assert!(
+        metric_value(&m, "ordo_jwks_refreshes_total{result=\"ok\"}") >= 1.0,
+        "{m}"
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn rotation_refuses_no_honest_request_and_then_the_removed_key() {
+    let (old, new) = (ec_key("2026-01"), rsa_key("2026-02"));
+    let server = JwksServer::start(jwks(&[&old])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1s")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+
+    // An honest client sends requests all along, with a token from the key the provider
+    // signs with at the time; distinct subjects so that every request is verified anew.
+    let signing = Arc::new(Mutex::new(old.token("u0")));
+    let refused = Arc::new(Mutex::new(Vec::<u16>::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let running = Arc::new(AtomicBool::new(true));
+    let honest = {
+        let (signing, refused, sent, running) = (
+            Arc::clone(&signing),
+            Arc::clone(&refused),
+            Arc::clone(&sent),
+            Arc::clone(&running),
+        );
+        let (c, addr) = (c.clone(), e.proxy_addr);
+        tokio::spawn(async move {
+            while running.load(Ordering::SeqCst) {
+                let token = signing.lock().clone();
+                let a = send(
+                    &c,
+                    "GET",
+                    &format!("http://{addr}/api/me"),
+                    &[("authorization", &format!("Bearer {token}"))],
+                    "",
+                )
+                .await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if a.status != 200 {
+                    refused.lock().push(a.status);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 1. The provider publishes the next key next to the current one.
+    server.set(jwks(&[&old, &new]));
+    server.wait_fetches(2).await;
+    // 2. It signs with the new key.
+    for i in 0..5 {
+        *signing.lock() = new.token(&format!("n{i}"));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let old_token = old.token("u-old");
+    assert_eq!(
+        status(&c, &e, &old_token).await,
+        200,
+        "old key still published"
+    );
+    // 3. It removes the old key.
+    server.set(jwks(&[&new]));
+    server.wait_fetches(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::SeqCst);
+    honest.await.unwrap();
+    assert!(
+        sent.load(Ordering::SeqCst) > 20,
+        "the honest client kept sending"
+    );
+    assert!(
+        refused.lock().is_empty(),
+        "honest requests refused: {:?}",
+        refused.lock()
+    );
+    // A token of the removed key is refused, also one verified (and cached) before.
+    assert_eq!(status(&c, &e, &old_token).await, 401);
+    assert_eq!(status(&c, &e, &old.token("u-late")).await, 401);
+    assert_eq!(status(&c, &e, &new.token("n-late")).await, 200);
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_down_at_start_is_used_once_it_comes_up() {
+    let key = ed_key("k1");
+    let addr = dead_address().await;
+    let pki = pki();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pki.ca_pem).unwrap();
+    let up = start_upstream().await;
+    let c = client();
+    let uri = format!("https://127.0.0.1:{}/certs", addr.port());
+    let e = start_enforcer(
+        &config(&uri_source(&uri, &ca.path().display().to_string(), "1h")),
+        up.addr,
+    )
+    .await;
+    // Down: the enforcer runs, tokens cannot be verified.
+    assert_eq!(status(&c, &e, &key.token("alice")).await, 401);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(&c, &e, &key.token("alice")).await, 401);
+    // Up: retried with a backoff (1 s, 2 s, ...), then tokens verify.
+    let server = JwksServer::start_on(addr, jwks(&[&key]), pki).await;
+    let mut verified = false;
+    for _ in 0..100 {
+        if status(&c, &e, &key.token("alice")).await == 200 {
+            verified = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        verified,
+        "tokens did not verify after the JWKS endpoint came up"
+    );
+    assert!(server.fetches() >= 1);
+    let m = metrics(&c, &e).await;
+    assert!(
+        metric_value(&m, "ordo_jwks_refreshes_total{result=\"failed\"}") >= 1.0,
+        "{m}"
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_kids_trigger_one_early_refresh_per_interval() {
+    let key = ec_key("known");
+    let server = JwksServer::start(jwks(&[&key])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1h")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+    assert_eq!(server.fetches(), 1);
+    // A key published after the last fetch: the first token naming it is judged with the
+    // keys at hand (refused), and makes the enforcer fetch early.
+    let next = rsa_key("next");
+    server.set(jwks(&[&key, &next]));
+    assert_eq!(status(&c, &e, &next.token("bob")).await, 401);
+    server.wait_total(2).await;
+    assert_eq!(status(&c, &e, &next.token("bob")).await, 200);
+    // Random kids: no further fetch within the interval.
+    let before = server.fetches();
+    for i in 0..50 {
+        let random = ec_key(&format!("random-{i}"));
+        assert_eq!(status(&c, &e, &random.token("mallory")).await, 401);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        server.fetches(),
+        before,
+        "random kids made the enforcer fetch"
+    );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn huge_or_malformed_documents_are_refused_and_the_last_good_set_kept() {
+    let key = ec_key("k1");
+    let server = JwksServer::start(jwks(&[&key])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1s")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+    assert_eq!(status(&c, &e, &key.token("alice")).await, 200);
+    let failed = |m: &str| metric_value(m, "ordo_jwks_refreshes_total{result=\"failed\"}");
+    let before = failed(&metrics(&c, &e).await);
+    let huge = format!(
+        "{{\"keys\":[{}],\"padding\":\"{}\"}}",
+        key.jwk,
+        "x".repeat(2 << 20)
+    );
+    let too_many = jwks(&(0..150).map(|_| &key).collect::<Vec<_>>());
+    for bad in [huge, "<html>502 Bad Gateway</html>".to_owned(), too_many] {
+        server.set(bad);
+        server.wait_fetches(1).await;
+        // Distinct subjects: verified anew, not answered from the cache.
+        assert_eq!(
+            status(&c, &e, &key.token(&format!("a{}", server.fetches()))).await,
+            200
+        );
+    }
+    let m = metrics(&c, &e).await;
+    assert!(failed(&m) >= before + 3.0, "{m}");
+    assert_eq!(metric_value(&m, "ordo_jwks_keys"), 1.0, "{m}");
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_jwks_file_is_read_again_when_it_changes() {
+    let (a, b) = (ec_key("a"), ed_key("b"));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), jwks(&[&a])).unwrap();
+    let up = start_upstream().await;
+    let c = client();
+    let source = format!(
+        "{{ file: \"{}\", refreshInterval: 1s }}",
+        file.path().display()
+    );
+    let e = start_enforcer(&config(&source), up.addr).await;
+    assert_eq!(status(&c, &e, &a.token("alice")).await, 200);
+    assert_eq!(status(&c, &e, &b.token("bob")).await, 401);
+    std::fs::write(file.path(), jwks(&[&b])).unwrap();
+    let mut switched = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if status(&c, &e, &b.token("bob")).await == 200 {
+            switched = true;
+            break;
+        }
+    }
+    assert!(switched, "the changed file was not read again");
+    assert_eq!(status(&c, &e, &a.token("alice2")).await, 401);
+    // A broken file keeps the keys at hand.
+    std::fs::write(file.path(), "{not json").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(status(&c, &e, &b.token("bob2")).await, 200);
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broken_jwks_file_or_an_http_uri_is_a_config_error_naming_the_field() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "{\"keys\": 3}").unwrap();
+    let yaml = enforcer_yaml(
+        &config(&format!("{{ file: \"{}\" }}", file.path().display())),
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    let cfg = ordo_enforcer::config::parse_yaml(&yaml).unwrap();
+    let Err(err) =
+        ordo_enforcer::runtime::start(cfg, None, Arc::new(ordo_enforcer::detect::NoopAnalyzer))
+            .await
+    else {
+        panic!("an enforcer started with a broken JWKS file");
+    };
+    let err = err.to_string();
+    assert!(err.contains("session.jwtVerification.jwks.file"), "{err}");
+    assert!(err.contains("not a JWKS"), "{err}");
+    let http = ordo_enforcer::config::parse_yaml(&enforcer_yaml(
+        &config("{ uri: \"http://idp/certs\" }"),
+        "127.0.0.1:1".parse().unwrap(),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(http.contains("session.jwtVerification.jwks.uri"), "{http}");
+}
