@@ -15,17 +15,37 @@ use ordo_enforcer::operation::{canonical_path, canonical_target};
 fn policy(selector: u8) -> PathsConfig {
     let bit = |n: u8| selector & (1 << n) != 0;
     PathsConfig {
-        encoded_slash: if bit(0) { EncodedSlash::Keep } else { EncodedSlash::Reject },
+        encoded_slash: if bit(0) {
+            EncodedSlash::Keep
+        } else {
+            EncodedSlash::Reject
+        },
         path_parameters: match selector >> 6 {
             0 => PathParameters::Reject,
             1 => PathParameters::Strip,
             _ => PathParameters::Keep,
         },
         case_sensitive: !bit(1),
-        trailing_slash: if bit(2) { TrailingSlash::Strip } else { TrailingSlash::Keep },
-        repeated_slashes: if bit(3) { RepeatedSlashes::Reject } else { RepeatedSlashes::Merge },
-        double_encoding: if bit(4) { DoubleEncoding::Literal } else { DoubleEncoding::Reject },
-        backslash: if bit(5) { Backslash::Keep } else { Backslash::Reject },
+        trailing_slash: if bit(2) {
+            TrailingSlash::Strip
+        } else {
+            TrailingSlash::Keep
+        },
+        repeated_slashes: if bit(3) {
+            RepeatedSlashes::Reject
+        } else {
+            RepeatedSlashes::Merge
+        },
+        double_encoding: if bit(4) {
+            DoubleEncoding::Literal
+        } else {
+            DoubleEncoding::Reject
+        },
+        backslash: if bit(5) {
+            Backslash::Keep
+        } else {
+            Backslash::Reject
+        },
     }
 }
 
@@ -42,7 +62,10 @@ fn check_canonical(path: &str, policy: &PathsConfig) {
     for (i, _) in path.match_indices('%') {
         let hex = bytes.get(i + 1..i + 3).unwrap_or_default();
         assert!(
-            hex.len() == 2 && hex.iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()),
+            hex.len() == 2
+                && hex
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase()),
             "{path:?}"
         );
     }
@@ -56,7 +79,11 @@ fn check_canonical(path: &str, policy: &PathsConfig) {
     if policy.trailing_slash == TrailingSlash::Strip {
         assert!(path == "/" || !path.ends_with('/'), "{path:?}");
     }
-    assert_eq!(canonical_path(path, policy).as_deref(), Ok(path), "not a fixed point");
+    assert_eq!(
+        canonical_path(path, policy).as_deref(),
+        Ok(path),
+        "not a fixed point"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
