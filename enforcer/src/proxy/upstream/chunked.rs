@@ -28,6 +28,8 @@ pub enum ChunkError {
     TrailersTooLong,
     #[error("line not terminated by CRLF")]
     BareLf,
+    #[error("trailer line is not a field (name \":\" value)")]
+    BadTrailer,
 }
 
 /// What one decoding step produced.
@@ -111,6 +113,9 @@ impl ChunkedDecoder {
                         self.state = State::Done;
                         return Ok(Decoded::Done);
                     }
+                    if !is_field_line(&line[..line.len() - 2]) {
+                        return Err(ChunkError::BadTrailer);
+                    }
                     let seen = seen + line.len();
                     if seen > MAX_TRAILERS {
                         return Err(ChunkError::TrailersTooLong);
@@ -132,6 +137,20 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, ChunkError> {
         None if buf.len() >= MAX_LINE => Err(ChunkError::LineTooLong),
         None => Ok(None),
     }
+}
+
+/// Whether a trailer line (without its CRLF) is `field-name ":" field-value` (RFC 9110 §5):
+/// a line that is not a field (no colon, a folded line, a control character) ends the message
+/// for one parser and not for another, so it is refused rather than skipped.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = line.split_at(colon);
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !name.is_empty()
+        && name.iter().all(tchar)
+        && value[1..].iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// The size of a `chunk-size [ chunk-ext ] CRLF` line.
@@ -226,7 +245,7 @@ mod tests {
 
     #[test]
     fn rejects_what_two_parsers_could_read_differently() {
-        let cases: [(&[u8], ChunkError); 8] = [
+        let cases: [(&[u8], ChunkError); 12] = [
             (b"5\nhello\r\n0\r\n\r\n", ChunkError::BareLf),
             (b"\r\n", ChunkError::BadSize),
             (b"-5\r\nhello\r\n", ChunkError::BadSize),
@@ -235,6 +254,12 @@ mod tests {
             (b"5\r\nhelloXX0\r\n\r\n", ChunkError::BadDataEnd),
             (b"10000000000000000\r\n", ChunkError::SizeOverflow),
             (b"5\r\nhello\r\n0\r\nx: 1\n\r\n", ChunkError::BareLf),
+            // Trailer lines that are not fields (found by the upstream_diff fuzz target:
+            // hyper refuses them, the decoder skipped them).
+            (b"0\r\na\r\n0\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\nx: 1\r\n folded\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\n: no name\r\n\r\n", ChunkError::BadTrailer),
+            (b"0\r\nx: a\x01b\r\n\r\n", ChunkError::BadTrailer),
         ];
         for (input, expected) in cases {
             assert_eq!(
