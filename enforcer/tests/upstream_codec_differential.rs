@@ -17,13 +17,17 @@ fn corpus(dir: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
-        .map(|entry| entry.unwrap().path())
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+                .path()
+        })
         .collect();
     files.sort();
     files
         .into_iter()
         .map(|path| {
-            let bytes = std::fs::read(&path).unwrap();
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             (path, bytes)
         })
         .collect()
