@@ -150,7 +150,9 @@ fn is_field_line(line: &[u8]) -> bool {
     let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
     !name.is_empty()
         && name.iter().all(tchar)
-        && value[1..].iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        && value[1..]
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 /// The size of a `chunk-size [ chunk-ext ] CRLF` line.
