@@ -24,6 +24,9 @@
 //! - An invalid `Content-Length` where the framing does not use it (a response to HEAD, a 204
 //!   or 304, a response with `Transfer-Encoding`): the enforcer refuses the response, hyper
 //!   ignores the field. Allowed: the enforcer is the stricter.
+//! - A `Transfer-Encoding` list ending in an empty element (`gzip, chunked,`): the enforcer
+//!   ignores empty elements (RFC 9110 §5.6.1) and decodes chunked; hyper takes the empty last
+//!   element as the coding and reads until close. Not compared.
 //! - `101 Switching Protocols`: the enforcer does not proxy upgrades and refuses the response;
 //!   hyper hands it to the caller (which would then take over the connection). Not compared.
 //! - The enforcer refuses a chunk-size line or trailer line longer than 4096 bytes and bare LF
@@ -215,7 +218,11 @@ pub fn intended_difference(input: &[u8], method: &Method) -> bool {
             Ok(Parsed::Complete { head, .. }) => {
                 let codings = head.headers.get_all(http::header::TRANSFER_ENCODING);
                 return (rest.starts_with(b"HTTP/1.0") && codings.iter().next().is_some())
-                    || codings.iter().any(|v| !v.as_bytes().is_ascii());
+                    || codings.iter().any(|v| !v.as_bytes().is_ascii())
+                    || codings
+                        .iter()
+                        .next_back()
+                        .is_some_and(|v| v.as_bytes().trim_ascii().ends_with(b","));
             }
             Err(ProtocolError::Upgrade) => return true,
             _ => return false,
