@@ -165,8 +165,14 @@ fn parse_size(line: &[u8]) -> Result<u64, ChunkError> {
     if digits_end == 0 {
         return Err(ChunkError::BadSize);
     }
-    // After the digits: nothing but whitespace, or whitespace then a `;` extension (skipped).
-    let after_ws = content[digits_end..].trim_ascii_start();
+    // After the digits: nothing but spaces and tabs (RFC 9112's BWS), or those then a `;`
+    // extension (skipped). Only SP and HTAB: a stray CR here is a line end for some parsers
+    // and not for others (`trim_ascii_start` would also skip CR, LF and form feed).
+    let ws_end = content[digits_end..]
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .map_or(content.len(), |i| digits_end + i);
+    let after_ws = &content[ws_end..];
     if !(after_ws.is_empty() || after_ws.first() == Some(&b';')) {
         return Err(ChunkError::BadSize);
     }
@@ -253,6 +259,8 @@ mod tests {
             (b"-5\r\nhello\r\n", ChunkError::BadSize),
             (b"0x5\r\nhello\r\n", ChunkError::BadSize),
             (b"5 5\r\nhello\r\n", ChunkError::BadSize),
+            (b"1\r\r\na\r\n0\r\n\r\n", ChunkError::BadSize),
+            (b"1\x0c\r\na\r\n0\r\n\r\n", ChunkError::BadSize),
             (b"5\r\nhelloXX0\r\n\r\n", ChunkError::BadDataEnd),
             (b"10000000000000000\r\n", ChunkError::SizeOverflow),
             (b"5\r\nhello\r\n0\r\nx: 1\n\r\n", ChunkError::BareLf),
