@@ -22,3 +22,12 @@ pub use upstream::{
     PoolSettings, RequestBody, UpstreamBody, UpstreamError, UpstreamPool, UpstreamRequest,
     set_worker_index,
 };
+
+/// The upstream codec and chunked decoder, for the fuzz targets in `fuzz/`: not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::upstream::chunked::{ChunkError, ChunkedDecoder, Decoded};
+    pub use super::upstream::codec::{
+        Parsed, ProtocolError, ResponseFraming, ResponseHead, parse_response_head,
+    };
+}

@@ -21,8 +21,8 @@
 //! with its early answer.
 
 mod body;
-mod chunked;
-mod codec;
+pub(super) mod chunked;
+pub(super) mod codec;
 
 use std::cell::Cell;
 use std::io;
