@@ -410,9 +410,13 @@ fn invalid_resources() -> Vec<Invalid> {
 /// The JWKS examples (one per source) pass the server's schema and CEL rules as they are.
 #[tokio::test]
 async fn jwks_examples_are_accepted() -> Result<()> {
-    let (_cluster, client, namespace) = setup("crds-jwks").await?;
+    let (cluster, client, namespace) = e2e::setup("crds-jwks").await?;
+    let diagnostics = Diagnostics::new(cluster, &namespace);
     let protections = dynamic::<ApiProtection>(&client, &namespace);
-    for (i, mut manifest) in documents(JWKS_API_PROTECTIONS)?.into_iter().enumerate() {
+    for (i, mut manifest) in yaml_documents(JWKS_API_PROTECTIONS)?
+        .into_iter()
+        .enumerate()
+    {
         manifest["metadata"]["name"] = json!(format!("jwks-{i}"));
         manifest["metadata"]["namespace"] = json!(namespace);
         let object: DynamicObject = serde_json::from_value(manifest.clone())?;
@@ -430,6 +434,7 @@ async fn jwks_examples_are_accepted() -> Result<()> {
             }
         }
     }
+    diagnostics.passed();
     Ok(())
 }
 

@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn rejects_what_two_parsers_could_read_differently() {
-        let cases: [(&[u8], ChunkError); 12] = [
+        let cases: [(&[u8], ChunkError); 14] = [
             (b"5\nhello\r\n0\r\n\r\n", ChunkError::BareLf),
             (b"\r\n", ChunkError::BadSize),
             (b"-5\r\nhello\r\n", ChunkError::BadSize),
