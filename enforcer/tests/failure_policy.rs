@@ -80,6 +80,28 @@ async fn open_forwards_and_closed_refuses_on_internal_errors() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let up = start_upstream().await;
+    let e = start_enforcer(
+        "upstream: { url: \"http://{upstream}\" }\nlimits: { idleTimeout: 60s, headerReadTimeout: 1s }\n",
+        up.addr,
+    )
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(e.proxy_addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    // The server closes it (EOF, or a reset) long before the 60 s keep-alive idle timeout.
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection was still open after 10 s: {read:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    e.shutdown().await;
+}
+
+#[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let up = start_upstream().await;
     let e = start_enforcer(

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -22,6 +22,8 @@ use crate::config::LimitsConfig;
 struct Activity {
     in_flight: AtomicUsize,
     last_ms: AtomicU64,
+    /// Whether a request has arrived on the connection yet.
+    served: AtomicBool,
 }
 
 /// Accepts connections on `listener` and serves each as a task of `tasks` until `shutdown`.
@@ -64,6 +66,10 @@ pub async fn accept_loop(
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let idle = limits.idle_timeout.std();
+        // A connection that has not sent a request yet gets only the time to send its headers:
+        // otherwise connections opened and left silent hold a socket (and a file descriptor)
+        // for the whole keep-alive idle timeout.
+        let first_request = limits.header_read_timeout.std().min(idle);
         tasks.spawn(async move {
             let activity = Arc::new(Activity::default());
             let started = Instant::now();
@@ -73,6 +79,7 @@ pub async fn accept_loop(
                     let shared = Arc::clone(&shared);
                     let activity = Arc::clone(&activity);
                     async move {
+                        activity.served.store(true, Ordering::Relaxed);
                         activity.in_flight.fetch_add(1, Ordering::Relaxed);
                         let resp = handle(shared, peer, req).await;
                         activity.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -84,7 +91,7 @@ pub async fn accept_loop(
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let mut closing = false;
-            let mut tick = tokio::time::interval(Duration::from_secs(1).min(idle));
+            let mut tick = tokio::time::interval(Duration::from_secs(1).min(first_request));
             loop {
                 tokio::select! {
                     res = conn.as_mut() => {
@@ -100,7 +107,8 @@ pub async fn accept_loop(
                     _ = tick.tick(), if !closing => {
                         let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                         let idle_ms = now.saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-                        if activity.in_flight.load(Ordering::Relaxed) == 0 && u128::from(idle_ms) >= idle.as_millis() {
+                        let bound = if activity.served.load(Ordering::Relaxed) { idle } else { first_request };
+                        if activity.in_flight.load(Ordering::Relaxed) == 0 && u128::from(idle_ms) >= bound.as_millis() {
                             conn.as_mut().graceful_shutdown();
                             closing = true;
                         }
