@@ -30,7 +30,8 @@ pub struct Metrics {
     pub model_bytes: Histogram,
     /// Webhook decisions by kind and decision (`allowed`, `denied`, `error`).
     pub webhook_decisions: IntCounterVec,
-    /// Status writes from reports by result.
+    /// Status refreshes that reports asked for: `requested` (a reconcile was queued), `deferred`
+    /// (queued after `min_refresh`), `dropped` (the queue was full; the periodic requeue refreshes).
     pub status_refreshes: IntCounterVec,
     /// Serving certificate reloads by result.
     pub tls_reloads: IntCounterVec,
@@ -94,7 +95,7 @@ impl Metrics {
         let status_refreshes = IntCounterVec::new(
             Opts::new(
                 "status_refreshes_total",
-                "Status writes from reports by result",
+                "Status refreshes requested by enforcer reports, by result",
             ),
             &["result"],
         )?;
@@ -178,6 +179,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.tls_reloads.with_label_values(&[result]);
+        }
+        for result in ["requested", "deferred", "dropped"] {
+            self.status_refreshes.with_label_values(&[result]);
         }
         self
     }

@@ -282,6 +282,15 @@ async fn every_spec_change_reaches_the_enforcer() -> anyhow::Result<()> {
         within("5"),
         within("10"),
     );
+    // Reports arrived all along, so they asked for status refreshes.
+    let refreshes = metric(
+        &text,
+        "ordo_operator_status_refreshes_total{result=\"requested\"}",
+    );
+    assert!(
+        refreshes >= 1.0,
+        "no status refresh was requested by the enforcer's reports"
+    );
     // The chart's dashboard and alerts read only metrics these live processes export.
     let (_, enforcer_metrics) = http::get(&format!("http://{admin}/metrics"), None).await?;
     let missing = ordo_tests::monitoring::missing_metrics(&[&text, &enforcer_metrics])?;

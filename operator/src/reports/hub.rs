@@ -264,14 +264,19 @@ impl ReportHub {
         let due = reports
             .last_trigger
             .is_none_or(|t| t.elapsed() >= self.min_refresh);
+        let refreshes = &self.metrics.status_refreshes;
         if due {
             reports.last_trigger = Some(Instant::now());
             if self.reconcile_tx.try_send(key.clone()).is_err() {
+                refreshes.with_label_values(&["dropped"]).inc();
                 tracing::debug!(
                     "reconcile request queue full; the periodic requeue will refresh the status"
                 );
+            } else {
+                refreshes.with_label_values(&["requested"]).inc();
             }
         } else if !reports.trigger_scheduled {
+            refreshes.with_label_values(&["deferred"]).inc();
             reports.trigger_scheduled = true;
             let wait = reports.last_trigger.map_or(Duration::ZERO, |t| {
                 self.min_refresh.saturating_sub(t.elapsed())
