@@ -5,52 +5,12 @@
 //! against the live operator and enforcer in `tests/tests/e2e_propagation.rs`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 
+use crate::cluster::binaries::go_tool;
 use crate::cluster::workspace_root;
-
-/// A tool built from the Go module pinned in `tests/cluster/<module_dir>/go.mod` by
-/// `tests/cluster/build-<module_dir>.sh`: `$<env_override>` when set, else
-/// `${ORDO_CACHE:-$HOME/.cache/ordo}/<module_dir>-<version>/bin/<module_dir>`. Fails with the
-/// command that builds it when it is missing.
-pub fn go_tool(module_dir: &str, module: &str, env_override: &str) -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os(env_override) {
-        return Ok(PathBuf::from(path));
-    }
-    let go_mod = workspace_root().join(format!("tests/cluster/{module_dir}/go.mod"));
-    let text = std::fs::read_to_string(&go_mod)
-        .with_context(|| format!("reading {}", go_mod.display()))?;
-    let version = text
-        .lines()
-        .find_map(|line| {
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some(name), Some(version)) if name == module && version.starts_with('v') => {
-                    Some(version.to_owned())
-                }
-                _ => None,
-            }
-        })
-        .with_context(|| format!("no {module} requirement in {}", go_mod.display()))?;
-    let cache = std::env::var_os("ORDO_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/ordo")))
-        .context("neither ORDO_CACHE nor HOME is set")?;
-    let bin = cache
-        .join(format!("{module_dir}-{version}"))
-        .join("bin")
-        .join(module_dir);
-    if !bin.is_file() {
-        bail!(
-            "{module_dir} {version} is not built: {} is missing. Run `tests/cluster/build-{module_dir}.sh`, \
-             or point {env_override} at a {module_dir} binary.",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
 
 /// promtool, built by tests/cluster/build-promtool.sh.
 pub fn promtool() -> anyhow::Result<PathBuf> {

@@ -40,46 +40,13 @@ fn chart_dir() -> PathBuf {
 
 /// The helm release pinned in tests/cluster/helm/go.mod.
 fn pinned_helm_version() -> String {
-    let go_mod_path = cluster::workspace_root().join("tests/cluster/helm/go.mod");
-    let go_mod = std::fs::read_to_string(&go_mod_path).unwrap();
-    go_mod
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("helm.sh/helm/v3"), Some(version)) if version.starts_with('v') => {
-                    Some(version.to_owned())
-                }
-                _ => None,
-            }
-        })
-        .next()
-        .unwrap_or_else(|| {
-            panic!(
-                "no helm.sh/helm/v3 requirement in {}",
-                go_mod_path.display()
-            )
-        })
+    cluster::binaries::pinned_go_module_version("helm", "helm.sh/helm/v3").unwrap()
 }
 
 /// `$ORDO_HELM`, else `${ORDO_CACHE:-$HOME/.cache/ordo}/helm-<version>/bin/helm` (where
 /// build-helm.sh puts it).
 fn helm_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("ORDO_HELM").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var_os("ORDO_CACHE")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache")
-                .join("ordo")
-        });
-    cache
-        .join(format!("helm-{}", pinned_helm_version()))
-        .join("bin")
-        .join("helm")
+    cluster::binaries::go_tool_path("helm", "helm.sh/helm/v3", "ORDO_HELM").unwrap()
 }
 
 /// A helm with its own config/cache/data directories (nothing of the user's is read or

@@ -136,7 +136,7 @@ fn dashboard_and_alerts_read_only_metrics_ordo_exports() {
 
 /// `helm template` of the chart with `sets`, as JSON documents.
 fn render_chart(sets: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
-    let helm = monitoring::go_tool("helm", "helm.sh/helm/v3", "ORDO_HELM")?;
+    let helm = ordo_tests::cluster::binaries::go_tool("helm", "helm.sh/helm/v3", "ORDO_HELM")?;
     let home = tempfile::tempdir()?;
     let mut command = Command::new(helm);
     command

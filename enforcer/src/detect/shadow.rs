@@ -123,7 +123,7 @@ fn is_param(segment: &str) -> bool {
 /// A candidate segment against a learned one: a learned parameter takes any value (a new name
 /// under a learned collection), a literal only itself.
 fn segment_fits(candidate: &str, learned: &str) -> bool {
-    is_param(learned) || candidate == learned || (is_param(candidate) && is_param(learned))
+    is_param(learned) || candidate == learned
 }
 
 /// Whether `template` fits the learned resource structure: another method of a learned path,

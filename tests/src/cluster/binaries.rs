@@ -29,7 +29,12 @@ pub fn default_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ORDO_K8S_BIN").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let cache = std::env::var_os("ORDO_CACHE")
+    cache_root().join(format!("k8s-{K8S_VERSION}")).join("bin")
+}
+
+/// Where the build scripts cache what they build: `${ORDO_CACHE:-$HOME/.cache/ordo}`.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("ORDO_CACHE")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -37,8 +42,54 @@ pub fn default_bin_dir() -> PathBuf {
                 .map(PathBuf::from)
                 .unwrap_or_default();
             home.join(".cache").join("ordo")
-        });
-    cache.join(format!("k8s-{K8S_VERSION}")).join("bin")
+        })
+}
+
+/// The version of `module` required in `tests/cluster/<module_dir>/go.mod`.
+pub fn pinned_go_module_version(module_dir: &str, module: &str) -> anyhow::Result<String> {
+    let go_mod =
+        crate::cluster::workspace_root().join(format!("tests/cluster/{module_dir}/go.mod"));
+    let text = std::fs::read_to_string(&go_mod)
+        .with_context(|| format!("reading {}", go_mod.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some(name), Some(version)) if name == module && version.starts_with('v') => {
+                    Some(version.to_owned())
+                }
+                _ => None,
+            }
+        })
+        .with_context(|| format!("no {module} requirement in {}", go_mod.display()))
+}
+
+/// Where `tests/cluster/build-<module_dir>.sh` puts the tool built from the Go module pinned
+/// in `tests/cluster/<module_dir>/go.mod`: `$<env_override>` when set, else
+/// `<cache_root>/<module_dir>-<version>/bin/<module_dir>`.
+pub fn go_tool_path(module_dir: &str, module: &str, env_override: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_override).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let version = pinned_go_module_version(module_dir, module)?;
+    Ok(cache_root()
+        .join(format!("{module_dir}-{version}"))
+        .join("bin")
+        .join(module_dir))
+}
+
+/// [`go_tool_path`], failing with the command that builds the tool when it is missing.
+pub fn go_tool(module_dir: &str, module: &str, env_override: &str) -> anyhow::Result<PathBuf> {
+    let bin = go_tool_path(module_dir, module, env_override)?;
+    if !is_executable(&bin) {
+        bail!(
+            "{module_dir} is not built: {} is missing. Run `tests/cluster/build-{module_dir}.sh` \
+             (it builds it from the Go module proxy into that cache), or point {env_override} at \
+             a {module_dir} binary.",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
 
 /// Checks that `dir` holds every binary (executable) and the kwok stages, and says how to
