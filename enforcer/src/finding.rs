@@ -47,11 +47,21 @@ pub enum FindingKind {
     Volume,
     Enumeration,
     CredentialStuffing,
+    /// An answer that exposes more than the operation's answers were learned to: a sensitive
+    /// class they never carried, or many times their records (see `detect::exposure`).
+    Exposure,
+    /// A parameter named an object that no token claim, earlier answer or earlier request of
+    /// the session carried, where honest values always have such an origin (see
+    /// `detect::lineage`).
+    IdentityLineage,
+    /// A request of a session or client address quarantined after a blocked high-severity
+    /// finding (see `detect::quarantine`).
+    Quarantined,
 }
 
 impl FindingKind {
     /// Every kind, so that metrics can show each at zero before its first finding.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::SequenceRule,
         Self::RateLimit,
         Self::SchemaViolation,
@@ -61,6 +71,9 @@ impl FindingKind {
         Self::Volume,
         Self::Enumeration,
         Self::CredentialStuffing,
+        Self::Exposure,
+        Self::IdentityLineage,
+        Self::Quarantined,
     ];
 
     /// Stable name used in metrics, JSON and summaries.
@@ -75,6 +88,9 @@ impl FindingKind {
             Self::Volume => "Volume",
             Self::Enumeration => "Enumeration",
             Self::CredentialStuffing => "CredentialStuffing",
+            Self::Exposure => "Exposure",
+            Self::IdentityLineage => "IdentityLineage",
+            Self::Quarantined => "Quarantined",
         }
     }
 }

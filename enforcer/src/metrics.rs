@@ -33,6 +33,9 @@ pub struct Metrics {
     pub incidents: IntCounterVec,
     pub rule_matches: IntCounterVec,
     pub rule_blocked: IntCounterVec,
+    /// Operation templates the resolver learned from traffic for paths outside the declared
+    /// operations (`operations.maxTemplates` caps them); not the operations the model holds
+    /// statistics for (`status.model.endpoints`, `GET /v1/model`).
     pub operations_learned: IntGauge,
     /// Reports to the operator by result (`ok`, `failed`).
     pub reports: IntCounterVec,
@@ -40,7 +43,26 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     /// Keys of the JWKS in use.
     pub jwks_keys: IntGauge,
+    /// Connections and requests refused by the slow-client limits, by reason
+    /// ([`CLIENT_LIMIT_REASONS`]).
+    pub client_limit_refusals: IntCounterVec,
+    /// Open client connections of the proxy listener (every worker).
+    pub connections: IntGauge,
+    /// The proxy's connection cap in force (configured, or derived from the file-descriptor limit).
+    pub connections_max: IntGauge,
 }
+
+/// Why a slow-client limit refused a connection or a request (`limits` and `admin` in
+/// docs/enforcer-config.md): the proxy's connection cap, one client's connection cap, the admin
+/// listener's connection cap, one client's requests in flight, a request body below the
+/// minimum rate.
+pub const CLIENT_LIMIT_REASONS: [&str; 5] = [
+    "connections",
+    "client_connections",
+    "admin_connections",
+    "client_requests",
+    "body_rate",
+];
 
 fn counter_vec(
     registry: &Registry,
@@ -168,7 +190,7 @@ impl Metrics {
             operations_learned: gauge(
                 &registry,
                 "ordo_operations_learned",
-                "Learned operation templates",
+                "Operation templates learned from traffic for paths outside the declared operations (capped by operations.maxTemplates; declared operations and the overflow buckets are not counted)",
             )?,
             reports: counter_vec(
                 &registry,
@@ -186,6 +208,22 @@ impl Metrics {
                 &registry,
                 "ordo_jwks_keys",
                 "Keys of the JWKS used to verify session tokens",
+            )?,
+            client_limit_refusals: counter_vec(
+                &registry,
+                "ordo_client_limit_refusals_total",
+                "Connections and requests refused by the slow-client limits, by reason (connections, client_connections, admin_connections, client_requests, body_rate)",
+                &["reason"],
+            )?,
+            connections: gauge(
+                &registry,
+                "ordo_connections",
+                "Open client connections of the proxy listener",
+            )?,
+            connections_max: gauge(
+                &registry,
+                "ordo_connections_max",
+                "Connection cap of the proxy listener (configured or derived from the file-descriptor limit)",
             )?,
             registry,
         }
@@ -207,6 +245,9 @@ impl Metrics {
         }
         for policy in ["open", "closed"] {
             self.failure_policy.with_label_values(&[policy]);
+        }
+        for reason in CLIENT_LIMIT_REASONS {
+            self.client_limit_refusals.with_label_values(&[reason]);
         }
         self
     }

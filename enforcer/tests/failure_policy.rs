@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use ordo_enforcer::config::parse_yaml;
 use ordo_enforcer::detect::session_state::SessionState;
-use ordo_enforcer::detect::{Analyzer, RequestContext, ResponseSummary};
+use ordo_enforcer::detect::{Analyzer, LateFinding, RequestContext, ResponseSummary};
 use ordo_enforcer::finding::Finding;
 use ordo_enforcer::operation::Operation;
 use ordo_enforcer::runtime::start;
@@ -37,7 +37,8 @@ impl Analyzer for Buggy {
         _state: &mut SessionState,
         _resp: &ResponseSummary,
         _flagged: bool,
-    ) {
+    ) -> Vec<LateFinding> {
+        Vec::new()
     }
     fn model_view(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use ordo_enforcer::config::ConfigWatcher;
 use ordo_enforcer::detect::session_state::SessionState;
-use ordo_enforcer::detect::{Analyzer, NoopAnalyzer, RequestContext, ResponseSummary};
+use ordo_enforcer::detect::{Analyzer, LateFinding, NoopAnalyzer, RequestContext, ResponseSummary};
 use ordo_enforcer::finding::Finding;
 use ordo_enforcer::operation::Operation;
 use ordo_enforcer::runtime::start;
@@ -193,10 +193,11 @@ impl Analyzer for RecentProbe {
         _: &mut SessionState,
         _: &ResponseSummary,
         _: bool,
-    ) {
+    ) -> Vec<LateFinding> {
         if ctx.operation.template.contains("slow") {
             self.seen.lock().push(("observe", ctx.recent.len()));
         }
+        Vec::new()
     }
     fn model_view(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -9,6 +9,7 @@ pub mod auth;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -271,12 +272,29 @@ pub fn rules_view(shared: &dyn AdminSource) -> serde_json::Value {
     json!({ "rules": rules, "rateLimits": limits })
 }
 
-/// Serves the admin API until `shutdown`.
+/// What a connection over `admin.maxConnections` gets before it is closed.
+const REFUSED_CONNECTION: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+/// An admitted admin connection; dropping it frees its place.
+struct AdminConnection(Arc<AtomicUsize>);
+
+impl Drop for AdminConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves the admin API until `shutdown`, at most `max_connections` connections at once: the
+/// listener has a cap of its own, apart from the proxy's, so that a flood of the proxy port
+/// does not shut the probes out (and a flood of this one does not take the proxy's
+/// descriptors).
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<dyn AdminSource>,
     shutdown: CancellationToken,
+    max_connections: usize,
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -294,10 +312,22 @@ pub async fn serve(
                 }
             },
         };
+        if open.fetch_add(1, Ordering::AcqRel) >= max_connections {
+            open.fetch_sub(1, Ordering::AcqRel);
+            shared
+                .metrics()
+                .client_limit_refusals
+                .with_label_values(&["admin_connections"])
+                .inc();
+            let _ = stream.try_write(REFUSED_CONNECTION);
+            continue;
+        }
+        let admitted = AdminConnection(Arc::clone(&open));
         let shared = Arc::clone(&shared);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             let service = service_fn(move |req| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(route(shared, peer.ip(), req).await) }

@@ -162,7 +162,21 @@ pub struct DetectorConfig {
     pub enabled: bool,
     pub action: Action,
     pub sensitivity: Sensitivity,
+    /// After a high-severity finding of this detector that blocks, the session (and, for
+    /// credential stuffing, the client address) is quarantined this long: every request of it
+    /// is refused (`Enforce`) or logged (`Monitor`), so that an attacker caught once does not
+    /// simply change path. `0s` turns it off. When unset: [`DEFAULT_QUARANTINE`] for the
+    /// detectors whose findings rest on many requests measured against peers (enumeration,
+    /// credential stuffing), off for those that judge one request or a rate (request shape,
+    /// unlikely sequence, unknown endpoint, volume): one unusual honest request should cost
+    /// that request, not the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Duration>,
 }
+
+/// How long a session is quarantined after a blocked high-severity finding of enumeration or
+/// credential stuffing, unless configured.
+pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(15 * 60);
 
 impl Default for DetectorConfig {
     fn default() -> Self {
@@ -170,11 +184,12 @@ impl Default for DetectorConfig {
             enabled: true,
             action: Action::Log,
             sensitivity: Sensitivity::Medium,
+            quarantine: None,
         }
     }
 }
 
-/// Per learned detector: action and sensitivity.
+/// Per learned detector: action, sensitivity and quarantine.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct DetectorsConfig {
@@ -184,24 +199,31 @@ pub struct DetectorsConfig {
     pub volume: DetectorConfig,
     pub enumeration: DetectorConfig,
     pub credential_stuffing: DetectorConfig,
+    /// Answers that expose more than the operation's answers were learned to (see
+    /// `detect::exposure`); on `Block` in `Enforce` such an answer is withheld.
+    pub exposure: DetectorConfig,
+    /// Values of no learned origin in the session: a claim of the token, an earlier answer or
+    /// request (BOLA from the first request, see `detect::lineage`).
+    pub identity_lineage: DetectorConfig,
 }
 
 impl DetectorsConfig {
     /// Every detector with the same action (used by tests and the evaluation).
     pub fn all(action: Action) -> Self {
-        let one = DetectorConfig {
-            enabled: true,
-            action,
-            sensitivity: Sensitivity::Medium,
-        };
-        Self {
-            shadow_endpoint: one.clone(),
-            request_shape: one.clone(),
-            unlikely_sequence: one.clone(),
-            volume: one.clone(),
-            enumeration: one.clone(),
-            credential_stuffing: one,
+        let mut all = Self::default();
+        for d in [
+            &mut all.shadow_endpoint,
+            &mut all.request_shape,
+            &mut all.unlikely_sequence,
+            &mut all.volume,
+            &mut all.enumeration,
+            &mut all.credential_stuffing,
+            &mut all.exposure,
+            &mut all.identity_lineage,
+        ] {
+            d.action = action;
         }
+        all
     }
 }
 

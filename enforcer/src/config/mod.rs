@@ -4,6 +4,7 @@
 mod duration;
 pub mod learning;
 mod load;
+mod peers;
 mod reload;
 mod report;
 
@@ -21,8 +22,11 @@ pub use crate::operation::{
     TrailingSlash,
 };
 pub use duration::Duration;
-pub use learning::{DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
+pub use learning::{
+    DEFAULT_QUARANTINE, DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity,
+};
 pub use load::{ConfigError, load_file, parse_yaml};
+pub use peers::{PeerDnsConfig, PeersConfig, expand_env};
 pub use reload::{ConfigWatcher, ReloadOutcome};
 pub use report::{ReportConfig, ReportConfigError};
 
@@ -108,6 +112,9 @@ pub struct EnforcerConfig {
     /// Periodic reports to the operator (absent in standalone mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ReportConfig>,
+    /// The other replicas, among which sessions are spread (absent: one replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<PeersConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -141,6 +148,7 @@ impl EnforcerConfig {
             limits: LimitsConfig::default(),
             incidents: IncidentsConfig::default(),
             report: None,
+            peers: None,
         }
     }
 }
@@ -162,6 +170,16 @@ pub struct AdminConfig {
     /// header, cookie and query identifiers are shown as a keyed hash).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reveal_session_keys: bool,
+    /// Connections the admin listener serves at once; more are answered 503 and closed. A cap
+    /// of its own (and file descriptors kept for it out of the proxy's budget, see
+    /// `limits.maxConnections`), so that probes and metrics stay reachable when the proxy port
+    /// is flooded.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_admin_max_connections() -> usize {
+    64
 }
 
 impl Default for AdminConfig {
@@ -171,6 +189,7 @@ impl Default for AdminConfig {
             token: None,
             token_file: None,
             reveal_session_keys: false,
+            max_connections: default_admin_max_connections(),
         }
     }
 }
@@ -651,6 +670,26 @@ pub struct LimitsConfig {
     /// Query parameters (`&`-separated pairs) accepted in one request; more answer 400, so
     /// that no parameter goes unchecked.
     pub max_query_parameters: usize,
+    /// Client connections the proxy listener serves at once (every worker); more are answered
+    /// 503 and closed. Absent: derived from the process's file-descriptor limit, so that the
+    /// proxy never takes the descriptors the admin listener and the upstream connections need.
+    /// A configured value is lowered to that bound too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Connections one client address may hold open (IPv6: one /64); more are answered 503 and
+    /// closed. Counted on the TCP peer, and only with `clientAddress.source: Socket` (behind a
+    /// trusted proxy every connection comes from the proxy). 0: no cap.
+    pub max_connections_per_client: usize,
+    /// Requests of one client address in flight at once (the address as `clientAddress`
+    /// resolves it); more answer 429, so one client cannot hold every
+    /// `maxConcurrentRequests` permit. 0: no cap.
+    pub max_concurrent_requests_per_client: usize,
+    /// Minimum average rate of a request body, in bytes per second, after `bodyRateGrace`: a
+    /// body that has not delivered `minBodyRate × (elapsed − bodyRateGrace)` bytes is cut with
+    /// 408, whether it is buffered or streamed to the upstream. 0: no minimum.
+    pub min_body_rate: u64,
+    /// Time a body may take before `minBodyRate` applies.
+    pub body_rate_grace: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -663,6 +702,11 @@ impl Default for LimitsConfig {
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
             max_query_parameters: 128,
+            max_connections: None,
+            max_connections_per_client: 256,
+            max_concurrent_requests_per_client: 256,
+            min_body_rate: 1024,
+            body_rate_grace: Duration::from_secs(5),
         }
     }
 }

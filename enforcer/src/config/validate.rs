@@ -354,6 +354,16 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     for (field, message) in config.learning.problems() {
         errors.push(format!("learning.{field}"), message);
     }
+    if let Some(peers) = &config.peers {
+        for (field, message) in peers.problems() {
+            errors.push(field, message);
+        }
+        if peers.listen.port() != 0
+            && (peers.listen == config.listen || peers.listen == config.admin.listen)
+        {
+            errors.push("peers.listen", "must differ from listen and admin.listen");
+        }
+    }
     // The report section is checked with the rest so that a bad URL or a missing CA file is
     // rejected at load (and by the operator's webhook), not only when the client starts.
     if let Some(report) = &config.report
@@ -453,6 +463,15 @@ pub fn validate_config(config: &EnforcerConfig) -> Result<(), ValidationErrors> 
     }
     if config.limits.header_read_timeout.std().is_zero() {
         errors.push("limits.headerReadTimeout", "must be greater than 0");
+    }
+    if config.limits.max_connections == Some(0) {
+        errors.push(
+            "limits.maxConnections",
+            "must be at least 1 (omit it for the default)",
+        );
+    }
+    if config.admin.max_connections == 0 {
+        errors.push("admin.maxConnections", "must be at least 1");
     }
     if config.incidents.max_incidents == 0 {
         errors.push("incidents.maxIncidents", "must be at least 1");

@@ -3,22 +3,23 @@
 //! lock for a few map updates, never across an await), the bounded per-client failure table,
 //! and the baseline of the last report, from which the next delta is taken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use super::request::{Analyzer, RequestContext, ResponseSummary};
-use crate::config::{DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
+use super::request::{Analyzer, LateFinding, RequestContext, ResponseSummary};
+use crate::config::{Action, DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
 use crate::detect::params::RequestParams;
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
 use crate::finding::Finding;
+use crate::model::exposure::ExposureSample;
 use crate::model::hashing::stable_hash;
 use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps};
 use crate::operation::Operation;
-use crate::session::RecentOp;
+use crate::session::{RecentOp, SessionSource};
 
 use super::auth_activity::AuthActivity;
 use super::baselines::Baselines;
@@ -26,12 +27,19 @@ use super::clients::ClientTable;
 use super::context::Judged;
 use super::journey::journey_history;
 use super::lesson::{Lesson, PendingLessons, TakeBack};
+use super::lineage::{self, LineageState, ValueKeys};
+use super::outcome::{self, Signals};
+use super::quarantine::{self, ClientQuarantine};
 use super::sequence::SequenceVerdict;
 use super::thresholds::{
     identity_threshold, learning_cap, object_threshold, peer_threshold, volume_threshold,
 };
 use super::view::{ModelView, model_view};
-use super::{distributed, enumeration, sequence, shadow, shape, stuffing, templates, volume};
+use super::{
+    distributed, enumeration, exposure, replay, sequence, shadow, shape, stuffing, templates,
+    volume,
+};
+use crate::model::lineage::OriginClass;
 
 /// Most process-local operation ids remembered (the proxy's templates are capped far below).
 const MAX_OPERATION_IDS: usize = 65_536;
@@ -44,6 +52,8 @@ struct Settings {
     protection: Option<String>,
     /// Lower-case header, cookie and query names that identify sessions: never learned.
     session_names: Vec<String>,
+    /// Headers of the JWT identifiers, whose claims are origins of values (`detect::lineage`).
+    jwt_headers: Vec<String>,
 }
 
 /// The header, cookie and query names the session config identifies sessions by.
@@ -61,6 +71,15 @@ fn session_names(session: &SessionConfig) -> Vec<String> {
         })
         .flatten()
         .map(|name| name.to_ascii_lowercase())
+        .collect()
+}
+
+/// The headers of the session config's JWT identifiers.
+fn jwt_headers(session: &SessionConfig) -> Vec<String> {
+    session
+        .identifiers
+        .iter()
+        .filter_map(|id| id.jwt_claim.as_ref().map(|j| j.header.to_ascii_lowercase()))
         .collect()
 }
 
@@ -96,6 +115,16 @@ pub struct LearnedAnalyzer {
     clients: Mutex<ClientTable>,
     /// Authentication attempts across all clients (distributed stuffing).
     auth: Mutex<AuthActivity>,
+    /// Proxy operation ids whose answers are read for their outcome (see `detect::outcome`):
+    /// looked up for every response without a lock; replaced (rarely) when one is added.
+    response_ops: ArcSwap<HashSet<u32>>,
+    /// Client addresses quarantined after a blocked credential-stuffing finding.
+    quarantined: Mutex<ClientQuarantine>,
+    /// Proxy operation ids whose answers are read for the values they give the session (see
+    /// `detect::lineage`), like `response_ops`.
+    lineage_ops: ArcSwap<HashSet<u32>>,
+    /// The per-process key of the value hashes kept per session.
+    value_keys: ValueKeys,
 }
 
 fn caps_of(learning: &LearningConfig) -> ModelCaps {
@@ -221,6 +250,7 @@ impl LearnedAnalyzer {
                 detectors: detectors.clone(),
                 protection: None,
                 session_names: Vec::new(),
+                jwt_headers: Vec::new(),
             }),
             inner: RwLock::new(Inner {
                 model,
@@ -234,6 +264,10 @@ impl LearnedAnalyzer {
             pending: Mutex::new(PendingLessons::default()),
             clients: Mutex::new(ClientTable::default()),
             auth: Mutex::new(AuthActivity::new(learning.max_tracked_clients)),
+            response_ops: ArcSwap::from_pointee(HashSet::new()),
+            quarantined: Mutex::new(ClientQuarantine::default()),
+            lineage_ops: ArcSwap::from_pointee(HashSet::new()),
+            value_keys: ValueKeys::default(),
         }
     }
 
@@ -427,26 +461,61 @@ impl LearnedAnalyzer {
         params
     }
 
-    fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
-        model.requests >= learning.min_requests && model.sessions >= learning.min_sessions
+    /// Starts reading the answers of proxy operation `id` for their outcome.
+    fn read_responses_of(&self, id: u32) {
+        if self.response_ops.load().contains(&id) {
+            return;
+        }
+        self.response_ops.rcu(|ops| {
+            let mut ops = HashSet::clone(ops);
+            if ops.len() < MAX_OPERATION_IDS {
+                ops.insert(id);
+            }
+            ops
+        });
     }
-}
 
-impl Analyzer for LearnedAnalyzer {
-    fn wants_body(&self, _op: &Operation) -> bool {
-        let d = &self.settings.load().detectors;
-        d.request_shape.enabled || d.enumeration.enabled || d.credential_stuffing.enabled
+    /// Starts or stops reading the answers of proxy operation `id` for their values.
+    fn read_values_of(&self, id: u32, wanted: bool) {
+        if self.lineage_ops.load().contains(&id) == wanted {
+            return;
+        }
+        self.lineage_ops.rcu(|ops| {
+            let mut ops = HashSet::clone(ops);
+            if !wanted {
+                ops.remove(&id);
+            } else if ops.len() < MAX_OPERATION_IDS {
+                ops.insert(id);
+            }
+            ops
+        });
     }
 
-    fn inspect(&self, ctx: &RequestContext<'_>, state: &mut SessionState, out: &mut Vec<Finding>) {
-        let settings = self.settings.load();
+    /// The hashed claims of the session's token (see `detect::lineage`).
+    fn claims_of(&self, ctx: &RequestContext<'_>, settings: &Settings) -> Vec<(String, u64)> {
+        lineage::claims(
+            ctx.session_source,
+            ctx.headers,
+            &settings.jwt_headers,
+            &self.value_keys,
+        )
+    }
+
+    /// Runs the learned detectors on one request (`inspect` without the quarantine).
+    fn judge(
+        &self,
+        ctx: &RequestContext<'_>,
+        state: &mut SessionState,
+        out: &mut Vec<Finding>,
+        settings: &Settings,
+    ) {
         let (learning, detectors) = (&settings.learning, &settings.detectors);
         let inner = self.inner.read();
         let model = &inner.model;
         if !Self::globally_mature(model, learning) {
             return;
         }
-        let params = Self::params_of(ctx, &settings);
+        let params = Self::params_of(ctx, settings);
         let window_ms = window_ms(learning);
         let judged = Judged {
             ctx,
@@ -492,8 +561,13 @@ impl Analyzer for LearnedAnalyzer {
                     state.set_unlikely_op(judged.op);
                     out.push(f);
                 }
-                SequenceVerdict::Likely => state.set_unlikely_op(None),
-                SequenceVerdict::Silent => {}
+                SequenceVerdict::Likely => {
+                    state.set_unlikely_op(None);
+                    out.extend(self.replayed(&judged, state, &detectors.unlikely_sequence));
+                }
+                SequenceVerdict::Silent => {
+                    out.extend(self.replayed(&judged, state, &detectors.unlikely_sequence));
+                }
             }
         }
         if detectors.volume.enabled
@@ -520,7 +594,248 @@ impl Analyzer for LearnedAnalyzer {
                 ));
             }
         }
+        if detectors.identity_lineage.enabled
+            && let Some(f) = lineage::check(
+                &judged,
+                &detectors.identity_lineage,
+                state.lineage(),
+                &|| self.claims_of(ctx, settings),
+                &self.value_keys,
+            )
+        {
+            out.push(f);
+        }
         ctx.scratch.keep_params(params);
+    }
+
+    /// A non-idempotent request identical to the session's previous successful one of its
+    /// operation, where the model learned such repeats to be improbable (see `detect::replay`).
+    fn replayed(
+        &self,
+        judged: &Judged<'_>,
+        state: &SessionState,
+        config: &crate::config::DetectorConfig,
+    ) -> Option<Finding> {
+        let (last, repeats) = state.last_change(judged.window, judged.op?)?;
+        let fingerprint = replay::fingerprint(judged.ctx, &self.value_keys)?;
+        (fingerprint == last)
+            .then(|| replay::check(judged, config, repeats.saturating_add(1)))
+            .flatten()
+    }
+
+    /// Learns where the request's values came from, and remembers (hashed) the values the
+    /// session sent and was given (see `detect::lineage`).
+    #[allow(clippy::too_many_arguments)]
+    fn follow_values(
+        &self,
+        ctx: &RequestContext<'_>,
+        state: &mut SessionState,
+        resp: &ResponseSummary<'_>,
+        settings: &Settings,
+        model: &LearnedModel,
+        index: u16,
+        params: &RequestParams,
+        lesson: &mut Lesson,
+    ) {
+        if state.seen() == 0 && lineage::history_lost(ctx.recent) {
+            state.lineage_mut().mark_incomplete();
+        }
+        let complete = !state.lineage().is_some_and(LineageState::incomplete)
+            && !lineage::history_lost(ctx.recent);
+        let success = (200..400).contains(&resp.status) && !resp.refused;
+        let candidates = lineage::candidates(params);
+        if !candidates.is_empty() && (success || lesson.learnable) {
+            let hashes: Vec<u64> = candidates
+                .iter()
+                .map(|c| self.value_keys.hash(&c.value))
+                .collect();
+            if lesson.learnable && complete {
+                let claims = self.claims_of(ctx, settings);
+                for (c, hash) in candidates.iter().zip(&hashes) {
+                    let origins = lineage::origins_of(*hash, &claims, state.lineage(), model);
+                    for source in origins.supplied_by {
+                        if !lesson.supplied.contains(&source) {
+                            lesson.supplied.push(source);
+                        }
+                    }
+                    lesson
+                        .lineage
+                        .push((c.obs.name.clone(), origins.classes, origins.sources));
+                }
+            }
+            if success {
+                let values = state.lineage_mut();
+                for (c, hash) in candidates.iter().zip(&hashes) {
+                    values.remember(*hash, index, &c.obs.name, OriginClass::Request);
+                }
+            }
+        }
+        let reading = self.lineage_ops.load().contains(&ctx.operation.id);
+        if success && reading && resp.body.is_none() {
+            // An answer whose values matter was not in memory (larger than the read limit, or
+            // streamed): what the session was given is unknown from now on, so it is no
+            // longer judged rather than judged on half its values.
+            let known = model
+                .operation(index)
+                .is_some_and(|s| s.lineage.supplied > 0);
+            if known {
+                state.lineage_mut().mark_incomplete();
+            }
+        }
+        if success
+            && reading
+            && let Some(body) = resp.body
+        {
+            lesson.lineage_read = !state.tainted();
+            let values = lineage::response_values(body);
+            if !values.is_empty() {
+                let state = state.lineage_mut();
+                for (field, value) in &values {
+                    state.remember(
+                        self.value_keys.hash(value),
+                        index,
+                        field,
+                        OriginClass::Response,
+                    );
+                }
+            }
+        }
+        if let Some(stats) = model.operation(index) {
+            self.read_values_of(ctx.operation.id, lineage::wants(&stats.lineage));
+        }
+    }
+
+    fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
+        model.requests >= learning.min_requests && model.sessions >= learning.min_sessions
+    }
+}
+
+impl Analyzer for LearnedAnalyzer {
+    fn wants_body(&self, _op: &Operation) -> bool {
+        let d = &self.settings.load().detectors;
+        d.request_shape.enabled
+            || d.enumeration.enabled
+            || d.credential_stuffing.enabled
+            || d.identity_lineage.enabled
+    }
+
+    fn wants_response(&self, op: &Operation) -> bool {
+        self.response_ops.load().contains(&op.id)
+            || self.lineage_ops.load().contains(&op.id)
+            || self.settings.load().detectors.exposure.enabled
+    }
+
+    fn holds_response(&self, _op: &Operation) -> bool {
+        let settings = self.settings.load();
+        let exposure = &settings.detectors.exposure;
+        exposure.enabled
+            && exposure.action == Action::Block
+            && Self::globally_mature(&self.inner.read().model, &settings.learning)
+    }
+
+    fn scans_streamed(&self, _op: &Operation) -> bool {
+        self.settings.load().detectors.exposure.enabled
+    }
+
+    fn observe_streamed(
+        &self,
+        template: &str,
+        now_ms: u64,
+        state: &mut SessionState,
+        scan: &exposure::Scan,
+    ) -> Option<Finding> {
+        let settings = self.settings.load();
+        let (learning, detectors) = (&settings.learning, &settings.detectors);
+        if !detectors.exposure.enabled || !scan.json {
+            return None;
+        }
+        let inner = self.inner.read();
+        let finding = Self::globally_mature(&inner.model, learning)
+            .then(|| exposure::check(&inner.model, template, scan, &detectors.exposure))
+            .flatten();
+        if let Some(found) = &finding {
+            // As a flagged request: the session teaches nothing from now on.
+            state.taint();
+            if let Some((q, _)) = quarantine::after(std::slice::from_ref(found), detectors, now_ms)
+            {
+                state.set_quarantine(q);
+            }
+            return finding;
+        }
+        // Learned only from a whole answer of a session still learned from (`observe` decided
+        // the rest of the exchange: a tainted session's answers teach nothing).
+        if !scan.complete || state.tainted() {
+            return None;
+        }
+        let op = inner.model.op_index(template)?;
+        let lesson = Lesson {
+            generation: inner.generation,
+            now_ms,
+            template: Some(template.into()),
+            op: Some(op),
+            streamed_exposure: Some(scan.sample(false)),
+            ..Lesson::default()
+        };
+        drop(inner);
+        self.learn(lesson, learning);
+        None
+    }
+
+    fn inspect_response(
+        &self,
+        ctx: &RequestContext<'_>,
+        state: &mut SessionState,
+        resp: &ResponseSummary<'_>,
+    ) -> Option<Finding> {
+        let settings = self.settings.load();
+        let (learning, detectors) = (&settings.learning, &settings.detectors);
+        let scan = resp.exposure?;
+        if !detectors.exposure.enabled || !(200..300).contains(&resp.status) {
+            return None;
+        }
+        let finding = {
+            let inner = self.inner.read();
+            if !Self::globally_mature(&inner.model, learning) {
+                return None;
+            }
+            exposure::check(
+                &inner.model,
+                &ctx.operation.template,
+                scan,
+                &detectors.exposure,
+            )?
+        };
+        if let Some((q, _)) =
+            quarantine::after(std::slice::from_ref(&finding), detectors, ctx.now_ms)
+        {
+            state.set_quarantine(q);
+        }
+        Some(finding)
+    }
+
+    fn inspect(&self, ctx: &RequestContext<'_>, state: &mut SessionState, out: &mut Vec<Finding>) {
+        let settings = self.settings.load();
+        let (learning, detectors) = (&settings.learning, &settings.detectors);
+        // A quarantined session or address is refused before anything else is judged.
+        let client_quarantine = self.quarantined.lock().get(&ctx.client, ctx.now_ms);
+        if let Some(f) = quarantine::check(state, client_quarantine, &ctx.client, ctx.now_ms) {
+            out.push(f);
+            return;
+        }
+        let first = out.len();
+        self.judge(ctx, state, out, &settings);
+        let found = out.get(first..).unwrap_or_default();
+        if let Some((q, client)) = quarantine::after(found, detectors, ctx.now_ms) {
+            state.set_quarantine(q);
+            if client {
+                self.quarantined.lock().insert(
+                    ctx.client,
+                    q,
+                    ctx.now_ms,
+                    learning.max_tracked_clients,
+                );
+            }
+        }
     }
 
     fn observe(
@@ -529,7 +844,7 @@ impl Analyzer for LearnedAnalyzer {
         state: &mut SessionState,
         resp: &ResponseSummary,
         flagged: bool,
-    ) {
+    ) -> Vec<LateFinding> {
         let settings = self.settings.load();
         let (learning, detectors) = (&settings.learning, &settings.detectors);
         // A request outside the inventory that the application answers as not existing is
@@ -559,8 +874,31 @@ impl Analyzer for LearnedAnalyzer {
             state.taint();
         }
         let tainted = state.tainted();
-        let learnable = (200..400).contains(&resp.status) && !tainted;
         let params = Self::params_of(ctx, &settings);
+        // What the answer says, judged against what the operation's answers were learned to
+        // look like (see `detect::outcome`).
+        // Only the operations whose outcome matters are read for it (an answer handed over for
+        // its exposure alone says nothing about outcomes).
+        let outcome_read = self.response_ops.load().contains(&ctx.operation.id);
+        let signals = Signals::read(
+            resp.status,
+            resp.set_cookie && outcome_read,
+            resp.body.filter(|_| outcome_read),
+        );
+        // Without a body read, the status alone decides (no model lookup on the common path).
+        let failure = if signals.read {
+            let inner = self.inner.read();
+            let stats = inner
+                .model
+                .op_index(&ctx.operation.template)
+                .and_then(|i| inner.model.operation(i));
+            outcome::classify(&signals, stats)
+        } else {
+            outcome::classify(&signals, None)
+        };
+        let body_failure = failure.is_some_and(outcome::Failure::from_body);
+        // Learn only from successful traffic: a 200 whose body says it failed is no success.
+        let learnable = (200..400).contains(&resp.status) && !tainted && !body_failure;
         let window_ms = window_ms(learning);
         let window = ctx.now_ms / window_ms;
         self.maintain(ctx, learning, window_ms, learnable);
@@ -603,24 +941,72 @@ impl Analyzer for LearnedAnalyzer {
                 ));
             }
         }
-        let auth_failure = matches!(resp.status, 401 | 403);
+        // The enforcer's own refusals say nothing about the credentials (a session refused for
+        // its sign-up would otherwise have "failed" for the identity it signed up with).
+        let status_failure = !resp.refused && matches!(resp.status, 401 | 403);
         let mut auth_like = params.has_credentials;
         if let Some(index) = op
             && let Some(stats) = model.operation(index)
         {
             if !tainted {
                 lesson.status = Some(resp.status);
-                lesson.auth_failure = auth_failure;
+                lesson.auth_failure = status_failure;
+                lesson.outcome = Some(signals);
+            }
+            lesson.object_lookup = learnable && !params.object_ids.is_empty();
+            if learnable && detectors.exposure.enabled && (200..300).contains(&resp.status) {
+                let anonymous = ctx.session_source == SessionSource::ClientIp;
+                lesson.exposure = Some(match resp.exposure {
+                    Some(scan) => scan.sample(anonymous),
+                    None => ExposureSample {
+                        anonymous,
+                        ..ExposureSample::default()
+                    },
+                });
             }
             auth_like |= stats.is_auth_like();
+            if outcome::wants(stats) || params.has_credentials || !params.object_ids.is_empty() {
+                self.read_responses_of(ctx.operation.id);
+            }
             // Learned from while outside the inventory after maturity: discovered (see
             // `detect::shadow`).
             lesson.discovered = learnable
                 && stats.discovered_ms == 0
                 && stats.requests < learning.min_endpoint_requests
                 && Self::globally_mature(model, learning);
+            let change = detectors
+                .unlikely_sequence
+                .enabled
+                .then(|| replay::fingerprint(ctx, &self.value_keys))
+                .flatten();
+            let succeeded = (200..300).contains(&resp.status) && !resp.refused && !body_failure;
             let counters = state.window_mut(window);
+            if learnable {
+                // The session's earlier identical repeats are learned now that it went on
+                // unflagged (see `OpSlot::pending_repeat`).
+                for slot in counters.slots.iter_mut().filter(|s| s.pending_repeat) {
+                    slot.pending_repeat = false;
+                    lesson.identical_repeats.push(slot.op);
+                }
+            }
             if let Some(slot) = counters.slot_mut(index) {
+                if let Some(change) = change {
+                    let identical = slot.last_change == change;
+                    if learnable && identical {
+                        slot.pending_repeat = true;
+                    } else if learnable {
+                        lesson.different_request = true;
+                    }
+                    // Every identical copy counts, whatever the answer (an application that
+                    // refuses a duplicate does not make the next copy less of a replay); only
+                    // a different request that succeeded starts afresh.
+                    if identical {
+                        slot.identical_repeats = slot.identical_repeats.saturating_add(1);
+                    } else if succeeded {
+                        slot.identical_repeats = 0;
+                        slot.last_change = change;
+                    }
+                }
                 slot.requests = slot.requests.saturating_add(1);
                 let before = distinct_of(slot.objects);
                 for id in &params.object_ids {
@@ -646,7 +1032,7 @@ impl Analyzer for LearnedAnalyzer {
                     }
                 }
             }
-            if resp.status == 404 && !params.object_ids.is_empty() {
+            if (resp.status == 404 || body_failure) && !params.object_ids.is_empty() {
                 counters.not_found = counters.not_found.saturating_add(1);
                 let cap = learning_cap(baselines.not_found, |p| {
                     peer_threshold(p.p99, detectors.enumeration.sensitivity)
@@ -656,11 +1042,30 @@ impl Analyzer for LearnedAnalyzer {
                 }
             }
         }
-        if auth_like
-            && !flagged
+        if detectors.identity_lineage.enabled
             && let Some(index) = op
         {
-            self.auth.lock().record(
+            self.follow_values(
+                ctx,
+                state,
+                resp,
+                &settings,
+                model,
+                index,
+                &params,
+                &mut lesson,
+            );
+        }
+        let auth_failure = status_failure || (auth_like && body_failure);
+        let mut late = Vec::new();
+        // Attempts of flagged sessions are no evidence across clients (they were judged).
+        if auth_like
+            && !flagged
+            && !tainted
+            && let Some(index) = op
+        {
+            let mut auth = self.auth.lock();
+            auth.record(
                 index,
                 ctx.now_ms,
                 window,
@@ -668,6 +1073,41 @@ impl Analyzer for LearnedAnalyzer {
                 &ctx.client,
                 auth_failure,
             );
+            if detectors.credential_stuffing.enabled && Self::globally_mature(model, learning) {
+                let judged = Judged {
+                    ctx,
+                    model,
+                    learning,
+                    op,
+                    params: &params,
+                    window,
+                    window_ms,
+                    baselines,
+                };
+                late = distributed::campaign(
+                    &judged,
+                    &detectors.credential_stuffing,
+                    &mut auth,
+                    distributed::settle_ms(learning.journey_gap.as_millis_u64()),
+                );
+            }
+        }
+        // A session that failed to authenticate and then used the API for something else is an
+        // honest user carrying on (see `detect::distributed`, campaign).
+        if auth_like {
+            state.set_auth_failed(auth_failure && !flagged);
+        } else if state.auth_failed() {
+            state.set_auth_failed(false);
+            self.auth.lock().carried_on(&ctx.client);
+        }
+        // The members of a campaign are quarantined like a stuffer caught in the act.
+        if let Some((q, _)) = late.first().and_then(|l| {
+            quarantine::after(std::slice::from_ref(&l.finding), detectors, ctx.now_ms)
+        }) {
+            let mut table = self.quarantined.lock();
+            for l in &late {
+                table.insert(l.client, q, ctx.now_ms, learning.max_tracked_clients);
+            }
         }
         if auth_failure && auth_like {
             let mut clients = self.clients.lock();
@@ -706,6 +1146,7 @@ impl Analyzer for LearnedAnalyzer {
         }
         self.learn(lesson, learning);
         state.record_seen();
+        late
     }
 
     fn fold_templates(&self, resolver: &crate::operation::OperationResolver) {
@@ -767,6 +1208,7 @@ impl Analyzer for LearnedAnalyzer {
         let current = self.settings.load();
         self.settings.store(Arc::new(Settings {
             session_names: session_names(&config.session),
+            jwt_headers: jwt_headers(&config.session),
             ..(**current).clone()
         }));
     }

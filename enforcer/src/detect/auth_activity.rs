@@ -27,9 +27,12 @@ use super::session_state::{distinct_of, with_object};
 pub const MAX_AUTH_OPERATIONS: usize = 8;
 /// Attempts remembered per authenticating operation.
 pub const RING_SIZE: usize = 128;
+/// Failed attempts remembered per authenticating operation for naming the members of a
+/// campaign (see [`AuthActivity::campaign_members`]), oldest out first.
+pub const MAX_FAILURES: usize = 256;
 
 /// One authentication attempt as remembered by the ring.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Attempt {
     at_ms: u64,
     /// Hash of the claimed identity (0 = none claimed).
@@ -39,11 +42,28 @@ struct Attempt {
     failed: bool,
 }
 
+/// One failed attempt kept for naming the members of a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failure {
+    at_ms: u64,
+    identity: u64,
+    client: u64,
+    /// The address itself, to name the members of a campaign.
+    address: IpAddr,
+    /// Named as a member already, or cleared (its address logged in as that identity
+    /// afterwards, or went on using the API).
+    settled: bool,
+}
+
 #[derive(Debug)]
 struct AttemptRing {
     op: u16,
     next: usize,
     attempts: Vec<Attempt>,
+    /// The operation's failed attempts, oldest first (at most [`MAX_FAILURES`]): kept apart
+    /// from `attempts` so that a campaign's first tries are still named when the surge is
+    /// recognised after they left the ring of the last [`RING_SIZE`] attempts.
+    failures: std::collections::VecDeque<Failure>,
     /// The learned failure rate frozen for one counting window: (window, rate).
     frozen_rate: Option<(u64, f64)>,
 }
@@ -93,6 +113,8 @@ pub struct AuthActivity {
     max_identities: usize,
     /// Identities not tracked because the table was full.
     pub untracked: u64,
+    /// The campaign in progress: (operation, first named, last named), unix ms.
+    campaign: Option<(u16, u64, u64)>,
 }
 
 impl AuthActivity {
@@ -102,6 +124,7 @@ impl AuthActivity {
             identities: HashMap::new(),
             max_identities,
             untracked: 0,
+            campaign: None,
         }
     }
 
@@ -134,6 +157,27 @@ impl AuthActivity {
                 *slot = attempt;
             }
             ring.next = (ring.next + 1) % RING_SIZE;
+            if failed {
+                if ring.failures.len() >= MAX_FAILURES {
+                    ring.failures.pop_front();
+                }
+                ring.failures.push_back(Failure {
+                    at_ms: now_ms,
+                    identity: attempt.identity,
+                    client: client_key,
+                    address: *client,
+                    settled: false,
+                });
+            } else {
+                // An honest user who mistyped logs in right after: not a member.
+                for f in ring
+                    .failures
+                    .iter_mut()
+                    .filter(|f| f.client == client_key && f.identity == attempt.identity)
+                {
+                    f.settled = true;
+                }
+            }
         }
         if failed && let Some(identity) = identity {
             self.record_identity_failure(identity, window, client_key);
@@ -151,6 +195,7 @@ impl AuthActivity {
             op,
             next: 0,
             attempts: Vec::with_capacity(RING_SIZE),
+            failures: std::collections::VecDeque::new(),
             frozen_rate: None,
         });
         self.rings.last_mut()
@@ -228,6 +273,66 @@ impl AuthActivity {
                 rate
             }
         }
+    }
+
+    /// The addresses of failed attempts of `op` in the last `horizon_ms` (the counting
+    /// window, not only the last [`RING_SIZE`] attempts: a campaign's first tries were made
+    /// before its surge could be recognised) that were made at least `settle_ms` ago and that
+    /// the same address did not follow with a success for the same identity (an honest user
+    /// who mistyped logs in right after) nor with other use of the API: the members of a
+    /// campaign, each named once (at most `max` per call).
+    pub fn campaign_members(
+        &mut self,
+        op: u16,
+        now_ms: u64,
+        horizon_ms: u64,
+        settle_ms: u64,
+        max: usize,
+    ) -> Vec<IpAddr> {
+        let Some(ring) = self.rings.iter_mut().find(|r| r.op == op) else {
+            return Vec::new();
+        };
+        let since = now_ms.saturating_sub(horizon_ms);
+        let settled = now_ms.saturating_sub(settle_ms);
+        let mut members = Vec::new();
+        for f in ring.failures.iter_mut() {
+            if members.len() >= max {
+                break;
+            }
+            if f.settled || f.at_ms < since || f.at_ms > settled {
+                continue;
+            }
+            f.settled = true;
+            if !members.contains(&f.address) {
+                members.push(f.address);
+            }
+        }
+        members
+    }
+
+    /// `client` went on using the API after failing to authenticate (an honest user carries
+    /// on with what they came for; a stuffer's address only tries logins): its failed attempts
+    /// not named yet are no campaign evidence.
+    pub fn carried_on(&mut self, client: &IpAddr) {
+        let key = client_hash(client);
+        for ring in &mut self.rings {
+            for f in ring.failures.iter_mut().filter(|f| f.client == key) {
+                f.settled = true;
+            }
+        }
+    }
+
+    /// A stable id of the campaign against `op` in progress (its first naming time, mixed
+    /// with the operation): a new campaign starts when none was named for `horizon_ms`.
+    pub fn campaign_id(&mut self, op: u16, now_ms: u64, horizon_ms: u64) -> u64 {
+        let started = match self.campaign {
+            Some((o, started, last)) if o == op && now_ms.saturating_sub(last) <= horizon_ms => {
+                started
+            }
+            _ => now_ms,
+        };
+        self.campaign = Some((op, started, now_ms));
+        (started << 16) | u64::from(op)
     }
 
     pub fn tracked_identities(&self) -> usize {
@@ -320,5 +425,79 @@ mod tests {
         b.record(0, 1, 5, Some(42), &ip(3), true);
         let e = b.identity(42, 5).unwrap();
         assert_eq!(e.distinct_clients(), 1);
+    }
+}
+
+#[cfg(test)]
+mod campaign_tests {
+    use super::*;
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0xCB00_7100 + i))
+    }
+
+    #[test]
+    fn members_are_settled_failures_not_followed_by_a_success() {
+        let mut a = AuthActivity::new(100);
+        // Three stuffers fail once each; an honest user fails and then logs in.
+        a.record(0, 1_000, 1, Some(11), &ip(1), true);
+        a.record(0, 1_100, 1, Some(12), &ip(2), true);
+        a.record(0, 1_200, 1, Some(7), &ip(9), true);
+        a.record(0, 1_300, 1, Some(7), &ip(9), false);
+        a.record(0, 1_400, 1, Some(13), &ip(3), true);
+        // An address that went on using the API after failing is no member.
+        a.record(0, 1_420, 1, Some(15), &ip(5), true);
+        a.carried_on(&ip(5));
+        // Not settled yet (300 ms): only those older than that.
+        assert_eq!(
+            a.campaign_members(0, 1_450, 60_000, 300, 10),
+            vec![ip(1), ip(2)]
+        );
+        // Each member is named once; the honest users never (ip 9 logged in, ip 5 carried on).
+        assert_eq!(a.campaign_members(0, 5_000, 60_000, 300, 10), vec![ip(3)]);
+        assert!(a.campaign_members(0, 6_000, 60_000, 300, 10).is_empty());
+        // Beyond the horizon, nothing; another operation, nothing.
+        a.record(0, 10_000, 1, Some(14), &ip(4), true);
+        assert!(a.campaign_members(0, 100_000, 1_000, 300, 10).is_empty());
+        assert!(a.campaign_members(1, 10_500, 60_000, 300, 10).is_empty());
+    }
+
+    #[test]
+    fn first_tries_are_named_after_they_left_the_ring_of_recent_attempts() {
+        let mut a = AuthActivity::new(1000);
+        // A stuffer's single try, then far more than a ring of honest logins (one of whom
+        // mistypes first and logs in 200 attempts later), then the surge is recognised.
+        a.record(0, 1_000, 1, Some(11), &ip(1), true);
+        a.record(0, 1_001, 1, Some(7), &ip(9), true);
+        for i in 0..(2 * RING_SIZE as u32) {
+            let at = 2_000 + u64::from(i);
+            let (identity, client) = if i == 200 {
+                (7, ip(9))
+            } else {
+                (1_000 + u64::from(i), ip(1_000 + i))
+            };
+            a.record(0, at, 1, Some(identity), &client, false);
+        }
+        assert_eq!(a.recent(0, 3_000, 60_000).failures, 0, "left the ring");
+        assert_eq!(
+            a.campaign_members(0, 3_000, 60_000, 300, 10),
+            vec![ip(1)],
+            "the stuffer is named, the user who logged in later is not"
+        );
+    }
+
+    #[test]
+    fn failures_kept_for_campaigns_are_bounded() {
+        let mut a = AuthActivity::new(10);
+        for i in 0..(3 * MAX_FAILURES as u32) {
+            a.record(0, 1_000 + u64::from(i), 1, Some(u64::from(i)), &ip(i), true);
+        }
+        let ring = a.rings.first().unwrap();
+        assert_eq!(ring.failures.len(), MAX_FAILURES);
+        // The oldest went first.
+        assert_eq!(
+            ring.failures.front().map(|f| f.at_ms),
+            Some(1_000 + 2 * MAX_FAILURES as u64)
+        );
     }
 }

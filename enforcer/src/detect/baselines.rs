@@ -7,6 +7,18 @@
 //! percentiles are recomputed only once per counting window: within a window, thresholds do not
 //! move, a session that crosses one is flagged, and what it taught the model in that window is
 //! taken back.
+//!
+//! One exception: a baseline frozen while its evidence was thin is replaced within the window
+//! once the model holds at least [`GROWTH_TO_REPLACE`] times the session windows it was
+//! computed from. A baseline becomes mature at `minVolumeWindows` (50) windows, where its p99
+//! is the tail of a few sessions (`thresholds::supported_quantile` even lowers it, so that one
+//! early abuser cannot set it); frozen until the next clock window, that thin estimate judged
+//! honest sessions for up to a whole window while the model already knew hundreds more (in the
+//! simulator, whose run fits in one 10-minute window, whether a window boundary fell into the
+//! judged phase decided whether returning readers who opened eight or nine books were
+//! flagged). Sessions climbing towards a threshold cannot use this to raise it quickly: they
+//! must add as many session windows as the whole baseline already had, and what each of them
+//! counts above the current threshold is not learned (`thresholds::learning_cap`).
 
 use std::collections::HashMap;
 
@@ -34,8 +46,22 @@ pub struct Baselines {
     pub filled_at_ms: u64,
 }
 
+/// How many times the session windows a frozen baseline was computed from the model must hold
+/// before the baseline is replaced within a counting window.
+pub const GROWTH_TO_REPLACE: u64 = 2;
+
 fn mature(histogram: &ReachHistogram, min_windows: u64) -> Option<Percentiles> {
     (histogram.windows() >= min_windows).then(|| Percentiles::of(histogram))
+}
+
+/// The baseline to use within a counting window: the frozen one, unless there is none yet or
+/// the fresh one rests on at least [`GROWTH_TO_REPLACE`] times its session windows.
+fn keep_or_replace(frozen: Option<Percentiles>, fresh: Option<Percentiles>) -> Option<Percentiles> {
+    match (frozen, fresh) {
+        (Some(f), Some(n)) if n.windows >= f.windows.saturating_mul(GROWTH_TO_REPLACE) => Some(n),
+        (Some(f), _) => Some(f),
+        (None, n) => n,
+    }
 }
 
 impl Baselines {
@@ -80,8 +106,9 @@ impl Baselines {
         self.stale(now_ms, window_ms) || now_ms >= self.filled_at_ms.saturating_add(1000)
     }
 
-    /// Keeps the baselines current: recomputed when a new window starts; within a window only
-    /// baselines that became mature are added (at most once per second), frozen ones stay.
+    /// Keeps the baselines current: recomputed when a new window starts; within a window (at
+    /// most once per second) baselines that became mature are added and frozen ones stay,
+    /// unless their evidence has grown [`GROWTH_TO_REPLACE`]-fold (see the module docs).
     pub fn refresh(&mut self, model: &LearnedModel, min_windows: u64, now_ms: u64, window_ms: u64) {
         if self.stale(now_ms, window_ms) {
             *self = Self::compute(model, min_windows, now_ms);
@@ -95,11 +122,86 @@ impl Baselines {
         let fresh = Self::compute(model, min_windows, now_ms);
         for (op, baseline) in fresh.operations {
             let frozen = self.operations.entry(op).or_default();
-            frozen.volume = frozen.volume.or(baseline.volume);
-            frozen.objects = frozen.objects.or(baseline.objects);
+            frozen.volume = keep_or_replace(frozen.volume, baseline.volume);
+            frozen.objects = keep_or_replace(frozen.objects, baseline.objects);
         }
-        self.not_found = self.not_found.or(fresh.not_found);
-        self.auth_failures = self.auth_failures.or(fresh.auth_failures);
-        self.auth_identities = self.auth_identities.or(fresh.auth_identities);
+        self.not_found = keep_or_replace(self.not_found, fresh.not_found);
+        self.auth_failures = keep_or_replace(self.auth_failures, fresh.auth_failures);
+        self.auth_identities = keep_or_replace(self.auth_identities, fresh.auth_identities);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn percentiles(p99: u32, windows: u64) -> Option<Percentiles> {
+        Some(Percentiles {
+            p50: 1,
+            p90: p99,
+            p99,
+            windows,
+        })
+    }
+
+    #[test]
+    fn a_thin_frozen_baseline_is_replaced_once_its_evidence_doubled() {
+        // Frozen at maturity on 50 windows: kept while the model holds fewer than 100, even if
+        // the fresh p99 moved (sessions climbing towards the threshold within the window).
+        assert_eq!(
+            keep_or_replace(percentiles(3, 50), percentiles(9, 99)),
+            percentiles(3, 50)
+        );
+        // Twice the evidence: the fresh baseline replaces it, whichever way it moved.
+        assert_eq!(
+            keep_or_replace(percentiles(3, 50), percentiles(5, 100)),
+            percentiles(5, 100)
+        );
+        assert_eq!(
+            keep_or_replace(percentiles(5, 100), percentiles(4, 250)),
+            percentiles(4, 250)
+        );
+        // A baseline that was not mature is added; one that stopped being mature (the model
+        // aged) stays frozen until the window ends.
+        assert_eq!(
+            keep_or_replace(None, percentiles(3, 50)),
+            percentiles(3, 50)
+        );
+        assert_eq!(
+            keep_or_replace(percentiles(3, 50), None),
+            percentiles(3, 50)
+        );
+        assert_eq!(keep_or_replace(None, None), None);
+    }
+
+    #[test]
+    fn refresh_within_a_window_replaces_only_grown_baselines() {
+        let mut model = LearnedModel::default();
+        let op = model.op_index_or_insert("GET /books/{id}", 1).unwrap();
+        let record = |model: &mut LearnedModel, windows: u32, objects: u32| {
+            let stats = model.operation_mut(op).unwrap();
+            for _ in 0..windows {
+                for count in 1..=objects {
+                    stats.objects.record_reached(count);
+                }
+            }
+        };
+        record(&mut model, 50, 3);
+        let window_ms = 600_000;
+        let start = 6_000_000;
+        let mut baselines = Baselines::compute(&model, 50, start);
+        assert_eq!(baselines.operation(op).objects.unwrap().windows, 50);
+        // 40 more windows reaching 6 objects: the frozen baseline stays (not yet doubled).
+        record(&mut model, 40, 6);
+        baselines.refresh(&model, 50, start + 2_000, window_ms);
+        assert_eq!(baselines.operation(op).objects.unwrap().windows, 50);
+        assert_eq!(baselines.operation(op).objects.unwrap().p99, 3);
+        // Ten more: 100 windows, twice the evidence; replaced within the same window.
+        record(&mut model, 10, 6);
+        baselines.refresh(&model, 50, start + 4_000, window_ms);
+        let objects = baselines.operation(op).objects.unwrap();
+        assert_eq!(objects.windows, 100);
+        assert!(objects.p99 >= 6, "{objects:?}");
+        assert!(!baselines.stale(start + 4_000, window_ms));
     }
 }

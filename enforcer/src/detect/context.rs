@@ -39,6 +39,23 @@ impl<'a> Judged<'a> {
         singular.replace(' ', "-")
     }
 
+    /// Milliseconds into the current window.
+    pub fn into_window_ms(&self) -> u64 {
+        self.ctx
+            .now_ms
+            .saturating_sub(self.window.saturating_mul(self.window_ms))
+    }
+
+    /// The two-bucket estimate of a count (see `session_state::Sliding`).
+    pub fn sliding_count(&self, current: u32, previous: u32) -> u32 {
+        super::session_state::Sliding::carried(
+            current,
+            previous,
+            self.into_window_ms(),
+            self.window_ms,
+        )
+    }
+
     /// Seconds until the current window ends (for `Retry-After`).
     pub fn seconds_to_window_end(&self) -> u64 {
         let end = (self.window + 1).saturating_mul(self.window_ms);

@@ -3,8 +3,9 @@
 //!
 //! Two checks, both on authenticating operations only:
 //!
-//! - **Surge.** The learned baseline is the operation's failure rate (401/403 answers among all
-//!   answers to unflagged requests: plain counts in the model, merged across replicas by
+//! - **Surge.** The learned baseline is the operation's failure rate (401/403 answers, and
+//!   answers whose body said they failed — see [`super::outcome`] — among all answers to
+//!   unflagged requests: plain counts in the model, merged across replicas by
 //!   addition), frozen for the counting window like the peer baselines. The current window is the operation's most recent attempts API-wide (at most
 //!   128, none older than the counting window). When its failures are far above what the
 //!   learned rate predicts ([`surge_threshold`]) and come from many identities and many
@@ -13,6 +14,18 @@
 //!   the attack: from a client that already failed *for another identity* in this window (a
 //!   stuffer moving down its list; an honest user retries their own name). An identity that
 //!   the attack tried is not blocked for that alone: its owner must still be able to log in.
+//! - **Campaign.** Blocking stops only the addresses that try again; a campaign that tries
+//!   once or twice per address is seen after the answers. While the operation is in a surge,
+//!   every failed attempt of the surge's window that settled (made at least `journeyGap` ago,
+//!   at most 30 s), whose session did not go on using the API for something else (an honest
+//!   user whose login failed — a mistype, a password an attacker changed — carries on with
+//!   what they came for; a stuffer's address only tries logins)
+//!   and that its address did not follow with a success for the same identity (an honest user
+//!   who mistyped logs in right after) names its address as a member of the campaign: a
+//!   [`LateFinding`] per address, all carrying one campaign id, so that the incident store
+//!   makes them one incident that lists the addresses. Its members are refused afterwards by
+//!   the quarantine of credential stuffing (see `detect::quarantine`), so that an address of
+//!   the campaign that comes back is refused.
 //! - **One identity, many addresses.** An identity that failed from at least
 //!   [`identity_spread_threshold`] distinct addresses in the window is under attack (password
 //!   spraying over a botnet): further attempts on it are flagged for the rest of the window.
@@ -25,6 +38,7 @@ use crate::finding::{Finding, FindingKind, Severity};
 use super::auth_activity::{AuthActivity, IdentityFailures, RecentAttempts};
 use super::clients::ClientFailures;
 use super::context::{Judged, finding, percent};
+use super::request::LateFinding;
 use super::session_state::with_object;
 use super::thresholds::{identity_spread_threshold, surge_threshold};
 
@@ -52,7 +66,7 @@ pub fn surge(
     let stats = j.op_stats()?;
     let recent = activity.recent(op, j.ctx.now_ms, j.window_ms);
     let rate = activity.frozen_rate(op, j.window, || {
-        learned_failure_rate(stats.auth_failures, stats.responses())
+        learned_failure_rate(stats.failures(), stats.responses())
     });
     let threshold = surge_threshold(recent.attempts, rate, config.sensitivity);
     // Spread: many identities and many addresses (one address or one identity is the job of
@@ -130,6 +144,85 @@ pub fn check(
         explanation,
         evidence,
     ))
+}
+
+/// Most campaign members named per exchange.
+const MAX_MEMBERS_PER_EXCHANGE: usize = 32;
+
+/// Longest wait before a failed attempt counts as settled: an honest user who mistyped
+/// retries within seconds, and an attempt must settle before it leaves the ring.
+pub const MAX_SETTLE_MS: u64 = 30_000;
+
+/// How long a failed attempt waits for a success of its address and identity before it
+/// names a campaign member: the journey gap, at most [`MAX_SETTLE_MS`].
+pub fn settle_ms(journey_gap_ms: u64) -> u64 {
+    journey_gap_ms.min(MAX_SETTLE_MS)
+}
+
+/// The campaign members settled by this exchange (see the module docs); empty without a surge.
+pub fn campaign(
+    j: &Judged<'_>,
+    config: &DetectorConfig,
+    activity: &mut AuthActivity,
+    settle_ms: u64,
+) -> Vec<LateFinding> {
+    let Some(op) = j.op else {
+        return Vec::new();
+    };
+    let Some(surge) = surge(j, config, activity) else {
+        return Vec::new();
+    };
+    let members = activity.campaign_members(
+        op,
+        j.ctx.now_ms,
+        j.window_ms,
+        settle_ms,
+        MAX_MEMBERS_PER_EXCHANGE,
+    );
+    if members.is_empty() {
+        return Vec::new();
+    }
+    let id = activity.campaign_id(op, j.ctx.now_ms, j.window_ms);
+    let r = surge.recent;
+    let explanation = format!(
+        "took part in a credential-stuffing campaign against {}: {} of the last {} attempts API-wide failed ({}), for {} distinct identities from {} addresses, where the learned failure rate is {} (threshold {} failures); each of these addresses failed and did not log in after it",
+        j.template(),
+        r.failures,
+        r.attempts,
+        percent(f64::from(r.failures) / f64::from(r.attempts.max(1))),
+        r.failing_identities,
+        r.failing_clients,
+        percent(surge.rate),
+        surge.threshold,
+    );
+    members
+        .into_iter()
+        .map(|client| {
+            let evidence = json!({
+                "campaign": format!("camp-{id:016x}"),
+                "operation": j.template(),
+                "client": client.to_string(),
+                "surge": {
+                    "attempts": r.attempts,
+                    "failures": r.failures,
+                    "distinctIdentities": r.failing_identities,
+                    "distinctClients": r.failing_clients,
+                    "learnedFailureRate": surge.rate,
+                    "threshold": surge.threshold,
+                },
+            });
+            LateFinding {
+                client,
+                finding: finding(
+                    FindingKind::CredentialStuffing,
+                    Severity::High,
+                    config,
+                    explanation.clone(),
+                    evidence,
+                ),
+            }
+        })
+        .collect()
 }
 
 fn spread_identity(

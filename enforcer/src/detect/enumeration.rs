@@ -18,26 +18,42 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig, state: &SessionState) -> O
     }
     let counters = state.window(j.window);
     if let Some(objects) = j.baselines.operation(op).objects {
-        let before = counters
-            .and_then(|w| w.slot(op))
-            .map_or([0, 0], |s| s.objects);
+        let counts = state.sliding(j.window, op);
         let bits = j
             .params
             .object_ids
             .iter()
-            .fold(before, |bits, id| with_object(bits, *id));
-        let distinct = distinct_of(bits);
+            .fold(counts.objects, |bits, id| with_object(bits, *id));
+        let current = distinct_of(bits);
+        // Objects of the previous window not touched again in this one, weighted by overlap.
+        let union = [
+            bits[0] | counts.prev_objects[0],
+            bits[1] | counts.prev_objects[1],
+        ];
+        let earlier = distinct_of(union).saturating_sub(current);
+        let distinct = j.sliding_count(current, earlier);
         let p99 = objects.p99;
         let threshold = object_threshold(p99, config.sensitivity);
         if distinct > threshold {
-            let explanation = format!(
-                "touched {distinct} distinct objects via {} in the current {} window; 99% of sessions touch at most {p99} (threshold {threshold})",
-                j.template(),
-                j.window_text()
-            );
+            let carried = distinct - current;
+            let explanation = if carried == 0 {
+                format!(
+                    "touched {distinct} distinct objects via {} in the current {} window; 99% of sessions touch at most {p99} (threshold {threshold})",
+                    j.template(),
+                    j.window_text()
+                )
+            } else {
+                format!(
+                    "touched {distinct} distinct objects via {} in the last {} ({current} in the current window and {carried} of the {earlier} others of the window before it, weighted by their overlap); 99% of sessions touch at most {p99} per window (threshold {threshold})",
+                    j.template(),
+                    super::context::duration_text(j.window_ms)
+                )
+            };
             let evidence = json!({
                 "operation": j.template(),
                 "distinctObjects": distinct,
+                "currentWindow": current,
+                "previousWindow": earlier,
                 "threshold": threshold,
                 "p99": p99,
                 "windows": objects.windows,

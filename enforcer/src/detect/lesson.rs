@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+use super::outcome::Signals;
+use crate::model::lineage::OriginClass;
 use crate::model::{LearnedModel, ParamObservation, ShapeCaps};
 
 /// Lessons queued beyond this are applied in one batch by the request that filled the queue.
@@ -54,12 +56,34 @@ pub struct Lesson {
     /// The status to count (untainted sessions only) and whether it is an auth failure.
     pub status: Option<u16>,
     pub auth_failure: bool,
+    /// What the answer said, when its body was read (counted with `status`).
+    pub outcome: Option<Signals>,
+    /// A learnable request that named objects.
+    pub object_lookup: bool,
     /// Per-session window counts reached (already filtered by their learning caps).
     pub volume_reached: Option<u32>,
     pub objects_reached: Option<(u32, u32)>,
     pub not_found_reached: Option<u32>,
     pub auth_failures_reached: Option<u32>,
     pub auth_identities_reached: Option<(u32, u32)>,
+    /// What a learnable 2xx answer exposed (see `detect::exposure`).
+    pub exposure: Option<crate::model::exposure::ExposureSample>,
+    /// What a streamed 2xx answer held, scanned to its end after the exchange was learned
+    /// (its `exposure` counted the answer; this adds the scan alone).
+    pub streamed_exposure: Option<crate::model::exposure::ExposureSample>,
+    /// Origins of the request's reference-like values (parameter, classes, named sources),
+    /// learned with the request (see `detect::lineage`).
+    pub lineage: Vec<(String, Vec<OriginClass>, Vec<String>)>,
+    /// Operations (model indices) whose answers supplied those values.
+    pub supplied: Vec<u16>,
+    /// The answer's body was read for values.
+    pub lineage_read: bool,
+    /// A learnable non-idempotent request that did not repeat the session's previous
+    /// successful request of the operation exactly (see `detect::replay`).
+    pub different_request: bool,
+    /// Operations (model indices) whose identical repeats earlier in the session are learned
+    /// now, the session having gone on unflagged.
+    pub identical_repeats: Vec<u16>,
 }
 
 impl Lesson {
@@ -71,6 +95,20 @@ impl Lesson {
             self.op = self.template.as_deref().and_then(|t| model.op_index(t));
             self.sequence = None;
             self.take_back.clear();
+            self.supplied.clear();
+            self.identical_repeats.clear();
+        }
+        if self.learnable {
+            for op in &self.identical_repeats {
+                if let Some(stats) = model.operation_mut(*op) {
+                    stats.repeats.record(true);
+                }
+            }
+            for source in &self.supplied {
+                if let Some(stats) = model.operation_mut(*source) {
+                    stats.lineage.supplied += 1;
+                }
+            }
         }
         for (op, requests, objects) in self.take_back.drain(..) {
             if let Some(stats) = model.operation_mut(op) {
@@ -105,18 +143,45 @@ impl Lesson {
                 if self.auth_failure {
                     stats.auth_failures += 1;
                 }
+                if let Some(o) = self.outcome.filter(|o| o.read && o.success_status()) {
+                    let outcomes = &mut stats.outcomes;
+                    outcomes.read += 1;
+                    if o.credential {
+                        outcomes.credential_answers += 1;
+                    } else if o.error_marker {
+                        outcomes.error_answers += 1;
+                    }
+                }
+            }
+            if let Some(sample) = &self.streamed_exposure {
+                stats.exposure.record_scan(sample);
+            }
+            if self.lineage_read {
+                stats.lineage.reads += 1;
             }
             if self.discovered && stats.discovered_ms == 0 {
                 stats.discovered_ms = self.now_ms;
             }
             if self.learnable {
+                if let Some(sample) = &self.exposure {
+                    stats.exposure.record(sample);
+                }
                 stats.requests += 1;
                 stats.last_seen_ms = stats.last_seen_ms.max(self.now_ms);
                 if self.has_credentials {
                     stats.credential_requests += 1;
                 }
+                if self.object_lookup {
+                    stats.object_lookups += 1;
+                }
                 for obs in &self.params {
                     stats.shape.learn(obs, shape_caps, self.session);
+                }
+                for (name, classes, sources) in &self.lineage {
+                    stats.lineage.learn(name, classes, sources);
+                }
+                if self.different_request {
+                    stats.repeats.record(false);
                 }
             }
             if let Some(reached) = self.volume_reached {
@@ -227,6 +292,7 @@ mod tests {
                 let response = ResponseSummary {
                     status: 200,
                     duration_us: 100,
+                    ..ResponseSummary::default()
                 };
                 analyzer.observe(&ctx, &mut state, &response, false);
                 recent.push(RecentOp {

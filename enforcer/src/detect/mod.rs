@@ -9,9 +9,15 @@ pub mod clients;
 pub mod context;
 pub mod distributed;
 pub mod enumeration;
+pub mod exposure;
 pub mod journey;
+pub mod kindred;
 pub mod lesson;
+pub mod lineage;
+pub mod outcome;
 pub mod params;
+pub mod quarantine;
+pub mod replay;
 pub mod request;
 pub mod sequence;
 pub mod session_state;
@@ -24,7 +30,9 @@ pub mod view;
 pub mod volume;
 
 pub use analyzer::LearnedAnalyzer;
-pub use request::{Analyzer, NoopAnalyzer, RequestContext, RequestScratch, ResponseSummary};
+pub use request::{
+    Analyzer, LateFinding, NoopAnalyzer, RequestContext, RequestScratch, ResponseSummary,
+};
 pub use view::{ModelView, model_view, suggested_rules, suggested_rules_in};
 #[cfg(test)]
 mod tests;

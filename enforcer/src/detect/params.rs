@@ -3,7 +3,7 @@
 //! object identifiers it names, whether it carries credentials, and the identity it claims.
 
 use super::request::RequestContext;
-use crate::model::disclosure::{is_secret_name, is_secret_param};
+use crate::model::disclosure::{is_secret_name, is_secret_param, is_session_param};
 use crate::model::hashing::stable_hash;
 use crate::model::value::{ValueKind, json_facts, text_facts};
 use crate::model::{Location, ParamObservation};
@@ -287,7 +287,9 @@ impl RequestParams {
             return;
         }
         for obs in self.params.iter_mut().chain(self.headers.iter_mut()) {
-            if !obs.secret && is_secret_param(obs.location, &obs.name, session_names) {
+            // Every observation is made with `secret` set as `is_secret_param` without session
+            // names judges it (`from_request`): only the session names are left to check.
+            if !obs.secret && is_session_param(obs.location, &obs.name, session_names) {
                 obs.secret = true;
                 obs.value.clear();
             }

@@ -71,10 +71,30 @@ impl RequestScratch {
 }
 
 /// What the upstream answered, for learning.
-#[derive(Debug, Clone, Copy)]
-pub struct ResponseSummary {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseSummary<'a> {
     pub status: u16,
     pub duration_us: u64,
+    /// The answer sets a cookie (read only for operations the analyzer `wants_response` of).
+    pub set_cookie: bool,
+    /// The whole response body, for operations the analyzer `wants_response` of, when it was
+    /// already in memory and at most `detect::outcome::MAX_READ_BYTES` long (never waited
+    /// for: the response is not delayed by it).
+    pub body: Option<&'a [u8]>,
+    /// The enforcer answered itself (a refusal): the status is its own, not the application's.
+    pub refused: bool,
+    /// What the answer's body exposes (see `detect::exposure`), when it was scanned: the body
+    /// in memory, or the prefix held back while the exposure detector blocks.
+    pub exposure: Option<&'a super::exposure::Scan>,
+}
+
+/// A finding about an exchange that was already answered (it cannot block it): a failed
+/// login found to belong to a credential-stuffing campaign once it settled. Recorded as an
+/// incident of `client`.
+#[derive(Debug, Clone)]
+pub struct LateFinding {
+    pub client: IpAddr,
+    pub finding: Finding,
 }
 
 /// Implemented by the learned model + detectors. The proxy calls it; `inspect` runs with the
@@ -82,17 +102,56 @@ pub struct ResponseSummary {
 pub trait Analyzer: Send + Sync + 'static {
     /// Whether the request body of this operation must be buffered (≤ configured limit) and parsed.
     fn wants_body(&self, op: &Operation) -> bool;
+    /// Whether the answer's `Set-Cookie` and (small, in-memory) body must be handed to
+    /// `observe` for this operation (see `detect::outcome`). Cheap: asked for every response.
+    fn wants_response(&self, _op: &Operation) -> bool {
+        false
+    }
+    /// Whether the answer of this operation must be held back (up to
+    /// `detect::exposure::MAX_SCAN_BYTES`) when it streams, so that `inspect_response` can
+    /// withhold it: only while a detector that judges answers blocks.
+    fn holds_response(&self, _op: &Operation) -> bool {
+        false
+    }
+    /// Whether an answer of this operation that streams must be scanned as it passes and
+    /// handed to `observe_streamed` when it ends (see `proxy::exposure::Scanning`).
+    fn scans_streamed(&self, _op: &Operation) -> bool {
+        false
+    }
+    /// Judges and learns what a streamed 2xx answer of `template` held, once it ended (or was
+    /// cut: `scan.complete` is false). Runs with the session's entry locked, after `observe`
+    /// learned the exchange. A finding can only be reported: the answer was relayed.
+    fn observe_streamed(
+        &self,
+        _template: &str,
+        _now_ms: u64,
+        _state: &mut SessionState,
+        _scan: &super::exposure::Scan,
+    ) -> Option<Finding> {
+        None
+    }
+    /// Judges the answer before it is relayed (what it exposes); a finding is applied like a
+    /// request's (logged, or the answer withheld when it blocks in `Enforce`).
+    fn inspect_response(
+        &self,
+        _ctx: &RequestContext<'_>,
+        _state: &mut SessionState,
+        _resp: &ResponseSummary<'_>,
+    ) -> Option<Finding> {
+        None
+    }
     /// Evaluate the request; push findings. `state` is this session's detector state.
     fn inspect(&self, ctx: &RequestContext<'_>, state: &mut SessionState, out: &mut Vec<Finding>);
     /// Learn from the exchange. Called for every completed exchange; the analyzer learns only
-    /// from successful (2xx/3xx), unflagged traffic but may count failures.
+    /// from successful (2xx/3xx), unflagged traffic but may count failures. Returns findings
+    /// about earlier exchanges that this one settled (usually none: no allocation).
     fn observe(
         &self,
         ctx: &RequestContext<'_>,
         state: &mut SessionState,
-        resp: &ResponseSummary,
+        resp: &ResponseSummary<'_>,
         flagged: bool,
-    );
+    ) -> Vec<LateFinding>;
     /// JSON for `GET /v1/model`.
     fn model_view(&self) -> serde_json::Value;
     /// Folds literal path names learned before their position became a parameter into it,
@@ -124,9 +183,10 @@ impl Analyzer for NoopAnalyzer {
         &self,
         _ctx: &RequestContext<'_>,
         _state: &mut SessionState,
-        _resp: &ResponseSummary,
+        _resp: &ResponseSummary<'_>,
         _flagged: bool,
-    ) {
+    ) -> Vec<LateFinding> {
+        Vec::new()
     }
 
     fn model_view(&self) -> serde_json::Value {

@@ -22,8 +22,9 @@ use serde_json::json;
 
 use crate::config::DetectorConfig;
 use crate::finding::{Finding, FindingKind, Severity};
-use crate::model::sequence::{NextCounts, SequenceModel, upper_bound};
+use crate::model::sequence::{NextCounts, SequenceModel, upper_bound, upper_bound_reaches};
 use crate::model::{LearnedModel, SESSION_START};
+use crate::session::LOST_HISTORY;
 
 use super::context::{Judged, duration_text, finding, percent};
 use super::journey::{JourneyStart, journey_start};
@@ -48,8 +49,17 @@ pub struct ContextEvidence<'h> {
     pub count: u64,
     /// Times a next operation at most as frequent as this one came next (this one included).
     pub as_rare: u64,
-    /// Upper credible bound of P(next step at most as frequent as this one | context).
-    pub upper: f64,
+    /// Credibility of the bound (`upper`).
+    pub credibility: f64,
+}
+
+impl ContextEvidence<'_> {
+    /// Upper credible bound of P(next step at most as frequent as this one | context): computed
+    /// when a finding shows it, not for every judgement (`judge` decides with
+    /// `upper_bound_reaches`, which mostly does without the inverse Beta function).
+    pub fn upper(&self) -> f64 {
+        upper_bound(self.as_rare, self.total, self.credibility)
+    }
 }
 
 /// Count of next operations of `counts` at most as frequent as `count` (the tail of the
@@ -126,9 +136,9 @@ pub fn judge<'h>(
             total: counts.total,
             count,
             as_rare,
-            upper: upper_bound(as_rare, counts.total, limits.credibility),
+            credibility: limits.credibility,
         };
-        if evidence.upper >= limits.limit {
+        if upper_bound_reaches(as_rare, counts.total, limits.credibility, limits.limit) {
             return Judgement::Likely(evidence);
         }
         agreeing += 1;
@@ -170,6 +180,60 @@ pub fn likely_after_going_back(
     })
 }
 
+/// Whether `op` is a common entry point: sessions or journeys (after an idle gap) credibly
+/// begin with it at least [`MIN_ENTRY_SHARE`] of the time.
+/// Clients start a new task from the app's navigation at any moment, not only after an idle
+/// gap (a shopper who leaves the catalogue for the account page), so a step that sessions and
+/// journeys commonly begin with is no evidence of a skipped step in the middle of one, however
+/// rarely it followed the last screen. A step that is itself unlikely at a journey's start (a
+/// transfer or a checkout with nothing before it) stays judged by the history; and when the
+/// history is the journey's start, this judgement is the one already made.
+pub fn likely_as_entry_point(
+    model: &SequenceModel,
+    history: &[u16],
+    op: u16,
+    limits: &JudgeLimits,
+) -> bool {
+    const STARTS: [&[u16]; 2] = [&[SESSION_START], &[SESSION_START, SESSION_START]];
+    history.iter().any(|o| *o != SESSION_START)
+        && STARTS.iter().any(|start| {
+            model.get(start).is_some_and(|counts| {
+                let count = counts.count_of(op).unwrap_or(0);
+                counts.total >= limits.min_observations
+                    && lower_bound(count, counts.total, limits.credibility) >= MIN_ENTRY_SHARE
+            })
+        })
+}
+
+/// Share of sessions or journeys that must credibly begin with an operation for it to be a
+/// common entry point (the lower credible bound at the sensitivity's credibility).
+pub const MIN_ENTRY_SHARE: f64 = 0.05;
+
+/// Lower credible bound of a share (Jeffreys prior), the mirror of `upper_bound`.
+fn lower_bound(count: u64, total: u64, credibility: f64) -> f64 {
+    if count == 0 {
+        return 0.0;
+    }
+    1.0 - upper_bound(total.saturating_sub(count), total, credibility)
+}
+
+/// Whether a literal operation kept apart from its template family (a name many sessions use,
+/// `GET /books/v1/secret-harbour` next to `GET /books/v1/{var1}`, see `detect::templates`) is
+/// likely as a member of that family: a request for one more object of a learned kind is as
+/// expected as requests for that kind, however the popular names were split from it. A
+/// literal with no parameterised sibling is judged alone.
+fn likely_as_its_family(j: &Judged<'_>, history: &[u16], op: u16, limits: &JudgeLimits) -> bool {
+    let Some(family) = super::shadow::parameterised_sibling(j.model, j.template()) else {
+        return false;
+    };
+    family != op
+        && (matches!(
+            judge(&j.model.sequences, history, family, limits),
+            Judgement::Likely(_)
+        ) || likely_after_going_back(&j.model.sequences, history, family, limits)
+            || likely_as_entry_point(&j.model.sequences, history, family, limits))
+}
+
 /// `history`: the current journey's collapsed operation indices, oldest first (starting with
 /// [`SESSION_START`] when the journey's start is known). `across_gap`: the session's history
 /// ignoring idle gaps; when the journey began after an idle gap, the step is flagged only if
@@ -205,6 +269,13 @@ pub fn check(
         }
         return SequenceVerdict::Silent;
     }
+    // What the session did before its history was lost (its entry evicted, or kept by another
+    // replica before the session moved here: proxy/route) is unknown: the shorter context left
+    // may call a step unlikely that the whole journey explains. Silent until the history is
+    // whole again, as `requires` rules are (policy/rules.rs).
+    if j.ctx.recent.iter().any(|r| r.op == LOST_HISTORY) {
+        return SequenceVerdict::Silent;
+    }
     // An operation learned from too few requests has no sequence evidence of its own: a rare
     // honest step (the long tail) is not judged on the contexts that merely never saw it.
     if j.op_stats()
@@ -228,7 +299,10 @@ pub fn check(
             agreeing,
         } => (shortest, longest, agreeing),
     };
-    if likely_after_going_back(&j.model.sequences, history, op, &limits) {
+    if likely_after_going_back(&j.model.sequences, history, op, &limits)
+        || likely_as_entry_point(&j.model.sequences, history, op, &limits)
+        || likely_as_its_family(j, history, op, &limits)
+    {
         return SequenceVerdict::Likely;
     }
     let idle = match journey_start(
@@ -280,7 +354,7 @@ pub fn check(
         j.template(),
         shortest.total,
         shortest.count,
-        percent(shortest.upper),
+        percent(shortest.upper()),
         percent(credibility),
         percent(limit),
     );
@@ -290,7 +364,7 @@ pub fn check(
         "contextObservations": shortest.total,
         "count": shortest.count,
         "asRareOrRarer": shortest.as_rare,
-        "upperBound": shortest.upper,
+        "upperBound": shortest.upper(),
         "credibility": credibility,
         "limit": limit,
         "agreeingContexts": agreeing,
@@ -406,6 +480,23 @@ mod tests {
     }
 
     #[test]
+    fn a_common_entry_point_is_no_skipped_step() {
+        let m = trained();
+        // The profile (6) right after a balance (2): [2] saw 5 or 1 next, never 6 (500 times),
+        // and [S 1 2] agrees — but a quarter of the sessions begin with the profile, so a
+        // client that opens it from the app's navigation mid-journey skipped nothing.
+        assert!(matches!(
+            judge(&m, &[S, 1, 2], 6, &limits()),
+            Judgement::Unlikely { .. }
+        ));
+        assert!(likely_as_entry_point(&m, &[S, 1, 2], 6, &limits()));
+        // A transfer (4) is no entry point: after the balance it stays unlikely, and at the
+        // start of a journey the history's own judgement is the one that counts.
+        assert!(!likely_as_entry_point(&m, &[S, 1, 2], 4, &limits()));
+        assert!(!likely_as_entry_point(&m, &[S], 6, &limits()));
+    }
+
+    #[test]
     fn a_skipped_step_is_still_flagged_at_every_order() {
         let m = trained();
         // A transfer (4) as the first request of a journey.
@@ -418,7 +509,7 @@ mod tests {
                 assert_eq!(shortest.context, &[S]);
                 assert_eq!(longest.context, &[S]);
                 assert_eq!((shortest.total, shortest.count, agreeing), (400, 0, 1));
-                assert!(shortest.upper < 0.01, "{}", shortest.upper);
+                assert!(shortest.upper() < 0.01, "{}", shortest.upper());
             }
             other => panic!("{other:?}"),
         }
@@ -478,7 +569,7 @@ mod tests {
                     (shortest.total, shortest.count, shortest.as_rare),
                     (1000, 1, 1)
                 );
-                assert!(shortest.upper < 0.01, "{}", shortest.upper);
+                assert!(shortest.upper() < 0.01, "{}", shortest.upper());
             }
             other => panic!("{other:?}"),
         }

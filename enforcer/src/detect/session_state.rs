@@ -1,9 +1,19 @@
 //! Per-session detector state, stored by the proxy's session table next to the rule history.
 //!
-//! It must stay small: it counts toward the ~300 bytes budget of an idle session. An idle
+//! It must stay small: it counts toward the 200-byte budget of an idle session (docs/benchmarks.md). An idle
 //! session that never touched an operation costs 16 bytes here; one that did carries one boxed
-//! window record of 16 bytes plus 24 bytes per operation it used in the current window (at most
-//! [`MAX_WINDOW_SLOTS`] operations; others are not counted for volume or objects).
+//! window record of at most 64 bytes (its quarantine, when it has one, included) plus 48 bytes per
+//! operation it used in the current or the previous window (at most [`MAX_WINDOW_SLOTS`]
+//! operations; others are not counted for volume or objects).
+//!
+//! Volume and object counts slide: each slot keeps the previous window's counts next to the
+//! current one's ([`SessionState::sliding`]), and the detectors weigh the previous window by how
+//! much of it the sliding window still covers (two buckets), so that a session crossing a
+//! window boundary does not get a fresh allowance on top of the one it just used.
+
+use crate::finding::FindingKind;
+
+use super::lineage::LineageState;
 
 /// Most operations whose volume and objects are counted per session window.
 pub const MAX_WINDOW_SLOTS: usize = 8;
@@ -13,6 +23,8 @@ const TAINTED: u8 = 2;
 /// The session requested a path outside the learned inventory that the app answered 404/405
 /// (or that did not fit the learned structure): evidence that it probes (see `detect::shadow`).
 const PROBED: u8 = 4;
+/// The session failed to authenticate and has not used the API otherwise since.
+const AUTH_FAILED: u8 = 8;
 
 /// Detector state of one session.
 #[derive(Default, Debug)]
@@ -29,9 +41,26 @@ pub struct SessionState {
 /// Counters of the current clock-aligned window.
 #[derive(Debug, Default)]
 pub struct WindowCounters {
-    pub window: u64,
+    /// The window's index (see [`window_key`]).
+    window: u32,
     pub not_found: u16,
     pub slots: Vec<OpSlot>,
+    /// The session's quarantine (see `detect::quarantine`); kept across windows.
+    pub quarantine: Option<Quarantine>,
+    /// Hashes of the values the session was given or sent (see `detect::lineage`); kept
+    /// across windows.
+    pub lineage: Option<Box<LineageState>>,
+}
+
+/// A quarantine after a blocked high-severity finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quarantine {
+    /// When the finding that caused it was made (unix ms).
+    pub since_ms: u64,
+    /// Until when requests are refused (unix ms).
+    pub until_ms: u64,
+    /// The kind of the finding that caused it.
+    pub cause: FindingKind,
 }
 
 /// One operation's counters in the current window.
@@ -45,6 +74,38 @@ pub struct OpSlot {
     pub learned_objects: u16,
     /// Linear-counting bitmap of object-id hashes (128 bits).
     pub objects: [u64; 2],
+    /// The previous window's requests and objects (when it was the window just before).
+    pub prev_requests: u16,
+    pub prev_objects: [u64; 2],
+    /// Fingerprint of the session's last successful state-changing request of this operation
+    /// (0 = none; see `detect::replay`); kept while the slot is.
+    pub last_change: u64,
+    /// Successful requests since then that repeated it exactly.
+    pub identical_repeats: u16,
+    /// An identical repeat not learned yet: it is learned with the session's next learnable
+    /// exchange, so that a replay caught later in the session teaches nothing.
+    pub pending_repeat: bool,
+}
+
+/// One operation's counts in the current window and the one before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sliding {
+    pub requests: u32,
+    pub objects: [u64; 2],
+    pub prev_requests: u32,
+    pub prev_objects: [u64; 2],
+}
+
+impl Sliding {
+    /// The two-bucket estimate of a count: the current window's, plus the previous window's
+    /// weighted by the share of it the sliding window still covers (`elapsed` of `length`
+    /// into the current window).
+    pub fn carried(current: u32, previous: u32, elapsed_ms: u64, length_ms: u64) -> u32 {
+        let length = length_ms.max(1);
+        let remaining = length.saturating_sub(elapsed_ms.min(length));
+        let carried = u64::from(previous) * remaining / length;
+        current.saturating_add(u32::try_from(carried).unwrap_or(u32::MAX))
+    }
 }
 
 impl OpSlot {
@@ -113,6 +174,19 @@ impl SessionState {
         self.flags |= PROBED;
     }
 
+    /// Whether the session's last authentication failed (and it did nothing else since).
+    pub fn auth_failed(&self) -> bool {
+        self.flags & AUTH_FAILED != 0
+    }
+
+    pub fn set_auth_failed(&mut self, failed: bool) {
+        if failed {
+            self.flags |= AUTH_FAILED;
+        } else {
+            self.flags &= !AUTH_FAILED;
+        }
+    }
+
     pub fn unlikely_op(&self) -> Option<u16> {
         self.unlikely_op.checked_sub(1)
     }
@@ -121,21 +195,118 @@ impl SessionState {
         self.unlikely_op = op.map_or(0, |o| o.saturating_add(1));
     }
 
-    /// The counters of window `window`, if this session has any.
-    pub fn window(&self, window: u64) -> Option<&WindowCounters> {
-        self.window.as_deref().filter(|w| w.window == window)
+    /// The session's quarantine, while it lasts.
+    pub fn quarantine(&self, now_ms: u64) -> Option<Quarantine> {
+        self.window
+            .as_deref()
+            .and_then(|w| w.quarantine)
+            .filter(|q| now_ms < q.until_ms)
     }
 
-    /// The counters of window `window`, starting them afresh when the window changed.
+    /// Quarantines the session (a longer quarantine in force is kept).
+    pub fn set_quarantine(&mut self, quarantine: Quarantine) {
+        let counters = self.window.get_or_insert_with(Box::default);
+        match counters.quarantine {
+            Some(q) if q.until_ms >= quarantine.until_ms => {}
+            _ => counters.quarantine = Some(quarantine),
+        }
+    }
+
+    /// The values the session was given or sent, when it has any (see `detect::lineage`).
+    pub fn lineage(&self) -> Option<&LineageState> {
+        self.window.as_deref().and_then(|w| w.lineage.as_deref())
+    }
+
+    pub fn lineage_mut(&mut self) -> &mut LineageState {
+        self.window
+            .get_or_insert_with(Box::default)
+            .lineage
+            .get_or_insert_with(Box::default)
+    }
+
+    /// The counters of window `window`, if this session has any.
+    pub fn window(&self, window: u64) -> Option<&WindowCounters> {
+        self.window
+            .as_deref()
+            .filter(|w| w.window == window_key(window))
+    }
+
+    /// The counts of operation `op` in window `window` and the one before it.
+    pub fn sliding(&self, window: u64, op: u16) -> Sliding {
+        let Some(counters) = self.window.as_deref() else {
+            return Sliding::default();
+        };
+        let Some(slot) = counters.slot(op) else {
+            return Sliding::default();
+        };
+        let key = window_key(window);
+        if counters.window == key {
+            Sliding {
+                requests: u32::from(slot.requests),
+                objects: slot.objects,
+                prev_requests: u32::from(slot.prev_requests),
+                prev_objects: slot.prev_objects,
+            }
+        } else if counters.window.checked_add(1) == Some(key) {
+            Sliding {
+                prev_requests: u32::from(slot.requests),
+                prev_objects: slot.objects,
+                ..Sliding::default()
+            }
+        } else {
+            Sliding::default()
+        }
+    }
+
+    /// The fingerprint of the session's last successful non-idempotent request of `op` in
+    /// window `window` or the one before it, and how many successful requests repeated it
+    /// exactly since (see `detect::replay`).
+    pub fn last_change(&self, window: u64, op: u16) -> Option<(u64, u16)> {
+        let counters = self.window.as_deref()?;
+        let key = window_key(window);
+        if counters.window != key && counters.window.checked_add(1) != Some(key) {
+            return None;
+        }
+        counters
+            .slot(op)
+            .filter(|s| s.last_change != 0)
+            .map(|s| (s.last_change, s.identical_repeats))
+    }
+
+    /// The counters of window `window`, starting them afresh when the window changed (the
+    /// counts of the window just before are kept as the previous ones).
     pub fn window_mut(&mut self, window: u64) -> &mut WindowCounters {
         let counters = self.window.get_or_insert_with(Box::default);
-        if counters.window != window {
-            counters.window = window;
+        let key = window_key(window);
+        if counters.window != key {
+            let next = counters.window.checked_add(1) == Some(key);
+            counters.window = key;
             counters.not_found = 0;
-            counters.slots.clear();
+            if next {
+                for slot in &mut counters.slots {
+                    *slot = OpSlot {
+                        op: slot.op,
+                        prev_requests: slot.requests,
+                        prev_objects: slot.objects,
+                        last_change: slot.last_change,
+                        identical_repeats: slot.identical_repeats,
+                        pending_repeat: slot.pending_repeat,
+                        ..OpSlot::default()
+                    };
+                }
+                counters.slots.retain(|s| s.prev_requests > 0);
+            } else {
+                counters.slots.clear();
+            }
         }
         counters
     }
+}
+
+/// A window index (unix time ÷ a window of at least a second: below 2³² until 2106) in the
+/// 32 bits it is kept in, so that the boxed record of an idle session is 32 bytes, not 40.
+fn window_key(window: u64) -> u32 {
+    u32::try_from(window).unwrap_or(u32::MAX)
 }
 
 impl WindowCounters {
@@ -150,6 +321,12 @@ impl WindowCounters {
         }
         if self.slots.len() >= MAX_WINDOW_SLOTS {
             return None;
+        }
+        if self.slots.len() == self.slots.capacity() {
+            // Grown 1, 2, 4, 8 slots: most idle sessions used one operation in their window,
+            // and `Vec`'s own first allocation of 4 slots (96 bytes) was a third of the cost
+            // of an idle session.
+            self.slots.reserve_exact(self.slots.len().max(1));
         }
         self.slots.push(OpSlot {
             op,
@@ -170,7 +347,8 @@ mod tests {
             "{}",
             std::mem::size_of::<SessionState>()
         );
-        assert_eq!(std::mem::size_of::<OpSlot>(), 24);
+        assert_eq!(std::mem::size_of::<OpSlot>(), 56);
+        assert!(std::mem::size_of::<WindowCounters>() <= 64);
     }
 
     #[test]
@@ -203,10 +381,85 @@ mod tests {
         }
         assert_eq!(s.window(7).unwrap().slots.len(), MAX_WINDOW_SLOTS);
         assert!(s.window(8).is_none());
-        assert!(s.window_mut(8).slots.is_empty());
+        // The next window keeps the counts as the previous ones; a later one forgets them.
+        assert!(
+            s.window_mut(8)
+                .slots
+                .iter()
+                .all(|slot| slot.requests == 0 && slot.prev_requests == 1)
+        );
+        assert!(s.window_mut(10).slots.is_empty());
         s.set_unlikely_op(Some(0));
         assert_eq!(s.unlikely_op(), Some(0));
         s.set_unlikely_op(None);
         assert_eq!(s.unlikely_op(), None);
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_lasts_and_survives_window_changes() {
+        let mut s = SessionState::default();
+        assert!(s.quarantine(0).is_none());
+        let q = Quarantine {
+            since_ms: 1000,
+            until_ms: 61_000,
+            cause: FindingKind::Enumeration,
+        };
+        s.set_quarantine(q);
+        assert_eq!(s.quarantine(2000), Some(q));
+        s.window_mut(99).not_found = 3;
+        assert_eq!(s.quarantine(60_999), Some(q), "a new window keeps it");
+        assert!(s.quarantine(61_000).is_none(), "it ends");
+        // A shorter one does not cut a longer one short; a longer one extends it.
+        s.set_quarantine(Quarantine {
+            until_ms: 30_000,
+            ..q
+        });
+        assert_eq!(s.quarantine(40_000), Some(q));
+        let longer = Quarantine {
+            until_ms: 90_000,
+            ..q
+        };
+        s.set_quarantine(longer);
+        assert_eq!(s.quarantine(70_000), Some(longer));
+    }
+}
+
+#[cfg(test)]
+mod sliding_tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_window_is_kept_and_weighted_by_its_overlap() {
+        let mut s = SessionState::default();
+        for _ in 0..10 {
+            if let Some(slot) = s.window_mut(5).slot_mut(1) {
+                slot.requests += 1;
+                slot.objects = with_object(slot.objects, 77);
+            }
+        }
+        // The next window, before its first request: the old counts are the previous ones.
+        let next = s.sliding(6, 1);
+        assert_eq!((next.requests, next.prev_requests), (0, 10));
+        assert_eq!(distinct_of(next.prev_objects), 1);
+        // After it: the same.
+        if let Some(slot) = s.window_mut(6).slot_mut(1) {
+            slot.requests += 1;
+        }
+        let now = s.sliding(6, 1);
+        assert_eq!((now.requests, now.prev_requests), (1, 10));
+        // A window later than the next one forgets them.
+        assert_eq!(s.sliding(8, 1), Sliding::default());
+        s.window_mut(8);
+        assert!(s.window(8).unwrap().slots.is_empty());
+        // The weighting: at the start of the window all of the previous one counts, half-way
+        // half of it, at its end none.
+        assert_eq!(Sliding::carried(3, 10, 0, 600), 13);
+        assert_eq!(Sliding::carried(3, 10, 300, 600), 8);
+        assert_eq!(Sliding::carried(3, 10, 600, 600), 3);
     }
 }

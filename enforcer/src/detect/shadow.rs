@@ -12,7 +12,10 @@
 //! - the session was already flagged by any detector (it is not "otherwise normal");
 //! - it is the session's first request: nothing shows a normal client yet (honest clients
 //!   reach a rare operation through the app, after other requests; a one-request scanner
-//!   session does not).
+//!   session does not) — unless it is one more member of a learned template family
+//!   ([`templated_sibling`]: a name of the family's format at a position where a parameter or
+//!   several names were learned), which a client that changed session key (logged in under its
+//!   address, then used its token) or followed a link asks for first.
 //!
 //! Otherwise (a templated sibling, a new name under a learned collection, a rarely used method
 //! of a known resource, from a clean session) the request goes through and is judged by its
@@ -28,6 +31,8 @@ use serde_json::json;
 use crate::config::DetectorConfig;
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::LearnedModel;
+use crate::model::format::{FormatSet, formats_of};
+use crate::model::value::text_facts;
 use crate::operation::OperationOrigin;
 
 use super::context::{Judged, finding};
@@ -63,7 +68,7 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig, state: &SessionState) -> O
         "the session already requested paths the application answered as not existing (404/405)"
     } else if state.tainted() {
         "the session was already flagged"
-    } else if state.seen() == 0 {
+    } else if state.seen() == 0 && !templated_sibling(j.model, j.template(), min) {
         "it is the session's first request (nothing shows a normal client)"
     } else {
         // Fits the learned structure, clean session: judged by the application's answer.
@@ -154,6 +159,83 @@ pub fn fits_structure(model: &LearnedModel, template: &str, min_endpoint_request
         })
 }
 
+/// Learned operations (of one method and depth, differing from a request only in one segment)
+/// that make that segment a family of names rather than one endpoint.
+const MIN_FAMILY: usize = 3;
+
+/// Whether `template` is one more member of a learned template family: another name at a
+/// position whose learned operations (same method, same depth, the same other segments) are a
+/// parameter or at least [`MIN_FAMILY`] distinct names (`GET /books/v1/silent-harbour` next to
+/// learned `GET /books/v1/golden-river`, `…/hidden-garden`, `…/quiet-letter`, a position not
+/// yet folded into a parameter). Such a request asks for one more object of a learned kind,
+/// which a session may do first (a client that logged in under another session key, or
+/// follows a link); it is judged by the application's answer like any request that fits.
+/// A name under a new prefix, or at a position that has one learned name (`/users/v1/me`),
+/// is not a family member.
+pub fn templated_sibling(model: &LearnedModel, template: &str, min_endpoint_requests: u64) -> bool {
+    let (method, segments) = split(template);
+    if segments.is_empty() {
+        return false;
+    }
+    // Per differing position: the learned names, and the formats they all follow.
+    let mut names: Vec<Vec<&str>> = vec![Vec::new(); segments.len()];
+    let mut shared: Vec<Option<FormatSet>> = vec![None; segments.len()];
+    for o in model
+        .operations
+        .iter()
+        .filter(|o| o.requests >= min_endpoint_requests && o.template != template)
+    {
+        let (m, learned) = split(&o.template);
+        if m != method || learned.len() != segments.len() {
+            continue;
+        }
+        let mut differing = segments
+            .iter()
+            .zip(&learned)
+            .enumerate()
+            .filter(|(_, (c, l))| c != l);
+        let (Some((at, (c, l))), None) = (differing.next(), differing.next()) else {
+            continue;
+        };
+        // A name that carries an attack construct is no member of any family.
+        if text_facts(c).markers != 0 {
+            return false;
+        }
+        if is_param(l) {
+            return true;
+        }
+        if !names[at].contains(l) {
+            names[at].push(l);
+            let formats = formats_of(l);
+            shared[at] = Some(shared[at].map_or(formats, |s| s.intersection(formats)));
+        }
+    }
+    // At least MIN_FAMILY names, and the new one follows every format they all follow (a
+    // `{{…}}` template payload next to learned names is no name).
+    names.iter().zip(&shared).zip(&segments).any(|((n, s), c)| {
+        n.len() >= MIN_FAMILY && s.is_some_and(|s| formats_of(c).contains_all(s))
+    })
+}
+
+/// The learned parameterised sibling of a literal operation: the operation of the same method
+/// and depth whose template differs from `template` only in one segment, a parameter there
+/// (`GET /books/v1/{var1}` for `GET /books/v1/secret-harbour`, a name kept literal because
+/// many sessions use it). Its index in the model.
+pub fn parameterised_sibling(model: &LearnedModel, template: &str) -> Option<u16> {
+    let (method, segments) = split(template);
+    model.operations.iter().enumerate().find_map(|(i, o)| {
+        let (m, learned) = split(&o.template);
+        if m != method || learned.len() != segments.len() || o.template == template {
+            return None;
+        }
+        let mut differing = segments.iter().zip(&learned).filter(|(c, l)| c != l);
+        match (differing.next(), differing.next()) {
+            (Some((c, l)), None) if is_param(l) && !is_param(c) => u16::try_from(i).ok(),
+            _ => None,
+        }
+    })
+}
+
 /// The path part of a template (`GET /x` → `/x`).
 fn path_of(template: &str) -> &str {
     template.split_once(' ').map_or(template, |(_, path)| path)
@@ -197,5 +279,45 @@ mod tests {
         assert!(fits("POST /login"));
         // An operation below the inventory threshold does not vouch for others.
         assert!(!fits("GET /users/v1/{var1}/email/history"));
+    }
+
+    #[test]
+    fn templated_siblings_are_members_of_a_learned_family() {
+        let m = model(&[
+            ("GET /books/v1/golden-river", 40),
+            ("GET /books/v1/hidden-garden", 30),
+            ("GET /books/v1/quiet-letter", 20),
+            ("GET /books/v1/rare-one", 2),
+            ("GET /users/v1/{var1}", 500),
+            ("GET /users/v1/me", 300),
+            ("GET /shop/items/a", 50),
+            ("GET /shop/items/b", 50),
+        ]);
+        let sibling = |t: &str| templated_sibling(&m, t, 3);
+        // A new name next to three learned names, or at a learned parameter.
+        assert!(sibling("GET /books/v1/silent-harbour"));
+        assert!(sibling("GET /users/v1/alice"));
+        // Two learned names (or one below the inventory threshold) are not yet a family.
+        assert!(!sibling("GET /shop/items/c"));
+        // Another method, another depth, another prefix.
+        assert!(!sibling("DELETE /books/v1/silent-harbour"));
+        assert!(!sibling("GET /books/v1/silent-harbour/export"));
+        assert!(!sibling("GET /books/v2/golden-river"));
+        assert!(!sibling("GET /admin"));
+        // Not names: a template payload, a name with an attack construct.
+        assert!(!sibling(
+            "GET /books/v1/{{get_flashed_messages.__globals__}}"
+        ));
+        assert!(!sibling("GET /books/v1/x' or 1=1"));
+        assert!(!sibling("GET /users/v1/x' or 1=1"));
+        // The parameterised sibling of a literal kept apart.
+        let family = parameterised_sibling(&m, "GET /users/v1/me").unwrap();
+        assert_eq!(m.template_of(family), "GET /users/v1/{var1}");
+        assert_eq!(
+            parameterised_sibling(&m, "GET /books/v1/golden-river"),
+            None
+        );
+        assert_eq!(parameterised_sibling(&m, "POST /users/v1/me"), None);
+        assert_eq!(parameterised_sibling(&m, "GET /users/v1/{var1}"), None);
     }
 }

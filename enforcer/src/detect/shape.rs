@@ -8,13 +8,16 @@ use serde_json::json;
 
 use crate::config::{DetectorConfig, Sensitivity};
 use crate::finding::{Finding, FindingKind, Severity};
+use crate::model::format::ValueFormat;
 use crate::model::histogram::LogHistogram;
+use crate::model::sequence::upper_bound_reaches;
 use crate::model::value::{
     CHAR_CLASS_NAMES, MARKER_NAMES, RISKY_CHAR_CLASSES, TypeFamily, ValueKind, bit_names,
 };
 use crate::model::{Location, ParamObservation, ParamProfile, ShapeProfile};
 
 use super::context::{Judged, finding, percent};
+use super::kindred;
 
 /// One way a request departs from the learned shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,8 +28,11 @@ pub struct Deviation {
     pub severity: Severity,
 }
 
+/// Learned values without a construct before a construct in a parameter is a deviation.
+pub const MIN_MARKER_SAMPLES: u64 = 10;
+
 /// Samples a parameter needs before its value profile is trusted, per sensitivity.
-fn min_samples(sensitivity: Sensitivity) -> u64 {
+pub fn min_samples(sensitivity: Sensitivity) -> u64 {
     match sensitivity {
         Sensitivity::Low => 100,
         Sensitivity::Medium => 30,
@@ -34,7 +40,7 @@ fn min_samples(sensitivity: Sensitivity) -> u64 {
     }
 }
 
-fn describe_location(obs: &ParamObservation) -> &'static str {
+pub fn describe_location(obs: &ParamObservation) -> &'static str {
     match obs.location {
         Location::Path => "path parameter",
         Location::Query => "query parameter",
@@ -44,7 +50,7 @@ fn describe_location(obs: &ParamObservation) -> &'static str {
     }
 }
 
-fn short_name(obs: &ParamObservation) -> &str {
+pub fn short_name(obs: &ParamObservation) -> &str {
     obs.name
         .split_once('.')
         .map_or(obs.name.as_str(), |(_, rest)| rest)
@@ -73,7 +79,7 @@ fn check_value(
     let what = describe_location(obs);
     let name = short_name(obs);
     // Constructs: trusted after a few samples, at any sensitivity.
-    if samples >= 10 {
+    if samples >= MIN_MARKER_SAMPLES {
         let new_markers = facts.markers & !profile.marker_mask(1);
         if new_markers != 0 {
             let names = bit_names(u32::from(new_markers), &MARKER_NAMES).join(", ");
@@ -119,11 +125,42 @@ fn check_value(
             return;
         }
     }
+    // The parameter's format, once nearly every learned value followed one: a value that
+    // breaks it is a deviation (judged in the request's own fields, not in headers and cookies,
+    // where clients differ); inside it, what varies freely is not judged by character class.
+    let format = established_format(profile, sensitivity);
+    let mut free_chars = 0;
+    if let Some(established) = &format
+        && !facts.formats.is_empty()
+    {
+        if facts.formats.contains(established.format) {
+            free_chars = established.format.alphabet();
+        } else if structured && !obs.secret {
+            // (A secret's content is arbitrary by design: a password is judged by type only.)
+            out.push(Deviation {
+                param: obs.name.clone(),
+                kind: "format",
+                detail: format!(
+                    "{what} {name} is not {} (a {}-character {}), where {} of {} learned values were",
+                    with_article(established.format.as_str()),
+                    facts.length,
+                    facts
+                        .formats
+                        .most_specific()
+                        .map_or("value", ValueFormat::as_str),
+                    established.followed,
+                    established.values,
+                ),
+                severity: Severity::Medium,
+            });
+        }
+    }
     if sensitivity == Sensitivity::Low {
         return;
     }
-    // Character classes never seen in this parameter.
-    let new_chars = facts.chars & !profile.char_mask(1);
+    // Character classes never seen in this parameter (those a followed format lets vary
+    // freely aside).
+    let new_chars = facts.chars & !profile.char_mask(1) & !free_chars;
     let identifier_like = profile
         .dominant_kind()
         .is_some_and(ValueKind::is_identifier_like);
@@ -206,6 +243,72 @@ fn check_value(
             severity: Severity::Medium,
         });
     }
+}
+
+/// A parameter's established format: the most specific format that nearly every learned
+/// text value followed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EstablishedFormat {
+    pub format: ValueFormat,
+    /// Learned text values, and how many of them followed the format.
+    pub values: u64,
+    pub followed: u64,
+}
+
+/// Credibility and limit on the share of learned values that broke a format, per sensitivity:
+/// a format is established when the upper credible bound of that share is below the limit
+/// (a parameter whose 40 learned values all followed it, at Medium; about 330 at Low; 22 at
+/// High). The same order of evidence as a character class never seen in 30 values.
+pub fn format_bounds(sensitivity: Sensitivity) -> (f64, f64) {
+    match sensitivity {
+        Sensitivity::Low => (0.99, 0.01),
+        Sensitivity::Medium => (0.95, 0.05),
+        Sensitivity::High => (0.90, 0.10),
+    }
+}
+
+/// The format `profile`'s learned text values establish at `sensitivity`, if any (free text
+/// never counts: every value follows it).
+pub fn established_format(
+    profile: &ParamProfile,
+    sensitivity: Sensitivity,
+) -> Option<EstablishedFormat> {
+    let values = profile.text_values();
+    if values < min_samples(sensitivity) {
+        return None;
+    }
+    let (credibility, limit) = format_bounds(sensitivity);
+    ValueFormat::ALL
+        .into_iter()
+        .filter(|f| *f != ValueFormat::Text)
+        .find_map(|format| {
+            let followed = profile.format_count(format).min(values);
+            // The bound is never below the share itself: skip the numerics when that alone is
+            // over the limit (this runs for every parameter of every request).
+            if (values - followed) as f64 >= limit * values as f64 {
+                return None;
+            }
+            (!upper_bound_reaches(values - followed, values, credibility, limit)).then_some(
+                EstablishedFormat {
+                    format,
+                    values,
+                    followed,
+                },
+            )
+        })
+}
+
+/// "an e-mail address", "a slug", "free text" (uncountable).
+pub fn with_article(noun: &str) -> String {
+    if noun == "free text" || noun == "words" {
+        return noun.to_owned();
+    }
+    let article = if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {noun}")
 }
 
 /// "body field currency is "GBP"; all 120 learned values were one of ["EUR", "USD"]", naming
@@ -311,7 +414,8 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig) -> Option<Finding> {
     let sensitivity = config.sensitivity;
     let min = j.learning.min_operation_requests;
     let mut deviations = Vec::new();
-    if let Some(stats) = j.op_stats() {
+    let stats = j.op_stats();
+    if let Some(stats) = stats {
         let mature = stats.requests >= min;
         check_params(
             &j.params.params,
@@ -324,6 +428,18 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig) -> Option<Finding> {
         if mature && sensitivity != Sensitivity::Low {
             check_missing(j, stats.requests, &stats.shape, &mut deviations);
         }
+    }
+    // Values whose own parameter learned too little, judged with what the rest of the API
+    // taught (see `detect::kindred`).
+    kindred::check_params(
+        &j.params.params,
+        stats.map(|s| &s.shape),
+        j.model,
+        sensitivity,
+        &mut deviations,
+    );
+    if stats.is_none_or(|s| s.requests < j.learning.min_endpoint_requests) {
+        kindred::check_literal_segments(j.template(), j.model, &mut deviations);
     }
     let headers_mature = j.model.requests >= min;
     check_params(
@@ -367,4 +483,247 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig) -> Option<Finding> {
         explanation,
         evidence,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ShapeCaps;
+    use crate::model::value::{json_facts, text_facts};
+
+    const CAPS: ShapeCaps = ShapeCaps {
+        max_params: 64,
+        max_enum_values: 16,
+        max_enum_value_len: 64,
+    };
+
+    fn obs(name: &str, location: Location, value: &str) -> ParamObservation {
+        ParamObservation::new(
+            name.into(),
+            location,
+            text_facts(value),
+            value.into(),
+            false,
+        )
+    }
+
+    fn learned(name: &str, location: Location, values: &[String]) -> ParamProfile {
+        let mut p = ParamProfile::default();
+        for (i, v) in values.iter().enumerate() {
+            p.learn(&obs(name, location, v), &CAPS, i as u64);
+        }
+        p
+    }
+
+    fn deviations(
+        name: &str,
+        location: Location,
+        profile: &ParamProfile,
+        value: &str,
+    ) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        check_value(
+            &obs(name, location, value),
+            profile,
+            Sensitivity::Medium,
+            &mut out,
+        );
+        out.iter().map(|d| d.kind).collect()
+    }
+
+    const FIRST: [&str; 8] = [
+        "maria", "jonas", "lea", "paul", "emma", "felix", "mia", "noah",
+    ];
+    const LAST: [&str; 6] = ["keller", "huber", "fuchs", "meier", "kaiser", "roth"];
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{}.{}", FIRST[i % 8], LAST[(i / 8) % 6]))
+            .collect()
+    }
+
+    #[test]
+    fn email_format_lets_digits_vary_and_flags_a_missing_at() {
+        let emails: Vec<String> = names(48)
+            .iter()
+            .map(|n| format!("{n}@mail.example.org"))
+            .collect();
+        let p = learned("body.email", Location::Body, &emails);
+        let established = established_format(&p, Sensitivity::Medium).unwrap();
+        assert_eq!(established.format, ValueFormat::Email);
+        assert_eq!((established.values, established.followed), (48, 48));
+        // A digit never seen in 48 addresses is ordinary e-mail variation.
+        assert!(
+            deviations(
+                "body.email",
+                Location::Body,
+                &p,
+                "ada.roth7@mail.example.org"
+            )
+            .is_empty()
+        );
+        // An address without '@' breaks the format.
+        assert_eq!(
+            deviations(
+                "body.email",
+                Location::Body,
+                &p,
+                "ada.roth.mail.example.org"
+            ),
+            ["format"]
+        );
+        // In a header (clients differ) the format is not judged.
+        let h = learned("header.x-contact", Location::Header, &emails);
+        assert!(
+            deviations("header.x-contact", Location::Header, &h, "ada.roth.example").is_empty()
+        );
+    }
+
+    #[test]
+    fn phone_and_slug_formats() {
+        let phones: Vec<String> = (0..40)
+            .map(|i| format!("+3161{:07}", 1_000_000 + i * 13))
+            .collect();
+        let p = learned("body.phone", Location::Body, &phones);
+        assert_eq!(
+            established_format(&p, Sensitivity::Medium).map(|e| e.format),
+            Some(ValueFormat::Phone)
+        );
+        // (Also longer than any learned number, and with classes no phone number had.)
+        assert!(
+            deviations(
+                "body.phone",
+                Location::Body,
+                &p,
+                "call me maybe, any time after six"
+            )
+            .contains(&"format")
+        );
+        assert!(deviations("body.phone", Location::Body, &p, "+31 6 1234 5678").is_empty());
+
+        let p = learned("path.var1", Location::Path, &names(48));
+        assert_eq!(
+            established_format(&p, Sensitivity::Medium).map(|e| e.format),
+            Some(ValueFormat::Slug)
+        );
+        // A digit or an underscore inside a slug is variation; a space breaks it.
+        assert!(deviations("path.var1", Location::Path, &p, "ada_roth2").is_empty());
+        assert_eq!(
+            deviations("path.var1", Location::Path, &p, "ada roth"),
+            ["format"]
+        );
+    }
+
+    #[test]
+    fn dates_uuids_and_numeric_strings() {
+        let dates: Vec<String> = (0..40)
+            .map(|i| format!("2024-{:02}-{:02}", 1 + i % 12, 1 + i % 28))
+            .collect();
+        let p = learned("query.from", Location::Query, &dates);
+        assert_eq!(
+            established_format(&p, Sensitivity::Medium).map(|e| e.format),
+            Some(ValueFormat::Date)
+        );
+        assert_eq!(
+            deviations("query.from", Location::Query, &p, "yesterday"),
+            ["format", "characters"]
+        );
+        let ids: Vec<String> = (0..40u64)
+            .map(|i| {
+                let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                format!(
+                    "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                    h >> 32,
+                    (h >> 16) & 0xffff,
+                    h & 0xffff,
+                    (h >> 48) & 0xffff,
+                    h & 0xffff_ffff_ffff
+                )
+            })
+            .collect();
+        let p = learned("path.var1", Location::Path, &ids);
+        assert_eq!(
+            established_format(&p, Sensitivity::Medium).map(|e| e.format),
+            Some(ValueFormat::Uuid)
+        );
+        assert_eq!(
+            deviations("path.var1", Location::Path, &p, "deadbeef"),
+            ["format"]
+        );
+        let numbers: Vec<String> = (0..40).map(|i| format!("{}", 500_000 + i * 7)).collect();
+        let p = learned("query.order", Location::Query, &numbers);
+        assert_eq!(
+            established_format(&p, Sensitivity::Medium).map(|e| e.format),
+            Some(ValueFormat::Numeric)
+        );
+    }
+
+    #[test]
+    fn a_format_needs_credible_support() {
+        // Too few values.
+        let few: Vec<String> = names(12)
+            .iter()
+            .map(|n| format!("{n}@mail.example.org"))
+            .collect();
+        let p = learned("body.email", Location::Body, &few);
+        assert_eq!(established_format(&p, Sensitivity::Medium), None);
+        assert!(deviations("body.email", Location::Body, &p, "no-at-sign").is_empty());
+        // A field where one value in eight is not an address (a login that takes a name or an
+        // e-mail address) has no e-mail format: names are not refused.
+        let mixed: Vec<String> = names(96)
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if i % 8 == 0 {
+                    n.clone()
+                } else {
+                    format!("{n}@mail.example.org")
+                }
+            })
+            .collect();
+        let p = learned("body.login", Location::Body, &mixed);
+        assert_ne!(
+            established_format(&p, Sensitivity::Medium).map(|e| e.format),
+            Some(ValueFormat::Email)
+        );
+        assert!(deviations("body.login", Location::Body, &p, "ada.roth").is_empty());
+        // Free text establishes nothing to break.
+        let prose: Vec<String> = (0..60)
+            .map(|i| format!("note {i}: it's <b>fine</b> & {{ok}}"))
+            .collect();
+        let p = learned("body.note", Location::Body, &prose);
+        assert_eq!(established_format(&p, Sensitivity::Medium), None);
+    }
+
+    #[test]
+    fn oversized_values_break_the_length_profile() {
+        let p = learned("path.var1", Location::Path, &names(48));
+        assert_eq!(
+            deviations("path.var1", Location::Path, &p, &"a".repeat(5000)),
+            ["oversized"]
+        );
+    }
+
+    #[test]
+    fn models_without_formats_judge_as_before() {
+        let emails: Vec<String> = names(48)
+            .iter()
+            .map(|n| format!("{n}@mail.example.org"))
+            .collect();
+        let mut p = learned("body.email", Location::Body, &emails);
+        p.formats.clear();
+        assert_eq!(established_format(&p, Sensitivity::Medium), None);
+        // Without a format the character classes decide, as they did.
+        assert_eq!(
+            deviations(
+                "body.email",
+                Location::Body,
+                &p,
+                "ada.roth7@mail.example.org"
+            ),
+            ["characters"]
+        );
+        // Numbers have no text format.
+        assert!(json_facts(&serde_json::json!(12)).formats.is_empty());
+    }
 }

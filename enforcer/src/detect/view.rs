@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::config::{Action, DetectorConfig, DetectorsConfig, LearningConfig, Sensitivity};
 use crate::model::{LearnedModel, SESSION_START};
 
+use super::exposure;
 use super::thresholds::{
     Percentiles, confidence, object_threshold, suggested_volume_limit, volume_threshold,
 };
@@ -42,6 +43,10 @@ pub struct ModelView {
     pub mature: bool,
     pub detectors: Vec<DetectorView>,
     pub endpoints: Vec<EndpointView>,
+    /// Authentication and data posture: operations that answer 2xx without credentials or
+    /// return sensitive classes (see `detect::exposure`).
+    #[serde(default)]
+    pub posture: Vec<crate::model::exposure::Posture>,
     pub top_sequences: Vec<SequenceView>,
     pub suggested_rules: Vec<SuggestedRule>,
     pub usage: UsageView,
@@ -103,6 +108,44 @@ pub struct EndpointView {
     pub objects: Option<ObjectsView>,
     pub auth_like: bool,
     pub parameters: usize,
+    /// What the operation's answers were learned to look like, when their bodies are read
+    /// (see `detect::outcome`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<OutcomesView>,
+    /// What the operation's 2xx answers exposed (see `detect::exposure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<ExposureView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposureView {
+    /// 2xx answers whose body was scanned.
+    pub scanned: u64,
+    /// 2xx answers to requests without credentials, and to requests with them.
+    pub anonymous_answers: u64,
+    pub authenticated_answers: u64,
+    /// Scanned answers by sensitive class they carried.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive_classes: BTreeMap<String, u64>,
+    /// Records per answer (longest array), supported p99.
+    pub records_p99: u64,
+    /// Top-level field names of the answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutcomesView {
+    /// 2xx/3xx answers whose body was read.
+    pub read: u64,
+    /// Of those, answers whose body said they failed.
+    pub error_answers: u64,
+    /// Answers that granted a credential (token field, `Set-Cookie`).
+    pub credential_answers: u64,
+    /// Successful answers are learned to grant a credential (an answer without one fails).
+    pub grants_credentials: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +303,24 @@ pub fn model_view(
         .max()
         .unwrap_or(0);
     let auth_ops = model.operations.iter().filter(|o| o.is_auth_like()).count();
+    let scanned_answers: u64 = model.operations.iter().map(|o| o.exposure.answers).sum();
+    let exposure_ops = model
+        .operations
+        .iter()
+        .filter(|o| o.exposure.answers >= exposure::MIN_OWN_ANSWERS)
+        .count();
+    // Operations with a parameter whose origins have the support to be judged (see
+    // `detect::lineage`; whether they are near-certain is decided per request).
+    let lineage_ops = model
+        .operations
+        .iter()
+        .filter(|o| {
+            o.lineage
+                .params
+                .values()
+                .any(|c| c.seen >= learning.min_operation_requests)
+        })
+        .count();
     let detector_views = vec![
         detector("shadowEndpoint", &detectors.shadow_endpoint, &gate, None, None),
         detector(
@@ -299,6 +360,22 @@ pub fn model_view(
             Some(object_ops),
         ),
         detector("credentialStuffing", &detectors.credential_stuffing, &gate, None, Some(auth_ops)),
+        detector(
+            "exposure",
+            &detectors.exposure,
+            &gate,
+            (scanned_answers < exposure::MIN_API_ANSWERS && exposure_ops == 0).then(|| {
+                format!("needs {} more scanned answers", exposure::MIN_API_ANSWERS - scanned_answers)
+            }),
+            Some(exposure_ops),
+        ),
+        detector(
+            "identityLineage",
+            &detectors.identity_lineage,
+            &gate,
+            (lineage_ops == 0).then(|| format!("needs {} learned requests of an operation whose values name objects", learning.min_operation_requests)),
+            Some(lineage_ops),
+        ),
     ];
     let mut endpoints: Vec<EndpointView> = model
         .operations
@@ -344,6 +421,20 @@ pub fn model_view(
                 }),
                 auth_like: o.is_auth_like(),
                 parameters: o.shape.params.len(),
+                outcomes: (!o.outcomes.is_zero()).then(|| OutcomesView {
+                    read: o.outcomes.read,
+                    error_answers: o.outcomes.error_answers,
+                    credential_answers: o.outcomes.credential_answers,
+                    grants_credentials: o.outcomes.grants_credentials(),
+                }),
+                exposure: (!o.exposure.is_zero()).then(|| ExposureView {
+                    scanned: o.exposure.answers,
+                    anonymous_answers: o.exposure.anonymous_answers,
+                    authenticated_answers: o.exposure.authenticated_answers,
+                    sensitive_classes: o.exposure.classes.clone(),
+                    records_p99: exposure::records_p99(&o.exposure.records),
+                    fields: o.exposure.fields.keys().cloned().collect(),
+                }),
             }
         })
         .collect();
@@ -406,6 +497,7 @@ pub fn model_view(
     });
     not_yet_judged.truncate(MAX_VIEW_ENDPOINTS);
     ModelView {
+        posture: crate::model::exposure::posture(model, MAX_VIEW_ENDPOINTS),
         discovered,
         not_yet_judged,
         analyzer: "learned".to_owned(),

@@ -72,12 +72,34 @@ pub struct Incident {
     pub first_seen: String,
     pub last_seen: String,
     pub summary: String,
+    /// The addresses of a credential-stuffing campaign (at most [`MAX_CAMPAIGN_CLIENTS`]; the
+    /// summary counts them all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<IpAddr>,
+    /// Findings of the campaign from addresses beyond `clients` (not told apart).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub more_clients: u64,
     #[serde(skip)]
     pub first_seen_ms: u64,
     #[serde(skip)]
     pub last_seen_ms: u64,
     #[serde(skip)]
     groups: Vec<Group>,
+}
+
+/// Most addresses listed in a campaign incident.
+pub const MAX_CAMPAIGN_CLIENTS: usize = 256;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The campaign a finding belongs to (a credential-stuffing finding made after the answer,
+/// see `detect::distributed`): its findings from many addresses form one incident.
+fn campaign_of(findings: &[Finding]) -> Option<&str> {
+    findings
+        .iter()
+        .find_map(|f| f.evidence.get("campaign").and_then(|c| c.as_str()))
 }
 
 fn plural(n: u64) -> &'static str {
@@ -99,8 +121,16 @@ fn span(ms: u64) -> String {
 impl Incident {
     fn rebuild_summary(&mut self) {
         let mut s = String::with_capacity(256);
-        // A credential-stuffing incident is keyed by the client address, not a session.
-        if self.session.starts_with("client ") {
+        // A credential-stuffing incident is keyed by the client address, not a session; a
+        // campaign's by the campaign.
+        if self.session.starts_with("campaign ") {
+            let addresses = self.clients.len() as u64 + self.more_clients;
+            let _ = write!(
+                s,
+                "Credential-stuffing campaign from {addresses} address{}: ",
+                if addresses == 1 { "" } else { "es" }
+            );
+        } else if self.session.starts_with("client ") {
             let _ = write!(s, "Client {} ", self.client);
         } else {
             let _ = write!(s, "Session {} ({}) ", self.session, self.client);
@@ -231,7 +261,10 @@ impl IncidentStore {
             && findings
                 .iter()
                 .all(|f| f.kind == FindingKind::CredentialStuffing);
-        let key = if stuffing_only {
+        let campaign = campaign_of(findings).filter(|_| stuffing_only);
+        let key = if let Some(campaign) = campaign {
+            format!("campaign:{campaign}")
+        } else if stuffing_only {
             format!("client:{client}")
         } else {
             session.clone()
@@ -251,7 +284,9 @@ impl IncidentStore {
                 (seq, &key, now_ms).hash(&mut h);
                 let incident = Incident {
                     id: format!("inc-{:016x}", h.finish()),
-                    session: if stuffing_only {
+                    session: if let Some(campaign) = campaign {
+                        format!("campaign {campaign}")
+                    } else if stuffing_only {
                         format!("client {client}")
                     } else {
                         session.clone()
@@ -267,6 +302,8 @@ impl IncidentStore {
                     first_seen: format_unix_ms(now_ms),
                     last_seen: String::new(),
                     summary: String::new(),
+                    clients: Vec::new(),
+                    more_clients: 0,
                     first_seen_ms: now_ms,
                     last_seen_ms: now_ms,
                     groups: Vec::new(),
@@ -280,7 +317,9 @@ impl IncidentStore {
                     {
                         inner.evicted += 1;
                         inner.dirty.remove(&old);
-                        let k = if gone.session.starts_with("client ") {
+                        let k = if let Some(c) = gone.session.strip_prefix("campaign ") {
+                            format!("campaign:{c}")
+                        } else if gone.session.starts_with("client ") {
                             format!("client:{}", gone.client)
                         } else {
                             gone.session
@@ -299,6 +338,13 @@ impl IncidentStore {
         incident.flagged += 1;
         if blocked {
             incident.blocked += 1;
+        }
+        if campaign.is_some() && !incident.clients.contains(&client) {
+            if incident.clients.len() < MAX_CAMPAIGN_CLIENTS {
+                incident.clients.push(client);
+            } else {
+                incident.more_clients += 1;
+            }
         }
         incident.last_seen_ms = now_ms;
         incident.last_seen = format_unix_ms(now_ms);

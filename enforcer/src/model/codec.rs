@@ -1,5 +1,10 @@
 //! Serialized form of the model: JSON (stable, inspectable, versioned by `format`) compressed
 //! with gzip. Models of a few hundred operations stay well under the 1 MiB a ConfigMap holds.
+//!
+//! `format` changes only when a field changes meaning. Fields added with a serde default (such
+//! as `OperationStats::exposure`) keep the format: an older model loads with them empty, and
+//! an older build ignores them (no `deny_unknown_fields` on the model types), so replicas of
+//! two versions still merge during a rolling update (tested in `model::exposure`).
 
 use std::io::{Read, Write};
 

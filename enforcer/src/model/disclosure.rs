@@ -20,6 +20,10 @@
 //!   seen in at least [`MIN_SHOWN_SESSIONS`] distinct sessions (a small enum shared by many
 //!   users, not one user's value).
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+
 use super::shape::Location;
 
 /// Distinct sessions a value must be seen in before its clear text is kept.
@@ -88,29 +92,72 @@ pub fn normalised(segment: &str) -> String {
         .collect()
 }
 
+/// [`SECRET_NAME_PARTS`] as one automaton, built once: every parameter and header name of
+/// every request is checked, and 24 substring searches per name segment were a third of the
+/// enforcer's instructions per request (docs/benchmarks.md, "Instructions per request").
+static SECRET_PARTS: LazyLock<Option<AhoCorasick>> =
+    LazyLock::new(|| AhoCorasick::new(SECRET_NAME_PARTS).ok());
+
+/// Longest name segment normalised on the stack (longer ones are normalised into a `String`).
+const STACK_SEGMENT: usize = 96;
+
 /// Whether a field, query parameter or header name marks its value as secret: any segment of
 /// the name (`body.auth.code` has `auth`), normalised, matches.
 pub fn is_secret_name(name: &str) -> bool {
-    name.split(['.', '[']).map(normalised).any(|n| {
-        SECRET_NAME_PARTS.iter().any(|part| n.contains(part))
-            || SECRET_NAMES.iter().any(|word| n.ends_with(word))
+    name.split(['.', '[']).any(|segment| {
+        let mut buf = [0u8; STACK_SEGMENT];
+        let mut len = 0;
+        for b in segment.bytes().filter(u8::is_ascii_alphanumeric) {
+            match buf.get_mut(len) {
+                Some(slot) => *slot = b.to_ascii_lowercase(),
+                None => return is_secret_segment(normalised(segment).as_bytes()),
+            }
+            len += 1;
+        }
+        is_secret_segment(buf.get(..len).unwrap_or_default())
     })
+}
+
+/// Whether a normalised name segment contains one of [`SECRET_NAME_PARTS`] or ends with one
+/// of [`SECRET_NAMES`].
+fn is_secret_segment(n: &[u8]) -> bool {
+    let part = match SECRET_PARTS.as_ref() {
+        Some(automaton) => automaton.is_match(n),
+        None => SECRET_NAME_PARTS
+            .iter()
+            .any(|p| n.windows(p.len()).any(|w| w == p.as_bytes())),
+    };
+    part || SECRET_NAMES.iter().any(|word| n.ends_with(word.as_bytes()))
+}
+
+/// `lower == text.to_ascii_lowercase()`, without allocating.
+fn equals_lowered(lower: &str, text: &str) -> bool {
+    lower.len() == text.len()
+        && lower
+            .bytes()
+            .zip(text.bytes())
+            .all(|(l, t)| l == t.to_ascii_lowercase())
 }
 
 /// Whether a profiled parameter (`body.x`, `query.x`, `header.x`, `cookie.x`, `path.x`) is
 /// secret by where it is and what it is called. `session_names` are the lower-case header,
 /// cookie and query names the session config uses as identifiers.
 pub fn is_secret_param(location: Location, name: &str, session_names: &[String]) -> bool {
-    let bare = name
-        .split_once('.')
-        .map_or(name, |(_, rest)| rest)
-        .to_ascii_lowercase();
+    let bare = name.split_once('.').map_or(name, |(_, rest)| rest);
     match location {
         Location::Cookie => true,
-        Location::Header if CREDENTIAL_HEADERS.contains(&bare.as_str()) => true,
+        Location::Header if CREDENTIAL_HEADERS.iter().any(|h| equals_lowered(h, bare)) => true,
         Location::Path => false,
-        _ => session_names.contains(&bare) || is_secret_name(name),
+        _ => is_session_param(location, name, session_names) || is_secret_name(name),
     }
+}
+
+/// What `session_names` add to [`is_secret_param`]: `is_secret_param(l, n, names)` is
+/// `is_secret_param(l, n, &[]) || is_session_param(l, n, names)`, so a parameter already
+/// judged without the session names needs only this check.
+pub fn is_session_param(location: Location, name: &str, session_names: &[String]) -> bool {
+    let bare = name.split_once('.').map_or(name, |(_, rest)| rest);
+    location != Location::Path && session_names.iter().any(|s| equals_lowered(s, bare))
 }
 
 /// Values that are secret wherever they appear: card numbers (13–19 digits, spaces or dashes
@@ -119,7 +166,7 @@ pub fn is_secret_value(text: &str) -> bool {
     looks_like_card(text) || looks_like_ssn(text)
 }
 
-fn looks_like_card(text: &str) -> bool {
+pub fn looks_like_card(text: &str) -> bool {
     if !text
         .bytes()
         .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
@@ -150,7 +197,7 @@ fn looks_like_card(text: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
-fn looks_like_ssn(text: &str) -> bool {
+pub fn looks_like_ssn(text: &str) -> bool {
     let b = text.as_bytes();
     b.len() == 11
         && b.iter().enumerate().all(|(i, c)| match i {
@@ -251,6 +298,80 @@ mod tests {
         }
     }
 
+    /// The definition `is_secret_name` implements without allocating.
+    fn secret_name_by_definition(name: &str) -> bool {
+        name.split(['.', '[']).map(normalised).any(|n| {
+            SECRET_NAME_PARTS.iter().any(|part| n.contains(part))
+                || SECRET_NAMES.iter().any(|word| n.ends_with(word))
+        })
+    }
+
+    #[test]
+    fn secret_names_match_the_definition_for_any_name() {
+        let long = format!("body.{}Token", "x".repeat(200));
+        let long_harmless = format!("query.{}", "ab-".repeat(100));
+        for name in [
+            "body.password",
+            "body.Pass_Word",
+            "body.passenger",
+            "header.x-api-key",
+            "header.X-API-KEY",
+            "header.user-agent",
+            "query.pageSize",
+            "body.items[].sig",
+            "body.signal",
+            "body.tokenizer.x",
+            "body.ñpassword",
+            "body.pä",
+            "body.ke-y",
+            "",
+            ".",
+            "[[",
+            long.as_str(),
+            long_harmless.as_str(),
+        ] {
+            assert_eq!(
+                is_secret_name(name),
+                secret_name_by_definition(name),
+                "{name}"
+            );
+        }
+        assert!(is_secret_name(&long));
+        assert!(!is_secret_name(&long_harmless));
+    }
+
+    #[test]
+    fn session_names_add_only_the_session_parameters() {
+        let names = vec!["x-session-id".to_owned(), "sid".to_owned()];
+        for location in [
+            Location::Path,
+            Location::Query,
+            Location::Body,
+            Location::Header,
+            Location::Cookie,
+        ] {
+            for name in [
+                "header.x-session-id",
+                "header.X-Session-Id",
+                "query.sid",
+                "query.page",
+                "body.sid",
+                "path.sid",
+                "cookie.sid",
+                "header.authorization",
+                "header.accept",
+                "body.password",
+            ] {
+                assert_eq!(
+                    is_secret_param(location, name, &names),
+                    is_secret_param(location, name, &[])
+                        || is_session_param(location, name, &names),
+                    "{location:?} {name}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn cookies_credential_headers_and_session_names_are_secret() {
         let none: Vec<String> = Vec::new();
@@ -263,6 +384,19 @@ mod tests {
         assert!(!is_secret_param(Location::Header, "header.accept", &none));
         let named = vec!["x-client".to_owned()];
         assert!(is_secret_param(Location::Header, "header.x-client", &named));
+        // Names are compared in lower case, as sent or not.
+        assert!(is_secret_param(Location::Header, "header.X-Client", &named));
+        assert!(is_secret_param(Location::Query, "query.X-CLIENT", &named));
+        assert!(is_secret_param(
+            Location::Header,
+            "header.Proxy-Authorization",
+            &none
+        ));
+        assert!(!is_secret_param(
+            Location::Header,
+            "header.x-clients",
+            &named
+        ));
         assert!(!is_secret_param(Location::Path, "path.var1", &none));
     }
 

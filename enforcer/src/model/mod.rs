@@ -14,8 +14,11 @@
 pub mod codec;
 pub mod disclosure;
 pub mod endpoint;
+pub mod exposure;
+pub mod format;
 pub mod hashing;
 pub mod histogram;
+pub mod lineage;
 pub mod sequence;
 pub mod shape;
 pub mod sketch;
@@ -25,7 +28,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use endpoint::OperationStats;
+pub use endpoint::{OperationStats, OutcomeCounts, RepeatCounts};
 pub use histogram::{LogHistogram, ReachHistogram};
 pub use sequence::{SESSION_START, SequenceModel};
 pub use shape::{Location, ParamObservation, ParamProfile, ShapeCaps, ShapeProfile};
@@ -171,10 +174,16 @@ impl LearnedModel {
     pub fn is_zero(&self) -> bool {
         self.requests == 0
             && self.sessions == 0
-            && self
-                .operations
-                .iter()
-                .all(|op| op.requests == 0 && op.status.is_empty() && op.auth_failures == 0)
+            && self.operations.iter().all(|op| {
+                op.requests == 0
+                    && op.status.is_empty()
+                    && op.auth_failures == 0
+                    && op.object_lookups == 0
+                    && op.outcomes.is_zero()
+                    && op.exposure.is_zero()
+                    && op.lineage.is_zero()
+                    && op.repeats.is_zero()
+            })
             && self.sequences.contexts.is_empty()
             && self.not_found.windows() == 0
             && self.auth_failures.windows() == 0

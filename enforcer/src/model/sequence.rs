@@ -78,6 +78,61 @@ pub fn upper_bound(count: u64, total: u64, credibility: f64) -> f64 {
     inv_beta_reg(a, b, credibility.clamp(0.5, 1.0 - 1e-9))
 }
 
+/// Whether `upper_bound(count, total, credibility) >= limit`. The same answer, but most
+/// calls get it without the inverse incomplete Beta function (about 4,800 instructions a call,
+/// docs/benchmarks.md, sixth pass), from a bound on either side of the quantile that already
+/// settles it: a floor of the posterior's median for a common step (the quantile is at least
+/// the median), a ceiling of its tail for a count of zero (a format every learned value
+/// followed, a step never seen). Only counts near the limit pay for the inverse.
+pub fn upper_bound_reaches(count: u64, total: u64, credibility: f64, limit: f64) -> bool {
+    if count >= total {
+        return 1.0 >= limit;
+    }
+    // With a margin far wider than the inverse's own error (up to about 1e-6 at a million
+    // observations, see the test below), so that the shortcut never answers "reaches" where the
+    // inverse would land just under the limit.
+    if posterior_median_floor(count, total).is_some_and(|floor| floor >= limit + 1e-4) {
+        return true;
+    }
+    let credibility = credibility.clamp(0.5, 1.0 - 1e-9);
+    // Strictly below 1 − credibility, with a margin far wider than the inverse's error, so
+    // that the shortcut never answers "below" where the inverse would land on the limit.
+    if count == 0 && zero_count_tail_ceiling(total, limit) < (1.0 - credibility) * 0.999 {
+        return false;
+    }
+    upper_bound(count, total, credibility) >= limit
+}
+
+/// A number at most the median of the Jeffreys posterior Beta(count + ½, total − count + ½),
+/// when both of its parameters exceed 1 (`0 < count < total`). For such a Beta the median lies
+/// between the mode and the mean (Groeneveld and Meeden, 1977, "The mode, median, and mean
+/// inequality"), so it is at least the smaller of the two; `upper_bound` clamps its
+/// credibility to at least ½, so its result is at least this median.
+fn posterior_median_floor(count: u64, total: u64) -> Option<f64> {
+    if count == 0 || count >= total {
+        return None;
+    }
+    let a = count as f64 + 0.5;
+    let b = (total - count) as f64 + 0.5;
+    let mode = (a - 1.0) / (a + b - 2.0);
+    let mean = a / (a + b);
+    Some(mode.min(mean))
+}
+
+/// A number at least P(X > x) for X ~ Beta(½, b), the posterior of a count of zero in `total`
+/// (b = total + ½), for 0 < x < 1:
+/// P(X > x) = ∫ₓ¹ t^(−½) (1 − t)^(b−1) dt / B(½, b) ≤ x^(−½) (1 − x)^b / (b B(½, b)), and
+/// B(½, b) = Γ(½) Γ(b) / Γ(b + ½) ≥ √π / √b (Wendel's inequality, Γ(b + ½) ≤ √b Γ(b)), so
+/// P(X > x) ≤ (1 − x)^b / √(π b x). When it is below 1 − credibility, the credible bound (the
+/// credibility-quantile of X) is below x.
+fn zero_count_tail_ceiling(total: u64, x: f64) -> f64 {
+    if !(x > 0.0 && x < 1.0) {
+        return f64::INFINITY;
+    }
+    let b = total as f64 + 0.5;
+    (b * (-x).ln_1p()).exp() / (std::f64::consts::PI * b * x).sqrt()
+}
+
 /// Context → next-operation counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "SequenceWire", into = "SequenceWire")]
@@ -379,6 +434,59 @@ fn translate(op: u16, map: &dyn Fn(u16) -> Option<u16>) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut must never change a judgement: over every count of small contexts and a
+    /// spread of large ones, at each sensitivity's (credibility, limit) and at credibility ½
+    /// (where the bound is the median itself), it answers what the inverse answers, and the
+    /// floor it relies on is never above the median computed by the inverse.
+    #[test]
+    fn upper_bound_reaches_answers_what_the_inverse_answers() {
+        let pairs = [
+            (0.5, 0.01),
+            (0.9, 0.02),
+            (0.95, 0.01),
+            (0.99, 0.002),
+            (0.95, 0.3),
+        ];
+        let mut totals: Vec<u64> = (1..=120).collect();
+        totals.extend([1_000, 4_097, 20_000, 1_000_000]);
+        let mut shortcut_taken = 0;
+        for total in totals {
+            let step = (total / 60).max(1);
+            for count in (0..=total).step_by(step as usize) {
+                if let Some(floor) = posterior_median_floor(count, total) {
+                    let median = upper_bound(count, total, 0.5);
+                    // Within the inverse's accuracy (1.05e-6 seen at 449,982 of 1,000,000).
+                    assert!(
+                        floor <= median + 1e-5,
+                        "{count}/{total}: {floor} > {median}"
+                    );
+                }
+                if count == 0 {
+                    // The tail ceiling at the 95 % bound is at least the 5 % it leaves out.
+                    let upper = upper_bound(0, total, 0.95);
+                    let ceiling = zero_count_tail_ceiling(total, upper);
+                    assert!(ceiling >= 0.05 - 1e-9, "{total}: {ceiling}");
+                }
+                for (credibility, limit) in pairs {
+                    let exact = upper_bound(count, total, credibility) >= limit;
+                    assert_eq!(
+                        upper_bound_reaches(count, total, credibility, limit),
+                        exact,
+                        "{count}/{total} at {credibility}, limit {limit}"
+                    );
+                    let tail = count == 0
+                        && zero_count_tail_ceiling(total, limit) < (1.0 - credibility) * 0.999;
+                    shortcut_taken += usize::from(
+                        tail || posterior_median_floor(count, total)
+                            .is_some_and(|f| f >= limit + 1e-4),
+                    );
+                }
+            }
+        }
+        // The grid exercises the shortcut, not only the fallback.
+        assert!(shortcut_taken > 10_000, "{shortcut_taken}");
+    }
 
     #[test]
     fn credible_intervals_shrink_with_evidence() {

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::disclosure::{MIN_SHOWN_SESSIONS, is_secret_param, is_secret_value, may_show_value};
+use super::format::ValueFormat;
 use super::hashing::stable_hash;
 use super::histogram::LogHistogram;
 use super::sketch::DistinctSketch;
@@ -107,6 +108,11 @@ pub struct ParamProfile {
     /// Construct bit → values containing it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub markers: BTreeMap<u8, u64>,
+    /// Value format → text values that followed it (a value follows several formats; every
+    /// text value follows `text`, whose count is the number of text values). Missing in models
+    /// written before formats were learned: such a profile has no format until it learns one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub formats: BTreeMap<ValueFormat, u64>,
     #[serde(default)]
     pub lengths: LogHistogram,
     #[serde(default)]
@@ -146,6 +152,9 @@ impl ParamProfile {
         }
         for bit in bits(u32::from(facts.markers)) {
             *self.markers.entry(bit).or_insert(0) += 1;
+        }
+        for format in facts.formats.iter() {
+            *self.formats.entry(format).or_insert(0) += 1;
         }
         if !matches!(facts.kind, ValueKind::Object | ValueKind::Array) {
             self.lengths
@@ -241,6 +250,16 @@ impl ParamProfile {
             .fold(0, |acc, (bit, _)| acc | (1u16 << bit))
     }
 
+    /// Text values learned (the count of the `text` format, which every text value follows).
+    pub fn text_values(&self) -> u64 {
+        self.formats.get(&ValueFormat::Text).copied().unwrap_or(0)
+    }
+
+    /// Learned text values that followed `format`.
+    pub fn format_count(&self, format: ValueFormat) -> u64 {
+        self.formats.get(&format).copied().unwrap_or(0)
+    }
+
     /// The most frequent kind.
     pub fn dominant_kind(&self) -> Option<ValueKind> {
         self.kinds.iter().max_by_key(|(_, c)| **c).map(|(k, _)| *k)
@@ -259,6 +278,7 @@ impl ParamProfile {
         add_map(&mut self.kinds, &other.kinds);
         add_map(&mut self.chars, &other.chars);
         add_map(&mut self.markers, &other.markers);
+        add_map(&mut self.formats, &other.formats);
         self.lengths.merge(&other.lengths);
         self.magnitudes.merge(&other.magnitudes);
         self.negatives += other.negatives;
@@ -291,6 +311,7 @@ impl ParamProfile {
         sub_map(&mut self.kinds, &base.kinds);
         sub_map(&mut self.chars, &base.chars);
         sub_map(&mut self.markers, &base.markers);
+        sub_map(&mut self.formats, &base.formats);
         self.lengths.subtract(&base.lengths);
         self.magnitudes.subtract(&base.magnitudes);
         self.negatives = self.negatives.saturating_sub(base.negatives);
@@ -526,6 +547,8 @@ mod tests {
         assert_eq!(a.present, b.present);
         assert_eq!(a.kinds, b.kinds);
         assert_eq!(a.chars, b.chars);
+        assert_eq!(a.formats, b.formats);
+        assert!(a.formats[&ValueFormat::Text] > 0 && a.formats[&ValueFormat::Slug] > 0);
         assert_eq!(a.lengths, b.lengths);
         assert_eq!(a.magnitudes, b.magnitudes);
         assert_eq!(a.values_overflow, b.values_overflow);

@@ -10,6 +10,8 @@ use aho_corasick::AhoCorasick;
 
 use serde::{Deserialize, Serialize};
 
+use super::format::{FormatSet, formats_of};
+
 /// Kind of one value: the JSON type, and for strings a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ValueKind {
@@ -155,6 +157,8 @@ pub struct ValueFacts {
     pub length: usize,
     /// Numeric value for JSON numbers.
     pub number: Option<f64>,
+    /// The formats a text value follows (empty for other values).
+    pub formats: FormatSet,
 }
 
 fn char_class(c: char) -> u32 {
@@ -332,7 +336,7 @@ fn is_hex(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn is_uuid(text: &str) -> bool {
+pub(crate) fn is_uuid(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.len() == 36
         && bytes.iter().enumerate().all(|(i, b)| {
@@ -344,7 +348,7 @@ fn is_uuid(text: &str) -> bool {
         })
 }
 
-fn is_email(text: &str) -> bool {
+pub(crate) fn is_email(text: &str) -> bool {
     let Some((local, domain)) = text.split_once('@') else {
         return false;
     };
@@ -357,7 +361,7 @@ fn is_email(text: &str) -> bool {
         && text.len() <= 254
 }
 
-fn is_phone(text: &str) -> bool {
+pub(crate) fn is_phone(text: &str) -> bool {
     let digits = text.bytes().filter(u8::is_ascii_digit).count();
     (7..=15).contains(&digits)
         && text
@@ -367,7 +371,7 @@ fn is_phone(text: &str) -> bool {
         && !text.contains("..")
 }
 
-fn is_numeric(text: &str) -> bool {
+pub(crate) fn is_numeric(text: &str) -> bool {
     let body = text.strip_prefix('-').unwrap_or(text);
     !body.is_empty()
         && body.bytes().all(|b| b.is_ascii_digit() || b == b'.')
@@ -415,6 +419,7 @@ pub fn text_facts(raw: &str) -> ValueFacts {
         markers: markers_of(&text),
         length: text.chars().count(),
         number: None,
+        formats: formats_of(&text),
     }
 }
 
@@ -437,6 +442,7 @@ pub fn json_facts(value: &serde_json::Value) -> ValueFacts {
                 markers: 0,
                 length: repr.len(),
                 number: n.as_f64(),
+                formats: FormatSet::NONE,
             }
         }
         Value::Bool(_) => ValueFacts {
@@ -445,6 +451,7 @@ pub fn json_facts(value: &serde_json::Value) -> ValueFacts {
             markers: 0,
             length: 0,
             number: None,
+            formats: FormatSet::NONE,
         },
         Value::Null => ValueFacts {
             kind: ValueKind::Null,
@@ -452,6 +459,7 @@ pub fn json_facts(value: &serde_json::Value) -> ValueFacts {
             markers: 0,
             length: 0,
             number: None,
+            formats: FormatSet::NONE,
         },
         Value::Array(items) => ValueFacts {
             kind: ValueKind::Array,
@@ -459,6 +467,7 @@ pub fn json_facts(value: &serde_json::Value) -> ValueFacts {
             markers: 0,
             length: items.len(),
             number: None,
+            formats: FormatSet::NONE,
         },
         Value::Object(fields) => ValueFacts {
             kind: ValueKind::Object,
@@ -466,6 +475,7 @@ pub fn json_facts(value: &serde_json::Value) -> ValueFacts {
             markers: 0,
             length: fields.len(),
             number: None,
+            formats: FormatSet::NONE,
         },
     }
 }

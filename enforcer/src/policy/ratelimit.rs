@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::{Action, Duration};
 use crate::finding::{Finding, FindingKind, Severity};
-use crate::session::LimitSlot;
+use crate::session::LimitSlots;
 
 #[derive(Debug, Clone)]
 pub struct CompiledLimit {
@@ -49,20 +49,8 @@ impl CompiledLimit {
     }
 
     /// Counts the request; returns the finding when it is over the limit (then it is not counted).
-    pub fn check(&self, slots: &mut Box<[LimitSlot]>, now_ms: u64) -> Option<Finding> {
-        let pos = match slots.iter().position(|s| s.limit == self.index) {
-            Some(p) => p,
-            None => {
-                let mut v = std::mem::take(slots).into_vec();
-                v.push(LimitSlot {
-                    limit: self.index,
-                    tat_ms: 0,
-                });
-                *slots = v.into_boxed_slice();
-                slots.len() - 1
-            }
-        };
-        let slot = slots.get_mut(pos)?;
+    pub fn check(&self, slots: &mut LimitSlots, now_ms: u64) -> Option<Finding> {
+        let slot = slots.slot_mut(self.index)?;
         let tat = slot.tat_ms.max(now_ms);
         if tat - now_ms > self.tolerance_ms {
             let wait_ms = tat - self.tolerance_ms - now_ms;
@@ -101,7 +89,7 @@ mod tests {
             Duration::from_secs(60),
             Action::Block,
         );
-        let mut slots: Box<[LimitSlot]> = Box::new([]);
+        let mut slots = LimitSlots::default();
         for _ in 0..3 {
             assert!(l.check(&mut slots, 1_000_000).is_none());
         }

@@ -9,6 +9,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::clients::RequestGuard;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every request forwarded and every response returned.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -17,6 +19,8 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct PermitBody<B> {
     inner: B,
     _permit: Option<OwnedSemaphorePermit>,
+    /// The client's place among its requests in flight (`maxConcurrentRequestsPerClient`).
+    _client: Option<RequestGuard>,
     in_flight: Option<prometheus::IntGauge>,
 }
 
@@ -24,11 +28,13 @@ impl<B> PermitBody<B> {
     pub fn new(
         inner: B,
         permit: Option<OwnedSemaphorePermit>,
+        client: Option<RequestGuard>,
         in_flight: prometheus::IntGauge,
     ) -> Self {
         Self {
             inner,
             _permit: permit,
+            _client: client,
             in_flight: Some(in_flight),
         }
     }

@@ -17,14 +17,19 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::body::{BoxError, PermitBody, ProxyBody};
+use super::clients::{ClientBodyError, MinRateBody};
 use super::decision::{Verdict, decide};
+use super::exposure::{self as proxy_exposure, Scanning, StreamEnd};
 use super::headers::{Forwarding, X_REQUEST_ID, strip_hop_by_hop, write_forwarded};
 use super::rejection::{Block, Rejection, UpstreamFailure, find_source};
+use super::route::Routed;
 use super::state::Shared;
-use super::upstream::{RequestBody, UpstreamBody, UpstreamRequest};
-use crate::config::{Action, ClientAddressSource, FailurePolicy, LimitsConfig};
+use super::upstream::{RequestBody, UpstreamBody, UpstreamError, UpstreamRequest};
+use crate::config::{Action, ClientAddressSource, FailurePolicy, LimitsConfig, Mode};
+use crate::detect::exposure::{self, Scan, Scanner};
+use crate::detect::outcome;
 use crate::detect::session_state::SessionState;
-use crate::detect::{RequestContext, RequestScratch, ResponseSummary};
+use crate::detect::{LateFinding, RequestContext, RequestScratch, ResponseSummary};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
 use crate::operation::{CanonicalTarget, OperationSchema, canonical_target};
@@ -81,21 +86,43 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let metrics = &shared.metrics;
+    // One client may hold only so many of the permits below (a client holding requests open
+    // with slow bodies would otherwise take all of them).
+    let client_guard = {
+        let policy = shared.policy.load();
+        let client = client_address(&policy.config.client_address, peer.ip(), req.headers());
+        let cap = policy.config.limits.max_concurrent_requests_per_client;
+        match shared.clients.request(client, cap) {
+            Some(guard) => guard,
+            None => {
+                let id = request_id(&shared, req.headers());
+                return Rejection::ClientBusy.into_response(metrics, &id, NO_OPERATION);
+            }
+        }
+    };
     metrics.in_flight.inc();
     let Ok(permit) = Arc::clone(&shared.limiter).try_acquire_owned() else {
         metrics.in_flight.dec();
         let id = request_id(&shared, req.headers());
         return Rejection::Overloaded.into_response(metrics, &id, NO_OPERATION);
     };
-    let resp = handle_inner(&shared, peer, req, started).await;
-    // Keep the permit and the in-flight gauge until the response body is done.
+    let resp = match super::route::route(&shared, peer, req).await {
+        Routed::Local(req) => handle_inner(&shared, peer, req, started).await,
+        Routed::Answered(resp) => resp,
+    };
+    // Keep the permits and the in-flight gauge until the response body is done.
     let (parts, body) = resp.into_parts();
-    let body = PermitBody::new(body, Some(permit), metrics.in_flight.clone());
+    let body = PermitBody::new(
+        body,
+        Some(permit),
+        Some(client_guard),
+        metrics.in_flight.clone(),
+    );
     Response::from_parts(parts, body.boxed_unsync())
 }
 
 async fn handle_inner(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     peer: SocketAddr,
     req: Request<Incoming>,
     started: Instant,
@@ -206,7 +233,12 @@ async fn handle_inner(
             .metrics
             .added_latency
             .observe(started.elapsed().as_secs_f64());
-        exchange.learn(status, 0, true);
+        let answered = ResponseSummary {
+            status,
+            refused: true,
+            ..ResponseSummary::default()
+        };
+        exchange.learn(&answered, true);
         return reject(Rejection::Blocked(block), op_label);
     }
 
@@ -223,12 +255,180 @@ async fn handle_inner(
     };
     shared.metrics.added_latency.observe(decided.as_secs_f64());
     let duration_us = u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX);
-    exchange.learn(
-        response.status().as_u16(),
+    // The outcome is read from the answer only where the analyzer needs it, and from a body
+    // only when it is already in memory: never waited for — except that an answer that
+    // streams is held back (bounded, see `proxy::exposure`) while the exposure detector
+    // blocks, so that it can be withheld. Whatever streams on unjudged is scanned as it
+    // passes and judged when it ends (`stream_scan`).
+    let read = shared.analyzer.wants_response(op);
+    let status = response.status().as_u16();
+    let set_cookie = read && response.headers().contains_key(header::SET_COOKIE);
+    let success = (200..300).contains(&status);
+    let (parts, body) = response.into_parts();
+    let mut stream_scan = None;
+    let (body, scan): (Relayed, Option<Scan>) = match body.in_memory() {
+        Some(bytes) if read => {
+            let scan = exposure::scan(bytes, true);
+            (Relayed::Upstream(body), Some(scan))
+        }
+        None if read
+            && success
+            && policy.config.mode == Mode::Enforce
+            && shared.analyzer.holds_response(op) =>
+        {
+            let held = proxy_exposure::hold(body, policy.config.upstream.timeout.std()).await;
+            stream_scan = held.rest;
+            (Relayed::Held(held.body), Some(held.scan))
+        }
+        None if read && success && shared.analyzer.scans_streamed(op) => {
+            stream_scan = Some(Scanner::new(exposure::MAX_STREAM_SCAN_BYTES));
+            (Relayed::Upstream(body), None)
+        }
+        _ => (Relayed::Upstream(body), None),
+    };
+    let in_memory = match &body {
+        Relayed::Upstream(b) if read => {
+            b.in_memory().filter(|b| b.len() <= outcome::MAX_READ_BYTES)
+        }
+        _ => None,
+    };
+    let answered = ResponseSummary {
+        status,
         duration_us,
-        verdict == Verdict::Flag,
-    );
-    relay(response, rid_value)
+        set_cookie,
+        body: in_memory,
+        refused: false,
+        exposure: scan.as_ref().filter(|s| s.json),
+    };
+    let exposed = answered
+        .exposure
+        .and_then(|_| exchange.inspect_response(&answered));
+    let mut flagged = verdict == Verdict::Flag;
+    if let Some(finding) = exposed {
+        // Judged already: the rest is not judged again.
+        stream_scan = None;
+        let findings = [finding];
+        let (answer_verdict, incident_id) = exchange.record(&findings, incident_seq);
+        flagged = true;
+        if let Verdict::Block { index } = answer_verdict
+            && let Some(block) = exchange.block(&findings, index, incident_id)
+        {
+            // Nothing of the answer is forwarded: the held or in-memory body is dropped.
+            exchange.learn(&answered, true);
+            return reject(Rejection::Blocked(block), op_label);
+        }
+    }
+    // An answer scanned to its end later is learned then; now only that it was answered.
+    let learned = ResponseSummary {
+        exposure: answered.exposure.filter(|_| stream_scan.is_none()),
+        ..answered
+    };
+    exchange.learn(&learned, flagged);
+    let body = match body {
+        Relayed::Upstream(b) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+        Relayed::Held(b) => b,
+    };
+    let body = match stream_scan {
+        Some(scanner) => {
+            let end = Box::new(StreamedAnswer {
+                shared: Arc::clone(shared),
+                mode: policy.config.mode,
+                session: session.clone(),
+                client,
+                template: op.template.clone(),
+                hash: exchange.hash,
+                rid: rid.clone(),
+            });
+            Scanning::new(body, scanner, end).boxed_unsync()
+        }
+        None => body,
+    };
+    relay(Response::from_parts(parts, body), rid_value)
+}
+
+/// A 2xx answer that streams on while it is scanned: what the exchange's findings need once
+/// it ended (owned: the request's borrows are gone by then).
+struct StreamedAnswer {
+    shared: Arc<Shared>,
+    /// The mode the request was admitted under.
+    mode: Mode,
+    session: String,
+    client: std::net::IpAddr,
+    template: Arc<str>,
+    /// Keyed hash of the session (the session table's key).
+    hash: u64,
+    rid: String,
+}
+
+impl StreamEnd for StreamedAnswer {
+    /// Judges and learns the answer's scan with the session's entry locked; a finding is
+    /// recorded in the session's incident as flagged (never as blocked: it was relayed).
+    fn ended(self: Box<Self>, scan: Scan) {
+        let shared = &self.shared;
+        let now_ms = crate::time::now_ms();
+        let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
+        let judged = shared.sessions.with_entry(self.hash, now_s, |entry, _| {
+            let found = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                shared
+                    .analyzer
+                    .observe_streamed(&self.template, now_ms, &mut entry.state, &scan)
+            }));
+            (found.ok().flatten(), entry.incident)
+        });
+        let Some((Some(mut finding), incident_seq)) = judged else {
+            return;
+        };
+        if self.mode == Mode::Learn {
+            return;
+        }
+        finding.explanation.push_str(
+            " (found once the answer had streamed to the client: reported, not withheld)",
+        );
+        let metrics = &shared.metrics;
+        metrics
+            .findings
+            .with_label_values(&[finding.kind.as_str()])
+            .inc();
+        let severity = finding.severity;
+        let kind = finding.kind.as_str();
+        let recorded = shared.incidents.record(
+            &self.session,
+            self.client,
+            &self.template,
+            std::slice::from_ref(&finding),
+            false,
+            now_ms,
+        );
+        let mut incident_id = String::new();
+        if let Some(rec) = recorded {
+            if rec.created {
+                metrics
+                    .incidents
+                    .with_label_values(&[severity.as_str()])
+                    .inc();
+            }
+            if rec.seq != incident_seq {
+                shared
+                    .sessions
+                    .with_entry(self.hash, now_s, |e, _| e.incident = rec.seq);
+            }
+            incident_id = rec.id;
+        }
+        tracing::info!(
+            request_id = %self.rid,
+            client = %self.client,
+            operation = %self.template,
+            incident = %incident_id,
+            finding = kind,
+            "streamed answer flagged"
+        );
+    }
+}
+
+/// An answer's body as it is relayed: straight from the upstream, or after holding.
+enum Relayed {
+    Upstream(UpstreamBody),
+    Held(ProxyBody),
 }
 
 /// Refuses a body the proxy does not forward at all: a bad or too large `Content-Length`.
@@ -265,12 +465,19 @@ async fn read_body(
     limits: &LimitsConfig,
 ) -> Result<ReadBody, Rejection> {
     let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    if body.is_end_stream() {
+        return Ok(ReadBody {
+            forward: RequestBody::Buffered(Bytes::new()),
+            json: None,
+            present: false,
+        });
+    }
+    // Buffered or streamed, a body that trickles below the minimum rate is cut (408), so that
+    // it does not hold its permit for `bodyReadTimeout` (or, streamed, for as long as the
+    // upstream waits).
+    let body = MinRateBody::new(body, limits.min_body_rate, limits.body_rate_grace.std());
     if !needs_body {
-        let forward = if body.is_end_stream() {
-            RequestBody::Buffered(Bytes::new())
-        } else {
-            RequestBody::Streaming(Limited::new(body, limit).boxed_unsync())
-        };
+        let forward = RequestBody::Streaming(Limited::new(body, limit).boxed_unsync());
         return Ok(ReadBody {
             forward,
             json: None,
@@ -283,16 +490,7 @@ async fn read_body(
     )
     .await
     .map_err(|_| Rejection::BodyTimeout)?
-    .map_err(|e| {
-        if find_source::<http_body_util::LengthLimitError>(&*e).is_some() {
-            Rejection::BodyTooLarge {
-                limit: limits.max_body_bytes,
-                declared: None,
-            }
-        } else {
-            Rejection::BodyUnreadable
-        }
-    })?;
+    .map_err(|e| client_body_error(&*e, limits.max_body_bytes))?;
     let bytes = collected.to_bytes();
     let parse = is_json(headers) || !headers.contains_key(header::CONTENT_TYPE);
     let json = if bytes.is_empty() || !parse {
@@ -306,6 +504,23 @@ async fn read_body(
         json,
         present,
     })
+}
+
+/// The answer to a request whose body could not be read from the client: too large, too
+/// slow, or broken (a malformed chunk, the client gone). A client fault, never the upstream's.
+fn client_body_error(err: &(dyn std::error::Error + 'static), max_body_bytes: u64) -> Rejection {
+    if find_source::<http_body_util::LengthLimitError>(err).is_some() {
+        Rejection::BodyTooLarge {
+            limit: max_body_bytes,
+            declared: None,
+        }
+    } else if let Some(ClientBodyError::TooSlow(slow)) = find_source::<ClientBodyError>(err) {
+        Rejection::BodyTooSlow {
+            min_rate: slow.min_rate,
+        }
+    } else {
+        Rejection::BodyUnreadable
+    }
 }
 
 /// The finding of a request that does not match the declared OpenAPI document.
@@ -468,6 +683,18 @@ impl Exchange<'_> {
         incident_seq: u32,
         op_label: &str,
     ) -> (Verdict, Option<String>) {
+        let (verdict, incident_id) = self.record(findings, incident_seq);
+        self.shared
+            .metrics
+            .requests
+            .with_label_values(&[op_label, verdict.label()])
+            .inc();
+        (verdict, incident_id)
+    }
+
+    /// Applies the mode to `findings` and records them in the session's incident (without
+    /// counting the request: an answer's findings come after its request was counted).
+    fn record(&self, findings: &[Finding], incident_seq: u32) -> (Verdict, Option<String>) {
         let (shared, ctx) = (self.shared, &self.ctx);
         let metrics = &shared.metrics;
         let verdict = decide(self.policy.config.mode, findings);
@@ -515,11 +742,23 @@ impl Exchange<'_> {
         } else if incident_seq != 0 && !shared.incidents.note_request(incident_seq, ctx.now_ms) {
             self.set_incident(0);
         }
-        metrics
-            .requests
-            .with_label_values(&[op_label, verdict.label()])
-            .inc();
         (verdict, incident_id)
+    }
+
+    /// Judges the answer (what it exposes) with the session's entry locked.
+    fn inspect_response(&self, resp: &ResponseSummary<'_>) -> Option<Finding> {
+        self.shared
+            .sessions
+            .with_entry(self.hash, self.now_s, |entry, _| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.shared
+                        .analyzer
+                        .inspect_response(&self.ctx, &mut entry.state, resp)
+                }))
+                .ok()
+                .flatten()
+            })
+            .flatten()
     }
 
     fn set_incident(&self, seq: u32) {
@@ -577,6 +816,10 @@ impl Exchange<'_> {
         .await
         {
             Ok(Ok(response)) => Ok(response),
+            // Reading the client's body failed while it was streamed: the client's fault.
+            Ok(Err(UpstreamError::RequestBody(source))) => {
+                Err(client_body_error(&*source, config.limits.max_body_bytes))
+            }
             Ok(Err(err)) => {
                 let failure = UpstreamFailure::classify(&err, config.limits.max_body_bytes);
                 if let Some(kind) = failure.metric_label() {
@@ -593,9 +836,9 @@ impl Exchange<'_> {
         }
     }
 
-    /// Learning from the exchange (`status` answered, or the block status with `flagged`),
+    /// Learning from the exchange (what was answered, or the block status with `flagged`),
     /// under the policy the request was checked with.
-    fn learn(&self, status: u16, duration_us: u64, flagged: bool) {
+    fn learn(&self, resp: &ResponseSummary<'_>, flagged: bool) {
         let done = self
             .shared
             .sessions
@@ -608,28 +851,65 @@ impl Exchange<'_> {
                 // The newest entry is this request.
                 let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
                 let ctx = RequestContext { recent, ..self.ctx };
-                let resp = ResponseSummary {
-                    status,
-                    duration_us,
-                };
                 let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     self.shared
                         .analyzer
-                        .observe(&ctx, &mut entry.state, &resp, flagged)
+                        .observe(&ctx, &mut entry.state, resp, flagged)
                 }));
                 if observed.is_err() {
                     entry.state = SessionState::default();
-                    return false;
                 }
-                true
+                observed.ok()
             });
-        if done != Some(true) {
+        if let Some(Some(late)) = &done {
+            self.record_late(late);
+        }
+        if !matches!(done, Some(Some(_))) {
             self.shared
                 .metrics
                 .failure_policy
                 .with_label_values(&["open"])
                 .inc();
             tracing::error!(operation = %self.ctx.operation.template, "internal error while learning from a response");
+        }
+    }
+}
+
+impl Exchange<'_> {
+    /// Records findings about exchanges already answered (campaign members) as incidents of
+    /// their addresses; they were not blocked.
+    fn record_late(&self, late: &[LateFinding]) {
+        let (shared, ctx) = (self.shared, &self.ctx);
+        for l in late {
+            let findings = std::slice::from_ref(&l.finding);
+            shared
+                .metrics
+                .findings
+                .with_label_values(&[l.finding.kind.as_str()])
+                .inc();
+            let recorded = shared.incidents.record(
+                "",
+                l.client,
+                &ctx.operation.template,
+                findings,
+                false,
+                ctx.now_ms,
+            );
+            if let Some(rec) = recorded
+                && rec.created
+            {
+                shared
+                    .metrics
+                    .incidents
+                    .with_label_values(&[l.finding.severity.as_str()])
+                    .inc();
+            }
+            tracing::info!(
+                client = %l.client,
+                operation = %ctx.operation.template,
+                finding = l.finding.kind.as_str(),
+                "earlier request found to belong to a campaign"
+            );
         }
     }
 }
@@ -676,16 +956,13 @@ fn upstream_request(
 
 /// The upstream's response as the client gets it: without hop-by-hop headers, with the
 /// request id.
-fn relay(response: Response<UpstreamBody>, rid: Option<HeaderValue>) -> Response<ProxyBody> {
+fn relay(response: Response<ProxyBody>, rid: Option<HeaderValue>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(v) = rid {
         parts.headers.insert(X_REQUEST_ID, v);
     }
-    Response::from_parts(
-        parts,
-        body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
-    )
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

@@ -110,7 +110,8 @@ pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, fwd: &Forwarding<
         out.extend_from_slice(existing);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}\r\n", fwd.peer);
+    write_ip(out, fwd.peer);
+    out.extend_from_slice(b"\r\n");
     if fwd.trust_incoming {
         write_forwarded_element(out, headers, fwd.peer);
     }
@@ -120,6 +121,30 @@ pub fn write_forwarded(out: &mut Vec<u8>, headers: &HeaderMap, fwd: &Forwarding<
     write_field(out, "x-request-id", fwd.request_id.as_bytes());
     if !headers.contains_key(header::HOST) {
         write_field(out, "host", fwd.host.as_bytes());
+    }
+}
+
+/// Writes `ip` as `Display` does; an IPv4 address without the formatting machinery (on every
+/// request it was ~1.3 % of the enforcer's instructions, docs/benchmarks.md).
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -133,6 +158,25 @@ fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_displayed() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "192.168.100.255",
+            "1.20.255.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.1.2.3",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
 
     const FWD: Forwarding<'static> = Forwarding {
         peer: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)),

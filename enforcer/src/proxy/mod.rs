@@ -3,19 +3,24 @@
 //! per-request decision. Starting it (listeners, workers, admin, reloads) is `crate::runtime`.
 
 mod body;
+mod clients;
 mod decision;
+mod exposure;
 mod handler;
 mod header_policy;
 mod headers;
 mod problem;
 mod rejection;
+mod route;
 mod server;
 mod state;
 mod upstream;
 
 pub use body::{BoxError, ProxyBody};
+pub use clients::{BodyTooSlow, ClientBodyError, ClientLimits, ConnectionRefusal, MinRateBody};
 pub use decision::{Verdict, decide};
 pub use headers::{Forwarding, strip_hop_by_hop, write_forwarded};
+pub use route::{Router, RouterError, serve_peers};
 pub use server::accept_loop;
 pub use state::{Sessions, Shared};
 pub use upstream::{

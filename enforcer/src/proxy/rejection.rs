@@ -16,6 +16,8 @@ use crate::operation::TargetError;
 pub enum Rejection {
     /// `limits.maxConcurrentRequests` requests are in flight.
     Overloaded,
+    /// The client address has `limits.maxConcurrentRequestsPerClient` requests in flight.
+    ClientBusy,
     /// The method or target has no unambiguous canonical form (`CONNECT`, an absolute-form
     /// target, `get` for `GET`, an encoded slash under the `reject` policy, …).
     BadTarget(TargetError),
@@ -27,6 +29,10 @@ pub enum Rejection {
     },
     BodyUnreadable,
     BodyTimeout,
+    /// The body arrived slower than `limits.minBodyRate` bytes per second.
+    BodyTooSlow {
+        min_rate: u64,
+    },
     /// The session token failed verification (`onInvalidToken: Reject`).
     InvalidToken,
     /// A credential header came more than once: the enforcer and the app could each read a
@@ -145,7 +151,8 @@ impl Rejection {
             | Self::BodyUnreadable
             | Self::RepeatedCredentialHeader(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout | Self::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::ClientBusy => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::Blocked(block) => block.status,
             Self::Upstream(failure) => failure.status(),
@@ -162,7 +169,8 @@ impl Rejection {
             Self::BodyTooLarge { .. } | Self::Upstream(UpstreamFailure::BodyTooLarge { .. }) => {
                 "Request body too large"
             }
-            Self::BodyTimeout => "Request timeout",
+            Self::BodyTimeout | Self::BodyTooSlow { .. } => "Request timeout",
+            Self::ClientBusy => "Too many requests",
             Self::InvalidToken => "Invalid session token",
             Self::CheckFailed => "Unavailable",
             Self::Blocked(block) => match block.status {
@@ -192,6 +200,12 @@ impl Rejection {
             } => format!("the limit is {limit} bytes").into(),
             Self::BodyUnreadable => "the request body could not be read".into(),
             Self::BodyTimeout => "the request body was not received in time".into(),
+            Self::BodyTooSlow { min_rate } => {
+                format!("the request body arrived slower than {min_rate} bytes per second").into()
+            }
+            Self::ClientBusy => {
+                "too many requests of this client address in flight; retry later".into()
+            }
             Self::InvalidToken => "the bearer token could not be verified".into(),
             Self::RepeatedCredentialHeader(name) => {
                 format!("the {name} header may appear only once").into()
@@ -213,6 +227,8 @@ impl Rejection {
             | Self::BodyTooLarge { .. }
             | Self::BodyUnreadable
             | Self::BodyTimeout
+            | Self::BodyTooSlow { .. }
+            | Self::ClientBusy
             | Self::InvalidToken
             | Self::RepeatedCredentialHeader(_)
             | Self::CheckFailed => Some("reject"),
@@ -236,6 +252,14 @@ impl Rejection {
         }
         match &self {
             Self::Overloaded => metrics.shed.inc(),
+            Self::ClientBusy => metrics
+                .client_limit_refusals
+                .with_label_values(&["client_requests"])
+                .inc(),
+            Self::BodyTooSlow { .. } => metrics
+                .client_limit_refusals
+                .with_label_values(&["body_rate"])
+                .inc(),
             Self::Upstream(failure) => {
                 if let Some(kind) = failure.metric_label() {
                     metrics.upstream_errors.with_label_values(&[kind]).inc();
@@ -245,6 +269,7 @@ impl Rejection {
         }
         let (extra, retry_after_s) = match &self {
             Self::Blocked(block) => (block.extra.clone(), block.retry_after_s),
+            Self::ClientBusy => (None, Some(1)),
             _ => (None, None),
         };
         let mut resp = problem(
@@ -291,6 +316,12 @@ mod tests {
                 "Request body too large",
             ),
             (Rejection::BodyTimeout, 408, "Request timeout"),
+            (
+                Rejection::BodyTooSlow { min_rate: 1024 },
+                408,
+                "Request timeout",
+            ),
+            (Rejection::ClientBusy, 429, "Too many requests"),
             (Rejection::InvalidToken, 401, "Invalid session token"),
             (
                 Rejection::RepeatedCredentialHeader("authorization".into()),

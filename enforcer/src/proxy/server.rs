@@ -15,7 +15,17 @@ use tokio_util::task::TaskTracker;
 
 use super::handler::handle;
 use super::state::Shared;
-use crate::config::LimitsConfig;
+use crate::config::{ClientAddressSource, LimitsConfig};
+
+/// What a connection over a connection cap gets before it is closed: written without
+/// waiting (into an empty socket buffer it fits at once), so a refusal costs no task.
+pub(crate) const REFUSED_CONNECTION: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nretry-after: 1\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+/// Answers [`REFUSED_CONNECTION`] if the socket takes it now, then closes the connection
+/// (when the caller drops it).
+pub(crate) fn refuse_connection(stream: &tokio::net::TcpStream) {
+    let _ = stream.try_write(REFUSED_CONNECTION);
+}
 
 /// Per-connection activity, for the idle timeout.
 #[derive(Default)]
@@ -61,8 +71,32 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let guard = {
+            let policy = shared.policy.load();
+            // Behind trusted proxies every connection comes from one of them: the per-client
+            // connection cap would cap the proxy. The request cap (on the forwarded address)
+            // still applies.
+            let per_client = match policy.config.client_address.source {
+                ClientAddressSource::Socket => policy.config.limits.max_connections_per_client,
+                ClientAddressSource::XForwardedFor => 0,
+            };
+            shared.clients.connect(peer.ip(), per_client)
+        };
+        let guard = match guard {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                shared
+                    .metrics
+                    .client_limit_refusals
+                    .with_label_values(&[refusal.reason()])
+                    .inc();
+                refuse_connection(&stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
+        let shared_clients = Arc::clone(&shared.clients);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let idle = limits.idle_timeout.std();
@@ -70,7 +104,9 @@ pub async fn accept_loop(
         // otherwise connections opened and left silent hold a socket (and a file descriptor)
         // for the whole keep-alive idle timeout.
         let first_request = limits.header_read_timeout.std().min(idle);
+        let header_read = limits.header_read_timeout.std();
         tasks.spawn(async move {
+            let _guard = guard;
             let activity = Arc::new(Activity::default());
             let started = Instant::now();
             let service = {
@@ -107,7 +143,15 @@ pub async fn accept_loop(
                     _ = tick.tick(), if !closing => {
                         let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                         let idle_ms = now.saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-                        let bound = if activity.served.load(Ordering::Relaxed) { idle } else { first_request };
+                        // Between requests a connection may idle for `idleTimeout`, or only for
+                        // `headerReadTimeout` while the proxy holds half its connection cap.
+                        let bound = if !activity.served.load(Ordering::Relaxed) {
+                            first_request
+                        } else if shared_clients.under_pressure() {
+                            idle.min(header_read)
+                        } else {
+                            idle
+                        };
                         if activity.in_flight.load(Ordering::Relaxed) == 0 && u128::from(idle_ms) >= bound.as_millis() {
                             conn.as_mut().graceful_shutdown();
                             closing = true;

@@ -32,11 +32,15 @@ pub struct Shared {
     /// Keep-alive connections to the protected Service.
     pub upstream: UpstreamPool,
     pub limiter: Arc<Semaphore>,
+    /// Connections and requests per client address, the proxy's connection cap.
+    pub clients: Arc<super::clients::ClientLimits>,
     /// Process start, the zero of the session table's clock.
     pub epoch: Instant,
     /// Random per process, prefix of generated request ids.
     pub instance: u64,
     pub request_seq: AtomicU64,
+    /// The other replicas sessions are spread over (none: this replica decides everything).
+    pub router: Option<Arc<super::route::Router>>,
 }
 
 impl Shared {
@@ -46,6 +50,8 @@ impl Shared {
         let m = &self.metrics;
         m.sessions
             .set(i64::try_from(stats.sessions).unwrap_or(i64::MAX));
+        m.connections
+            .set(i64::try_from(self.clients.connections()).unwrap_or(i64::MAX));
         Metrics::sync_counter(&m.session_evictions, stats.evicted);
         Metrics::sync_counter(&m.session_expirations, stats.expired);
         m.operations_learned
@@ -70,9 +76,10 @@ mod tests {
             std::mem::size_of::<SessionEntry<SessionState>>(),
             std::mem::size_of::<SessionState>()
         );
-        // Inline part of an entry; the history adds 8 bytes per slot (80 by default).
+        // Inline part of an entry (toward the 200 bytes of an idle session, docs/benchmarks.md);
+        // the history adds 8 bytes per slot.
         assert!(
-            std::mem::size_of::<SessionEntry<SessionState>>() <= 80,
+            std::mem::size_of::<SessionEntry<SessionState>>() <= 72,
             "{}",
             std::mem::size_of::<SessionEntry<SessionState>>()
         );

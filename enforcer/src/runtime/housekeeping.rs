@@ -89,13 +89,20 @@ fn apply_reload(shared: &Shared, config: EnforcerConfig) -> bool {
             "listen, admin.listen, upstream and operations changes take effect after a restart"
         );
     }
-    if old.limits.max_concurrent_requests != config.limits.max_concurrent_requests {
-        tracing::warn!("limits.maxConcurrentRequests changes take effect after a restart");
+    if old.limits.max_concurrent_requests != config.limits.max_concurrent_requests
+        || old.limits.max_connections != config.limits.max_connections
+        || old.admin.max_connections != config.admin.max_connections
+    {
+        tracing::warn!(
+            "limits.maxConcurrentRequests, limits.maxConnections and admin.maxConnections changes take effect after a restart"
+        );
     }
     let mut config = config;
     // Settings bound to listeners and the resolver stay as started.
     config.listen = old.listen;
     config.admin.listen = old.admin.listen;
+    config.admin.max_connections = old.admin.max_connections;
+    config.limits.max_connections = old.limits.max_connections;
     config.upstream = old.upstream.clone();
     config.operations = old.operations.clone();
     let max_sessions = config.session.max_sessions;

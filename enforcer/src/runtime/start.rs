@@ -21,7 +21,10 @@ use crate::incident::IncidentStore;
 use crate::metrics::Metrics;
 use crate::operation::OperationResolver;
 use crate::policy::{CompileError, CounterRegistry, compile};
-use crate::proxy::{PoolSettings, Shared, UpstreamPool, accept_loop, set_worker_index};
+use crate::proxy::{
+    ClientLimits, PoolSettings, Router, RouterError, Shared, UpstreamPool, accept_loop,
+    serve_peers, set_worker_index,
+};
 use crate::session::SessionTable;
 
 /// Why the enforcer could not start.
@@ -38,6 +41,8 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("peers: {0}")]
+    Peers(#[from] RouterError),
     #[error("starting proxy worker {index}: {source}")]
     Worker {
         index: usize,
@@ -144,6 +149,13 @@ pub async fn start_with_options(
     let listen = config.listen;
     let admin_listen = config.admin.listen;
     let max_concurrent = config.limits.max_concurrent_requests;
+    let admin_max_connections = config.admin.max_connections;
+    let fd_limit = open_files_limit();
+    let max_connections = connection_cap(
+        config.limits.max_connections,
+        fd_limit,
+        admin_max_connections,
+    );
 
     let upstream = UpstreamPool::new(PoolSettings {
         authority: upstream_authority,
@@ -162,6 +174,28 @@ pub async fn start_with_options(
         &Severity::ALL.map(Severity::as_str),
     );
     metrics.initialize_rules(policy.rules.iter().map(|rule| &*rule.name));
+    metrics
+        .connections_max
+        .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+    if let (Some(configured), Some(fds)) = (policy.config.limits.max_connections, fd_limit)
+        && configured > max_connections
+    {
+        tracing::warn!(
+            configured,
+            fds,
+            max_connections,
+            "limits.maxConnections lowered to what the file-descriptor limit allows"
+        );
+    }
+    let router = match &policy.config.peers {
+        Some(peers) => Some(Arc::new(Router::new(
+            peers,
+            &metrics.registry,
+            policy.config.session.history.duration.std(),
+        )?)),
+        None => None,
+    };
+    let peer_listen = policy.config.peers.as_ref().map(|p| p.listen);
     let shared = Arc::new(Shared {
         policy: ArcSwap::from_pointee(policy),
         resolver,
@@ -172,9 +206,11 @@ pub async fn start_with_options(
         analyzer,
         upstream,
         limiter: Arc::new(Semaphore::new(max_concurrent)),
+        clients: Arc::new(ClientLimits::new(max_connections)),
         epoch: Instant::now(),
         instance: random_u64() & 0xffff_ffff,
         request_seq: AtomicU64::new(1),
+        router,
     });
 
     let proxy_listener = bind_proxy(listen, workers > 1).map_err(|source| StartError::Bind {
@@ -200,8 +236,25 @@ pub async fn start_with_options(
             addr: admin_listen,
             source,
         })?;
+    let peer_listener = match peer_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    if let (Some(listener), Some(router)) = (peer_listener, shared.router.clone()) {
+        tasks.spawn(serve_peers(
+            listener,
+            Arc::clone(&shared),
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        tasks.spawn(router.maintain(shutdown.clone()));
+    }
 
     tasks.spawn(accept_loop(
         proxy_listener,
@@ -240,6 +293,7 @@ pub async fn start_with_options(
         admin_listener,
         Arc::clone(&shared) as _,
         shutdown.clone(),
+        admin_max_connections,
     ));
     tasks.spawn(housekeeping(
         Arc::clone(&shared),
@@ -247,7 +301,7 @@ pub async fn start_with_options(
         on_reload,
         shutdown.clone(),
     ));
-    tracing::info!(%proxy_addr, %admin_addr, "enforcer listening");
+    tracing::info!(%proxy_addr, %admin_addr, max_connections, fd_limit, "enforcer listening");
     Ok(RunningEnforcer {
         proxy_addr,
         admin_addr,
@@ -256,6 +310,44 @@ pub async fn start_with_options(
         tasks,
         grace: limits.shutdown_grace.std(),
     })
+}
+
+/// Proxy connections when neither the config nor a readable file-descriptor limit says
+/// otherwise.
+const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Descriptors kept out of the proxy's budget besides the admin listener's connections: the
+/// listening sockets, the peers' connections, files (config, keys, JWKS), the runtime's own.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// The soft limit on open files of this process (`/proc/self/limits`), if it is known.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The proxy's connection cap: the configured one, lowered so that the proxy's connections
+/// and an upstream connection for each (the worst case: every connection has a request in
+/// flight) fit in the descriptors left once the admin listener and the process have theirs.
+/// When the process runs out anyway, `accept` fails on the proxy port first, and the admin
+/// port still has its share.
+pub fn connection_cap(configured: Option<usize>, fd_limit: Option<u64>, admin: usize) -> usize {
+    let by_fds = fd_limit.map(|fds| {
+        let reserved =
+            RESERVED_DESCRIPTORS.saturating_add(u64::try_from(admin).unwrap_or(u64::MAX));
+        usize::try_from(fds.saturating_sub(reserved) / 2).unwrap_or(usize::MAX)
+    });
+    let cap = match (configured, by_fds) {
+        (Some(c), Some(f)) => c.min(f),
+        (Some(c), None) => c,
+        (None, Some(f)) => f,
+        (None, None) => DEFAULT_MAX_CONNECTIONS,
+    };
+    cap.max(1)
 }
 
 /// The proxy's listening socket; `shared` lets further workers bind the same address.
@@ -306,4 +398,29 @@ fn spawn_worker(
             let _ = done_tx.send(());
         })?;
     Ok(done_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_the_admin_port_and_the_upstream() {
+        // 1,024 descriptors, 64 admin connections: (1024 - 64 - 64) / 2.
+        assert_eq!(connection_cap(None, Some(1024), 64), 448);
+        assert_eq!(connection_cap(Some(100), Some(1024), 64), 100);
+        assert_eq!(connection_cap(Some(5000), Some(1024), 64), 448);
+        assert_eq!(connection_cap(Some(5000), None, 64), 5000);
+        assert_eq!(
+            connection_cap(None, None, 64),
+            super::DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(connection_cap(None, Some(10), 64), 1);
+    }
+
+    #[test]
+    fn the_open_files_limit_is_read() {
+        let limit = super::open_files_limit();
+        assert!(limit.is_some_and(|l| l > 0), "{limit:?}");
+    }
 }

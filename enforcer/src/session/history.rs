@@ -37,13 +37,13 @@ impl History {
     /// Records an operation; `capacity` (1..=64) follows the current config.
     pub fn push(&mut self, op: u32, now_ms: u64, capacity: usize) {
         let capacity = capacity.clamp(1, MAX_HISTORY);
-        // The ring grows with use (2, 4, 8, … up to `capacity`): an idle session that made one
-        // request keeps 2 slots, not the whole configured history.
+        // The ring grows with use (1, 2, 4, 8, … up to `capacity`): an idle session that made
+        // one request keeps 1 slot (8 bytes), not the whole configured history.
         let allocated = self.slots.len();
         let target = if allocated > capacity {
             capacity
         } else if usize::from(self.len) == allocated && allocated < capacity {
-            (allocated * 2).clamp(2, capacity)
+            (allocated * 2).clamp(1, capacity)
         } else {
             allocated
         };

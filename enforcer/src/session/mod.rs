@@ -36,4 +36,4 @@ pub use history::{History, LOST_HISTORY, MAX_HISTORY};
 pub use identify::{Identified, Refusal, SessionIdentifiers};
 pub use jwt::JwtConfigError;
 pub use label::session_label;
-pub use table::{LimitSlot, SessionEntry, SessionTable, TableStats};
+pub use table::{LimitSlot, LimitSlots, SessionEntry, SessionTable, TableStats};

@@ -100,6 +100,30 @@ pub struct LimitSlot {
 
 /// Everything kept per session. Small on purpose (see `entry_size_is_small` where the proxy
 /// instantiates it). `S` is the learned detectors' state, which this module does not know.
+/// The rate-limit slots of one session: nothing until it hits a declared limit. One pointer
+/// (8 bytes in every entry, where a boxed slice took 16): most sessions never hit a limit.
+#[derive(Debug, Default)]
+#[allow(
+    clippy::box_collection,
+    reason = "a thin pointer in every session entry; the Vec only for the few sessions that hit a limit"
+)]
+pub struct LimitSlots(Option<Box<Vec<LimitSlot>>>);
+
+impl LimitSlots {
+    /// The slot of limit `limit`, added (at 0) when the session has none yet.
+    pub fn slot_mut(&mut self, limit: u16) -> Option<&mut LimitSlot> {
+        let slots = self.0.get_or_insert_with(Box::default);
+        let pos = match slots.iter().position(|s| s.limit == limit) {
+            Some(pos) => pos,
+            None => {
+                slots.push(LimitSlot { limit, tat_ms: 0 });
+                slots.len() - 1
+            }
+        };
+        slots.get_mut(pos)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SessionEntry<S> {
     /// Seconds since the table epoch.
@@ -108,7 +132,7 @@ pub struct SessionEntry<S> {
     pub incident: u32,
     pub history: History,
     /// Declared rate-limit state, only for limits this session has hit.
-    pub limits: Box<[LimitSlot]>,
+    pub limits: LimitSlots,
     /// The learned detectors' state.
     pub state: S,
     /// Requests seen (saturating).
@@ -236,6 +260,34 @@ impl<S> SessionTable<S> {
         let entry = shard.map.get_mut(&hash)?;
         entry.last_seen_s = now_s;
         Some(f(entry, fresh))
+    }
+
+    /// For a session that may have been served by another enforcer replica since `since_s`
+    /// (it moved here when the replicas changed): unless this replica saw it at or after
+    /// `since_s` (strictly after: the second is the clock's grain), what the entry holds
+    /// may lack what happened elsewhere, so it starts over with its history marked lost
+    /// (rules then err toward not firing, as after an eviction). Returns whether it did.
+    pub fn forget_unless_seen_after(&self, hash: u64, now_s: u32, since_s: u32) -> bool
+    where
+        S: Default,
+    {
+        let stale = {
+            let Some(shard) = self.shards.get((hash >> 40) as usize % self.shards.len()) else {
+                return false;
+            };
+            shard
+                .lock()
+                .map
+                .get(&hash)
+                .is_none_or(|e| e.last_seen_s <= since_s)
+        };
+        if stale {
+            self.with_entry(hash, now_s, |entry, _| {
+                *entry = SessionEntry::default();
+                entry.history.mark_lost();
+            });
+        }
+        stale
     }
 
     /// Drops expired entries; if still full, an eighth of the shard: the lowest standing

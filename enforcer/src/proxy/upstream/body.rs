@@ -72,6 +72,17 @@ impl UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    /// The whole body when it arrived with the head (empty when there is none); `None` while
+    /// it is still to be read from the connection (reading it would delay the response).
+    pub fn in_memory(&self) -> Option<&[u8]> {
+        match &self.kind {
+            Kind::Full(bytes) => Some(bytes.as_deref().unwrap_or_default()),
+            Kind::Streaming(_) => None,
+        }
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = UpstreamError;

@@ -1,0 +1,898 @@
+//! Identity and data lineage (`identityLineage`): BOLA from the first request.
+//!
+//! An honest client names objects it was given: its own user name is a claim of its token,
+//! the account it pays from came in the account list, the book it opens was on the catalogue
+//! page. Per operation and parameter the model learns where values come from within the
+//! session ([`OriginClass`]: a token claim, a field of an earlier answer, a parameter of an
+//! earlier successful request, or none of these — the client's own input), as plain counts
+//! (`OperationStats::lineage`). Where the learned origins are near-certain — a value of no
+//! such origin is improbable by the same credible bound as the sequence detector's, with
+//! support — a request whose value has no such origin (or only origins the parameter's values
+//! never had) is flagged at once: the first foreign object, not the seventh.
+//!
+//! A parameter of an operation with too few learned requests (a rare password change) is
+//! judged by the pooled evidence of every operation on the same object: the path up to and
+//! including the parameter (`/users/v1/{var1}` for `PUT /users/v1/{var1}/password`), where the
+//! object's identity is the same whatever the sub-resource or method.
+//!
+//! Per session ([`LineageState`]) only keyed hashes of values are kept (a per-process random
+//! key: values may be secrets), at most [`MAX_VALUES`] of them with at most [`MAX_FIELDS`]
+//! field names, oldest first out, inside the session's detector record (evicted with it).
+//! Answers are read only when the proxy already holds the whole body (at most
+//! `outcome::MAX_READ_BYTES`, never waited for), and only for operations whose answers are
+//! still being sampled ([`PROBE_READS`]) or were learned to supply values to later requests.
+
+use std::collections::VecDeque;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+use serde_json::{Value, json};
+
+use crate::config::DetectorConfig;
+use crate::finding::{Finding, FindingKind, Severity};
+use crate::model::lineage::{OperationLineage, OriginClass, OriginCounts};
+use crate::model::sequence::upper_bound;
+use crate::model::value::ValueKind;
+use crate::model::{LearnedModel, Location, OperationStats, ParamObservation};
+use crate::session::{LOST_HISTORY, RecentOp, SessionSource};
+
+use super::context::{Judged, finding, percent};
+use super::params::RequestParams;
+use super::thresholds::sequence_bounds;
+
+/// Most values remembered per session (16 bytes each).
+pub const MAX_VALUES: usize = 96;
+/// Most distinct field names remembered per session (each at most [`MAX_FIELD_LEN`] bytes);
+/// values of further fields are remembered under [`OTHER_FIELD`].
+pub const MAX_FIELDS: usize = 8;
+pub const MAX_FIELD_LEN: usize = 48;
+/// Longest value taken for a reference (longer values are text, not identifiers).
+pub const MAX_VALUE_LEN: usize = 128;
+/// Most scalar values taken from one answer, and the deepest nesting followed.
+pub const MAX_RESPONSE_VALUES: usize = 256;
+pub const MAX_RESPONSE_DEPTH: usize = 6;
+/// Answers of an operation read before it is known whether they supply later requests.
+pub const PROBE_READS: u64 = 50;
+/// Most token claims compared.
+const MAX_CLAIMS: usize = 16;
+/// Field index of values whose field name did not fit.
+const OTHER_FIELD: u8 = u8::MAX;
+/// Claims that describe the token rather than whom it names.
+const TOKEN_CLAIMS: [&str; 7] = ["exp", "iat", "nbf", "auth_time", "jti", "iss", "aud"];
+
+/// The per-process key of the values' hashes.
+#[derive(Debug, Default)]
+pub struct ValueKeys(RandomState);
+
+impl ValueKeys {
+    pub fn hash(&self, value: &str) -> u64 {
+        self.0.hash_one(value.as_bytes())
+    }
+
+    /// A hasher with the same key, for values hashed in parts (see `detect::replay`).
+    pub fn build_hasher(&self) -> std::hash::DefaultHasher {
+        self.0.build_hasher()
+    }
+}
+
+/// One value a session was given or sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    hash: u64,
+    /// Model index of the operation whose answer or request carried it.
+    op: u16,
+    field: u8,
+    class: u8,
+}
+
+/// The values of one session (keyed hashes only), oldest first.
+#[derive(Debug, Default)]
+pub struct LineageState {
+    entries: VecDeque<Entry>,
+    fields: Vec<Box<str>>,
+    /// The session's entry was recreated without what came before (eviction, a move between
+    /// replicas): values it was given earlier are unknown, so nothing is judged.
+    incomplete: bool,
+}
+
+fn class_code(class: OriginClass) -> u8 {
+    match class {
+        OriginClass::Claim => 0,
+        OriginClass::Response => 1,
+        OriginClass::Request => 2,
+        OriginClass::Input => 3,
+    }
+}
+
+impl LineageState {
+    pub fn mark_incomplete(&mut self) {
+        self.incomplete = true;
+    }
+
+    pub fn incomplete(&self) -> bool {
+        self.incomplete
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn field_index(&mut self, field: &str) -> u8 {
+        let field = bounded(field, MAX_FIELD_LEN);
+        if let Some(i) = self.fields.iter().position(|f| &**f == field) {
+            return u8::try_from(i).unwrap_or(OTHER_FIELD);
+        }
+        if self.fields.len() >= MAX_FIELDS {
+            return OTHER_FIELD;
+        }
+        self.fields.push(Box::from(field));
+        u8::try_from(self.fields.len() - 1).unwrap_or(OTHER_FIELD)
+    }
+
+    /// Remembers a value (once per operation and class: every operation whose answers carry
+    /// a value later used is credited with it, see `OperationLineage::supplied`). A value
+    /// remembered again moves to the newest end: what the session keeps using stays longest.
+    pub fn remember(&mut self, hash: u64, op: u16, field: &str, class: OriginClass) {
+        let class = class_code(class);
+        if let Some(at) = self
+            .entries
+            .iter()
+            .position(|e| e.hash == hash && e.class == class && e.op == op)
+        {
+            if let Some(entry) = self.entries.remove(at) {
+                self.entries.push_back(entry);
+            }
+            return;
+        }
+        let field = self.field_index(field);
+        if self.entries.len() >= MAX_VALUES {
+            self.entries.pop_front();
+        }
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(8);
+        }
+        self.entries.push_back(Entry {
+            hash,
+            op,
+            field,
+            class,
+        });
+    }
+
+    fn field_name(&self, index: u8) -> &str {
+        self.fields
+            .get(usize::from(index))
+            .map_or("another field", |f| &**f)
+    }
+}
+
+fn bounded(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Whether a value can name an object: a short string without white space, or an integer,
+/// of at least two characters.
+fn reference_like(text: &str) -> bool {
+    (2..=MAX_VALUE_LEN).contains(&text.len()) && !text.chars().any(char::is_whitespace)
+}
+
+/// A request parameter whose value may name an object, with its value as the hash sees it.
+pub struct Candidate<'p> {
+    pub obs: &'p ParamObservation,
+    pub value: String,
+}
+
+/// The request's parameters that may carry a reference (path, query and body scalars, never
+/// secrets).
+pub fn candidates(params: &RequestParams) -> Vec<Candidate<'_>> {
+    params
+        .params
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.location,
+                Location::Path | Location::Query | Location::Body
+            ) && !o.secret
+                && !matches!(
+                    o.facts.kind,
+                    ValueKind::Null
+                        | ValueKind::Boolean
+                        | ValueKind::Number
+                        | ValueKind::Object
+                        | ValueKind::Array
+                        | ValueKind::EmptyString
+                )
+        })
+        .filter_map(|o| {
+            let value = if o.location == Location::Path && o.value.contains('%') {
+                percent_encoding::percent_decode_str(&o.value)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            } else {
+                o.value.clone()
+            };
+            reference_like(&value).then_some(Candidate { obs: o, value })
+        })
+        .collect()
+}
+
+/// The session token's claims that may name someone (hashed), when the session was named by a
+/// token (verified when verification is configured: otherwise the session would not be named
+/// by it).
+pub fn claims(
+    source: SessionSource,
+    headers: &http::HeaderMap,
+    jwt_headers: &[String],
+    keys: &ValueKeys,
+) -> Vec<(String, u64)> {
+    if source != SessionSource::Jwt {
+        return Vec::new();
+    }
+    let Some(token) = jwt_headers
+        .iter()
+        .find_map(|h| headers.get(h.as_str()).and_then(|v| v.to_str().ok()))
+    else {
+        return Vec::new();
+    };
+    let token = token.trim();
+    let token = match token.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("bearer ") => token[7..].trim_start(),
+        _ => token,
+    };
+    let Some(map) = crate::session::jwt::unverified_claims(token) else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter(|(k, _)| !TOKEN_CLAIMS.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+                _ => return None,
+            };
+            reference_like(&text).then(|| (bounded(k, MAX_FIELD_LEN).to_owned(), keys.hash(&text)))
+        })
+        .take(MAX_CLAIMS)
+        .collect()
+}
+
+/// Where one value came from in this session.
+#[derive(Debug, Default)]
+pub struct Origins {
+    pub classes: Vec<OriginClass>,
+    /// Named sources (`claim sub`, `GET /accounts field accounts[].id`), for learning.
+    pub sources: Vec<String>,
+    /// Model indices of the operations whose answers carried it.
+    pub supplied_by: Vec<u16>,
+}
+
+/// The origins of a value with hash `hash`.
+pub fn origins_of(
+    hash: u64,
+    claims: &[(String, u64)],
+    state: Option<&LineageState>,
+    model: &LearnedModel,
+) -> Origins {
+    let mut out = Origins::default();
+    for (name, h) in claims {
+        if *h == hash {
+            if !out.classes.contains(&OriginClass::Claim) {
+                out.classes.push(OriginClass::Claim);
+            }
+            out.sources.push(format!("claim {name}"));
+        }
+    }
+    if let Some(state) = state {
+        for e in state.entries.iter().filter(|e| e.hash == hash) {
+            let class = if e.class == class_code(OriginClass::Response) {
+                OriginClass::Response
+            } else {
+                OriginClass::Request
+            };
+            if !out.classes.contains(&class) {
+                out.classes.push(class);
+            }
+            let template = model.operation(e.op).map_or("?", |s| s.template.as_str());
+            let field = state.field_name(e.field);
+            out.sources.push(match class {
+                OriginClass::Response => format!("{template} field {field}"),
+                _ => format!("{template} {field}"),
+            });
+            if class == OriginClass::Response && !out.supplied_by.contains(&e.op) {
+                out.supplied_by.push(e.op);
+            }
+        }
+    }
+    out.sources.sort();
+    out.sources.dedup();
+    out
+}
+
+/// Whether a session's history says it lost what came before (see `session::History`).
+pub fn history_lost(recent: &[RecentOp]) -> bool {
+    recent.first().is_some_and(|r| r.op == LOST_HISTORY)
+}
+
+/// Scalar values of a JSON answer with their field paths (`accounts[].id`): strings and
+/// integers that may name an object. Bounded in count and depth.
+pub fn response_values(body: &[u8]) -> Vec<(String, String)> {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk(&value, &mut String::new(), 0, &mut out);
+    out
+}
+
+fn walk(value: &Value, path: &mut String, depth: usize, out: &mut Vec<(String, String)>) {
+    if out.len() >= MAX_RESPONSE_VALUES || depth > MAX_RESPONSE_DEPTH {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(bounded(k, 32));
+                walk(v, path, depth + 1, out);
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            let len = path.len();
+            path.push_str("[]");
+            for v in items {
+                walk(v, path, depth + 1, out);
+            }
+            path.truncate(len);
+        }
+        Value::String(s) if reference_like(s) => {
+            out.push((path.clone(), s.clone()));
+        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            let text = n.to_string();
+            if reference_like(&text) {
+                out.push((path.clone(), text));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Share of read answers (1 in this many) that must supply a later value for an operation's
+/// answers to stay read: answers whose values are used only by coincidence (a page number that
+/// equals a later one) would otherwise fill the session's bounded record and push out the
+/// values that matter.
+pub const MIN_SUPPLY_RATIO: u64 = 20;
+
+/// Whether an operation's answers are worth reading for values: while sampled, then while at
+/// least one read answer in [`MIN_SUPPLY_RATIO`] supplied a value of a later learned request.
+pub fn wants(lineage: &OperationLineage) -> bool {
+    lineage.reads < PROBE_READS
+        || (lineage.supplied > 0
+            && lineage.supplied.saturating_mul(MIN_SUPPLY_RATIO) >= lineage.reads)
+}
+
+/// Whether an operation's parameter has more distinct values than an enum (it names objects,
+/// not one of a handful of choices).
+fn high_cardinality(stats: &OperationStats, name: &str) -> bool {
+    stats
+        .shape
+        .params
+        .get(name)
+        .is_some_and(|p| p.values_overflow)
+}
+
+/// The learned origins a parameter is judged by: the operation's own when they are enough,
+/// otherwise (path parameters) those of every operation on the same object. `None` when there
+/// is too little evidence, or the parameter is enum-like.
+fn evidence<'m>(
+    j: &Judged<'m>,
+    name: &str,
+    min_seen: u64,
+) -> Option<(std::borrow::Cow<'m, OriginCounts>, Option<String>)> {
+    let stats = j.op_stats()?;
+    let own = stats
+        .lineage
+        .params
+        .get(name)
+        .filter(|c| c.seen >= min_seen);
+    if let Some(own) = own {
+        return high_cardinality(stats, name).then_some((std::borrow::Cow::Borrowed(own), None));
+    }
+    let var = name.strip_prefix("path.")?;
+    let (_, path) = j.template().split_once(' ')?;
+    let marker = format!("{{{var}}}");
+    let at = path.find(&marker)?;
+    let prefix = &path[..at + marker.len()];
+    let mut pooled = OriginCounts::default();
+    let mut many_values = false;
+    for op in &j.model.operations {
+        let Some((_, p)) = op.template.split_once(' ') else {
+            continue;
+        };
+        let same_object = p
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if same_object && let Some(c) = op.lineage.params.get(name) {
+            pooled.add(c);
+            many_values |= high_cardinality(op, name);
+        }
+    }
+    (pooled.seen >= min_seen && many_values)
+        .then(|| (std::borrow::Cow::Owned(pooled), Some(prefix.to_owned())))
+}
+
+/// Judges the request's reference-like parameters against their learned origins.
+pub fn check(
+    j: &Judged<'_>,
+    config: &DetectorConfig,
+    state: Option<&LineageState>,
+    claims: &dyn Fn() -> Vec<(String, u64)>,
+    keys: &ValueKeys,
+) -> Option<Finding> {
+    if state.is_some_and(LineageState::incomplete) || history_lost(j.ctx.recent) {
+        return None;
+    }
+    let (credibility, limit) = sequence_bounds(config.sensitivity);
+    let min_seen = j.learning.min_operation_requests.max(1);
+    let mut token: Option<Vec<(String, u64)>> = None;
+    for c in candidates(j.params) {
+        let name = c.obs.name.as_str();
+        let Some((learned, pooled)) = evidence(j, name, min_seen) else {
+            continue;
+        };
+        let claims = token.get_or_insert_with(claims);
+        let origins = origins_of(keys.hash(&c.value), claims, state, j.model);
+        let classes: &[OriginClass] = if origins.classes.is_empty() {
+            &[OriginClass::Input]
+        } else {
+            &origins.classes
+        };
+        let bounds: Vec<(OriginClass, u64, f64)> = classes
+            .iter()
+            .map(|class| {
+                let count = learned.count(*class);
+                (*class, count, upper_bound(count, learned.seen, credibility))
+            })
+            .collect();
+        if !bounds.iter().all(|(_, _, upper)| *upper < limit) {
+            continue;
+        }
+        return Some(found(
+            j,
+            config,
+            &c,
+            &learned,
+            pooled,
+            &bounds,
+            (credibility, limit),
+            claims,
+        ));
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn found(
+    j: &Judged<'_>,
+    config: &DetectorConfig,
+    c: &Candidate<'_>,
+    learned: &OriginCounts,
+    pooled: Option<String>,
+    bounds: &[(OriginClass, u64, f64)],
+    (credibility, limit): (f64, f64),
+    claims: &[(String, u64)],
+) -> Finding {
+    let name = c.obs.name.as_str();
+    let shown = if c.obs.location == Location::Path {
+        format!("{} ({name})", bounded(&c.value, 64))
+    } else {
+        name.to_owned()
+    };
+    let had = bounds
+        .iter()
+        .map(|(class, _, _)| class.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let claim_names: Vec<&str> = claims.iter().map(|(n, _)| n.as_str()).collect();
+    let token = if claim_names.is_empty() {
+        "the session has no token claims".to_owned()
+    } else {
+        format!(
+            "the session's token names someone else ({})",
+            claim_names.join(", ")
+        )
+    };
+    let scope = match &pooled {
+        Some(prefix) => format!("learned requests to operations on {prefix}"),
+        None => "learned requests".to_owned(),
+    };
+    let counts = bounds
+        .iter()
+        .map(|(class, count, upper)| {
+            format!(
+                "{count} had {} (at most {} with {} credibility, limit {})",
+                if *class == OriginClass::Input {
+                    "no such origin".to_owned()
+                } else {
+                    format!("a value from {}", class.as_str())
+                },
+                percent(*upper),
+                percent(credibility),
+                percent(limit)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let sources = learned
+        .top_sources()
+        .iter()
+        .take(3)
+        .map(|(s, n)| format!("{s} ({})", percent(*n as f64 / learned.seen.max(1) as f64)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let origin_text = if bounds.iter().any(|(c, _, _)| *c == OriginClass::Input) {
+        format!(
+            "a value that no claim of the session's token, no earlier answer and no earlier request of this session carried ({token})"
+        )
+    } else {
+        format!("a value whose only origin in this session is {had}")
+    };
+    let explanation = format!(
+        "{} named {shown}, {origin_text}; of {} {scope}, {counts}; values came from {}",
+        j.template(),
+        learned.seen,
+        if sources.is_empty() {
+            "no named source".to_owned()
+        } else {
+            sources
+        },
+    );
+    let evidence = json!({
+        "operation": j.template(),
+        "parameter": name,
+        "origins": bounds.iter().map(|(c, _, _)| format!("{c:?}")).collect::<Vec<_>>(),
+        "learnedRequests": learned.seen,
+        "learned": {
+            "claim": learned.claim,
+            "response": learned.response,
+            "request": learned.request,
+            "input": learned.input,
+        },
+        "pooledOver": pooled,
+        "credibility": credibility,
+        "limit": limit,
+    });
+    finding(
+        FindingKind::IdentityLineage,
+        Severity::High,
+        config,
+        explanation,
+        evidence,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_values_are_bounded_and_hashed() {
+        let keys = ValueKeys::default();
+        let mut state = LineageState::default();
+        for i in 0..(MAX_VALUES as u64 + 40) {
+            state.remember(
+                keys.hash(&format!("acc-{i}")),
+                0,
+                &format!("field{}", i % 20),
+                OriginClass::Response,
+            );
+        }
+        assert_eq!(state.len(), MAX_VALUES);
+        assert!(state.fields.len() <= MAX_FIELDS);
+        assert!(state.fields.iter().all(|f| f.len() <= MAX_FIELD_LEN));
+        // Oldest first out: the first values are gone, the last kept.
+        let model = LearnedModel::default();
+        let first = origins_of(keys.hash("acc-0"), &[], Some(&state), &model);
+        assert!(first.classes.is_empty());
+        let last = origins_of(
+            keys.hash(&format!("acc-{}", MAX_VALUES + 39)),
+            &[],
+            Some(&state),
+            &model,
+        );
+        assert_eq!(last.classes, vec![OriginClass::Response]);
+        // A value remembered again is the newest: it outlives the values that came after it.
+        let kept = keys.hash("acc-50");
+        state.remember(kept, 0, "field0", OriginClass::Response);
+        for i in 0..(MAX_VALUES as u64 - 1) {
+            state.remember(
+                keys.hash(&format!("new-{i}")),
+                0,
+                "x",
+                OriginClass::Response,
+            );
+        }
+        let origins = origins_of(kept, &[], Some(&state), &model);
+        assert_eq!(origins.classes, vec![OriginClass::Response]);
+        // Answers stay read while sampled, then only when they supply later values often
+        // enough.
+        let mut lineage = OperationLineage::default();
+        assert!(wants(&lineage));
+        lineage.reads = PROBE_READS;
+        assert!(!wants(&lineage), "never supplied anything");
+        lineage.supplied = 3;
+        assert!(wants(&lineage), "3 of 50 supplied a later value");
+        lineage.reads = 1000;
+        assert!(!wants(&lineage), "one in 1000 is coincidence");
+        lineage.supplied = 60;
+        assert!(wants(&lineage));
+        // Only hashes are kept: no value text in the record.
+        assert!(!format!("{state:?}").contains("acc-"));
+    }
+
+    #[test]
+    fn answers_give_reference_like_values_with_their_fields() {
+        let body = br#"{"accounts":[{"id":4411,"name":"Main account","balance":12.5},{"id":"acc-2"}],"page":1,"owner":"maria.keller"}"#;
+        let values = response_values(body);
+        assert!(values.contains(&("accounts[].id".to_owned(), "4411".to_owned())));
+        assert!(values.contains(&("accounts[].id".to_owned(), "acc-2".to_owned())));
+        assert!(values.contains(&("owner".to_owned(), "maria.keller".to_owned())));
+        // Free text, floats and one-character values are no references.
+        assert!(
+            !values
+                .iter()
+                .any(|(f, _)| f == "accounts[].name" || f == "page")
+        );
+        assert!(!values.iter().any(|(f, _)| f == "accounts[].balance"));
+        assert!(response_values(b"not json").is_empty());
+    }
+}
+
+/// The detector through the analyzer, on synthetic sessions named by a token's `sub`.
+#[cfg(test)]
+mod analyzer_tests {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use crate::config::{Action, DetectorsConfig, LearningConfig};
+    use crate::detect::LearnedAnalyzer;
+    use crate::detect::request::{Analyzer, RequestContext, ResponseSummary};
+    use crate::detect::session_state::SessionState;
+    use crate::finding::{Finding, FindingKind};
+    use crate::operation::{Operation, OperationOrigin};
+    use crate::session::{RecentOp, SessionSource};
+
+    const OPS: [&str; 5] = [
+        "GET /users/{var1}",
+        "PUT /users/{var1}/email",
+        "PUT /users/{var1}/password",
+        "GET /books",
+        "GET /books/{var1}",
+    ];
+
+    struct Session {
+        user: String,
+        token: String,
+        state: SessionState,
+        recent: Vec<RecentOp>,
+    }
+
+    struct Driver {
+        analyzer: LearnedAnalyzer,
+        ops: Vec<Operation>,
+        now: u64,
+    }
+
+    fn token(sub: &str) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({ "sub": sub, "exp": 4_000_000_000u64 }),
+            &jsonwebtoken::EncodingKey::from_secret(b"test"),
+        )
+        .unwrap()
+    }
+
+    impl Driver {
+        fn new() -> Self {
+            let learning = LearningConfig {
+                min_requests: 200,
+                min_sessions: 20,
+                ..LearningConfig::default()
+            };
+            let analyzer =
+                LearnedAnalyzer::new(&learning, &DetectorsConfig::all(Action::Block), None);
+            let config = crate::config::parse_yaml(
+                "upstream: { url: \"http://127.0.0.1:1\" }\nsession:\n  identifiers:\n    - jwtClaim: { claim: sub }\n",
+            )
+            .unwrap();
+            analyzer.configure(&config);
+            let ops = OPS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Operation {
+                    id: u32::try_from(i).unwrap(),
+                    template: Arc::from(*t),
+                    origin: OperationOrigin::Learned,
+                })
+                .collect();
+            Self {
+                analyzer,
+                ops,
+                now: 1_700_000_000_000,
+            }
+        }
+
+        fn session(user: &str) -> Session {
+            Session {
+                user: user.to_owned(),
+                token: token(user),
+                state: SessionState::default(),
+                recent: Vec::new(),
+            }
+        }
+
+        /// One exchange; returns the findings of the request.
+        fn send(
+            &mut self,
+            s: &mut Session,
+            op: usize,
+            var: Option<&str>,
+            answer: Option<serde_json::Value>,
+        ) -> Vec<Finding> {
+            self.now += 1_000;
+            let operation = self.ops[op].clone();
+            let method: http::Method = OPS[op].split(' ').next().unwrap().parse().unwrap();
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "authorization",
+                format!("Bearer {}", s.token).parse().unwrap(),
+            );
+            let path: Vec<(&str, &str)> = var.map(|v| vec![("var1", v)]).unwrap_or_default();
+            let body = (method == http::Method::PUT)
+                .then(|| serde_json::json!({ "email": format!("{}@example.net", s.user) }));
+            let session_key = format!("jwt:sub={}", s.user);
+            let ctx = RequestContext {
+                now_ms: self.now,
+                session: &session_key,
+                session_source: SessionSource::Jwt,
+                client: IpAddr::from([10, 0, 0, 1]),
+                method: &method,
+                operation: &operation,
+                path_params: &path,
+                query: &[],
+                headers: &headers,
+                body: body.as_ref(),
+                recent: &s.recent,
+                scratch: &Default::default(),
+            };
+            let mut findings = Vec::new();
+            self.analyzer.inspect(&ctx, &mut s.state, &mut findings);
+            let answer = answer.map(|a| a.to_string());
+            let read = self.analyzer.wants_response(&operation);
+            self.analyzer.observe(
+                &ctx,
+                &mut s.state,
+                &ResponseSummary {
+                    status: 200,
+                    duration_us: 100,
+                    body: answer.as_deref().filter(|_| read).map(str::as_bytes),
+                    ..ResponseSummary::default()
+                },
+                !findings.is_empty(),
+            );
+            s.recent.push(RecentOp {
+                op: operation.id,
+                at_ms: self.now,
+            });
+            findings
+        }
+
+        /// An honest visit of user `i`: the catalogue, a book, its owner (from the answer),
+        /// the own profile and an e-mail change (own name: the token's subject); one in 40 a
+        /// password change (too few for the operation's own evidence).
+        fn honest(&mut self, i: usize) -> Vec<Finding> {
+            let mut s = Self::session(&format!("reader.{i}"));
+            let owner = format!("author.{}", i % 37);
+            let title = format!("book-{}", i % 53);
+            let mut found = Vec::new();
+            let books = serde_json::json!({ "books": [{ "title": title, "owner": owner }] });
+            found.extend(self.send(&mut s, 3, None, Some(books)));
+            let book = serde_json::json!({ "title": title, "owner": owner });
+            found.extend(self.send(&mut s, 4, Some(&title), Some(book)));
+            found.extend(self.send(&mut s, 0, Some(&owner), None));
+            let me = s.user.clone();
+            found.extend(self.send(&mut s, 0, Some(&me), None));
+            found.extend(self.send(&mut s, 1, Some(&me), None));
+            if i.is_multiple_of(40) {
+                found.extend(self.send(&mut s, 2, Some(&me), None));
+            }
+            found
+        }
+    }
+
+    fn lineage(findings: &[Finding]) -> Option<&Finding> {
+        findings
+            .iter()
+            .find(|f| f.kind == FindingKind::IdentityLineage)
+    }
+
+    #[test]
+    fn a_foreign_user_in_the_path_is_flagged_at_its_first_request() {
+        let mut d = Driver::new();
+        for i in 0..400 {
+            let found = d.honest(i);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
+        // Honest visits after learning are not flagged.
+        for i in 1000..1100 {
+            let found = d.honest(i);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
+        // The password change of someone no claim, answer or request of the session named:
+        // flagged at once, although the operation itself was learned from few requests (the
+        // evidence of every operation on /users/{var1} is pooled).
+        let mut mallory = Driver::session("mallory");
+        let me = mallory.user.clone();
+        assert!(lineage(&d.send(&mut mallory, 0, Some(&me), None)).is_none());
+        let found = d.send(&mut mallory, 2, Some("reader.7"), None);
+        let f = lineage(&found).expect("foreign password change flagged");
+        assert!(
+            f.explanation
+                .contains("PUT /users/{var1}/password named reader.7"),
+            "{}",
+            f.explanation
+        );
+        assert!(f.explanation.contains("claim sub"), "{}", f.explanation);
+        assert_eq!(f.evidence["pooledOver"], "/users/{var1}");
+        // The e-mail change of a user whose name only an answer gave (its values always were
+        // the token's subject): the answer is no origin this parameter's values ever had.
+        let mut eve = Driver::session("eve");
+        let book = serde_json::json!({ "title": "book-1", "owner": "author.3" });
+        d.send(&mut eve, 4, Some("book-1"), Some(book));
+        let found = d.send(&mut eve, 1, Some("author.3"), None);
+        assert!(lineage(&found).is_some(), "{found:?}");
+        // … while looking that user up, as honest readers do, is not.
+        let found = d.send(&mut eve, 0, Some("author.3"), None);
+        assert!(lineage(&found).is_none(), "{found:?}");
+    }
+
+    #[test]
+    fn thin_evidence_and_mixed_origins_flag_nothing() {
+        let mut d = Driver::new();
+        // Too few learned requests: nothing is judged.
+        for i in 0..40 {
+            d.honest(i);
+        }
+        let mut mallory = Driver::session("mallory");
+        assert!(lineage(&d.send(&mut mallory, 2, Some("reader.7"), None)).is_none());
+        // Books opened by a title typed by the reader as often as from the catalogue: that
+        // parameter's origin is not near-certain, so a title from nowhere is not flagged.
+        let mut d = Driver::new();
+        for i in 0..400usize {
+            let mut s = Driver::session(&format!("reader.{i}"));
+            let title = format!("book-{}", i % 53);
+            if i.is_multiple_of(2) {
+                let books = serde_json::json!({ "books": [{ "title": title }] });
+                d.send(&mut s, 3, None, Some(books));
+            }
+            d.send(&mut s, 4, Some(&title), None);
+        }
+        let mut eve = Driver::session("eve");
+        assert!(lineage(&d.send(&mut eve, 4, Some("book-999"), None)).is_none());
+    }
+}

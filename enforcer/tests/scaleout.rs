@@ -1,0 +1,620 @@
+//! Several enforcer replicas with a static peer list (`peers`), each request sent to a
+//! different replica as a round-robin front would: sequence rules and per-session limits
+//! decide as one replica would, a forged forwarded request is refused, and a replica left out
+//! of the set or stopped causes no false positive. docs/scale-out.md describes the design.
+
+#![allow(clippy::unwrap_used)] // Test helpers unwrap: a panic is the failure report.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use ordo_enforcer::runtime::RunningEnforcer;
+
+const SECRET: &str = "a-test-secret-shared-by-replicas";
+/// The session history's duration: also how long a replica that just started treats the
+/// sessions it owns as possibly served elsewhere before (docs/scale-out.md).
+const HISTORY: Duration = Duration::from_millis(1500);
+/// Past this after a change, replicas decide as a single one would: the history's duration
+/// after the hold (1 s with a static list: how long others may still route by the previous
+/// view, `Router::hold`), and a margin.
+const SETTLED: Duration = Duration::from_millis(1500 + 1000 + 300);
+
+fn config(peers: Option<(SocketAddr, &[SocketAddr])>) -> String {
+    let mut yaml = format!(
+        r#"
+upstream: {{ url: "http://{{upstream}}" }}
+mode: Enforce
+session:
+  identifiers: [ {{ header: {{ name: X-Session }} }} ]
+  history: {{ requests: 10, duration: {}ms }}
+rules:
+  - name: balance-before-transfer
+    action: Block
+    requires:
+      operation: POST /api/v1/transferFunds
+      after: [ "GET /api/v1/accounts/{{account_id}}/balance" ]
+      within: {{ requests: 5, duration: 1s }}
+rateLimits:
+  - name: balances
+    operation: GET /api/v1/accounts/{{account_id}}/balance
+    requests: 4
+    per: 1m
+    action: Block
+"#,
+        HISTORY.as_millis()
+    );
+    if let Some((me, all)) = peers {
+        let list: Vec<String> = all.iter().map(|a| format!("\"{a}\"")).collect();
+        yaml.push_str(&format!(
+            "peers:\n  listen: {me}\n  advertise: \"{me}\"\n  static: [{}]\n  secret: {SECRET}\n  suspectFor: 30s\n",
+            list.join(", ")
+        ));
+    }
+    yaml
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// `n` replicas knowing each other (or not, with `peers` false), ready once the start-up
+/// horizon has passed.
+async fn replicas(n: usize, peers: bool, upstream: SocketAddr) -> Vec<RunningEnforcer> {
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+    let mut out = Vec::new();
+    for me in &addrs {
+        let yaml = config(peers.then_some((*me, addrs.as_slice())));
+        out.push(start_enforcer(&yaml, upstream).await);
+    }
+    tokio::time::sleep(SETTLED).await;
+    out
+}
+
+async fn status(c: &TestClient, e: &RunningEnforcer, method: &str, path: &str, s: &str) -> u16 {
+    let url = format!("http://{}{path}", e.proxy_addr);
+    send(c, method, &url, &[("x-session", s)], "{}")
+        .await
+        .status
+}
+
+fn forward_total(text: &str, result: &str) -> f64 {
+    metric_value(text, &format!("ordo_forward_total{{result=\"{result}\"}}"))
+}
+
+/// Each session: a balance lookup on one replica, the transfer on the next. Returns the
+/// transfer statuses.
+async fn balance_then_transfer(
+    c: &TestClient,
+    es: &[RunningEnforcer],
+    sessions: usize,
+) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..sessions {
+        let s = format!("honest-{i}");
+        let a = &es[i % es.len()];
+        let b = &es[(i + 1) % es.len()];
+        assert_eq!(
+            status(c, a, "GET", "/api/v1/accounts/7/balance", &s).await,
+            200
+        );
+        statuses.push(status(c, b, "POST", "/api/v1/transferFunds", &s).await);
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_spread_over_replicas_is_decided_as_on_one() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let es = replicas(3, true, upstream.addr).await;
+
+    // Honest: the required lookup happened on another replica than the transfer.
+    let statuses = balance_then_transfer(&c, &es, 30).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // An attack is still one: a transfer without the lookup, whatever replica gets it.
+    for (i, e) in es.iter().enumerate() {
+        let s = format!("attacker-{i}");
+        assert_eq!(
+            status(&c, e, "POST", "/api/v1/transferFunds", &s).await,
+            403
+        );
+    }
+    // A per-session limit counts the session's requests on every replica: the fifth lookup
+    // within the minute is refused, as on one replica (each replica alone saw at most two).
+    let mut limited = Vec::new();
+    for i in 0..5 {
+        limited.push(status(&c, &es[i % 3], "GET", "/api/v1/accounts/7/balance", "busy").await);
+    }
+    assert_eq!(limited, [200, 200, 200, 200, 429]);
+
+    // Every replica forwarded and received some; none answered from the wrong state.
+    let mut forwarded = 0.0;
+    for e in &es {
+        let m = metrics(&c, e).await;
+        forwarded += forward_total(&m, "forwarded");
+        assert!(forward_total(&m, "received") > 0.0, "{m}");
+        assert_eq!(forward_total(&m, "local_fallback"), 0.0);
+    }
+    assert!(forwarded >= 30.0, "{forwarded}");
+    for e in es {
+        e.shutdown().await;
+    }
+}
+
+/// The same traffic without `peers`: what the routing prevents (the test's control).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_peers_the_same_traffic_refuses_honest_transfers() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let es = replicas(3, false, upstream.addr).await;
+    let statuses = balance_then_transfer(&c, &es, 30).await;
+    assert!(statuses.iter().all(|s| *s == 403), "{statuses:?}");
+    for e in es {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_listener_takes_only_authenticated_requests() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let es = replicas(2, true, upstream.addr).await;
+    let router = es[0].shared.router.clone().unwrap();
+    let internal = router.self_addr();
+    let hits = upstream.seen.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let url = format!("http://{internal}/api/v1/transferFunds");
+    // No header, a malformed one, one signed with another secret.
+    let forged = "v1 1 127.0.0.1:1 0 ".to_owned() + &"ab".repeat(32);
+    for headers in [
+        vec![("x-session", "s")],
+        vec![("x-session", "s"), ("x-ordo-peer-auth", "v1 garbage")],
+        vec![("x-session", "s"), ("x-ordo-peer-auth", forged.as_str())],
+    ] {
+        assert_eq!(send(&c, "POST", &url, &headers, "{}").await.status, 401);
+    }
+    // Nothing reached the upstream, and the refusals are counted.
+    assert_eq!(
+        upstream.seen.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits
+    );
+    let m = metrics(&c, &es[0]).await;
+    assert_eq!(forward_total(&m, "unauthenticated"), 3.0);
+    // A client sending the header to the public listener gains nothing: the request is routed
+    // and decided as any other (no lookup before: refused).
+    let url = format!("http://{}/api/v1/transferFunds", es[0].proxy_addr);
+    let a = send(
+        &c,
+        "POST",
+        &url,
+        &[("x-session", "t"), ("x-ordo-peer-auth", &forged)],
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    for e in es {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_and_crashing_replicas_cause_no_false_positive() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let mut es = replicas(3, true, upstream.addr).await;
+    let members: Vec<SocketAddr> = es
+        .iter()
+        .map(|e| e.shared.router.as_ref().unwrap().self_addr())
+        .collect();
+
+    // Sessions look up their balance before the change...
+    for i in 0..40 {
+        let s = format!("honest-{i}");
+        assert_eq!(
+            status(&c, &es[i % 3], "GET", "/api/v1/accounts/7/balance", &s).await,
+            200
+        );
+    }
+    // ... the third replica leaves the set (every replica's view; it still gets traffic from
+    // the front, and forwards it) ...
+    for e in &es {
+        e.shared
+            .router
+            .as_ref()
+            .unwrap()
+            .set_members(members[..2].to_vec())
+            .await;
+    }
+    // ... and they transfer, reaching any replica: no transfer refused, although the lookups
+    // of a third of them are in the leaving replica's table only.
+    for i in 0..40 {
+        let s = format!("honest-{i}");
+        assert_eq!(
+            status(&c, &es[(i + 1) % 3], "POST", "/api/v1/transferFunds", &s).await,
+            200,
+            "{s}"
+        );
+    }
+    // The second replica crashes; the others find out on their next forward to it.
+    let crashed = es.remove(1);
+    crashed.shutdown().await;
+    for i in 0..40 {
+        let s = format!("again-{i}");
+        assert_eq!(
+            status(&c, &es[i % 2], "GET", "/api/v1/accounts/7/balance", &s).await,
+            200
+        );
+        assert_eq!(
+            status(&c, &es[(i + 1) % 2], "POST", "/api/v1/transferFunds", &s).await,
+            200,
+            "{s}"
+        );
+    }
+    let fallbacks: f64 = {
+        let mut n = 0.0;
+        for e in &es {
+            n += forward_total(&metrics(&c, e).await, "local_fallback");
+        }
+        n
+    };
+    assert!(
+        fallbacks >= 1.0,
+        "the crash was noticed by a failed forward"
+    );
+    assert_eq!(
+        es[0].shared.router.as_ref().unwrap().members(),
+        vec![members[0]]
+    );
+    // Once the horizon has passed, an attack is caught again by whichever replica gets it.
+    tokio::time::sleep(SETTLED).await;
+    for (i, e) in es.iter().enumerate() {
+        let s = format!("attacker-{i}");
+        assert_eq!(
+            status(&c, e, "POST", "/api/v1/transferFunds", &s).await,
+            403
+        );
+    }
+    for e in es {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_discovered_by_dns() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let me = free_port();
+    // `localhost` resolves to this replica's address (and maybe to ::1, where nothing listens:
+    // left out after the first failed connection).
+    let yaml = format!(
+        "{}peers:\n  listen: {me}\n  advertise: \"{me}\"\n  dns: {{ name: localhost, port: {}, refreshInterval: 200ms }}\n  secret: {SECRET}\n",
+        config(None),
+        me.port()
+    );
+    let e = start_enforcer(&yaml, upstream.addr).await;
+    let router = e.shared.router.clone().unwrap();
+    // Before the first lookup the view is empty: requests are decided here.
+    let mut found = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if router.members().contains(&me) {
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "{:?}", router.members());
+    // Requests for sessions of an address where nothing listens are decided here, and the
+    // address is left out.
+    for i in 0..10 {
+        let s = format!("dns-{i}");
+        assert_eq!(
+            status(&c, &e, "GET", "/api/v1/accounts/7/balance", &s).await,
+            200
+        );
+    }
+    assert_eq!(router.members(), vec![me]);
+    // Past the start-up horizon, the replica decides as a single one: honest transfers pass,
+    // a transfer without the lookup is refused.
+    tokio::time::sleep(SETTLED).await;
+    for i in 0..10 {
+        let s = format!("dns-later-{i}");
+        assert_eq!(
+            status(&c, &e, "GET", "/api/v1/accounts/7/balance", &s).await,
+            200
+        );
+        assert_eq!(
+            status(&c, &e, "POST", "/api/v1/transferFunds", &s).await,
+            200,
+            "{s}"
+        );
+        let a = format!("dns-attacker-{i}");
+        assert_eq!(
+            status(&c, &e, "POST", "/api/v1/transferFunds", &a).await,
+            403,
+            "{a}"
+        );
+    }
+    e.shutdown().await;
+}
+
+/// Sessions whose owner is `before` among `old` members and `after` among `new` ones.
+fn sessions_moving(
+    router: &ordo_enforcer::proxy::Router,
+    old: &[SocketAddr],
+    new: &[SocketAddr],
+    before: SocketAddr,
+    after: SocketAddr,
+    n: usize,
+) -> Vec<String> {
+    // Rendezvous hashing gives each of the 3 old owners a third of the sessions, and half of
+    // the leaving one's go to each remaining member: 1 in 6 candidates fits, so 20,000
+    // candidates hold the `n` (at most 20) wanted except with a probability far below 1e-100.
+    (0..20_000)
+        .map(|i| format!("moving-{i}"))
+        .filter(|s| {
+            let key = format!("header:x-session={s}");
+            router.owner_among(old, &key) == Some(before)
+                && router.owner_among(new, &key) == Some(after)
+        })
+        .take(n)
+        .collect()
+}
+
+/// One replica's view changes before the others' (a DNS refresh that comes later on some
+/// replicas, a suspicion only one has): for a moment two replicas decide the same sessions.
+/// The replica whose view is late must learn it and not decide from a history that lacks
+/// what the other one saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_late_view_causes_no_false_positive() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let es = replicas(3, true, upstream.addr).await;
+    let members: Vec<SocketAddr> = es
+        .iter()
+        .map(|e| e.shared.router.as_ref().unwrap().self_addr())
+        .collect();
+    let (a, b, third) = (members[0], members[1], members[2]);
+    let router = es[1].shared.router.clone().unwrap();
+    let moving = sessions_moving(&router, &members, &members[..2], third, a, 10);
+    assert_eq!(moving.len(), 10);
+    // Only the second replica sees the third leave; the first and the third are late.
+    router.set_members(vec![a, b]).await;
+    for s in &moving {
+        // The lookup reaches the second replica, which forwards it to the session's owner in
+        // its view (the first replica); the transfer reaches the third, which still owns the
+        // session in its late view and decides it itself without the lookup in its table.
+        assert_eq!(
+            status(&c, &es[1], "GET", "/api/v1/accounts/7/balance", s).await,
+            200
+        );
+        assert_eq!(
+            status(&c, &es[2], "POST", "/api/v1/transferFunds", s).await,
+            200,
+            "{s}: refused on the replica whose view is late"
+        );
+    }
+    for e in es {
+        e.shutdown().await;
+    }
+}
+
+/// A replica that joins routes by the new view from its start, while the others change one
+/// after the other (DNS refreshes at different moments; here one changed, one not yet). The
+/// one not yet changed never sends anything to the new replica, which must still learn that
+/// it routes by the old view (it is told in reply to its first announcement) and contest the
+/// sessions that view gives elsewhere for as long as the disagreement lasts, not only for
+/// `hold` (1 s with a static list) after the last message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_replica_contests_sessions_while_another_still_routes_by_the_old_view() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let mut es = replicas(3, true, upstream.addr).await;
+    let old: Vec<SocketAddr> = es
+        .iter()
+        .map(|e| e.shared.router.as_ref().unwrap().self_addr())
+        .collect();
+    let joined = free_port();
+    let mut new = old.clone();
+    new.push(joined);
+    es.push(start_enforcer(&config(Some((joined, new.as_slice()))), upstream.addr).await);
+    let router = es[0].shared.router.clone().unwrap();
+    let moving = sessions_moving(&router, &old, &new, old[2], joined, 10);
+    assert_eq!(moving.len(), 10);
+    // Past the joined replica's start-up window and past `hold` after every message so far:
+    // only a disagreement still known can make it contest the sessions.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    router.set_members(new.clone()).await;
+    // Past `hold` and one history after the first replica's announcement (which names the
+    // old view as its previous one): that message alone no longer contests anything.
+    tokio::time::sleep(HISTORY + Duration::from_millis(1500)).await;
+    for s in &moving {
+        // The lookup reaches the second replica (old view), which forwards it to the third,
+        // the session's owner there; the transfer reaches the first (new view), which
+        // forwards it to the joined replica, without the lookup in its table.
+        assert_eq!(
+            status(&c, &es[1], "GET", "/api/v1/accounts/7/balance", s).await,
+            200
+        );
+        assert_eq!(
+            status(&c, &es[0], "POST", "/api/v1/transferFunds", s).await,
+            200,
+            "{s}: refused by the joined replica"
+        );
+    }
+    for e in es {
+        e.shutdown().await;
+    }
+}
+
+/// A replica that crashed and came back at the same address is taken back as soon as it
+/// announces its first view (not after `suspectFor`, 30 s here), and the sessions that the others decided
+/// while it was away cause no false positive on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_is_taken_back_without_waiting() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let mut es = replicas(3, true, upstream.addr).await;
+    let members: Vec<SocketAddr> = es
+        .iter()
+        .map(|e| e.shared.router.as_ref().unwrap().self_addr())
+        .collect();
+    let third = members[2];
+    let router = es[0].shared.router.clone().unwrap();
+    let owned_by_third = sessions_moving(&router, &members, &members[..2], third, members[1], 10);
+    let crashed = es.remove(2);
+    crashed.shutdown().await;
+    // The others find out on their next forward to it; the sessions' lookups are decided
+    // by the second replica meanwhile.
+    for s in &owned_by_third {
+        assert_eq!(
+            status(&c, &es[0], "GET", "/api/v1/accounts/7/balance", s).await,
+            200
+        );
+    }
+    assert!(!router.members().contains(&third));
+    // It comes back at the same address with the same member list.
+    let yaml = config(Some((third, members.as_slice())));
+    es.push(start_enforcer(&yaml, upstream.addr).await);
+    let mut sorted = members.clone();
+    sorted.sort_unstable();
+    // Bounded: 5 s here, where `suspectFor` would take 30 s.
+    let mut back = false;
+    for _ in 0..100 {
+        if es
+            .iter()
+            .all(|e| e.shared.router.as_ref().unwrap().members() == sorted)
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let views: Vec<Vec<SocketAddr>> = es
+        .iter()
+        .map(|e| e.shared.router.as_ref().unwrap().members())
+        .collect();
+    assert!(back, "not taken back: {views:?}, want {sorted:?}");
+    // Its sessions' transfers reach it: the lookups the second replica decided are not in
+    // its table, and it must not refuse them.
+    for s in &owned_by_third {
+        assert_eq!(
+            status(&c, &es[2], "POST", "/api/v1/transferFunds", s).await,
+            200,
+            "{s}"
+        );
+    }
+    for e in es {
+        e.shutdown().await;
+    }
+}
+
+/// Reads one HTTP/1.1 request (head and a `content-length` body) from `stream`.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed before a full request");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            assert!(buf.len() < 65_536);
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let body_len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if buf.len() >= end + 4 + body_len {
+            buf.truncate(end + 4 + body_len);
+            return buf;
+        }
+    }
+}
+
+/// Sends raw bytes to `addr` and returns the answer's status code.
+async fn raw_status(addr: SocketAddr, bytes: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).await.unwrap();
+    std::str::from_utf8(&answer[9..12])
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The MAC of a forwarded request covers its headers: a forwarded request captured on the
+/// pod network and replayed with one header changed, added or removed is refused (401), the
+/// same bytes unchanged are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_with_a_tampered_header_is_refused() {
+    let upstream = start_upstream().await;
+    let c = client();
+    // A replica whose only peer is this test, to capture what it forwards...
+    let capture = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = capture.local_addr().unwrap();
+    let me = free_port();
+    let forwarder = start_enforcer(&config(Some((me, &[me, fake]))), upstream.addr).await;
+    // ... and a replica with the same secret to replay it to.
+    let other = free_port();
+    let owner = start_enforcer(&config(Some((other, &[other]))), upstream.addr).await;
+    let router = forwarder.shared.router.clone().unwrap();
+    let session = (0..1000)
+        .map(|i| format!("captured-{i}"))
+        .find(|s| router.owner_among(&[me, fake], &format!("header:x-session={s}")) == Some(fake))
+        .unwrap();
+    let captured = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = capture.accept().await.unwrap();
+            // Announcements come first (no body, `x-ordo-peer-views`); the request after.
+            let req = read_request(&mut stream).await;
+            use tokio::io::AsyncWriteExt;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            if !String::from_utf8_lossy(&req).contains("x-ordo-peer-views") {
+                return req;
+            }
+        }
+    });
+    let url = format!("http://{}/api/v1/accounts/7/balance", forwarder.proxy_addr);
+    let sent = send(
+        &c,
+        "GET",
+        &url,
+        &[("x-session", session.as_str()), ("x-extra", "1")],
+        "",
+    )
+    .await;
+    assert_eq!(sent.status, 200);
+    let captured = tokio::time::timeout(Duration::from_secs(10), captured)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(captured).unwrap();
+    assert!(text.contains("x-ordo-peer-auth: v2 r "), "{text}");
+    let tampered = [
+        text.replace(&session, "someone-else"),
+        text.replace("x-extra: 1", "x-extra: 2"),
+        text.replace("x-extra: 1\r\n", ""),
+        text.replacen("\r\n", "\r\nx-forwarded-for: 6.6.6.6\r\n", 1),
+    ];
+    for t in &tampered {
+        assert_ne!(t, &text);
+        assert_eq!(raw_status(other, t.as_bytes()).await, 401, "{t}");
+    }
+    // The request as captured is genuine: the owner decides it (the header's timestamp is
+    // fresh for 30 s).
+    assert_eq!(raw_status(other, text.as_bytes()).await, 200, "{text}");
+    let m = metrics(&c, &owner).await;
+    assert_eq!(forward_total(&m, "unauthenticated"), 4.0);
+    forwarder.shutdown().await;
+    owner.shutdown().await;
+}
