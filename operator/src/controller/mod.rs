@@ -10,12 +10,14 @@
 //! - [`rules`]: the SequenceRules of a protection, and the controller of rules without one.
 //! - [`routing`]: how client traffic is pointed at the enforcers.
 //! - [`backoff`]: how long a failing object waits before it is retried.
+//! - [`triggers`]: which SequenceRule events wake the controllers (not their status writes).
 
 pub mod backoff;
 pub mod protection;
 pub mod routing;
 pub mod rules;
 pub mod target;
+pub mod triggers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt as _;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -106,15 +109,19 @@ pub async fn run(
             owned.clone(),
         )
         .owns(scoped::<Service>(&client, scope.as_deref()), owned)
-        .watches(rules, wc.clone(), |rule: DeserializeGuard<SequenceRule>| {
-            // A rule (valid or not) maps to the protection it names.
-            let namespace = rule.namespace()?;
-            let target = match &rule.0 {
-                Ok(rule) => rule.spec.protection_ref.name.clone(),
-                Err(_) => return None,
-            };
-            Some(ObjectRef::new(&target).within(&namespace))
-        })
+        .watches_stream(
+            // Not on the rule status this controller itself writes: see triggers.rs.
+            triggers::spec_changes(watcher::watcher(rules, wc.clone()).default_backoff()),
+            |rule: DeserializeGuard<SequenceRule>| {
+                // A rule (valid or not) maps to the protection it names.
+                let namespace = rule.namespace()?;
+                let target = match &rule.0 {
+                    Ok(rule) => rule.spec.protection_ref.name.clone(),
+                    Err(_) => return None,
+                };
+                Some(ObjectRef::new(&target).within(&namespace))
+            },
+        )
         .watches(
             services,
             watcher::Config::default(),

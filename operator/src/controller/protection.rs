@@ -343,6 +343,17 @@ async fn apply_enforcers(
     Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .patch(&names.enforcer(), &apply_params, &Patch::Apply(&account))
         .await?;
+    // The replicas find each other through a headless Service when sessions are spread over
+    // them (docs/scale-out.md); without `scaleOut` it has no use.
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    if protection.spec.enforcer.scale_out.is_some() {
+        let peers = resources::peers_service(names, owner, ports);
+        services
+            .patch(&names.peers_service(), &apply_params, &Patch::Apply(&peers))
+            .await?;
+    } else {
+        routing::delete_ignoring_missing(&services, &names.peers_service()).await?;
+    }
     let deployment = resources::deployment(
         names,
         owner,
@@ -462,6 +473,7 @@ async fn write_status(
             counts.reporting = report.reporting;
             status.model = report.model;
             status.endpoints = report.endpoints;
+            status.posture = report.posture;
             status.top_sequences = report.top_sequences;
             status.suggested_rules = report.suggested_rules;
             status.incidents = report.incidents;

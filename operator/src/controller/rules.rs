@@ -12,13 +12,15 @@ use futures::StreamExt as _;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::{Resource as _, ResourceExt as _};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::triggers::spec_changes;
 use super::{Context, scoped};
 use crate::crd::{ApiProtection, SequenceRule, SequenceRuleStatus, SessionSpec};
 use crate::desired::conditions::{self, Desired};
@@ -162,12 +164,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let rules: Api<DeserializeGuard<SequenceRule>> = scoped(&client, scope.as_deref());
     let protections: Api<DeserializeGuard<ApiProtection>> = scoped(&client, scope.as_deref());
     let wc = watcher::Config::default().any_semantic();
-    let controller = Controller::new(rules, wc.clone());
-    let store = controller.store();
+    // The store sees every event; only creations and spec changes trigger a check, not the
+    // status writes of the ApiProtection controller (see triggers.rs).
+    let (store, writer) = reflector::store();
+    let triggers = spec_changes(
+        watcher::watcher(rules, wc.clone())
+            .default_backoff()
+            .reflect(writer),
+    );
+    let controller = Controller::for_stream(triggers, store.clone());
     controller
-        .watches(
-            protections,
-            wc,
+        .watches_stream(
+            // Creations and deletions only, not the ApiProtection controller's status writes.
+            spec_changes(watcher::watcher(protections, wc).default_backoff()),
             move |protection: DeserializeGuard<ApiProtection>| {
                 // An ApiProtection created or deleted: re-check the rules that name it.
                 let namespace = protection.namespace().unwrap_or_default();

@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Action, ConfigMapKeyRef};
+use super::common::{Action, ConfigMapKeyRef, SecretKeyRef};
 use super::learning::{DetectorsSpec, LearningSpec};
 use super::limits::{
     DURATION_MAX_LENGTH, DURATION_PATTERN, IMAGE_MAX_LENGTH, MAX_RATE_LIMITS, OPERATION_MAX_LENGTH,
@@ -172,7 +172,8 @@ pub struct OpenApiSpec {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EnforcerSpec {
-    /// Number of enforcer pods. Sessions stick to one pod by client-IP affinity. Default 2.
+    /// Number of enforcer pods. Sessions stick to one pod by client-IP affinity, or are routed
+    /// to one owner pod with `scaleOut`. Default 2.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
@@ -196,6 +197,82 @@ pub struct EnforcerSpec {
     #[serde(default = "default_max_body_bytes")]
     #[schemars(range(min = 0, max = 67_108_864))]
     pub max_body_bytes: i64,
+    /// Spreads sessions over the replicas so that every request of a session is decided by
+    /// one replica, whatever replica it reaches (behind an ingress or gateway that balances
+    /// each request): a replica forwards a request to the session's owner over the pod
+    /// network. Absent: sessions stay on a replica by client-IP affinity only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_out: Option<ScaleOutSpec>,
+    /// Limits that keep slow or greedy clients from holding the enforcer's connections,
+    /// request slots and file descriptors (docs/enforcer-config.md, `limits`).
+    #[serde(default)]
+    pub client_limits: ClientLimitsSpec,
+}
+
+/// Slow-client limits of the enforcer's proxy port.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientLimitsSpec {
+    /// Client connections one enforcer serves at once; more are answered 503 and closed.
+    /// Default: derived from the pod's file-descriptor limit (half of what is left once the
+    /// admin port has its own), and lowered to that bound when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_048_576))]
+    pub max_connections: Option<i64>,
+    /// Connections one client address (IPv6: one /64) may hold open; more are answered 503
+    /// and closed. Applies with `clientAddress.source: Socket` only (behind a trusted proxy
+    /// every connection comes from the proxy). 0: no cap. Default 256.
+    #[serde(default = "default_per_client")]
+    #[schemars(range(min = 0, max = 1_048_576))]
+    pub max_connections_per_client: i64,
+    /// Requests of one client address in flight at once; more answer 429. 0: no cap.
+    /// Default 256.
+    #[serde(default = "default_per_client")]
+    #[schemars(range(min = 0, max = 1_048_576))]
+    pub max_concurrent_requests_per_client: i64,
+    /// Minimum average rate of a request body in bytes per second once `bodyRateGrace` has
+    /// passed; a slower body is cut with 408. 0: no minimum. Default 1024.
+    #[serde(default = "default_min_body_rate")]
+    #[schemars(range(min = 0, max = 1_073_741_824))]
+    pub min_body_rate: i64,
+    /// Time a request body may take before `minBodyRate` applies, such as `5s` (the default).
+    #[serde(default = "default_body_rate_grace")]
+    #[schemars(length(min = 2, max = DURATION_MAX_LENGTH), regex(pattern = DURATION_PATTERN))]
+    pub body_rate_grace: String,
+}
+
+impl Default for ClientLimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_connections_per_client: default_per_client(),
+            max_concurrent_requests_per_client: default_per_client(),
+            min_body_rate: default_min_body_rate(),
+            body_rate_grace: default_body_rate_grace(),
+        }
+    }
+}
+
+fn default_per_client() -> i64 {
+    256
+}
+
+fn default_min_body_rate() -> i64 {
+    1024
+}
+
+fn default_body_rate_grace() -> String {
+    "5s".into()
+}
+
+/// Session routing between enforcer replicas (docs/scale-out.md).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleOutSpec {
+    /// Secret key holding the key the replicas authenticate forwarded requests with (at
+    /// least 16 bytes, e.g. 32 random bytes). The kubelet mounts it into the enforcer pods;
+    /// the operator never reads it.
+    pub secret_ref: SecretKeyRef,
 }
 
 impl Default for EnforcerSpec {
@@ -207,6 +284,8 @@ impl Default for EnforcerSpec {
             resources: None,
             failure_policy: FailurePolicy::Open,
             max_body_bytes: default_max_body_bytes(),
+            scale_out: None,
+            client_limits: ClientLimitsSpec::default(),
         }
     }
 }

@@ -114,10 +114,23 @@ pub struct DetectorsSpec {
     /// Many authentication failures from one client address or across many identities.
     #[serde(default)]
     pub credential_stuffing: DetectorSpec,
+    /// Answers that expose more than the operation's answers were learned to: a class of
+    /// sensitive values they never carried (passwords or hashes, tokens, card numbers,
+    /// national-id numbers, e-mail addresses, phone numbers), or many times their records (mass
+    /// export). With `Block` in `Enforce` the answer is withheld; an answer that streams is
+    /// then held back up to 64 KiB before it is relayed.
+    #[serde(default)]
+    pub exposure: DetectorSpec,
+    /// A request naming an object (a user in the path, an account in the body) that no claim
+    /// of the session's token, no earlier answer and no earlier request of the session
+    /// carried, where the learned values of that parameter always had such an origin (BOLA
+    /// from the first request).
+    #[serde(default)]
+    pub identity_lineage: DetectorSpec,
 }
 
 /// Settings of one learned detector.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DetectorSpec {
     /// Whether the detector runs at all. Default `true`.
@@ -132,6 +145,18 @@ pub struct DetectorSpec {
     /// Default `Medium`.
     #[serde(default)]
     pub sensitivity: Sensitivity,
+    /// After a high-severity finding of this detector that blocks, the session (and, for
+    /// credential stuffing, the client address) is quarantined this long: every request of it
+    /// is refused in `Enforce` with a problem body naming the incident, and logged in
+    /// `Monitor`. A duration such as `15m` (0s to 24h); `0s` turns it off. Default `15m` for
+    /// `enumeration` and `credentialStuffing` (their findings rest on many requests measured
+    /// against peers), off for the others (one unusual honest request should cost that
+    /// request, not the session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = DURATION_MAX_LENGTH), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('24h')")
+        .message("detectors.*.quarantine must be at most 24h"))]
+    pub quarantine: Option<String>,
 }
 
 impl Default for DetectorSpec {
@@ -140,6 +165,7 @@ impl Default for DetectorSpec {
             enabled: default_enabled(),
             action: Action::Log,
             sensitivity: Sensitivity::Medium,
+            quarantine: None,
         }
     }
 }

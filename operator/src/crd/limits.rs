@@ -68,6 +68,8 @@ pub const MAX_CONDITIONS: u32 = 16;
 pub const MAX_STATUS_ENDPOINTS: u32 = 100;
 /// Most sequences reported in an `ApiProtection` status (REFERENCE: the top 20).
 pub const MAX_STATUS_SEQUENCES: u32 = 20;
+/// Most operations in `status.posture`.
+pub const MAX_STATUS_POSTURE: u32 = 50;
 /// Most suggested rules reported in an `ApiProtection` status.
 pub const MAX_STATUS_SUGGESTED_RULES: u32 = 20;
 /// Most incidents reported in an `ApiProtection` status.

@@ -19,14 +19,14 @@ pub mod sequence_rule;
 pub mod session;
 
 pub use api_protection::{
-    ApiProtection, ApiProtectionSpec, EnforcerSpec, FailurePolicy, ImagePullPolicy, OpenApiSpec,
-    ProtectionMode, RateLimitSpec, Routing, TargetSpec,
+    ApiProtection, ApiProtectionSpec, ClientLimitsSpec, EnforcerSpec, FailurePolicy,
+    ImagePullPolicy, OpenApiSpec, ProtectionMode, RateLimitSpec, Routing, ScaleOutSpec, TargetSpec,
 };
 pub use common::{Action, ConfigMapKeyRef, SecretKeyRef};
 pub use learning::{DetectorSpec, DetectorsSpec, LearningSpec, Sensitivity};
 pub use protection_status::{
     ApiProtectionStatus, Confidence, EndpointStatus, EnforcerCounts, IncidentStatus, ModelSummary,
-    ProtectionPhase, SequenceStatus, Severity, SuggestedRule, Totals,
+    PostureStatus, ProtectionPhase, SequenceStatus, Severity, SuggestedRule, Totals,
 };
 pub use sequence_rule::{
     ForbidsRule, MaxRepeatRule, MinIntervalRule, ProtectionRef, RequiresRule, RuleKind,

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::{
     DESCRIPTION_MAX_LENGTH, MAX_CONDITIONS, MAX_FORBIDDEN_SEQUENCE, MAX_STATUS_ENDPOINTS,
-    MAX_STATUS_INCIDENTS, MAX_STATUS_SEQUENCES, MAX_STATUS_SUGGESTED_RULES, NAME_MAX_LENGTH,
-    OBJECT_NAME_MAX_LENGTH, OPERATION_MAX_LENGTH, SUMMARY_MAX_LENGTH,
+    MAX_STATUS_INCIDENTS, MAX_STATUS_POSTURE, MAX_STATUS_SEQUENCES, MAX_STATUS_SUGGESTED_RULES,
+    NAME_MAX_LENGTH, OBJECT_NAME_MAX_LENGTH, OPERATION_MAX_LENGTH, SUMMARY_MAX_LENGTH,
 };
 
 /// Observed state of an ApiProtection.
@@ -40,6 +40,12 @@ pub struct ApiProtectionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_STATUS_ENDPOINTS))]
     pub endpoints: Vec<EndpointStatus>,
+    /// Authentication and data posture: the operations that answer 2xx to requests without
+    /// credentials, and those whose answers carry sensitive classes of values, both first (at
+    /// most 50). Learned from the answers; no value is kept, only classes and counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_STATUS_POSTURE))]
+    pub posture: Vec<PostureStatus>,
     /// The most important learned sequences by precedence score (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_STATUS_SEQUENCES))]
@@ -128,6 +134,25 @@ pub struct EndpointStatus {
     pub suggested_limit: Option<i64>,
     /// Confidence in the suggested limit, from the number of sessions and their variance.
     pub confidence: Confidence,
+}
+
+/// The authentication and data posture of one operation.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostureStatus {
+    /// Method and templated path.
+    #[schemars(length(max = OPERATION_MAX_LENGTH))]
+    pub operation: String,
+    /// 2xx answers learned.
+    pub answers: i64,
+    /// Of those, answers to requests that carried no credential (no token, session cookie or
+    /// session header): the operation answers without authentication.
+    pub unauthenticated_answers: i64,
+    /// Classes of sensitive values its answers carried (`password`, `token`, `cardNumber`,
+    /// `nationalId`, `email`, `phone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 6), inner(length(max = 16)))]
+    pub sensitive_classes: Vec<String>,
 }
 
 /// Confidence of a learned figure.

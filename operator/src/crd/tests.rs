@@ -197,19 +197,22 @@ fn minimal_protection_gets_documented_defaults() {
     assert_eq!(spec.learning.sequence_order, 8);
     assert_eq!(spec.learning.journey_gap, "5m");
     for detector in [
-        spec.detectors.shadow_endpoint,
-        spec.detectors.request_shape,
-        spec.detectors.unlikely_sequence,
-        spec.detectors.volume,
-        spec.detectors.enumeration,
-        spec.detectors.credential_stuffing,
+        &spec.detectors.shadow_endpoint,
+        &spec.detectors.request_shape,
+        &spec.detectors.unlikely_sequence,
+        &spec.detectors.volume,
+        &spec.detectors.enumeration,
+        &spec.detectors.credential_stuffing,
+        &spec.detectors.exposure,
+        &spec.detectors.identity_lineage,
     ] {
         assert_eq!(
             detector,
-            DetectorSpec {
+            &DetectorSpec {
                 enabled: true,
                 action: Action::Log,
-                sensitivity: Sensitivity::Medium
+                sensitivity: Sensitivity::Medium,
+                quarantine: None,
             }
         );
     }
@@ -515,6 +518,13 @@ fn durations_are_range_checked() {
     assert_single_error(
         &protection_errors(&p),
         "learning.journeyGap must be between 1s and 24h",
+    );
+
+    let mut p = full_protection();
+    p.spec.detectors.enumeration.quarantine = Some("48h".into());
+    assert_single_error(
+        &protection_errors(&p),
+        "detectors.*.quarantine must be at most 24h",
     );
 
     let mut p = full_protection();

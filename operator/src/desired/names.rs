@@ -48,6 +48,18 @@ pub const JWT_MOUNT: &str = "/etc/ordo/jwt";
 pub const JWKS_MOUNT: &str = "/etc/ordo/jwks";
 /// Where the ConfigMap of `jwks.caConfigMapKeyRef` is mounted.
 pub const JWKS_CA_MOUNT: &str = "/etc/ordo/jwks-ca";
+/// Where the enforcer pod mounts the Secret of `spec.enforcer.scaleOut.secretRef`.
+pub const PEERS_MOUNT: &str = "/etc/ordo/peers";
+/// Name of the enforcer's internal port (requests forwarded between replicas).
+pub const PEERS_PORT_NAME: &str = "peers";
+
+/// The enforcer's internal port: 8444, or the next one the proxy and admin ports leave free.
+pub fn peers_port(proxy: u16, admin: u16) -> u16 {
+    (8444..)
+        .find(|p| *p != proxy && *p != admin)
+        .unwrap_or(8444)
+}
+
 /// Where the enforcer pod mounts its projected report token.
 pub const TOKEN_MOUNT: &str = "/var/run/secrets/ordo/report";
 /// File name of the projected token.
@@ -93,6 +105,12 @@ impl Names {
         format!("{}-protected", self.service)
     }
 
+    /// Headless Service over the enforcer pods: how replicas find each other
+    /// (`spec.enforcer.scaleOut`).
+    pub fn peers_service(&self) -> String {
+        peers_service_name(&self.protection)
+    }
+
     /// Labels of everything owned, and of the enforcer pods.
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.selector();
@@ -111,6 +129,11 @@ impl Names {
             (PROTECTION_LABEL.to_owned(), self.protection.clone()),
         ])
     }
+}
+
+/// Name of the headless Service the enforcer replicas of an ApiProtection find each other by.
+pub fn peers_service_name(protection: &str) -> String {
+    format!("{}-peers", enforcer_name(protection))
 }
 
 /// Name of the enforcer ConfigMap, ServiceAccount and Deployment of an ApiProtection.

@@ -232,7 +232,7 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         journey_gap,
         ..LearningConfig::default()
     };
-    let detector = |d: &crd::DetectorSpec| DetectorConfig {
+    let mut detector = |name: &str, d: &crd::DetectorSpec| DetectorConfig {
         enabled: d.enabled,
         action: action(d.action),
         sensitivity: match d.sensitivity {
@@ -240,14 +240,23 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
             crd::Sensitivity::Medium => cfg::Sensitivity::Medium,
             crd::Sensitivity::High => cfg::Sensitivity::High,
         },
+        quarantine: d.quarantine.as_deref().map(|text| {
+            duration(
+                &format!("spec.detectors.{name}.quarantine"),
+                text,
+                &mut errors,
+            )
+        }),
     };
     let detectors = DetectorsConfig {
-        shadow_endpoint: detector(&spec.detectors.shadow_endpoint),
-        request_shape: detector(&spec.detectors.request_shape),
-        unlikely_sequence: detector(&spec.detectors.unlikely_sequence),
-        volume: detector(&spec.detectors.volume),
-        enumeration: detector(&spec.detectors.enumeration),
-        credential_stuffing: detector(&spec.detectors.credential_stuffing),
+        shadow_endpoint: detector("shadowEndpoint", &spec.detectors.shadow_endpoint),
+        request_shape: detector("requestShape", &spec.detectors.request_shape),
+        unlikely_sequence: detector("unlikelySequence", &spec.detectors.unlikely_sequence),
+        volume: detector("volume", &spec.detectors.volume),
+        enumeration: detector("enumeration", &spec.detectors.enumeration),
+        credential_stuffing: detector("credentialStuffing", &spec.detectors.credential_stuffing),
+        exposure: detector("exposure", &spec.detectors.exposure),
+        identity_lineage: detector("identityLineage", &spec.detectors.identity_lineage),
     };
     let mut data = BTreeMap::new();
     let open_api = input.openapi.map(|doc| {
@@ -278,6 +287,12 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
             replica: None,
         }
     });
+    let client_limits = &spec.enforcer.client_limits;
+    let body_rate_grace = duration(
+        "spec.enforcer.clientLimits.bodyRateGrace",
+        &client_limits.body_rate_grace,
+        &mut errors,
+    );
     let mut config = EnforcerConfig {
         revision: None,
         listen: std::net::SocketAddr::from(([0, 0, 0, 0], input.listen_port)),
@@ -312,10 +327,44 @@ pub fn render(input: RenderInput<'_>) -> Result<Rendered, Vec<FieldError>> {
         rate_limits,
         limits: cfg::LimitsConfig {
             max_body_bytes: u64::try_from(spec.enforcer.max_body_bytes).unwrap_or(0),
+            max_connections: client_limits
+                .max_connections
+                .map(|n| usize::try_from(n).unwrap_or(0)),
+            max_connections_per_client: usize::try_from(client_limits.max_connections_per_client)
+                .unwrap_or(0),
+            max_concurrent_requests_per_client: usize::try_from(
+                client_limits.max_concurrent_requests_per_client,
+            )
+            .unwrap_or(0),
+            min_body_rate: u64::try_from(client_limits.min_body_rate).unwrap_or(0),
+            body_rate_grace,
             ..cfg::LimitsConfig::default()
         },
         incidents: cfg::IncidentsConfig::default(),
         report,
+        peers: spec.enforcer.scale_out.as_ref().map(|scale_out| {
+            let port = names::peers_port(input.listen_port, input.admin_port);
+            cfg::PeersConfig {
+                listen: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+                advertise: format!("${{POD_IP}}:{port}"),
+                r#static: Vec::new(),
+                dns: Some(cfg::PeerDnsConfig {
+                    name: format!(
+                        "{}.{}.svc",
+                        names::peers_service_name(input.name),
+                        input.namespace
+                    ),
+                    port,
+                    refresh_interval: cfg::Duration::from_secs(2),
+                }),
+                secret: None,
+                secret_file: Some(
+                    format!("{}/{}", names::PEERS_MOUNT, scale_out.secret_ref.key).into(),
+                ),
+                connect_timeout: cfg::Duration::from_millis(200),
+                suspect_for: cfg::Duration::from_secs(5),
+            }
+        }),
     };
     if config.client_address.source == cfg::ClientAddressSource::Socket {
         config.client_address.trusted_hops = cfg::ClientAddressConfig::default().trusted_hops;
@@ -398,6 +447,8 @@ fn config_path_to_spec(error: FieldError) -> FieldError {
         format!("sequenceRules{rest}")
     } else if let Some(rest) = field.strip_prefix("limits.maxBodyBytes") {
         format!("spec.enforcer.maxBodyBytes{rest}")
+    } else if let Some(rest) = field.strip_prefix("limits.") {
+        format!("spec.enforcer.clientLimits.{rest}")
     } else if field.starts_with("session")
         || field.starts_with("clientAddress")
         || field.starts_with("learning")
@@ -622,6 +673,79 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_render_into_the_enforcer_limits() {
+        let plain = spec(serde_json::json!({"target": {"service": "bank-api", "port": 80}}));
+        let rendered = render(input(&plain, Vec::new())).unwrap();
+        let limits = cfg::parse_yaml(&rendered.data[CONFIG_KEY]).unwrap().limits;
+        // The CRD's defaults are the enforcer's.
+        let defaults = cfg::LimitsConfig::default();
+        assert_eq!(
+            limits,
+            cfg::LimitsConfig {
+                max_body_bytes: 1_048_576,
+                ..defaults
+            }
+        );
+
+        let set = spec(serde_json::json!({
+            "target": {"service": "bank-api", "port": 80},
+            "enforcer": {"clientLimits": {"maxConnections": 900, "maxConnectionsPerClient": 0,
+                "maxConcurrentRequestsPerClient": 12, "minBodyRate": 4096, "bodyRateGrace": "2s"}},
+        }));
+        let rendered = render(input(&set, Vec::new())).unwrap();
+        let limits = cfg::parse_yaml(&rendered.data[CONFIG_KEY]).unwrap().limits;
+        assert_eq!(limits.max_connections, Some(900));
+        assert_eq!(limits.max_connections_per_client, 0);
+        assert_eq!(limits.max_concurrent_requests_per_client, 12);
+        assert_eq!(limits.min_body_rate, 4096);
+        assert_eq!(limits.body_rate_grace, cfg::Duration::from_secs(2));
+
+        let bad = spec(serde_json::json!({
+            "target": {"service": "bank-api", "port": 80},
+            "enforcer": {"clientLimits": {"maxConnections": 0, "bodyRateGrace": "soon"}},
+        }));
+        let errors = render(input(&bad, Vec::new())).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(
+            fields.contains(&"spec.enforcer.clientLimits.bodyRateGrace")
+                && fields.contains(&"spec.enforcer.clientLimits.maxConnections"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn scale_out_renders_peers_found_by_the_headless_service() {
+        let plain = spec(serde_json::json!({"target": {"service": "bank-api", "port": 80}}));
+        let rendered = render(input(&plain, Vec::new())).unwrap();
+        assert_eq!(
+            cfg::parse_yaml(&rendered.data[CONFIG_KEY]).unwrap().peers,
+            None
+        );
+
+        let spread = spec(serde_json::json!({
+            "target": {"service": "bank-api", "port": 80},
+            "enforcer": {"scaleOut": {"secretRef": {"name": "bank-peers", "key": "key"}}},
+        }));
+        let rendered = render(input(&spread, Vec::new())).unwrap();
+        let peers = cfg::parse_yaml(&rendered.data[CONFIG_KEY])
+            .unwrap()
+            .peers
+            .unwrap();
+        assert_eq!(peers.listen.to_string(), "0.0.0.0:8444");
+        assert_eq!(peers.advertise, "${POD_IP}:8444");
+        let dns = peers.dns.unwrap();
+        assert_eq!(
+            (dns.name.as_str(), dns.port),
+            ("bank-api-enforcer-peers.bank.svc", 8444)
+        );
+        assert_eq!(
+            peers.secret_file.as_deref(),
+            Some(std::path::Path::new("/etc/ordo/peers/key"))
+        );
+        assert!(peers.r#static.is_empty() && peers.secret.is_none());
+    }
+
+    #[test]
     fn jwks_renders_a_mounted_file_or_a_uri_with_issuer_and_audience() {
         let mounted = jwt_spec(serde_json::json!({
             "jwks": {"configMapKeyRef": {"name": "idp-keys", "key": "jwks.json"}},
@@ -775,6 +899,37 @@ mod tests {
         );
         assert_eq!(rendered.hash, hash_data(&rendered.data));
         assert_eq!(rendered.hash.len(), 64);
+    }
+
+    #[test]
+    fn detector_quarantine_renders_with_its_default_and_is_validated() {
+        let quarantined = spec(
+            serde_json::json!({"target": {"service": "bank-api", "port": 80},
+            "detectors": {"enumeration": {"action": "Block", "quarantine": "1h"},
+                          "volume": {"quarantine": "0s"}}}),
+        );
+        let config = render(input(&quarantined, vec![])).unwrap().config;
+        let d = &config.detectors;
+        assert_eq!(
+            d.enumeration.quarantine,
+            Some(cfg::Duration::from_secs(3600))
+        );
+        assert_eq!(d.volume.quarantine, Some(cfg::Duration::from_secs(0)));
+        assert_eq!(
+            d.credential_stuffing.quarantine, None,
+            "the detector's default"
+        );
+        let bad = spec(
+            serde_json::json!({"target": {"service": "bank-api", "port": 80},
+            "detectors": {"enumeration": {"quarantine": "soon"}}}),
+        );
+        let errors = render(input(&bad, vec![])).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == "spec.detectors.enumeration.quarantine"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -8,10 +8,11 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
-    ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount, VolumeProjection,
+    EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, SleepAction, Sysctl,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -208,6 +209,59 @@ pub fn deployment(
             mount("jwks-ca", names::JWKS_CA_MOUNT, config_map_volume(&r.name));
         }
     }
+    let scale_out = spec.enforcer.scale_out.as_ref();
+    if let Some(scale_out) = scale_out {
+        mount(
+            "peers-key",
+            names::PEERS_MOUNT,
+            secret_volume(&scale_out.secret_ref.name),
+        );
+    }
+    let mut env = vec![EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }];
+    let mut container_ports = vec![
+        ContainerPort {
+            name: Some(ports.proxy_name.clone()),
+            container_port: i32::from(ports.proxy),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("admin".into()),
+            container_port: i32::from(ports.admin),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        },
+    ];
+    if scale_out.is_some() {
+        // The replica's address as the others reach it (`peers.advertise`).
+        env.push(EnvVar {
+            name: "POD_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+        container_ports.push(ContainerPort {
+            name: Some(names::PEERS_PORT_NAME.into()),
+            container_port: i32::from(names::peers_port(ports.proxy, ports.admin)),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -232,32 +286,9 @@ pub fn deployment(
             "--config".into(),
             format!("{}/{}", names::CONFIG_MOUNT, names::CONFIG_KEY),
         ]),
-        env: Some(vec![EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some(ports.proxy_name.clone()),
-                container_port: i32::from(ports.proxy),
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("admin".into()),
-                container_port: i32::from(ports.admin),
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
-        readiness_probe: Some(probe("/readyz", 5)),
+        env: Some(env),
+        ports: Some(container_ports),
+        readiness_probe: Some(probe("/readyz", READINESS_PERIOD_SECONDS)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources: Some(
             spec.enforcer
@@ -280,6 +311,19 @@ pub fn deployment(
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        // A deleted Pod stays in the Service's endpoints until every kube-proxy has seen the
+        // change, and the enforcer stops accepting as soon as it gets SIGTERM: new connections
+        // in between were refused (measured by tests/tests/e2e_node.rs). The kubelet's own
+        // sleep (no shell in the image) keeps it serving while the endpoints catch up.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ..Container::default()
     };
     // A non-root process may bind a port below 1024 only with this (namespaced, "safe") sysctl.
@@ -332,7 +376,7 @@ pub fn deployment(
                     }),
                     containers: vec![container],
                     volumes: Some(volumes),
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     ..PodSpec::default()
                 }),
             },
@@ -341,6 +385,20 @@ pub fn deployment(
         ..Deployment::default()
     }
 }
+
+/// Seconds a terminating enforcer keeps serving before it gets SIGTERM (see the container's
+/// `lifecycle`); well within the Pod's termination grace period. With one replica the
+/// deleted Pod is the only endpoint until its replacement is Ready (start-up plus one
+/// readiness period) and every kube-proxy has seen that: 5 s was measured to be too short
+/// by tests/tests/e2e_node.rs (a replacement Ready after 5.8 s, 4 of 202 requests refused).
+const PRE_STOP_SLEEP_SECONDS: i64 = 10;
+
+/// The Pod's termination grace period: the pre-stop sleep, then up to the enforcer's default
+/// `limits.shutdownGrace` (20 s) to finish in-flight requests, with room to spare.
+const TERMINATION_GRACE_SECONDS: i64 = 40;
+
+/// Readiness probe period: a replacement Pod takes traffic at most this long after it can.
+const READINESS_PERIOD_SECONDS: i32 = 2;
 
 fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
@@ -384,6 +442,29 @@ pub fn origin_service(
             type_: Some("ClusterIP".into()),
             selector: Some(selector.clone()),
             ports: Some(copy_ports(ports)),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// `<name>-enforcer-peers`: the ready enforcer pods by DNS (headless, no not-ready
+/// addresses), for the replicas to find each other (`spec.enforcer.scaleOut`).
+pub fn peers_service(names: &Names, owner: &OwnerReference, ports: &EnforcerPorts) -> Service {
+    let port = names::peers_port(ports.proxy, ports.admin);
+    Service {
+        metadata: meta(names, names.peers_service(), owner),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(false),
+            selector: Some(names.selector()),
+            ports: Some(vec![ServicePort {
+                name: Some(names::PEERS_PORT_NAME.into()),
+                port: i32::from(port),
+                target_port: Some(IntOrString::String(names::PEERS_PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -551,6 +632,89 @@ mod tests {
     }
 
     #[test]
+    fn scale_out_mounts_the_key_and_opens_the_peers_port() {
+        let plain = pod_of(&spec());
+        let container = &plain.containers[0];
+        assert!(
+            !container
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.name == "POD_IP")
+        );
+        assert_eq!(container.ports.as_ref().unwrap().len(), 2);
+
+        let spread: ApiProtectionSpec = serde_json::from_value(serde_json::json!({
+            "target": {"service": "bank-api", "port": "http"},
+            "enforcer": {"scaleOut": {"secretRef": {"name": "bank-peers", "key": "key"}}},
+        }))
+        .unwrap();
+        let pod = pod_of(&spread);
+        let container = &pod.containers[0];
+        let pod_ip = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "POD_IP")
+            .unwrap();
+        assert_eq!(
+            pod_ip
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "status.podIP"
+        );
+        let port = container
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| p.name.as_deref() == Some("peers"))
+            .unwrap();
+        assert_eq!(port.container_port, 8444);
+        let mount = container
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == "/etc/ordo/peers")
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("bank-peers")
+        );
+
+        let names = Names::new("bank", "bank-api", "bank-api");
+        let owner = owner_reference("bank-api", "uid-1");
+        // The peers port stays clear of a proxy that listens on 8444.
+        let ports = EnforcerPorts::for_target_port(&IntOrString::Int(8444));
+        let service = peers_service(&names, &owner, &ports);
+        assert_eq!(
+            service.metadata.name.as_deref(),
+            Some("bank-api-enforcer-peers")
+        );
+        let spec = service.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(false));
+        assert_eq!(spec.selector, Some(names.selector()));
+        assert_eq!(spec.ports.unwrap()[0].port, 8445);
+    }
+
+    #[test]
     fn deployment_is_hardened() {
         let names = Names::new("bank", "bank-api", "bank-api");
         let owner = owner_reference("bank-api", "uid-1");
@@ -590,6 +754,18 @@ mod tests {
             sc.capabilities.unwrap().drop.unwrap(),
             vec!["ALL".to_owned()]
         );
+        // Keeps serving while a deletion reaches every kube-proxy, within the grace period.
+        let sleep = c
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .as_ref();
+        let grace = pod.termination_grace_period_seconds.unwrap();
+        assert!(sleep.is_some_and(|s| s.seconds > 0 && s.seconds < grace));
         assert_eq!(
             c.readiness_probe
                 .as_ref()

@@ -6,9 +6,10 @@ use k8s_openapi::jiff::Timestamp;
 use ordo_enforcer::model::{LearnedModel, SESSION_START};
 use ordo_enforcer::report::IncidentReport;
 
+use crate::crd::limits::MAX_STATUS_POSTURE;
 use crate::crd::{
-    Confidence, EndpointStatus, IncidentStatus, ModelSummary, SequenceStatus, Severity,
-    SuggestedRule, Totals,
+    Confidence, EndpointStatus, IncidentStatus, ModelSummary, PostureStatus, SequenceStatus,
+    Severity, SuggestedRule, Totals,
 };
 use crate::reports::state::{PersistedState, truncate};
 
@@ -34,6 +35,7 @@ const CREDIBILITY: f64 = 0.95;
 pub struct ReportPart {
     pub model: Option<ModelSummary>,
     pub endpoints: Vec<EndpointStatus>,
+    pub posture: Vec<PostureStatus>,
     pub top_sequences: Vec<SequenceStatus>,
     pub suggested_rules: Vec<SuggestedRule>,
     pub incidents: Vec<IncidentStatus>,
@@ -165,9 +167,19 @@ pub fn report_part(
         incidents: saturating_i64(state.incidents_seen),
         open_incidents: saturating_i64(open as u64),
     };
+    let posture = ordo_enforcer::model::exposure::posture(model, MAX_STATUS_POSTURE as usize)
+        .into_iter()
+        .map(|p| PostureStatus {
+            operation: truncate(&p.operation, 500),
+            answers: saturating_i64(p.answers),
+            unauthenticated_answers: saturating_i64(p.anonymous_answers),
+            sensitive_classes: p.sensitive_classes.into_keys().collect(),
+        })
+        .collect();
     ReportPart {
         model: Some(model_summary),
         endpoints,
+        posture,
         top_sequences,
         suggested_rules,
         incidents,
