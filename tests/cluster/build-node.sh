@@ -126,11 +126,27 @@ build() {
     log "$name: built in $((SECONDS - start))s"
 }
 
+# kubelet and kube-proxy share most of their packages with the control plane (client-go,
+# apiserver, grpc, otel, golang.org/x/*). Go reuses a compiled package from the build cache
+# only when the package and everything below it are the same versions: one differing
+# golang.org/x/sys rebuilds nearly all of Kubernetes (a cold kube-proxy took 17 min that way).
+# So every module the node binaries compile must be at the control plane's version.
+shared_versions_check() {
+    local format='{{.Path}} {{if .Replace}}{{.Replace.Version}}{{else}}{{.Version}}{{end}}' mismatched
+    mismatched="$(join <(go list -m -f "$format" all | sort -u) \
+        <(cd node && go list -deps -f "{{with .Module}}$format{{end}}" \
+            k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy | sort -u) |
+        awk '$2 != $3 { print "  " $1 ": control plane " $2 ", node " $3 }')"
+    [[ -z "$mismatched" ]] ||
+        fail "node/go.mod resolves modules to other versions than go.mod, so the node build could not reuse the control plane's compiled packages; raise them in node/go.mod (go get MODULE@VERSION) to match:"$'\n'"$mismatched"
+}
+
 start_all=$SECONDS
 log "Go $(go env GOVERSION); building kubelet and kube-proxy $k8s_version, containerd $containerd_version into $bin_dir"
 for module in node containerd; do
     (cd "$module" && go mod download) || fail "go mod download failed in $module (module proxy: $(go env GOPROXY))"
 done
+shared_versions_check
 # The control plane's packages are in the Go build cache already: the Kubernetes ones first.
 build node kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$k8s_ldflags"
 build node kubelet k8s.io/kubernetes/cmd/kubelet "$k8s_ldflags"

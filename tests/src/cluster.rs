@@ -17,6 +17,7 @@
 
 pub mod binaries;
 mod components;
+pub mod dns;
 mod kubeconfig;
 pub mod node;
 pub mod pki;
@@ -61,6 +62,10 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Options {
     /// A real node (see [`node`]), when set.
     pub node: Option<NodeOptions>,
+    /// Requests per second kube-controller-manager and kube-scheduler may send to the API
+    /// server (`--kube-api-qps`; burst twice that). Their default, 20, makes the controllers
+    /// the bottleneck when a benchmark creates a thousand Deployments at once; none keeps it.
+    pub api_qps: Option<u32>,
 }
 
 /// The real node's binaries and the images to import into it.
@@ -80,7 +85,16 @@ pub struct TestCluster {
     kubeconfig: PathBuf,
     server: String,
     supervisor: Mutex<Supervisor>,
+    /// The real node's DNS responder, when there is a node.
+    dns: Mutex<Option<dns::Dns>>,
+    /// Held while the real node runs: see [`REAL_NODE_LOCK`].
+    node_lock: Mutex<Option<std::fs::File>>,
 }
+
+/// One real node at a time per machine: kube-proxy programs the host's iptables (its
+/// `KUBE-*` chains are global to the network namespace) and its cleanup removes them, so a
+/// second node would fight over the same chains. Another cluster's node is waited for.
+const REAL_NODE_LOCK: &str = "/run/lock/ordo-real-node.lock";
 
 static SHARED: OnceCell<TestCluster> = OnceCell::const_new();
 
@@ -162,6 +176,12 @@ impl TestCluster {
             dir: dir.clone(),
             bin_dir: bin_dir.clone(),
             ports,
+            apiserver_bind: if options.node.is_some() {
+                "0.0.0.0"
+            } else {
+                "127.0.0.1"
+            },
+            api_qps: options.api_qps,
             admin_kubeconfig: dir.join("kubeconfig"),
             controller_manager_kubeconfig: dir.join("controller-manager.kubeconfig"),
             scheduler_kubeconfig: dir.join("scheduler.kubeconfig"),
@@ -196,6 +216,8 @@ impl TestCluster {
             kubeconfig: layout.admin_kubeconfig.clone(),
             server,
             supervisor: Mutex::new(supervisor),
+            dns: Mutex::new(None),
+            node_lock: Mutex::new(None),
         };
         let deadline = started + START_TIMEOUT;
         cluster.boot(&layout, deadline).await?;
@@ -308,6 +330,7 @@ impl TestCluster {
         deadline: Instant,
     ) -> anyhow::Result<()> {
         let bin_dir = node::verify_node_bin_dir(&options.bin_dir)?;
+        *self.node_lock.lock() = Some(lock_real_node(deadline).await?);
         let kubeconfig = layout.dir.join("node.kubeconfig");
         kubeconfig::write(
             &kubeconfig,
@@ -316,11 +339,24 @@ impl TestCluster {
             &format!("system:node:{REAL_NODE_NAME}"),
             &layout.creds.node,
         )?;
-        let l = node::NodeLayout::new(&layout.dir, &bin_dir, &layout.creds.ca.cert, &kubeconfig)?;
+        let l = node::NodeLayout::new(
+            &layout.dir,
+            &bin_dir,
+            &layout.creds.ca.cert,
+            &kubeconfig,
+            &self.kubeconfig,
+            layout.ports.apiserver,
+        )?;
         self.supervisor
             .lock()
             .add_cleanup("node", &node::cleanup_script(&l))?;
         node::prepare(&l)?;
+        let gateway: std::net::IpAddr =
+            l.gateway().parse().context("the node's gateway address")?;
+        *self.dns.lock() = Some(dns::Dns::start(
+            std::net::SocketAddr::new(gateway, 53),
+            self.kubeconfig.clone(),
+        )?);
         let (program, args) = node::containerd_command(&l)?;
         let containerd = self.spawn_program("containerd", &program, &args, &[])?;
         let socket = l.socket();
@@ -353,7 +389,53 @@ impl TestCluster {
                     .map(drop))
             }
         })
+        .await?;
+        // In-cluster clients (the operator Pods) reach the API server as the `kubernetes`
+        // Service: its endpoint is the gateway, where the API server's port is open to the
+        // Pods (the reconciler is off, so the harness writes it).
+        self.apply_kubernetes_endpoint(&l.gateway(), layout.ports.apiserver)
+            .await?;
+        // kube-proxy after the Node exists (it reads the node's addresses from it); healthy
+        // once it has programmed the Services at least once.
+        let (program, args) = node::kube_proxy_command(&l)?;
+        self.spawn_program("kube-proxy", &program, &args, &[])?;
+        let port = l.proxy_healthz_port;
+        self.wait_for(
+            "kube-proxy /healthz",
+            "kube-proxy",
+            deadline,
+            || async move { Ok((http_status(port, "/healthz").await? == 200).then_some(())) },
+        )
         .await
+    }
+
+    /// The EndpointSlice of the `kubernetes` Service: `address:port`.
+    async fn apply_kubernetes_endpoint(&self, address: &str, port: u16) -> anyhow::Result<()> {
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "kubernetes-real-node",
+                    "namespace": "default",
+                    "labels": { "kubernetes.io/service-name": "kubernetes" },
+                },
+                "addressType": "IPv4",
+                "endpoints": [{ "addresses": [address], "conditions": { "ready": true } }],
+                "ports": [{ "name": "https", "port": port, "protocol": "TCP" }],
+            }))
+            .context("the kubernetes EndpointSlice")?;
+        let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+            Api::namespaced(self.client().await?, "default");
+        slices
+            .patch(
+                "kubernetes-real-node",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&slice),
+            )
+            .await
+            .context("applying the kubernetes Service's EndpointSlice")?;
+        Ok(())
     }
 
     /// Polls `probe` until it yields a value, failing early when any component exits and,
@@ -513,6 +595,46 @@ impl TestCluster {
     pub fn stop(self) {
         drop(self);
     }
+}
+
+/// Takes [`REAL_NODE_LOCK`], waiting until `deadline` while another cluster's node holds it.
+/// The lock goes with the process (the kernel releases it), whatever way it ends.
+async fn lock_real_node(deadline: Instant) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(REAL_NODE_LOCK)
+        .with_context(|| format!("opening {REAL_NODE_LOCK}"))?;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another local cluster's real node holds {REAL_NODE_LOCK}; only one may run at a time"
+            ),
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("locking {REAL_NODE_LOCK}"));
+            }
+        }
+    }
+}
+
+/// The status code of `GET path` on `127.0.0.1:port` (plain HTTP/1.0).
+async fn http_status(port: u16, path: &str) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    let text = String::from_utf8_lossy(&head);
+    text.get(9..12)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP status line: {text:?}"))
 }
 
 /// A component failed because a port picked for it was taken by someone else meanwhile.

@@ -45,40 +45,67 @@ pub async fn setup(prefix: &str) -> anyhow::Result<(&'static TestCluster, Client
 pub fn binaries() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut command = Command::new(cargo);
-            for (name, _) in std::env::vars_os() {
-                let Some(name) = name.to_str() else {
-                    continue;
-                };
-                if TEST_PROCESS_VARIABLES.contains(&name)
-                    || name.starts_with("CARGO_PKG_")
-                    || name.starts_with("CARGO_BIN_")
-                {
-                    command.env_remove(name);
-                }
-            }
-            let status = command
-                .current_dir(workspace_root())
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "ordo-operator",
-                    "-p",
-                    "ordo-enforcer",
-                    "--bins",
-                ])
-                .status()
-                .map_err(|e| format!("running cargo build: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build of the binaries failed: {status}"));
-            }
-            Ok(target_dir().join("debug"))
-        })
+        .get_or_init(|| cargo_build(&["ordo-operator", "ordo-enforcer"]))
         .clone()
         .map_err(|e| anyhow!(e))
+}
+
+/// Builds the debug `ordo-sample-bank` (the simulator's bank as a server, for a Pod) once
+/// per test binary, with the other binaries of ordo-tests, and returns its path.
+pub fn sample_bank_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| cargo_build(&["ordo-tests"]))
+        .clone()
+        .map(|dir| dir.join("ordo-sample-bank"))
+        .map_err(|e| anyhow!(e))
+}
+
+/// Builds the debug `kubectl-ordo` plugin once per test binary and returns its path (a
+/// separate build from [`binaries`], so that the suites that do not run it do not wait for
+/// it).
+pub fn plugin_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| cargo_build(&["kubectl-ordo"]))
+        .clone()
+        .map(|dir| dir.join("kubectl-ordo"))
+        .map_err(|e| anyhow!(e))
+}
+
+/// `cargo build --bins` of `packages` without the test process's Cargo variables (see
+/// [`binaries`]); the directory of the binaries.
+fn cargo_build(packages: &[&str]) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if TEST_PROCESS_VARIABLES.contains(&name)
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+        .current_dir(workspace_root())
+        .args(["build", "--quiet"]);
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    let status = command
+        .arg("--bins")
+        .status()
+        .map_err(|e| format!("running cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "cargo build of {} failed: {status}",
+            packages.join(", ")
+        ));
+    }
+    Ok(target_dir().join("debug"))
 }
 
 /// Variables Cargo sets for a test process (besides `CARGO_PKG_*` and `CARGO_BIN_*`) that a
@@ -101,13 +128,22 @@ const TEST_PROCESS_VARIABLES: &[&str] = &[
 /// test suite; their debug sections are stripped first (`objcopy --strip-debug`), since a
 /// layer of several hundred MiB only slows the import. Needs root, as `scripts/images` does.
 pub fn debug_image(name: &str) -> anyhow::Result<PathBuf> {
-    let binary = binaries()?.join(name);
-    let dir = target_dir().join("e2e-images");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let binary = match name {
+        "ordo-sample-bank" => sample_bank_binary()?,
+        _ => binaries()?.join(name),
+    };
+    assemble_image(name, &binary, &target_dir().join("e2e-images"))
+}
+
+/// The image `name` assembled by `scripts/images assemble` from `binary` (its debug sections
+/// stripped first) into `dir/<name>.oci.tar`, named and tagged as the release image. Needs
+/// root, as `scripts/images` does.
+pub fn assemble_image(name: &str, binary: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let stripped = dir.join(name);
     let status = Command::new("objcopy")
         .arg("--strip-debug")
-        .arg(&binary)
+        .arg(binary)
         .arg(&stripped)
         .status()
         .context("running objcopy (binutils)")?;
@@ -201,11 +237,25 @@ pub fn yaml_documents(text: &str) -> anyhow::Result<Vec<serde_json::Value>> {
 pub fn file_tail(path: &Path, lines: usize) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
+            // A panic's or an error's backtrace would fill the tail with frames and push out
+            // the message that says what happened: the frames are left out.
+            let all: Vec<&str> = text.lines().filter(|l| !is_backtrace_frame(l)).collect();
             strip_ansi(&all[all.len().saturating_sub(lines)..].join("\n"))
         }
         Err(err) => format!("(no log at {}: {err})", path.display()),
     }
+}
+
+/// A line of a Rust backtrace: `  12: function` or `             at file:line`.
+fn is_backtrace_frame(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    if trimmed.len() == line.len() {
+        return false;
+    }
+    trimmed.starts_with("at ")
+        || trimmed
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// `text` without ANSI escape sequences (`ESC [ ... letter`), which tracing writes even
@@ -532,7 +582,7 @@ async fn objects_report(cluster: &TestCluster, namespace: &str) -> anyhow::Resul
 
 #[cfg(test)]
 mod tests {
-    use super::strip_ansi;
+    use super::{file_tail, is_backtrace_frame, strip_ansi};
 
     #[test]
     fn colour_codes_are_removed_and_text_kept() {
@@ -541,5 +591,27 @@ mod tests {
             "2026-12-06T16:06:21Z  INFO leading"
         );
         assert_eq!(strip_ansi("plain [text]"), "plain [text]");
+    }
+
+    #[test]
+    fn a_panic_message_stays_in_the_tail_without_its_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("op.log");
+        let mut text = String::from(
+            "INFO started\nthread 'main' panicked at src/x.rs:1:2:\nboom\nstack backtrace:\n",
+        );
+        for i in 0..60 {
+            text.push_str(&format!(
+                "  {i}: frame::f{i}\n             at /src/f.rs:{i}:1\n"
+            ));
+        }
+        std::fs::write(&log, text).unwrap();
+        let tail = file_tail(&log, 3);
+        assert_eq!(
+            tail,
+            "thread 'main' panicked at src/x.rs:1:2:\nboom\nstack backtrace:"
+        );
+        assert!(!is_backtrace_frame("2026-12-06T16:06:21Z  INFO a: b"));
+        assert!(!is_backtrace_frame("error: 12: not a frame"));
     }
 }

@@ -103,6 +103,15 @@ async fn simulator_attacks_are_caught_and_honest_sessions_are_not() {
         report.benign_flag_reasons
     );
 
+    // The long tail: the rare operations (a yearly statement, an e-mail change) succeeded
+    // twice each while learning, fewer times than the inventory threshold, and the card view
+    // came with a release after maturity; no honest request to either is refused.
+    assert_eq!(report.rare_learning, 4, "{report}");
+    assert!(report.rare.requests > 0, "{report}");
+    assert_eq!(report.rare.refused, 0, "{report}");
+    assert!(report.released.requests > 0, "{report}");
+    assert_eq!(report.released.refused, 0, "{report}");
+
     // Incidents explain themselves with the learned baseline.
     let summaries: Vec<&str> = report
         .incidents

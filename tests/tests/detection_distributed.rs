@@ -90,9 +90,19 @@ async fn stuffing_spread_over_many_addresses_is_caught() {
         let stuffing = incident["kinds"]
             .as_array()
             .is_some_and(|k| k.iter().any(|k| k == "CredentialStuffing"));
-        if let Some(client) = incident["client"].as_str().and_then(|c| c.parse().ok())
-            && stuffing
+        // A campaign's incident lists its addresses; other incidents name one.
+        let mut clients: Vec<IpAddr> = incident["clients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().and_then(|c| c.parse().ok()))
+            .collect();
+        if clients.is_empty()
+            && let Some(client) = incident["client"].as_str().and_then(|c| c.parse().ok())
         {
+            clients.push(client);
+        }
+        for client in clients.into_iter().filter(|_| stuffing) {
             summaries
                 .entry(client)
                 .or_default()
@@ -161,6 +171,23 @@ async fn stuffing_spread_over_many_addresses_is_caught() {
             .all(|s| s.contains("the learned failure rate is")
                 && s.contains("already failed for another identity")),
         "{surge_summaries:?}"
+    );
+
+    // After the answers, the addresses whose tries failed during the surge and that did not
+    // log in after it are named in one campaign incident (never an honest customer: above).
+    let named = stuffing
+        .iter()
+        .filter(|j| {
+            summaries.get(&IpAddr::V4(j.client)).is_some_and(|s| {
+                s.iter()
+                    .any(|s| s.starts_with("Credential-stuffing campaign"))
+            })
+        })
+        .count();
+    println!("campaign incident: {named} of {STUFFING_ADDRESSES} stuffing addresses named");
+    assert!(
+        named * 2 >= STUFFING_ADDRESSES,
+        "{named} named: {summaries:?}"
     );
 
     // Spraying one identity: once it failed from 4 addresses, further attempts are blocked.

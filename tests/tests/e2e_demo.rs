@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ordo_tests::demo::run::{DemoReport, Options, run};
+use ordo_tests::demo::run::{DemoReport, Options, Platform, run};
 use ordo_tests::e2e;
 use ordo_tests::sim::journeys::AttackKind;
 
@@ -22,7 +22,14 @@ async fn demo_shows_what_ordo_catches() {
         .await
         .unwrap()
         .unwrap();
+    // The demo's last section runs the kubectl plugin when it is built.
+    tokio::task::spawn_blocking(e2e::plugin_binary)
+        .await
+        .unwrap()
+        .unwrap();
     let report = run(Options {
+        platform: Platform::Local,
+        why_local: Some("the test of the local mode".into()),
         keep: false,
         build: false,
         debug: true,
@@ -37,8 +44,54 @@ async fn demo_shows_what_ordo_catches() {
     check(&report);
 }
 
+/// The demo on the local cluster's real node (what `scripts/demo` runs where the machine
+/// supports it): the chart, the enforcers and the bank in Pods, the traffic through the
+/// ClusterIP. The same checks as the local mode. Ignored by default, like
+/// `tests/tests/e2e_node.rs` (root, tests/cluster/build-node.sh and helm); scripts/test's
+/// real-node tier runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs root, tests/cluster/build-node.sh and build-helm.sh; run with --ignored"]
+async fn demo_on_the_real_node_shows_what_ordo_catches() {
+    if let Some(reason) = ordo_tests::demo::node::unsupported() {
+        panic!("this machine cannot run the real node: {reason}");
+    }
+    tokio::task::spawn_blocking(|| {
+        e2e::binaries()?;
+        e2e::sample_bank_binary()?;
+        e2e::plugin_binary()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let report = run(Options {
+        platform: Platform::Node,
+        why_local: None,
+        keep: false,
+        build: false,
+        debug: true,
+        seed: 42,
+        max_learning: Duration::from_secs(420),
+        k8s_bin_dir: std::env::var_os("ORDO_K8S_BIN").map(PathBuf::from),
+        verify: Some(check),
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.platform, Some(Platform::Node));
+    check(&report);
+}
+
 /// What the demo shows a user is true.
 fn check(report: &DemoReport) {
+    let plugin = report
+        .plugin_status
+        .as_deref()
+        .expect("the demo did not run kubectl ordo");
+    for wanted in ["bank-api", "Enforce", "Incidents:", "Blocked:"] {
+        assert!(
+            plugin.contains(wanted),
+            "kubectl ordo status lacks {wanted:?}:\n{plugin}"
+        );
+    }
     assert!(
         report.taken_over,
         "the operator did not take Service bank-api over"

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -25,112 +25,24 @@ use kube::api::{ApiResource, DynamicObject, ListParams, PostParams};
 use kube::{Api, Client};
 use ordo_tests::cluster::{self, TestCluster};
 use ordo_tests::e2e::{self, Diagnostics, or_seen, yaml_documents};
+use ordo_tests::helm::{self, COMMAND_TIMEOUT, Helm};
 use tokio::io::AsyncWriteExt;
 
-/// Longest a single helm or kubectl invocation may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest the operator Deployment may take to become Available after install.
 const AVAILABLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Longest the operator run by `operator_works_with_exactly_the_chart_rbac` may take per step.
 const OPERATOR_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn chart_dir() -> PathBuf {
-    cluster::workspace_root().join("charts/ordo")
+    helm::chart_dir()
 }
 
-/// The helm release pinned in tests/cluster/helm/go.mod.
 fn pinned_helm_version() -> String {
-    cluster::binaries::pinned_go_module_version("helm", "helm.sh/helm/v3").unwrap()
+    helm::pinned_version().unwrap()
 }
 
-/// `$ORDO_HELM`, else `${ORDO_CACHE:-$HOME/.cache/ordo}/helm-<version>/bin/helm` (where
-/// build-helm.sh puts it).
 fn helm_path() -> PathBuf {
-    cluster::binaries::go_tool_path("helm", "helm.sh/helm/v3", "ORDO_HELM").unwrap()
-}
-
-/// A helm with its own config/cache/data directories (nothing of the user's is read or
-/// written) and, when given, the test cluster's kubeconfig.
-struct Helm {
-    bin: PathBuf,
-    home: tempfile::TempDir,
-    kubeconfig: Option<PathBuf>,
-}
-
-impl Helm {
-    /// Fails the test, with the command to run, when helm has not been built.
-    fn new() -> Self {
-        let bin = helm_path();
-        let executable = std::fs::metadata(&bin).is_ok_and(|m| {
-            use std::os::unix::fs::PermissionsExt;
-            m.is_file() && m.permissions().mode() & 0o111 != 0
-        });
-        assert!(
-            executable,
-            "helm {} is not built: {} is missing. Run `tests/cluster/build-helm.sh` (it builds helm \
-             from the Go module proxy into that cache), or point ORDO_HELM at a helm 3 binary.",
-            pinned_helm_version(),
-            bin.display()
-        );
-        Self {
-            bin,
-            home: tempfile::tempdir().unwrap(),
-            kubeconfig: None,
-        }
-    }
-
-    fn for_cluster(cluster: &TestCluster) -> Self {
-        Self {
-            kubeconfig: Some(cluster.kubeconfig_path().to_path_buf()),
-            ..Self::new()
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.bin);
-        command
-            .args(args)
-            .env("HELM_CACHE_HOME", self.home.path().join("cache"))
-            .env("HELM_CONFIG_HOME", self.home.path().join("config"))
-            .env("HELM_DATA_HOME", self.home.path().join("data"))
-            .env_remove("HELM_NAMESPACE")
-            .env_remove("HELM_KUBECONTEXT")
-            .kill_on_drop(true)
-            .stdin(Stdio::null());
-        match &self.kubeconfig {
-            Some(kubeconfig) => command.env("KUBECONFIG", kubeconfig),
-            // Offline commands must not reach any cluster.
-            None => command.env("KUBECONFIG", self.home.path().join("no-kubeconfig")),
-        };
-        command
-    }
-
-    /// Runs helm and returns its output, whatever the exit status.
-    async fn output(&self, args: &[&str]) -> Output {
-        let child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("helm {args:?} did not finish within {COMMAND_TIMEOUT:?}"))
-            .unwrap()
-    }
-
-    /// Runs helm, fails the test when it fails, and returns its stdout.
-    async fn run(&self, args: &[&str]) -> String {
-        let out = self.output(args).await;
-        assert!(
-            out.status.success(),
-            "helm {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
+    helm::path().unwrap()
 }
 
 /// Value sets every check runs with: the defaults and the variants that change what renders.
@@ -177,14 +89,17 @@ fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Va
 
 #[tokio::test]
 async fn helm_reports_the_pinned_release() {
-    let helm = Helm::new();
-    let version = helm.run(&["version", "--template", "{{ .Version }}"]).await;
+    let helm = Helm::new().unwrap();
+    let version = helm
+        .run(&["version", "--template", "{{ .Version }}"])
+        .await
+        .unwrap();
     assert_eq!(version, pinned_helm_version());
 }
 
 #[tokio::test]
 async fn chart_lints_strictly_with_every_value_set() {
-    let helm = Helm::new();
+    let helm = Helm::new().unwrap();
     let chart = chart_dir();
     for (name, args) in VALUE_SETS.iter().chain(&[
         ("cert-manager", &["--set", "certManager.enabled=true"][..]),
@@ -196,7 +111,7 @@ async fn chart_lints_strictly_with_every_value_set() {
     ]) {
         let mut full = vec!["lint", "--strict", chart.to_str().unwrap()];
         full.extend_from_slice(args);
-        let out = helm.run(&full).await;
+        let out = helm.run(&full).await.unwrap();
         assert!(
             out.contains("1 chart(s) linted, 0 chart(s) failed"),
             "{name}: {out}"
@@ -209,7 +124,7 @@ async fn chart_lints_strictly_with_every_value_set() {
 /// ones, also in a packaged chart.
 #[tokio::test]
 async fn chart_ships_exactly_the_generated_crds() {
-    let helm = Helm::new();
+    let helm = Helm::new().unwrap();
     let crds_dir = cluster::workspace_root().join("crds");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&crds_dir)
         .unwrap()
@@ -234,7 +149,8 @@ async fn chart_ships_exactly_the_generated_crds() {
         "--destination",
         out_dir.path().to_str().unwrap(),
     ])
-    .await;
+    .await
+    .unwrap();
     let package = std::fs::read_dir(out_dir.path())
         .unwrap()
         .next()
@@ -251,7 +167,8 @@ async fn chart_ships_exactly_the_generated_crds() {
                 chart.to_str().unwrap(),
                 "--include-crds",
             ])
-            .await;
+            .await
+            .unwrap();
         let docs = yaml_documents(&rendered).unwrap();
         let shipped = find(&docs, "CustomResourceDefinition");
         let name = |d: &serde_json::Value| {
@@ -281,7 +198,7 @@ async fn chart_ships_exactly_the_generated_crds() {
 /// before anything reaches the cluster.
 #[tokio::test]
 async fn invalid_values_are_rejected_by_the_schema() {
-    let helm = Helm::new();
+    let helm = Helm::new().unwrap();
     let chart = chart_dir();
     let cases: &[(&[&str], &str)] = &[
         (&["--set", "replicaCount=0"], "/replicaCount"),
@@ -326,7 +243,7 @@ async fn invalid_values_are_rejected_by_the_schema() {
     for (args, path) in cases {
         let mut full = vec!["template", "ordo", chart.to_str().unwrap()];
         full.extend_from_slice(args);
-        let out = helm.output(&full).await;
+        let out = helm.output(&full).await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(
@@ -340,7 +257,7 @@ async fn invalid_values_are_rejected_by_the_schema() {
     let cluster = cluster::shared().await.unwrap();
     let namespace = cluster.namespace("helm-invalid").await.unwrap();
     let diagnostics = Diagnostics::new(cluster, &namespace);
-    let helm = Helm::for_cluster(cluster);
+    let helm = Helm::for_cluster(cluster).unwrap();
     let out = helm
         .output(&[
             "install",
@@ -351,12 +268,14 @@ async fn invalid_values_are_rejected_by_the_schema() {
             "--set",
             "replicaCount=0",
         ])
-        .await;
+        .await
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/replicaCount"));
     let releases = helm
         .run(&["list", "--all", "--namespace", &namespace, "--short"])
-        .await;
+        .await
+        .unwrap();
     assert_eq!(releases.trim(), "", "a failed install left a release");
     let client = cluster.client().await.unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
@@ -379,7 +298,7 @@ async fn rendered_chart_passes_a_server_side_dry_run() {
     let cluster = cluster::shared().await.unwrap();
     let namespace = cluster.namespace("helm-dry-run").await.unwrap();
     let diagnostics = Diagnostics::new(cluster, &namespace);
-    let helm = Helm::for_cluster(cluster);
+    let helm = Helm::for_cluster(cluster).unwrap();
     let chart = chart_dir();
     let watch = format!("watchNamespace={namespace}");
     let one_namespace: &[&str] = &["--set", &watch];
@@ -398,7 +317,7 @@ async fn rendered_chart_passes_a_server_side_dry_run() {
             "--include-crds",
         ];
         full.extend_from_slice(args);
-        let rendered = helm.run(&full).await;
+        let rendered = helm.run(&full).await.unwrap();
         let docs = yaml_documents(&rendered).unwrap();
         assert_eq!(find(&docs, "CustomResourceDefinition").len(), 2, "{name}");
         assert_eq!(find(&docs, "Deployment").len(), 1, "{name}");
@@ -451,7 +370,7 @@ async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
     let cluster = cluster::shared().await.unwrap();
     let namespace = cluster.namespace("helm-install").await.unwrap();
     let diagnostics = Diagnostics::new(cluster, &namespace);
-    let helm = Helm::for_cluster(cluster);
+    let helm = Helm::for_cluster(cluster).unwrap();
     let chart = chart_dir();
     let client = cluster.client().await.unwrap();
 
@@ -473,7 +392,8 @@ async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
             "--set-json",
             &only_here,
         ])
-        .await;
+        .await
+        .unwrap();
     assert!(notes.contains("STATUS: deployed"), "{notes}");
     assert!(
         notes.contains("kind: ApiProtection"),
@@ -648,7 +568,8 @@ async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
         "--set",
         "operator.logFormat=text",
     ])
-    .await;
+    .await
+    .unwrap();
     let after = secrets.get("ordo-tls").await.unwrap().data.unwrap();
     assert_eq!(after, data, "the upgrade re-issued the certificate");
     let hooks_after = webhooks.get("ordo").await.unwrap().webhooks.unwrap();
@@ -678,7 +599,8 @@ async fn helm_install_runs_the_operator_and_upgrade_keeps_its_certificate() {
         "--timeout",
         "2m",
     ])
-    .await;
+    .await
+    .unwrap();
     assert!(deployments.get_opt("ordo").await.unwrap().is_none());
     assert!(webhooks.get_opt("ordo").await.unwrap().is_none());
     assert!(
@@ -906,7 +828,7 @@ async fn helm_install_scoped_to_one_namespace_grants_only_that_namespace() {
     let namespace = cluster.namespace("helm-scoped").await.unwrap();
     let watched = cluster.namespace("helm-watched").await.unwrap();
     let diagnostics = Diagnostics::new(cluster, &namespace);
-    let helm = Helm::for_cluster(cluster);
+    let helm = Helm::for_cluster(cluster).unwrap();
     let client = cluster.client().await.unwrap();
     let watch = format!("watchNamespace={watched}");
     helm.run(&[
@@ -925,7 +847,8 @@ async fn helm_install_scoped_to_one_namespace_grants_only_that_namespace() {
         "--set",
         "leaderElection.enabled=false",
     ])
-    .await;
+    .await
+    .unwrap();
     let deployment =
         wait_available(&Api::namespaced(client.clone(), &namespace), "scoped-ordo").await;
     let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
@@ -988,7 +911,8 @@ async fn helm_install_scoped_to_one_namespace_grants_only_that_namespace() {
         "--timeout",
         "2m",
     ])
-    .await;
+    .await
+    .unwrap();
     diagnostics.passed();
 }
 
@@ -1048,7 +972,7 @@ async fn operator_works_with_exactly_the_chart_rbac() {
     let release_namespace = cluster.namespace("helm-rbac").await.unwrap();
     let app_namespace = cluster.namespace("helm-rbac-app").await.unwrap();
     let mut diagnostics = Diagnostics::new(cluster, &app_namespace);
-    let helm = Helm::for_cluster(cluster);
+    let helm = Helm::for_cluster(cluster).unwrap();
     let client = cluster.client().await.unwrap();
     let binary = tokio::task::spawn_blocking(e2e::binaries)
         .await
@@ -1069,7 +993,8 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         "--set",
         "webhook.enabled=false",
     ])
-    .await;
+    .await
+    .unwrap();
 
     // The application: a Service the operator will take over.
     let selector = std::collections::BTreeMap::from([("app".to_owned(), "bank".to_owned())]);
@@ -1272,7 +1197,8 @@ async fn operator_works_with_exactly_the_chart_rbac() {
         "--timeout",
         "2m",
     ])
-    .await;
+    .await
+    .unwrap();
     diagnostics.passed();
 }
 

@@ -1,11 +1,22 @@
-//! The ordo-enforcer image on the local cluster's real node (containerd + kubelet): it runs
-//! as the non-root user 65532 under the Deployment's security settings, proxies traffic from
-//! its Pod IP to an upstream outside the Pod, blocks an attack in Enforce mode, and refuses
-//! its admin `/v1` API to a non-loopback client without a token; killed, it is restarted by the
-//! kubelet and serves again.
+//! Ordo on the local cluster's real node (containerd, kubelet, kube-proxy in iptables mode,
+//! the harness's cluster DNS):
 //!
-//! The image is assembled from the debug binary (`ordo_tests::e2e::debug_image`), so no
-//! release build is needed; the node comes from `tests/cluster/build-node.sh`.
+//! - the ordo-enforcer image runs as the non-root user 65532 under the Deployment's security
+//!   settings, proxies traffic from its Pod IP to an upstream outside the Pod, blocks an attack
+//!   in Enforce mode, refuses its admin `/v1` API to a non-loopback client without a token, and
+//!   is restarted by the kubelet when killed;
+//! - the chart installed with helm: the operator Pods Ready as 65532, a leader elected, the
+//!   webhook called by the API server through its Service; a sample API (the simulator's bank,
+//!   in a Pod of its own) taken over by an ApiProtection, so that traffic to the Service's
+//!   ClusterIP goes through an enforcer Pod and `<service>-origin` to the app; reports reach the
+//!   leader through the report Service; Enforce blocks an attack on the ClusterIP; an enforcer
+//!   Pod deleted under traffic, the leader killed during a reconcile, enforcers scaled
+//!   1 → 3 → 1, the ApiProtection deleted and the release uninstalled.
+//!
+//! The images are assembled from debug binaries (`ordo_tests::e2e::debug_image`), so no
+//! release build is needed; the node comes from `tests/cluster/build-node.sh`. Both tests
+//! share one cluster whose real node is the only schedulable one (the operator deploys
+//! enforcers without tolerations), so the Pods the operator creates run for real.
 //!
 //! Ignored by default: it needs root and the node build (kubelet, containerd), which takes
 //! longer than the test suite may. Run it with
@@ -14,21 +25,32 @@
 // Helpers of a test binary may unwrap too: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use ordo_operator::crd::{ApiProtection, SequenceRule};
 use ordo_tests::cluster::{
-    NodeOptions, Options, REAL_NODE_NAME, REAL_NODE_TAINT, TestCluster, binaries, node,
+    NODE_NAME, NodeOptions, Options, REAL_NODE_NAME, REAL_NODE_TAINT, TestCluster, binaries, node,
 };
 use ordo_tests::e2e::{Diagnostics, debug_image, wait_for};
+use ordo_tests::helm::{self, Helm};
 use ordo_tests::sim::bank::{Directory, RunningBank};
+use tokio::sync::OnceCell;
 
 const IMAGE: &str = "ghcr.io/ordo-dev/ordo-enforcer";
 const NONROOT: &str = "65532";
@@ -89,32 +111,8 @@ rules:
     .unwrap()
 }
 
-/// Uid lines of every process in the Pod's cgroups (found by the Pod's UID, which is unique).
-fn pod_process_uids(pod_uid: &str) -> Vec<String> {
-    let output = std::process::Command::new("find")
-        .args([
-            "/sys/fs/cgroup/pids",
-            "-path",
-            &format!("*pod{pod_uid}*"),
-            "-name",
-            "cgroup.procs",
-        ])
-        .output()
-        .unwrap();
-    let mut uids = Vec::new();
-    for procs in String::from_utf8(output.stdout).unwrap().lines() {
-        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
-                uids.push(line.to_owned());
-            }
-        }
-    }
-    uids
-}
-
-/// Pids in the Pod's cgroups whose command is `comm`.
-fn pod_pids_named(pod_uid: &str, comm: &str) -> Vec<u32> {
+/// Pids of every process in the Pod's cgroups (found by the Pod's UID, which is unique).
+fn pod_pids(pod_uid: &str) -> Vec<u32> {
     let output = std::process::Command::new("find")
         .args([
             "/sys/fs/cgroup/pids",
@@ -128,22 +126,48 @@ fn pod_pids_named(pod_uid: &str, comm: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for procs in String::from_utf8(output.stdout).unwrap().lines() {
         for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if name.trim() == comm {
-                pids.push(pid.parse().unwrap());
-            }
+            pids.push(pid.parse().unwrap());
         }
     }
     pids
 }
 
-/// One HTTP/1.1 request; returns the status and the body.
-async fn request(
+/// Uid lines of every process in the Pod's cgroups.
+fn pod_process_uids(pod_uid: &str) -> Vec<String> {
+    pod_pids(pod_uid)
+        .into_iter()
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Pids in the Pod's cgroups whose command is `comm`.
+fn pod_pids_named(pod_uid: &str, comm: &str) -> Vec<u32> {
+    pod_pids(pod_uid)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == comm
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 request on a new connection; returns the status and the body, or why there
+/// was none within `timeout`.
+async fn try_request(
     method: &str,
     url: &str,
     bearer: Option<&str>,
     body: Option<serde_json::Value>,
-) -> (u16, String) {
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut builder = http::Request::builder().method(method).uri(url);
     if let Some(token) = bearer {
@@ -156,40 +180,97 @@ async fn request(
         }
         None => Full::new(Bytes::new()),
     };
-    let response = tokio::time::timeout(
-        Duration::from_secs(20),
-        client.request(builder.body(body).unwrap()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{method} {url}: no answer within 20s"))
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    let response = tokio::time::timeout(timeout, async {
+        let response = client.request(builder.body(body)?).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    })
+    .await;
+    match response {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("{method} {url}: no answer within {timeout:?}"),
+    }
+}
+
+/// One HTTP/1.1 request; returns the status and the body (panics without an answer).
+async fn request(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    try_request(method, url, bearer, body, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The images every test of this binary runs.
+const IMAGES: [&str; 3] = ["ordo-enforcer", "ordo-operator", "ordo-sample-bank"];
+
+/// The cluster with the real node shared by this binary's tests (one real node per machine
+/// at a time, see `ordo_tests::cluster`). The real node is made the only schedulable one:
+/// its taint removed and kwok's node cordoned, so that the enforcer Pods the operator
+/// creates (which tolerate no taint) run on it.
+async fn node_cluster() -> &'static TestCluster {
+    static CLUSTER: OnceCell<TestCluster> = OnceCell::const_new();
+    CLUSTER
+        .get_or_init(|| async {
+            let images = IMAGES
+                .iter()
+                .map(|name| debug_image(name).unwrap())
+                .collect();
+            let options = Options {
+                node: Some(NodeOptions {
+                    bin_dir: node::default_node_bin_dir(),
+                    images,
+                }),
+                ..Options::default()
+            };
+            let cluster = TestCluster::start_with_options(&binaries::default_bin_dir(), &options)
+                .await
+                .unwrap();
+            let nodes: Api<Node> = Api::all(cluster.client().await.unwrap());
+            nodes
+                .patch(
+                    REAL_NODE_NAME,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
+                )
+                .await
+                .unwrap();
+            nodes
+                .patch(
+                    NODE_NAME,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
+                )
+                .await
+                .unwrap();
+            cluster
+        })
+        .await
+}
+
+/// Logs of the node's components for a failure report.
+fn node_diagnostics<'a>(cluster: &'a TestCluster, namespace: &str) -> Diagnostics<'a> {
+    let mut diagnostics = Diagnostics::new(cluster, namespace);
+    for component in ["kubelet", "containerd", "kube-proxy"] {
+        diagnostics.log(
+            component,
+            &cluster.dir().join("logs").join(format!("{component}.log")),
+        );
+    }
+    diagnostics
 }
 
 #[tokio::test]
 #[ignore = "needs root and tests/cluster/build-node.sh; run with --ignored"]
 async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     let version = env!("CARGO_PKG_VERSION");
-    let archive = debug_image("ordo-enforcer").unwrap();
-    let options = Options {
-        node: Some(NodeOptions {
-            bin_dir: node::default_node_bin_dir(),
-            images: vec![archive],
-        }),
-    };
-    let cluster = TestCluster::start_with_options(&binaries::default_bin_dir(), &options)
-        .await
-        .unwrap();
+    let cluster = node_cluster().await;
     let namespace = cluster.namespace("real-node").await.unwrap();
-    let mut diagnostics = Diagnostics::new(&cluster, &namespace);
-    for component in ["kubelet", "containerd"] {
-        diagnostics.log(
-            component,
-            &cluster.dir().join("logs").join(format!("{component}.log")),
-        );
-    }
+    let diagnostics = node_diagnostics(cluster, &namespace);
     let client = cluster.client().await.unwrap();
 
     // The upstream runs on the host, at the Node's InternalIP: the bridge's gateway, which
@@ -366,5 +447,1041 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     .await;
     assert_eq!(status, 200, "login after the restart: {body}");
 
+    diagnostics.passed();
+}
+
+/// The simulator's bank in a Deployment of its own behind Service `bank` (port 80).
+fn bank_objects(version: &str) -> (Deployment, Service) {
+    let deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "bank", "labels": { "app": "bank" } },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "bank" } },
+            "template": {
+                "metadata": { "labels": { "app": "bank" } },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "securityContext": { "runAsNonRoot": true },
+                    "containers": [{
+                        "name": "bank",
+                        "image": format!("ghcr.io/ordo-dev/ordo-sample-bank:{version}"),
+                        "imagePullPolicy": "Never",
+                        "args": ["--listen", "0.0.0.0:8080", "--customers", BANK_CUSTOMERS.to_string()],
+                        "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 2 },
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "bank" },
+        "spec": {
+            "selector": { "app": "bank" },
+            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
+        },
+    }))
+    .unwrap();
+    (deployment, service)
+}
+
+/// Customers of the bank Pod; the test generates the same directory to log in with.
+const BANK_CUSTOMERS: usize = 20;
+
+/// Takeover of Service `bank`, one enforcer; the learning thresholds keep the model immature,
+/// so that in Enforce mode only the sequence rule blocks (a deterministic attack).
+fn protection() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ordo.dev/v1alpha1",
+        "kind": "ApiProtection",
+        "metadata": { "name": "bank" },
+        "spec": {
+            "target": { "service": "bank", "port": "http" },
+            "mode": "Monitor",
+            "routing": "Takeover",
+            "session": {
+                "identifiers": [
+                    { "jwtClaim": { "header": "Authorization", "claim": "sub" } },
+                    { "clientIp": {} },
+                ],
+            },
+            "clientAddress": { "source": "Socket" },
+            "enforcer": { "replicas": 1 },
+        },
+    })
+}
+
+/// The example rule: a transfer must follow a balance lookup of the same session.
+fn sequence_rule(after: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ordo.dev/v1alpha1",
+        "kind": "SequenceRule",
+        "metadata": { "name": "balance-before-transfer" },
+        "spec": {
+            "protectionRef": { "name": "bank" },
+            "priority": 100,
+            "action": "Block",
+            "requires": {
+                "operation": "POST /api/v1/transfers",
+                "after": [after],
+                "within": { "requests": 10, "duration": "10m" },
+            },
+        },
+    })
+}
+
+/// Pods matching `selector` that are Running and Ready, by name.
+async fn ready_pods(pods: &Api<Pod>, selector: &str) -> anyhow::Result<Vec<Pod>> {
+    let list = pods.list(&ListParams::default().labels(selector)).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|pod| {
+            let status = pod.status.clone().unwrap_or_default();
+            pod.metadata.deletion_timestamp.is_none()
+                && status.phase.as_deref() == Some("Running")
+                && status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .collect())
+}
+
+/// Waits until exactly `count` Pods of `selector` are Running and Ready on the real node and
+/// no other Pod of it remains; returns them.
+async fn wait_pods(pods: &Api<Pod>, selector: &str, count: usize, timeout: Duration) -> Vec<Pod> {
+    wait_for(
+        &format!("{count} Ready Pod(s) {selector} on the real node"),
+        timeout,
+        || async move {
+            let all = pods.list(&ListParams::default().labels(selector)).await?;
+            let ready = ready_pods(pods, selector).await?;
+            let on_node = ready.iter().all(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(REAL_NODE_NAME)
+            });
+            if ready.len() == count && all.items.len() == count && on_node {
+                return Ok(Some(ready));
+            }
+            anyhow::bail!(
+                "{} Pods, {} Ready: {:?}",
+                all.items.len(),
+                ready.len(),
+                all.items
+                    .iter()
+                    .map(|p| (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    ))
+                    .collect::<Vec<_>>()
+            )
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The kubelet's log file of `container` in `pod` (its first run).
+fn pod_log(cluster: &TestCluster, pod: &Pod, container: &str) -> std::path::PathBuf {
+    let meta = &pod.metadata;
+    cluster
+        .dir()
+        .join("node/pod-logs")
+        .join(format!(
+            "{}_{}_{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            meta.uid.as_deref().unwrap_or_default()
+        ))
+        .join(container)
+        .join("0.log")
+}
+
+/// Asserts that every process of the Pod runs as 65532.
+fn assert_nonroot(pod: &Pod) {
+    let uid = pod.metadata.uid.clone().unwrap();
+    let uids = pod_process_uids(&uid);
+    assert!(
+        uids.len() >= 2,
+        "{:?}: {uids:?}",
+        pod.metadata.name.as_deref()
+    );
+    for line in &uids {
+        let ids: Vec<&str> = line.split_whitespace().skip(1).collect();
+        assert_eq!(
+            ids,
+            [NONROOT; 4],
+            "{:?}: {line}",
+            pod.metadata.name.as_deref()
+        );
+    }
+}
+
+/// Requests sent by a [`Traffic`] loop and those that failed (no answer, or not 200).
+#[derive(Debug, Default)]
+struct Counts {
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A balance lookup every 50 ms to the Service's ClusterIP, each on a new connection, until
+/// stopped; counts what failed.
+struct Traffic {
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Traffic {
+    fn start(url: String, token: String) -> Self {
+        let counts = Arc::new(Counts::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (Arc::clone(&counts), Arc::clone(&stop));
+        let task = tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                match try_request("GET", &url, Some(&token), None, Duration::from_secs(5)).await {
+                    Ok((200, _)) => {}
+                    Ok((status, body)) => {
+                        c.failed.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!(
+                            "{status}: {}",
+                            body.chars().take(200).collect::<String>()
+                        ));
+                    }
+                    Err(err) => {
+                        c.failed.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{err:#}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            failures
+        });
+        Self { counts, stop, task }
+    }
+
+    /// Stops the loop; returns (sent, failed, the first failures).
+    async fn stop(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = self.task.await.unwrap();
+        failures.truncate(5);
+        (
+            self.counts.sent.load(Ordering::Relaxed),
+            self.counts.failed.load(Ordering::Relaxed),
+            failures,
+        )
+    }
+}
+
+/// Logs in as `customer` through `base`; returns the token.
+async fn login(base: &str, customer: &ordo_tests::sim::bank::Customer) -> String {
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/login"),
+        None,
+        Some(serde_json::json!({ "username": customer.username, "password": customer.password })),
+    )
+    .await;
+    assert_eq!(status, 200, "login via {base}: {body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The enforcer's learned-model view (`/v1/model`), read from inside the Pod's network
+/// namespace: the admin API answers only loopback clients unless a token is configured.
+async fn enforcer_model_view(pod_uid: &str) -> anyhow::Result<serde_json::Value> {
+    let pid = pod_pids(pod_uid)
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no process in Pod {pod_uid}"))?;
+    let output = tokio::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "curl", "-sf", "-m", "10"])
+        .arg("http://127.0.0.1:9090/v1/model")
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "curl /v1/model in Pod {pod_uid}: {} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// The sum of the enforcer's `ordo_requests_total` (every label set), from its admin port.
+async fn enforcer_requests(pod_ip: &str) -> anyhow::Result<u64> {
+    let (status, metrics) = try_request(
+        "GET",
+        &format!("http://{pod_ip}:9090/metrics"),
+        None,
+        None,
+        Duration::from_secs(10),
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "metrics: {status}");
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("ordo_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// Logs in as `customer` through `base`, retrying while the path is not there yet (an
+/// endpoint kube-proxy has not programmed, an enforcer not yet serving); returns the token.
+async fn wait_login(base: &str, customer: &ordo_tests::sim::bank::Customer) -> String {
+    wait_for(
+        &format!("a login through {base}"),
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = try_request(
+                "POST",
+                &format!("{base}/api/v1/login"),
+                None,
+                Some(serde_json::json!({ "username": customer.username, "password": customer.password })),
+                Duration::from_secs(10),
+            )
+            .await?;
+            if status != 200 {
+                anyhow::bail!("{status}: {body}");
+            }
+            let value: serde_json::Value = serde_json::from_str(&body)?;
+            Ok(value["token"].as_str().map(str::to_owned))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs root and tests/cluster/build-node.sh; run with --ignored"]
+async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
+    let started = Instant::now();
+    let version = env!("CARGO_PKG_VERSION");
+    let cluster = node_cluster().await;
+    let namespace = cluster.namespace("node-helm").await.unwrap();
+    let mut diagnostics = node_diagnostics(cluster, &namespace);
+    let client = cluster.client().await.unwrap();
+    let helm = Helm::for_cluster(cluster).unwrap();
+    let chart = helm::chart_dir();
+
+    // --- The chart, with the images imported into the node (no registry).
+    helm.run(&[
+        "install",
+        "ordo",
+        chart.to_str().unwrap(),
+        "--namespace",
+        &namespace,
+        "--wait",
+        "--timeout",
+        "5m",
+        "--set",
+        "enforcer.reportIntervalSeconds=2",
+        "--set",
+        "operator.statusRefreshSeconds=1",
+        "--set",
+        "operator.logFormat=text",
+    ])
+    .await
+    .unwrap();
+    println!(
+        "helm install --wait: {:.0?} since the start",
+        started.elapsed()
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let operators = wait_pods(
+        &pods,
+        "app.kubernetes.io/name=ordo",
+        2,
+        Duration::from_secs(180),
+    )
+    .await;
+    for pod in &operators {
+        assert_nonroot(pod);
+        diagnostics.log(
+            &format!(
+                "operator Pod {}",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+            &pod_log(cluster, pod, "operator"),
+        );
+    }
+    let operator_names: Vec<String> = operators
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+
+    // A leader: the Lease names one of the Pods, and the report Service's EndpointSlice
+    // (written by the leader) holds that Pod's real IP.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
+    let leader = wait_for("a leader in Lease ordo", Duration::from_secs(90), || {
+        let leases = leases.clone();
+        let names = operator_names.clone();
+        async move {
+            let holder = leases
+                .get_opt("ordo")
+                .await?
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity);
+            Ok(holder.filter(|h| names.contains(h)))
+        }
+    })
+    .await
+    .unwrap();
+    let leader_ip = operators
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(&leader))
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+        .unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &namespace);
+    wait_for(
+        "the report Service's EndpointSlice to hold the leader's Pod IP",
+        Duration::from_secs(60),
+        || {
+            let slices = slices.clone();
+            let leader_ip = leader_ip.clone();
+            async move {
+                let list = slices
+                    .list(&ListParams::default().labels("kubernetes.io/service-name=ordo-reports"))
+                    .await?;
+                let addresses: Vec<String> = list
+                    .items
+                    .iter()
+                    .flat_map(|s| {
+                        s.endpoints
+                            .iter()
+                            .flatten()
+                            .flat_map(|e| e.addresses.clone())
+                    })
+                    .collect();
+                if addresses == [leader_ip.clone()] {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("addresses {addresses:?}")
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // The webhook, called by the API server through Service ordo (kube-proxy routes the
+    // ClusterIP to an operator Pod): a rule with an unclosed path parameter, which the
+    // CRD's pattern lets through, is refused by the operator's check.
+    let rules: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &kube::api::ApiResource::erase::<SequenceRule>(&()),
+    );
+    let bad: DynamicObject =
+        serde_json::from_value(sequence_rule("GET /api/v1/accounts/{account_id")).unwrap();
+    let err = rules
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("the webhook must refuse the rule");
+    let text = err.to_string();
+    assert!(
+        text.contains("sequencerules.validate.ordo.dev") && text.contains("after"),
+        "{text}"
+    );
+
+    // --- The sample API in its own Pod behind Service bank.
+    let (deployment, service) = bank_objects(version);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let service = services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
+    let bank_pods = wait_pods(&pods, "app=bank", 1, Duration::from_secs(120)).await;
+    assert_nonroot(&bank_pods[0]);
+    let base = format!("http://{cluster_ip}:80");
+    let directory = Directory::generate(BANK_CUSTOMERS);
+    // Straight to the app through kube-proxy, before any protection (once kube-proxy has
+    // programmed the new endpoint).
+    wait_login(&base, &directory.customers[0]).await;
+
+    // --- Takeover.
+    let protections: Api<ApiProtection> = Api::namespaced(client.clone(), &namespace);
+    let protections_dyn: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &kube::api::ApiResource::erase::<ApiProtection>(&()),
+    );
+    protections_dyn
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(protection()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let enforcer_selector = "ordo.dev/protection=bank";
+    let enforcers = wait_pods(&pods, enforcer_selector, 1, Duration::from_secs(180)).await;
+    assert_nonroot(&enforcers[0]);
+    diagnostics.log(
+        "the first enforcer Pod",
+        &pod_log(cluster, &enforcers[0], "enforcer"),
+    );
+    let container = &enforcers[0].spec.as_ref().unwrap().containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+    wait_for(
+        "Service bank to select the enforcers and bank-origin the app",
+        Duration::from_secs(120),
+        || {
+            let services = services.clone();
+            async move {
+                let selector = services
+                    .get("bank")
+                    .await?
+                    .spec
+                    .unwrap_or_default()
+                    .selector;
+                let origin = services
+                    .get_opt("bank-origin")
+                    .await?
+                    .and_then(|s| s.spec)
+                    .and_then(|s| s.selector);
+                let app = BTreeMap::from([("app".to_owned(), "bank".to_owned())]);
+                if origin.as_ref() == Some(&app)
+                    && selector
+                        .as_ref()
+                        .is_some_and(|s| s.contains_key("ordo.dev/protection"))
+                {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("bank selects {selector:?}, bank-origin {origin:?}")
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!("takeover done: {:.0?} since the start", started.elapsed());
+    // kube-proxy follows the Service's new endpoints within its sync period: until then a
+    // new connection may still reach the app directly. Wait until the enforcer counts a login.
+    let enforcer_ip = enforcers[0]
+        .status
+        .as_ref()
+        .unwrap()
+        .pod_ip
+        .clone()
+        .unwrap();
+    wait_for(
+        "a login to the ClusterIP to go through the enforcer Pod",
+        Duration::from_secs(60),
+        || {
+            let (base, enforcer_ip) = (base.clone(), enforcer_ip.clone());
+            let customer = &directory.customers[0];
+            async move {
+                let before = enforcer_requests(&enforcer_ip).await?;
+                wait_login(&base, customer).await;
+                let after = enforcer_requests(&enforcer_ip).await?;
+                if after > before {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("the enforcer counted {after} requests, as before the login")
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Honest customers through the ClusterIP: kube-proxy → enforcer Pod → bank-origin → app.
+    let mut tokens = Vec::new();
+    for customer in directory.customers.iter().take(6) {
+        let token = wait_login(&base, customer).await;
+        for account in &customer.accounts {
+            let (status, body) = request(
+                "GET",
+                &format!("{base}/api/v1/accounts/{account}/balance"),
+                Some(&token),
+                None,
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        tokens.push(token);
+    }
+    // The enforcer saw them all (its own counters, on its Pod IP).
+    let counted = enforcer_requests(&enforcer_ip).await.unwrap();
+    let sent: usize = directory
+        .customers
+        .iter()
+        .take(6)
+        .map(|c| 1 + c.accounts.len())
+        .sum();
+    assert!(
+        counted >= sent as u64,
+        "the enforcer counted {counted} requests, {sent} were sent to the ClusterIP"
+    );
+
+    // Reports reach the leader through the report Service: the status shows the model.
+    let model = wait_for(
+        "the status to show the learned model",
+        Duration::from_secs(120),
+        || {
+            let protections = protections.clone();
+            async move {
+                let status = protections.get("bank").await?.status;
+                let model = status.as_ref().and_then(|s| s.model.clone());
+                if let Some(model) = model.filter(|m| m.requests >= 12 && m.endpoints >= 2) {
+                    return Ok(Some(model));
+                }
+                anyhow::bail!("status {:?}", status.map(|s| (s.model, s.conditions)))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "learned model in the status: {model:?} ({:.0?} since the start)",
+        started.elapsed()
+    );
+
+    // --- Enforce: the rule (accepted by the webhook) blocks a transfer without the balance
+    // lookup, sent to the ClusterIP; an honest transfer passes.
+    rules
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sequence_rule("GET /api/v1/accounts/{account_id}/balance"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    protections
+        .patch(
+            "bank",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "mode": "Enforce" } })),
+        )
+        .await
+        .unwrap();
+    let attacker = &directory.customers[10];
+    let victim_account = directory.customers[11].accounts[0];
+    let attacker_token = login(&base, attacker).await;
+    let transfer = serde_json::json!({
+        "fromAccount": attacker.accounts[0].to_string(),
+        "toAccount": victim_account.to_string(),
+        "amount": 5,
+    });
+    wait_for(
+        "a transfer without a balance lookup to be blocked at the ClusterIP",
+        Duration::from_secs(90),
+        || {
+            let transfer = transfer.clone();
+            let token = attacker_token.clone();
+            let base = base.clone();
+            async move {
+                let (status, body) = try_request(
+                    "POST",
+                    &format!("{base}/api/v1/transfers"),
+                    Some(&token),
+                    Some(transfer),
+                    Duration::from_secs(10),
+                )
+                .await?;
+                if status == 403 {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("{status}: {body}")
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let honest = &directory.customers[12];
+    let honest_token = login(&base, honest).await;
+    let (status, body) = request(
+        "GET",
+        &format!("{base}/api/v1/accounts/{}/balance", honest.accounts[0]),
+        Some(&honest_token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/transfers"),
+        Some(&honest_token),
+        Some(serde_json::json!({
+            "fromAccount": honest.accounts[0].to_string(),
+            "toAccount": victim_account.to_string(),
+            "amount": 5,
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "an honest transfer after the balance: {body}");
+    println!(
+        "enforce verified: {:.0?} since the start",
+        started.elapsed()
+    );
+
+    // --- Faults. Traffic keeps flowing to the ClusterIP throughout.
+    let balance_url = format!(
+        "{base}/api/v1/accounts/{}/balance",
+        directory.customers[0].accounts[0]
+    );
+
+    // 1. An enforcer Pod deleted under traffic: the Deployment replaces it.
+    let traffic = Traffic::start(balance_url.clone(), tokens[0].clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The current enforcer Pod (a change of the rendered config may have rolled the first).
+    let current = wait_pods(&pods, enforcer_selector, 1, Duration::from_secs(120)).await;
+    let old = current[0].metadata.name.clone().unwrap();
+    let replaced_at = Instant::now();
+    pods.delete(&old, &DeleteParams::default()).await.unwrap();
+    let replacement = wait_pods(&pods, enforcer_selector, 1, Duration::from_secs(180)).await;
+    let replaced_in = replaced_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (sent, failed, failures) = traffic.stop().await;
+    assert_ne!(replacement[0].metadata.name.as_deref(), Some(old.as_str()));
+    println!(
+        "enforcer Pod deleted under traffic: replaced and Ready in {replaced_in:.1?}; \
+         {failed} of {sent} requests failed {failures:?}"
+    );
+    // The deleted Pod keeps serving (preStop sleep) until kube-proxy has moved to the new
+    // one: without that, 4-8 requests of ~100 were refused here.
+    assert_eq!(
+        failed, 0,
+        "requests failed while the enforcer Pod was replaced: {failures:?}"
+    );
+    // The new Pod adopts the merged model the leader persisted: during the fault only the
+    // balance endpoint was called, so learning on its own it would know at most that one
+    // operation; the merged model holds every endpoint the status lists (at least 2, waited
+    // for above).
+    let replacement_uid = replacement[0]
+        .metadata
+        .uid
+        .clone()
+        .expect("the replacement Pod has a uid");
+    let listed = protections
+        .get("bank")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.model)
+        .map_or(0, |m| usize::try_from(m.endpoints).unwrap_or(0));
+    assert!(listed >= 2, "the status lists {listed} endpoints");
+    let adopted = wait_for(
+        "the replacement enforcer to adopt the merged model",
+        Duration::from_secs(90),
+        || {
+            let uid = replacement_uid.clone();
+            async move {
+                let view = enforcer_model_view(&uid).await?;
+                let known = view["analyzer"]["endpoints"].as_array().map_or(0, Vec::len);
+                if known >= listed {
+                    return Ok(Some(known));
+                }
+                anyhow::bail!("{known} endpoints in /v1/model, the status lists {listed}")
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!("the replacement enforcer knows {adopted} endpoints (the status lists {listed})");
+    // And it enforces.
+    let (status, _) = request(
+        "POST",
+        &format!("{base}/api/v1/transfers"),
+        Some(&attacker_token),
+        Some(transfer.clone()),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "the replacement enforcer must enforce the rule"
+    );
+    let model_after = protections
+        .get("bank")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .model
+        .unwrap();
+    assert!(
+        model_after.requests >= model.requests,
+        "the model shrank after the replacement: {model:?} -> {model_after:?}"
+    );
+
+    // 2. The leader killed during a reconcile (scaling to 3): the Service never points at
+    // nothing, so every request to the ClusterIP succeeds.
+    let traffic = Traffic::start(balance_url.clone(), tokens[1].clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = leases
+        .get("ordo")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    protections
+        .patch(
+            "bank",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "enforcer": { "replicas": 3 } } })),
+        )
+        .await
+        .unwrap();
+    pods.delete(&leader, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let scaled_at = Instant::now();
+    let three = wait_pods(&pods, enforcer_selector, 3, Duration::from_secs(240)).await;
+    let new_leader = wait_for("a new leader", Duration::from_secs(120), || {
+        let leases = leases.clone();
+        let leader = leader.clone();
+        async move {
+            let holder = leases
+                .get("ordo")
+                .await?
+                .spec
+                .and_then(|s| s.holder_identity);
+            Ok(holder.filter(|h| *h != leader))
+        }
+    })
+    .await
+    .unwrap();
+    let (sent, failed, failures) = traffic.stop().await;
+    println!(
+        "leader {leader} killed during the scale to 3: new leader {new_leader}, 3 enforcers Ready \
+         in {:.1?}; {failed} of {sent} requests failed {failures:?}",
+        scaled_at.elapsed()
+    );
+    assert_eq!(
+        failed, 0,
+        "requests failed while the operator restarted: {failures:?}"
+    );
+    for pod in &three {
+        assert_nonroot(pod);
+    }
+
+    // 3. Back to one enforcer, under traffic.
+    let traffic = Traffic::start(balance_url.clone(), tokens[2].clone());
+    protections
+        .patch(
+            "bank",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "enforcer": { "replicas": 1 } } })),
+        )
+        .await
+        .unwrap();
+    wait_pods(&pods, enforcer_selector, 1, Duration::from_secs(180)).await;
+    let (sent, failed, failures) = traffic.stop().await;
+    println!("scaled 3 → 1 under traffic: {failed} of {sent} requests failed {failures:?}");
+
+    // --- The ApiProtection deleted: Service bank selects the app again, traffic reaches it
+    // directly, the enforcers and bank-origin are gone.
+    protections
+        .delete("bank", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "Service bank to select the app again, without enforcers",
+        Duration::from_secs(120),
+        || {
+            let services = services.clone();
+            let pods = pods.clone();
+            async move {
+                let selector = services
+                    .get("bank")
+                    .await?
+                    .spec
+                    .unwrap_or_default()
+                    .selector;
+                let origin = services.get_opt("bank-origin").await?.is_some();
+                let enforcers = pods
+                    .list(&ListParams::default().labels(enforcer_selector))
+                    .await?
+                    .items
+                    .len();
+                let app = BTreeMap::from([("app".to_owned(), "bank".to_owned())]);
+                if selector.as_ref() == Some(&app) && !origin && enforcers == 0 {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("selector {selector:?}, origin {origin}, {enforcers} enforcer Pods")
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Directly to the app: the attack is no longer blocked (nothing checks it now).
+    let (status, body) = request(
+        "POST",
+        &format!("{base}/api/v1/transfers"),
+        Some(&attacker_token),
+        Some(transfer),
+    )
+    .await;
+    assert_eq!(
+        status, 201,
+        "without the protection the app answers directly: {body}"
+    );
+
+    // --- helm uninstall leaves no Ordo object.
+    helm.run(&[
+        "uninstall",
+        "ordo",
+        "--namespace",
+        &namespace,
+        "--wait",
+        "--timeout",
+        "3m",
+    ])
+    .await
+    .unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let left = wait_for(
+        "no Ordo object after helm uninstall",
+        Duration::from_secs(120),
+        || {
+            let (deployments, services, config_maps, leases, slices, pods) = (
+                deployments.clone(),
+                services.clone(),
+                config_maps.clone(),
+                leases.clone(),
+                slices.clone(),
+                pods.clone(),
+            );
+            let (webhooks, roles, bindings) = (webhooks.clone(), roles.clone(), bindings.clone());
+            async move {
+                fn ordo(names: Vec<String>, kind: &str) -> Vec<String> {
+                    names
+                        .into_iter()
+                        .filter(|n| {
+                            // The release's objects, and what the operator made for ApiProtection
+                            // bank (not the app's own Pods and EndpointSlices).
+                            [
+                                "ordo",
+                                "bank-enforcer",
+                                "bank-origin",
+                                "bank-model",
+                                "bank-protected",
+                            ]
+                            .iter()
+                            .any(|prefix| n.starts_with(prefix))
+                        })
+                        .map(|n| format!("{kind}/{n}"))
+                        .collect()
+                }
+                let lp = ListParams::default();
+                let mut left = Vec::new();
+                left.extend(ordo(
+                    deployments
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "Deployment",
+                ));
+                left.extend(ordo(
+                    services
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "Service",
+                ));
+                left.extend(ordo(
+                    config_maps
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "ConfigMap",
+                ));
+                left.extend(ordo(
+                    leases
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "Lease",
+                ));
+                left.extend(ordo(
+                    slices
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "EndpointSlice",
+                ));
+                left.extend(ordo(
+                    pods.list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "Pod",
+                ));
+                left.extend(ordo(
+                    webhooks
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "ValidatingWebhookConfiguration",
+                ));
+                left.extend(ordo(
+                    roles
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "ClusterRole",
+                ));
+                left.extend(ordo(
+                    bindings
+                        .list(&lp)
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter_map(|o| o.metadata.name)
+                        .collect(),
+                    "ClusterRoleBinding",
+                ));
+                if left.is_empty() {
+                    return Ok(Some(()));
+                }
+                anyhow::bail!("left: {left:?}")
+            }
+        },
+    )
+    .await;
+    left.unwrap();
+    // The app still answers at its ClusterIP.
+    login(&base, &directory.customers[1]).await;
+    println!("whole scenario: {:.0?}", started.elapsed());
     diagnostics.passed();
 }

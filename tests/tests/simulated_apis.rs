@@ -66,8 +66,14 @@ fn check_common(report: &StyleReport) -> HashMap<Ipv4Addr, Vec<&Hit>> {
         if j.kind == JourneyKind::Benign {
             assert_eq!(reached, j.steps.len(), "{api}: {}", j.client);
         } else {
+            // In Monitor the only refusal is the request checks' 400 with a problem body
+            // (`driver` counts it as refused): a payload such as an encoded slash in a path.
+            let refused_by_checks = o
+                .steps
+                .iter()
+                .any(|s| s.harmful && s.blocked && s.status == 400);
             assert!(
-                o.harm_reached() >= 1,
+                o.harm_reached() >= 1 || refused_by_checks,
                 "{api}: {:?} {} {o:?}",
                 j.kind,
                 j.client
@@ -179,8 +185,16 @@ async fn library_harness_runs_every_journey() {
         .map(|h| h.path.as_str())
         .collect();
     assert!(titles.len() > 40, "{}", titles.len());
-    // Honest password changes after learning are rare; none is required in so small a run.
-    assert_eq!(report.released.requests, 0);
+    // The release: reviews are asked for only after it, and work (honest requests all
+    // succeed, `check_common`).
+    assert!(report.released.requests > 0, "{report}");
+    let learning_reviews = report
+        .learning
+        .iter()
+        .flat_map(|(j, _)| &j.steps)
+        .filter(|s| s.path_and_query.ends_with("/reviews"))
+        .count();
+    assert_eq!(learning_reviews, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

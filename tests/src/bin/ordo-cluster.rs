@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
                 node: node
                     .then(|| node_options(images, node_bin_dir))
                     .transpose()?,
+                ..Options::default()
             };
             up(crds, bin_dir, options).await
         }

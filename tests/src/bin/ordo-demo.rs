@@ -1,19 +1,29 @@
 //! `ordo-demo [--keep]`: the whole of Ordo on this machine in one command — a local
-//! Kubernetes control plane, the CRDs, the operator, the sample banking API behind an
-//! enforcer, learning, Enforce mode, attacks, and what a user then sees. `scripts/demo` builds
+//! Kubernetes control plane, the CRDs, the operator, the sample banking API behind the
+//! enforcers, learning, Enforce mode, attacks, and what a user then sees. `scripts/demo` builds
 //! it and runs it. See `tests/src/demo/` for the steps.
+//!
+//! Where the machine can run the local cluster's real node (root, cgroup v1, the bridge
+//! netfilter hook, unshare and ip: the checks of `scripts/test`'s node tier), everything runs
+//! in Pods on it; elsewhere as local processes. `ORDO_DEMO_NODE=0` forces the local processes,
+//! `ORDO_DEMO_NODE=1` requires the node.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ordo_tests::demo::node;
 use ordo_tests::demo::run::{Options, run};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "ordo-demo",
     version,
-    about = "Run the whole Ordo system locally and show what it catches"
+    about = "Run the whole Ordo system locally and show what it catches",
+    after_help = "Where: on the local cluster's real node (Pods, helm, kube-proxy) where the machine \
+                  supports it (root, cgroup v1, the bridge netfilter hook, unshare, ip), else as \
+                  local processes. ORDO_DEMO_NODE=0 forces the local processes, ORDO_DEMO_NODE=1 \
+                  requires the real node."
 )]
 struct Cli {
     /// Leave everything running at the end and print how to reach it; Ctrl-C stops it.
@@ -46,7 +56,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let (platform, why_local) = node::choose(std::env::var("ORDO_DEMO_NODE").ok().as_deref())?;
     let options = Options {
+        platform,
+        why_local,
         keep: cli.keep,
         build: !cli.no_build,
         debug: cli.debug,

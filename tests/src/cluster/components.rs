@@ -58,6 +58,11 @@ pub struct Layout {
     pub dir: PathBuf,
     pub bin_dir: PathBuf,
     pub ports: Ports,
+    /// Where the API server listens: loopback, or every address when a real node's Pods must
+    /// reach it (the node's firewall rules then admit only loopback and the Pods' bridge).
+    pub apiserver_bind: &'static str,
+    /// `--kube-api-qps` of kube-controller-manager and kube-scheduler (none: their default).
+    pub api_qps: Option<u32>,
     pub creds: Credentials,
     pub admin_kubeconfig: PathBuf,
     pub controller_manager_kubeconfig: PathBuf,
@@ -96,7 +101,7 @@ pub fn apiserver(l: &Layout) -> Vec<String> {
             "etcd-servers",
             format!("http://127.0.0.1:{}", l.ports.etcd_client),
         ),
-        flag("bind-address", "127.0.0.1"),
+        flag("bind-address", l.apiserver_bind),
         flag("advertise-address", "127.0.0.1"),
         flag("secure-port", l.ports.apiserver.to_string()),
         flag("cert-dir", path(&l.dir.join("apiserver-certs"))),
@@ -136,18 +141,28 @@ pub fn apiserver(l: &Layout) -> Vec<String> {
             path(&c.service_account_key),
         ),
         flag("service-cluster-ip-range", SERVICE_CIDR),
-        // The `kubernetes` Service cannot have a loopback endpoint (validation rejects it),
-        // and nothing in this cluster runs real Pods that would connect to it.
+        // The `kubernetes` Service cannot have a loopback endpoint (validation rejects it);
+        // with a real node, the harness gives it the node's gateway (cluster::node).
         flag("endpoint-reconciler-type", "none"),
         flag("allow-privileged", "true"),
         flag("profiling", "false"),
     ]
 }
 
+/// `--kube-api-qps` and `--kube-api-burst` (twice the rate) when `l.api_qps` is set.
+fn api_rate_flags(l: &Layout) -> Vec<String> {
+    l.api_qps.map_or_else(Vec::new, |qps| {
+        vec![
+            flag("kube-api-qps", qps.to_string()),
+            flag("kube-api-burst", qps.saturating_mul(2).to_string()),
+        ]
+    })
+}
+
 pub fn controller_manager(l: &Layout) -> Vec<String> {
     let c = &l.creds;
     let kubeconfig = path(&l.controller_manager_kubeconfig);
-    vec![
+    let mut args = vec![
         flag("kubeconfig", kubeconfig),
         flag("authentication-kubeconfig", kubeconfig),
         flag("authorization-kubeconfig", kubeconfig),
@@ -168,12 +183,14 @@ pub fn controller_manager(l: &Layout) -> Vec<String> {
         flag("cluster-signing-key-file", path(&c.ca.key)),
         flag("service-cluster-ip-range", SERVICE_CIDR),
         flag("profiling", "false"),
-    ]
+    ];
+    args.extend(api_rate_flags(l));
+    args
 }
 
 pub fn scheduler(l: &Layout) -> Vec<String> {
     let kubeconfig = path(&l.scheduler_kubeconfig);
-    vec![
+    let mut args = vec![
         flag("kubeconfig", kubeconfig),
         flag("authentication-kubeconfig", kubeconfig),
         flag("authorization-kubeconfig", kubeconfig),
@@ -182,7 +199,9 @@ pub fn scheduler(l: &Layout) -> Vec<String> {
         flag("cert-dir", path(&l.dir.join("scheduler-certs"))),
         flag("leader-elect", "false"),
         flag("profiling", "false"),
-    ]
+    ];
+    args.extend(api_rate_flags(l));
+    args
 }
 
 pub fn kwok(l: &Layout) -> Vec<String> {
@@ -224,6 +243,8 @@ mod tests {
                 controller_manager: 1004,
                 scheduler: 1005,
             },
+            apiserver_bind: "127.0.0.1",
+            api_qps: None,
             creds: Credentials {
                 ca: pair("ca"),
                 apiserver_serving: pair("apiserver"),
@@ -257,6 +278,24 @@ mod tests {
         assert!(kwok(&l).contains(
             &"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".to_owned()
         ));
+    }
+
+    #[test]
+    fn the_api_rate_of_the_controllers_is_raised_only_when_asked() {
+        let mut l = layout();
+        assert!(
+            !controller_manager(&l)
+                .iter()
+                .any(|a| a.starts_with("--kube-api-qps"))
+        );
+        l.api_qps = Some(200);
+        for args in [controller_manager(&l), scheduler(&l)] {
+            assert!(args.contains(&"--kube-api-qps=200".to_owned()), "{args:?}");
+            assert!(
+                args.contains(&"--kube-api-burst=400".to_owned()),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

@@ -98,20 +98,31 @@ pub struct NodeLayout {
     pub pod_subnet: String,
     pub kubelet_port: u16,
     pub kubelet_healthz_port: u16,
+    /// kube-proxy's health and metrics ports (loopback).
+    pub proxy_healthz_port: u16,
+    pub proxy_metrics_port: u16,
     pub ca_cert: PathBuf,
+    /// The kubelet's credentials (`system:node:<name>`).
     pub kubeconfig: PathBuf,
+    /// kube-proxy's credentials: it lists Services, EndpointSlices and Nodes cluster-wide.
+    pub proxy_kubeconfig: PathBuf,
+    /// The API server's port, which listens on every address when there is a node: the
+    /// firewall rules of [`apiserver_rules`] admit only loopback and the bridge.
+    pub apiserver_port: u16,
 }
 
 impl NodeLayout {
-    /// A layout with a fresh id (cgroup, bridge) and subnet, and two free loopback ports.
+    /// A layout with a fresh id (cgroup, bridge) and subnet, and four free loopback ports.
     pub fn new(
         cluster_dir: &Path,
         bin_dir: &Path,
         ca_cert: &Path,
         kubeconfig: &Path,
+        proxy_kubeconfig: &Path,
+        apiserver_port: u16,
     ) -> anyhow::Result<Self> {
         let id: u32 = rand::random::<u32>() % 0x1_0000;
-        let listeners = (0..2)
+        let listeners = (0..4)
             .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
             .collect::<std::io::Result<Vec<_>>>()
             .context("picking the kubelet's ports")?;
@@ -124,8 +135,12 @@ impl NodeLayout {
             pod_subnet: free_pod_subnet()?,
             kubelet_port: port(0)?,
             kubelet_healthz_port: port(1)?,
+            proxy_healthz_port: port(2)?,
+            proxy_metrics_port: port(3)?,
             ca_cert: ca_cert.to_path_buf(),
             kubeconfig: kubeconfig.to_path_buf(),
+            proxy_kubeconfig: proxy_kubeconfig.to_path_buf(),
+            apiserver_port,
         })
     }
 
@@ -164,6 +179,16 @@ fn free_pod_subnet() -> anyhow::Result<String> {
 
 /// Creates the node's directories, configuration files and cgroups.
 pub fn prepare(l: &NodeLayout) -> anyhow::Result<()> {
+    // A Pod reaching another Pod of the same bridge through a ClusterIP gets the answer
+    // bridged straight back: without the bridge netfilter hook, kube-proxy's translation is
+    // not undone and the connection hangs.
+    let hook = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if std::fs::read_to_string(hook).unwrap_or_default().trim() != "1" {
+        bail!(
+            "{hook} is not 1: run `modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1` \
+             (kube-proxy needs it for Pod-to-Service traffic on one bridge)"
+        );
+    }
     for sub in [
         "containerd/root",
         "containerd/state",
@@ -181,8 +206,51 @@ pub fn prepare(l: &NodeLayout) -> anyhow::Result<()> {
     write(&l.path("containerd.toml"), &containerd_config(l))?;
     write(&l.path("cni/net.d/10-ordo.conflist"), &cni_config(l))?;
     write(&l.path("kubelet.yaml"), &kubelet_config(l))?;
+    write(&l.path("kube-proxy.yaml"), &kube_proxy_config(l))?;
     create_cgroups(&l.cgroup)?;
-    create_bridge(l)
+    create_bridge(l)?;
+    for rule in apiserver_rules(l) {
+        let mut args = vec!["-w".to_owned(), "-I".to_owned()];
+        args.extend(rule);
+        let output = Command::new("iptables")
+            .args(&args)
+            .output()
+            .context("running iptables")?;
+        if !output.status.success() {
+            bail!(
+                "iptables {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `INPUT` rules (in insertion order, each inserted first) that let only loopback and the
+/// node's bridge reach the API server's port: the API server listens on every address so
+/// that the Pods reach it through the `kubernetes` Service, but nothing outside this machine
+/// may. Tagged with the node's cgroup name, and deleted by [`cleanup_script`].
+pub fn apiserver_rules(l: &NodeLayout) -> Vec<Vec<String>> {
+    let port = l.apiserver_port.to_string();
+    let rule = |extra: &[&str], target: &str| {
+        let mut args: Vec<String> = ["INPUT", "-p", "tcp", "--dport", &port]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.extend(
+            ["-m", "comment", "--comment", &l.cgroup, "-j", target]
+                .iter()
+                .map(|s| (*s).to_owned()),
+        );
+        args
+    };
+    vec![
+        rule(&[], "DROP"),
+        rule(&["-i", "lo"], "ACCEPT"),
+        rule(&["-i", &l.bridge], "ACCEPT"),
+    ]
 }
 
 /// The bridge with the gateway address, before the kubelet needs its node IP (the CNI
@@ -302,6 +370,9 @@ fn cni_config(l: &NodeLayout) -> String {
                 "type": "bridge",
                 "bridge": l.bridge,
                 "isGateway": true,
+                // The default route through the gateway: Service ClusterIPs (which kube-proxy
+                // translates on the host) are not on the Pods' subnet.
+                "isDefaultGateway": true,
                 "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
@@ -353,6 +424,43 @@ fn kubelet_config(l: &NodeLayout) -> String {
         "imageGCLowThresholdPercent": 99,
         "rotateCertificates": false,
         "resolvConf": "/etc/resolv.conf",
+        // The harness's responder (super::dns) on the bridge address: Pods resolve Services
+        // by name, as the operator's rendered URLs need.
+        "clusterDNS": [l.gateway()],
+        "clusterDomain": super::dns::CLUSTER_DOMAIN,
+    })
+    .to_string()
+}
+
+/// kube-proxy in iptables mode on the host's network namespace, where the Pods' bridge, the
+/// API server (which calls webhooks through their Service) and the tests' clients are.
+/// It touches no sysctl (conntrack limits and timeouts left as they are, no localhost
+/// NodePorts) and serves NodePorts on the bridge address only.
+fn kube_proxy_config(l: &NodeLayout) -> String {
+    serde_json::json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": { "kubeconfig": l.proxy_kubeconfig },
+        "hostnameOverride": REAL_NODE_NAME,
+        "mode": "iptables",
+        "clusterCIDR": l.pod_subnet,
+        "detectLocalMode": "ClusterCIDR",
+        "bindAddress": l.gateway(),
+        "healthzBindAddress": format!("127.0.0.1:{}", l.proxy_healthz_port),
+        "metricsBindAddress": format!("127.0.0.1:{}", l.proxy_metrics_port),
+        "nodePortAddresses": [format!("{}/32", l.gateway())],
+        "iptables": {
+            "localhostNodePorts": false,
+            "masqueradeAll": false,
+            "syncPeriod": "30s",
+            "minSyncPeriod": "0s",
+        },
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
     })
     .to_string()
 }
@@ -419,8 +527,21 @@ pub fn kubelet_command(
     Ok((PathBuf::from("sh"), vec!["-c".to_owned(), script]))
 }
 
-/// What the reaper runs once containerd and the kubelet are stopped: kill the shims and
-/// containers left in the node's cgroup, remove the cgroups and the bridge.
+/// `sh` that joins the node's cgroup and execs kube-proxy (in the host's namespaces).
+pub fn kube_proxy_command(l: &NodeLayout) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let mut script = join_cgroups(&l.cgroup)?;
+    let _ = writeln!(
+        script,
+        "exec '{bin}/kube-proxy' --config='{config}' --v=2",
+        bin = l.bin_dir.display(),
+        config = l.path("kube-proxy.yaml").display(),
+    );
+    Ok((PathBuf::from("sh"), vec!["-c".to_owned(), script]))
+}
+
+/// What the reaper runs once containerd, the kubelet and kube-proxy are stopped: kill the
+/// shims and containers left in the node's cgroup, remove kube-proxy's iptables chains, the
+/// cgroups and the bridge.
 pub fn cleanup_script(l: &NodeLayout) -> String {
     format!(
         r#"cg='{cg}'
@@ -436,11 +557,18 @@ done
 for h in /sys/fs/cgroup/*/; do
     [ -d "$h$cg" ] && find "$h$cg" -depth -type d -exec rmdir {{}} \; 2>/dev/null
 done
-ip link delete '{bridge}' 2>/dev/null
+'{bin}/kube-proxy' --cleanup --config='{proxy_config}' >/dev/null 2>&1
+{firewall}ip link delete '{bridge}' 2>/dev/null
 exit 0
 "#,
+        firewall = apiserver_rules(l)
+            .iter()
+            .map(|rule| format!("iptables -w -D {} 2>/dev/null\n", rule.join(" ")))
+            .collect::<String>(),
         cg = l.cgroup,
         bridge = l.bridge,
+        bin = l.bin_dir.display(),
+        proxy_config = l.path("kube-proxy.yaml").display(),
     )
 }
 
@@ -479,8 +607,12 @@ mod tests {
             pod_subnet: "10.245.7.0/24".to_owned(),
             kubelet_port: 2001,
             kubelet_healthz_port: 2002,
+            proxy_healthz_port: 2003,
+            proxy_metrics_port: 2004,
             ca_cert: PathBuf::from("/c/pki/ca.crt"),
             kubeconfig: PathBuf::from("/c/node.kubeconfig"),
+            proxy_kubeconfig: PathBuf::from("/c/admin.kubeconfig"),
+            apiserver_port: 2005,
         }
     }
 
@@ -497,6 +629,19 @@ mod tests {
             "unix:///c/node/containerd.sock"
         );
         assert_eq!(config["registerWithTaints"][0]["key"], REAL_NODE_TAINT.0);
+        assert_eq!(config["clusterDNS"][0], "10.245.7.1");
+    }
+
+    #[test]
+    fn kube_proxy_programs_iptables_for_the_node_without_touching_sysctls() {
+        let config: serde_json::Value =
+            serde_json::from_str(&kube_proxy_config(&layout())).unwrap();
+        assert_eq!(config["mode"], "iptables");
+        assert_eq!(config["hostnameOverride"], REAL_NODE_NAME);
+        assert_eq!(config["clusterCIDR"], "10.245.7.0/24");
+        assert_eq!(config["iptables"]["localhostNodePorts"], false);
+        assert_eq!(config["conntrack"]["maxPerCore"], 0);
+        assert_eq!(config["healthzBindAddress"], "127.0.0.1:2003");
     }
 
     #[test]
@@ -509,6 +654,7 @@ mod tests {
         let cni: serde_json::Value = serde_json::from_str(&cni_config(&layout())).unwrap();
         assert_eq!(cni["plugins"][0]["bridge"], "ordo00ab");
         assert_eq!(cni["plugins"][0]["ipMasq"], false);
+        assert_eq!(cni["plugins"][0]["isDefaultGateway"], true);
         assert!(layout().bridge.len() <= 15);
     }
 
@@ -518,6 +664,20 @@ mod tests {
         assert!(script.contains("cg='ordo-00ab'"));
         assert!(script.contains("kill -KILL"));
         assert!(script.contains("ip link delete 'ordo00ab'"));
+        assert!(script.contains("kube-proxy' --cleanup"));
+        for rule in apiserver_rules(&layout()) {
+            assert!(script.contains(&format!("iptables -w -D {}", rule.join(" "))));
+        }
+    }
+
+    #[test]
+    fn only_loopback_and_the_bridge_reach_the_api_server() {
+        let rules = apiserver_rules(&layout());
+        // Each is inserted first: the last one ends up on top.
+        assert_eq!(rules[0].last().unwrap(), "DROP");
+        assert!(rules[1].contains(&"lo".to_owned()) && rules[1].last().unwrap() == "ACCEPT");
+        assert!(rules[2].contains(&"ordo00ab".to_owned()));
+        assert!(rules.iter().all(|r| r.contains(&"2005".to_owned())));
     }
 
     #[test]

@@ -1,12 +1,12 @@
-//! Small plain-HTTP helpers for the demo's loopback processes: a free port, a GET that
-//! returns status and body, and a wait for a readiness endpoint.
+//! Small plain-HTTP helpers for the demo's processes and Pods: a free port, a GET and a JSON
+//! POST that return status and body, and a wait for a readiness endpoint.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -41,6 +41,28 @@ pub async fn get(url: &str, bearer: Option<&str>) -> anyhow::Result<(u16, String
         .collect()
         .await
         .with_context(|| format!("reading GET {url}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `POST url` with a JSON body on a new connection; returns the status and the body as text.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> anyhow::Result<(u16, String)> {
+    let request = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .with_context(|| format!("building POST {url}"))?;
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .with_context(|| format!("POST {url} timed out"))?
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading POST {url}"))?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

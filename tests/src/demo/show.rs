@@ -16,15 +16,17 @@ pub fn heading(title: &str) {
     );
 }
 
-/// Runs `kubectl` with `args`, echoing the command line first, and prints its output.
-pub fn kubectl(mut command: Command, args: &[&str]) -> anyhow::Result<()> {
+/// Runs `kubectl` with `args`, echoing the command line first, prints its output and
+/// returns its stdout.
+pub fn kubectl(mut command: Command, args: &[&str]) -> anyhow::Result<String> {
     println!("$ kubectl {}", args.join(" "));
     let output = command.args(args).output().context("running kubectl")?;
-    print!("{}", String::from_utf8_lossy(&output.stdout));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{stdout}");
     if !output.status.success() {
         print!("{}", String::from_utf8_lossy(&output.stderr));
     }
-    Ok(())
+    Ok(stdout)
 }
 
 fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> String {

@@ -203,6 +203,7 @@ impl Replayer {
                 &ResponseSummary {
                     status: 200,
                     duration_us: 0,
+                    ..ResponseSummary::default()
                 },
                 false,
             );
@@ -237,7 +238,9 @@ pub fn replay(records: &[Record], seed: u64, train_fraction: f64) -> ReplayRepor
         unlikely_sequence: off.clone(),
         volume: off.clone(),
         enumeration: off.clone(),
-        credential_stuffing: off,
+        credential_stuffing: off.clone(),
+        identity_lineage: off.clone(),
+        exposure: off,
         ..DetectorsConfig::default()
     };
     // Every record is its own session: the session gate counts records.

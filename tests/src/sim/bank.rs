@@ -1,6 +1,8 @@
 //! A sample banking API for the simulator, the evaluation and the demo: login with
 //! JWT-like bearer tokens (HS256, `sub` claim), accounts, balances, paged transactions,
-//! transfers, profile read/update, lookup by phone number, payees.
+//! transfers, profile read/update, lookup by phone number, payees; and the long tail honest
+//! customers use rarely (a yearly statement, an e-mail change) plus the card view a release
+//! adds once the enforcer's model is mature ([`RunningBank::release`]).
 //!
 //! Like many real applications it trusts that the client follows the intended journey: there
 //! is no ownership check on account ids (object-level authorization is missing, so BOLA
@@ -12,6 +14,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -98,6 +101,8 @@ struct State {
     payees: Mutex<HashMap<String, Vec<Value>>>,
     hits: Mutex<Vec<Hit>>,
     transfers: Mutex<u64>,
+    /// The release that adds `GET /api/v1/accounts/{id}/cards` is out.
+    released: AtomicBool,
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
@@ -148,6 +153,7 @@ impl RunningBank {
             payees: Mutex::new(HashMap::new()),
             hits: Mutex::new(Vec::new()),
             transfers: Mutex::new(0),
+            released: AtomicBool::new(false),
             encoding: EncodingKey::from_secret(TOKEN_SECRET.as_bytes()),
             decoding: DecodingKey::from_secret(TOKEN_SECRET.as_bytes()),
         });
@@ -195,6 +201,12 @@ impl RunningBank {
     /// The profile of a customer as stored (to see whether a mass assignment took effect).
     pub fn profile(&self, id: &str) -> Option<Value> {
         self.state.profiles.lock().get(id).cloned()
+    }
+
+    /// A new release of the bank: from now on it serves the card view
+    /// (`GET /api/v1/accounts/{id}/cards`), an operation the enforcer never saw while learning.
+    pub fn release(&self) {
+        self.state.released.store(true, Ordering::Relaxed);
     }
 
     pub fn shutdown(&self) {
@@ -400,6 +412,39 @@ fn route(
             }
             None => reply(StatusCode::NOT_FOUND, json!({ "error": "no such account" })),
         },
+        // A yearly statement (rare: once a year per account).
+        (&http::Method::GET, ["api", "v1", "accounts", id, "statement"]) => match id
+            .parse::<u64>()
+            .ok()
+            .filter(|a| state.account_owner.contains_key(a))
+        {
+            Some(account) => {
+                let year: u64 = query_value(query, "year")
+                    .and_then(|y| y.parse().ok())
+                    .unwrap_or(2025);
+                reply(
+                    StatusCode::OK,
+                    json!({ "accountId": account, "year": year, "opening": 1000 + account % 700, "closing": 1000 + account % 9000, "currency": "EUR", "format": "json" }),
+                )
+            }
+            None => reply(StatusCode::NOT_FOUND, json!({ "error": "no such account" })),
+        },
+        // The card view, served only once the release is out.
+        (&http::Method::GET, ["api", "v1", "accounts", id, "cards"])
+            if state.released.load(Ordering::Relaxed) =>
+        {
+            match id
+                .parse::<u64>()
+                .ok()
+                .filter(|a| state.account_owner.contains_key(a))
+            {
+                Some(account) => reply(
+                    StatusCode::OK,
+                    json!({ "accountId": account, "cards": [ { "last4": format!("{:04}", account % 10_000), "status": "active" } ] }),
+                ),
+                None => reply(StatusCode::NOT_FOUND, json!({ "error": "no such account" })),
+            }
+        }
         (&http::Method::POST, ["api", "v1", "transfers"]) => {
             let valid = json_body.as_ref().is_some_and(|b| {
                 b["amount"].is_number()
@@ -441,6 +486,21 @@ fn route(
                 json!({ "error": "a JSON object is required" }),
             ),
         },
+        // An e-mail change (rare).
+        (&http::Method::PUT, ["api", "v1", "profile", "email"]) => {
+            match json_body.as_ref().and_then(|b| b["email"].as_str()) {
+                Some(email) if email.contains('@') => {
+                    let mut profiles = state.profiles.lock();
+                    let profile = profiles.entry(sub.clone()).or_insert_with(|| json!({}));
+                    profile["email"] = json!(email);
+                    reply(StatusCode::OK, json!({ "email": email, "verified": false }))
+                }
+                _ => reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": "an e-mail address is required" }),
+                ),
+            }
+        }
         (&http::Method::GET, ["api", "v1", "users", "lookup"]) => {
             let phone = query_value(query, "phone").unwrap_or_default();
             match state

@@ -20,10 +20,14 @@ use super::journeys::{Journey, Step, Tail};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepOutcome {
     pub status: u16,
-    /// Refused by the enforcer (403/429 with a problem body), so it never reached the app.
+    /// Refused by the enforcer (400/403/429 with a problem body, which the simulated apps never
+    /// send), so it never reached the app. A 400 is the enforcer refusing an ambiguous target
+    /// (an encoded slash, a double encoding: `operation::paths`) before any detector.
     pub blocked: bool,
     pub harmful: bool,
     pub tail: Tail,
+    /// The problem body of a refusal (what fired and why), at most 512 bytes; none otherwise.
+    pub refusal: Option<String>,
 }
 
 /// What one journey got back, step by step.
@@ -126,7 +130,7 @@ async fn send(
         .to_bytes();
     Ok((
         status,
-        problem && matches!(status, 403 | 429),
+        problem && matches!(status, 400 | 403 | 429),
         set_cookies,
         bytes,
     ))
@@ -158,11 +162,16 @@ async fn run_one(
             cookies.retain(|(k, _)| *k != name);
             cookies.push((name, value));
         }
+        let refusal = blocked.then(|| {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+            text.into_owned()
+        });
         steps.push(StepOutcome {
             status,
             blocked,
             harmful: step.harmful,
             tail: step.tail,
+            refusal,
         });
     }
     Ok(JourneyOutcome {

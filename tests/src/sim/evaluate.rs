@@ -1,7 +1,9 @@
 //! The detection evaluation: the sample bank behind a real enforcer (in-process, the same
 //! server the binary runs), a learning phase of benign journeys, then mixed benign and attack
 //! journeys; per attack kind: sessions, detected, blocked, requests until first detection and
-//! harm that still reached the app; the share of benign sessions flagged.
+//! harm that still reached the app; the share of benign sessions flagged (in the learning phase
+//! and after it), and the honest requests of the long tail (rare operations, the card view a
+//! release adds once the model is mature) that were refused.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -19,7 +21,9 @@ use ordo_enforcer::detect::LearnedAnalyzer;
 
 use super::bank::{Directory, RunningBank, TOKEN_SECRET};
 use super::driver::{self, JourneyOutcome};
-use super::journeys::{self, AttackKind, Journey, JourneyKind};
+use super::journeys::{
+    self, AttackKind, Journey, JourneyKind, Tail, TailPlan, TailResult, rare_learning_sessions,
+};
 
 /// Sizes and seed of one evaluation.
 #[derive(Debug, Clone)]
@@ -72,6 +76,15 @@ pub struct EvaluationReport {
     pub benign_sessions: usize,
     pub benign_flagged: usize,
     pub benign_blocked_requests: usize,
+    /// Benign sessions of the learning phase, and those flagged.
+    pub learning_sessions: usize,
+    pub learning_flagged: usize,
+    /// Honest requests to rare operations while the model learned.
+    pub rare_learning: usize,
+    /// Honest requests to rare operations after it (and how many were refused).
+    pub rare: TailResult,
+    /// Honest requests to the operation the release added after maturity.
+    pub released: TailResult,
     /// Benign sessions of the mixed phase that hold several tasks, and those with an idle gap.
     pub benign_multi_task: usize,
     pub benign_idle_gaps: usize,
@@ -157,8 +170,29 @@ impl fmt::Display for EvaluationReport {
         )?;
         writeln!(
             f,
+            "learning-phase sessions flagged: {} of {} ({:.2}%)",
+            self.learning_flagged,
+            self.learning_sessions,
+            if self.learning_sessions == 0 {
+                0.0
+            } else {
+                self.learning_flagged as f64 * 100.0 / self.learning_sessions as f64
+            }
+        )?;
+        writeln!(
+            f,
             "benign sessions with several tasks: {} of {}; with an idle gap: {}",
             self.benign_multi_task, self.benign_sessions, self.benign_idle_gaps
+        )?;
+        writeln!(
+            f,
+            "honest requests to rare operations: {} while learning, {} after, {} refused",
+            self.rare_learning, self.rare.requests, self.rare.refused
+        )?;
+        writeln!(
+            f,
+            "honest requests to the operation released after maturity: {}, {} refused",
+            self.released.requests, self.released.refused
         )?;
         for reason in &self.benign_flag_reasons {
             writeln!(f, "  - {reason}")?;
@@ -202,6 +236,8 @@ detectors:
   volume: {{ action: Block }}
   enumeration: {{ action: Block }}
   credentialStuffing: {{ action: Block }}
+  exposure: {{ action: Block }}
+  identityLineage: {{ action: Block }}
 "#
     )
 }
@@ -222,6 +258,31 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> anyhow::Result<serde_js
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// Turns off the detectors named in `ORDO_EVAL_DISABLE` (comma-separated config names, e.g.
+/// `identityLineage`), so that a detector's effect can be measured with the same binary: the
+/// run without it is the "before". Unknown names fail the run.
+pub fn disable_from_env(
+    detectors: &mut ordo_enforcer::config::DetectorsConfig,
+) -> anyhow::Result<()> {
+    let Ok(list) = std::env::var("ORDO_EVAL_DISABLE") else {
+        return Ok(());
+    };
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let detector = match name {
+            "shadowEndpoint" => &mut detectors.shadow_endpoint,
+            "requestShape" => &mut detectors.request_shape,
+            "unlikelySequence" => &mut detectors.unlikely_sequence,
+            "volume" => &mut detectors.volume,
+            "enumeration" => &mut detectors.enumeration,
+            "credentialStuffing" => &mut detectors.credential_stuffing,
+            "identityLineage" => &mut detectors.identity_lineage,
+            other => bail!("ORDO_EVAL_DISABLE names no detector {other:?}"),
+        };
+        detector.enabled = false;
+    }
+    Ok(())
+}
+
 /// Runs one evaluation end to end.
 pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport> {
     let started = Instant::now();
@@ -232,8 +293,9 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     let bank = RunningBank::start(&directory, None)
         .await
         .context("starting the sample bank")?;
-    let config = parse_yaml(&enforcer_yaml(bank.addr, options.mode))
+    let mut config = parse_yaml(&enforcer_yaml(bank.addr, options.mode))
         .context("the evaluation's enforcer config")?;
+    disable_from_env(&mut config.detectors)?;
     let analyzer = Arc::new(LearnedAnalyzer::new(
         &config.learning,
         &config.detectors,
@@ -243,8 +305,9 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         .await
         .context("starting the enforcer")?;
 
-    // Learning phase: benign traffic only.
-    let learning = journeys::generate(
+    // Learning phase: benign traffic only; two visits use the rare operations (fewer times
+    // than any inventory threshold).
+    let mut learning = journeys::generate(
         options.seed,
         &directory,
         0,
@@ -252,18 +315,35 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         0,
         false,
     );
+    let rare_at = rare_learning_sessions(options.learning_journeys);
+    journeys::add_tail(
+        &mut learning,
+        &directory,
+        0,
+        options.seed,
+        TailPlan::Learning(&rare_at),
+    );
     let learned = driver::run(enforcer.proxy_addr, &learning, options.concurrency).await?;
     let learning_requests = learned.iter().map(|o| o.steps.len()).sum();
     let model_after_learning = admin_get(enforcer.admin_addr, "/v1/model").await?;
 
+    // A release of the bank adds the card view once the model is mature.
+    bank.release();
     // Mixed phase.
-    let mixed = journeys::generate(
+    let mut mixed = journeys::generate(
         options.seed.wrapping_add(1),
         &directory,
         options.learning_journeys,
         options.benign_journeys,
         options.attacks_per_kind,
         true,
+    );
+    journeys::add_tail(
+        &mut mixed,
+        &directory,
+        options.learning_journeys,
+        options.seed.wrapping_add(1),
+        TailPlan::Mixed,
     );
     let outcomes = driver::run(enforcer.proxy_addr, &mixed, options.concurrency).await?;
     let mixed_requests = outcomes.iter().map(|o| o.steps.len()).sum();
@@ -274,10 +354,19 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
 
     let mut by_client: HashMap<IpAddr, Vec<&serde_json::Value>> = HashMap::new();
     for incident in &incidents {
-        if let Some(client) = incident["client"]
-            .as_str()
-            .and_then(|c| c.parse::<IpAddr>().ok())
+        // A campaign's incident lists its addresses; other incidents name one.
+        let listed = incident["clients"].as_array().into_iter().flatten();
+        let mut clients: Vec<IpAddr> = listed
+            .filter_map(|c| c.as_str().and_then(|c| c.parse::<IpAddr>().ok()))
+            .collect();
+        if clients.is_empty()
+            && let Some(client) = incident["client"]
+                .as_str()
+                .and_then(|c| c.parse::<IpAddr>().ok())
         {
+            clients.push(client);
+        }
+        for client in clients {
             by_client.entry(client).or_default().push(incident);
         }
     }
@@ -288,6 +377,11 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         benign_sessions: 0,
         benign_flagged: 0,
         benign_blocked_requests: 0,
+        learning_sessions: 0,
+        learning_flagged: 0,
+        rare_learning: 0,
+        rare: TailResult::default(),
+        released: TailResult::default(),
         benign_multi_task: 0,
         benign_idle_gaps: 0,
         benign_flag_reasons: Vec::new(),
@@ -297,6 +391,24 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         mixed_requests,
         elapsed: Duration::ZERO,
     };
+    for (journey, outcome) in learning.iter().zip(&learned) {
+        report.learning_sessions += 1;
+        let client = IpAddr::V4(journey.client);
+        if by_client.contains_key(&client) || outcome.blocked() > 0 {
+            report.learning_flagged += 1;
+            for incident in by_client.get(&client).into_iter().flatten().take(2) {
+                report.benign_flag_reasons.push(format!(
+                    "learning: {}",
+                    incident["summary"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        report.rare_learning += journey
+            .steps
+            .iter()
+            .filter(|s| s.tail == Tail::Rare)
+            .count();
+    }
     for (journey, outcome) in mixed.iter().zip(&outcomes) {
         let client = IpAddr::V4(journey.client);
         debug_assert!(!learning_clients.contains(&client));
@@ -308,6 +420,15 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
                 report.benign_multi_task += usize::from(journeys::task_count(journey) > 1);
                 report.benign_idle_gaps += usize::from(journeys::has_idle_gap(journey));
                 report.benign_blocked_requests += outcome.blocked();
+                for (s, o) in journey.steps.iter().zip(&outcome.steps) {
+                    let tail = match s.tail {
+                        Tail::Rare => &mut report.rare,
+                        Tail::Released => &mut report.released,
+                        Tail::No => continue,
+                    };
+                    tail.requests += 1;
+                    tail.refused += usize::from(o.blocked);
+                }
                 if detected {
                     report.benign_flagged += 1;
                     for incident in own_incidents.iter().take(2) {

@@ -135,6 +135,22 @@ pub enum Tail {
     Released,
 }
 
+/// Learning sessions that use a rare operation: two, fewer than any inventory threshold
+/// (`learning.minEndpointRequests` is 3 by default).
+pub fn rare_learning_sessions(learning: usize) -> Vec<usize> {
+    if learning < 4 {
+        return Vec::new();
+    }
+    vec![learning / 4, learning * 3 / 4]
+}
+
+/// Honest requests of the long tail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TailResult {
+    pub requests: usize,
+    pub refused: usize,
+}
+
 /// A sequence of requests by one client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Journey {
@@ -661,6 +677,122 @@ pub fn generate(
         journeys.shuffle(&mut rng);
     }
     journeys
+}
+
+/// A yearly statement download: the account list, then the statement of one account (an
+/// operation of the long tail: a customer asks for it about once a year).
+fn statement_task(rng: &mut ChaCha8Rng, c: &Customer) -> Vec<Step> {
+    let account = *c.accounts.choose(rng).unwrap_or(&c.accounts[0]);
+    let mut statement = step(
+        http::Method::GET,
+        format!("/api/v1/accounts/{account}/statement?year=2025"),
+        None,
+        2,
+    );
+    statement.tail = Tail::Rare;
+    vec![accounts(), statement]
+}
+
+/// An e-mail change: the profile, then the new address (rare: a customer changes it once in
+/// years).
+fn email_change_task(rng: &mut ChaCha8Rng, c: &Customer) -> Vec<Step> {
+    let email = format!(
+        "{}.{}@post.example.net",
+        c.username,
+        rng.random_range(1..99)
+    );
+    let mut change = step(
+        http::Method::PUT,
+        "/api/v1/profile/email",
+        Some(json!({ "email": email })),
+        3,
+    );
+    change.tail = Tail::Rare;
+    vec![step(http::Method::GET, "/api/v1/profile", None, 1), change]
+}
+
+/// Share of honest mixed-phase sessions that use a rare operation (every simulated API).
+pub const RARE_SHARE: f64 = 0.03;
+/// Share of balance checks after the release that go on to the card view it added.
+pub const RELEASED_SHARE: f64 = 0.3;
+
+/// Where the long tail goes in a bank evaluation's benign visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailPlan<'a> {
+    /// The learning phase: the visits at these positions (of the benign visits) do both rare
+    /// tasks, so that each rare operation succeeds fewer times than any inventory threshold.
+    Learning(&'a [usize]),
+    /// After maturity: [`RARE_SHARE`] of the visits do one rare task, and a balance check goes
+    /// on to the released card view with probability [`RELEASED_SHARE`].
+    Mixed,
+}
+
+/// Adds the long tail to the benign visits of `journeys` (made by [`generate`] with
+/// `first_customer`): rare tasks appended after a pause, released card views after balance
+/// checks. Its own random stream (from `seed`), so the visits it leaves alone stay as
+/// [`generate`] made them.
+pub fn add_tail(
+    journeys: &mut [Journey],
+    directory: &Directory,
+    first_customer: usize,
+    seed: u64,
+    plan: TailPlan<'_>,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a11_7a11);
+    let mut benign: Vec<&mut Journey> = journeys
+        .iter_mut()
+        .filter(|j| j.kind == JourneyKind::Benign)
+        .collect();
+    // Visits in the order `generate` made them (its benign visits come first, customer by
+    // customer), whatever the shuffle.
+    benign.sort_by_key(|j| j.id);
+    for (k, journey) in benign.into_iter().enumerate() {
+        let c = &directory.customers[(first_customer + journey.id) % directory.customers.len()];
+        let rare_tasks = match plan {
+            TailPlan::Learning(at) if at.contains(&k) => {
+                vec![statement_task(&mut rng, c), email_change_task(&mut rng, c)]
+            }
+            TailPlan::Learning(_) => Vec::new(),
+            TailPlan::Mixed if rng.random_bool(RARE_SHARE) => {
+                if rng.random_bool(0.5) {
+                    vec![statement_task(&mut rng, c)]
+                } else {
+                    vec![email_change_task(&mut rng, c)]
+                }
+            }
+            TailPlan::Mixed => Vec::new(),
+        };
+        if plan == TailPlan::Mixed {
+            let mut steps = Vec::with_capacity(journey.steps.len() + 2);
+            for s in journey.steps.drain(..) {
+                let account = s
+                    .path_and_query
+                    .strip_prefix("/api/v1/accounts/")
+                    .and_then(|rest| rest.strip_suffix("/balance"))
+                    .map(str::to_owned);
+                steps.push(s);
+                if let Some(account) = account
+                    && rng.random_bool(RELEASED_SHARE)
+                {
+                    let mut cards = step(
+                        http::Method::GET,
+                        format!("/api/v1/accounts/{account}/cards"),
+                        None,
+                        2,
+                    );
+                    cards.tail = Tail::Released;
+                    steps.push(cards);
+                }
+            }
+            journey.steps = steps;
+        }
+        for mut task in rare_tasks {
+            if let Some(first) = task.first_mut() {
+                first.think_ms = rng.random_range(BETWEEN_TASKS_MS);
+            }
+            journey.steps.extend(task);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,15 +3,18 @@
 //! (HS256, `sub` = the username), failures answered with 200 and an error body
 //! (`{"status":"fail","message":...}`), an unauthenticated debug endpoint that dumps every user
 //! (`/users/v1/_debug`, which honest clients never call) and a rare but legitimate password
-//! change. Like many real apps it checks no ownership (any user's e-mail or password can be
+//! change, and the reviews of a book (`GET /books/v1/{title}/reviews`) that a release adds once
+//! the enforcer's model is mature. Like many real apps it checks no ownership (any user's e-mail or password can be
 //! changed, any book's secret read), applies every registration field (`admin`), and validates
 //! no format.
 //!
 //! The journeys: honest readers (some signing up first, some returning in the mixed phase after
 //! a session while the model learned; a few change their password, fewer times during learning
-//! than any inventory threshold) and one generator per attack kind.
+//! than any inventory threshold; after the release some go on from a book to its reviews) and
+//! one generator per attack kind.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::Mutex;
@@ -204,6 +207,8 @@ struct Data {
 /// The library app.
 pub struct Library {
     data: Mutex<Data>,
+    /// The release that adds the reviews of a book is out.
+    released: AtomicBool,
     encoding: EncodingKey,
     decoding: DecodingKey,
 }
@@ -249,6 +254,7 @@ impl Library {
                 books,
                 book_index,
             }),
+            released: AtomicBool::new(false),
             encoding: EncodingKey::from_secret(TOKEN_SECRET.as_bytes()),
             decoding: DecodingKey::from_secret(TOKEN_SECRET.as_bytes()),
         }
@@ -276,6 +282,10 @@ impl Library {
 }
 
 impl App for Library {
+    fn release(&self) {
+        self.released.store(true, Ordering::Relaxed);
+    }
+
     fn handle(&self, request: &AppRequest) -> AppResponse {
         let segments = request.segments();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -419,6 +429,17 @@ impl App for Library {
                 }
                 None => fail("Book not found!"),
             },
+            (&http::Method::GET, ["books", "v1", title, "reviews"])
+                if self.released.load(Ordering::Relaxed) =>
+            {
+                match data.book_index.get(*title) {
+                    Some(&i) => AppResponse::ok(
+                        200,
+                        json!({ "book_title": data.books[i].title, "reviews": [ { "stars": 1 + i % 5, "text": "A good read." } ] }),
+                    ),
+                    None => fail("Book not found!"),
+                }
+            }
             (&http::Method::POST, ["books", "v1"]) => {
                 let (Some(title), Some(secret)) = (text("book_title"), text("secret")) else {
                     return fail("book_title and secret are required.");
@@ -474,6 +495,13 @@ fn book(title: &str) -> Step {
     get(format!("/books/v1/{}", styles::encode_path(title)))
 }
 
+/// A book's reviews (the operation the release adds), marked as the long tail's.
+fn reviews(title: &str) -> Step {
+    let mut s = get(format!("/books/v1/{}/reviews", styles::encode_path(title)));
+    s.tail = Tail::Released;
+    s
+}
+
 fn user(name: &str) -> Step {
     get(format!("/users/v1/{}", styles::encode_path(name)))
 }
@@ -502,8 +530,19 @@ fn add_book(title: &str, secret: &str) -> Step {
     )
 }
 
-/// One honest session of reader `i`; `rare` adds the password change.
-fn benign(rng: &mut ChaCha8Rng, world: &mut World, i: usize, rare: bool) -> Vec<Step> {
+/// Share of book views after the release that go on to the book's reviews.
+const RELEASED_SHARE: f64 = 0.3;
+
+/// One honest session of reader `i`; `rare` adds the password change; with `released` (its
+/// own random stream, so that the sessions stay as they were without the release) book views
+/// go on to the reviews a release added.
+fn benign(
+    rng: &mut ChaCha8Rng,
+    world: &mut World,
+    i: usize,
+    rare: bool,
+    mut released: Option<&mut ChaCha8Rng>,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     if !world.readers[i].registered {
         steps.push(register(&world.readers[i], None));
@@ -541,6 +580,11 @@ fn benign(rng: &mut ChaCha8Rng, world: &mut World, i: usize, rare: bool) -> Vec<
                     for _ in 0..rng.random_range(1..=3) {
                         if let Some((title, owner)) = listed.choose(rng) {
                             task.push(book(title));
+                            if let Some(r) = released.as_deref_mut()
+                                && r.random_bool(RELEASED_SHARE)
+                            {
+                                task.push(reviews(title));
+                            }
                             if rng.random_bool(0.25) {
                                 task.push(user(owner));
                             }
@@ -749,11 +793,13 @@ fn attack(rng: &mut ChaCha8Rng, world: &mut World, i: usize, kind: AttackKind) -
 }
 
 /// The library's journeys: `sizes.learning` honest sessions (two of them change a password),
-/// then the mixed phase: honest sessions of returning and new readers (3% change a password)
+/// then the mixed phase: honest sessions of returning and new readers (3% change a password;
+/// after the release, 30% of book views go on to the book's reviews)
 /// and `sizes.attacks_per_kind` sessions of every kind in [`ATTACKS`] (each stuffing campaign
 /// tries 8 names, 1–2 per address, one session per address), shuffled.
 pub fn plan(seed: u64, sizes: &Sizes) -> (World, Plan) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut release_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a11_7a11);
     let returning_count = (sizes.benign / 2).min(sizes.learning);
     let new_count = sizes.benign - returning_count;
     let attack_users = sizes.attacks_per_kind * ATTACKS.len() + 2;
@@ -769,7 +815,7 @@ pub fn plan(seed: u64, sizes: &Sizes) -> (World, Plan) {
 
     let rare_learning = styles::rare_learning_sessions(sizes.learning);
     for i in 0..sizes.learning {
-        let steps = benign(&mut rng, &mut world, i, rare_learning.contains(&i));
+        let steps = benign(&mut rng, &mut world, i, rare_learning.contains(&i), None);
         plan.learning.push(addresses.benign(steps, &mut rng));
     }
     let mut returning: Vec<usize> = (0..sizes.learning).collect();
@@ -778,14 +824,20 @@ pub fn plan(seed: u64, sizes: &Sizes) -> (World, Plan) {
     let mut mixed = Vec::new();
     for i in returning {
         let rare = rng.random_bool(styles::RARE_SHARE);
-        let steps = benign(&mut rng, &mut world, i, rare);
+        let steps = benign(&mut rng, &mut world, i, rare, Some(&mut release_rng));
         let j = addresses.benign(steps, &mut rng);
         plan.returning.insert(j.client);
         mixed.push(j);
     }
     for k in 0..new_count {
         let rare = rng.random_bool(styles::RARE_SHARE);
-        let steps = benign(&mut rng, &mut world, sizes.learning + k, rare);
+        let steps = benign(
+            &mut rng,
+            &mut world,
+            sizes.learning + k,
+            rare,
+            Some(&mut release_rng),
+        );
         mixed.push(addresses.benign(steps, &mut rng));
     }
     let mut attacker = sizes.learning + new_count;

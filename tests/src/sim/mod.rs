@@ -11,5 +11,6 @@ pub mod driver;
 pub mod evaluate;
 pub mod journeys;
 pub mod library;
+pub mod scaleout;
 pub mod shop;
 pub mod styles;

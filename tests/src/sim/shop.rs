@@ -593,8 +593,10 @@ fn attack(rng: &mut ChaCha8Rng, world: &World, i: usize, kind: AttackKind) -> Ve
             steps.push(harmful(s));
         }
         AttackKind::ReplayedTransfer => {
-            browse(rng, &mut steps, true);
-            steps.push(add_item(k, 1));
+            // An honest-looking purchase (the product it looked at), whose checkout is then
+            // sent again: the replay must follow a checkout that succeeded.
+            let shown = browse(rng, &mut steps, true);
+            steps.push(add_item(shown, 1));
             steps.push(get("/cart"));
             let s = checkout(rng, c);
             for _ in 0..4 {

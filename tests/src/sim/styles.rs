@@ -28,25 +28,14 @@ use super::app::{App, Hit, RunningApp};
 use super::driver::{self, JourneyOutcome};
 use super::evaluate::{KindResult, admin_get, record_attack};
 use super::journeys::{AttackKind, Journey, JourneyKind, Step, Tail};
+pub use super::journeys::{RARE_SHARE, TailResult, rare_learning_sessions};
 use super::{library, shop};
-
-/// Share of honest mixed-phase sessions that use a rare operation.
-pub const RARE_SHARE: f64 = 0.03;
 
 /// Seconds since the epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Learning sessions that use a rare operation: two, fewer than any inventory threshold
-/// (`learning.minEndpointRequests` is 3 by default).
-pub fn rare_learning_sessions(learning: usize) -> Vec<usize> {
-    if learning < 4 {
-        return Vec::new();
-    }
-    vec![learning / 4, learning * 3 / 4]
 }
 
 /// An authenticated step (token or cookies of the journey), sent right away.
@@ -300,6 +289,8 @@ detectors:
   volume: {{ action: Block }}
   enumeration: {{ action: Block }}
   credentialStuffing: {{ action: Block }}
+  exposure: {{ action: Block }}
+  identityLineage: {{ action: Block }}
 "#
     )
 }
@@ -319,13 +310,6 @@ pub struct GroupResult {
     pub sessions: usize,
     pub flagged: usize,
     pub blocked_requests: usize,
-}
-
-/// Honest requests of the long tail.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TailResult {
-    pub requests: usize,
-    pub refused: usize,
 }
 
 /// One API's evaluation.
@@ -494,7 +478,8 @@ async fn run_plan<A: App>(
     options: StyleOptions,
 ) -> anyhow::Result<StyleReport> {
     let started = Instant::now();
-    let config = parse_yaml(yaml).context("the evaluation's enforcer config")?;
+    let mut config = parse_yaml(yaml).context("the evaluation's enforcer config")?;
+    super::evaluate::disable_from_env(&mut config.detectors)?;
     let analyzer = Arc::new(LearnedAnalyzer::new(
         &config.learning,
         &config.detectors,
@@ -514,10 +499,19 @@ async fn run_plan<A: App>(
 
     let mut by_client: HashMap<IpAddr, Vec<&Value>> = HashMap::new();
     for incident in incidents.as_array().into_iter().flatten() {
-        if let Some(client) = incident["client"]
-            .as_str()
-            .and_then(|c| c.parse::<IpAddr>().ok())
+        // A campaign's incident lists its addresses; other incidents name one.
+        let listed = incident["clients"].as_array().into_iter().flatten();
+        let mut clients: Vec<IpAddr> = listed
+            .filter_map(|c| c.as_str().and_then(|c| c.parse::<IpAddr>().ok()))
+            .collect();
+        if clients.is_empty()
+            && let Some(client) = incident["client"]
+                .as_str()
+                .and_then(|c| c.parse::<IpAddr>().ok())
         {
+            clients.push(client);
+        }
+        for client in clients {
             by_client.entry(client).or_default().push(incident);
         }
     }
@@ -556,11 +550,20 @@ async fn run_plan<A: App>(
                 group.blocked_requests += outcome.blocked();
                 if detected {
                     group.flagged += 1;
+                    let why = own
+                        .first()
+                        .and_then(|i| i["summary"].as_str())
+                        .unwrap_or("blocked without an incident");
+                    // Every flagged honest session with `ORDO_EVAL_TRACE` (as the attacks in
+                    // `evaluate::record_attack`), a few in the report.
+                    if std::env::var_os("ORDO_EVAL_TRACE").is_some() {
+                        eprintln!(
+                            "honest {} {}: {why}",
+                            if learning { "learning" } else { "mixed" },
+                            journey.client
+                        );
+                    }
                     if report.flag_reasons.len() < 12 {
-                        let why = own
-                            .first()
-                            .and_then(|i| i["summary"].as_str())
-                            .unwrap_or("blocked without an incident");
                         report.flag_reasons.push(format!(
                             "{} {}: {why}",
                             if learning { "learning" } else { "mixed" },

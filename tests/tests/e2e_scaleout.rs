@@ -1,0 +1,1146 @@
+//! Scale-out on the local cluster's real node (docs/scale-out.md): the chart's operator, an
+//! ApiProtection in Enforce with 3 enforcer replicas and `scaleOut.secretRef`, and 2 front
+//! proxies in Pods of their own (`ordo-sample-bank --front`: each request to the next enforcer
+//! Pod, as the pods of an ingress controller spread one customer's requests) behind a
+//! ClusterIP Service that the test sends the simulator's bank journeys to. A `requires` rule,
+//! a per-session rate limit and every learned detector block.
+//!
+//! The same journeys run against one enforcer in this process (the reference: the same
+//! settings, no peers), and every request's decision (refused or not) is compared:
+//!
+//! 1. learning (honest journeys), until every replica's model is mature and its detectors
+//!    active (each replica learns from what it decides and adopts the model the operator
+//!    merges from all replicas' reports);
+//! 2. mixed: honest journeys and every attack kind, 3 replicas;
+//! 3. churn: honest journeys without a pause while the replicas are scaled 3 → 5 → 2 and one
+//!    of the two is killed (SIGKILL; the kubelet restarts it).
+//!
+//! It prints the decisions that differ from the reference and why, the forwarding counters and
+//! the requests each replica decided; it asserts that on 3 replicas no honest request is
+//! refused that the reference let through, that every attack kind is detected, that the
+//! replicas really forwarded, and that while the replicas change at most 2 % of the requests
+//! are honest ones refused (none with `ORDO_SCALEOUT_STRICT=1`, which issue 16 asks for; met
+//! in the runs since the member views are versioned, docs/scale-out.md, "On a real node", but
+//! not yet the default until more runs show it reliably).
+//!
+//! Ignored by default like `e2e_node.rs` (root and `tests/cluster/build-node.sh`); run with
+//! `cargo test -p ordo-tests --test e2e_scaleout -- --ignored --nocapture`.
+
+// Helpers of a test binary may unwrap too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use kube::Api;
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use ordo_enforcer::config::parse_yaml;
+use ordo_enforcer::detect::LearnedAnalyzer;
+use ordo_enforcer::runtime::RunningEnforcer;
+use ordo_operator::crd::{ApiProtection, SequenceRule};
+use ordo_tests::cluster::{
+    NODE_NAME, NodeOptions, Options, REAL_NODE_NAME, TestCluster, binaries, node,
+};
+use ordo_tests::e2e::{Diagnostics, debug_image, wait_for};
+use ordo_tests::helm::{self, Helm};
+use ordo_tests::sim::bank::{Directory, RunningBank, TOKEN_SECRET};
+use ordo_tests::sim::driver::{self, JourneyOutcome};
+use ordo_tests::sim::evaluate::{admin_get, enforcer_yaml};
+use ordo_tests::sim::journeys::{self, AttackKind, Journey, JourneyKind};
+
+const SEED: u64 = 11;
+const LEARNING: usize = 500;
+const BENIGN: usize = 150;
+const PER_KIND: usize = 2;
+/// Honest journeys the churn phase draws from, in batches, cycling while the replicas change.
+const CHURN_POOL: usize = 400;
+const CHURN_BATCH: usize = 40;
+const CONCURRENCY: usize = 8;
+/// At most this share (%) of the churn phase's requests may be honest ones refused, unless
+/// `ORDO_SCALEOUT_STRICT=1` (none): 3x the worst run measured before the member views were
+/// versioned (14 of 2,447, 0.6 %) rounded up; the runs since refused none
+/// (docs/scale-out.md).
+const CHURN_REFUSED_PERCENT: usize = 2;
+/// `session.history.duration` and the rule's `within`: long enough that an honest journey
+/// through a loaded node (debug builds on 2 shared cores) keeps its balance lookup in view;
+/// also how long a replica that joined treats the sessions it owns as possibly served
+/// elsewhere before.
+const HISTORY: &str = "10s";
+const HISTORY_WAIT: Duration = Duration::from_secs(11);
+/// The learning's journey gap: a pause longer than this starts a new journey, judged by the
+/// sequence model from its start. The simulator's journeys pause for milliseconds, but
+/// through debug enforcers on a loaded node one request may take more than a second: a gap
+/// of 1 s cut honest journeys in the middle (first runs: a transactions page refused as "the
+/// first request of the session"). Each journey is a session of its own, so a long gap merges
+/// nothing.
+const JOURNEY_GAP: &str = "10s";
+/// The shared secret of the replicas (a Secret the test creates, as a user would).
+const PEER_SECRET: &str = "e2e-scaleout-replicas-shared-secret";
+
+struct Plan {
+    directory: Directory,
+    learning: Vec<Journey>,
+    mixed: Vec<Journey>,
+    churn: Vec<Journey>,
+}
+
+fn plan() -> Plan {
+    let attacks = PER_KIND * AttackKind::ALL.len();
+    let directory = Directory::generate(customers());
+    let learning = journeys::generate(SEED, &directory, 0, LEARNING, 0, false);
+    let mixed = journeys::generate(SEED + 1, &directory, LEARNING, BENIGN, PER_KIND, true);
+    let churn = journeys::generate(
+        SEED + 2,
+        &directory,
+        LEARNING + BENIGN + attacks,
+        CHURN_POOL,
+        0,
+        true,
+    );
+    Plan {
+        directory,
+        learning,
+        mixed,
+        churn,
+    }
+}
+
+/// Customers of the bank Pod and of the reference's bank (`Directory::generate`).
+fn customers() -> usize {
+    LEARNING + BENIGN + PER_KIND * AttackKind::ALL.len() + CHURN_POOL + 10
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference: one enforcer in this process with the settings the ApiProtection renders.
+
+/// The reference's config: what `protection()` renders for the enforcers, without peers.
+fn reference_yaml(upstream: SocketAddr) -> String {
+    let mut text = enforcer_yaml(upstream, "Enforce");
+    let gap = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("journeyGap:"))
+        .map(str::to_owned)
+        .unwrap();
+    text = text
+        .replace(&gap, &format!("  journeyGap: {JOURNEY_GAP}"))
+        .replace(
+            "session:\n  identifiers:",
+            &format!(
+                "session:\n  history: {{ requests: 16, duration: {HISTORY} }}\n  identifiers:"
+            ),
+        );
+    text.push_str(&format!(
+        r#"rules:
+  - name: balance-before-transfer
+    priority: 100
+    action: Block
+    requires:
+      operation: POST /api/v1/transfers
+      after: ["GET /api/v1/accounts/{{account_id}}/balance"]
+      within: {{ requests: 10, duration: {HISTORY} }}
+rateLimits:
+  - name: history-pages
+    operation: GET /api/v1/accounts/{{account_id}}/transactions
+    requests: 40
+    per: 1m
+    action: Block
+"#
+    ));
+    text
+}
+
+struct Reference {
+    bank: RunningBank,
+    enforcer: RunningEnforcer,
+    mixed: Vec<JourneyOutcome>,
+    incidents: HashMap<IpAddr, Vec<serde_json::Value>>,
+}
+
+async fn reference(plan: Arc<Plan>) -> Reference {
+    let bank = RunningBank::start(&plan.directory, None).await.unwrap();
+    let config = parse_yaml(&reference_yaml(bank.addr)).unwrap();
+    let analyzer = Arc::new(LearnedAnalyzer::new(
+        &config.learning,
+        &config.detectors,
+        None,
+    ));
+    let enforcer = ordo_enforcer::runtime::start(config, None, analyzer as _)
+        .await
+        .unwrap();
+    driver::run(enforcer.proxy_addr, &plan.learning, CONCURRENCY)
+        .await
+        .unwrap();
+    let admin = enforcer.admin_addr;
+    wait_for(
+        "the reference's model to be mature with every detector active",
+        Duration::from_secs(60),
+        || async move { model_active(&admin_get(admin, "/v1/model").await?) },
+    )
+    .await
+    .unwrap();
+    let mixed = driver::run(enforcer.proxy_addr, &plan.mixed, CONCURRENCY)
+        .await
+        .unwrap();
+    let incidents = by_client(&admin_get(admin, "/v1/incidents").await.unwrap());
+    Reference {
+        bank,
+        enforcer,
+        mixed,
+        incidents,
+    }
+}
+
+/// `Ok(Some(()))` when the `/v1/model` answer says mature with every detector active.
+fn model_active(model: &serde_json::Value) -> anyhow::Result<Option<()>> {
+    let analyzer = &model["analyzer"];
+    let active = analyzer["mature"] == true
+        && analyzer["detectors"]
+            .as_array()
+            .is_some_and(|ds| ds.iter().all(|d| d["active"] == true));
+    if active {
+        return Ok(Some(()));
+    }
+    anyhow::bail!("analyzer {analyzer}")
+}
+
+fn by_client(incidents: &serde_json::Value) -> HashMap<IpAddr, Vec<serde_json::Value>> {
+    let mut out: HashMap<IpAddr, Vec<serde_json::Value>> = HashMap::new();
+    for incident in incidents.as_array().cloned().unwrap_or_default() {
+        if let Some(client) = incident["client"].as_str().and_then(|c| c.parse().ok()) {
+            out.entry(client).or_default().push(incident);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster.
+
+const IMAGES: [&str; 3] = ["ordo-enforcer", "ordo-operator", "ordo-sample-bank"];
+
+/// The cluster with the real node made the only schedulable node (as in `e2e_node.rs`: the
+/// operator deploys enforcers without tolerations).
+async fn node_cluster() -> TestCluster {
+    let images = IMAGES
+        .iter()
+        .map(|name| debug_image(name).unwrap())
+        .collect();
+    let options = Options {
+        node: Some(NodeOptions {
+            bin_dir: node::default_node_bin_dir(),
+            images,
+        }),
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with_options(&binaries::default_bin_dir(), &options)
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(cluster.client().await.unwrap());
+    nodes
+        .patch(
+            REAL_NODE_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
+        )
+        .await
+        .unwrap();
+    nodes
+        .patch(
+            NODE_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
+        )
+        .await
+        .unwrap();
+    cluster
+}
+
+fn secret(name: &str, value: &str) -> Secret {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name },
+        "stringData": { "key": value },
+    }))
+    .unwrap()
+}
+
+/// The simulator's bank in a Deployment behind Service `bank` (port 80, named `http`).
+fn bank_objects(version: &str) -> (Deployment, Service) {
+    let deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "bank", "labels": { "app": "bank" } },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "bank" } },
+            "template": {
+                "metadata": { "labels": { "app": "bank" } },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "securityContext": { "runAsNonRoot": true },
+                    "containers": [{
+                        "name": "bank",
+                        "image": format!("ghcr.io/ordo-dev/ordo-sample-bank:{version}"),
+                        "imagePullPolicy": "Never",
+                        "args": ["--listen", "0.0.0.0:8080", "--customers", customers().to_string()],
+                        "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 2 },
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "bank" },
+        "spec": {
+            "selector": { "app": "bank" },
+            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
+        },
+    }))
+    .unwrap();
+    (deployment, service)
+}
+
+/// Two front proxies (the sample image's `--front` mode) over the enforcer Pods, found by the
+/// headless Service the operator makes for the peers, behind Service `front` (port 80).
+fn front_objects(version: &str, namespace: &str, proxy_port: u16) -> (Deployment, Service) {
+    let backends = format!("bank-enforcer-peers.{namespace}.svc.cluster.local:{proxy_port}");
+    let deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "front", "labels": { "app": "front" } },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "front" } },
+            "template": {
+                "metadata": { "labels": { "app": "front" } },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "securityContext": { "runAsNonRoot": true },
+                    "containers": [{
+                        "name": "front",
+                        "image": format!("ghcr.io/ordo-dev/ordo-sample-bank:{version}"),
+                        "imagePullPolicy": "Never",
+                        "args": ["--front", backends, "--listen", "0.0.0.0:8080"],
+                        "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 2 },
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "front" },
+        "spec": {
+            "selector": { "app": "front" },
+            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
+        },
+    }))
+    .unwrap();
+    (deployment, service)
+}
+
+/// Takeover of Service `bank` in Enforce with the reference's settings, 3 replicas that
+/// share sessions (`scaleOut`).
+fn protection() -> serde_json::Value {
+    let block = serde_json::json!({ "action": "Block" });
+    serde_json::json!({
+        "apiVersion": "ordo.dev/v1alpha1",
+        "kind": "ApiProtection",
+        "metadata": { "name": "bank" },
+        "spec": {
+            "target": { "service": "bank", "port": "http" },
+            "mode": "Enforce",
+            "routing": "Takeover",
+            "session": {
+                "identifiers": [
+                    { "jwtClaim": { "header": "Authorization", "claim": "sub" } },
+                    { "clientIp": {} },
+                ],
+                "jwtVerification": {
+                    "secretRef": { "name": "bank-jwt", "key": "key" },
+                    "algorithms": ["HS256"],
+                    "onInvalid": "FallThrough",
+                },
+                "history": { "requests": 16, "duration": HISTORY },
+            },
+            "clientAddress": { "source": "XForwardedFor", "trustedHops": 1 },
+            "learning": { "journeyGap": JOURNEY_GAP },
+            "detectors": {
+                "shadowEndpoint": block,
+                "requestShape": block,
+                "unlikelySequence": block,
+                "volume": block,
+                "enumeration": block,
+                "credentialStuffing": block,
+            },
+            "enforcer": {
+                "replicas": 3,
+                "scaleOut": { "secretRef": { "name": "bank-peers", "key": "key" } },
+            },
+            "rateLimits": [{
+                "operation": "GET /api/v1/accounts/{account_id}/transactions",
+                "requests": 40,
+                "per": "1m",
+                "action": "Block",
+            }],
+        },
+    })
+}
+
+fn sequence_rule() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ordo.dev/v1alpha1",
+        "kind": "SequenceRule",
+        "metadata": { "name": "balance-before-transfer" },
+        "spec": {
+            "protectionRef": { "name": "bank" },
+            "priority": 100,
+            "action": "Block",
+            "requires": {
+                "operation": "POST /api/v1/transfers",
+                "after": ["GET /api/v1/accounts/{account_id}/balance"],
+                "within": { "requests": 10, "duration": HISTORY },
+            },
+        },
+    })
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    let status = pod.status.clone().unwrap_or_default();
+    pod.metadata.deletion_timestamp.is_none()
+        && status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Waits until exactly `count` Pods of `selector` exist, all Running and Ready; returns them.
+async fn wait_pods(pods: &Api<Pod>, selector: &str, count: usize, timeout: Duration) -> Vec<Pod> {
+    wait_for(
+        &format!("{count} Ready Pod(s) {selector}"),
+        timeout,
+        || async move {
+            let all = pods.list(&ListParams::default().labels(selector)).await?;
+            let ready: Vec<Pod> = all.items.iter().filter(|p| is_ready(p)).cloned().collect();
+            if ready.len() == count && all.items.len() == count {
+                return Ok(Some(ready));
+            }
+            anyhow::bail!(
+                "{} Pods, {} Ready: {:?}",
+                all.items.len(),
+                ready.len(),
+                all.items
+                    .iter()
+                    .map(|p| (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                    ))
+                    .collect::<Vec<_>>()
+            )
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Pids of every process in the Pod's cgroups (found by the Pod's UID, which is unique).
+fn pod_pids(pod: &Pod) -> Vec<u32> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let output = std::process::Command::new("find")
+        .args([
+            "/sys/fs/cgroup/pids",
+            "-path",
+            &format!("*pod{uid}*"),
+            "-name",
+            "cgroup.procs",
+        ])
+        .output()
+        .unwrap();
+    let mut pids = Vec::new();
+    for procs in String::from_utf8(output.stdout).unwrap().lines() {
+        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+            pids.extend(pid.parse::<u32>().ok());
+        }
+    }
+    pids
+}
+
+/// `GET http://127.0.0.1:9090{path}` inside the enforcer Pod's network namespace: the admin
+/// API's `/v1` answers loopback clients only (no admin token is configured), as an operator
+/// would reach it with `kubectl port-forward`.
+async fn pod_admin(pod: &Pod, path: &str) -> anyhow::Result<serde_json::Value> {
+    let pid = pod_pids(pod)
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no process in Pod {:?}", pod.metadata.name))?;
+    let output = tokio::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "curl", "-sf", "-m", "10"])
+        .arg(format!("http://127.0.0.1:9090{path}"))
+        .output()
+        .await?;
+    anyhow::ensure!(
+        output.status.success(),
+        "curl {path} in {:?}: {} {}",
+        pod.metadata.name,
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    if path == "/metrics" {
+        return Ok(serde_json::Value::String(text.into_owned()));
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// The sum of every series of `metric` in a Prometheus text, by its `result` label (or "").
+fn metric_by_result(text: &str, metric: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let Some(value) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let result = rest
+            .split_once("result=\"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .map_or("", |(r, _)| r);
+        *out.entry(result.to_owned()).or_insert(0.0) += value;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparing runs.
+
+/// Requests whose decision (refused or not) differs from the reference, with why.
+fn differences(
+    journeys: &[Journey],
+    one: &[JourneyOutcome],
+    scaled: &[JourneyOutcome],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for ((j, x), y) in journeys.iter().zip(one).zip(scaled) {
+        let mut failed_before = false;
+        for (i, (sx, sy)) in x.steps.iter().zip(&y.steps).enumerate() {
+            if sx.blocked != sy.blocked {
+                let why = match (j.kind, sy.blocked) {
+                    (JourneyKind::Attack(_), false) => {
+                        "attack request let through (detected later in the session, or not here)"
+                    }
+                    (JourneyKind::Attack(_), true) => {
+                        "attack request refused earlier than on one replica"
+                    }
+                    (JourneyKind::Benign, true) if failed_before => {
+                        "honest request refused after an earlier request of its journey failed (5xx) during the change"
+                    }
+                    (JourneyKind::Benign, true) => "HONEST REQUEST REFUSED",
+                    (JourneyKind::Benign, false) => {
+                        "honest request that one replica refused let through"
+                    }
+                };
+                out.push(format!(
+                    "{:?} {} step {} {} {}: one replica {}, scaled {}: {why}",
+                    j.kind,
+                    j.client,
+                    i + 1,
+                    j.steps[i].method,
+                    j.steps[i].path_and_query,
+                    sx.status,
+                    sy.status
+                ));
+            }
+            if sy.status >= 500 {
+                failed_before = true;
+            }
+        }
+    }
+    out
+}
+
+/// Per attack kind: sessions detected (a request refused, or an incident) and finding kinds.
+fn detections(
+    journeys: &[Journey],
+    outcomes: &[JourneyOutcome],
+    incidents: &HashMap<IpAddr, Vec<serde_json::Value>>,
+) -> BTreeMap<String, (usize, BTreeSet<String>)> {
+    let mut out: BTreeMap<String, (usize, BTreeSet<String>)> = BTreeMap::new();
+    for (j, o) in journeys.iter().zip(outcomes) {
+        let JourneyKind::Attack(kind) = j.kind else {
+            continue;
+        };
+        let found = incidents
+            .get(&IpAddr::V4(j.client))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let entry = out.entry(kind.to_string()).or_default();
+        if o.blocked() > 0 || !found.is_empty() {
+            entry.0 += 1;
+        }
+        for i in found {
+            for k in i["kinds"].as_array().into_iter().flatten() {
+                entry.1.insert(k.as_str().unwrap_or("").to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Honest requests refused; with `after_failure`, also those after a 5xx of the journey.
+fn benign_refused(
+    journeys: &[Journey],
+    outcomes: &[JourneyOutcome],
+    after_failure: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (j, o) in journeys.iter().zip(outcomes) {
+        if j.kind != JourneyKind::Benign {
+            continue;
+        }
+        let mut failed_before = false;
+        for (i, s) in o.steps.iter().enumerate() {
+            if s.blocked && (after_failure || !failed_before) {
+                out.push(format!(
+                    "{} step {} {} {}: {}",
+                    j.client,
+                    i + 1,
+                    j.steps[i].method,
+                    j.steps[i].path_and_query,
+                    s.status
+                ));
+            }
+            failed_before |= s.status >= 500;
+        }
+    }
+    out
+}
+
+/// The churn phase's honest traffic: batches of the churn pool, in turn (cycling), one after
+/// the other without a pause, until stopped; returns the batches it ran (by index) and what
+/// each got.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(usize, Vec<JourneyOutcome>)>>,
+}
+
+impl Churn {
+    fn start(target: SocketAddr, pool: Arc<Vec<Journey>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let batches = pool.len().div_ceil(CHURN_BATCH);
+            let mut ran = Vec::new();
+            let mut next = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                let b = next % batches;
+                let end = ((b + 1) * CHURN_BATCH).min(pool.len());
+                let outcomes = driver::run(target, &pool[b * CHURN_BATCH..end], CONCURRENCY)
+                    .await
+                    .unwrap_or_else(|e| panic!("churn traffic through the fronts: {e:#}"));
+                ran.push((b, outcomes));
+                next += 1;
+            }
+            ran
+        });
+        Self { stop, task }
+    }
+
+    fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    async fn stop(self) -> Vec<(usize, Vec<JourneyOutcome>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+async fn patch_replicas(protections: &Api<ApiProtection>, replicas: i32) {
+    protections
+        .patch(
+            "bank",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "enforcer": { "replicas": replicas } } })),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and tests/cluster/build-node.sh; run with --ignored"]
+async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
+    let started = Instant::now();
+    let version = env!("CARGO_PKG_VERSION");
+    let plan = Arc::new(plan());
+    // The reference runs while the cluster starts (it needs none of it).
+    let reference_run = tokio::spawn(reference(Arc::clone(&plan)));
+    let cluster = node_cluster().await;
+    println!("cluster with the real node: {:.0?}", started.elapsed());
+    let namespace = cluster.namespace("scaleout").await.unwrap();
+    let mut diagnostics = Diagnostics::new(&cluster, &namespace);
+    for component in ["kubelet", "containerd", "kube-proxy"] {
+        diagnostics.log(
+            component,
+            &cluster.dir().join("logs").join(format!("{component}.log")),
+        );
+    }
+    let client = cluster.client().await.unwrap();
+    let helm = Helm::for_cluster(&cluster).unwrap();
+    helm.run(&[
+        "install",
+        "ordo",
+        helm::chart_dir().to_str().unwrap(),
+        "--namespace",
+        &namespace,
+        "--wait",
+        "--timeout",
+        "5m",
+        "--set",
+        "enforcer.reportIntervalSeconds=2",
+        "--set",
+        "operator.statusRefreshSeconds=1",
+        "--set",
+        "operator.logFormat=text",
+    ])
+    .await
+    .unwrap();
+    println!("helm install --wait: {:.0?}", started.elapsed());
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    for (name, value) in [("bank-jwt", TOKEN_SECRET), ("bank-peers", PEER_SECRET)] {
+        secrets
+            .create(&PostParams::default(), &secret(name, value))
+            .await
+            .unwrap();
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let (deployment, service) = bank_objects(version);
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    wait_pods(&pods, "app=bank", 1, Duration::from_secs(120)).await;
+
+    let rules: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &kube::api::ApiResource::erase::<SequenceRule>(&()),
+    );
+    rules
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sequence_rule()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let protections_dyn: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &kube::api::ApiResource::erase::<ApiProtection>(&()),
+    );
+    protections_dyn
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(protection()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let protections: Api<ApiProtection> = Api::namespaced(client.clone(), &namespace);
+    let enforcer_selector = "ordo.dev/protection=bank";
+    // The rendered config must carry the rule and the peers before traffic starts: a Pod
+    // started from an earlier rendering is replaced by the rollout.
+    wait_for(
+        "the rendered enforcer config to hold the rule and the peers",
+        Duration::from_secs(120),
+        || {
+            let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(client.clone(), &namespace);
+            async move {
+                let maps = api.list(&ListParams::default()).await?;
+                let config = maps
+                    .items
+                    .iter()
+                    .filter(|m| {
+                        m.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with("bank-enforcer"))
+                    })
+                    .flat_map(|m| m.data.iter().flat_map(|d| d.values()))
+                    .find(|text| text.contains("peers:"))
+                    .cloned();
+                match config {
+                    Some(text) if text.contains("balance-before-transfer") => Ok(Some(())),
+                    other => anyhow::bail!("rendered: {other:?}"),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let enforcers = wait_for(
+        "3 Ready enforcer Pods of the config with the rule",
+        Duration::from_secs(240),
+        || {
+            let pods = pods.clone();
+            async move {
+                let all = pods
+                    .list(&ListParams::default().labels(enforcer_selector))
+                    .await?;
+                let ready: Vec<Pod> = all.items.iter().filter(|p| is_ready(p)).cloned().collect();
+                if ready.len() == 3 && all.items.len() == 3 {
+                    // Every replica has the rule (a replica of an earlier rendering would
+                    // refuse nothing).
+                    for pod in &ready {
+                        let rules = pod_admin(pod, "/v1/rules").await?;
+                        anyhow::ensure!(
+                            rules.to_string().contains("balance-before-transfer"),
+                            "{:?} has no rule yet: {rules}",
+                            pod.metadata.name
+                        );
+                    }
+                    return Ok(Some(ready));
+                }
+                anyhow::bail!("{} Pods, {} Ready", all.items.len(), ready.len())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let proxy_port = enforcers[0].spec.as_ref().unwrap().containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| !matches!(p.name.as_deref(), Some("admin" | "peers")))
+        .map(|p| u16::try_from(p.container_port).unwrap())
+        .expect("the enforcer container's proxy port");
+    for (i, pod) in enforcers.iter().enumerate() {
+        let meta = &pod.metadata;
+        diagnostics.log(
+            &format!("enforcer Pod {i}"),
+            &cluster
+                .dir()
+                .join("node/pod-logs")
+                .join(format!(
+                    "{}_{}_{}",
+                    namespace,
+                    meta.name.as_deref().unwrap_or_default(),
+                    meta.uid.as_deref().unwrap_or_default()
+                ))
+                .join("enforcer/0.log"),
+        );
+    }
+
+    let (deployment, service) = front_objects(version, &namespace, proxy_port);
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let front = services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    wait_pods(&pods, "app=front", 2, Duration::from_secs(120)).await;
+    let front: SocketAddr = format!("{}:80", front.spec.unwrap().cluster_ip.unwrap())
+        .parse()
+        .unwrap();
+    // Until kube-proxy programs the front's ClusterIP and the fronts have resolved the
+    // enforcers, a request may fail: wait for a login through them.
+    let customer = &plan.directory.customers[customers() - 1];
+    wait_for(
+        "a login through the front Service",
+        Duration::from_secs(90),
+        || async move {
+            let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            let body =
+                serde_json::json!({ "username": customer.username, "password": customer.password });
+            let request = http::Request::post(format!("http://{front}/api/v1/login"))
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))?;
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), client.request(request)).await??;
+            anyhow::ensure!(response.status() == 200, "{}", response.status());
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap();
+    // Past the start-up horizon of the replicas (a replica that just started treats the
+    // sessions it owns as possibly served elsewhere for one history duration).
+    tokio::time::sleep(HISTORY_WAIT).await;
+    println!(
+        "3 enforcers and 2 fronts serving: {:.0?}",
+        started.elapsed()
+    );
+
+    // --- 1. Learning.
+    let phase = Instant::now();
+    driver::run(front, &plan.learning, CONCURRENCY)
+        .await
+        .unwrap();
+    let learning_requests: usize = plan.learning.iter().map(|j| j.steps.len()).sum();
+    println!(
+        "learning: {learning_requests} requests in {:.1?}",
+        phase.elapsed()
+    );
+    wait_for(
+        "every replica's model mature with every detector active (the operator's merge)",
+        Duration::from_secs(120),
+        || {
+            let enforcers = enforcers.clone();
+            async move {
+                for pod in &enforcers {
+                    if model_active(&pod_admin(pod, "/v1/model").await?)?.is_none() {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // --- 2. Mixed traffic on 3 replicas.
+    let phase = Instant::now();
+    let mixed = driver::run(front, &plan.mixed, CONCURRENCY).await.unwrap();
+    let mixed_seconds = phase.elapsed().as_secs_f64();
+    let mut incidents: HashMap<IpAddr, Vec<serde_json::Value>> = HashMap::new();
+    let mut forward_mixed: BTreeMap<String, f64> = BTreeMap::new();
+    let mut decided = Vec::new();
+    for pod in &enforcers {
+        for (client, list) in by_client(&pod_admin(pod, "/v1/incidents").await.unwrap()) {
+            incidents.entry(client).or_default().extend(list);
+        }
+        let metrics = pod_admin(pod, "/metrics").await.unwrap();
+        let metrics = metrics.as_str().unwrap_or_default();
+        for (result, n) in metric_by_result(metrics, "ordo_forward_total") {
+            *forward_mixed.entry(result).or_insert(0.0) += n;
+        }
+        decided.push(
+            metric_by_result(metrics, "ordo_requests_total")
+                .values()
+                .sum::<f64>(),
+        );
+    }
+    let reference = reference_run.await.unwrap();
+    println!("mixed phase: {:.1} s", mixed_seconds);
+
+    // --- 3. Honest traffic while the replicas change: 3 → 5 → 2, then one is killed.
+    let phase = Instant::now();
+    let pool = Arc::new(plan.churn.clone());
+    let churn = Churn::start(front, Arc::clone(&pool));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    patch_replicas(&protections, 5).await;
+    wait_pods(&pods, enforcer_selector, 5, Duration::from_secs(180)).await;
+    println!(
+        "scaled to 5 under traffic: {:.1?} into the phase",
+        phase.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(churn.is_running(), "the changes must happen during traffic");
+    patch_replicas(&protections, 2).await;
+    let two = wait_pods(&pods, enforcer_selector, 2, Duration::from_secs(180)).await;
+    println!(
+        "scaled to 2 under traffic: {:.1?} into the phase",
+        phase.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(churn.is_running(), "the changes must happen during traffic");
+    let victim = &two[1];
+    let victim_name = victim.metadata.name.clone().unwrap();
+    let killed: Vec<u32> = pod_pids(victim)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == "ordo-enforcer"
+        })
+        .collect();
+    assert_eq!(
+        killed.len(),
+        1,
+        "the enforcer process of {victim_name}: {killed:?}"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &killed[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(
+        "the killed enforcer to be restarted and Ready",
+        Duration::from_secs(120),
+        || {
+            let (pods, victim_name) = (pods.clone(), victim_name.clone());
+            async move {
+                let pod = pods.get(&victim_name).await?;
+                let restarted = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.clone())
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.restart_count >= 1 && c.ready);
+                Ok(restarted.then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "{victim_name} killed and restarted: {:.1?} into the phase",
+        phase.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(churn.is_running(), "the changes must happen during traffic");
+    let ran = churn.stop().await;
+    let churn_seconds = phase.elapsed().as_secs_f64();
+    let mut forward_end: BTreeMap<String, f64> = BTreeMap::new();
+    let mut moved = 0.0;
+    for pod in &wait_pods(&pods, enforcer_selector, 2, Duration::from_secs(60)).await {
+        let metrics = pod_admin(pod, "/metrics").await.unwrap();
+        let metrics = metrics.as_str().unwrap_or_default();
+        for (result, n) in metric_by_result(metrics, "ordo_forward_total") {
+            *forward_end.entry(result).or_insert(0.0) += n;
+        }
+        moved += metric_by_result(metrics, "ordo_sessions_moved_total")
+            .values()
+            .sum::<f64>();
+    }
+
+    // The reference runs the same batches in the same order.
+    let mut churn_journeys = Vec::new();
+    let mut churn_scaled = Vec::new();
+    let mut churn_one = Vec::new();
+    for (b, outcomes) in ran {
+        let end = ((b + 1) * CHURN_BATCH).min(pool.len());
+        let batch = &pool[b * CHURN_BATCH..end];
+        churn_one.extend(
+            driver::run(reference.enforcer.proxy_addr, batch, CONCURRENCY)
+                .await
+                .unwrap(),
+        );
+        churn_journeys.extend_from_slice(batch);
+        churn_scaled.extend(outcomes);
+    }
+    reference.enforcer.shutdown().await;
+    reference.bank.shutdown();
+
+    // --- The report.
+    let count = |js: &[Journey]| js.iter().map(|j| j.steps.len()).sum::<usize>();
+    let mixed_diff = differences(&plan.mixed, &reference.mixed, &mixed);
+    let churn_diff = differences(&churn_journeys, &churn_one, &churn_scaled);
+    println!(
+        "decisions that differ from one replica: {} of {} requests with 3 replicas, {} of {} \
+         while the replicas changed 3 → 5 → 2 and one was killed",
+        mixed_diff.len(),
+        count(&plan.mixed),
+        churn_diff.len(),
+        count(&churn_journeys)
+    );
+    for d in mixed_diff.iter().chain(&churn_diff) {
+        println!("  - {d}");
+    }
+    let failed = churn_scaled
+        .iter()
+        .flat_map(|o| &o.steps)
+        .filter(|s| s.status >= 500)
+        .count();
+    println!(
+        "churn: {} requests in {churn_seconds:.1} s, {failed} answered 5xx (in flight on a \
+         replica that stopped or was killed); sessions moved (on the 2 left): {moved}",
+        count(&churn_journeys)
+    );
+    println!("forwarding after the mixed phase (3 replicas): {forward_mixed:?}");
+    println!("forwarding at the end (the 2 replicas left): {forward_end:?}");
+    let total: f64 = decided.iter().sum();
+    println!(
+        "requests decided per replica (learning and mixed): {decided:?} ({:?} %)",
+        decided
+            .iter()
+            .map(|n| (100.0 * n / total.max(1.0)).round())
+            .collect::<Vec<_>>()
+    );
+    let (d1, d3) = (
+        detections(&plan.mixed, &reference.mixed, &reference.incidents),
+        detections(&plan.mixed, &mixed, &incidents),
+    );
+    for (kind, (n, kinds)) in &d3 {
+        println!(
+            "{kind}: detected {n} of {PER_KIND} (one replica: {:?}); findings {kinds:?}",
+            d1.get(kind)
+        );
+    }
+    println!("whole test: {:.0?}", started.elapsed());
+
+    // Honest requests refused while the replicas changed (a request after one of its
+    // journey's requests failed with a 5xx is listed above but not counted: the step a rule
+    // needs may not have happened). Issue 16 asks for none; the real node still refuses a few
+    // in the seconds after a replica's crash and restart (docs/scale-out.md, "On a real node":
+    // 0-14 of ~2,000 in the runs so far), so by default this is a bound on that known gap, and
+    // ORDO_SCALEOUT_STRICT=1 asks for none.
+    let refused = benign_refused(&churn_journeys, &churn_scaled, false);
+    println!(
+        "honest requests refused while the replicas changed: {} of {}",
+        refused.len(),
+        count(&churn_journeys)
+    );
+    let strict = std::env::var("ORDO_SCALEOUT_STRICT").is_ok_and(|v| v == "1");
+    let bound = if strict {
+        0
+    } else {
+        count(&churn_journeys) * CHURN_REFUSED_PERCENT / 100
+    };
+    assert!(
+        refused.len() <= bound,
+        "{} honest requests refused while the replicas changed (at most {bound} allowed, \
+         ORDO_SCALEOUT_STRICT={strict}): {refused:#?}",
+        refused.len()
+    );
+    // In the mixed phase (3 replicas, no change): none that one replica did not refuse too
+    // (the learned detectors may flag an honest session anyway, wherever it is decided).
+    let refused_one: BTreeSet<String> = benign_refused(&plan.mixed, &reference.mixed, true)
+        .into_iter()
+        .collect();
+    let refused: Vec<String> = benign_refused(&plan.mixed, &mixed, true)
+        .into_iter()
+        .filter(|r| !refused_one.contains(r))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "honest requests refused on 3 replicas that one replica let through: {refused:#?}"
+    );
+    // Every attack kind is detected.
+    for kind in AttackKind::ALL {
+        let n = d3.get(&kind.to_string()).map_or(0, |(n, _)| *n);
+        assert!(n >= 1, "{kind}: no session detected on 3 replicas: {d3:?}");
+    }
+    // The replicas shared the sessions: requests were forwarded to their owner, and every
+    // replica decided some.
+    assert!(
+        forward_mixed.get("forwarded").copied().unwrap_or(0.0) > 0.0,
+        "{forward_mixed:?}"
+    );
+    assert!(decided.iter().all(|n| *n > 0.0), "{decided:?}");
+    diagnostics.passed();
+}
