@@ -156,6 +156,7 @@ fn train(f: &Fixture, analyzer: &LearnedAnalyzer, sessions: u64) {
                 &ResponseSummary {
                     status: 200,
                     duration_us: 300,
+                    ..ResponseSummary::default()
                 },
                 false,
             );
@@ -344,6 +345,7 @@ fn benches(c: &mut Criterion) {
     let response = ResponseSummary {
         status: 200,
         duration_us: 250,
+        ..ResponseSummary::default()
     };
     c.bench_function("model/observe_transfer", |b| {
         b.iter(|| {

@@ -28,6 +28,9 @@ pub struct NginxParams {
     /// Directory for this instance's config, pid, logs and temp files.
     pub dir: PathBuf,
     pub modsecurity: bool,
+    /// `master_process off`: one process doing everything (what valgrind can follow,
+    /// [`crate::instructions`]); otherwise a master and `workers` worker processes.
+    pub master_process: bool,
 }
 
 impl NginxParams {
@@ -71,7 +74,8 @@ fn nginx_conf(p: &NginxParams) -> String {
     }
     let _ = writeln!(
         c,
-        "daemon off;\nmaster_process on;\nworker_processes {};",
+        "daemon off;\nmaster_process {};\nworker_processes {};",
+        if p.master_process { "on" } else { "off" },
         p.workers.max(1)
     );
     let _ = writeln!(c, "pid {d}/nginx.pid;\nerror_log {d}/error.log warn;");
@@ -175,10 +179,11 @@ mod tests {
             workers: 1,
             dir: dir.path().to_path_buf(),
             modsecurity: false,
+            master_process: true,
         };
         let path = write(&p).unwrap();
         let conf = std::fs::read_to_string(path).unwrap();
-        assert!(conf.contains("worker_processes 1;"));
+        assert!(conf.contains("master_process on;\nworker_processes 1;"));
         assert!(conf.contains("server 127.0.0.1:18001; keepalive 512;"));
         assert!(conf.contains("listen 127.0.0.1:18000"));
         assert!(!conf.contains("modsecurity"));

@@ -116,13 +116,14 @@ pub const RULES_YAML: &str = r#"  - name: balance-before-transfer
 
 /// The enforcer config for one instance.
 /// The learned detectors, and the action each has in the realistic policy.
-const DETECTORS: [(&str, &str); 6] = [
+const DETECTORS: [(&str, &str); 7] = [
     ("shadowEndpoint", "Block"),
     ("requestShape", "Log"),
     ("unlikelySequence", "Log"),
     ("volume", "Block"),
     ("enumeration", "Block"),
     ("credentialStuffing", "Block"),
+    ("identityLineage", "Log"),
 ];
 
 pub fn enforcer_config_yaml(p: &EnforcerParams<'_>) -> String {
@@ -137,6 +138,12 @@ pub fn enforcer_config_yaml(p: &EnforcerParams<'_>) -> String {
     );
     let _ = writeln!(y, "mode: {}", p.mode.as_str());
     let _ = writeln!(y, "failurePolicy: Open");
+    // The load generator is one address standing for many clients: the per-address caps
+    // (sized for one client each) would refuse its connections.
+    let _ = writeln!(
+        y,
+        "limits:\n  maxConnectionsPerClient: 0\n  maxConcurrentRequestsPerClient: 0"
+    );
     if p.bare {
         let _ = writeln!(
             y,
@@ -601,6 +608,7 @@ mod tests {
             &d.volume,
             &d.enumeration,
             &d.credential_stuffing,
+            &d.identity_lineage,
         ] {
             assert!(!detector.enabled);
         }

@@ -28,6 +28,11 @@ enum Cmd {
     },
     /// Run the whole benchmark (see docs/benchmarks.md).
     Run(Box<RunArgs>),
+    /// User-space instructions per request of nginx and the enforcer (Enforce) under valgrind.
+    Instructions(Box<InstructionArgs>),
+    /// What routing sessions to their owner replica costs next to one replica
+    /// (docs/scale-out.md).
+    Forwarding(Box<ForwardingArgs>),
     /// Print the tables and redraw the chart of a results file.
     Report {
         #[arg(long, default_value = "target/bench/results.json")]
@@ -35,6 +40,33 @@ enum Cmd {
         #[arg(long, default_value = "target/bench/throughput.png")]
         png: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ForwardingArgs {
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    #[arg(long, default_value = "target/release/ordo-enforcer")]
+    enforcer_bin: PathBuf,
+    /// Requests per second of the measured (open-loop) run.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of each measured run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    #[arg(long, default_value_t = 2000)]
+    sessions: u64,
+    /// Fixed-rate runs of every target, interleaved; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// CPUs (taskset list) of the enforcers.
+    #[arg(long, default_value = "1")]
+    proxy_cpus: String,
+    /// CPUs of the load generator and the upstream.
+    #[arg(long, default_value = "0")]
+    load_cpus: String,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +128,39 @@ struct RunArgs {
     targets: Vec<String>,
 }
 
+#[derive(clap::Args)]
+struct InstructionArgs {
+    /// Output directory (instructions.txt, work/ with the callgrind dumps, configs and logs).
+    #[arg(long, default_value = "target/bench-instructions")]
+    out: PathBuf,
+    #[arg(long, default_value = "target/dist/ordo-enforcer")]
+    enforcer_bin: PathBuf,
+    #[arg(long, default_value = "/usr/bin/valgrind")]
+    valgrind: PathBuf,
+    /// Measured requests per target (a multiple of the 30-request cycle).
+    #[arg(long, default_value_t = 3_000)]
+    requests: u64,
+    /// Sessions of the learning traffic (one cycle each), as in `run`.
+    #[arg(long, default_value_t = 2_000)]
+    learn_sessions: u64,
+    /// Live sessions in the table before measuring (one request each).
+    #[arg(long, default_value_t = 20_000)]
+    sessions: u64,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Functions of the enforcer's profile to print.
+    #[arg(long, default_value_t = 40)]
+    top: usize,
+    #[arg(long, default_value = "1")]
+    proxy_cpus: String,
+    #[arg(long, default_value = "0")]
+    load_cpus: String,
+    /// Targets to count (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "nginx,ordo-enforce")]
+    targets: Vec<String>,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -113,7 +178,31 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Run(args) => run(*args),
+        Cmd::Instructions(args) => instructions(*args),
+        Cmd::Forwarding(args) => forwarding(*args),
     }
+}
+
+fn forwarding(a: ForwardingArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let opts = ordo_bench::forwarding::ForwardingOptions {
+        out: std::fs::canonicalize(&a.out)?,
+        enforcer_bin: std::fs::canonicalize(&a.enforcer_bin)?,
+        self_bin: std::env::current_exe()?,
+        rate: a.rate,
+        duration: Duration::from_secs(a.duration),
+        connections: a.connections,
+        sessions: a.sessions,
+        rounds: a.rounds.max(1),
+        proxy_cpus: a.proxy_cpus,
+        load_cpus: a.load_cpus,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(ordo_bench::forwarding::run(opts))?;
+    print!("{}", ordo_bench::forwarding::table(&results));
+    Ok(())
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -172,5 +261,37 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     ordo_bench::chart::draw(&results, &png)?;
     print!("{}", results.render_tables());
     println!("wrote {} and {}", json.display(), png.display());
+    Ok(())
+}
+
+fn instructions(a: InstructionArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.out)?;
+    let opts = ordo_bench::instructions::InstructionOptions {
+        out: std::fs::canonicalize(&a.out)?,
+        enforcer_bin: std::fs::canonicalize(&a.enforcer_bin)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.enforcer_bin.display()))?,
+        self_bin: std::env::current_exe()?,
+        valgrind: a.valgrind,
+        requests: a.requests,
+        learn_sessions: a.learn_sessions,
+        sessions: a.sessions,
+        connections: a.connections,
+        top: a.top,
+        proxy_cpus: a.proxy_cpus,
+        load_cpus: a.load_cpus,
+        targets: a.targets,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = ordo_bench::instructions::run(opts) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+        }
+    })?;
+    print!("{report}");
     Ok(())
 }
