@@ -124,6 +124,8 @@ fn check(report: &DemoReport) {
 
     assert_eq!(report.attacks.len(), AttackKind::ALL.len());
     let attack = |kind: AttackKind| report.attacks.iter().find(|a| a.kind == kind).unwrap();
+    // A detection assertion that fails says what the status did show, in a few lines.
+    let shown = shown_incidents(&report.status);
     // The example's SequenceRules stop a transfer without a balance lookup and replays from the
     // first harmful request.
     for kind in [AttackKind::SkippedSteps, AttackKind::ReplayedTransfer] {
@@ -131,7 +133,7 @@ fn check(report: &DemoReport) {
         assert_eq!(a.harm_reached, 0, "{kind}: {a:?}");
         assert!(
             a.detected_as.iter().any(|k| k == "SequenceRule"),
-            "{kind}: {a:?}"
+            "{kind}: {a:?}\n{shown}"
         );
     }
     // Detectors whose example action is Block stop these before any harm.
@@ -142,7 +144,10 @@ fn check(report: &DemoReport) {
     ] {
         let a = attack(kind);
         assert_eq!(a.harm_reached, 0, "{kind}: {a:?}");
-        assert!(a.detected_as.iter().any(|k| k == finding), "{kind}: {a:?}");
+        assert!(
+            a.detected_as.iter().any(|k| k == finding),
+            "{kind}: {a:?}\n{shown}"
+        );
     }
     // Enumeration and stuffing are judged against peers, so a few requests pass before the
     // session is far enough above them; then it is blocked.
@@ -153,13 +158,16 @@ fn check(report: &DemoReport) {
     ] {
         let a = attack(kind);
         assert!(a.blocked > 0 && a.harm_reached < a.harmful, "{kind}: {a:?}");
-        assert!(a.detected_as.iter().any(|k| k == finding), "{kind}: {a:?}");
+        assert!(
+            a.detected_as.iter().any(|k| k == finding),
+            "{kind}: {a:?}\n{shown}"
+        );
     }
     // Scraping is detected by volume, which the example only logs.
     let scraping = attack(AttackKind::Scraping);
     assert!(
         scraping.detected_as.iter().any(|k| k == "Volume"),
-        "{scraping:?}"
+        "{scraping:?}\n{shown}"
     );
     assert_eq!(
         scraping.blocked, 0,
@@ -191,4 +199,19 @@ fn check(report: &DemoReport) {
         report.service_restored,
         "deleting the ApiProtection did not restore the Service"
     );
+}
+
+/// The incidents status showed (client, kinds, blocked) and its totals, one line.
+fn shown_incidents(status: &ordo_operator::crd::ApiProtectionStatus) -> String {
+    let incidents: Vec<String> = status
+        .incidents
+        .iter()
+        .map(|i| format!("{} {:?} blocked {}", i.client, i.kinds, i.blocked))
+        .collect();
+    format!(
+        "status showed {} incidents (totals {:?}): {}",
+        incidents.len(),
+        status.totals,
+        incidents.join("; ")
+    )
 }

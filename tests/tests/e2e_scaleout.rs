@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use kube::Api;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -420,8 +420,9 @@ fn is_ready(pod: &Pod) -> bool {
 }
 
 /// Waits until exactly `count` Pods of `selector` exist, all Running and Ready; returns them.
+/// On a timeout the panic message says where the scaling stopped (see [`scaling_facts`]).
 async fn wait_pods(pods: &Api<Pod>, selector: &str, count: usize, timeout: Duration) -> Vec<Pod> {
-    wait_for(
+    let waited = wait_for(
         &format!("{count} Ready Pod(s) {selector}"),
         timeout,
         || async move {
@@ -444,8 +445,81 @@ async fn wait_pods(pods: &Api<Pod>, selector: &str, count: usize, timeout: Durat
             )
         },
     )
-    .await
-    .unwrap()
+    .await;
+    match waited {
+        Ok(ready) => ready,
+        Err(err) => panic!("{err:#}\n{}", scaling_facts(pods).await),
+    }
+}
+
+/// Where a change of `spec.enforcer.replicas` stopped, in a few lines a truncated CI log still
+/// shows: the ApiProtection's generation against the one its status observed, the enforcer
+/// Deployment's replicas, and every operator Pod's phase, restarts and last termination.
+async fn scaling_facts(pods: &Api<Pod>) -> String {
+    let namespace = pods.namespace().unwrap_or_default().to_owned();
+    let client = pods.clone().into_client();
+    let protections: Api<ApiProtection> = Api::namespaced(client.clone(), &namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
+    let mut facts = Vec::new();
+    match protections.get("bank").await {
+        Ok(p) => {
+            let status = p.status.unwrap_or_default();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            facts.push(format!(
+                "ApiProtection bank: generation {:?}, observed {:?}, replicas {:?}, Ready {:?}",
+                p.metadata.generation,
+                status.observed_generation,
+                p.spec.enforcer.replicas,
+                ready.map(|c| (&c.status, &c.reason, &c.message)),
+            ));
+        }
+        Err(err) => facts.push(format!("ApiProtection bank: {err}")),
+    }
+    match deployments.get("bank-enforcer").await {
+        Ok(d) => facts.push(format!(
+            "Deployment bank-enforcer: spec.replicas {:?}, status {:?}",
+            d.spec.and_then(|s| s.replicas),
+            d.status.map(|s| (s.replicas, s.ready_replicas, s.observed_generation)),
+        )),
+        Err(err) => facts.push(format!("Deployment bank-enforcer: {err}")),
+    }
+    // Deployment scaled but its ReplicaSet not: the controller manager did not act.
+    let sets: Api<ReplicaSet> = Api::namespaced(pods.clone().into_client(), &namespace);
+    match sets.list(&ListParams::default().labels("ordo.dev/protection=bank")).await {
+        Ok(list) => {
+            for set in list {
+                facts.push(format!(
+                    "ReplicaSet {}: spec.replicas {:?}, status.replicas {}",
+                    set.metadata.name.unwrap_or_default(),
+                    set.spec.and_then(|s| s.replicas),
+                    set.status.map_or(0, |s| s.replicas),
+                ));
+            }
+        }
+        Err(err) => facts.push(format!("ReplicaSets: {err}")),
+    }
+    let operators = ListParams::default().labels("app.kubernetes.io/component=operator");
+    match pods.list(&operators).await {
+        Ok(list) => {
+            for pod in list {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let status = pod.status.unwrap_or_default();
+                let containers = status.container_statuses.unwrap_or_default();
+                let restarts: i32 = containers.iter().map(|c| c.restart_count).sum();
+                let last = containers
+                    .iter()
+                    .filter_map(|c| c.last_state.as_ref()?.terminated.as_ref())
+                    .map(|t| format!("{:?} exit {}", t.reason, t.exit_code))
+                    .collect::<Vec<_>>();
+                facts.push(format!(
+                    "operator Pod {name}: {:?}, restarts {restarts}, last terminated {last:?}",
+                    status.phase
+                ));
+            }
+        }
+        Err(err) => facts.push(format!("operator Pods: {err}")),
+    }
+    facts.join("\n")
 }
 
 /// Pids of every process in the Pod's cgroups (found by the Pod's UID, which is unique).
@@ -714,6 +788,24 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
     .await
     .unwrap();
     println!("helm install --wait: {:.0?}", started.elapsed());
+    let client_pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let operators = ListParams::default().labels("app.kubernetes.io/component=operator");
+    for pod in client_pods.list(&operators).await.unwrap() {
+        let meta = &pod.metadata;
+        diagnostics.log(
+            "operator",
+            &cluster
+                .dir()
+                .join("node/pod-logs")
+                .join(format!(
+                    "{}_{}_{}",
+                    namespace,
+                    meta.name.as_deref().unwrap_or_default(),
+                    meta.uid.as_deref().unwrap_or_default()
+                ))
+                .join("operator/0.log"),
+        );
+    }
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     for (name, value) in [("bank-jwt", TOKEN_SECRET), ("bank-peers", PEER_SECRET)] {

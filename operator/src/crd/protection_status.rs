@@ -54,7 +54,8 @@ pub struct ApiProtectionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_STATUS_SUGGESTED_RULES))]
     pub suggested_rules: Vec<SuggestedRule>,
-    /// The most recent and most severe incidents (at most 20).
+    /// The most recent and most severe incidents (at most 20). One session's incidents from
+    /// several enforcer replicas are shown as one, their counts added up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_STATUS_INCIDENTS))]
     pub incidents: Vec<IncidentStatus>,
@@ -262,8 +263,8 @@ pub struct Totals {
     pub flagged: i64,
     /// Requests blocked.
     pub blocked: i64,
-    /// Incidents opened.
+    /// Incidents opened (each enforcer replica counts those it opened).
     pub incidents: i64,
-    /// Incidents still open.
+    /// Incidents still open (one session's incidents from several replicas count once).
     pub open_incidents: i64,
 }

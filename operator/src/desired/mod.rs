@@ -7,10 +7,12 @@
 //! - [`resources`]: the owned objects (ConfigMap, ServiceAccount, Deployment, Services).
 //! - [`conditions`]: status conditions and their transitions.
 //! - [`summary`]: the report-derived part of the status.
+//! - [`incidents`]: one session's incidents from several enforcer replicas, merged into one.
 //! - [`status`]: the desired status of an ApiProtection, from what a reconcile observed.
 //! - [`rule_status`]: the desired status of a SequenceRule.
 
 pub mod conditions;
+pub mod incidents;
 pub mod names;
 pub mod render;
 pub mod resources;

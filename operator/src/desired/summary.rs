@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 use ordo_enforcer::model::{LearnedModel, SESSION_START};
 use ordo_enforcer::report::IncidentReport;
 
+use super::incidents::merge_across_replicas;
 use crate::crd::limits::MAX_STATUS_POSTURE;
 use crate::crd::{
     Confidence, EndpointStatus, IncidentStatus, ModelSummary, PostureStatus, SequenceStatus,
@@ -153,11 +154,12 @@ pub fn report_part(
         }
     }
     let suggested_rules = suggested_rules(protection, model);
-    let incidents = status_incidents(&state.incidents.values().collect::<Vec<_>>(), now_ms);
+    // One session's incidents from several replicas are one incident to a reader.
+    let merged = merge_across_replicas(&state.incidents.values().collect::<Vec<_>>());
+    let incidents = status_incidents(&merged.iter().collect::<Vec<_>>(), now_ms);
     let counters = state.totals();
-    let open = state
-        .incidents
-        .values()
+    let open = merged
+        .iter()
         .filter(|i| now_ms.saturating_sub(i.last_seen_ms) <= INCIDENT_OPEN_MS)
         .count();
     let totals = Totals {

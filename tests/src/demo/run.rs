@@ -68,6 +68,8 @@ const CONCURRENCY: usize = 12;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttackResult {
     pub kind: AttackKind,
+    /// The attacker's client address.
+    pub client: String,
     pub requests: usize,
     pub blocked: usize,
     /// Harmful steps sent, and those that reached the bank.
@@ -852,9 +854,20 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
     let status = if found && options.platform == Platform::Node {
         // Several enforcers report in turn: the one that blocked nothing (its findings only
         // logged) may report a moment after the totals are complete. Two more report
-        // intervals (2 s each, the chart value the demo sets) let it arrive.
+        // intervals (2 s each, the chart value the demo sets) let it arrive; an attack that
+        // was blocked must have its incident in status, so those are waited for (bounded).
         tokio::time::sleep(Duration::from_secs(5)).await;
-        protection_status(&protections).await?
+        let blocked_clients: Vec<String> = results
+            .iter()
+            .filter(|(_, outcome)| outcome.blocked() > 0)
+            .map(|(_, outcome)| outcome.client.to_string())
+            .collect();
+        wait_status(&protections, Duration::from_secs(30), |s| {
+            let shown = node::incident_kinds_by_client(s);
+            blocked_clients.iter().all(|c| shown.contains_key(c))
+        })
+        .await?
+        .0
     } else {
         status
     };
@@ -901,6 +914,7 @@ pub async fn run(options: Options) -> anyhow::Result<DemoReport> {
         );
         report.attacks.push(AttackResult {
             kind: *kind,
+            client: outcome.client.to_string(),
             requests: outcome.steps.len(),
             blocked: outcome.blocked(),
             harmful: outcome.harmful(),
