@@ -479,13 +479,17 @@ async fn scaling_facts(pods: &Api<Pod>) -> String {
         Ok(d) => facts.push(format!(
             "Deployment bank-enforcer: spec.replicas {:?}, status {:?}",
             d.spec.and_then(|s| s.replicas),
-            d.status.map(|s| (s.replicas, s.ready_replicas, s.observed_generation)),
+            d.status
+                .map(|s| (s.replicas, s.ready_replicas, s.observed_generation)),
         )),
         Err(err) => facts.push(format!("Deployment bank-enforcer: {err}")),
     }
     // Deployment scaled but its ReplicaSet not: the controller manager did not act.
     let sets: Api<ReplicaSet> = Api::namespaced(pods.clone().into_client(), &namespace);
-    match sets.list(&ListParams::default().labels("ordo.dev/protection=bank")).await {
+    match sets
+        .list(&ListParams::default().labels("ordo.dev/protection=bank"))
+        .await
+    {
         Ok(list) => {
             for set in list {
                 facts.push(format!(

@@ -131,7 +131,8 @@ mod tests {
         assert_eq!(one.kinds, ["kind-of-inc-a", "kind-of-inc-b"]);
         assert_eq!(one.operations, ["POST /transfers"]);
         assert!(
-            one.summary.starts_with("summary of inc-b (Reported by 2 enforcer replicas"),
+            one.summary
+                .starts_with("summary of inc-b (Reported by 2 enforcer replicas"),
             "{}",
             one.summary
         );
@@ -143,7 +144,12 @@ mod tests {
             part("inc-a", "jwt:sub=7", (1_000, 2_000), "high"),
             part("inc-b", "jwt:sub=8", (1_500, 2_500), "high"),
             // The same session again after a quiet period longer than the merge gap.
-            part("inc-c", "jwt:sub=7", (2_000 + MERGE_GAP_MS + 1, 90_000), "high"),
+            part(
+                "inc-c",
+                "jwt:sub=7",
+                (2_000 + MERGE_GAP_MS + 1, 90_000),
+                "high",
+            ),
         ]);
         let ids: Vec<&str> = out.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["inc-a", "inc-c", "inc-b"]);
