@@ -110,14 +110,23 @@ impl LeaderElector {
                 }
                 () = tokio::time::sleep(self.timing.retry_period) => {}
             }
-            match self.try_acquire_or_renew().await {
-                Ok(Attempt::Leading) => last_renew = Instant::now(),
-                Ok(Attempt::Following) => {
+            // A request the API server never answers must not outlast the deadline: the
+            // client's own timeout is minutes, and by then another replica leads.
+            let left = self
+                .timing
+                .renew_deadline
+                .saturating_sub(last_renew.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(Attempt::Leading)) => last_renew = Instant::now(),
+                Ok(Ok(Attempt::Following)) => {
                     tracing::error!(lease = %self.lease_name, "another replica took the Lease");
                     return false;
                 }
-                Err(err) => {
+                Ok(Err(err)) => {
                     tracing::warn!(error = %err, lease = %self.lease_name, "renewing the Lease failed");
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.lease_name, "renewing the Lease got no answer before the renew deadline");
                 }
             }
             if last_renew.elapsed() > self.timing.renew_deadline {
@@ -229,5 +238,50 @@ impl LeaderElector {
         self.observed
             .as_ref()
             .is_some_and(|(_, since)| since.elapsed() >= self.timing.lease_duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An API server that accepts connections and never answers.
+    async fn silent_api() -> (Api<Lease>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let config = kube::Config::new(url.parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        (Api::namespaced(client, "ordo"), silent)
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_renewals_get_no_answer_steps_down_by_the_deadline() {
+        let (api, silent) = silent_api().await;
+        let timing = LeaseTiming {
+            lease_duration: Duration::from_millis(900),
+            renew_deadline: Duration::from_millis(600),
+            retry_period: Duration::from_millis(100),
+        };
+        let mut elector = LeaderElector::new(api, "ordo-leader", "me", timing);
+        let started = Instant::now();
+        let held = tokio::time::timeout(
+            Duration::from_secs(10),
+            elector.hold(&CancellationToken::new()),
+        )
+        .await;
+        silent.abort();
+        assert_eq!(held.ok(), Some(false), "leadership must be given up");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "gave up after {:?}, the renew deadline is {:?}",
+            started.elapsed(),
+            timing.renew_deadline
+        );
     }
 }
