@@ -32,6 +32,10 @@ pub enum Error {
     MissingField(&'static str),
     #[error("invalid object: {0}")]
     InvalidObject(String),
+    /// A reconcile took longer than it may (an API request that got no answer); the next
+    /// one starts over, every step being idempotent.
+    #[error("reconcile did not finish within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// Why a learned model cannot be merged or persisted.
@@ -49,7 +53,7 @@ impl Error {
     /// Bounded label value for the error metric.
     /// Every value `metric_kind` returns (keep the two together), so that
     /// `ordo_operator_reconcile_errors_total` shows each at zero before its first error.
-    pub const METRIC_KINDS: [&'static str; 9] = [
+    pub const METRIC_KINDS: [&'static str; 10] = [
         "conflict",
         "kube",
         "finalizer",
@@ -59,6 +63,7 @@ impl Error {
         "serialization",
         "missing_field",
         "invalid_object",
+        "timeout",
     ];
 
     pub fn metric_kind(&self) -> &'static str {
@@ -72,6 +77,7 @@ impl Error {
             Self::Serde(_) => "serialization",
             Self::MissingField(_) => "missing_field",
             Self::InvalidObject(_) => "invalid_object",
+            Self::Timeout(_) => "timeout",
         }
     }
 

@@ -56,6 +56,9 @@ pub fn error_policy(
     Action::requeue(delay)
 }
 
+/// Longest one reconcile may take; its steps are idempotent, so the next one starts over.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Reconciles one ApiProtection.
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<ApiProtection>>,
@@ -76,13 +79,17 @@ pub async fn reconcile(
         tracing::Span::current().record("generation", protection.metadata.generation.unwrap_or_default());
         let api: Api<ApiProtection> = Api::namespaced(ctx.client.clone(), &namespace);
         let ctx2 = Arc::clone(&ctx);
-        finalizer(&api, FINALIZER, Arc::new(protection), |event| async move {
+        let steps = finalizer(&api, FINALIZER, Arc::new(protection), |event| async move {
             match event {
                 FinalizerEvent::Apply(p) => apply(&p, &ctx2).await,
                 FinalizerEvent::Cleanup(p) => cleanup(&p, &ctx2).await,
             }
-        })
+        });
+        // One reconcile of an object runs at a time: a request the API server never answers
+        // (the client waits minutes) would hold every later change of it back meanwhile.
+        tokio::time::timeout(RECONCILE_TIMEOUT, steps)
         .await
+        .map_err(|_| Error::Timeout(RECONCILE_TIMEOUT))?
         .map_err(|err| match err {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => Error::Finalizer(Box::new(other)),
