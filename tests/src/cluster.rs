@@ -493,6 +493,21 @@ impl TestCluster {
         &self.dir
     }
 
+    /// The real node's kubelet log file of the first run of `container` in `pod`.
+    pub fn pod_log(&self, pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> PathBuf {
+        let meta = &pod.metadata;
+        self.dir
+            .join("node/pod-logs")
+            .join(format!(
+                "{}_{}_{}",
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+                meta.uid.as_deref().unwrap_or_default()
+            ))
+            .join(container)
+            .join("0.log")
+    }
+
     /// The path of a control-plane binary, e.g. `bin("kubectl")`.
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)

@@ -584,22 +584,6 @@ async fn wait_pods(pods: &Api<Pod>, selector: &str, count: usize, timeout: Durat
     .unwrap()
 }
 
-/// The kubelet's log file of `container` in `pod` (its first run).
-fn pod_log(cluster: &TestCluster, pod: &Pod, container: &str) -> std::path::PathBuf {
-    let meta = &pod.metadata;
-    cluster
-        .dir()
-        .join("node/pod-logs")
-        .join(format!(
-            "{}_{}_{}",
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default(),
-            meta.uid.as_deref().unwrap_or_default()
-        ))
-        .join(container)
-        .join("0.log")
-}
-
 /// Asserts that every process of the Pod runs as 65532.
 fn assert_nonroot(pod: &Pod) {
     let uid = pod.metadata.uid.clone().unwrap();
@@ -809,7 +793,7 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
                 "operator Pod {}",
                 pod.metadata.name.as_deref().unwrap_or_default()
             ),
-            &pod_log(cluster, pod, "operator"),
+            &cluster.pod_log(pod, "operator"),
         );
     }
     let operator_names: Vec<String> = operators
@@ -930,7 +914,7 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     assert_nonroot(&enforcers[0]);
     diagnostics.log(
         "the first enforcer Pod",
-        &pod_log(cluster, &enforcers[0], "enforcer"),
+        &cluster.pod_log(&enforcers[0], "enforcer"),
     );
     let container = &enforcers[0].spec.as_ref().unwrap().containers[0];
     let security = container.security_context.as_ref().unwrap();

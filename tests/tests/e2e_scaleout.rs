@@ -795,20 +795,7 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
     let client_pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let operators = ListParams::default().labels("app.kubernetes.io/component=operator");
     for pod in client_pods.list(&operators).await.unwrap() {
-        let meta = &pod.metadata;
-        diagnostics.log(
-            "operator",
-            &cluster
-                .dir()
-                .join("node/pod-logs")
-                .join(format!(
-                    "{}_{}_{}",
-                    namespace,
-                    meta.name.as_deref().unwrap_or_default(),
-                    meta.uid.as_deref().unwrap_or_default()
-                ))
-                .join("operator/0.log"),
-        );
+        diagnostics.log("operator", &cluster.pod_log(&pod, "operator"));
     }
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -926,19 +913,9 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
         .map(|p| u16::try_from(p.container_port).unwrap())
         .expect("the enforcer container's proxy port");
     for (i, pod) in enforcers.iter().enumerate() {
-        let meta = &pod.metadata;
         diagnostics.log(
             &format!("enforcer Pod {i}"),
-            &cluster
-                .dir()
-                .join("node/pod-logs")
-                .join(format!(
-                    "{}_{}_{}",
-                    namespace,
-                    meta.name.as_deref().unwrap_or_default(),
-                    meta.uid.as_deref().unwrap_or_default()
-                ))
-                .join("enforcer/0.log"),
+            &cluster.pod_log(pod, "enforcer"),
         );
     }
 

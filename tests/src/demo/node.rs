@@ -445,15 +445,7 @@ pub async fn pod_log(
     let pod = Api::<Pod>::namespaced(client.clone(), namespace)
         .get(name)
         .await?;
-    Ok(cluster
-        .dir()
-        .join("node/pod-logs")
-        .join(format!(
-            "{namespace}_{name}_{}",
-            pod.metadata.uid.as_deref().unwrap_or_default()
-        ))
-        .join(container)
-        .join("0.log"))
+    Ok(cluster.pod_log(&pod, container))
 }
 
 #[cfg(test)]
