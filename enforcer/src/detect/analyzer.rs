@@ -653,6 +653,11 @@ impl LearnedAnalyzer {
                 let claims = self.claims_of(ctx, settings);
                 for (c, hash) in candidates.iter().zip(&hashes) {
                     let origins = lineage::origins_of(*hash, &claims, state.lineage(), model);
+                    if origins.classes.is_empty() {
+                        state
+                            .lineage_mut()
+                            .record_taught(index, &c.obs.name, lesson.generation);
+                    }
                     for source in origins.supplied_by {
                         if !lesson.supplied.contains(&source) {
                             lesson.supplied.push(source);
@@ -919,6 +924,9 @@ impl Analyzer for LearnedAnalyzer {
         };
         if newly_tainted {
             lesson.take_back = take_back_window(state, window);
+            if let Some(values) = state.lineage_if_any() {
+                lesson.untaught = values.take_taught(inner.generation);
+            }
         }
         let op = model.op_index(&ctx.operation.template);
         lesson.op = op;

@@ -74,6 +74,9 @@ pub struct Lesson {
     /// Origins of the request's reference-like values (parameter, classes, named sources),
     /// learned with the request (see `detect::lineage`).
     pub lineage: Vec<(String, Vec<OriginClass>, Vec<String>)>,
+    /// The session was flagged now: its earlier lessons of values without an origin, taken
+    /// back (operation index, parameter), see `detect::lineage::LineageState::take_taught`.
+    pub untaught: Vec<(u16, String)>,
     /// Operations (model indices) whose answers supplied those values.
     pub supplied: Vec<u16>,
     /// The answer's body was read for values.
@@ -95,6 +98,7 @@ impl Lesson {
             self.op = self.template.as_deref().and_then(|t| model.op_index(t));
             self.sequence = None;
             self.take_back.clear();
+            self.untaught.clear();
             self.supplied.clear();
             self.identical_repeats.clear();
         }
@@ -108,6 +112,11 @@ impl Lesson {
                 if let Some(stats) = model.operation_mut(*source) {
                     stats.lineage.supplied += 1;
                 }
+            }
+        }
+        for (op, param) in self.untaught.drain(..) {
+            if let Some(stats) = model.operation_mut(op) {
+                stats.lineage.unlearn_without_origin(&param);
             }
         }
         for (op, requests, objects) in self.take_back.drain(..) {

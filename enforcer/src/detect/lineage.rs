@@ -55,6 +55,9 @@ pub const MAX_RESPONSE_DEPTH: usize = 6;
 pub const PROBE_READS: u64 = 50;
 /// Most token claims compared.
 const MAX_CLAIMS: usize = 16;
+/// Most lessons without an origin remembered per session for taking back (4 bytes each): an
+/// enumerator is flagged within a few dozen requests.
+pub const MAX_TAUGHT: usize = 32;
 /// Field index of values whose field name did not fit.
 const OTHER_FIELD: u8 = u8::MAX;
 /// Claims that describe the token rather than whom it names.
@@ -93,6 +96,11 @@ pub struct LineageState {
     /// The session's entry was recreated without what came before (eviction, a move between
     /// replicas): values it was given earlier are unknown, so nothing is judged.
     incomplete: bool,
+    /// What the session taught the model while unflagged that had no origin in it: (operation
+    /// index, field index), under the model generation `taught_generation`. When the session
+    /// is flagged later these lessons are taken back (see [`LineageState::take_taught`]).
+    taught: Vec<(u16, u8)>,
+    taught_generation: u64,
 }
 
 fn class_code(class: OriginClass) -> u8 {
@@ -161,6 +169,38 @@ impl LineageState {
             field,
             class,
         });
+    }
+
+    /// Records that the session taught the model a value of `field` of operation `op` with no
+    /// origin in the session (model generation `generation`). An enumerator's first ids, sent
+    /// before any detector was sure, look exactly like that; taught for good they would make
+    /// "no origin" normal for the parameter and blind the check to every later enumerator.
+    pub fn record_taught(&mut self, op: u16, field: &str, generation: u64) {
+        if self.taught_generation != generation {
+            self.taught.clear();
+            self.taught_generation = generation;
+        }
+        if self.taught.len() >= MAX_TAUGHT {
+            return;
+        }
+        let field = self.field_index(field);
+        if field != OTHER_FIELD {
+            self.taught.push((op, field));
+        }
+    }
+
+    /// The lessons without an origin to take back now that the session is flagged, as
+    /// (operation index, field name); none when the model generation changed since (the
+    /// indices then name other operations).
+    pub fn take_taught(&mut self, generation: u64) -> Vec<(u16, String)> {
+        let taught = std::mem::take(&mut self.taught);
+        if self.taught_generation != generation {
+            return Vec::new();
+        }
+        taught
+            .into_iter()
+            .map(|(op, field)| (op, self.field_name(field).to_owned()))
+            .collect()
     }
 
     fn field_name(&self, index: u8) -> &str {
@@ -754,6 +794,18 @@ mod analyzer_tests {
             var: Option<&str>,
             answer: Option<serde_json::Value>,
         ) -> Vec<Finding> {
+            self.send_as(s, op, var, answer, false)
+        }
+
+        /// One exchange, the session flagged by it when `flagged` (as another detector would).
+        fn send_as(
+            &mut self,
+            s: &mut Session,
+            op: usize,
+            var: Option<&str>,
+            answer: Option<serde_json::Value>,
+            flagged: bool,
+        ) -> Vec<Finding> {
             self.now += 1_000;
             let operation = self.ops[op].clone();
             let method: http::Method = OPS[op].split(' ').next().unwrap().parse().unwrap();
@@ -793,7 +845,7 @@ mod analyzer_tests {
                     body: answer.as_deref().filter(|_| read).map(str::as_bytes),
                     ..ResponseSummary::default()
                 },
-                !findings.is_empty(),
+                flagged || !findings.is_empty(),
             );
             s.recent.push(RecentOp {
                 op: operation.id,
@@ -894,5 +946,44 @@ mod analyzer_tests {
         }
         let mut eve = Driver::session("eve");
         assert!(lineage(&d.send(&mut eve, 4, Some("book-999"), None)).is_none());
+    }
+
+    /// (seen, without origin) of `GET /books/{var1}`'s `path.var1` in the analyzer's model.
+    fn book_title_counts(d: &Driver) -> (u64, u64) {
+        let model = d.analyzer.snapshot();
+        model
+            .op_index(OPS[4])
+            .and_then(|op| model.operation(op))
+            .and_then(|stats| stats.lineage.params.get("path.var1"))
+            .map_or((0, 0), |c| (c.seen, c.input))
+    }
+
+    #[test]
+    fn what_a_session_taught_before_it_was_flagged_is_taken_back() {
+        let mut d = Driver::new();
+        // Young model: nothing is judged yet, so every lesson is learned.
+        for i in 0..10 {
+            d.honest(i);
+        }
+        let before = book_title_counts(&d);
+        assert_eq!(before.0, 10);
+        // An enumerator's first guesses, before any detector is sure: learned without origin.
+        let mut mallory = Driver::session("mallory");
+        for n in 0..5 {
+            let guess = format!("guess-{n}");
+            let answer = serde_json::json!({ "title": guess });
+            let found = d.send(&mut mallory, 4, Some(&guess), Some(answer));
+            assert!(found.is_empty(), "{found:?}");
+        }
+        assert_eq!(book_title_counts(&d), (before.0 + 5, before.1 + 5));
+        // Flagged now (by another detector): those five lessons are taken back.
+        d.send_as(&mut mallory, 3, None, None, true);
+        assert_eq!(book_title_counts(&d), before);
+        // An honest session that never gets flagged keeps what it taught.
+        let mut walker = Driver::session("walker");
+        let answer = serde_json::json!({ "title": "typed-title" });
+        d.send(&mut walker, 4, Some("typed-title"), Some(answer));
+        d.send(&mut walker, 3, None, None);
+        assert_eq!(book_title_counts(&d), (before.0 + 1, before.1 + 1));
     }
 }

@@ -217,6 +217,13 @@ impl SessionState {
         self.window.as_deref().and_then(|w| w.lineage.as_deref())
     }
 
+    /// The session's values, only when it has some (never allocates them).
+    pub fn lineage_if_any(&mut self) -> Option<&mut LineageState> {
+        self.window
+            .as_deref_mut()
+            .and_then(|w| w.lineage.as_deref_mut())
+    }
+
     pub fn lineage_mut(&mut self) -> &mut LineageState {
         self.window
             .get_or_insert_with(Box::default)

@@ -220,6 +220,17 @@ impl OperationLineage {
         }
     }
 
+    /// Takes back one learned value of `param` that had no origin (see
+    /// `detect::lineage::LineageState::take_taught`).
+    pub fn unlearn_without_origin(&mut self, param: &str) {
+        if let Some(counts) = self.params.get_mut(param)
+            && counts.input > 0
+        {
+            counts.input -= 1;
+            counts.seen = counts.seen.saturating_sub(1);
+        }
+    }
+
     pub fn merge(&mut self, other: &Self) {
         for (name, theirs) in &other.params {
             if let Some(mine) = self.params.get_mut(name) {
