@@ -653,10 +653,14 @@ impl LearnedAnalyzer {
                 let claims = self.claims_of(ctx, settings);
                 for (c, hash) in candidates.iter().zip(&hashes) {
                     let origins = lineage::origins_of(*hash, &claims, state.lineage(), model);
-                    if origins.classes.is_empty() {
-                        state
-                            .lineage_mut()
-                            .record_taught(index, &c.obs.name, lesson.generation);
+                    if origins.classes.is_empty()
+                        && !state.lineage_mut().record_taught(
+                            index,
+                            &c.obs.name,
+                            lesson.generation,
+                        )
+                    {
+                        continue;
                     }
                     for source in origins.supplied_by {
                         if !lesson.supplied.contains(&source) {

@@ -171,22 +171,29 @@ impl LineageState {
         });
     }
 
-    /// Records that the session taught the model a value of `field` of operation `op` with no
-    /// origin in the session (model generation `generation`). An enumerator's first ids, sent
-    /// before any detector was sure, look exactly like that; taught for good they would make
-    /// "no origin" normal for the parameter and blind the check to every later enumerator.
-    pub fn record_taught(&mut self, op: u16, field: &str, generation: u64) {
+    /// Records that the session teaches the model a value of `field` of operation `op` with no
+    /// origin in the session (model generation `generation`); `false` when it already taught
+    /// one for that parameter, and this one is not to be learned. An enumerator's first ids,
+    /// sent before any detector was sure, look exactly like that: counted once per session and
+    /// taken back when it is flagged, they never make "no origin" look normal for the
+    /// parameter and blind the check to every later enumerator. An honest session that types
+    /// values counts once too, so a parameter whose values are often typed still shows it.
+    pub fn record_taught(&mut self, op: u16, field: &str, generation: u64) -> bool {
         if self.taught_generation != generation {
             self.taught.clear();
             self.taught_generation = generation;
         }
-        if self.taught.len() >= MAX_TAUGHT {
-            return;
-        }
         let field = self.field_index(field);
-        if field != OTHER_FIELD {
+        if field == OTHER_FIELD {
+            return true;
+        }
+        if self.taught.contains(&(op, field)) {
+            return false;
+        }
+        if self.taught.len() < MAX_TAUGHT {
             self.taught.push((op, field));
         }
+        true
     }
 
     /// The lessons without an origin to take back now that the session is flagged, as
@@ -967,7 +974,8 @@ mod analyzer_tests {
         }
         let before = book_title_counts(&d);
         assert_eq!(before.0, 10);
-        // An enumerator's first guesses, before any detector is sure: learned without origin.
+        // An enumerator's first guesses, before any detector is sure: one is learned without
+        // an origin (a session counts once among them).
         let mut mallory = Driver::session("mallory");
         for n in 0..5 {
             let guess = format!("guess-{n}");
@@ -975,8 +983,8 @@ mod analyzer_tests {
             let found = d.send(&mut mallory, 4, Some(&guess), Some(answer));
             assert!(found.is_empty(), "{found:?}");
         }
-        assert_eq!(book_title_counts(&d), (before.0 + 5, before.1 + 5));
-        // Flagged now (by another detector): those five lessons are taken back.
+        assert_eq!(book_title_counts(&d), (before.0 + 1, before.1 + 1));
+        // Flagged now (by another detector): that lesson is taken back.
         d.send_as(&mut mallory, 3, None, None, true);
         assert_eq!(book_title_counts(&d), before);
         // An honest session that never gets flagged keeps what it taught.
