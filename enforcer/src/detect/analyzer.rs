@@ -654,11 +654,9 @@ impl LearnedAnalyzer {
                 for (c, hash) in candidates.iter().zip(&hashes) {
                     let origins = lineage::origins_of(*hash, &claims, state.lineage(), model);
                     if origins.classes.is_empty()
-                        && !state.lineage_mut().record_taught(
-                            index,
-                            &c.obs.name,
-                            lesson.generation,
-                        )
+                        && !state
+                            .lineage_mut()
+                            .record_taught(index, &c.obs.name, lesson.generation)
                     {
                         continue;
                     }
