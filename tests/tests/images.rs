@@ -292,3 +292,229 @@ fn chart_operator_and_script_agree_on_image_names_and_tag() {
     }
     assert!(script.contains("${ORDO_IMAGE_REGISTRY:-ghcr.io/ordo-dev}"));
 }
+
+/// What the Containerfile and `scripts/images` each give an image: the fields docs/images.md
+/// promises are the same whichever way the image is built.
+#[derive(Debug, Default)]
+struct Layout {
+    user: Option<String>,
+    workdir: Option<String>,
+    entrypoint: Option<Vec<String>>,
+    /// Environment variables by name (the last setting wins, as in the image config).
+    env: BTreeMap<String, String>,
+    /// `org.opencontainers.image.*` labels by key; values as written, variables unexpanded.
+    labels: BTreeMap<String, String>,
+}
+
+/// The lines of a shell script or Containerfile with continuations (a trailing backslash)
+/// joined and comment lines left out.
+fn logical_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if current.is_empty() && line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    lines
+}
+
+/// The words of a line as a shell splits them: blanks separate, quotes group and are removed
+/// (no escapes or expansions; neither file needs them where this reads).
+fn words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote = None;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => word.get_or_insert_default().push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                word.get_or_insert_default();
+            }
+            None if c.is_whitespace() => words.extend(word.take()),
+            None => word.get_or_insert_default().push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// `KEY=VALUE` as a pair.
+fn key_value(word: &str) -> (String, String) {
+    let (key, value) = word
+        .split_once('=')
+        .unwrap_or_else(|| panic!("expected KEY=VALUE, found {word:?}"));
+    (key.to_owned(), value.to_owned())
+}
+
+/// The Containerfile's stage `stage` (`FROM ... AS <stage>`): its USER, WORKDIR, ENTRYPOINT,
+/// ENV and LABEL instructions.
+fn containerfile_layout(containerfile: &str, stage: &str) -> Layout {
+    let mut layout = Layout::default();
+    let mut in_stage = false;
+    for line in logical_lines(containerfile) {
+        let (instruction, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        let rest = rest.trim();
+        if instruction.eq_ignore_ascii_case("FROM") {
+            let from = words(rest);
+            in_stage = matches!(from.as_slice(), [_, keyword, name] if keyword.eq_ignore_ascii_case("AS") && name == stage);
+            continue;
+        }
+        if !in_stage {
+            continue;
+        }
+        match instruction.to_ascii_uppercase().as_str() {
+            "USER" => layout.user = Some(rest.to_owned()),
+            "WORKDIR" => layout.workdir = Some(rest.to_owned()),
+            "ENTRYPOINT" => {
+                let exec_form = serde_json::from_str(rest).unwrap_or_else(|e| {
+                    panic!("stage {stage}: ENTRYPOINT {rest} is not the exec (JSON) form: {e}")
+                });
+                layout.entrypoint = Some(exec_form);
+            }
+            "ENV" => layout.env.extend(words(rest).iter().map(|w| key_value(w))),
+            "LABEL" => layout.labels.extend(
+                words(rest)
+                    .iter()
+                    .filter(|w| w.starts_with("org.opencontainers.image."))
+                    .map(|w| key_value(w)),
+            ),
+            _ => {}
+        }
+    }
+    assert!(
+        layout.user.is_some(),
+        "no stage {stage} with a USER in the Containerfile"
+    );
+    layout
+}
+
+/// What `scripts/images` gives image `name`: the `umoci config` options of `configure_image`
+/// and its `labels` array, with the script's `readonly` constants and `$name` expanded, and
+/// `$(image_description)` resolved from the `image_description` function.
+fn script_layout(script: &str, name: &str) -> Layout {
+    let mut variables = vec![("name".to_owned(), name.to_owned())];
+    for line in script.lines() {
+        if let Some((variable, value)) = line
+            .strip_prefix("readonly ")
+            .and_then(|assignment| assignment.split_once('='))
+            .filter(|(_, value)| !value.starts_with('('))
+        {
+            variables.push((variable.to_owned(), value.to_owned()));
+        }
+    }
+    let description = script
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(&format!("{name}) echo ")))
+        .map(|l| words(l)[0].clone())
+        .unwrap_or_else(|| panic!("no description of {name} in image_description"));
+    variables.push(("(image_description)".to_owned(), description));
+    // The longest names first, so that no name is replaced inside a longer one.
+    variables.sort_by_key(|(variable, _)| std::cmp::Reverse(variable.len()));
+    let expand = |word: &str| {
+        variables
+            .iter()
+            .fold(word.to_owned(), |word, (variable, value)| {
+                word.replace(&format!("${{{variable}}}"), value)
+                    .replace(&format!("${variable}"), value)
+            })
+    };
+
+    let body = script
+        .split_once("\nconfigure_image() {\n")
+        .and_then(|(_, rest)| rest.split_once("\n}\n"))
+        .expect("scripts/images has a function configure_image")
+        .0;
+    let mut layout = Layout::default();
+    let words: Vec<String> = logical_lines(body).iter().flat_map(|l| words(l)).collect();
+    for pair in words.windows(2) {
+        let value = expand(&pair[1]);
+        match pair[0].as_str() {
+            "--config.user" => layout.user = Some(value),
+            "--config.workingdir" => layout.workdir = Some(value),
+            "--config.entrypoint" => layout.entrypoint = Some(vec![value]),
+            "--config.env" => layout.env.extend([key_value(&value)]),
+            _ => {}
+        }
+    }
+    for word in &words {
+        if word.starts_with("org.opencontainers.image.") {
+            let (key, value) = key_value(&expand(word));
+            layout.labels.insert(key, value);
+        }
+    }
+    layout
+}
+
+/// The Containerfile (for users with a container engine) and `scripts/images` (this machine)
+/// must build the same layout: a change on one side only fails here.
+#[test]
+fn containerfile_and_script_agree_on_the_image_layout() {
+    let root = workspace_root();
+    let containerfile = std::fs::read_to_string(root.join("Containerfile")).unwrap();
+    let script = std::fs::read_to_string(root.join("scripts/images")).unwrap();
+    for name in ["ordo-operator", "ordo-enforcer"] {
+        let engine = containerfile_layout(&containerfile, name);
+        let daemonless = script_layout(&script, name);
+        println!("{name}: Containerfile {engine:?}\n{name}: scripts/images {daemonless:?}");
+
+        assert_eq!(
+            engine.user.as_deref(),
+            Some(format!("{NONROOT}:{NONROOT}").as_str()),
+            "{name}: the Containerfile's USER"
+        );
+        assert_eq!(engine.user, daemonless.user, "{name}: user");
+        assert_eq!(engine.workdir.as_deref(), Some("/home/nonroot"));
+        assert_eq!(
+            engine.workdir, daemonless.workdir,
+            "{name}: working directory"
+        );
+        assert_eq!(
+            engine.entrypoint,
+            Some(vec![format!("/usr/local/bin/{name}")]),
+            "{name}: the Containerfile's ENTRYPOINT"
+        );
+        assert_eq!(
+            engine.entrypoint, daemonless.entrypoint,
+            "{name}: entrypoint"
+        );
+        assert_eq!(
+            engine.env.get("SSL_CERT_FILE").map(String::as_str),
+            Some("/etc/ssl/certs/ca-certificates.crt"),
+            "{name}: the Containerfile's SSL_CERT_FILE"
+        );
+        assert_eq!(
+            engine.env.get("SSL_CERT_FILE"),
+            daemonless.env.get("SSL_CERT_FILE"),
+            "{name}: SSL_CERT_FILE"
+        );
+
+        // The same label keys; the same values where neither side fills one in at build time
+        // (a variable or a build argument: version, revision, created).
+        let keys = |layout: &Layout| layout.labels.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&engine), keys(&daemonless), "{name}: label keys");
+        for key in ["source", "version", "revision", "created"] {
+            let key = format!("org.opencontainers.image.{key}");
+            assert!(engine.labels.contains_key(&key), "{name}: no label {key}");
+        }
+        for (key, value) in &engine.labels {
+            let other = &daemonless.labels[key];
+            if !value.contains('$') && !other.contains('$') {
+                assert_eq!(value, other, "{name}: label {key}");
+            }
+        }
+    }
+}
