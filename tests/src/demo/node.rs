@@ -51,7 +51,7 @@ impl std::fmt::Display for Platform {
 
 /// Why this machine cannot run the harness's real node, `None` when it can: the same checks,
 /// in the same order, as `node_unsupported` in `scripts/test` (root, cgroup v1 with a pids
-/// hierarchy, the bridge netfilter hook, unshare and ip).
+/// hierarchy, the bridge netfilter hook, unshare and ip, curl and objcopy).
 pub fn unsupported() -> Option<String> {
     // The effective uid: the second field of the `Uid:` line (std has no geteuid).
     let root = std::fs::read_to_string("/proc/self/status")
@@ -76,6 +76,12 @@ pub fn unsupported() -> Option<String> {
     }
     if !on_path("unshare") || !on_path("ip") {
         return Some("unshare (util-linux) or ip (iproute2) is missing".into());
+    }
+    if !on_path("curl") {
+        return Some("curl is missing (apt-get install curl)".into());
+    }
+    if !on_path("objcopy") {
+        return Some("objcopy is missing (apt-get install binutils)".into());
     }
     None
 }
