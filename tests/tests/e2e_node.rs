@@ -2,7 +2,7 @@
 //! the harness's cluster DNS):
 //!
 //! - the ordo-enforcer image runs as the non-root user 65532 under the Deployment's security
-//!   settings, proxies traffic from its Pod IP to an upstream outside the Pod, blocks an attack
+//!   settings (its root file system read-only as its process sees it), proxies traffic from its Pod IP to an upstream outside the Pod, blocks an attack
 //!   in Enforce mode, refuses its admin `/v1` API to a non-loopback client without a token, and
 //!   is restarted by the kubelet when killed;
 //! - the chart installed with helm: the operator Pods Ready as 65532, a leader elected, the
@@ -11,7 +11,8 @@
 //!   ClusterIP goes through an enforcer Pod and `<service>-origin` to the app; reports reach the
 //!   leader through the report Service; Enforce blocks an attack on the ClusterIP; an enforcer
 //!   Pod deleted under traffic, the leader killed during a reconcile, enforcers scaled
-//!   1 → 3 → 1, the ApiProtection deleted and the release uninstalled.
+//!   1 → 3 → 1 (no enforcer container restarted), the ApiProtection and the SequenceRule
+//!   deleted and the release uninstalled (none of its objects left).
 //!
 //! The images are assembled from debug binaries (`ordo_tests::e2e::debug_image`), so no
 //! release build is needed; the node comes from `tests/cluster/build-node.sh`. Both tests
@@ -38,11 +39,12 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::Api;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use ordo_operator::crd::{ApiProtection, SequenceRule};
 use ordo_tests::cluster::{
     NODE_NAME, NodeOptions, Options, REAL_NODE_NAME, REAL_NODE_TAINT, TestCluster, binaries, node,
@@ -157,6 +159,42 @@ fn pod_pids_named(pod_uid: &str, comm: &str) -> Vec<u32> {
                 == comm
         })
         .collect()
+}
+
+/// The per-mount options (`ro`, `rw`, ...) of what is mounted at `mount_point` as process
+/// `pid` sees it, from `/proc/<pid>/mountinfo` (paths relative to the process's root); the
+/// last mount there is the one the process sees.
+fn mount_options(pid: u32, mount_point: &str) -> Option<Vec<String>> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    // ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
+    mountinfo
+        .lines()
+        .map(|line| line.split(' ').collect::<Vec<_>>())
+        .filter(|fields| fields.len() > 5 && fields[4] == mount_point)
+        .map(|fields| fields[5].split(',').map(str::to_owned).collect())
+        .next_back()
+}
+
+/// Checks at run time what `readOnlyRootFilesystem` asks for: the enforcer process of the Pod
+/// sees its root file system read-only, and each of `writable` (its emptyDir volumes)
+/// writable, which also shows that the options read are the ones that apply.
+fn assert_read_only_root(pod_uid: &str, writable: &[&str]) {
+    let enforcers = pod_pids_named(pod_uid, "ordo-enforcer");
+    assert_eq!(enforcers.len(), 1, "Pod {pod_uid}: {enforcers:?}");
+    let root = mount_options(enforcers[0], "/");
+    assert!(
+        root.as_ref().is_some_and(|o| o.iter().any(|o| o == "ro")),
+        "Pod {pod_uid}: the enforcer's / is mounted {root:?}, not read-only"
+    );
+    for path in writable {
+        let options = mount_options(enforcers[0], path);
+        assert!(
+            options
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|o| o == "rw")),
+            "Pod {pod_uid}: the enforcer's {path} is mounted {options:?}, not writable"
+        );
+    }
 }
 
 /// One HTTP/1.1 request on a new connection; returns the status and the body, or why there
@@ -339,6 +377,9 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
         let ids: Vec<&str> = line.split_whitespace().skip(1).collect();
         assert_eq!(ids, [NONROOT; 4], "{line}");
     }
+
+    // readOnlyRootFilesystem, as the enforcer process sees its mounts.
+    assert_read_only_root(&uid, &[]);
 
     // Traffic to the Pod IP goes through the enforcer to the upstream.
     let proxy = format!("http://{pod_ip}:8080");
@@ -602,6 +643,42 @@ fn assert_nonroot(pod: &Pod) {
             pod.metadata.name.as_deref()
         );
     }
+}
+
+/// Asserts that no container of the Pods matching `selector` has been restarted by the
+/// kubelet (a crash, a failed liveness probe): the faults of the test delete Pods, they never
+/// make a container fail.
+async fn assert_no_restarts(pods: &Api<Pod>, selector: &str) {
+    let list = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap();
+    assert!(!list.items.is_empty(), "no Pod {selector}");
+    for pod in &list.items {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref());
+        for status in statuses.into_iter().flatten() {
+            assert_eq!(
+                status.restart_count,
+                0,
+                "Pod {}: container {} restarted (last state {:?})",
+                pod.name_any(),
+                status.name,
+                status.last_state
+            );
+        }
+    }
+}
+
+/// The names of the objects `api` lists.
+async fn names<K>(api: &Api<K>) -> anyhow::Result<Vec<String>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list.items.iter().map(ResourceExt::name_any).collect())
 }
 
 /// Requests sent by a [`Traffic`] loop and those that failed (no answer, or not 200).
@@ -919,6 +996,8 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     let container = &enforcers[0].spec.as_ref().unwrap().containers[0];
     let security = container.security_context.as_ref().unwrap();
     assert_eq!(security.read_only_root_filesystem, Some(true));
+    // And at run time: the enforcer's root is mounted read-only, its /tmp emptyDir writable.
+    assert_read_only_root(enforcers[0].metadata.uid.as_deref().unwrap(), &["/tmp"]);
     assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
     wait_for(
         "Service bank to select the enforcers and bank-origin the app",
@@ -1251,7 +1330,9 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     );
     for pod in &three {
         assert_nonroot(pod);
+        assert_read_only_root(pod.metadata.uid.as_deref().unwrap(), &["/tmp"]);
     }
+    assert_no_restarts(&pods, enforcer_selector).await;
 
     // 3. Back to one enforcer, under traffic.
     let traffic = Traffic::start(balance_url.clone(), tokens[2].clone());
@@ -1266,6 +1347,8 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     wait_pods(&pods, enforcer_selector, 1, Duration::from_secs(180)).await;
     let (sent, failed, failures) = traffic.stop().await;
     println!("scaled 3 → 1 under traffic: {failed} of {sent} requests failed {failures:?}");
+    // Nor did the enforcer left after the faults.
+    assert_no_restarts(&pods, enforcer_selector).await;
 
     // --- The ApiProtection deleted: Service bank selects the app again, traffic reaches it
     // directly, the enforcers and bank-origin are gone.
@@ -1315,7 +1398,15 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
         "without the protection the app answers directly: {body}"
     );
 
-    // --- helm uninstall leaves no Ordo object.
+    // The test's SequenceRule goes too, while the operator still runs: it is the test's own
+    // object, not the release's, so helm would leave it behind (and the CRDs keep it).
+    rules
+        .delete("balance-before-transfer", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // --- helm uninstall leaves no Ordo object. (The CRDs stay: helm never deletes what a
+    // chart's crds/ directory installed.)
     helm.run(&[
         "uninstall",
         "ordo",
@@ -1328,138 +1419,71 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     .await
     .unwrap();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+    let roles: Api<Role> = Api::namespaced(client.clone(), &namespace);
+    let role_bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &namespace);
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
     let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     let left = wait_for(
         "no Ordo object after helm uninstall",
         Duration::from_secs(120),
-        || {
-            let (deployments, services, config_maps, leases, slices, pods) = (
-                deployments.clone(),
-                services.clone(),
-                config_maps.clone(),
-                leases.clone(),
-                slices.clone(),
-                pods.clone(),
-            );
-            let (webhooks, roles, bindings) = (webhooks.clone(), roles.clone(), bindings.clone());
-            async move {
-                fn ordo(names: Vec<String>, kind: &str) -> Vec<String> {
+        || async {
+            // The release's objects (charts/ordo/templates: all named `ordo` or `ordo-*`, the
+            // release being `ordo`), and what the operator made for ApiProtection bank; not
+            // the app's own Pods and EndpointSlices, nor the namespace's default
+            // ServiceAccount and kube-root-ca.crt.
+            let found = [
+                ("Deployment", names(&deployments).await?),
+                ("Service", names(&services).await?),
+                ("ConfigMap", names(&config_maps).await?),
+                ("Secret", names(&secrets).await?),
+                ("ServiceAccount", names(&accounts).await?),
+                ("Role", names(&roles).await?),
+                ("RoleBinding", names(&role_bindings).await?),
+                ("PodDisruptionBudget", names(&budgets).await?),
+                ("Lease", names(&leases).await?),
+                ("EndpointSlice", names(&slices).await?),
+                ("Pod", names(&pods).await?),
+                ("ValidatingWebhookConfiguration", names(&webhooks).await?),
+                ("ClusterRole", names(&cluster_roles).await?),
+                ("ClusterRoleBinding", names(&cluster_bindings).await?),
+            ];
+            let ordo = [
+                "ordo",
+                "bank-enforcer",
+                "bank-origin",
+                "bank-model",
+                "bank-protected",
+            ];
+            let mut left: Vec<String> = found
+                .iter()
+                .flat_map(|(kind, names)| {
                     names
-                        .into_iter()
-                        .filter(|n| {
-                            // The release's objects, and what the operator made for ApiProtection
-                            // bank (not the app's own Pods and EndpointSlices).
-                            [
-                                "ordo",
-                                "bank-enforcer",
-                                "bank-origin",
-                                "bank-model",
-                                "bank-protected",
-                            ]
-                            .iter()
-                            .any(|prefix| n.starts_with(prefix))
-                        })
-                        .map(|n| format!("{kind}/{n}"))
-                        .collect()
-                }
-                let lp = ListParams::default();
-                let mut left = Vec::new();
-                left.extend(ordo(
-                    deployments
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "Deployment",
-                ));
-                left.extend(ordo(
-                    services
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "Service",
-                ));
-                left.extend(ordo(
-                    config_maps
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "ConfigMap",
-                ));
-                left.extend(ordo(
-                    leases
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "Lease",
-                ));
-                left.extend(ordo(
-                    slices
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "EndpointSlice",
-                ));
-                left.extend(ordo(
-                    pods.list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "Pod",
-                ));
-                left.extend(ordo(
-                    webhooks
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "ValidatingWebhookConfiguration",
-                ));
-                left.extend(ordo(
-                    roles
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "ClusterRole",
-                ));
-                left.extend(ordo(
-                    bindings
-                        .list(&lp)
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter_map(|o| o.metadata.name)
-                        .collect(),
-                    "ClusterRoleBinding",
-                ));
-                if left.is_empty() {
-                    return Ok(Some(()));
-                }
-                anyhow::bail!("left: {left:?}")
+                        .iter()
+                        .filter(|n| ordo.iter().any(|prefix| n.starts_with(prefix)))
+                        .map(move |n| format!("{kind}/{n}"))
+                })
+                .collect();
+            // Every ApiProtection and SequenceRule of the namespace is the test's.
+            left.extend(
+                names(&protections_dyn)
+                    .await?
+                    .into_iter()
+                    .map(|n| format!("ApiProtection/{n}")),
+            );
+            left.extend(
+                names(&rules)
+                    .await?
+                    .into_iter()
+                    .map(|n| format!("SequenceRule/{n}")),
+            );
+            if left.is_empty() {
+                return Ok(Some(()));
             }
+            anyhow::bail!("left: {left:?}")
         },
     )
     .await;
