@@ -422,19 +422,12 @@ async fn route(
             {
                 routing::delete_ignoring_missing(&services, &names.protected_service()).await?;
             }
-            let ports_of_service = target
-                .service
-                .spec
-                .as_ref()
-                .and_then(|s| s.ports.clone())
-                .unwrap_or_default();
             let state = routing::takeover(
                 client,
                 &ctx.caches,
                 names,
                 owner,
                 &target.service,
-                &ports_of_service,
                 enforcers_available,
                 ctx.settings.exit_after,
             )

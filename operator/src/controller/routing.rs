@@ -113,7 +113,6 @@ pub async fn takeover(
     names: &Names,
     owner: &OwnerReference,
     service: &Service,
-    target_ports: &[ServicePort],
     enforcers_available: bool,
     exit_after: Option<RoutingStep>,
 ) -> Result<TakeoverState> {
@@ -139,7 +138,12 @@ pub async fn takeover(
         )));
     }
     // Step 2.
-    let origin = resources::origin_service(names, owner, &original, target_ports);
+    let target_ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let origin = resources::origin_service(names, owner, &original, &target_ports);
     let live = caches.service(&names.namespace, &names.origin_service());
     caches
         .apply(
