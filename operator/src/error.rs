@@ -36,6 +36,9 @@ pub enum Error {
     /// one starts over, every step being idempotent.
     #[error("reconcile did not finish within {0:?}")]
     Timeout(std::time::Duration),
+    /// The watches a reconcile reads from were stopped (the controller is shutting down).
+    #[error("the watch caches were stopped")]
+    CachesStopped,
 }
 
 /// Why a learned model cannot be merged or persisted.
@@ -78,6 +81,7 @@ impl Error {
             Self::MissingField(_) => "missing_field",
             Self::InvalidObject(_) => "invalid_object",
             Self::Timeout(_) => "timeout",
+            Self::CachesStopped => "stopped",
         }
     }
 

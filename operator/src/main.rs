@@ -13,6 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
 use ordo_operator::controller::backoff::Backoff;
+use ordo_operator::controller::cache::Caches;
 use ordo_operator::controller::routing::RoutingStep;
 use ordo_operator::controller::{self, Context, Settings};
 use ordo_operator::desired::render::ReportTarget;
@@ -262,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let (caches, cache_writers) = Caches::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: Settings {
@@ -276,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         hub: Arc::clone(&hub),
         backoff: Backoff::default(),
+        caches,
     });
 
     let namespace = args
@@ -317,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
             let controller_stop = CancellationToken::new();
             let running = tokio::spawn(controller::run(
                 Arc::clone(&ctx),
+                cache_writers,
                 reconcile_requests,
                 controller_stop.clone(),
             ));
@@ -334,6 +338,10 @@ async fn main() -> anyhow::Result<()> {
                     // leader's address is the only one published after this one.
                     controller_stop.cancel();
                     step_down(publisher.take(), leader_endpoint.as_ref()).await;
+                    // Still leading: write what was merged since the last write, before
+                    // another replica can lead and load it.
+                    hub.leading.store(false, Ordering::Relaxed);
+                    hub.flush().await;
                     hold_stop.cancel();
                     hold.await
                 }
@@ -361,7 +369,14 @@ async fn main() -> anyhow::Result<()> {
             let stop = shutdown.clone();
             tokio::spawn(async move { endpoint.keep_published(stop).await })
         });
-        controller::run(Arc::clone(&ctx), reconcile_requests, shutdown.clone()).await;
+        controller::run(
+            Arc::clone(&ctx),
+            cache_writers,
+            reconcile_requests,
+            shutdown.clone(),
+        )
+        .await;
+        hub.flush().await;
         step_down(publisher, leader_endpoint.as_ref()).await;
     }
     shutdown.cancel();

@@ -450,6 +450,63 @@ async fn takeover_creates_hardened_enforcers_and_deletion_restores_the_service()
         Some(80)
     );
 
+    // What someone changes or deletes by hand is put back: the operator skips writes that
+    // would change nothing, never those the watches show are needed (controller/cache.rs).
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let rendered = cm.data.clone().unwrap_or_default();
+    config_maps
+        .patch(
+            "bank-api-enforcer",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"enforcer.yaml": "mode: Learn\n"}})),
+        )
+        .await?;
+    wait_for("the edited enforcer ConfigMap restored", WAIT, || async {
+        let data = config_maps.get("bank-api-enforcer").await?.data;
+        or_seen((data.as_ref() == Some(&rendered)).then_some(()), || {
+            format!(
+                "enforcer.yaml {:?}",
+                data.as_ref()
+                    .and_then(|d| d.get("enforcer.yaml"))
+                    .map(|y| y.chars().take(80).collect::<String>())
+            )
+        })
+    })
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    deployments
+        .patch(
+            "bank-api-enforcer",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await?;
+    wait_for("the scaled enforcer Deployment restored", WAIT, || async {
+        let replicas = deployments
+            .get("bank-api-enforcer")
+            .await?
+            .spec
+            .and_then(|s| s.replicas);
+        or_seen((replicas == Some(1)).then_some(()), || {
+            format!("replicas {replicas:?}")
+        })
+    })
+    .await?;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .delete("bank-api-enforcer", &DeleteParams::default())
+        .await?;
+    wait_for(
+        "the deleted enforcer ServiceAccount re-created",
+        WAIT,
+        || async {
+            let account = Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                .get_opt("bank-api-enforcer")
+                .await?;
+            or_seen(account.map(|_| ()), || "absent".to_owned())
+        },
+    )
+    .await?;
+
     // State changes were recorded as Events.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     wait_for("a Ready Event", WAIT, || async {

@@ -10,9 +10,11 @@
 //! - [`rules`]: the SequenceRules of a protection, and the controller of rules without one.
 //! - [`routing`]: how client traffic is pointed at the enforcers.
 //! - [`backoff`]: how long a failing object waits before it is retried.
-//! - [`triggers`]: which SequenceRule events wake the controllers (not their status writes).
+//! - [`triggers`]: which watch events wake the controllers (not their own status writes).
+//! - [`cache`]: the watch stores a reconcile reads, and the writes it can skip.
 
 pub mod backoff;
+pub mod cache;
 pub mod protection;
 pub mod routing;
 pub mod rules;
@@ -23,17 +25,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt as _;
 use kube::api::Api;
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::reports::hub::ReportHub;
 use crate::reports::state::ProtectionKey;
 use backoff::Backoff;
+use cache::{Caches, Writers};
 use routing::RoutingStep;
 
 /// Settings of the controller that come from the operator's flags.
@@ -72,77 +75,111 @@ pub struct Context {
     pub hub: Arc<ReportHub>,
     /// Requeue delays of ApiProtections that keep failing.
     pub backoff: Backoff<ObjectRef<DeserializeGuard<ApiProtection>>>,
+    /// The watch stores reconciles read, filled by the watches of [`run`].
+    pub caches: Caches,
 }
 
-/// Runs the controller until `shutdown` is cancelled.
+/// Runs the controller until `shutdown` is cancelled. `writers` fill `ctx.caches`.
 pub async fn run(
     ctx: Arc<Context>,
+    writers: Writers,
     reconcile_requests: tokio::sync::mpsc::Receiver<ProtectionKey>,
     shutdown: CancellationToken,
 ) {
     let client = ctx.client.clone();
-    let scope = ctx.settings.namespace.clone();
-    let protections: Api<DeserializeGuard<ApiProtection>> = scoped(&client, scope.as_deref());
+    let scope = ctx.settings.namespace.as_deref();
     let wc = watcher::Config::default().any_semantic();
-    let controller = Controller::new(protections, wc.clone());
-    let store = controller.store();
-    let rules: Api<DeserializeGuard<SequenceRule>> = scoped(&client, scope.as_deref());
-    let services: Api<Service> = scoped(&client, scope.as_deref());
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=ordo-operator");
-    let service_store = store.clone();
+    // Each watch fills its store first, then passes on only the events that can change what
+    // a reconcile does (triggers.rs).
+    let (store, protection_writer) = reflector::store();
+    let protections = triggers::protection_changes(
+        watcher::watcher(
+            scoped::<DeserializeGuard<ApiProtection>>(&client, scope),
+            wc.clone(),
+        )
+        .default_backoff()
+        .reflect(protection_writer),
+    );
+    let config_maps = triggers::without_model_config_maps(
+        watcher::watcher(
+            scoped::<PartialObjectMeta<ConfigMap>>(&client, scope),
+            owned.clone(),
+        )
+        .default_backoff()
+        .map_ok(without_managed_fields)
+        .reflect(writers.config_maps),
+    );
+    let accounts = watcher::watcher(
+        scoped::<PartialObjectMeta<ServiceAccount>>(&client, scope),
+        owned.clone(),
+    )
+    .default_backoff()
+    .map_ok(without_managed_fields)
+    .reflect(writers.accounts)
+    .touched_objects();
+    let deployments = triggers::deployment_changes(
+        watcher::watcher(scoped::<Deployment>(&client, scope), owned)
+            .default_backoff()
+            .map_ok(without_managed_fields)
+            .reflect(writers.deployments),
+    );
+    let rules = triggers::spec_changes(
+        watcher::watcher(scoped::<DeserializeGuard<SequenceRule>>(&client, scope), wc)
+            .default_backoff()
+            .reflect(writers.rules),
+    );
+    let services = watcher::watcher(
+        scoped::<Service>(&client, scope),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map_ok(without_managed_fields)
+    .reflect(writers.services)
+    .touched_objects();
     let requests = tokio_stream_from(reconcile_requests).map(|key: ProtectionKey| {
         ObjectRef::<DeserializeGuard<ApiProtection>>::new(&key.name).within(&key.namespace)
     });
     let concurrency = ctx.settings.concurrency;
     let protections_stop = shutdown.clone();
-    let protections = controller
-        .owns(
-            scoped::<ConfigMap>(&client, scope.as_deref()),
-            owned.clone(),
-        )
-        .owns(
-            scoped::<ServiceAccount>(&client, scope.as_deref()),
-            owned.clone(),
-        )
-        .owns(
-            scoped::<Deployment>(&client, scope.as_deref()),
-            owned.clone(),
-        )
-        .owns(scoped::<Service>(&client, scope.as_deref()), owned)
-        .watches_stream(
-            // Not on the rule status this controller itself writes: see triggers.rs.
-            triggers::spec_changes(watcher::watcher(rules, wc.clone()).default_backoff()),
-            |rule: DeserializeGuard<SequenceRule>| {
-                // A rule (valid or not) maps to the protection it names.
-                let namespace = rule.namespace()?;
-                let target = match &rule.0 {
-                    Ok(rule) => rule.spec.protection_ref.name.clone(),
-                    Err(_) => return None,
-                };
-                Some(ObjectRef::new(&target).within(&namespace))
-            },
-        )
-        .watches(
-            services,
-            watcher::Config::default(),
-            move |service: Service| {
-                let namespace = service.namespace().unwrap_or_default();
-                let name = service.name_any();
-                service_store
-                    .state()
-                    .into_iter()
-                    .filter_map(|p| match &p.0 {
-                        Ok(p)
-                            if p.namespace().as_deref() == Some(namespace.as_str())
-                                && p.spec.target.service == name =>
-                        {
-                            Some(ObjectRef::new(&p.name_any()).within(&namespace))
-                        }
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-            },
-        )
+    let service_store = store.clone();
+    let protections = Controller::for_stream(protections, store)
+        .owns_stream(config_maps)
+        .owns_stream(accounts)
+        .owns_stream(deployments)
+        .watches_stream(rules, |rule: DeserializeGuard<SequenceRule>| {
+            // A rule (valid or not) maps to the protection it names.
+            let namespace = rule.namespace()?;
+            let target = match &rule.0 {
+                Ok(rule) => rule.spec.protection_ref.name.clone(),
+                Err(_) => return None,
+            };
+            Some(ObjectRef::new(&target).within(&namespace))
+        })
+        .watches_stream(services, move |service: Service| {
+            // The protection that owns it, and those whose target it is.
+            let namespace = service.namespace().unwrap_or_default();
+            let name = service.name_any();
+            let owners = service
+                .owner_references()
+                .iter()
+                .filter(|owner| owner.kind == "ApiProtection")
+                .map(|owner| ObjectRef::new(&owner.name).within(&namespace))
+                .collect::<Vec<_>>();
+            let targeting = service_store
+                .state()
+                .into_iter()
+                .filter_map(|p| match &p.0 {
+                    Ok(p)
+                        if p.namespace().as_deref() == Some(namespace.as_str())
+                            && p.spec.target.service == name =>
+                    {
+                        Some(ObjectRef::new(&p.name_any()).within(&namespace))
+                    }
+                    _ => None,
+                });
+            owners.into_iter().chain(targeting).collect::<Vec<_>>()
+        })
         .reconcile_on(requests)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move { protections_stop.cancelled().await })
@@ -158,6 +195,12 @@ pub async fn run(
         });
     // Rules whose ApiProtection does not exist are never reconciled above.
     futures::join!(protections, rules::run(ctx, shutdown));
+}
+
+/// The event without the objects' `managedFields`, which no reconcile reads and which make up
+/// most of a stored Deployment or Service.
+fn without_managed_fields<K: kube::Resource>(event: watcher::Event<K>) -> watcher::Event<K> {
+    event.modify(|object| object.meta_mut().managed_fields = None)
 }
 
 /// An Api over one namespace, or over all of them.

@@ -18,6 +18,7 @@ use kube::{Resource as _, ResourceExt as _};
 use serde_json::json;
 use tracing::{Instrument as _, field};
 
+use super::cache::{AppliedVersion as _, Outcome};
 use super::routing::{self, TakeoverState};
 use super::rules::{RuleSet, load_rules, write_rule_statuses};
 use super::target::{Target, resolve_target};
@@ -162,14 +163,15 @@ async fn apply(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
     let names = Names::new(&namespace, &name, &protection.spec.target.service);
     let owner = owner_of(protection)?;
     let key = ProtectionKey { namespace, name };
+    // Rules, Services and the owned objects are read from the watch stores (cache.rs).
+    ctx.caches.ready().await?;
     let report = report_part(ctx, protection, &key).await;
     let rules = load_rules(
-        &ctx.client,
+        &ctx.caches.rules,
         &key.namespace,
         &key.name,
         &protection.spec.session,
-    )
-    .await?;
+    );
     if !rules.unreadable.is_empty() {
         tracing::warn!(objects = ?rules.unreadable, "SequenceRules in the namespace could not be read");
     }
@@ -251,7 +253,7 @@ async fn roll_out(
     owner: &OwnerReference,
     rules: &RuleSet,
 ) -> Result<Rollout> {
-    let target = match resolve_target(&ctx.client, &names.namespace, protection).await? {
+    let target = match resolve_target(&ctx.caches, &names.namespace, protection)? {
         Ok(target) => target,
         Err(problem) => return Ok(Rollout::NoTarget(problem)),
     };
@@ -340,25 +342,37 @@ async fn apply_enforcers(
     rendered: &Rendered,
 ) -> Result<Availability> {
     let client = &ctx.client;
+    let caches = &ctx.caches;
     let namespace = &names.namespace;
-    let apply_params = PatchParams::apply(FIELD_MANAGER).force();
     let config_map = resources::config_map(names, owner, rendered.data.clone());
-    Api::<ConfigMap>::namespaced(client.clone(), namespace)
-        .patch(&names.enforcer(), &apply_params, &Patch::Apply(&config_map))
+    caches
+        .apply(
+            &Api::<ConfigMap>::namespaced(client.clone(), namespace),
+            &names.enforcer(),
+            &config_map,
+            caches.config_map_version(namespace, &names.enforcer()),
+        )
         .await?;
     let account = resources::service_account(names, owner);
-    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .patch(&names.enforcer(), &apply_params, &Patch::Apply(&account))
+    caches
+        .apply(
+            &Api::<ServiceAccount>::namespaced(client.clone(), namespace),
+            &names.enforcer(),
+            &account,
+            caches.account_version(namespace, &names.enforcer()),
+        )
         .await?;
     // The replicas find each other through a headless Service when sessions are spread over
     // them (docs/scale-out.md); without `scaleOut` it has no use.
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let live_peers = caches.service(namespace, &names.peers_service());
     if protection.spec.enforcer.scale_out.is_some() {
         let peers = resources::peers_service(names, owner, ports);
-        services
-            .patch(&names.peers_service(), &apply_params, &Patch::Apply(&peers))
+        let live_version = live_peers.and_then(|s| s.applied_version());
+        caches
+            .apply(&services, &names.peers_service(), &peers, live_version)
             .await?;
-    } else {
+    } else if live_peers.is_some() {
         routing::delete_ignoring_missing(&services, &names.peers_service()).await?;
     }
     let deployment = resources::deployment(
@@ -371,10 +385,17 @@ async fn apply_enforcers(
             default_image: &ctx.settings.enforcer_image,
         },
     );
-    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .patch(&names.enforcer(), &apply_params, &Patch::Apply(&deployment))
-        .await?;
-    let status = deployment.status.unwrap_or_default();
+    let live = caches.deployment(namespace, &names.enforcer());
+    let live_version = live.as_ref().and_then(|d| d.applied_version());
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let status = match caches
+        .apply(&deployments, &names.enforcer(), &deployment, live_version)
+        .await?
+    {
+        Outcome::Written(written) => written.status,
+        Outcome::Unchanged => live.and_then(|d| d.status.clone()),
+    }
+    .unwrap_or_default();
     Ok(Availability {
         available: status.available_replicas.unwrap_or(0),
         ready: status.ready_replicas.unwrap_or(0),
@@ -394,19 +415,19 @@ async fn route(
     match protection.spec.routing {
         Routing::Takeover => {
             let services: Api<Service> = Api::namespaced(client.clone(), &names.namespace);
-            routing::delete_ignoring_missing(&services, &names.protected_service()).await?;
-            let ports_of_service = target
-                .service
-                .spec
-                .as_ref()
-                .and_then(|s| s.ports.clone())
-                .unwrap_or_default();
+            if ctx
+                .caches
+                .service(&names.namespace, &names.protected_service())
+                .is_some()
+            {
+                routing::delete_ignoring_missing(&services, &names.protected_service()).await?;
+            }
             let state = routing::takeover(
                 client,
+                &ctx.caches,
                 names,
                 owner,
                 &target.service,
-                &ports_of_service,
                 enforcers_available,
                 ctx.settings.exit_after,
             )
@@ -424,8 +445,10 @@ async fn route(
         }
         Routing::Alongside => {
             // Switching from Takeover: give the Service back first.
-            routing::restore(client, names).await?;
-            routing::alongside(client, names, owner, &target.port).await?;
+            if routing::restore_needed(&ctx.caches, names) {
+                routing::restore(client, names).await?;
+            }
+            routing::alongside(client, &ctx.caches, names, owner, &target.port).await?;
             Ok(RoutingOutcome::Alongside {
                 protected: names.protected_service(),
                 service: names.service.clone(),
@@ -562,6 +585,15 @@ async fn cleanup(protection: &ApiProtection, ctx: &Context) -> Result<Action> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     routing::delete_ignoring_missing(&config_maps, &names.enforcer()).await?;
     routing::delete_ignoring_missing(&config_maps, &names.model()).await?;
+    ctx.caches.forget(
+        &namespace,
+        &[
+            names.enforcer(),
+            names.peers_service(),
+            names.protected_service(),
+            names.origin_service(),
+        ],
+    );
     ctx.hub.forget(&ProtectionKey { namespace, name });
     if restored {
         let event = Event {

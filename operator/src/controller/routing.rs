@@ -34,9 +34,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::cache::{AppliedVersion as _, Caches};
 use crate::desired::names::{
-    FIELD_MANAGER, Names, ORIGINAL_AFFINITY_ANNOTATION, ORIGINAL_SELECTOR_ANNOTATION,
-    TAKEN_OVER_BY_ANNOTATION,
+    Names, ORIGINAL_AFFINITY_ANNOTATION, ORIGINAL_SELECTOR_ANNOTATION, TAKEN_OVER_BY_ANNOTATION,
 };
 use crate::desired::resources;
 use crate::error::{Error, Result};
@@ -109,10 +109,10 @@ fn current_selector(service: &Service) -> BTreeMap<String, String> {
 /// Performs steps 1-4 of the takeover (see the module docs).
 pub async fn takeover(
     client: &kube::Client,
+    caches: &Caches,
     names: &Names,
     owner: &OwnerReference,
     service: &Service,
-    target_ports: &[ServicePort],
     enforcers_available: bool,
     exit_after: Option<RoutingStep>,
 ) -> Result<TakeoverState> {
@@ -138,12 +138,19 @@ pub async fn takeover(
         )));
     }
     // Step 2.
-    let origin = resources::origin_service(names, owner, &original, target_ports);
-    services
-        .patch(
+    let target_ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let origin = resources::origin_service(names, owner, &original, &target_ports);
+    let live = caches.service(&names.namespace, &names.origin_service());
+    caches
+        .apply(
+            &services,
             &names.origin_service(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&origin),
+            &origin,
+            live.and_then(|s| s.applied_version()),
         )
         .await?;
     if exit_after == Some(RoutingStep::OriginApplied) {
@@ -276,20 +283,36 @@ pub async fn restore(client: &kube::Client, names: &Names) -> Result<bool> {
 /// Applies `<service>-protected` (Alongside).
 pub async fn alongside(
     client: &kube::Client,
+    caches: &Caches,
     names: &Names,
     owner: &OwnerReference,
     target_port: &ServicePort,
 ) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), &names.namespace);
     let protected = resources::protected_service(names, owner, std::slice::from_ref(target_port));
-    services
-        .patch(
+    let live = caches.service(&names.namespace, &names.protected_service());
+    caches
+        .apply(
+            &services,
             &names.protected_service(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&protected),
+            &protected,
+            live.and_then(|s| s.applied_version()),
         )
         .await?;
     Ok(())
+}
+
+/// Whether [`restore`] has anything to do, as far as the watch store shows: the Service is
+/// taken over by this protection or its origin Service exists. A store that lags behind a
+/// takeover is corrected by the Service's own watch event, which triggers another reconcile.
+pub fn restore_needed(caches: &Caches, names: &Names) -> bool {
+    let taken_over = caches
+        .service(&names.namespace, &names.service)
+        .is_some_and(|s| taken_over_by(&s) == Some(names.protection.as_str()));
+    taken_over
+        || caches
+            .service(&names.namespace, &names.origin_service())
+            .is_some()
 }
 
 /// Deletes an object, treating "not found" as done.

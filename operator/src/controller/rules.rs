@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource as _, ResourceExt as _};
 use serde_json::json;
@@ -61,21 +61,23 @@ impl RuleSet {
     }
 }
 
-/// Lists the namespace's SequenceRules that name `protection` and renders each.
-pub async fn load_rules(
-    client: &kube::Client,
+/// The namespace's SequenceRules (from the watch store) that name `protection`, each rendered.
+pub fn load_rules(
+    rules: &Store<DeserializeGuard<SequenceRule>>,
     namespace: &str,
     protection: &str,
     session: &SessionSpec,
-) -> Result<RuleSet> {
-    let api: Api<DeserializeGuard<SequenceRule>> = Api::namespaced(client.clone(), namespace);
+) -> RuleSet {
     let mut set = RuleSet {
         accepted: Vec::new(),
         verdicts: Vec::new(),
         unreadable: Vec::new(),
     };
-    for guard in api.list(&ListParams::default()).await? {
-        match guard.0 {
+    for guard in rules.state() {
+        if guard.namespace().as_deref() != Some(namespace) {
+            continue;
+        }
+        match &guard.0 {
             Ok(rule) if rule.spec.protection_ref.name == protection => {
                 let name = rule.name_any();
                 match render::rule_config(&name, &rule.spec)
@@ -83,21 +85,23 @@ pub async fn load_rules(
                 {
                     Ok(config) => {
                         set.accepted.push(config);
-                        set.verdicts.push((rule, Ok(())));
+                        set.verdicts.push((rule.clone(), Ok(())));
                     }
-                    Err(errors) => set.verdicts.push((rule, Err(render::join_errors(&errors)))),
+                    Err(errors) => set
+                        .verdicts
+                        .push((rule.clone(), Err(render::join_errors(&errors)))),
                 }
             }
             Ok(_) => {}
             Err(invalid) => set.unreadable.push(format!(
                 "{}: {}",
-                invalid.metadata.name.unwrap_or_default(),
+                invalid.metadata.name.clone().unwrap_or_default(),
                 invalid.error
             )),
         }
     }
     set.verdicts.sort_by_key(|a| a.0.name_any());
-    Ok(set)
+    set
 }
 
 /// Writes each rule's status: Accepted (or why not), the rule kind and the counters reported

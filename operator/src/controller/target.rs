@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use super::cache::Caches;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::Api;
 
 use super::routing;
 use crate::crd::{ApiProtection, Routing};
@@ -18,19 +18,19 @@ pub struct Target {
 }
 
 /// Resolves `spec.target`; the inner `Err` says why it cannot be used.
-pub async fn resolve_target(
-    client: &kube::Client,
+pub fn resolve_target(
+    caches: &Caches,
     namespace: &str,
     protection: &ApiProtection,
 ) -> Result<std::result::Result<Target, TargetProblem>> {
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let service_name = &protection.spec.target.service;
-    let Some(service) = services.get_opt(service_name).await? else {
+    let Some(service) = caches.service(namespace, service_name) else {
         return Ok(Err(TargetProblem::ServiceNotFound {
             service: service_name.clone(),
             namespace: namespace.to_owned(),
         }));
     };
+    let service = Service::clone(&service);
     let recorded = routing::recorded_selector(&service)?.is_some();
     Ok(protected_port(protection, &service, recorded).map(|port| Target { service, port }))
 }

@@ -36,6 +36,29 @@ pub struct ProtectionReports {
     loaded: bool,
     last_trigger: Option<Instant>,
     trigger_scheduled: bool,
+    /// When the state was last written to its ConfigMap.
+    last_persist: Option<Instant>,
+    /// Merged changes wait for a delayed write (see [`PERSIST_INTERVAL`]).
+    persist_pending: bool,
+    /// The ApiProtection, for the ConfigMap's owner reference of a delayed write.
+    owner: Option<OwnerReference>,
+}
+
+/// Shortest time between two writes of one protection's `<name>-model` ConfigMap. Every
+/// replica reports every few seconds, and each write sends the whole merged model (up to
+/// about a megabyte) through the API server and etcd; merging reports in memory and writing
+/// at most this often keeps that load flat whatever the number of replicas. What is at stake
+/// is what was merged in the last interval if the operator dies without stopping (on a
+/// graceful stop [`ReportHub::flush`] writes it): the enforcers keep learning, but counts
+/// merged in that window are missing from the merged model.
+pub const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+
+impl ProtectionReports {
+    /// Whether a merge may be written now, or must wait for the interval to end.
+    fn persist_due(&self, now: Instant) -> bool {
+        self.last_persist
+            .is_none_or(|last| now.duration_since(last) >= PERSIST_INTERVAL)
+    }
 }
 
 /// Outcome of one report, for the HTTP answer and the metrics.
@@ -157,10 +180,11 @@ impl ReportHub {
         Ok(())
     }
 
-    /// Merges one authenticated report, persists the result and answers with the merged
-    /// model. `owner` is the ApiProtection (for the ConfigMap's owner reference).
+    /// Merges one authenticated report, persists the result (at once, or at the end of the
+    /// current [`PERSIST_INTERVAL`]) and answers with the merged model. `owner` is the
+    /// ApiProtection (for the ConfigMap's owner reference).
     pub async fn accept(
-        &self,
+        self: &Arc<Self>,
         key: &ProtectionKey,
         owner: &OwnerReference,
         report: &Report,
@@ -194,8 +218,18 @@ impl ReportHub {
             instance.applied_sequence = report.sequence;
         }
         let model_bytes = reports.model.to_bytes();
-        self.persist(key, owner, &model_bytes, &reports.state)
-            .await?;
+        // Built (and its size checked) for every report, so that one too large is refused
+        // with this report, not later.
+        let config_map = persisted_config_map(key, owner, &model_bytes, &reports.state)?;
+        reports.owner = Some(owner.clone());
+        if reports.persist_due(Instant::now()) {
+            self.write(key, &config_map).await?;
+            reports.last_persist = Some(Instant::now());
+            reports.persist_pending = false;
+        } else if !reports.persist_pending {
+            reports.persist_pending = true;
+            self.persist_later(key, &entry, reports);
+        }
         let new_incidents = new_ids
             .iter()
             .filter_map(|id| reports.state.incidents.get(id).cloned())
@@ -211,52 +245,86 @@ impl ReportHub {
         })
     }
 
-    async fn persist(
-        &self,
-        key: &ProtectionKey,
-        owner: &OwnerReference,
-        model: &[u8],
-        state: &PersistedState,
-    ) -> Result<()> {
-        let state_json = serde_json::to_string(state)?;
-        let size = model.len() + state_json.len();
-        if size > MAX_PERSISTED_BYTES {
-            return Err(ModelProblem::TooLarge {
-                size,
-                limit: MAX_PERSISTED_BYTES,
-            }
-            .into());
-        }
-        self.metrics.model_bytes.observe(model.len() as f64);
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(names::model_config_map(&key.name)),
-                namespace: Some(key.namespace.clone()),
-                labels: Some(BTreeMap::from([
-                    (names::PROTECTION_LABEL.to_owned(), key.name.clone()),
-                    (
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        FIELD_MANAGER.to_owned(),
-                    ),
-                ])),
-                owner_references: Some(vec![owner.clone()]),
-                ..ObjectMeta::default()
-            },
-            binary_data: Some(BTreeMap::from([(
-                MODEL_KEY.to_owned(),
-                ByteString(model.to_vec()),
-            )])),
-            data: Some(BTreeMap::from([(REPORT_STATE_KEY.to_owned(), state_json)])),
-            ..ConfigMap::default()
-        };
+    async fn write(&self, key: &ProtectionKey, config_map: &ConfigMap) -> Result<()> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
         api.patch(
             &names::model_config_map(&key.name),
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cm),
+            &Patch::Apply(config_map),
         )
         .await?;
+        if let Some(model) = config_map
+            .binary_data
+            .as_ref()
+            .and_then(|data| data.get(MODEL_KEY))
+        {
+            self.metrics.model_bytes.observe(model.0.len() as f64);
+        }
         Ok(())
+    }
+
+    /// Writes the protection's state when the current interval ends (what was merged by
+    /// then), unless the protection was forgotten meanwhile.
+    fn persist_later(
+        self: &Arc<Self>,
+        key: &ProtectionKey,
+        entry: &Arc<tokio::sync::Mutex<ProtectionReports>>,
+        reports: &ProtectionReports,
+    ) {
+        let wait = reports.last_persist.map_or(Duration::ZERO, |last| {
+            PERSIST_INTERVAL.saturating_sub(last.elapsed())
+        });
+        let hub = Arc::clone(self);
+        let key = key.clone();
+        let entry = Arc::clone(entry);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            hub.persist_pending(&key, &entry).await;
+        });
+    }
+
+    /// Writes a pending merge of `entry` now.
+    async fn persist_pending(
+        &self,
+        key: &ProtectionKey,
+        entry: &Arc<tokio::sync::Mutex<ProtectionReports>>,
+    ) {
+        let forgotten = self
+            .states
+            .lock()
+            .get(key)
+            .is_none_or(|current| !Arc::ptr_eq(current, entry));
+        let mut reports = entry.lock().await;
+        if forgotten || !reports.persist_pending {
+            return;
+        }
+        reports.persist_pending = false;
+        let Some(owner) = reports.owner.clone() else {
+            return;
+        };
+        let written =
+            match persisted_config_map(key, &owner, &reports.model.to_bytes(), &reports.state) {
+                Ok(config_map) => self.write(key, &config_map).await,
+                Err(err) => Err(err),
+            };
+        reports.last_persist = Some(Instant::now());
+        if let Err(err) = written {
+            // The next report writes again.
+            tracing::warn!(namespace = %key.namespace, name = %key.name, error = %err, "writing the merged model failed");
+        }
+    }
+
+    /// Writes every pending merge now (the operator is stopping or stepping down).
+    pub async fn flush(&self) {
+        let entries: Vec<_> = self
+            .states
+            .lock()
+            .iter()
+            .map(|(key, entry)| (key.clone(), Arc::clone(entry)))
+            .collect();
+        for (key, entry) in entries {
+            self.persist_pending(&key, &entry).await;
+        }
     }
 
     /// Asks the controller to refresh the status, at most once per `min_refresh`.
@@ -355,6 +423,46 @@ impl ReportHub {
     }
 }
 
+/// The `<name>-model` ConfigMap holding `model` and `state`; refused when larger than a
+/// ConfigMap may be.
+fn persisted_config_map(
+    key: &ProtectionKey,
+    owner: &OwnerReference,
+    model: &[u8],
+    state: &PersistedState,
+) -> Result<ConfigMap> {
+    let state_json = serde_json::to_string(state)?;
+    let size = model.len() + state_json.len();
+    if size > MAX_PERSISTED_BYTES {
+        return Err(ModelProblem::TooLarge {
+            size,
+            limit: MAX_PERSISTED_BYTES,
+        }
+        .into());
+    }
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(names::model_config_map(&key.name)),
+            namespace: Some(key.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (names::PROTECTION_LABEL.to_owned(), key.name.clone()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    FIELD_MANAGER.to_owned(),
+                ),
+            ])),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        binary_data: Some(BTreeMap::from([(
+            MODEL_KEY.to_owned(),
+            ByteString(model.to_vec()),
+        )])),
+        data: Some(BTreeMap::from([(REPORT_STATE_KEY.to_owned(), state_json)])),
+        ..ConfigMap::default()
+    })
+}
+
 /// Operations `delta` marks as discovered that `merged` does not know as discovered yet.
 fn newly_discovered(merged: &LearnedModel, delta: &LearnedModel) -> Vec<(String, u64)> {
     delta
@@ -391,5 +499,165 @@ mod discovery_tests {
         );
         merged.merge(&delta);
         assert!(newly_discovered(&merged, &delta).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod persist_tests {
+    use super::*;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Bytes;
+    use ordo_enforcer::report::{RuleCounters, TrafficCounters};
+
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// An API server that records every PATCH (path, body) and answers it with the patch
+    /// itself; anything else is 404 (no model ConfigMap yet).
+    async fn recording_api() -> (kube::Client, Seen, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let recorded = Arc::clone(&seen);
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let recorded = Arc::clone(&recorded);
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let recorded = Arc::clone(&recorded);
+                        async move {
+                            let patch = request.method() == hyper::Method::PATCH;
+                            let path = request.uri().path().to_owned();
+                            let body = request.into_body().collect().await?.to_bytes();
+                            let response = if patch {
+                                recorded
+                                    .lock()
+                                    .push((path, String::from_utf8_lossy(&body).into_owned()));
+                                hyper::Response::new(Full::new(body))
+                            } else {
+                                let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
+                                let mut response =
+                                    hyper::Response::new(Full::new(Bytes::from(status)));
+                                *response.status_mut() = hyper::StatusCode::NOT_FOUND;
+                                response
+                            };
+                            Ok::<_, hyper::Error>(response)
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (client, seen, server)
+    }
+
+    fn report(sequence: u64, requests: u64) -> Report {
+        Report {
+            replica: "pod-a".into(),
+            instance: "a".into(),
+            sequence,
+            sent_at_ms: 0,
+            model_delta: Vec::new(),
+            incidents: Vec::new(),
+            counters: TrafficCounters {
+                requests,
+                flagged: 0,
+                blocked: 0,
+            },
+            rules: vec![RuleCounters {
+                name: "r".into(),
+                matches: 0,
+                blocked: 0,
+                last_match_ms: None,
+            }],
+            config: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_within_an_interval_are_written_once_more_at_its_end_with_the_last_merge() {
+        let (client, seen, server) = recording_api().await;
+        let (hub, _requests) = ReportHub::new(
+            client,
+            Arc::new(Metrics::new().unwrap()),
+            Duration::from_secs(1),
+        );
+        let key = ProtectionKey {
+            namespace: "ns".into(),
+            name: "api".into(),
+        };
+        let owner = crate::desired::resources::owner_reference("api", "uid-1");
+        let started = Instant::now();
+        for sequence in 1..=4 {
+            hub.accept(&key, &owner, &report(sequence, sequence * 100))
+                .await
+                .unwrap();
+        }
+        // The first report is written at once, the next three wait for the interval.
+        assert_eq!(seen.lock().len(), 1);
+        assert!(
+            seen.lock()[0]
+                .0
+                .ends_with("/namespaces/ns/configmaps/api-model")
+        );
+        let deadline = started + PERSIST_INTERVAL + Duration::from_secs(3);
+        while seen.lock().len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let writes = seen.lock().clone();
+        assert_eq!(writes.len(), 2, "one delayed write after the interval");
+        assert!(
+            started.elapsed() >= PERSIST_INTERVAL - Duration::from_millis(100),
+            "the delayed write came after {:?}, before the interval ended",
+            started.elapsed()
+        );
+        // It holds the last merge: the cumulative counters of report 4.
+        assert!(
+            writes[1].1.contains(r#"\"requests\":400"#),
+            "{}",
+            writes[1].1
+        );
+        // Nothing is pending any more: a flush writes nothing.
+        hub.flush().await;
+        assert_eq!(seen.lock().len(), 2);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_what_waits_and_a_forgotten_protection_is_not_written() {
+        let (client, seen, server) = recording_api().await;
+        let (hub, _requests) = ReportHub::new(
+            client,
+            Arc::new(Metrics::new().unwrap()),
+            Duration::from_secs(1),
+        );
+        let key = |name: &str| ProtectionKey {
+            namespace: "ns".into(),
+            name: name.into(),
+        };
+        let owner = crate::desired::resources::owner_reference("api", "uid-1");
+        for name in ["kept", "gone"] {
+            hub.accept(&key(name), &owner, &report(1, 100))
+                .await
+                .unwrap();
+            hub.accept(&key(name), &owner, &report(2, 200))
+                .await
+                .unwrap();
+        }
+        assert_eq!(seen.lock().len(), 2);
+        hub.forget(&key("gone"));
+        hub.flush().await;
+        let writes = seen.lock().clone();
+        assert_eq!(writes.len(), 3);
+        assert!(writes[2].0.ends_with("/configmaps/kept-model"));
+        assert!(
+            writes[2].1.contains(r#"\"requests\":200"#),
+            "{}",
+            writes[2].1
+        );
+        server.abort();
     }
 }
