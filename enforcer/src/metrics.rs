@@ -3,7 +3,7 @@
 //! kinds are fixed enums, rules come from the config.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
@@ -39,6 +39,19 @@ pub struct Metrics {
     pub operations_learned: IntGauge,
     /// Reports to the operator by result (`ok`, `failed`).
     pub reports: IntCounterVec,
+    /// When the operator last acknowledged a report of this process, Unix seconds; 0 until
+    /// the first (and without a report channel). `time() - …` is the report lag.
+    pub report_last_success: Gauge,
+    /// 1 once the learned model passed the maturity gate (`learning.minRequests` and
+    /// `minSessions`): the learned detectors act. 0 while it learns.
+    pub model_mature: IntGauge,
+    /// Progress toward the maturity gate, 0 to 1 (the lesser of requests and sessions over
+    /// their thresholds).
+    pub model_maturity_ratio: Gauge,
+    /// Operations the learned model holds statistics for (`status.model.endpoints`).
+    pub model_operations: IntGauge,
+    /// Of those, operations with a mature volume baseline (`learning.minVolumeWindows`).
+    pub model_operations_mature: IntGauge,
     /// JWKS reads and fetches by result (`ok`, `unchanged`, `failed`).
     pub jwks_refreshes: IntCounterVec,
     /// Keys of the JWKS in use.
@@ -83,6 +96,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, pr
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
     let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Result<Gauge, prometheus::Error> {
+    let g = Gauge::new(name, help)?;
     registry.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -198,6 +217,31 @@ impl Metrics {
                 "Reports to the operator by result",
                 &["result"],
             )?,
+            report_last_success: float_gauge(
+                &registry,
+                "ordo_report_last_success_timestamp_seconds",
+                "When the operator last acknowledged a report of this enforcer (Unix seconds; 0 before the first and without a report channel)",
+            )?,
+            model_mature: gauge(
+                &registry,
+                "ordo_model_mature",
+                "1 once the learned model passed the maturity gate (learning.minRequests and minSessions) and the learned detectors act, 0 while it learns",
+            )?,
+            model_maturity_ratio: float_gauge(
+                &registry,
+                "ordo_model_maturity_ratio",
+                "Progress of the learned model toward the maturity gate, 0 to 1 (the lesser of requests/minRequests and sessions/minSessions)",
+            )?,
+            model_operations: gauge(
+                &registry,
+                "ordo_model_operations",
+                "Operations the learned model holds statistics for (status.model.endpoints)",
+            )?,
+            model_operations_mature: gauge(
+                &registry,
+                "ordo_model_operations_mature",
+                "Operations of the learned model with a mature volume baseline (learning.minVolumeWindows session windows): the per-operation detectors judge them",
+            )?,
             jwks_refreshes: counter_vec(
                 &registry,
                 "ordo_jwks_refreshes_total",
@@ -283,6 +327,16 @@ impl Metrics {
             end -= 1;
         }
         template.get(..end).unwrap_or("other")
+    }
+
+    /// Copies the learned model's progress toward maturity into the `ordo_model_*` gauges.
+    pub fn set_maturity(&self, maturity: &crate::detect::ModelMaturity) {
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.model_mature.set(i64::from(maturity.mature()));
+        self.model_maturity_ratio.set(maturity.progress());
+        self.model_operations.set(int(maturity.operations));
+        self.model_operations_mature
+            .set(int(maturity.operations_mature));
     }
 
     /// Prometheus text exposition.

@@ -1,8 +1,9 @@
 //! JWT verification from a JWKS served over HTTPS on loopback (a CA and a server certificate
-//! made by rcgen, trusted through `caFile`): RS256, ES256 and EdDSA tokens verify; a key
-//! rotation refuses no honest request and a removed key's tokens are refused; an endpoint down
-//! at start; the rate limit of refreshes triggered by unknown `kid`s; a huge or malformed
-//! document refused with the last good set kept; a JWKS file re-read when it changes.
+//! made by rcgen, trusted through `caFile`): RS256, RS384, RS512, PS256, ES256, ES384 and
+//! EdDSA tokens verify; a key rotation refuses no honest request and a removed key's tokens are
+//! refused; an endpoint down at start; the rate limit of refreshes triggered by unknown `kid`s;
+//! a huge or malformed document refused with the last good set kept; a JWKS file re-read when
+//! it changes, in place or swapped the way the kubelet updates a mounted ConfigMap.
 
 #![allow(clippy::unwrap_used)] // Test helpers unwrap: a panic is the failure report.
 
@@ -24,7 +25,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use parking_lot::Mutex;
 use rcgen::{
     BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
-    PKCS_ED25519,
+    PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
 };
 use tokio::net::TcpListener;
 
@@ -80,6 +81,23 @@ fn ec_key(kid: &str) -> SigningKey {
     }
 }
 
+/// A P-384 key, published without `alg` (its curve names ES384).
+fn ec384_key(kid: &str) -> SigningKey {
+    let pair = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+    // Uncompressed point: 0x04 || x || y, 48 bytes each.
+    let raw = pair.public_key_raw();
+    assert_eq!(raw.len(), 97);
+    SigningKey {
+        alg: Algorithm::ES384,
+        kid: kid.into(),
+        encoding: EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
+        jwk: serde_json::json!({
+            "kty": "EC", "crv": "P-384", "use": "sig", "kid": kid,
+            "x": B64.encode(&raw[1..49]), "y": B64.encode(&raw[49..]),
+        }),
+    }
+}
+
 fn ed_key(kid: &str) -> SigningKey {
     let pair = KeyPair::generate_for(&PKCS_ED25519).unwrap();
     SigningKey {
@@ -95,6 +113,12 @@ fn ed_key(kid: &str) -> SigningKey {
 
 /// The RSA fixture (ring cannot generate RSA keys), published with `alg: RS256`.
 fn rsa_key(kid: &str) -> SigningKey {
+    rsa_key_for(kid, Algorithm::RS256, Some("RS256"))
+}
+
+/// The RSA fixture signing with `alg`, published with `published` as its JWK `alg` (none: the
+/// key may verify every RSA algorithm).
+fn rsa_key_for(kid: &str, alg: Algorithm, published: Option<&str>) -> SigningKey {
     use x509_parser::prelude::FromDer as _;
     let public = std::fs::read(format!("{FIXTURES}/rsa_public.pem")).unwrap();
     let (_, pem) = x509_parser::pem::parse_x509_pem(&public).unwrap();
@@ -107,14 +131,18 @@ fn rsa_key(kid: &str) -> SigningKey {
         B64.encode(&b[start..])
     };
     let private = std::fs::read(format!("{FIXTURES}/rsa_private.pem")).unwrap();
+    let mut jwk = serde_json::json!({
+        "kty": "RSA", "use": "sig", "kid": kid,
+        "n": strip(rsa.modulus), "e": strip(rsa.exponent),
+    });
+    if let Some(published) = published {
+        jwk["alg"] = published.into();
+    }
     SigningKey {
-        alg: Algorithm::RS256,
+        alg,
         kid: kid.into(),
         encoding: EncodingKey::from_rsa_pem(&private).unwrap(),
-        jwk: serde_json::json!({
-            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
-            "n": strip(rsa.modulus), "e": strip(rsa.exponent),
-        }),
+        jwk,
     }
 }
 
@@ -355,6 +383,66 @@ async fn rs256_es256_and_eddsa_tokens_verify_against_a_fetched_jwks() {
 }
 
 #[tokio::test]
+async fn rs384_rs512_ps256_and_es384_tokens_verify_against_a_fetched_jwks() {
+    let rs384 = rsa_key_for("rsa-384", Algorithm::RS384, Some("RS384"));
+    let rs512 = rsa_key_for("rsa-512", Algorithm::RS512, Some("RS512"));
+    let ps256 = rsa_key_for("rsa-ps256", Algorithm::PS256, Some("PS256"));
+    // Without `alg` an RSA key verifies any RSA algorithm (Entra ID and Auth0 publish such keys).
+    let unnamed = rsa_key_for("rsa-any", Algorithm::PS256, None);
+    let es384 = ec384_key("ec-384");
+    let server = JwksServer::start(jwks(&[&rs384, &rs512, &ps256, &unnamed, &es384])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1h")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+    for key in [&rs384, &rs512, &ps256, &unnamed, &es384] {
+        assert_eq!(
+            status(&c, &e, &key.token("alice")).await,
+            200,
+            "{:?} ({})",
+            key.alg,
+            key.kid
+        );
+    }
+    // A key published for one algorithm verifies no other, even of its own type: RS512 and
+    // PS256 signatures by the very key published as RS384, and the reverse.
+    for (alg, kid) in [
+        (Algorithm::RS512, "rsa-384"),
+        (Algorithm::PS256, "rsa-384"),
+        (Algorithm::RS384, "rsa-ps256"),
+        (Algorithm::RS256, "rsa-512"),
+    ] {
+        let other = rsa_key_for(kid, alg, None);
+        assert_eq!(
+            status(&c, &e, &other.token("mallory")).await,
+            401,
+            "{alg:?} under {kid}"
+        );
+    }
+    // Same kid, another P-384 key: the signature does not verify.
+    assert_eq!(
+        status(&c, &e, &ec384_key("ec-384").token("mallory")).await,
+        401
+    );
+    // Issuer and audience are checked for these algorithms too.
+    assert_eq!(
+        status(&c, &e, &ps256.token_for("alice", "https://evil", AUDIENCE)).await,
+        401
+    );
+    assert_eq!(
+        status(&c, &e, &es384.token_for("alice", ISSUER, "other-api")).await,
+        401
+    );
+    let m = metrics(&c, &e).await;
+    assert_eq!(metric_value(&m, "ordo_jwks_keys"), 5.0, "{m}");
+    e.shutdown().await;
+}
+
+#[tokio::test]
 async fn rotation_refuses_no_honest_request_and_then_the_removed_key() {
     let (old, new) = (ec_key("2026-01"), rsa_key("2026-02"));
     let server = JwksServer::start(jwks(&[&old])).await;
@@ -579,6 +667,109 @@ async fn a_jwks_file_is_read_again_when_it_changes() {
     std::fs::write(file.path(), "{not json").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(status(&c, &e, &b.token("bob2")).await, 200);
+    e.shutdown().await;
+}
+
+/// A ConfigMap volume as the kubelet writes it: the data in a timestamped directory, `..data`
+/// a symlink to it, and each key a symlink through `..data`. An update writes a new directory
+/// and swaps `..data` with a rename, so the file's path never changes and the old file is
+/// never modified.
+struct ConfigMapVolume {
+    dir: tempfile::TempDir,
+    generation: usize,
+}
+
+impl ConfigMapVolume {
+    const KEY: &str = "jwks.json";
+
+    fn new(content: &str) -> Self {
+        let mut volume = Self {
+            dir: tempfile::tempdir().unwrap(),
+            generation: 0,
+        };
+        volume.update(content);
+        std::os::unix::fs::symlink(
+            format!("..data/{}", Self::KEY),
+            volume.dir.path().join(Self::KEY),
+        )
+        .unwrap();
+        volume
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join(Self::KEY)
+    }
+
+    /// Atomically replaces the content the way the kubelet's atomic writer does.
+    fn update(&mut self, content: &str) {
+        let root = self.dir.path();
+        self.generation += 1;
+        let data = format!(
+            "..2026_01_01_00_00_{:02}.{}",
+            self.generation, self.generation
+        );
+        std::fs::create_dir(root.join(&data)).unwrap();
+        std::fs::write(root.join(&data).join(Self::KEY), content).unwrap();
+        let staged = root.join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &staged).unwrap();
+        let previous = std::fs::read_link(root.join("..data")).ok();
+        std::fs::rename(&staged, root.join("..data")).unwrap();
+        if let Some(previous) = previous {
+            std::fs::remove_dir_all(root.join(previous)).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_file_mounted_from_a_config_map_follows_a_key_rotation() {
+    let (old, new) = (rsa_key("2026-01"), ec384_key("2026-02"));
+    let mut volume = ConfigMapVolume::new(&jwks(&[&old]));
+    let up = start_upstream().await;
+    let c = client();
+    let source = format!(
+        "{{ file: \"{}\", refreshInterval: 1s }}",
+        volume.path().display()
+    );
+    let e = start_enforcer(&config(&source), up.addr).await;
+    assert_eq!(status(&c, &e, &old.token("alice")).await, 200);
+    assert_eq!(status(&c, &e, &new.token("bob")).await, 401);
+
+    // The identity provider publishes the next key next to the current one.
+    volume.update(&jwks(&[&old, &new]));
+    let mut added = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Tokens of the current key keep working all along.
+        assert_eq!(status(&c, &e, &old.token("alice")).await, 200);
+        if status(&c, &e, &new.token("bob")).await == 200 {
+            added = true;
+            break;
+        }
+    }
+    assert!(
+        added,
+        "the key added through the ConfigMap was not picked up"
+    );
+    let m = metrics(&c, &e).await;
+    assert_eq!(metric_value(&m, "ordo_jwks_keys"), 2.0, "{m}");
+
+    // Then retires the old one.
+    volume.update(&jwks(&[&new]));
+    let mut removed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status(&c, &e, &new.token("bob")).await, 200);
+        if status(&c, &e, &old.token("alice")).await == 401 {
+            removed = true;
+            break;
+        }
+    }
+    assert!(
+        removed,
+        "a key removed from the ConfigMap still verifies tokens"
+    );
+    let m = metrics(&c, &e).await;
+    assert_eq!(metric_value(&m, "ordo_jwks_keys"), 1.0, "{m}");
     e.shutdown().await;
 }
 

@@ -298,6 +298,31 @@ async fn every_spec_change_reaches_the_enforcer() -> anyhow::Result<()> {
         missing.is_empty(),
         "the chart's dashboard or alerts read metrics the running operator and enforcer do not export: {missing:?}"
     );
+    // The report lag and the model maturity they chart are live values: the operator
+    // acknowledged a report within a few intervals, and the customers' traffic taught the model.
+    let last_report = metric(
+        &enforcer_metrics,
+        "ordo_report_last_success_timestamp_seconds",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let lag = now - last_report;
+    let progress = metric(&enforcer_metrics, "ordo_model_maturity_ratio");
+    let operations = metric(&enforcer_metrics, "ordo_model_operations");
+    println!(
+        "report lag {lag:.1} s; model maturity {progress:.2} (mature: {}), {operations} operations, {} with a mature baseline",
+        metric(&enforcer_metrics, "ordo_model_mature"),
+        metric(&enforcer_metrics, "ordo_model_operations_mature"),
+    );
+    assert!(
+        last_report > 0.0 && lag < (REPORT_INTERVAL * 10).as_secs_f64(),
+        "the enforcer's last acknowledged report is {lag:.1} s old (ordo_report_last_success_timestamp_seconds {last_report})"
+    );
+    assert!(
+        progress > 0.0 && operations > 0.0,
+        "ordo_model_maturity_ratio {progress}, ordo_model_operations {operations} after minutes of traffic"
+    );
     bank.shutdown();
     supervisor.shutdown();
     diagnostics.passed();

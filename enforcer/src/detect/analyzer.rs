@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use super::request::{Analyzer, LateFinding, RequestContext, ResponseSummary};
+use super::request::{Analyzer, LateFinding, ModelMaturity, RequestContext, ResponseSummary};
 use crate::config::{Action, DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
 use crate::detect::params::RequestParams;
 use crate::detect::session_state::{SessionState, distinct_of, with_object};
@@ -1221,6 +1221,26 @@ impl Analyzer for LearnedAnalyzer {
             jwt_headers: jwt_headers(&config.session),
             ..(**current).clone()
         }));
+    }
+
+    fn maturity(&self) -> Option<ModelMaturity> {
+        let settings = self.settings.load();
+        let learning = &settings.learning;
+        let inner = self.inner.read();
+        let model = &inner.model;
+        let operations_mature = model
+            .operations
+            .iter()
+            .filter(|op| op.volume.windows() >= learning.min_volume_windows)
+            .count();
+        Some(ModelMaturity {
+            requests: model.requests,
+            sessions: model.sessions,
+            min_requests: learning.min_requests,
+            min_sessions: learning.min_sessions,
+            operations: model.operations.len() as u64,
+            operations_mature: operations_mature as u64,
+        })
     }
 
     fn model_view(&self) -> serde_json::Value {

@@ -97,6 +97,42 @@ pub struct LateFinding {
     pub finding: Finding,
 }
 
+/// How far the learned model is from the maturity gate (`learning.minRequests` and
+/// `learning.minSessions`, the thresholds the operator applies to the merged model for the
+/// `ModelMature` condition), for the metrics (`ordo_model_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelMaturity {
+    pub requests: u64,
+    pub sessions: u64,
+    pub min_requests: u64,
+    pub min_sessions: u64,
+    /// Operations the model holds statistics for (`status.model.endpoints`).
+    pub operations: u64,
+    /// Of those, operations whose volume baseline is mature (`learning.minVolumeWindows`
+    /// session windows), so that the per-operation detectors judge them.
+    pub operations_mature: u64,
+}
+
+impl ModelMaturity {
+    /// Whether the gate is passed: the learned detectors act.
+    pub fn mature(&self) -> bool {
+        self.requests >= self.min_requests && self.sessions >= self.min_sessions
+    }
+
+    /// Progress toward the gate, 0 to 1: the lesser of the two fractions (requests and
+    /// sessions), capped at 1.
+    pub fn progress(&self) -> f64 {
+        let fraction = |have: u64, need: u64| {
+            if need == 0 {
+                1.0
+            } else {
+                (have as f64 / need as f64).min(1.0)
+            }
+        };
+        fraction(self.requests, self.min_requests).min(fraction(self.sessions, self.min_sessions))
+    }
+}
+
 /// Implemented by the learned model + detectors. The proxy calls it; `inspect` runs with the
 /// session's entry locked (synchronous, must be cheap, never awaits).
 pub trait Analyzer: Send + Sync + 'static {
@@ -154,6 +190,11 @@ pub trait Analyzer: Send + Sync + 'static {
     ) -> Vec<LateFinding>;
     /// JSON for `GET /v1/model`.
     fn model_view(&self) -> serde_json::Value;
+    /// The model's progress toward maturity (cheap: read at every scrape of `/metrics`);
+    /// `None` for an analyzer that learns nothing.
+    fn maturity(&self) -> Option<ModelMaturity> {
+        None
+    }
     /// Folds literal path names learned before their position became a parameter into it,
     /// statistics included (see `detect::templates`). Called periodically by housekeeping.
     fn fold_templates(&self, _resolver: &crate::operation::OperationResolver) {}

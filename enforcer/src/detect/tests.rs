@@ -305,6 +305,54 @@ fn immature_model_flags_nothing_and_says_what_it_waits_for() {
     assert_eq!(shadow.waiting_for.as_deref(), Some(expected.as_str()));
 }
 
+/// The `ordo_model_*` gauges read `maturity()`: it agrees with the view's gate while the
+/// model learns and once it passed it, and the metrics show the same.
+#[test]
+fn maturity_for_the_metrics_follows_the_gate() {
+    let mut h = Harness::new(small_api());
+    h.train(20);
+    let view = h.analyzer.view();
+    let young = h.analyzer.maturity().unwrap();
+    assert_eq!(young.mature(), view.mature);
+    assert!(!young.mature());
+    assert_eq!(
+        (young.requests, young.sessions),
+        (view.requests, view.sessions)
+    );
+    assert_eq!((young.min_requests, young.min_sessions), (500, 50));
+    let expected = (view.requests as f64 / 500.0).min(view.sessions as f64 / 50.0);
+    assert!((young.progress() - expected).abs() < 1e-9, "{young:?}");
+    assert!(
+        young.progress() > 0.0 && young.progress() < 1.0,
+        "{young:?}"
+    );
+    assert!(young.operations > 0);
+    assert!(young.operations_mature <= young.operations);
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    metrics.set_maturity(&young);
+    assert_eq!(metrics.model_mature.get(), 0);
+
+    h.train(400);
+    let view = h.analyzer.view();
+    let grown = h.analyzer.maturity().unwrap();
+    assert!(view.mature && grown.mature(), "{grown:?}");
+    assert!((grown.progress() - 1.0).abs() < f64::EPSILON);
+    assert!(grown.operations_mature > 0, "{grown:?}");
+    metrics.set_maturity(&grown);
+    let text = String::from_utf8(metrics.encode()).unwrap();
+    assert!(text.contains("\nordo_model_mature 1\n"), "{text}");
+    assert!(text.contains("\nordo_model_maturity_ratio 1\n"), "{text}");
+    assert!(
+        text.contains(&format!("\nordo_model_operations {}\n", grown.operations)),
+        "{text}"
+    );
+    assert_eq!(
+        crate::detect::NoopAnalyzer.maturity(),
+        None,
+        "an analyzer that learns nothing has no maturity"
+    );
+}
+
 #[test]
 fn benign_journeys_are_not_flagged_after_learning() {
     let mut h = Harness::new(small_api());

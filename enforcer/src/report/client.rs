@@ -98,6 +98,8 @@ pub struct ReportClient {
     pub failed: u64,
     /// `ordo_reports_total`, when the client reports into the enforcer's metrics.
     outcomes: Option<prometheus::IntCounterVec>,
+    /// `ordo_report_last_success_timestamp_seconds`, with `outcomes`.
+    last_success: Option<prometheus::Gauge>,
 }
 
 impl ReportClient {
@@ -116,19 +118,27 @@ impl ReportClient {
             sent: 0,
             failed: 0,
             outcomes: None,
+            last_success: None,
         })
     }
 
-    /// Counts every attempt in `metrics` (`ordo_reports_total{result}`), so that a failing
-    /// report channel is visible on `/metrics` and can be alerted on.
+    /// Counts every attempt in `metrics` (`ordo_reports_total{result}`) and stamps each
+    /// acknowledged one (`ordo_report_last_success_timestamp_seconds`), so that a failing or
+    /// stalled report channel is visible on `/metrics` and can be alerted on.
     pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
         self.outcomes = Some(metrics.reports.clone());
+        self.last_success = Some(metrics.report_last_success.clone());
         self
     }
 
     fn count(&self, result: &str) {
         if let Some(outcomes) = &self.outcomes {
             outcomes.with_label_values(&[result]).inc();
+        }
+        if result == "ok"
+            && let Some(last_success) = &self.last_success
+        {
+            last_success.set(crate::time::now_ms() as f64 / 1000.0);
         }
     }
 
@@ -393,6 +403,28 @@ mod tests {
         assert!(!client.pending_incidents.contains_key("inc-00000"));
         assert!(!client.pending_incidents.contains_key("inc-00004"));
         assert!(client.pending_incidents.contains_key("inc-00005"));
+    }
+
+    #[test]
+    fn an_acknowledged_report_stamps_the_last_success() {
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let client = ReportClient::new(config("https://op:8443/x"))
+            .unwrap()
+            .with_metrics(&metrics);
+        client.count("failed");
+        assert_eq!(
+            metrics.report_last_success.get(),
+            0.0,
+            "a failure is no success"
+        );
+        let before = crate::time::now_ms() as f64 / 1000.0;
+        client.count("ok");
+        let stamped = metrics.report_last_success.get();
+        assert!(
+            stamped >= before - 0.001 && stamped <= crate::time::now_ms() as f64 / 1000.0,
+            "{stamped} vs {before}"
+        );
+        assert_eq!(metrics.reports.with_label_values(&["ok"]).get(), 1);
     }
 
     #[test]
