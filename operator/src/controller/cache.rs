@@ -71,6 +71,9 @@ struct AppliedKey {
 struct Applied {
     content: u64,
     version: String,
+    /// The `resourceVersion` the apply returned: a watch event of exactly this version is
+    /// the echo of the apply, no news for a reconcile.
+    resource_version: Option<String>,
     at: Instant,
 }
 
@@ -214,6 +217,7 @@ impl Caches {
                     Applied {
                         content,
                         version,
+                        resource_version: kube::Resource::meta(&written).resource_version.clone(),
                         at: Instant::now(),
                     },
                 );
@@ -232,6 +236,26 @@ impl Caches {
                 && live_version == Some(last.version.as_str())
                 && last.at.elapsed() < REAPPLY_AFTER
         })
+    }
+
+    /// Whether `object` (of kind `K`, seen by a watch) is exactly what this process's last
+    /// apply of it wrote: the echo of the controller's own write, which needs no reconcile.
+    pub fn is_own_write<K>(&self, object: &impl kube::Resource) -> bool {
+        let meta = object.meta();
+        let (Some(namespace), Some(name), Some(version)) =
+            (&meta.namespace, &meta.name, &meta.resource_version)
+        else {
+            return false;
+        };
+        let key = AppliedKey {
+            kind: std::any::type_name::<K>(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        self.applied
+            .lock()
+            .get(&key)
+            .is_some_and(|last| last.resource_version.as_ref() == Some(version))
     }
 
     /// Forgets what was applied in `namespace` under these names (the protection is gone).
@@ -268,6 +292,7 @@ mod tests {
             Applied {
                 content,
                 version: version.into(),
+                resource_version: Some(format!("rv-{version}")),
                 at: Instant::now() - age,
             },
         );
@@ -307,12 +332,45 @@ mod tests {
             Applied {
                 content: 7,
                 version: "1".into(),
+                resource_version: None,
                 at: Instant::now(),
             },
         );
         caches.forget("ns", &["api-enforcer".to_owned()]);
         assert!(!caches.unchanged(&key("api-enforcer"), 7, Some("100")));
         assert_eq!(caches.applied.lock().len(), 1);
+    }
+
+    #[test]
+    fn only_the_version_an_apply_returned_is_its_echo() {
+        let (caches, _writers) = Caches::new();
+        caches.applied.lock().insert(
+            AppliedKey {
+                kind: std::any::type_name::<ConfigMap>(),
+                namespace: "ns".into(),
+                name: "a".into(),
+            },
+            Applied {
+                content: 7,
+                version: "5".into(),
+                resource_version: Some("5".into()),
+                at: Instant::now(),
+            },
+        );
+        let seen = |name: &str, version: &str| ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            ..ConfigMap::default()
+        };
+        assert!(caches.is_own_write::<ConfigMap>(&seen("a", "5")));
+        // a later write by someone else, another object, another kind
+        assert!(!caches.is_own_write::<ConfigMap>(&seen("a", "6")));
+        assert!(!caches.is_own_write::<ConfigMap>(&seen("b", "5")));
+        assert!(!caches.is_own_write::<Deployment>(&seen("a", "5")));
     }
 
     #[test]

@@ -137,6 +137,11 @@ pub async fn run(
     .map_ok(without_managed_fields)
     .reflect(writers.services)
     .touched_objects();
+    // The echo of the controller's own apply is no news (cache.rs `is_own_write`).
+    let config_maps = config_maps.try_filter(not_own_write::<ConfigMap, _>(&ctx));
+    let accounts = accounts.try_filter(not_own_write::<ServiceAccount, _>(&ctx));
+    let deployments = deployments.try_filter(not_own_write::<Deployment, _>(&ctx));
+    let services = services.try_filter(not_own_write::<Service, _>(&ctx));
     let requests = tokio_stream_from(reconcile_requests).map(|key: ProtectionKey| {
         ObjectRef::<DeserializeGuard<ApiProtection>>::new(&key.name).within(&key.namespace)
     });
@@ -201,6 +206,17 @@ pub async fn run(
 /// most of a stored Deployment or Service.
 fn without_managed_fields<K: kube::Resource>(event: watcher::Event<K>) -> watcher::Event<K> {
     event.modify(|object| object.meta_mut().managed_fields = None)
+}
+
+/// A `try_filter` predicate that drops the echoes of the controller's own applies of `K`.
+fn not_own_write<K, O>(
+    ctx: &Arc<Context>,
+) -> impl FnMut(&O) -> futures::future::Ready<bool> + Send + 'static
+where
+    O: kube::Resource,
+{
+    let ctx = Arc::clone(ctx);
+    move |object: &O| futures::future::ready(!ctx.caches.is_own_write::<K>(object))
 }
 
 /// An Api over one namespace, or over all of them.
