@@ -298,7 +298,12 @@ fn start_operator(
     let proc = Proc::spawn(
         Command::new(&settings.operator_bin)
             .env("KUBECONFIG", cluster.kubeconfig_path())
-            .env("RUST_LOG", "info")
+            // ORDO_OPERATOR_LOG, for example `info,kube_runtime=debug` to see why each
+            // reconcile ran.
+            .env(
+                "RUST_LOG",
+                std::env::var("ORDO_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .args(["--https-addr", &format!("127.0.0.1:{https_port}")])
             .args(["--health-addr", &format!("127.0.0.1:{health_port}")])
             .arg("--tls-cert")
