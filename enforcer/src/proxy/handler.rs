@@ -3,7 +3,7 @@
 //! The policy is loaded once per request and every phase uses that one. Whatever the proxy
 //! answers itself is a [`Rejection`]. No lock is held across an await.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,19 +86,16 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let metrics = &shared.metrics;
+    // The policy of this request, for every phase (routing, checks, learning), and the
+    // client address under it.
+    let policy = shared.policy.load_full();
+    let client = client_address(&policy.config.client_address, peer.ip(), req.headers());
     // One client may hold only so many of the permits below (a client holding requests open
     // with slow bodies would otherwise take all of them).
-    let client_guard = {
-        let policy = shared.policy.load();
-        let client = client_address(&policy.config.client_address, peer.ip(), req.headers());
-        let cap = policy.config.limits.max_concurrent_requests_per_client;
-        match shared.clients.request(client, cap) {
-            Some(guard) => guard,
-            None => {
-                let id = request_id(&shared, req.headers());
-                return Rejection::ClientBusy.into_response(metrics, &id, NO_OPERATION);
-            }
-        }
+    let cap = policy.config.limits.max_concurrent_requests_per_client;
+    let Some(client_guard) = shared.clients.request(client, cap) else {
+        let id = request_id(&shared, req.headers());
+        return Rejection::ClientBusy.into_response(metrics, &id, NO_OPERATION);
     };
     metrics.in_flight.inc();
     let Ok(permit) = Arc::clone(&shared.limiter).try_acquire_owned() else {
@@ -106,8 +103,8 @@ pub async fn handle(
         let id = request_id(&shared, req.headers());
         return Rejection::Overloaded.into_response(metrics, &id, NO_OPERATION);
     };
-    let resp = match super::route::route(&shared, peer, req).await {
-        Routed::Local(req) => handle_inner(&shared, peer, req, started).await,
+    let resp = match super::route::route(&shared, &policy, peer, client, req).await {
+        Routed::Local(req) => handle_inner(&shared, &policy, peer, client, req, started).await,
         Routed::Answered(resp) => resp,
     };
     // Keep the permits and the in-flight gauge until the response body is done.
@@ -123,11 +120,12 @@ pub async fn handle(
 
 async fn handle_inner(
     shared: &Arc<Shared>,
+    policy: &CompiledPolicy,
     peer: SocketAddr,
+    client: IpAddr,
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<ProxyBody> {
-    let policy = shared.policy.load_full();
     let (parts, body) = req.into_parts();
     let rid = request_id(shared, &parts.headers);
     let reject = |rejection: Rejection, operation: &str| {
@@ -150,7 +148,6 @@ async fn handle_inner(
     }
     let now_ms = crate::time::now_ms();
     let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
-    let client = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
 
     let mut session = String::with_capacity(48);
     let source = match policy
@@ -197,7 +194,7 @@ async fn handle_inner(
     let scratch = RequestScratch::default();
     let exchange = Exchange {
         shared,
-        policy: &policy,
+        policy,
         ctx: RequestContext {
             now_ms,
             session: &session,
