@@ -160,7 +160,7 @@ async fn handle_inner(
     };
 
     let scratch = RequestScratch::default();
-    let exchange = Exchange {
+    let mut exchange = Exchange {
         shared,
         policy,
         ctx: RequestContext {
@@ -180,6 +180,7 @@ async fn handle_inner(
         hash: shared.sessions.key_hash(&session),
         now_s,
         rid: &rid,
+        recent: Recent::default(),
     };
     let (findings, incident_seq) = match exchange.check(schema, body.present) {
         Ok(checked) => checked,
@@ -490,14 +491,38 @@ fn schema_violation(
 struct Exchange<'a> {
     shared: &'a Arc<Shared>,
     policy: &'a CompiledPolicy,
-    /// The request facts, shared by the checks and learning; `recent` is filled from the
-    /// session's history at each visit of its entry.
+    /// The request facts, shared by the checks and learning; `recent` is the session's
+    /// history once the checks read it (`Exchange::recent`), empty before.
     ctx: RequestContext<'a>,
     /// Keyed hash of the session (the session table's key).
     hash: u64,
     /// Seconds since the process epoch (the session table's clock).
     now_s: u32,
     rid: &'a str,
+    /// The session's recent operations before this request, as the checks saw them; learning
+    /// sees the same.
+    recent: Recent,
+}
+
+/// A session's recent operations, oldest first (`History::fill`).
+struct Recent {
+    ops: [RecentOp; MAX_HISTORY],
+    len: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            ops: [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY],
+            len: 0,
+        }
+    }
+}
+
+impl Recent {
+    fn ops(&self) -> &[RecentOp] {
+        self.ops.get(..self.len).unwrap_or_default()
+    }
 }
 
 /// What the checks found in one visit of the session entry.
@@ -516,19 +541,17 @@ impl Exchange<'_> {
     /// and records the operation in its history. Findings come in priority order: rules,
     /// limits, schema, learned detectors. With the incident the session has open.
     fn check(
-        &self,
+        &mut self,
         schema: Option<&OperationSchema>,
         body_present: bool,
     ) -> Result<(Vec<Finding>, u32), Rejection> {
         let schema = schema
             .zip(self.policy.schema_action)
             .and_then(|(schema, action)| schema_violation(schema, action, &self.ctx, body_present));
-        let checked = self
-            .shared
+        let (shared, hash, now_s) = (self.shared, self.hash, self.now_s);
+        let checked = shared
             .sessions
-            .with_entry(self.hash, self.now_s, |entry, _fresh| {
-                self.check_session(entry)
-            });
+            .with_entry(hash, now_s, |entry, _fresh| self.check_session(entry));
         let (findings, incident, failed) = match checked {
             Some(checked) => {
                 let mut findings = checked.declared;
@@ -544,7 +567,7 @@ impl Exchange<'_> {
         Ok((findings, incident))
     }
 
-    fn check_session(&self, entry: &mut SessionEntry<SessionState>) -> Checked {
+    fn check_session(&mut self, entry: &mut SessionEntry<SessionState>) -> Checked {
         let (policy, metrics, op, now_ms) = (
             self.policy,
             &self.shared.metrics,
@@ -552,11 +575,11 @@ impl Exchange<'_> {
             self.ctx.now_ms,
         );
         entry.note_request(policy.identifiers.verifies(self.ctx.session_source));
-        let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
-        let n = entry
+        let recent = &mut self.recent;
+        recent.len = entry
             .history
-            .fill(&mut recent_buf, now_ms, policy.history_ms);
-        let recent = recent_buf.get(..n).unwrap_or_default();
+            .fill(&mut recent.ops, now_ms, policy.history_ms);
+        let recent = self.recent.ops();
         let mut declared = Vec::new();
         for rule in policy.rules_for(op.id) {
             if let Some(explanation) = rule.check(op.id, recent, now_ms) {
@@ -789,20 +812,17 @@ impl Exchange<'_> {
     }
 
     /// Learning from the exchange (what was answered, or the block status with `flagged`),
-    /// under the policy the request was checked with.
+    /// under the policy the request was checked with and with the session's history as the
+    /// checks saw it.
     fn learn(&self, resp: &ResponseSummary<'_>, flagged: bool) {
         let done = self
             .shared
             .sessions
             .with_entry(self.hash, self.now_s, |entry, _| {
-                let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
-                let n =
-                    entry
-                        .history
-                        .fill(&mut recent_buf, self.ctx.now_ms, self.policy.history_ms);
-                // The newest entry is this request.
-                let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
-                let ctx = RequestContext { recent, ..self.ctx };
+                let ctx = RequestContext {
+                    recent: self.recent.ops(),
+                    ..self.ctx
+                };
                 let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     self.shared
                         .analyzer
