@@ -19,7 +19,7 @@
 //! the requests each replica decided; it asserts that on 3 replicas no honest request is
 //! refused that the reference let through, that every attack kind is detected, that the
 //! replicas really forwarded, and that while the replicas change at most 2 % of the requests
-//! are honest ones refused (none with `ORDO_SCALEOUT_STRICT=1`, which issue 16 asks for; met
+//! are honest ones refused (none with `ORDO_SCALEOUT_STRICT=1`, the goal; met
 //! in the runs since the member views are versioned, docs/scale-out.md, "On a real node", but
 //! not yet the default until more runs show it reliably).
 //!
@@ -1168,7 +1168,7 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
 
     // Honest requests refused while the replicas changed (a request after one of its
     // journey's requests failed with a 5xx is listed above but not counted: the step a rule
-    // needs may not have happened). Issue 16 asks for none; the real node still refuses a few
+    // needs may not have happened). The goal is none; the real node still refuses a few
     // in the seconds after a replica's crash and restart (docs/scale-out.md, "On a real node":
     // 0-14 of ~2,000 in the runs so far), so by default this is a bound on that known gap, and
     // ORDO_SCALEOUT_STRICT=1 asks for none.
