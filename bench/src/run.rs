@@ -467,7 +467,7 @@ fn measure_closed(
 }
 
 /// The rate every target is offered: half of the Enforce-mode enforcer's best closed-loop
-/// throughput (the latency target), judged by its median run per level so that one
+/// throughput (the latency target of docs/benchmarks.md, "Performance targets"), judged by its median run per level so that one
 /// lucky run does not set it; failing that, of the next target measured.
 fn fixed_rate_basis(throughput: &[ThroughputRow]) -> (&'static str, f64) {
     let (target, rps) = ["ordo-enforce", "ordo-monitor", "nginx", "direct"]

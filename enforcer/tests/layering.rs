@@ -35,13 +35,85 @@ fn identifier(text: &str) -> &str {
     &text[..end]
 }
 
-/// The source without `//` comments: a doc comment may mention a module above this one.
-fn without_line_comments(source: &str) -> String {
-    source
-        .lines()
-        .map(|line| line.find("//").map_or(line, |at| &line[..at]))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The source without its comments (`//` to the end of the line, nested `/* */`): a doc
+/// comment may mention a module above this one. String and character literals are kept
+/// whole: `"http://…"` does not start a comment, and a path in a string is an import all the
+/// same (`#[serde(with = "crate::…")]`).
+fn without_comments(source: &str) -> String {
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = String::with_capacity(source.len());
+    let mut i = 0;
+    // Copies `chars[from..to]` (clamped to the source) and returns where it ended.
+    let copy = |out: &mut String, from: usize, to: usize| {
+        let to = to.min(chars.len());
+        out.extend(&chars[from..to]);
+        to
+    };
+    while i < chars.len() {
+        let at = |k: usize| chars.get(i + k).copied();
+        let after_identifier = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        match (chars[i], at(1)) {
+            ('/', Some('/')) => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+            }
+            ('/', Some('*')) => {
+                let mut depth = 0usize;
+                while i < chars.len() {
+                    if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                out.push(' ');
+            }
+            ('"', _) => {
+                let mut end = i + 1;
+                while end < chars.len() && chars[end] != '"' {
+                    end += if chars[end] == '\\' { 2 } else { 1 };
+                }
+                i = copy(&mut out, i, end + 1);
+            }
+            ('r', Some('"' | '#')) if !after_identifier || (i > 0 && chars[i - 1] == 'b') => {
+                let hashes = chars[i + 1..].iter().take_while(|c| **c == '#').count();
+                if chars.get(i + 1 + hashes) != Some(&'"') {
+                    i = copy(&mut out, i, i + 1);
+                    continue;
+                }
+                let closing: Vec<char> = std::iter::once('"')
+                    .chain(std::iter::repeat_n('#', hashes))
+                    .collect();
+                let mut end = i + 2 + hashes;
+                while end < chars.len() && !chars[end..].starts_with(&closing) {
+                    end += 1;
+                }
+                i = copy(&mut out, i, end + closing.len());
+            }
+            // A character literal ('x', '\'', '"'); otherwise a lifetime or a label.
+            ('\'', Some('\\')) => {
+                let mut end = i + 3;
+                while end < chars.len() && chars[end] != '\'' {
+                    end += 1;
+                }
+                i = copy(&mut out, i, end + 1);
+            }
+            ('\'', Some(_)) if at(2) == Some('\'') => i = copy(&mut out, i, i + 3),
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Top-level modules named after `crate::`, including each first name of a
@@ -86,7 +158,7 @@ fn module_graph(src: &Path) -> Graph {
             continue;
         };
         let source = std::fs::read_to_string(file).unwrap();
-        for to in referenced_modules(&without_line_comments(&source)) {
+        for to in referenced_modules(&without_comments(&source)) {
             if to != from && modules.contains(&to) {
                 graph.entry(from.clone()).or_default().insert(to);
             }
@@ -180,5 +252,21 @@ fn the_scanner_sees_grouped_imports_and_cycles() {
     assert_eq!(
         find_cycle(&graph).unwrap(),
         ["a", "b", "c", "a"].map(String::from)
+    );
+}
+
+#[test]
+fn the_scanner_cuts_comments_only_outside_literals() {
+    let source = r##"let url = "http://example/"; use crate::config::A; // crate::detect
+/* crate::model /* nested */ crate::policy */ let quote = '"'; let _ = crate::session::f();
+let raw = r#"a "//" b"#; let s: &'static str = "\"//"; use crate::{finding::F, // crate::admin
+    incident::I};
+let slash = '/'; let escaped = '\''; /// crate::runtime
+#[serde(with = "crate::time::serde")] let apostrophe = "it's // not a comment"; crate::util::g();"##;
+    let found = referenced_modules(&without_comments(source));
+    let names: Vec<&str> = found.iter().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["config", "finding", "incident", "session", "time", "util"]
     );
 }

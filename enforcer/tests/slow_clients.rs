@@ -1,7 +1,7 @@
-//! Slow clients (issue #15): many slow connections from one address do not stop another
-//! address's requests, a trickling body is cut with 408, and under a 1,024 file-descriptor
-//! limit a flood of the proxy port leaves the admin port's probes answering. Loopback only:
-//! clients take their own source addresses in 127.0.0.0/8.
+//! Slow clients (docs/operations.md, "Slow clients"): many slow connections from one address
+//! do not stop another address's requests, a trickling body is cut with 408, and under a
+//! 1,024 file-descriptor limit a flood of the proxy port leaves the admin port's probes
+//! answering. Loopback only: clients take their own source addresses in 127.0.0.0/8.
 
 #![allow(clippy::unwrap_used)] // Test helpers unwrap: a panic is the failure report.
 

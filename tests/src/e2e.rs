@@ -1,6 +1,7 @@
 //! What the end-to-end suites share: the control plane with Ordo's CRDs and a namespace per
-//! test, the workspace binaries built once, polling with a deadline, YAML documents, and a
-//! [`Diagnostics`] guard that prints why a test failed.
+//! test, the workspace binaries built once, a control plane with the real node, polling with
+//! a deadline (Ready Pods among others), YAML documents, and a [`Diagnostics`] guard that
+//! prints why a test failed.
 //!
 //! A failing end-to-end test must explain itself: "deadline has elapsed" says nothing about
 //! whether the operator, the enforcer or the control plane stopped the change. When a test
@@ -17,13 +18,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt as _};
 use serde::Deserialize;
 
-use crate::cluster::{self, TestCluster, workspace_root};
+use crate::cluster::{
+    self, NODE_NAME, NodeOptions, Options, REAL_NODE_NAME, TestCluster, binaries, node,
+    workspace_root,
+};
 
 /// The shared control plane of this test binary with the CRDs from `crds/` installed, a
 /// client, and a fresh namespace named after `prefix`.
@@ -222,6 +226,95 @@ pub fn or_seen<T>(value: Option<T>, seen: impl FnOnce() -> String) -> anyhow::Re
         Some(value) => Ok(Some(value)),
         None => Err(anyhow!(seen())),
     }
+}
+
+/// A control plane with a real node (`cluster::node`) that has the debug images `images`
+/// imported ([`debug_image`]), made the only schedulable node ([`schedule_on_real_node`]).
+pub async fn real_node_cluster(images: &[&str]) -> anyhow::Result<TestCluster> {
+    let images = images
+        .iter()
+        .map(|name| debug_image(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = Options {
+        node: Some(NodeOptions {
+            bin_dir: node::default_node_bin_dir(),
+            images,
+        }),
+        ..Options::default()
+    };
+    let cluster = TestCluster::start_with_options(&binaries::default_bin_dir(), &options).await?;
+    schedule_on_real_node(&cluster.client().await?).await?;
+    Ok(cluster)
+}
+
+/// Makes the real node the only schedulable one: its taint removed and kwok's node cordoned,
+/// so that the Pods of the chart and of the operator (which tolerate no taint) run on it.
+pub async fn schedule_on_real_node(client: &Client) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch(
+            REAL_NODE_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
+        )
+        .await
+        .context("removing the real node's taint")?;
+    nodes
+        .patch(
+            NODE_NAME,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
+        )
+        .await
+        .context("cordoning kwok's node")?;
+    Ok(())
+}
+
+/// Whether a Pod is Running and Ready, and not being deleted.
+pub fn is_ready(pod: &Pod) -> bool {
+    let status = pod.status.clone().unwrap_or_default();
+    pod.metadata.deletion_timestamp.is_none()
+        && status.phase.as_deref() == Some("Running")
+        && status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Waits until exactly `count` Pods of `selector` exist, all Running and Ready; returns them.
+/// The timeout's error lists each Pod with its phase and node.
+pub async fn wait_ready_pods(
+    pods: &Api<Pod>,
+    selector: &str,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Pod>> {
+    wait_for(
+        &format!("{count} Ready Pod(s) {selector}"),
+        timeout,
+        || async move {
+            let all = pods.list(&ListParams::default().labels(selector)).await?;
+            let ready: Vec<Pod> = all.items.iter().filter(|p| is_ready(p)).cloned().collect();
+            if ready.len() == count && all.items.len() == count {
+                return Ok(Some(ready));
+            }
+            bail!(
+                "{} Pods, {} Ready: {:?}",
+                all.items.len(),
+                ready.len(),
+                all.items
+                    .iter()
+                    .map(|p| (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    ))
+                    .collect::<Vec<_>>()
+            )
+        },
+    )
+    .await
 }
 
 /// The non-empty documents of a YAML stream, as JSON values.

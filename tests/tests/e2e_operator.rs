@@ -1712,7 +1712,7 @@ async fn bogus_report_status(port: u16, pki: &Pki, ns: &str) -> anyhow::Result<u
     let dir = tempfile::tempdir()?;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "not-a-token")?;
-    let mut client = ReportClient::new(ReportConfig {
+    let client = ReportClient::new(ReportConfig {
         url: format!(
             "https://127.0.0.1:{port}{}/{ns}/bank-api",
             ordo_enforcer::report::REPORT_PATH_PREFIX
@@ -1723,17 +1723,18 @@ async fn bogus_report_status(port: u16, pki: &Pki, ns: &str) -> anyhow::Result<u
         timeout_seconds: 10,
         replica: Some("probe".into()),
     })?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match client.report_once(&StaticSource).await {
-            Err(ReportError::Refused { status, .. }) => return Ok(status),
+    // `report_once` takes the client mutably; each check borrows it in turn.
+    let client = tokio::sync::Mutex::new(client);
+    let answered = wait_for("the operator to answer a report", WAIT, || async {
+        match client.lock().await.report_once(&StaticSource).await {
+            Err(ReportError::Refused { status, .. }) => Ok(Some(Ok(status))),
             // Not listening yet.
-            Err(ReportError::Send(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            other => bail!("expected a refusal, got {other:?}"),
+            Err(err @ ReportError::Send(_)) => Err(anyhow!("{err:?}")),
+            other => Ok(Some(Err(other))),
         }
-    }
+    })
+    .await?;
+    answered.map_err(|other| anyhow!("expected a refusal, got {other:?}"))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@
 //! the requests each replica decided; it asserts that on 3 replicas no honest request is
 //! refused that the reference let through, that every attack kind is detected, that the
 //! replicas really forwarded, and that while the replicas change at most 2 % of the requests
-//! are honest ones refused (none with `ORDO_SCALEOUT_STRICT=1`, which issue 16 asks for; met
+//! are honest ones refused (none with `ORDO_SCALEOUT_STRICT=1`, the goal; met
 //! in the runs since the member views are versioned, docs/scale-out.md, "On a real node", but
 //! not yet the default until more runs show it reliably).
 //!
@@ -36,17 +36,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::Api;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use ordo_enforcer::config::parse_yaml;
 use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::runtime::RunningEnforcer;
 use ordo_operator::crd::{ApiProtection, SequenceRule};
-use ordo_tests::cluster::{
-    NODE_NAME, NodeOptions, Options, REAL_NODE_NAME, TestCluster, binaries, node,
-};
-use ordo_tests::e2e::{Diagnostics, debug_image, wait_for};
+use ordo_tests::cluster::TestCluster;
+use ordo_tests::e2e::{Diagnostics, is_ready, real_node_cluster, wait_for, wait_ready_pods};
 use ordo_tests::helm::{self, Helm};
 use ordo_tests::sim::bank::{Directory, RunningBank, TOKEN_SECRET};
 use ordo_tests::sim::driver::{self, JourneyOutcome};
@@ -226,38 +224,7 @@ const IMAGES: [&str; 3] = ["ordo-enforcer", "ordo-operator", "ordo-sample-bank"]
 /// The cluster with the real node made the only schedulable node (as in `e2e_node.rs`: the
 /// operator deploys enforcers without tolerations).
 async fn node_cluster() -> TestCluster {
-    let images = IMAGES
-        .iter()
-        .map(|name| debug_image(name).unwrap())
-        .collect();
-    let options = Options {
-        node: Some(NodeOptions {
-            bin_dir: node::default_node_bin_dir(),
-            images,
-        }),
-        ..Options::default()
-    };
-    let cluster = TestCluster::start_with_options(&binaries::default_bin_dir(), &options)
-        .await
-        .unwrap();
-    let nodes: Api<Node> = Api::all(cluster.client().await.unwrap());
-    nodes
-        .patch(
-            REAL_NODE_NAME,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
-        )
-        .await
-        .unwrap();
-    nodes
-        .patch(
-            NODE_NAME,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
-        )
-        .await
-        .unwrap();
-    cluster
+    real_node_cluster(&IMAGES).await.unwrap()
 }
 
 fn secret(name: &str, value: &str) -> Secret {
@@ -408,45 +375,10 @@ fn sequence_rule() -> serde_json::Value {
     })
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    let status = pod.status.clone().unwrap_or_default();
-    pod.metadata.deletion_timestamp.is_none()
-        && status.phase.as_deref() == Some("Running")
-        && status
-            .conditions
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
 /// Waits until exactly `count` Pods of `selector` exist, all Running and Ready; returns them.
 /// On a timeout the panic message says where the scaling stopped (see [`scaling_facts`]).
 async fn wait_pods(pods: &Api<Pod>, selector: &str, count: usize, timeout: Duration) -> Vec<Pod> {
-    let waited = wait_for(
-        &format!("{count} Ready Pod(s) {selector}"),
-        timeout,
-        || async move {
-            let all = pods.list(&ListParams::default().labels(selector)).await?;
-            let ready: Vec<Pod> = all.items.iter().filter(|p| is_ready(p)).cloned().collect();
-            if ready.len() == count && all.items.len() == count {
-                return Ok(Some(ready));
-            }
-            anyhow::bail!(
-                "{} Pods, {} Ready: {:?}",
-                all.items.len(),
-                ready.len(),
-                all.items
-                    .iter()
-                    .map(|p| (
-                        p.metadata.name.clone().unwrap_or_default(),
-                        p.status.as_ref().and_then(|s| s.phase.clone()),
-                    ))
-                    .collect::<Vec<_>>()
-            )
-        },
-    )
-    .await;
-    match waited {
+    match wait_ready_pods(pods, selector, count, timeout).await {
         Ok(ready) => ready,
         Err(err) => panic!("{err:#}\n{}", scaling_facts(pods).await),
     }
@@ -1168,7 +1100,7 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
 
     // Honest requests refused while the replicas changed (a request after one of its
     // journey's requests failed with a 5xx is listed above but not counted: the step a rule
-    // needs may not have happened). Issue 16 asks for none; the real node still refuses a few
+    // needs may not have happened). The goal is none; the real node still refuses a few
     // in the seconds after a replica's crash and restart (docs/scale-out.md, "On a real node":
     // 0-14 of ~2,000 in the runs so far), so by default this is a bound on that known gap, and
     // ORDO_SCALEOUT_STRICT=1 asks for none.

@@ -1,7 +1,7 @@
 //! Slow-client limits: the proxy's connection cap, connections and requests in flight per
 //! client address, and the minimum body rate ([`MinRateBody`]). Without them a few thousand
 //! connections that each send one byte now and then hold every request permit and every file
-//! descriptor of the process (issue #15).
+//! descriptor of the process (docs/operations.md, "Slow clients").
 //!
 //! The table is keyed by client address, but holds an entry only while that address has a
 //! connection or a request open: at most `maxConnections + maxConcurrentRequests` entries of a

@@ -3,11 +3,12 @@
 //! The policy is loaded once per request and every phase uses that one. Whatever the proxy
 //! answers itself is a [`Rejection`]. No lock is held across an await.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -32,9 +33,9 @@ use crate::detect::session_state::SessionState;
 use crate::detect::{LateFinding, RequestContext, RequestScratch, ResponseSummary};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
-use crate::operation::{CanonicalTarget, OperationSchema, canonical_target};
+use crate::operation::{CanonicalTarget, OperationSchema, QueryPairs, Template, canonical_target};
 use crate::policy::CompiledPolicy;
-use crate::session::{MAX_HISTORY, RecentOp, Refusal, SessionEntry, client_address};
+use crate::session::{MAX_HISTORY, RecentOp, Refusal, SessionEntry, SessionSource, client_address};
 
 /// The operation label of rejections before the operation is known.
 const NO_OPERATION: &str = "none";
@@ -86,19 +87,16 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let metrics = &shared.metrics;
+    // The policy of this request, for every phase (routing, checks, learning), and the
+    // client address under it.
+    let policy = shared.policy.load_full();
+    let client = client_address(&policy.config.client_address, peer.ip(), req.headers());
     // One client may hold only so many of the permits below (a client holding requests open
     // with slow bodies would otherwise take all of them).
-    let client_guard = {
-        let policy = shared.policy.load();
-        let client = client_address(&policy.config.client_address, peer.ip(), req.headers());
-        let cap = policy.config.limits.max_concurrent_requests_per_client;
-        match shared.clients.request(client, cap) {
-            Some(guard) => guard,
-            None => {
-                let id = request_id(&shared, req.headers());
-                return Rejection::ClientBusy.into_response(metrics, &id, NO_OPERATION);
-            }
-        }
+    let cap = policy.config.limits.max_concurrent_requests_per_client;
+    let Some(client_guard) = shared.clients.request(client, cap) else {
+        let id = request_id(&shared, req.headers());
+        return Rejection::ClientBusy.into_response(metrics, &id, NO_OPERATION);
     };
     metrics.in_flight.inc();
     let Ok(permit) = Arc::clone(&shared.limiter).try_acquire_owned() else {
@@ -106,8 +104,8 @@ pub async fn handle(
         let id = request_id(&shared, req.headers());
         return Rejection::Overloaded.into_response(metrics, &id, NO_OPERATION);
     };
-    let resp = match super::route::route(&shared, peer, req).await {
-        Routed::Local(req) => handle_inner(&shared, peer, req, started).await,
+    let resp = match super::route::route(&shared, &policy, peer, client, req).await {
+        Routed::Local(req) => handle_inner(&shared, &policy, peer, client, req, started).await,
         Routed::Answered(resp) => resp,
     };
     // Keep the permits and the in-flight gauge until the response body is done.
@@ -121,59 +119,30 @@ pub async fn handle(
     Response::from_parts(parts, body.boxed_unsync())
 }
 
+/// A request after admission and routing, in its phases: identify → check → decide → forward
+/// → answer (which learns). `policy` and `client` are the ones `handle` computed.
 async fn handle_inner(
     shared: &Arc<Shared>,
+    policy: &CompiledPolicy,
     peer: SocketAddr,
+    client: IpAddr,
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<ProxyBody> {
-    let policy = shared.policy.load_full();
     let (parts, body) = req.into_parts();
     let rid = request_id(shared, &parts.headers);
     let reject = |rejection: Rejection, operation: &str| {
         rejection.into_response(&shared.metrics, &rid, operation)
     };
-    let limits = &policy.config.limits;
-    // Every check below sees the canonical target, and the upstream receives it.
-    let (target, query) = match canonical_target(
-        &parts.method,
-        parts.version,
-        &parts.uri,
-        &policy.config.paths,
-        limits.max_query_parameters,
-    ) {
-        Ok(canonical) => canonical,
-        Err(reason) => return reject(Rejection::BadTarget(reason), NO_OPERATION),
+    let (target, query) = match admit(&parts, policy) {
+        Ok(admitted) => admitted,
+        Err(rejection) => return reject(rejection, NO_OPERATION),
     };
-    if let Err(rejection) = admit(&parts, limits.max_body_bytes) {
-        return reject(rejection, NO_OPERATION);
-    }
     let now_ms = crate::time::now_ms();
     let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
-    let client = client_address(&policy.config.client_address, peer.ip(), &parts.headers);
-
-    let mut session = String::with_capacity(48);
-    let source = match policy
-        .identifiers
-        .identify(&parts.headers, &query, client, &mut session)
-    {
-        Ok(identified) => {
-            if identified.invalid_token {
-                shared.metrics.invalid_tokens.inc();
-            }
-            identified.source
-        }
-        Err(refusal) => {
-            tracing::info!(request_id = %rid, client = %client, reason = %refusal.reason(), "session identification refused");
-            let rejection = match refusal {
-                Refusal::InvalidToken(_) => {
-                    shared.metrics.invalid_tokens.inc();
-                    Rejection::InvalidToken
-                }
-                Refusal::RepeatedHeader(name) => Rejection::RepeatedCredentialHeader(name),
-            };
-            return reject(rejection, NO_OPERATION);
-        }
+    let (session, source) = match identify(shared, policy, &parts.headers, &query, client, &rid) {
+        Ok(identified) => identified,
+        Err(rejection) => return reject(rejection, NO_OPERATION),
     };
 
     let mut segments = Vec::with_capacity(8);
@@ -181,23 +150,19 @@ async fn handle_inner(
         .resolver
         .resolve(&parts.method, target.match_path(), &mut segments)
         .template;
-    let op = &template.op;
-    let path_params = template.path_params(&segments);
+    let (op, path_params) = (&template.op, template.path_params(&segments));
     let op_label: &str = Metrics::operation_label(op.id, &op.template);
-    let schema = template
-        .schema
-        .as_deref()
-        .filter(|_| policy.schema_action.is_some());
-    let needs_body = schema.is_some_and(|s| s.wants_body()) || shared.analyzer.wants_body(op);
+    let (schema, needs_body) = body_checks(shared, policy, &template);
+    let limits = &policy.config.limits;
     let body = match read_body(body, &parts.headers, needs_body, limits).await {
         Ok(body) => body,
         Err(rejection) => return reject(rejection, op_label),
     };
 
     let scratch = RequestScratch::default();
-    let exchange = Exchange {
+    let mut exchange = Exchange {
         shared,
-        policy: &policy,
+        policy,
         ctx: RequestContext {
             now_ms,
             session: &session,
@@ -215,135 +180,80 @@ async fn handle_inner(
         hash: shared.sessions.key_hash(&session),
         now_s,
         rid: &rid,
+        recent: Recent::default(),
     };
-    let schema_finding = schema
-        .zip(policy.schema_action)
-        .and_then(|(schema, action)| schema_violation(schema, action, &exchange.ctx, body.present));
-    let (findings, incident_seq) = match exchange.check(schema_finding) {
+    let (findings, incident_seq) = match exchange.check(schema, body.present) {
         Ok(checked) => checked,
         Err(rejection) => return reject(rejection, op_label),
     };
     let (verdict, incident_id) = exchange.decide(&findings, incident_seq, op_label);
     if let Verdict::Block { index } = verdict {
-        let Some(block) = exchange.block(&findings, index, incident_id) else {
-            return reject(Rejection::Blocked(Box::new(Block::by_policy())), op_label);
-        };
-        let status = block.status.as_u16();
-        shared
-            .metrics
-            .added_latency
-            .observe(started.elapsed().as_secs_f64());
-        let answered = ResponseSummary {
-            status,
-            refused: true,
-            ..ResponseSummary::default()
-        };
-        exchange.learn(&answered, true);
-        return reject(Rejection::Blocked(block), op_label);
+        let refused = exchange.refuse(&findings, index, incident_id, started);
+        return reject(refused, op_label);
     }
 
     let upstream_req = upstream_request(&exchange, peer, &parts, &target, body.forward);
-    // Built once, for the response.
-    let rid_value = HeaderValue::from_str(&rid).ok();
-    let decided = started.elapsed();
-    let upstream_started = Instant::now();
-    let forwarded = exchange.forward(upstream_req).await;
-    let upstream_elapsed = upstream_started.elapsed();
-    let response = match forwarded {
-        Ok(response) => response,
+    let (response, upstream_elapsed) = match exchange.forward(upstream_req, started).await {
+        Ok(forwarded) => forwarded,
         Err(rejection) => return reject(rejection, op_label),
     };
-    shared.metrics.added_latency.observe(decided.as_secs_f64());
-    let duration_us = u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX);
-    // The outcome is read from the answer only where the analyzer needs it, and from a body
-    // only when it is already in memory: never waited for — except that an answer that
-    // streams is held back (bounded, see `proxy::exposure`) while the exposure detector
-    // blocks, so that it can be withheld. Whatever streams on unjudged is scanned as it
-    // passes and judged when it ends (`stream_scan`).
-    let read = shared.analyzer.wants_response(op);
-    let status = response.status().as_u16();
-    let set_cookie = read && response.headers().contains_key(header::SET_COOKIE);
-    let success = (200..300).contains(&status);
-    let (parts, body) = response.into_parts();
-    let mut stream_scan = None;
-    let (body, scan): (Relayed, Option<Scan>) = match body.in_memory() {
-        Some(bytes) if read => {
-            let scan = exposure::scan(bytes, true);
-            (Relayed::Upstream(body), Some(scan))
+    match exchange
+        .answer(response, verdict, incident_seq, upstream_elapsed)
+        .await
+    {
+        Ok(answered) => answered,
+        Err(rejection) => reject(rejection, op_label),
+    }
+}
+
+/// The OpenAPI schema the request is validated against (when the policy validates), and
+/// whether a check needs the body.
+fn body_checks<'t>(
+    shared: &Shared,
+    policy: &CompiledPolicy,
+    template: &'t Template,
+) -> (Option<&'t OperationSchema>, bool) {
+    let schema = template
+        .schema
+        .as_deref()
+        .filter(|_| policy.schema_action.is_some());
+    let needs_body =
+        schema.is_some_and(|s| s.wants_body()) || shared.analyzer.wants_body(&template.op);
+    (schema, needs_body)
+}
+
+/// Identifies the request's session: its key and which identifier produced it. An invalid
+/// token is counted, and refused when the identifiers say so.
+fn identify(
+    shared: &Shared,
+    policy: &CompiledPolicy,
+    headers: &http::HeaderMap,
+    query: &[(Cow<'_, str>, Cow<'_, str>)],
+    client: IpAddr,
+    rid: &str,
+) -> Result<(String, SessionSource), Rejection> {
+    let mut session = String::with_capacity(48);
+    match policy
+        .identifiers
+        .identify(headers, query, client, &mut session)
+    {
+        Ok(identified) => {
+            if identified.invalid_token {
+                shared.metrics.invalid_tokens.inc();
+            }
+            Ok((session, identified.source))
         }
-        None if read
-            && success
-            && policy.config.mode == Mode::Enforce
-            && shared.analyzer.holds_response(op) =>
-        {
-            let held = proxy_exposure::hold(body, policy.config.upstream.timeout.std()).await;
-            stream_scan = held.rest;
-            (Relayed::Held(held.body), Some(held.scan))
-        }
-        None if read && success && shared.analyzer.scans_streamed(op) => {
-            stream_scan = Some(Scanner::new(exposure::MAX_STREAM_SCAN_BYTES));
-            (Relayed::Upstream(body), None)
-        }
-        _ => (Relayed::Upstream(body), None),
-    };
-    let in_memory = match &body {
-        Relayed::Upstream(b) if read => {
-            b.in_memory().filter(|b| b.len() <= outcome::MAX_READ_BYTES)
-        }
-        _ => None,
-    };
-    let answered = ResponseSummary {
-        status,
-        duration_us,
-        set_cookie,
-        body: in_memory,
-        refused: false,
-        exposure: scan.as_ref().filter(|s| s.json),
-    };
-    let exposed = answered
-        .exposure
-        .and_then(|_| exchange.inspect_response(&answered));
-    let mut flagged = verdict == Verdict::Flag;
-    if let Some(finding) = exposed {
-        // Judged already: the rest is not judged again.
-        stream_scan = None;
-        let findings = [finding];
-        let (answer_verdict, incident_id) = exchange.record(&findings, incident_seq);
-        flagged = true;
-        if let Verdict::Block { index } = answer_verdict
-            && let Some(block) = exchange.block(&findings, index, incident_id)
-        {
-            // Nothing of the answer is forwarded: the held or in-memory body is dropped.
-            exchange.learn(&answered, true);
-            return reject(Rejection::Blocked(block), op_label);
+        Err(refusal) => {
+            tracing::info!(request_id = %rid, client = %client, reason = %refusal.reason(), "session identification refused");
+            Err(match refusal {
+                Refusal::InvalidToken(_) => {
+                    shared.metrics.invalid_tokens.inc();
+                    Rejection::InvalidToken
+                }
+                Refusal::RepeatedHeader(name) => Rejection::RepeatedCredentialHeader(name),
+            })
         }
     }
-    // An answer scanned to its end later is learned then; now only that it was answered.
-    let learned = ResponseSummary {
-        exposure: answered.exposure.filter(|_| stream_scan.is_none()),
-        ..answered
-    };
-    exchange.learn(&learned, flagged);
-    let body = match body {
-        Relayed::Upstream(b) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
-        Relayed::Held(b) => b,
-    };
-    let body = match stream_scan {
-        Some(scanner) => {
-            let end = Box::new(StreamedAnswer {
-                shared: Arc::clone(shared),
-                mode: policy.config.mode,
-                session: session.clone(),
-                client,
-                template: op.template.clone(),
-                hash: exchange.hash,
-                rid: rid.clone(),
-            });
-            Scanning::new(body, scanner, end).boxed_unsync()
-        }
-        None => body,
-    };
-    relay(Response::from_parts(parts, body), rid_value)
 }
 
 /// A 2xx answer that streams on while it is scanned: what the exchange's findings need once
@@ -431,9 +341,32 @@ enum Relayed {
     Held(ProxyBody),
 }
 
-/// Refuses a body the proxy does not forward at all: a bad or too large `Content-Length`.
-/// (The target was refused before, by `canonical_target`.)
-fn admit(parts: &Parts, max_body_bytes: u64) -> Result<(), Rejection> {
+impl Relayed {
+    fn into_proxy_body(self) -> ProxyBody {
+        match self {
+            Relayed::Upstream(b) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+            Relayed::Held(b) => b,
+        }
+    }
+}
+
+/// The request's canonical target (every check sees it, and the upstream receives it), or
+/// the refusal of a request the proxy does not forward at all: a target `canonical_target`
+/// refuses, a bad or too large `Content-Length`.
+fn admit<'u>(
+    parts: &'u Parts,
+    policy: &CompiledPolicy,
+) -> Result<(CanonicalTarget<'u>, QueryPairs<'u>), Rejection> {
+    let limits = &policy.config.limits;
+    let canonical = canonical_target(
+        &parts.method,
+        parts.version,
+        &parts.uri,
+        &policy.config.paths,
+        limits.max_query_parameters,
+    )
+    .map_err(Rejection::BadTarget)?;
+    let max_body_bytes = limits.max_body_bytes;
     let content_length = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -445,7 +378,7 @@ fn admit(parts: &Parts, max_body_bytes: u64) -> Result<(), Rejection> {
             limit: max_body_bytes,
             declared: Some(len),
         }),
-        _ => Ok(()),
+        _ => Ok(canonical),
     }
 }
 
@@ -556,16 +489,40 @@ fn schema_violation(
 /// One identified request with its resolved operation, as the phases after identification
 /// see it: the policy it was admitted under and the analyzer's view of it.
 struct Exchange<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     policy: &'a CompiledPolicy,
-    /// The request facts, shared by the checks and learning; `recent` is filled from the
-    /// session's history at each visit of its entry.
+    /// The request facts, shared by the checks and learning; `recent` is the session's
+    /// history once the checks read it (`Exchange::recent`), empty before.
     ctx: RequestContext<'a>,
     /// Keyed hash of the session (the session table's key).
     hash: u64,
     /// Seconds since the process epoch (the session table's clock).
     now_s: u32,
     rid: &'a str,
+    /// The session's recent operations before this request, as the checks saw them; learning
+    /// sees the same.
+    recent: Recent,
+}
+
+/// A session's recent operations, oldest first (`History::fill`).
+struct Recent {
+    ops: [RecentOp; MAX_HISTORY],
+    len: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            ops: [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY],
+            len: 0,
+        }
+    }
+}
+
+impl Recent {
+    fn ops(&self) -> &[RecentOp] {
+        self.ops.get(..self.len).unwrap_or_default()
+    }
 }
 
 /// What the checks found in one visit of the session entry.
@@ -583,13 +540,18 @@ impl Exchange<'_> {
     /// Runs the declared rules and limits and the analyzer with the session's entry locked,
     /// and records the operation in its history. Findings come in priority order: rules,
     /// limits, schema, learned detectors. With the incident the session has open.
-    fn check(&self, schema: Option<Finding>) -> Result<(Vec<Finding>, u32), Rejection> {
-        let checked = self
-            .shared
+    fn check(
+        &mut self,
+        schema: Option<&OperationSchema>,
+        body_present: bool,
+    ) -> Result<(Vec<Finding>, u32), Rejection> {
+        let schema = schema
+            .zip(self.policy.schema_action)
+            .and_then(|(schema, action)| schema_violation(schema, action, &self.ctx, body_present));
+        let (shared, hash, now_s) = (self.shared, self.hash, self.now_s);
+        let checked = shared
             .sessions
-            .with_entry(self.hash, self.now_s, |entry, _fresh| {
-                self.check_session(entry)
-            });
+            .with_entry(hash, now_s, |entry, _fresh| self.check_session(entry));
         let (findings, incident, failed) = match checked {
             Some(checked) => {
                 let mut findings = checked.declared;
@@ -605,7 +567,7 @@ impl Exchange<'_> {
         Ok((findings, incident))
     }
 
-    fn check_session(&self, entry: &mut SessionEntry<SessionState>) -> Checked {
+    fn check_session(&mut self, entry: &mut SessionEntry<SessionState>) -> Checked {
         let (policy, metrics, op, now_ms) = (
             self.policy,
             &self.shared.metrics,
@@ -613,11 +575,11 @@ impl Exchange<'_> {
             self.ctx.now_ms,
         );
         entry.note_request(policy.identifiers.verifies(self.ctx.session_source));
-        let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
-        let n = entry
+        let recent = &mut self.recent;
+        recent.len = entry
             .history
-            .fill(&mut recent_buf, now_ms, policy.history_ms);
-        let recent = recent_buf.get(..n).unwrap_or_default();
+            .fill(&mut recent.ops, now_ms, policy.history_ms);
+        let recent = self.recent.ops();
         let mut declared = Vec::new();
         for rule in policy.rules_for(op.id) {
             if let Some(explanation) = rule.check(op.id, recent, now_ms) {
@@ -805,17 +767,30 @@ impl Exchange<'_> {
         }))
     }
 
-    /// Sends the request to the upstream within `upstream.timeout`.
-    async fn forward(&self, req: UpstreamRequest) -> Result<Response<UpstreamBody>, Rejection> {
+    /// Sends the request to the upstream within `upstream.timeout`: the answer, and how long
+    /// the upstream took. Observes the latency the proxy added (since `started`) when it
+    /// answered.
+    async fn forward(
+        &self,
+        req: UpstreamRequest,
+        started: Instant,
+    ) -> Result<(Response<UpstreamBody>, Duration), Rejection> {
         let config = &self.policy.config;
         let operation = &self.ctx.operation.template;
-        match tokio::time::timeout(
+        let decided = started.elapsed();
+        let upstream_started = Instant::now();
+        let sent = tokio::time::timeout(
             config.upstream.timeout.std(),
             self.shared.upstream.send(req),
         )
-        .await
-        {
-            Ok(Ok(response)) => Ok(response),
+        .await;
+        let upstream_elapsed = upstream_started.elapsed();
+        match sent {
+            Ok(Ok(response)) => {
+                let metrics = &self.shared.metrics;
+                metrics.added_latency.observe(decided.as_secs_f64());
+                Ok((response, upstream_elapsed))
+            }
             // Reading the client's body failed while it was streamed: the client's fault.
             Ok(Err(UpstreamError::RequestBody(source))) => {
                 Err(client_body_error(&*source, config.limits.max_body_bytes))
@@ -837,20 +812,17 @@ impl Exchange<'_> {
     }
 
     /// Learning from the exchange (what was answered, or the block status with `flagged`),
-    /// under the policy the request was checked with.
+    /// under the policy the request was checked with and with the session's history as the
+    /// checks saw it.
     fn learn(&self, resp: &ResponseSummary<'_>, flagged: bool) {
         let done = self
             .shared
             .sessions
             .with_entry(self.hash, self.now_s, |entry, _| {
-                let mut recent_buf = [RecentOp { op: 0, at_ms: 0 }; MAX_HISTORY];
-                let n =
-                    entry
-                        .history
-                        .fill(&mut recent_buf, self.ctx.now_ms, self.policy.history_ms);
-                // The newest entry is this request.
-                let recent = recent_buf.get(..n.saturating_sub(1)).unwrap_or_default();
-                let ctx = RequestContext { recent, ..self.ctx };
+                let ctx = RequestContext {
+                    recent: self.recent.ops(),
+                    ..self.ctx
+                };
                 let observed = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     self.shared
                         .analyzer
@@ -872,6 +844,154 @@ impl Exchange<'_> {
                 .inc();
             tracing::error!(operation = %self.ctx.operation.template, "internal error while learning from a response");
         }
+    }
+}
+
+/// The answer phase: what the upstream answered, judged (what it exposes), learned, and
+/// relayed to the client.
+impl Exchange<'_> {
+    /// The request blocked by `findings[index]`: counted, learned as refused, and the
+    /// rejection that answers it.
+    fn refuse(
+        &self,
+        findings: &[Finding],
+        index: usize,
+        incident_id: Option<String>,
+        started: Instant,
+    ) -> Rejection {
+        let Some(block) = self.block(findings, index, incident_id) else {
+            return Rejection::Blocked(Box::new(Block::by_policy()));
+        };
+        let status = block.status.as_u16();
+        self.shared
+            .metrics
+            .added_latency
+            .observe(started.elapsed().as_secs_f64());
+        let answered = ResponseSummary {
+            status,
+            refused: true,
+            ..ResponseSummary::default()
+        };
+        self.learn(&answered, true);
+        Rejection::Blocked(block)
+    }
+
+    /// Judges, learns and relays the upstream's `response` (answered `upstream_elapsed` after
+    /// it was sent) to a request decided `verdict`. A rejection when the answer exposes what
+    /// the policy blocks: nothing of it is forwarded then.
+    ///
+    /// The outcome is read from the answer only where the analyzer needs it, and from a body
+    /// only when it is already in memory: never waited for — except that an answer that
+    /// streams is held back (bounded, see `proxy::exposure`) while the exposure detector
+    /// blocks, so that it can be withheld. Whatever streams on unjudged is scanned as it
+    /// passes and judged when it ends ([`StreamedAnswer`]).
+    async fn answer(
+        &self,
+        response: Response<UpstreamBody>,
+        verdict: Verdict,
+        incident_seq: u32,
+        upstream_elapsed: Duration,
+    ) -> Result<Response<ProxyBody>, Rejection> {
+        let op = self.ctx.operation;
+        let read = self.shared.analyzer.wants_response(op);
+        let status = response.status().as_u16();
+        let set_cookie = read && response.headers().contains_key(header::SET_COOKIE);
+        let (parts, body) = response.into_parts();
+        let (body, scan, mut stream_scan) =
+            self.receive(body, read, (200..300).contains(&status)).await;
+        let in_memory = match &body {
+            Relayed::Upstream(b) if read => {
+                b.in_memory().filter(|b| b.len() <= outcome::MAX_READ_BYTES)
+            }
+            _ => None,
+        };
+        let answered = ResponseSummary {
+            status,
+            duration_us: u64::try_from(upstream_elapsed.as_micros()).unwrap_or(u64::MAX),
+            set_cookie,
+            body: in_memory,
+            refused: false,
+            exposure: scan.as_ref().filter(|s| s.json),
+        };
+        let exposed = answered
+            .exposure
+            .and_then(|_| self.inspect_response(&answered));
+        let mut flagged = verdict == Verdict::Flag;
+        if let Some(finding) = exposed {
+            // Judged already: the rest is not judged again.
+            stream_scan = None;
+            let findings = [finding];
+            let (answer_verdict, incident_id) = self.record(&findings, incident_seq);
+            flagged = true;
+            if let Verdict::Block { index } = answer_verdict
+                && let Some(block) = self.block(&findings, index, incident_id)
+            {
+                // Nothing of the answer is forwarded: the held or in-memory body is dropped.
+                self.learn(&answered, true);
+                return Err(Rejection::Blocked(block));
+            }
+        }
+        // An answer scanned to its end later is learned then; now only that it was answered.
+        let learned = ResponseSummary {
+            exposure: answered.exposure.filter(|_| stream_scan.is_none()),
+            ..answered
+        };
+        self.learn(&learned, flagged);
+        let body = body.into_proxy_body();
+        let body = match stream_scan {
+            Some(scanner) => self.scanning(body, scanner),
+            None => body,
+        };
+        Ok(relay(
+            Response::from_parts(parts, body),
+            HeaderValue::from_str(self.rid).ok(),
+        ))
+    }
+
+    /// The answer's body as it will be relayed, with its exposure scan when it was in memory
+    /// or held back (`success`: a 2xx answer; `read`: the analyzer reads this operation's
+    /// answers), and the scanner of a body judged as it streams.
+    async fn receive(
+        &self,
+        body: UpstreamBody,
+        read: bool,
+        success: bool,
+    ) -> (Relayed, Option<Scan>, Option<Scanner>) {
+        let (analyzer, op) = (&self.shared.analyzer, self.ctx.operation);
+        match body.in_memory() {
+            Some(bytes) if read => {
+                let scan = exposure::scan(bytes, true);
+                (Relayed::Upstream(body), Some(scan), None)
+            }
+            None if read
+                && success
+                && self.policy.config.mode == Mode::Enforce
+                && analyzer.holds_response(op) =>
+            {
+                let timeout = self.policy.config.upstream.timeout.std();
+                let held = proxy_exposure::hold(body, timeout).await;
+                (Relayed::Held(held.body), Some(held.scan), held.rest)
+            }
+            None if read && success && analyzer.scans_streamed(op) => {
+                let scanner = Scanner::new(exposure::MAX_STREAM_SCAN_BYTES);
+                (Relayed::Upstream(body), None, Some(scanner))
+            }
+            _ => (Relayed::Upstream(body), None, None),
+        }
+    }
+
+    /// `body` relayed through `scanner`, judged when it ends.
+    fn scanning(&self, body: ProxyBody, scanner: Scanner) -> ProxyBody {
+        let end = Box::new(StreamedAnswer {
+            shared: Arc::clone(self.shared),
+            mode: self.policy.config.mode,
+            session: self.ctx.session.to_owned(),
+            client: self.ctx.client,
+            template: self.ctx.operation.template.clone(),
+            hash: self.hash,
+            rid: self.rid.to_owned(),
+        });
+        Scanning::new(body, scanner, end).boxed_unsync()
     }
 }
 

@@ -1,4 +1,4 @@
-//! `ordo-controlplane-bench`: the control plane at scale (issue #18) — one operator, N
+//! `ordo-controlplane-bench`: the control plane at scale — one operator, N
 //! ApiProtections on the local control plane with kwok, a SequenceRule change, and reports
 //! from simulated enforcers. See `ordo_tests::cpbench` and docs/benchmarks.md; run it with
 //! `scripts/bench controlplane`.

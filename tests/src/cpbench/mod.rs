@@ -1,5 +1,6 @@
-//! The control plane at scale (issue #18): one `ordo-operator` against the local control
-//! plane of [`crate::cluster`] (kwok runs the enforcer Pods), measured in three phases.
+//! The control plane at scale: one `ordo-operator` against the local control plane of
+//! [`crate::cluster`] (kwok runs the enforcer Pods), measured in three phases; the method and
+//! the figures are in docs/benchmarks.md, "The control plane at scale".
 //!
 //! 1. **Ready**: `count` ApiProtections (each with its own target Service and SequenceRule)
 //!    are created at once; the time from the first create until every one is `Ready=True`.
@@ -716,7 +717,7 @@ fn seconds_or_missed(seconds: Option<f64>) -> String {
     seconds.map_or_else(|| "— (timed out)".to_owned(), |s| format!("{s:.1} s"))
 }
 
-/// The figures as a table, each next to its target (issue #18).
+/// The figures as a table, each next to its target (docs/benchmarks.md, "Performance targets").
 pub fn summary(figures: &Figures) -> String {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let mut text = String::new();

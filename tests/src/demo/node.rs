@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, PostParams};
 use ordo_operator::crd::ApiProtectionStatus;
 use ordo_operator::desired::names::{CONFIG_HASH_ANNOTATION, CONFIG_KEY, Names};
 use ordo_operator::desired::render::hash_data;
 
-use crate::cluster::{NODE_NAME, REAL_NODE_NAME, TestCluster};
+use crate::cluster::TestCluster;
 use crate::e2e::{self, wait_for};
 use crate::helm::{self, Helm};
 
@@ -130,29 +130,6 @@ pub fn images(debug: bool, bins: &Path) -> anyhow::Result<Vec<PathBuf>> {
             }
         })
         .collect()
-}
-
-/// Makes the real node the only schedulable one: its taint removed and kwok's node cordoned,
-/// so that the Pods of the chart and of the operator (which tolerate no taint) run on it.
-pub async fn schedule_on_real_node(client: &kube::Client) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .patch(
-            REAL_NODE_NAME,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
-        )
-        .await
-        .context("removing the real node's taint")?;
-    nodes
-        .patch(
-            NODE_NAME,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
-        )
-        .await
-        .context("cordoning kwok's node")?;
-    Ok(())
 }
 
 /// `helm install ordo charts/ordo` in [`RELEASE_NAMESPACE`], with the images imported into the

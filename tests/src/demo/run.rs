@@ -1238,7 +1238,7 @@ async fn start_node(
             &cluster.dir().join("logs").join(format!("{component}.log")),
         );
     }
-    node::schedule_on_real_node(client).await?;
+    crate::e2e::schedule_on_real_node(client).await?;
     let step = Step::start("helm install ordo charts/ordo");
     step.detail(&format!(
         "namespace {}, the images imported into the node (no registry), --wait",

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use super::auth::{self, Kind, PEER_AUTH, PeerClaims, Signed};
 use super::{Forwarded, MAX_ANNOUNCED, PEER_VIEWS, Router, unix_ms};
+use crate::policy::CompiledPolicy;
 use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::handler::handle;
 use crate::proxy::headers::{X_REQUEST_ID, strip_hop_by_hop};
@@ -101,11 +102,13 @@ fn restore(req: Request<Incoming>, original: Original) -> Request<Incoming> {
 }
 
 impl Router {
-    /// Sends `req` (from the client connection `peer`) to `owner`; `moved_since` tells the
-    /// owner since when this replica knows the session may have been served elsewhere.
+    /// Sends `req` (from the client connection `peer`) to `owner` within the timeouts of
+    /// `policy` (the request's); `moved_since` tells the owner since when this replica knows
+    /// the session may have been served elsewhere.
     pub(super) async fn forward(
         &self,
         shared: &Shared,
+        policy: &CompiledPolicy,
         owner: SocketAddr,
         peer: SocketAddr,
         req: Request<Incoming>,
@@ -163,7 +166,6 @@ impl Router {
             .unwrap_or("")
             .to_owned();
         let mut req = Request::from_parts(parts, body);
-        let policy = shared.policy.load();
         let connect_timeout = self.config.connect_timeout.std();
         let timeout = policy.config.upstream.timeout.std() + connect_timeout;
         // A pooled connection first; if it turns out closed before the request went out,

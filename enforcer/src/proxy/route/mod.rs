@@ -23,7 +23,7 @@ mod auth;
 mod forward;
 mod ring;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ use super::body::ProxyBody;
 use super::state::Shared;
 use crate::config::{PeersConfig, expand_env};
 use crate::operation::canonical_target;
-use crate::session::client_address;
+use crate::policy::CompiledPolicy;
 pub use forward::serve_peers;
 use ring::{View, Views, view_hash};
 
@@ -829,9 +829,9 @@ impl Router {
 }
 
 /// The session key of a request as the decision will compute it (none when the request will
-/// be refused before any session state is read).
-fn session_key(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Option<String> {
-    let policy = shared.policy.load();
+/// be refused before any session state is read), under the request's policy and with its
+/// client address.
+fn session_key(policy: &CompiledPolicy, client: IpAddr, req: &Request<Incoming>) -> Option<String> {
     let config = &policy.config;
     let (_, query) = canonical_target(
         req.method(),
@@ -841,7 +841,6 @@ fn session_key(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Op
         config.limits.max_query_parameters,
     )
     .ok()?;
-    let client = client_address(&config.client_address, peer.ip(), req.headers());
     let mut session = String::with_capacity(48);
     policy
         .identifiers
@@ -851,30 +850,35 @@ fn session_key(shared: &Shared, peer: SocketAddr, req: &Request<Incoming>) -> Op
 }
 
 /// The routing step: `Local` without peers (one branch), for sessions owned here and for
-/// forwarded requests; otherwise the owner's answer.
+/// forwarded requests; otherwise the owner's answer. `policy` is the one the request is
+/// handled under, `client` its client address (both as the handler computed them).
 pub(super) async fn route(
     shared: &Arc<Shared>,
+    policy: &CompiledPolicy,
     peer: SocketAddr,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Routed {
     let Some(router) = shared.router.as_deref() else {
         return Routed::Local(req);
     };
-    router.route(shared, peer, req).await
+    router.route(shared, policy, peer, client, req).await
 }
 
 impl Router {
     async fn route(
         &self,
         shared: &Arc<Shared>,
+        policy: &CompiledPolicy,
         peer: SocketAddr,
+        client: IpAddr,
         req: Request<Incoming>,
     ) -> Routed {
         let views = self.views.load_full();
         let forwarded = req.extensions().get::<Forwarded>().copied();
         let now = Instant::now();
         let now_ms = unix_ms();
-        let horizon = Duration::from_millis(shared.policy.load().history_ms);
+        let horizon = Duration::from_millis(policy.history_ms);
         let horizon_ms = u64::try_from(horizon.as_millis()).unwrap_or(u64::MAX);
         if self.horizon_ms.load(Ordering::Relaxed) != horizon_ms {
             self.horizon_ms.store(horizon_ms, Ordering::Relaxed);
@@ -887,7 +891,7 @@ impl Router {
         if settled && quiet && hint == 0 && (forwarded.is_some() || views.current.is_solo()) {
             return Routed::Local(req);
         }
-        let Some(session) = session_key(shared, peer, &req) else {
+        let Some(session) = session_key(policy, client, &req) else {
             return Routed::Local(req);
         };
         let mut req = req;
@@ -901,7 +905,7 @@ impl Router {
             } else {
                 views.moved_since(&session, owner, now, horizon, hold, false)
             };
-            match self.forward(shared, owner, peer, req, hint).await {
+            match self.forward(shared, policy, owner, peer, req, hint).await {
                 forward::Outcome::Answered(resp) => return Routed::Answered(resp),
                 forward::Outcome::Unreachable(back) => {
                     self.metrics
