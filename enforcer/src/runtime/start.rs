@@ -188,11 +188,18 @@ pub async fn start_with_options(
         );
     }
     let router = match &policy.config.peers {
-        Some(peers) => Some(Arc::new(Router::new(
-            peers,
-            &metrics.registry,
-            policy.config.session.history.duration.std(),
-        )?)),
+        Some(peers) => {
+            // Every replica labels a credential-keyed session alike, so that the operator
+            // merges their incidents of it (session/label.rs).
+            if let Ok(secret) = peers.load_secret() {
+                crate::session::share_pseudonym_key(&secret);
+            }
+            Some(Arc::new(Router::new(
+                peers,
+                &metrics.registry,
+                policy.config.session.history.duration.std(),
+            )?))
+        }
         None => None,
     };
     let peer_listen = policy.config.peers.as_ref().map(|p| p.listen);

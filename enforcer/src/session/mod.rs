@@ -35,5 +35,5 @@ pub use client::client_address;
 pub use history::{History, LOST_HISTORY, MAX_HISTORY};
 pub use identify::{Identified, Refusal, SessionIdentifiers};
 pub use jwt::JwtConfigError;
-pub use label::session_label;
+pub use label::{session_label, share_pseudonym_key};
 pub use table::{LimitSlot, LimitSlots, SessionEntry, SessionTable, TableStats};
