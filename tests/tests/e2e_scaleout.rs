@@ -18,10 +18,9 @@
 //! It prints the decisions that differ from the reference and why, the forwarding counters and
 //! the requests each replica decided; it asserts that on 3 replicas no honest request is
 //! refused that the reference let through, that every attack kind is detected, that the
-//! replicas really forwarded, and that while the replicas change at most 2 % of the requests
-//! are honest ones refused (none with `ORDO_SCALEOUT_STRICT=1`, the goal; met
-//! in the runs since the member views are versioned, docs/scale-out.md, "On a real node", but
-//! not yet the default until more runs show it reliably).
+//! replicas really forwarded, and that no honest request is refused while the replicas change
+//! (`ORDO_SCALEOUT_STRICT=0` allows up to 2 % instead, the bound the test kept before the
+//! member views were versioned; docs/scale-out.md, "On a real node").
 //!
 //! Ignored by default like `e2e_node.rs` (root and `tests/cluster/build-node.sh`); run with
 //! `cargo test -p ordo-tests --test e2e_scaleout -- --ignored --nocapture`.
@@ -59,9 +58,9 @@ const PER_KIND: usize = 2;
 const CHURN_POOL: usize = 400;
 const CHURN_BATCH: usize = 40;
 const CONCURRENCY: usize = 8;
-/// At most this share (%) of the churn phase's requests may be honest ones refused, unless
-/// `ORDO_SCALEOUT_STRICT=1` (none): 3x the worst run measured before the member views were
-/// versioned (14 of 2,447, 0.6 %) rounded up; the runs since refused none
+/// With `ORDO_SCALEOUT_STRICT=0`, at most this share (%) of the churn phase's requests may be
+/// honest ones refused (by default none): 3x the worst run measured before the member views
+/// were versioned (14 of 2,447, 0.6 %) rounded up; the runs since refused none
 /// (docs/scale-out.md).
 const CHURN_REFUSED_PERCENT: usize = 2;
 /// `session.history.duration` and the rule's `within`: long enough that an honest journey
@@ -1100,17 +1099,16 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
 
     // Honest requests refused while the replicas changed (a request after one of its
     // journey's requests failed with a 5xx is listed above but not counted: the step a rule
-    // needs may not have happened). The goal is none; the real node still refuses a few
-    // in the seconds after a replica's crash and restart (docs/scale-out.md, "On a real node":
-    // 0-14 of ~2,000 in the runs so far), so by default this is a bound on that known gap, and
-    // ORDO_SCALEOUT_STRICT=1 asks for none.
+    // needs may not have happened). None may be; ORDO_SCALEOUT_STRICT=0 allows the old bound
+    // (docs/scale-out.md, "On a real node": 0-14 of ~2,000 before the member views were
+    // versioned, none in every run since).
     let refused = benign_refused(&churn_journeys, &churn_scaled, false);
     println!(
         "honest requests refused while the replicas changed: {} of {}",
         refused.len(),
         count(&churn_journeys)
     );
-    let strict = std::env::var("ORDO_SCALEOUT_STRICT").is_ok_and(|v| v == "1");
+    let strict = std::env::var("ORDO_SCALEOUT_STRICT").map_or(true, |v| v != "0");
     let bound = if strict {
         0
     } else {
