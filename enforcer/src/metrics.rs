@@ -329,16 +329,6 @@ impl Metrics {
         template.get(..end).unwrap_or("other")
     }
 
-    /// Copies the learned model's progress toward maturity into the `ordo_model_*` gauges.
-    pub fn set_maturity(&self, maturity: &crate::detect::ModelMaturity) {
-        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.model_mature.set(i64::from(maturity.mature()));
-        self.model_maturity_ratio.set(maturity.progress());
-        self.model_operations.set(int(maturity.operations));
-        self.model_operations_mature
-            .set(int(maturity.operations_mature));
-    }
-
     /// Prometheus text exposition.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);

@@ -114,6 +114,18 @@ pub struct ModelMaturity {
 }
 
 impl ModelMaturity {
+    /// Copies the progress toward maturity into the `ordo_model_*` gauges of `metrics` (here,
+    /// not in metrics.rs, which sits below `detect` in the module order: enforcer/tests/layering.rs).
+    pub fn export(&self, metrics: &crate::metrics::Metrics) {
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        metrics.model_mature.set(i64::from(self.mature()));
+        metrics.model_maturity_ratio.set(self.progress());
+        metrics.model_operations.set(int(self.operations));
+        metrics
+            .model_operations_mature
+            .set(int(self.operations_mature));
+    }
+
     /// Whether the gate is passed: the learned detectors act.
     pub fn mature(&self) -> bool {
         self.requests >= self.min_requests && self.sessions >= self.min_sessions

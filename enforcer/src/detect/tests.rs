@@ -329,7 +329,7 @@ fn maturity_for_the_metrics_follows_the_gate() {
     assert!(young.operations > 0);
     assert!(young.operations_mature <= young.operations);
     let metrics = crate::metrics::Metrics::new().unwrap();
-    metrics.set_maturity(&young);
+    young.export(&metrics);
     assert_eq!(metrics.model_mature.get(), 0);
 
     h.train(400);
@@ -338,7 +338,7 @@ fn maturity_for_the_metrics_follows_the_gate() {
     assert!(view.mature && grown.mature(), "{grown:?}");
     assert!((grown.progress() - 1.0).abs() < f64::EPSILON);
     assert!(grown.operations_mature > 0, "{grown:?}");
-    metrics.set_maturity(&grown);
+    grown.export(&metrics);
     let text = String::from_utf8(metrics.encode()).unwrap();
     assert!(text.contains("\nordo_model_mature 1\n"), "{text}");
     assert!(text.contains("\nordo_model_maturity_ratio 1\n"), "{text}");

@@ -62,7 +62,7 @@ impl Shared {
         m.jwks_keys
             .set(i64::try_from(self.policy.load().identifiers.jwks_keys()).unwrap_or(i64::MAX));
         if let Some(maturity) = self.analyzer.maturity() {
-            m.set_maturity(&maturity);
+            maturity.export(m);
         }
     }
 }
