@@ -192,20 +192,7 @@ pub fn bank_deployment(name: &str, customers: usize) -> anyhow::Result<Deploymen
 async fn ready_pods(pods: &Api<Pod>, selector: &str) -> anyhow::Result<(Vec<Pod>, usize)> {
     let list = pods.list(&ListParams::default().labels(selector)).await?;
     let all = list.items.len();
-    let ready = list
-        .items
-        .into_iter()
-        .filter(|pod| {
-            let status = pod.status.clone().unwrap_or_default();
-            pod.metadata.deletion_timestamp.is_none()
-                && status.phase.as_deref() == Some("Running")
-                && status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-        .collect();
+    let ready = list.items.into_iter().filter(e2e::is_ready).collect();
     Ok((ready, all))
 }
 
