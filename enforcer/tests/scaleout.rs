@@ -56,9 +56,22 @@ rateLimits:
     yaml
 }
 
+/// A free loopback address for a replica's internal listener, which must be known before the
+/// replica starts (the others list it). Taken below Linux's ephemeral range (32768-60999):
+/// a port from `bind(0)` is free only until another test's `bind(0)` gets it too, which
+/// happened in CI ("Address already in use"). Each process starts at its own offset.
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    for _ in 0..10_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (base - 20_000 + offset) % 12_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// `n` replicas knowing each other (or not, with `peers` false), ready once the start-up
