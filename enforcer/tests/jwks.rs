@@ -1,9 +1,10 @@
 //! JWT verification from a JWKS served over HTTPS on loopback (a CA and a server certificate
-//! made by rcgen, trusted through `caFile`): RS256, RS384, RS512, PS256, ES256, ES384 and
-//! EdDSA tokens verify; a key rotation refuses no honest request and a removed key's tokens are
-//! refused; an endpoint down at start; the rate limit of refreshes triggered by unknown `kid`s;
-//! a huge or malformed document refused with the last good set kept; a JWKS file re-read when
-//! it changes, in place or swapped the way the kubelet updates a mounted ConfigMap.
+//! made by rcgen, trusted through `caFile`): RS256, RS384, RS512, PS256, ES256, ES384 and EdDSA tokens verify; a key rotation
+//! refuses no honest request and a removed key's tokens are refused; a key published after the
+//! last fetch is accepted on its first request (the request waits, bounded, for one shared
+//! early fetch); an endpoint down at start; the rate limit of refreshes triggered by unknown
+//! `kid`s; a huge or malformed document refused with the last good set kept; a JWKS file
+//! re-read when it changes, in place or swapped the way the kubelet updates a mounted ConfigMap.
 
 #![allow(clippy::unwrap_used)] // Test helpers unwrap: a panic is the failure report.
 
@@ -12,7 +13,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -151,10 +152,12 @@ fn jwks(keys: &[&SigningKey]) -> String {
         .to_string()
 }
 
-/// A JWKS endpoint over HTTPS: serves `document` at any path and counts the fetches.
+/// A JWKS endpoint over HTTPS: serves `document` at any path, `delay` after the request came,
+/// and counts the fetches.
 struct JwksServer {
     addr: SocketAddr,
     document: Arc<Mutex<String>>,
+    delay: Arc<Mutex<Duration>>,
     fetches: Arc<AtomicUsize>,
     ca_file: tempfile::NamedTempFile,
     stop: Arc<AtomicBool>,
@@ -200,11 +203,13 @@ impl JwksServer {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let document = Arc::new(Mutex::new(document));
+        let delay = Arc::new(Mutex::new(Duration::ZERO));
         let fetches = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let acceptor = tokio_rustls::TlsAcceptor::from(pki.tls);
-        let (d, f, s) = (
+        let (d, w, f, s) = (
             Arc::clone(&document),
+            Arc::clone(&delay),
             Arc::clone(&fetches),
             Arc::clone(&stop),
         );
@@ -213,7 +218,12 @@ impl JwksServer {
                 if s.load(Ordering::SeqCst) {
                     break;
                 }
-                let (acceptor, d, f) = (acceptor.clone(), Arc::clone(&d), Arc::clone(&f));
+                let (acceptor, d, w, f) = (
+                    acceptor.clone(),
+                    Arc::clone(&d),
+                    Arc::clone(&w),
+                    Arc::clone(&f),
+                );
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
@@ -221,7 +231,9 @@ impl JwksServer {
                     let svc = service_fn(move |_req| {
                         f.fetch_add(1, Ordering::SeqCst);
                         let body = d.lock().clone();
+                        let delay = *w.lock();
                         async move {
+                            tokio::time::sleep(delay).await;
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                             resp.headers_mut().insert(
                                 "content-type",
@@ -239,6 +251,7 @@ impl JwksServer {
         Self {
             addr,
             document,
+            delay,
             fetches,
             ca_file,
             stop,
@@ -251,6 +264,11 @@ impl JwksServer {
 
     fn set(&self, document: String) {
         *self.document.lock() = document;
+    }
+
+    /// Answers every later fetch `delay` after it came.
+    fn delay(&self, delay: Duration) {
+        *self.delay.lock() = delay;
     }
 
     fn fetches(&self) -> usize {
@@ -489,9 +507,24 @@ async fn rotation_refuses_no_honest_request_and_then_the_removed_key() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // 1. The provider publishes the next key next to the current one.
+    // 1. The provider publishes the next key next to the current one, just after one of the
+    // enforcer's fetches (the next periodic one is a second away), and signs with it at once:
+    // the first token naming it is accepted, its request waiting for the early fetch it asks for.
+    server.wait_fetches(1).await;
     server.set(jwks(&[&old, &new]));
-    server.wait_fetches(2).await;
+    let fetched = server.fetches();
+    let asked = Instant::now();
+    assert_eq!(
+        status(&c, &e, &new.token("n-first")).await,
+        200,
+        "the first token of a key published after the last fetch"
+    );
+    assert!(server.fetches() > fetched, "no early fetch");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     // 2. It signs with the new key.
     for i in 0..5 {
         *signing.lock() = new.token(&format!("n{i}"));
@@ -580,25 +613,125 @@ async fn unknown_kids_trigger_one_early_refresh_per_interval() {
     .await;
     server.wait_total(1).await;
     assert_eq!(server.fetches(), 1);
-    // A key published after the last fetch: the first token naming it is judged with the
-    // keys at hand (refused), and makes the enforcer fetch early.
+    // A key published after the last fetch: the first token naming it makes the enforcer fetch
+    // early, waits for that fetch and is verified against the new set.
     let next = rsa_key("next");
     server.set(jwks(&[&key, &next]));
-    assert_eq!(status(&c, &e, &next.token("bob")).await, 401);
-    server.wait_total(2).await;
     assert_eq!(status(&c, &e, &next.token("bob")).await, 200);
-    // Random kids: no further fetch within the interval.
+    assert_eq!(server.fetches(), 2);
+    assert_eq!(status(&c, &e, &next.token("bob2")).await, 200);
+    // Random kids: no further fetch within the interval, and no waiting.
     let before = server.fetches();
+    let started = Instant::now();
     for i in 0..50 {
         let random = ec_key(&format!("random-{i}"));
         assert_eq!(status(&c, &e, &random.token("mallory")).await, 401);
     }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused kids waited: {:?}",
+        started.elapsed()
+    );
+    // Within the interval even a genuinely new key is judged with the keys at hand.
+    let later = ed_key("later");
+    server.set(jwks(&[&key, &next, &later]));
+    assert_eq!(status(&c, &e, &later.token("carol")).await, 401);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         server.fetches(),
         before,
         "random kids made the enforcer fetch"
     );
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_tokens_of_a_new_key_share_one_early_fetch() {
+    let key = ec_key("current");
+    let server = JwksServer::start(jwks(&[&key])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1h")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+    // Slow enough that the requests below all arrive while the one fetch is in flight.
+    server.delay(Duration::from_millis(500));
+    let next = ed_key("next");
+    server.set(jwks(&[&key, &next]));
+    let requests = (0..20).map(|i| {
+        let (c, token) = (c.clone(), next.token(&format!("user-{i}")));
+        let addr = e.proxy_addr;
+        async move {
+            send(
+                &c,
+                "GET",
+                &format!("http://{addr}/api/me"),
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            )
+            .await
+            .status
+        }
+    });
+    let statuses = futures::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(server.fetches(), 2, "one early fetch for all the requests");
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_late_or_failing_early_fetch_is_waited_for_a_bounded_time() {
+    let key = ec_key("current");
+    let server = JwksServer::start(jwks(&[&key])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1h")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+    // The endpoint answers after 4 s: the request waits 2 s (EARLY_REFRESH_WAIT) and is
+    // refused; the fetch goes on, and once it completes the new key verifies.
+    server.delay(Duration::from_secs(4));
+    let next = ed_key("next");
+    server.set(jwks(&[&key, &next]));
+    let asked = Instant::now();
+    assert_eq!(status(&c, &e, &next.token("bob")).await, 401);
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(3500),
+        "{waited:?}"
+    );
+    // Tokens of known keys never wait meanwhile.
+    let asked = Instant::now();
+    assert_eq!(status(&c, &e, &key.token("alice")).await, 200);
+    assert!(asked.elapsed() < Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(status(&c, &e, &next.token("bob2")).await, 200);
+    assert_eq!(server.fetches(), 2);
+    e.shutdown().await;
+
+    // A fetch that fails (a document that is not a JWKS) refuses the token at once.
+    let server = JwksServer::start(jwks(&[&key])).await;
+    let e = start_enforcer(
+        &config(&uri_source(&server.uri(), &server.ca(), "1h")),
+        up.addr,
+    )
+    .await;
+    server.wait_total(1).await;
+    server.set("<html>502 Bad Gateway</html>".to_owned());
+    let asked = Instant::now();
+    assert_eq!(status(&c, &e, &next.token("bob")).await, 401);
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(server.fetches(), 2);
     e.shutdown().await;
 }
 

@@ -104,7 +104,7 @@ pub async fn handle(
         let id = request_id(&shared, req.headers());
         return Rejection::Overloaded.into_response(metrics, &id, NO_OPERATION);
     };
-    let resp = match super::route::route(&shared, &policy, peer, client, req).await {
+    let resp = match super::route::route(&shared, &policy, peer, client, req, started).await {
         Routed::Local(req) => handle_inner(&shared, &policy, peer, client, req, started).await,
         Routed::Answered(resp) => resp,
     };
@@ -140,7 +140,17 @@ async fn handle_inner(
     };
     let now_ms = crate::time::now_ms();
     let now_s = u32::try_from(shared.epoch.elapsed().as_secs()).unwrap_or(u32::MAX);
-    let (session, source) = match identify(shared, policy, &parts.headers, &query, client, &rid) {
+    let (session, source) = match identify(
+        shared,
+        policy,
+        &parts.headers,
+        &query,
+        client,
+        &rid,
+        started,
+    )
+    .await
+    {
         Ok(identified) => identified,
         Err(rejection) => return reject(rejection, NO_OPERATION),
     };
@@ -223,19 +233,22 @@ fn body_checks<'t>(
 }
 
 /// Identifies the request's session: its key and which identifier produced it. An invalid
-/// token is counted, and refused when the identifiers say so.
-fn identify(
+/// token is counted, and refused when the identifiers say so. A token naming a key the JWKS
+/// does not have yet waits (bounded, from `arrived`) for the early refresh it asks for.
+async fn identify(
     shared: &Shared,
     policy: &CompiledPolicy,
     headers: &http::HeaderMap,
     query: &[(Cow<'_, str>, Cow<'_, str>)],
     client: IpAddr,
     rid: &str,
+    arrived: Instant,
 ) -> Result<(String, SessionSource), Rejection> {
     let mut session = String::with_capacity(48);
     match policy
         .identifiers
-        .identify(headers, query, client, &mut session)
+        .identify_waiting(headers, query, client, &mut session, arrived)
+        .await
     {
         Ok(identified) => {
             if identified.invalid_token {

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use http::HeaderName;
 
 use super::SessionSource;
+use super::jwks::EARLY_REFRESH_WAIT;
 use super::jwt::{JwtConfigError, JwtVerifier, unverified_claims};
 use super::token_cache::{Cached, VerifiedTokens, capacity_for};
 use crate::config::{OnInvalidToken, SessionConfig, WithoutValidToken};
@@ -231,6 +232,56 @@ impl SessionIdentifiers {
             source: SessionSource::ClientIp,
             invalid_token,
         })
+    }
+
+    /// [`Self::identify`], except that a token refused because the JWKS lacks the key it names
+    /// (a key published since the last fetch) waits for the early refresh it asks for, until
+    /// [`EARLY_REFRESH_WAIT`] after the request `arrived` at most (so that the phases that
+    /// identify one request, routing and handling, wait that long in all), and is then
+    /// verified against the refreshed set. Requests with a valid token, without one, or with
+    /// one refused for another reason never wait.
+    pub async fn identify_waiting(
+        &self,
+        headers: &http::HeaderMap,
+        query: &[(Cow<'_, str>, Cow<'_, str>)],
+        client: IpAddr,
+        out: &mut String,
+        arrived: std::time::Instant,
+    ) -> Result<Identified, Refusal> {
+        let Some(verifier) = &self.verifier else {
+            return self.identify(headers, query, client, out);
+        };
+        let epoch = verifier.epoch();
+        let first = self.identify(headers, query, client, out);
+        let refused = match &first {
+            Ok(identified) => identified.invalid_token,
+            Err(refusal) => matches!(refusal, Refusal::InvalidToken(_)),
+        };
+        if !refused {
+            return first;
+        }
+        // The keys may have changed since the token was verified (a refresh completed
+        // meanwhile): then it is verified again without waiting.
+        let mut again = verifier.epoch() != epoch;
+        let deadline = tokio::time::Instant::from_std(arrived + EARLY_REFRESH_WAIT);
+        for id in &self.list {
+            if again {
+                break;
+            }
+            let Identifier::Jwt { header, .. } = id else {
+                continue;
+            };
+            let Some(token) = headers.get(header).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            let token = strip_bearer(token);
+            again = !token.is_empty() && verifier.await_key_for(token, deadline).await;
+        }
+        if again {
+            self.identify(headers, query, client, out)
+        } else {
+            first
+        }
     }
 
     /// A JWT identifier: the claim named into `out`, or why not.

@@ -5,10 +5,16 @@
 //! task replaces it. The task reads or fetches every `refreshInterval`; a failed or refused
 //! read (unreachable, not JSON, over [`MAX_JWKS_BYTES`] or [`MAX_JWKS_KEYS`], no usable key)
 //! keeps the last good set, is logged and counted (`ordo_jwks_refreshes_total{result}`), and
-//! is retried with a backoff from 1 s up to the interval (at most a minute). A token whose
-//! `kid` is not in the set wakes the task early, at most once per [`EARLY_REFRESH_EVERY`], so
-//! that random `kid`s cannot make the enforcer fetch in a loop; that request is judged with
-//! the keys at hand (the network is never awaited on the request path).
+//! is retried with a backoff from 1 s up to the interval (at most a minute).
+//!
+//! A token whose `kid` is not in the set (or any token while the set is empty) asks for an
+//! early refresh, and its request waits for it, at most [`EARLY_REFRESH_WAIT`], before it is
+//! verified again against the refreshed set: a key published after the last fetch is accepted
+//! on its first request (as Envoy's `jwt_authn` does). The refresh is single-flight: requests
+//! arriving while one is in flight wait for that one, never start their own. A new one starts
+//! at most once per [`EARLY_REFRESH_EVERY`], so that random `kid`s cannot make the enforcer
+//! fetch in a loop; outside that, or when the fetch fails or is late, the token is judged with
+//! the keys at hand (refused).
 //!
 //! Sources are shared by configuration: a policy reload with the same `jwks` section keeps the
 //! keys already fetched instead of starting from an empty set (which would refuse every token
@@ -31,7 +37,7 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::config::JwksConfig;
 
@@ -41,6 +47,9 @@ pub const MAX_JWKS_BYTES: usize = 1 << 20;
 pub const MAX_JWKS_KEYS: usize = 100;
 /// Shortest time between two refreshes triggered by an unknown `kid`.
 pub const EARLY_REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Longest time a request waits for the early refresh its token asked for (a fetch answers in
+/// milliseconds; a provider slower than this is not waited for on the request path).
+pub const EARLY_REFRESH_WAIT: Duration = Duration::from_secs(2);
 /// A fetch that has not completed by then fails.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait before retrying a failed read.
@@ -350,10 +359,19 @@ struct Shared {
     set: ArcSwap<KeySet>,
     /// Wakes the refresh task: early refreshes, and the end of the source.
     wake: Arc<Notify>,
-    /// When the last early refresh was asked for, milliseconds since `started` (0: never).
-    last_early_ms: AtomicU64,
-    started: Instant,
+    early: Mutex<Early>,
+    /// The last early refresh a completed read covered (read after it was asked for): requests
+    /// waiting for ticket `n` wait until this is at least `n`.
+    done: watch::Sender<u64>,
     what: String,
+}
+
+/// Early refreshes asked for.
+struct Early {
+    /// When the last one was started (none yet: the first may start at once).
+    last: Option<Instant>,
+    /// Tickets handed out: the `n`-th early refresh started is ticket `n`.
+    asked: u64,
 }
 
 impl Drop for Shared {
@@ -462,8 +480,11 @@ impl JwksSource {
         let shared = Arc::new(Shared {
             set: ArcSwap::from_pointee(initial),
             wake: Arc::clone(&wake),
-            last_early_ms: AtomicU64::new(0),
-            started: Instant::now(),
+            early: Mutex::new(Early {
+                last: None,
+                asked: 0,
+            }),
+            done: watch::Sender::new(0),
             what: fetcher.describe(),
         });
         let task = refresh_loop(
@@ -504,24 +525,40 @@ impl JwksSource {
         self.shared.set.load()
     }
 
-    /// Asks for an early refresh (a token named a `kid` not in the set), at most once per
-    /// [`EARLY_REFRESH_EVERY`]. Never waits.
-    pub fn request_refresh(&self) {
+    /// Asks for an early refresh (a token named a `kid` not in the set): the ticket of the
+    /// refresh in flight if there is one, else of a new one if none was started within
+    /// [`EARLY_REFRESH_EVERY`], else none. Never waits.
+    pub fn request_refresh(&self) -> Option<u64> {
         let s = &self.shared;
-        let now = u64::try_from(s.started.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let last = s.last_early_ms.load(Ordering::Relaxed);
-        let every = u64::try_from(EARLY_REFRESH_EVERY.as_millis()).unwrap_or(u64::MAX);
-        if last != 0 && now.saturating_sub(last) < every {
-            return;
+        let mut early = s.early.lock();
+        if early.asked > *s.done.borrow() {
+            return Some(early.asked);
         }
-        if s.last_early_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        if early
+            .last
+            .is_some_and(|last| last.elapsed() < EARLY_REFRESH_EVERY)
         {
-            s.wake.notify_one();
+            return None;
         }
+        early.last = Some(Instant::now());
+        early.asked += 1;
+        s.wake.notify_one();
+        Some(early.asked)
+    }
+
+    /// Asks for an early refresh (see [`Self::request_refresh`]) and waits until a read that
+    /// started after it completed, or until `deadline`. True when such a read completed (it
+    /// may have failed: the caller looks at the set again); false when no refresh may start
+    /// now or it is late.
+    pub async fn refreshed(&self, deadline: tokio::time::Instant) -> bool {
+        let Some(ticket) = self.request_refresh() else {
+            return false;
+        };
+        let mut done = self.shared.done.subscribe();
+        matches!(
+            tokio::time::timeout_at(deadline, done.wait_for(|d| *d >= ticket)).await,
+            Ok(Ok(_))
+        )
     }
 }
 
@@ -546,8 +583,19 @@ async fn refresh_loop(
         let Some(s) = shared.upgrade() else {
             return;
         };
+        // The early refreshes asked for so far are answered by this read (it starts after
+        // them); one asked for while it runs has woken `wake` and gets the next read.
+        let covers = s.early.lock().asked;
         let result = fetcher.fetch().await;
-        if s.apply(result) {
+        let applied = s.apply(result);
+        s.done.send_if_modified(|done| {
+            let newer = covers > *done;
+            if newer {
+                *done = covers;
+            }
+            newer
+        });
+        if applied {
             backoff = Duration::from_secs(1).min(max_backoff);
             wait = every;
         } else {
@@ -603,23 +651,84 @@ mod tests {
         assert!(JwksSource::new(&config).unwrap().current().epoch > epoch);
     }
 
-    #[test]
-    fn early_refreshes_are_rate_limited() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), ED_KEY).unwrap();
-        let source = JwksSource::new(&JwksConfig {
+    const EC_KEY: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    fn file_source(file: &tempfile::NamedTempFile) -> JwksSource {
+        JwksSource::new(&JwksConfig {
             file: Some(file.path().to_path_buf()),
             uri: None,
             ca_file: None,
             refresh_interval: Some(crate::config::Duration::from_secs(3600)),
         })
-        .unwrap();
-        source.request_refresh();
-        let first = source.shared.last_early_ms.load(Ordering::Relaxed);
-        assert_ne!(first, 0);
-        std::thread::sleep(Duration::from_millis(5));
-        source.request_refresh();
-        assert_eq!(source.shared.last_early_ms.load(Ordering::Relaxed), first);
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_early_refresh_is_awaited_and_then_rate_limited() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), ED_KEY).unwrap();
+        let source = file_source(&file);
+        assert!(!source.current().has_kid("e"));
+        // A key published since the last read: the refresh that waits for it brings it.
+        std::fs::write(file.path(), EC_KEY).unwrap();
+        let deadline = tokio::time::Instant::now() + EARLY_REFRESH_WAIT;
+        assert!(source.refreshed(deadline).await);
+        assert!(source.current().has_kid("e"));
+        // The next one within the interval neither starts a read nor waits.
+        std::fs::write(file.path(), ED_KEY).unwrap();
+        let asked = tokio::time::Instant::now();
+        assert!(!source.refreshed(asked + EARLY_REFRESH_WAIT).await);
+        assert!(asked.elapsed() < Duration::from_millis(100));
+        assert_eq!(source.request_refresh(), None);
+        assert!(source.current().has_kid("e"));
+    }
+
+    /// A source without a refresh task: its early refreshes stay in flight until the test
+    /// completes them.
+    fn detached() -> JwksSource {
+        JwksSource {
+            shared: Arc::new(Shared {
+                set: ArcSwap::from_pointee(KeySet::empty()),
+                wake: Arc::new(Notify::new()),
+                early: Mutex::new(Early {
+                    last: None,
+                    asked: 0,
+                }),
+                done: watch::Sender::new(0),
+                what: "test".into(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_during_an_early_refresh_share_it_and_wait_a_bounded_time() {
+        let source = detached();
+        assert_eq!(source.request_refresh(), Some(1));
+        // In flight: every request joins ticket 1 (never starts a second read).
+        for _ in 0..100 {
+            assert_eq!(source.request_refresh(), Some(1));
+        }
+        // A read that does not complete is waited for until the deadline only.
+        let asked = tokio::time::Instant::now();
+        assert!(!source.refreshed(asked + Duration::from_millis(200)).await);
+        assert!(asked.elapsed() >= Duration::from_millis(200));
+        assert!(asked.elapsed() < EARLY_REFRESH_WAIT);
+        // Waiters of ticket 1 are released when the read answering it completes.
+        let waiter = {
+            let source = source.clone();
+            tokio::spawn(async move {
+                source
+                    .refreshed(tokio::time::Instant::now() + EARLY_REFRESH_WAIT)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        source.shared.done.send_replace(1);
+        assert!(waiter.await.unwrap());
+        // Then none until EARLY_REFRESH_EVERY has passed since ticket 1 started.
+        assert_eq!(source.request_refresh(), None);
+        source.shared.early.lock().last = Instant::now().checked_sub(EARLY_REFRESH_EVERY);
+        assert_eq!(source.request_refresh(), Some(2));
     }
 
     #[test]

@@ -129,6 +129,31 @@ impl JwtVerifier {
         self.jwks.as_ref().map_or(0, |j| j.current().keys.len())
     }
 
+    /// After [`Self::verify`] refused `token`: when the JWKS lacks the key the token names (its
+    /// `kid` is not in the set, or the set is empty), waits until `deadline` at most for the
+    /// early refresh that may bring it (one shared by all requests, rate-limited; see `jwks`).
+    /// True when the set now has such a key, so that verifying again may succeed.
+    pub async fn await_key_for(&self, token: &str, deadline: tokio::time::Instant) -> bool {
+        let Some(jwks) = &self.jwks else {
+            return false;
+        };
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return false;
+        };
+        if !JWKS_ALGORITHMS.contains(&header.alg) {
+            // No JWKS key verifies it, whatever the set holds.
+            return false;
+        }
+        let lacks = || {
+            let set = jwks.current();
+            match &header.kid {
+                Some(kid) => !set.has_kid(kid),
+                None => set.keys.is_empty(),
+            }
+        };
+        lacks() && jwks.refreshed(deadline).await && !lacks()
+    }
+
     /// The verified claims, or why the token is not acceptable.
     pub fn verify(
         &self,
@@ -158,8 +183,8 @@ impl JwtVerifier {
             if let Some(kid) = &header.kid
                 && !set.has_kid(kid)
             {
-                // Perhaps a key published since the last refresh: fetch early (rate-limited,
-                // in the background); this token is judged with the keys at hand.
+                // Perhaps a key published since the last refresh: fetch early (rate-limited).
+                // This call judges with the keys at hand; `await_key_for` waits for the fetch.
                 jwks.request_refresh();
                 last_error = format!("no key with kid {kid:?} in the JWKS");
             } else if set.keys.is_empty() {

@@ -830,8 +830,14 @@ impl Router {
 
 /// The session key of a request as the decision will compute it (none when the request will
 /// be refused before any session state is read), under the request's policy and with its
-/// client address.
-fn session_key(policy: &CompiledPolicy, client: IpAddr, req: &Request<Incoming>) -> Option<String> {
+/// client address. Like the decision, it waits for a JWKS refresh a token's new `kid` asks
+/// for (bounded from `arrived`), so that the request is routed by the session it will have.
+async fn session_key(
+    policy: &CompiledPolicy,
+    client: IpAddr,
+    req: &Request<Incoming>,
+    arrived: Instant,
+) -> Option<String> {
     let config = &policy.config;
     let (_, query) = canonical_target(
         req.method(),
@@ -844,25 +850,30 @@ fn session_key(policy: &CompiledPolicy, client: IpAddr, req: &Request<Incoming>)
     let mut session = String::with_capacity(48);
     policy
         .identifiers
-        .identify(req.headers(), &query, client, &mut session)
+        .identify_waiting(req.headers(), &query, client, &mut session, arrived)
+        .await
         .ok()?;
     Some(session)
 }
 
 /// The routing step: `Local` without peers (one branch), for sessions owned here and for
 /// forwarded requests; otherwise the owner's answer. `policy` is the one the request is
-/// handled under, `client` its client address (both as the handler computed them).
+/// handled under, `client` its client address (both as the handler computed them), `arrived`
+/// when the request came in.
 pub(super) async fn route(
     shared: &Arc<Shared>,
     policy: &CompiledPolicy,
     peer: SocketAddr,
     client: IpAddr,
     req: Request<Incoming>,
+    arrived: Instant,
 ) -> Routed {
     let Some(router) = shared.router.as_deref() else {
         return Routed::Local(req);
     };
-    router.route(shared, policy, peer, client, req).await
+    router
+        .route(shared, policy, peer, client, req, arrived)
+        .await
 }
 
 impl Router {
@@ -873,6 +884,7 @@ impl Router {
         peer: SocketAddr,
         client: IpAddr,
         req: Request<Incoming>,
+        arrived: Instant,
     ) -> Routed {
         let views = self.views.load_full();
         let forwarded = req.extensions().get::<Forwarded>().copied();
@@ -891,7 +903,7 @@ impl Router {
         if settled && quiet && hint == 0 && (forwarded.is_some() || views.current.is_solo()) {
             return Routed::Local(req);
         }
-        let Some(session) = session_key(policy, client, &req) else {
+        let Some(session) = session_key(policy, client, &req, arrived).await else {
             return Routed::Local(req);
         };
         let mut req = req;
