@@ -1,5 +1,6 @@
 //! JWT verification from a JWKS served over HTTPS on loopback (a CA and a server certificate
-//! made by rcgen, trusted through `caFile`): RS256, RS384, RS512, PS256, ES256, ES384 and EdDSA tokens verify; a key rotation
+//! made by rcgen, trusted through `caFile`, or through the system trust store in a spawned
+//! enforcer): RS256, RS384, RS512, PS256, ES256, ES384 and EdDSA tokens verify; a key rotation
 //! refuses no honest request and a removed key's tokens are refused; a key published after the
 //! last fetch is accepted on its first request (the request waits, bounded, for one shared
 //! early fetch); an endpoint down at start; the rate limit of refreshes triggered by unknown
@@ -733,6 +734,119 @@ async fn a_late_or_failing_early_fetch_is_waited_for_a_bounded_time() {
     );
     assert_eq!(server.fetches(), 2);
     e.shutdown().await;
+}
+
+/// `jwks.uri` without `caFile`: the enforcer trusts the system's CA certificates, which it
+/// loads with rustls-native-certs (enforcer/src/session/jwks.rs, `https_client`): the
+/// platform's store, or the PEM file `SSL_CERT_FILE` names, as the images set it (Containerfile).
+/// The enforcer runs as a process of its own so that the variable is its environment's, not
+/// this multithreaded test's.
+#[tokio::test]
+async fn without_ca_file_the_system_trust_store_is_used() {
+    let key = ec_key("sys-1");
+    let server = JwksServer::start(jwks(&[&key])).await;
+    let up = start_upstream().await;
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("enforcer.yaml");
+    std::fs::write(
+        &config_path,
+        enforcer_yaml(
+            &config(&format!(
+                "{{ uri: \"{}\", refreshInterval: 1h }}",
+                server.uri()
+            )),
+            up.addr,
+        ),
+    )
+    .unwrap();
+    let spawn = |ssl_cert_file: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ordo-enforcer"));
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        if let Some(file) = ssl_cert_file {
+            command.env("SSL_CERT_FILE", file);
+        }
+        let mut child = Child(command.spawn().unwrap());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let fields = follow_log(child.0.stdout.take().unwrap(), Some(Arc::clone(&log)));
+        let proxy: SocketAddr = fields["proxy_addr"].as_str().unwrap().parse().unwrap();
+        let admin: SocketAddr = fields["admin_addr"].as_str().unwrap().parse().unwrap();
+        (child, proxy, admin, log)
+    };
+    let ask = |proxy: SocketAddr, token: String| {
+        let c = c.clone();
+        async move {
+            send(
+                &c,
+                "GET",
+                &format!("http://{proxy}/api/me"),
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            )
+            .await
+            .status
+        }
+    };
+    let scrape = |admin: SocketAddr| {
+        let c = c.clone();
+        async move {
+            let a = send(&c, "GET", &format!("http://{admin}/metrics"), &[], "").await;
+            String::from_utf8(a.body.to_vec()).unwrap()
+        }
+    };
+
+    // The test CA in the system trust store: fetched and used.
+    let (trusted, proxy, admin, _) = spawn(Some(&server.ca()));
+    server.wait_total(1).await;
+    assert_eq!(ask(proxy, key.token("alice")).await, 200);
+    let m = scrape(admin).await;
+    assert_eq!(metric_value(&m, "ordo_jwks_keys"), 1.0, "{m}");
+    assert!(
+        metric_value(&m, "ordo_jwks_refreshes_total{result=\"ok\"}") >= 1.0,
+        "{m}"
+    );
+    drop(trusted);
+
+    // Without it (the platform's store, which does not hold this CA): the TLS handshake fails,
+    // the set stays empty and tokens are refused.
+    let (untrusted, proxy, admin, log) = spawn(None);
+    assert_eq!(ask(proxy, key.token("alice")).await, 401);
+    let m = scrape(admin).await;
+    assert_eq!(metric_value(&m, "ordo_jwks_keys"), 0.0, "{m}");
+    assert!(
+        metric_value(&m, "ordo_jwks_refreshes_total{result=\"failed\"}") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "ordo_jwks_refreshes_total{result=\"ok\"}"),
+        0.0,
+        "{m}"
+    );
+    // The log is read by a thread of its own: give it a moment.
+    let mut failure = None;
+    for _ in 0..50 {
+        failure = log
+            .lock()
+            .iter()
+            .find(|l| l.contains("JWKS refresh failed"))
+            .cloned();
+        if failure.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failure = failure.unwrap_or_default();
+    assert!(
+        failure.to_lowercase().contains("certificate"),
+        "the refresh did not fail on the certificate: {failure:?}"
+    );
+    drop(untrusted);
 }
 
 #[tokio::test]

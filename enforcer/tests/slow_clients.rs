@@ -320,38 +320,6 @@ async fn a_trickling_body_that_a_check_buffers_is_cut_with_408() {
     e.shutdown().await;
 }
 
-/// Reads the enforcer's JSON log until the "enforcer listening" line; returns its fields.
-fn listening_line(stdout: std::process::ChildStdout) -> serde_json::Value {
-    use std::io::BufRead as _;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if !sent
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "enforcer listening"
-            {
-                let _ = tx.send(v);
-                sent = true;
-            }
-            // Keep draining so that the child never blocks on a full pipe.
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the enforcer did not log \"enforcer listening\" within 60 s")
-}
-
-/// Kills the child when the test ends, passed or failed.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn under_a_low_file_descriptor_limit_a_flooded_proxy_leaves_the_probes_answering() {
     const FLOOD: usize = 4000;

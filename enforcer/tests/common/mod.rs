@@ -255,3 +255,47 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// An enforcer process (the binary of this package), killed when the test ends, passed or
+/// failed.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the enforcer's JSON log until the "enforcer listening" line; returns its fields.
+pub fn listening_line(stdout: std::process::ChildStdout) -> serde_json::Value {
+    follow_log(stdout, None)
+}
+
+/// [`listening_line`], keeping every line of the log (to this point and after) in `kept`.
+pub fn follow_log(
+    stdout: std::process::ChildStdout,
+    kept: Option<Arc<Mutex<Vec<String>>>>,
+) -> serde_json::Value {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "enforcer listening"
+            {
+                let _ = tx.send(v);
+                sent = true;
+            }
+            // Keep draining so that the child never blocks on a full pipe.
+            if let Some(kept) = &kept {
+                kept.lock().push(line);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the enforcer did not log \"enforcer listening\" within 60 s")
+}
