@@ -171,10 +171,32 @@ fn kinds(docs: &[serde_json::Value]) -> BTreeSet<String> {
 
 #[test]
 fn the_chart_ships_the_rules_the_dashboard_and_an_enforcer_pod_monitor() {
-    let default = kinds(&render_chart(&[]).unwrap());
+    let default = render_chart(&[]).unwrap();
+    let default_kinds = kinds(&default);
     for kind in ["PrometheusRule", "PodMonitor"] {
-        assert!(!default.contains(kind), "{kind} is rendered by default");
+        assert!(
+            !default_kinds.contains(kind),
+            "{kind} is rendered by default"
+        );
     }
+    // The dashboard ConfigMap (templates/grafana-dashboard.yaml), by the sidecar label, its key
+    // or its name, so that a renamed label or value does not hide it.
+    let dashboards: Vec<&str> = default
+        .iter()
+        .filter(|d| d["kind"] == "ConfigMap")
+        .filter(|d| {
+            d["metadata"]["labels"]["grafana_dashboard"].is_string()
+                || d["data"]["ordo.json"].is_string()
+                || d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-dashboard"))
+        })
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    assert!(
+        dashboards.is_empty(),
+        "the Grafana dashboard ConfigMap is rendered by default: {dashboards:?}"
+    );
     let docs = render_chart(&[
         "prometheusRule.enabled=true",
         "grafanaDashboard.enabled=true",
