@@ -1,9 +1,9 @@
 //! The chart's alert rules and Grafana dashboard (charts/ordo/monitoring/) stay true:
 //! promtool checks the rules and runs their unit tests (tests/monitoring/alerts.test.yaml),
 //! every alert has a case in which it fires, every dashboard query is valid PromQL, every
-//! metric either of them reads is one Ordo exports, and the chart renders them (off by
-//! default). The same metric check against a live operator and enforcer is in
-//! e2e_propagation.rs.
+//! metric either of them reads is one Ordo exports (or one of the few kube-apiserver metrics
+//! named in tests/src/monitoring.rs), and the chart renders them (off by default). The same
+//! metric check against a live operator and enforcer is in e2e_propagation.rs.
 //!
 //! promtool and helm are built from the Go module proxy by tests/cluster/build-promtool.sh
 //! and build-helm.sh (scripts/test runs both); without them these tests fail and say so.
@@ -16,7 +16,9 @@ use ordo_enforcer::finding::{FindingKind, Severity};
 use ordo_operator::desired::names::Names;
 use ordo_tests::cluster::workspace_root;
 use ordo_tests::e2e::yaml_documents;
-use ordo_tests::monitoring::{self, alert_rules, dashboard_queries, missing_metrics};
+use ordo_tests::monitoring::{
+    self, KUBE_APISERVER_METRICS, alert_rules, dashboard_queries, missing_metrics,
+};
 
 /// Runs `promtool` with `args` in `dir`; its combined output, or an error with it.
 fn promtool(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
@@ -130,8 +132,36 @@ fn dashboard_and_alerts_read_only_metrics_ordo_exports() {
     let missing = missing_metrics(&[&enforcer, &operator]).unwrap();
     assert!(
         missing.is_empty(),
-        "the dashboard or the alerts read metrics that Ordo does not export: {missing:?}"
+        "the dashboard or the alerts read metrics that Ordo does not export \
+         (nor the kube-apiserver, KUBE_APISERVER_METRICS in tests/src/monitoring.rs): {missing:?}"
     );
+}
+
+/// The kube-apiserver metrics accepted without an Ordo exporter are few, named, none of them
+/// Ordo's own, and each one is read by the rules or the dashboard (an entry nothing reads any
+/// more goes).
+#[test]
+fn the_external_metrics_are_kube_apiserver_ones_that_are_read() {
+    let external: BTreeSet<&str> = KUBE_APISERVER_METRICS.iter().copied().collect();
+    assert!(external.len() <= 5, "{external:?}");
+    let read = monitoring::queried_metric_names().unwrap();
+    for name in &external {
+        assert!(
+            name.starts_with("apiserver_"),
+            "{name} is not a kube-apiserver metric"
+        );
+        assert!(
+            read.contains(*name),
+            "{name} is listed but nothing reads it"
+        );
+    }
+    let (enforcer, operator) = registry_expositions().unwrap();
+    let exported = monitoring::sample_names(&format!("{enforcer}\n{operator}"));
+    let own: Vec<&&str> = external
+        .iter()
+        .filter(|name| exported.contains(**name))
+        .collect();
+    assert!(own.is_empty(), "Ordo exports {own:?}");
 }
 
 /// `helm template` of the chart with `sets`, as JSON documents.
