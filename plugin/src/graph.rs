@@ -974,6 +974,53 @@ mod tests {
         assert!(g.nodes[0].important && !g.nodes[2].important);
     }
 
+    /// The stroke width of the learned edge `from -> to` in the DOT and in the SVG output.
+    fn widths(g: &Graph, from: usize, to: usize) -> (f64, f64) {
+        let dot = dot(g);
+        let line = dot
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("n{from} -> n{to} ")))
+            .unwrap();
+        let in_dot = line.split("penwidth=").nth(1).unwrap();
+        let in_dot: f64 = in_dot[..in_dot.find(',').unwrap()].parse().unwrap();
+        let svg = svg(g);
+        let (from_op, to_op) = (&g.nodes[from].operation, &g.nodes[to].operation);
+        let tag = format!("data-from=\"{from_op}\" data-to=\"{to_op}\"");
+        let edge = &svg[svg.find(&tag).unwrap()..];
+        let in_svg = edge.split("stroke-width=\"").nth(1).unwrap();
+        let in_svg: f64 = in_svg[..in_svg.find('"').unwrap()].parse().unwrap();
+        (in_dot, in_svg)
+    }
+
+    #[test]
+    fn edges_are_as_wide_as_their_counts_say_in_dot_and_svg() {
+        let p = protection(&[
+            (&["GET /a", "GET /b"], 0.99, 5000),
+            (&["GET /b", "POST /c"], 0.5, 50),
+            (&["POST /c", "GET /d"], 0.5, 1),
+        ]);
+        let g = build(&p, &[], 0.9);
+        let node = |op: &str| g.nodes.iter().position(|n| n.operation == op).unwrap();
+        let (a, b, c, d) = (
+            node("GET /a"),
+            node("GET /b"),
+            node("POST /c"),
+            node("GET /d"),
+        );
+        let (heavy, middle, light) = (widths(&g, a, b), widths(&g, b, c), widths(&g, c, d));
+        // The most taken transition is the widest (6), the others in order, none below 1.
+        assert_eq!(heavy, (6.0, 6.0));
+        assert!(
+            heavy.0 > middle.0 && middle.0 > light.0 && light.0 >= 1.0,
+            "{heavy:?} {middle:?} {light:?}"
+        );
+        assert!(
+            heavy.1 > middle.1 && middle.1 > light.1 && light.1 >= 1.0,
+            "{heavy:?} {middle:?} {light:?}"
+        );
+        assert_eq!(middle.0, middle.1, "DOT and SVG agree");
+    }
+
     #[test]
     fn declared_rules_are_drawn_and_cycles_still_get_layers() {
         let p = protection(&[(&["GET /a", "GET /b", "GET /a"], 0.95, 10)]);
