@@ -125,6 +125,14 @@ impl LineageState {
         self.entries.len()
     }
 
+    /// Whether an answer gave the value with hash `hash`.
+    pub fn contains_given(&self, hash: u64) -> bool {
+        let given = class_code(OriginClass::Response);
+        self.entries
+            .iter()
+            .any(|e| e.hash == hash && e.class == given)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -324,11 +332,14 @@ pub struct Origins {
     pub supplied_by: Vec<u16>,
 }
 
-/// The origins of a value with hash `hash`.
+/// The origins of a value with hash `hash`: the session's token claims, what the session
+/// sent and was given (`state`), and what answers to its client address's anonymous requests
+/// gave (`address`, see `detect::shown`; `None` for a session named by the address itself).
 pub fn origins_of(
     hash: u64,
     claims: &[(String, u64)],
     state: Option<&LineageState>,
+    address: Option<&LineageState>,
     model: &LearnedModel,
 ) -> Origins {
     let mut out = Origins::default();
@@ -341,29 +352,99 @@ pub fn origins_of(
         }
     }
     if let Some(state) = state {
-        for e in state.entries.iter().filter(|e| e.hash == hash) {
-            let class = if e.class == class_code(OriginClass::Response) {
-                OriginClass::Response
-            } else {
-                OriginClass::Request
-            };
-            if !out.classes.contains(&class) {
-                out.classes.push(class);
-            }
-            let template = model.operation(e.op).map_or("?", |s| s.template.as_str());
-            let field = state.field_name(e.field);
-            out.sources.push(match class {
-                OriginClass::Response => format!("{template} field {field}"),
-                _ => format!("{template} {field}"),
-            });
-            if class == OriginClass::Response && !out.supplied_by.contains(&e.op) {
-                out.supplied_by.push(e.op);
-            }
-        }
+        add_entries(&mut out, hash, state, model);
+    }
+    if let Some(address) = address {
+        add_entries(&mut out, hash, address, model);
     }
     out.sources.sort();
     out.sources.dedup();
     out
+}
+
+/// Adds the origins `values` holds for the value with hash `hash`.
+fn add_entries(out: &mut Origins, hash: u64, values: &LineageState, model: &LearnedModel) {
+    for e in values.entries.iter().filter(|e| e.hash == hash) {
+        let class = if e.class == class_code(OriginClass::Response) {
+            OriginClass::Response
+        } else {
+            OriginClass::Request
+        };
+        if !out.classes.contains(&class) {
+            out.classes.push(class);
+        }
+        let template = model.operation(e.op).map_or("?", |s| s.template.as_str());
+        let field = values.field_name(e.field);
+        out.sources.push(match class {
+            OriginClass::Response => format!("{template} field {field}"),
+            _ => format!("{template} {field}"),
+        });
+        if class == OriginClass::Response && !out.supplied_by.contains(&e.op) {
+            out.supplied_by.push(e.op);
+        }
+    }
+}
+
+/// The object identifiers of a request (`RequestParams::object_ids`) that the session had to
+/// come up with itself: all of them but those whose value a claim of the session's token
+/// named or an earlier answer in the session carried (see `detect::enumeration`). A client
+/// that opens what a listing just showed it, or its own profile, is navigating; an enumerator
+/// guesses. A value the session only sent before (the `Request` origin) still counts as its
+/// own input: sending a guess twice must not make it look shown. When the session's values
+/// are unknown (no lineage state, an incomplete one, a lost history) every identifier counts,
+/// as without lineage. What answers to the client address's anonymous requests gave
+/// (`address`, see `detect::shown`) was shown too.
+pub fn unshown_objects(
+    params: &RequestParams,
+    state: Option<&LineageState>,
+    address: Option<&LineageState>,
+    recent: &[RecentOp],
+    claims: &dyn Fn() -> Vec<(String, u64)>,
+    keys: &ValueKeys,
+    model: &LearnedModel,
+) -> Vec<u64> {
+    if params.object_ids.is_empty()
+        || state.is_some_and(LineageState::incomplete)
+        || history_lost(recent)
+    {
+        return params.object_ids.clone();
+    }
+    let mut token: Option<Vec<(String, u64)>> = None;
+    let mut shown: Vec<u64> = Vec::new();
+    for obs in params.params.iter().filter(|o| {
+        matches!(
+            o.location,
+            Location::Path | Location::Query | Location::Body
+        ) && !o.secret
+            && !o.value.is_empty()
+    }) {
+        let id = crate::model::hashing::stable_hash(obs.value.as_bytes());
+        if !params.object_ids.contains(&id) || shown.contains(&id) {
+            continue;
+        }
+        let value = if obs.location == Location::Path && obs.value.contains('%') {
+            percent_encoding::percent_decode_str(&obs.value)
+                .decode_utf8_lossy()
+                .into_owned()
+        } else {
+            obs.value.clone()
+        };
+        let claims = token.get_or_insert_with(claims);
+        let origins = origins_of(keys.hash(&value), claims, state, address, model);
+        if origins
+            .classes
+            .iter()
+            .any(|c| matches!(c, OriginClass::Claim | OriginClass::Response))
+        {
+            shown.push(id);
+        }
+    }
+    params
+        .object_ids
+        .iter()
+        .copied()
+        .filter(|id| !shown.contains(id))
+        .collect()
 }
 
 /// Whether a session's history says it lost what came before (see `session::History`).
@@ -488,6 +569,7 @@ pub fn check(
     j: &Judged<'_>,
     config: &DetectorConfig,
     state: Option<&LineageState>,
+    address: Option<&LineageState>,
     claims: &dyn Fn() -> Vec<(String, u64)>,
     keys: &ValueKeys,
 ) -> Option<Finding> {
@@ -503,7 +585,7 @@ pub fn check(
             continue;
         };
         let claims = token.get_or_insert_with(claims);
-        let origins = origins_of(keys.hash(&c.value), claims, state, j.model);
+        let origins = origins_of(keys.hash(&c.value), claims, state, address, j.model);
         let classes: &[OriginClass] = if origins.classes.is_empty() {
             &[OriginClass::Input]
         } else {
@@ -654,12 +736,13 @@ mod tests {
         assert!(state.fields.iter().all(|f| f.len() <= MAX_FIELD_LEN));
         // Oldest first out: the first values are gone, the last kept.
         let model = LearnedModel::default();
-        let first = origins_of(keys.hash("acc-0"), &[], Some(&state), &model);
+        let first = origins_of(keys.hash("acc-0"), &[], Some(&state), None, &model);
         assert!(first.classes.is_empty());
         let last = origins_of(
             keys.hash(&format!("acc-{}", MAX_VALUES + 39)),
             &[],
             Some(&state),
+            None,
             &model,
         );
         assert_eq!(last.classes, vec![OriginClass::Response]);
@@ -674,7 +757,7 @@ mod tests {
                 OriginClass::Response,
             );
         }
-        let origins = origins_of(kept, &[], Some(&state), &model);
+        let origins = origins_of(kept, &[], Some(&state), None, &model);
         assert_eq!(origins.classes, vec![OriginClass::Response]);
         // Answers stay read while sampled, then only when they supply later values often
         // enough.
@@ -690,6 +773,95 @@ mod tests {
         assert!(wants(&lineage));
         // Only hashes are kept: no value text in the record.
         assert!(!format!("{state:?}").contains("acc-"));
+    }
+
+    #[test]
+    fn objects_an_answer_or_the_token_named_are_not_counted_as_guessed() {
+        use crate::model::hashing::stable_hash;
+        use crate::model::value::text_facts;
+        let keys = ValueKeys::default();
+        let model = LearnedModel::default();
+        let params = |values: &[&str]| RequestParams {
+            params: values
+                .iter()
+                .map(|v| {
+                    ParamObservation::new(
+                        "path.var1".to_owned(),
+                        Location::Path,
+                        text_facts(v),
+                        (*v).to_owned(),
+                        false,
+                    )
+                })
+                .collect(),
+            object_ids: values.iter().map(|v| stable_hash(v.as_bytes())).collect(),
+            ..RequestParams::default()
+        };
+        let mut state = LineageState::default();
+        // A listing showed two titles; the session itself sent a third before.
+        state.remember(
+            keys.hash("silent-harbour"),
+            0,
+            "Books[].book_title",
+            OriginClass::Response,
+        );
+        state.remember(
+            keys.hash("lonely-garden"),
+            0,
+            "Books[].book_title",
+            OriginClass::Response,
+        );
+        state.remember(
+            keys.hash("typed-title"),
+            1,
+            "path.var1",
+            OriginClass::Request,
+        );
+        let claims = || vec![("sub".to_owned(), keys.hash("maria.keller"))];
+        let id = |v: &str| stable_hash(v.as_bytes());
+        let mut address = LineageState::default();
+        address.remember(
+            keys.hash("public-title"),
+            2,
+            "Books[].book_title",
+            OriginClass::Response,
+        );
+        let shown_with = |values: &[&str], state: Option<&LineageState>, address| {
+            unshown_objects(&params(values), state, address, &[], &claims, &keys, &model)
+        };
+        let shown = |values: &[&str], state: Option<&LineageState>| shown_with(values, state, None);
+        // What an anonymous listing showed the client's address counts as shown too, also
+        // to a session that has no values of its own yet; nothing else does.
+        assert!(shown_with(&["public-title"], Some(&state), Some(&address)).is_empty());
+        assert!(shown_with(&["public-title"], None, Some(&address)).is_empty());
+        assert_eq!(
+            shown_with(&["deep-guess"], Some(&state), Some(&address)),
+            vec![id("deep-guess")]
+        );
+        assert_eq!(
+            shown(&["public-title"], Some(&state)),
+            vec![id("public-title")]
+        );
+        assert!(shown(&["silent-harbour"], Some(&state)).is_empty());
+        assert!(
+            shown(&["maria.keller"], Some(&state)).is_empty(),
+            "the token's subject"
+        );
+        // Guesses count, and so does a value the session only sent itself before.
+        assert_eq!(shown(&["deep-guess"], Some(&state)), vec![id("deep-guess")]);
+        assert_eq!(
+            shown(&["typed-title"], Some(&state)),
+            vec![id("typed-title")]
+        );
+        // A session with no values yet was shown nothing but its token's claims; one whose
+        // values are unknown (an incomplete state) counts everything.
+        assert_eq!(shown(&["silent-harbour"], None), vec![id("silent-harbour")]);
+        assert!(shown(&["maria.keller"], None).is_empty());
+        state.mark_incomplete();
+        assert_eq!(
+            shown(&["silent-harbour"], Some(&state)),
+            vec![id("silent-harbour")]
+        );
     }
 
     #[test]
