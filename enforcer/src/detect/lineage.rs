@@ -17,7 +17,8 @@
 //!
 //! Per session ([`LineageState`]) only keyed hashes of values are kept (a per-process random
 //! key: values may be secrets), at most [`MAX_VALUES`] of them with at most [`MAX_FIELDS`]
-//! field names, oldest first out, inside the session's detector record (evicted with it).
+//! field names, inside the session's detector record (evicted with it); when full, the oldest
+//! value of the operation that gave the most goes first (`LineageState::evict_one`).
 //! Answers are read only when the proxy already holds the whole body (at most
 //! `outcome::MAX_READ_BYTES`, never waited for), and only for operations whose answers are
 //! still being sampled ([`PROBE_READS`]) or were learned to supply values to later requests.
@@ -166,7 +167,7 @@ impl LineageState {
         }
         let field = self.field_index(field);
         if self.entries.len() >= MAX_VALUES {
-            self.entries.pop_front();
+            self.evict_one();
         }
         if self.entries.capacity() == 0 {
             self.entries.reserve_exact(8);
@@ -177,6 +178,35 @@ impl LineageState {
             field,
             class,
         });
+    }
+
+    /// Makes room for one value: the oldest of the operation and class with the most values
+    /// goes. A chatty answer (pages of transactions, twenty values each) then pushes out its
+    /// own older values, never the few an account list gave or the session sent, which it may
+    /// use long after.
+    fn evict_one(&mut self) {
+        let mut counts: Vec<((u16, u8), usize)> = Vec::with_capacity(8);
+        for e in &self.entries {
+            match counts.iter_mut().find(|(key, _)| *key == (e.op, e.class)) {
+                Some((_, n)) => *n += 1,
+                None => counts.push(((e.op, e.class), 1)),
+            }
+        }
+        // The first group with the most values: among equals, the one seen first, the oldest.
+        let Some(((op, class), _)) = counts
+            .iter()
+            .copied()
+            .reduce(|best, next| if next.1 > best.1 { next } else { best })
+        else {
+            return;
+        };
+        if let Some(at) = self
+            .entries
+            .iter()
+            .position(|e| e.op == op && e.class == class)
+        {
+            self.entries.remove(at);
+        }
     }
 
     /// Records that the session teaches the model a value of `field` of operation `op` with no
@@ -718,6 +748,49 @@ fn found(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages of transactions (twenty values each) do not push out the few ids an account list
+    /// gave or the session sent: the chattiest operation's oldest values go first.
+    #[test]
+    fn a_chatty_answer_pushes_out_its_own_values_first() {
+        let keys = ValueKeys::default();
+        let model = LearnedModel::default();
+        let mut state = LineageState::default();
+        for account in ["acc-30", "acc-31", "acc-32"] {
+            state.remember(
+                keys.hash(account),
+                1,
+                "accounts[].id",
+                OriginClass::Response,
+            );
+        }
+        state.remember(keys.hash("acc-32"), 2, "path.var1", OriginClass::Request);
+        for page in 0..10 {
+            for i in 0..20 {
+                state.remember(
+                    keys.hash(&format!("tx-{page}-{i}")),
+                    3,
+                    "items[].id",
+                    OriginClass::Response,
+                );
+            }
+        }
+        assert_eq!(state.len(), MAX_VALUES);
+        for account in ["acc-30", "acc-31", "acc-32"] {
+            let origins = origins_of(keys.hash(account), &[], Some(&state), None, &model);
+            assert!(
+                origins.classes.contains(&OriginClass::Response),
+                "{account}: {origins:?}"
+            );
+        }
+        let sent = origins_of(keys.hash("acc-32"), &[], Some(&state), None, &model);
+        assert!(sent.classes.contains(&OriginClass::Request));
+        // The pages' newest values are kept, their oldest are gone.
+        let newest = origins_of(keys.hash("tx-9-19"), &[], Some(&state), None, &model);
+        assert_eq!(newest.classes, vec![OriginClass::Response]);
+        let oldest = origins_of(keys.hash("tx-0-0"), &[], Some(&state), None, &model);
+        assert!(oldest.classes.is_empty());
+    }
 
     #[test]
     fn session_values_are_bounded_and_hashed() {
