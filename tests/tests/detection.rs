@@ -82,10 +82,13 @@ async fn simulator_attacks_are_caught_and_honest_sessions_are_not() {
         "{enumeration:?}"
     );
 
-    // Honest sessions: at most 0.5% flagged (the target is 0.1%). Most hold several tasks in
-    // one session (the boundary between two tasks is where a longest-context-decides model
-    // flags), some after an idle gap that starts a new journey.
-    assert_eq!(report.benign_sessions, 400);
+    // Honest sessions: at most 0.5% flagged (the target is 0.1%), half of them by customers
+    // who come back after a learning-phase visit. Most hold several tasks in one session (the
+    // boundary between two tasks is where a longest-context-decides model flags), some after
+    // an idle gap that starts a new journey.
+    assert_eq!(report.learning_group.sessions, 600);
+    assert_eq!(report.returning_group.sessions, 200);
+    assert_eq!(report.benign_sessions(), 400);
     assert!(
         report.benign_multi_task >= 160,
         "{} multi-task sessions",
@@ -99,7 +102,7 @@ async fn simulator_attacks_are_caught_and_honest_sessions_are_not() {
     assert!(
         report.benign_flagged_share() <= 0.005,
         "{} benign sessions flagged: {:?}",
-        report.benign_flagged,
+        report.benign_flagged(),
         report.benign_flag_reasons
     );
 

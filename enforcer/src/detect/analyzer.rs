@@ -31,6 +31,7 @@ use super::lineage::{self, LineageState, ValueKeys};
 use super::outcome::{self, Signals};
 use super::quarantine::{self, ClientQuarantine};
 use super::sequence::SequenceVerdict;
+use super::shown::ShownToAddress;
 use super::thresholds::{
     identity_threshold, learning_cap, object_threshold, peer_threshold, volume_threshold,
 };
@@ -125,6 +126,14 @@ pub struct LearnedAnalyzer {
     lineage_ops: ArcSwap<HashSet<u32>>,
     /// The per-process key of the value hashes kept per session.
     value_keys: ValueKeys,
+    /// What answers to each client address's anonymous requests gave (see `detect::shown`).
+    shown: ShownToAddress,
+}
+
+/// The client address whose anonymous answers count as given to this request's session
+/// (see `detect::shown`): none for a session the address itself names.
+fn anonymous_peer(ctx: &RequestContext<'_>) -> Option<std::net::IpAddr> {
+    (ctx.session_source != SessionSource::ClientIp).then_some(ctx.client)
 }
 
 fn caps_of(learning: &LearningConfig) -> ModelCaps {
@@ -268,6 +277,7 @@ impl LearnedAnalyzer {
             quarantined: Mutex::new(ClientQuarantine::default()),
             lineage_ops: ArcSwap::from_pointee(HashSet::new()),
             value_keys: ValueKeys::default(),
+            shown: ShownToAddress::default(),
         }
     }
 
@@ -576,7 +586,12 @@ impl LearnedAnalyzer {
             out.push(f);
         }
         if detectors.enumeration.enabled
-            && let Some(f) = enumeration::check(&judged, &detectors.enumeration, state)
+            && let Some(f) = enumeration::check(
+                &judged,
+                &detectors.enumeration,
+                state,
+                &self.unshown_objects(ctx, state, &params, settings, model),
+            )
         {
             out.push(f);
         }
@@ -595,17 +610,46 @@ impl LearnedAnalyzer {
             }
         }
         if detectors.identity_lineage.enabled
-            && let Some(f) = lineage::check(
-                &judged,
-                &detectors.identity_lineage,
-                state.lineage(),
-                &|| self.claims_of(ctx, settings),
-                &self.value_keys,
-            )
+            && let Some(f) = self.shown.with(anonymous_peer(ctx), ctx.now_ms, |address| {
+                lineage::check(
+                    &judged,
+                    &detectors.identity_lineage,
+                    state.lineage(),
+                    address,
+                    &|| self.claims_of(ctx, settings),
+                    &self.value_keys,
+                )
+            })
         {
             out.push(f);
         }
         ctx.scratch.keep_params(params);
+    }
+
+    /// The request's object identifiers that no token claim and no earlier answer of the
+    /// session carried (see `lineage::unshown_objects`); all of them without lineage.
+    fn unshown_objects(
+        &self,
+        ctx: &RequestContext<'_>,
+        state: &SessionState,
+        params: &RequestParams,
+        settings: &Settings,
+        model: &LearnedModel,
+    ) -> Vec<u64> {
+        if !settings.detectors.identity_lineage.enabled {
+            return params.object_ids.clone();
+        }
+        self.shown.with(anonymous_peer(ctx), ctx.now_ms, |address| {
+            lineage::unshown_objects(
+                params,
+                state.lineage(),
+                address,
+                ctx.recent,
+                &|| self.claims_of(ctx, settings),
+                &self.value_keys,
+                model,
+            )
+        })
     }
 
     /// A non-idempotent request identical to the session's previous successful one of its
@@ -651,8 +695,16 @@ impl LearnedAnalyzer {
                 .collect();
             if lesson.learnable && complete {
                 let claims = self.claims_of(ctx, settings);
-                for (c, hash) in candidates.iter().zip(&hashes) {
-                    let origins = lineage::origins_of(*hash, &claims, state.lineage(), model);
+                let origins: Vec<lineage::Origins> =
+                    self.shown.with(anonymous_peer(ctx), ctx.now_ms, |address| {
+                        hashes
+                            .iter()
+                            .map(|hash| {
+                                lineage::origins_of(*hash, &claims, state.lineage(), address, model)
+                            })
+                            .collect()
+                    });
+                for (c, origins) in candidates.iter().zip(origins) {
                     if origins.classes.is_empty()
                         && !state
                             .lineage_mut()
@@ -695,6 +747,17 @@ impl LearnedAnalyzer {
         {
             lesson.lineage_read = !state.tainted();
             let values = lineage::response_values(body);
+            if ctx.session_source == SessionSource::ClientIp {
+                // Shown to the address: also given to the sessions its token or cookie names.
+                self.shown.remember(
+                    ctx.client,
+                    ctx.now_ms,
+                    index,
+                    values
+                        .iter()
+                        .map(|(field, value)| (self.value_keys.hash(value), field.as_str())),
+                );
+            }
             if !values.is_empty() {
                 let state = state.lineage_mut();
                 for (field, value) in &values {
@@ -990,6 +1053,13 @@ impl Analyzer for LearnedAnalyzer {
                 .then(|| replay::fingerprint(ctx, &self.value_keys))
                 .flatten();
             let succeeded = (200..300).contains(&resp.status) && !resp.refused && !body_failure;
+            // Judged on these (see `enumeration::check`), so learned on these: before this
+            // answer's values are followed, as when the request was judged.
+            let unshown = if params.object_ids.is_empty() {
+                Vec::new()
+            } else {
+                self.unshown_objects(ctx, state, &params, &settings, model)
+            };
             let counters = state.window_mut(window);
             if learnable {
                 // The session's earlier identical repeats are learned now that it went on
@@ -1019,7 +1089,7 @@ impl Analyzer for LearnedAnalyzer {
                 }
                 slot.requests = slot.requests.saturating_add(1);
                 let before = distinct_of(slot.objects);
-                for id in &params.object_ids {
+                for id in &unshown {
                     slot.objects = with_object(slot.objects, *id);
                 }
                 let after = distinct_of(slot.objects);

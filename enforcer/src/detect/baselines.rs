@@ -73,7 +73,11 @@ impl Baselines {
             .filter_map(|(i, op)| {
                 let baseline = OperationBaseline {
                     volume: mature(&op.volume, min_windows),
-                    objects: mature(&op.objects, min_windows),
+                    // Among every window that used the operation: a session that named no
+                    // object it was not shown (see `detect::enumeration`) touched 0, and
+                    // the baseline must not wait for the few that did.
+                    objects: (op.volume.windows() >= min_windows)
+                        .then(|| Percentiles::among(&op.objects, op.volume.windows())),
                 };
                 let index = u16::try_from(i).ok()?;
                 (baseline != OperationBaseline::default()).then_some((index, baseline))
@@ -181,6 +185,7 @@ mod tests {
         let record = |model: &mut LearnedModel, windows: u32, objects: u32| {
             let stats = model.operation_mut(op).unwrap();
             for _ in 0..windows {
+                stats.volume.record_reached(1);
                 for count in 1..=objects {
                     stats.objects.record_reached(count);
                 }
@@ -203,5 +208,39 @@ mod tests {
         assert_eq!(objects.windows, 100);
         assert!(objects.p99 >= 6, "{objects:?}");
         assert!(!baselines.stale(start + 4_000, window_ms));
+    }
+
+    #[test]
+    fn windows_that_named_no_object_count_at_zero() {
+        let mut model = LearnedModel::default();
+        let op = model.op_index_or_insert("GET /orders/{id}", 1).unwrap();
+        let stats = model.operation_mut(op).unwrap();
+        // 200 windows used the operation; only 3 of them named objects (5 each) the session
+        // was not shown: the others touched none.
+        for _ in 0..200 {
+            stats.volume.record_reached(1);
+        }
+        for _ in 0..3 {
+            for count in 1..=5 {
+                stats.objects.record_reached(count);
+            }
+        }
+        let objects = Baselines::compute(&model, 50, 6_000_000)
+            .operation(op)
+            .objects
+            .expect("mature: 200 windows");
+        assert_eq!(objects.windows, 200);
+        assert!(objects.p99 <= 5, "{objects:?}");
+        assert_eq!(objects.p90, 0, "{objects:?}");
+        // Without windows of use, no baseline, however many objects were counted.
+        let mut model = LearnedModel::default();
+        let op = model.op_index_or_insert("GET /orders/{id}", 1).unwrap();
+        model.operation_mut(op).unwrap().objects.record_reached(1);
+        assert!(
+            Baselines::compute(&model, 50, 6_000_000)
+                .operation(op)
+                .objects
+                .is_none()
+        );
     }
 }

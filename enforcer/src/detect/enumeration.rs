@@ -11,17 +11,29 @@ use crate::finding::{Finding, FindingKind, Severity};
 use super::context::{Judged, finding};
 use super::thresholds::{object_threshold, peer_threshold};
 
-pub fn check(j: &Judged<'_>, config: &DetectorConfig, state: &SessionState) -> Option<Finding> {
+/// Judges the request's objects. `unshown` are its object identifiers that the session did
+/// not get from its token or an earlier answer (`lineage::unshown_objects`): only those count
+/// as touched objects, here and in what sessions teach the baseline, so that a reader who
+/// opens what listings showed them is not taken for one who guesses.
+pub fn check(
+    j: &Judged<'_>,
+    config: &DetectorConfig,
+    state: &SessionState,
+    unshown: &[u64],
+) -> Option<Finding> {
     let op = j.op?;
     if j.params.object_ids.is_empty() {
         return None;
     }
     let counters = state.window(j.window);
-    if let Some(objects) = j.baselines.operation(op).objects {
+    if let Some(objects) = j
+        .baselines
+        .operation(op)
+        .objects
+        .filter(|_| !unshown.is_empty())
+    {
         let counts = state.sliding(j.window, op);
-        let bits = j
-            .params
-            .object_ids
+        let bits = unshown
             .iter()
             .fold(counts.objects, |bits, id| with_object(bits, *id));
         let current = distinct_of(bits);

@@ -17,7 +17,8 @@
 //!
 //! Per session ([`LineageState`]) only keyed hashes of values are kept (a per-process random
 //! key: values may be secrets), at most [`MAX_VALUES`] of them with at most [`MAX_FIELDS`]
-//! field names, oldest first out, inside the session's detector record (evicted with it).
+//! field names, inside the session's detector record (evicted with it); when full, the oldest
+//! value of the operation that gave the most goes first (`LineageState::evict_one`).
 //! Answers are read only when the proxy already holds the whole body (at most
 //! `outcome::MAX_READ_BYTES`, never waited for), and only for operations whose answers are
 //! still being sampled ([`PROBE_READS`]) or were learned to supply values to later requests.
@@ -125,6 +126,14 @@ impl LineageState {
         self.entries.len()
     }
 
+    /// Whether an answer gave the value with hash `hash`.
+    pub fn contains_given(&self, hash: u64) -> bool {
+        let given = class_code(OriginClass::Response);
+        self.entries
+            .iter()
+            .any(|e| e.hash == hash && e.class == given)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -158,7 +167,7 @@ impl LineageState {
         }
         let field = self.field_index(field);
         if self.entries.len() >= MAX_VALUES {
-            self.entries.pop_front();
+            self.evict_one();
         }
         if self.entries.capacity() == 0 {
             self.entries.reserve_exact(8);
@@ -169,6 +178,35 @@ impl LineageState {
             field,
             class,
         });
+    }
+
+    /// Makes room for one value: the oldest of the operation and class with the most values
+    /// goes. A chatty answer (pages of transactions, twenty values each) then pushes out its
+    /// own older values, never the few an account list gave or the session sent, which it may
+    /// use long after.
+    fn evict_one(&mut self) {
+        let mut counts: Vec<((u16, u8), usize)> = Vec::with_capacity(8);
+        for e in &self.entries {
+            match counts.iter_mut().find(|(key, _)| *key == (e.op, e.class)) {
+                Some((_, n)) => *n += 1,
+                None => counts.push(((e.op, e.class), 1)),
+            }
+        }
+        // The first group with the most values: among equals, the one seen first, the oldest.
+        let Some(((op, class), _)) = counts
+            .iter()
+            .copied()
+            .reduce(|best, next| if next.1 > best.1 { next } else { best })
+        else {
+            return;
+        };
+        if let Some(at) = self
+            .entries
+            .iter()
+            .position(|e| e.op == op && e.class == class)
+        {
+            self.entries.remove(at);
+        }
     }
 
     /// Records that the session teaches the model a value of `field` of operation `op` with no
@@ -324,11 +362,14 @@ pub struct Origins {
     pub supplied_by: Vec<u16>,
 }
 
-/// The origins of a value with hash `hash`.
+/// The origins of a value with hash `hash`: the session's token claims, what the session
+/// sent and was given (`state`), and what answers to its client address's anonymous requests
+/// gave (`address`, see `detect::shown`; `None` for a session named by the address itself).
 pub fn origins_of(
     hash: u64,
     claims: &[(String, u64)],
     state: Option<&LineageState>,
+    address: Option<&LineageState>,
     model: &LearnedModel,
 ) -> Origins {
     let mut out = Origins::default();
@@ -341,29 +382,99 @@ pub fn origins_of(
         }
     }
     if let Some(state) = state {
-        for e in state.entries.iter().filter(|e| e.hash == hash) {
-            let class = if e.class == class_code(OriginClass::Response) {
-                OriginClass::Response
-            } else {
-                OriginClass::Request
-            };
-            if !out.classes.contains(&class) {
-                out.classes.push(class);
-            }
-            let template = model.operation(e.op).map_or("?", |s| s.template.as_str());
-            let field = state.field_name(e.field);
-            out.sources.push(match class {
-                OriginClass::Response => format!("{template} field {field}"),
-                _ => format!("{template} {field}"),
-            });
-            if class == OriginClass::Response && !out.supplied_by.contains(&e.op) {
-                out.supplied_by.push(e.op);
-            }
-        }
+        add_entries(&mut out, hash, state, model);
+    }
+    if let Some(address) = address {
+        add_entries(&mut out, hash, address, model);
     }
     out.sources.sort();
     out.sources.dedup();
     out
+}
+
+/// Adds the origins `values` holds for the value with hash `hash`.
+fn add_entries(out: &mut Origins, hash: u64, values: &LineageState, model: &LearnedModel) {
+    for e in values.entries.iter().filter(|e| e.hash == hash) {
+        let class = if e.class == class_code(OriginClass::Response) {
+            OriginClass::Response
+        } else {
+            OriginClass::Request
+        };
+        if !out.classes.contains(&class) {
+            out.classes.push(class);
+        }
+        let template = model.operation(e.op).map_or("?", |s| s.template.as_str());
+        let field = values.field_name(e.field);
+        out.sources.push(match class {
+            OriginClass::Response => format!("{template} field {field}"),
+            _ => format!("{template} {field}"),
+        });
+        if class == OriginClass::Response && !out.supplied_by.contains(&e.op) {
+            out.supplied_by.push(e.op);
+        }
+    }
+}
+
+/// The object identifiers of a request (`RequestParams::object_ids`) that the session had to
+/// come up with itself: all of them but those whose value a claim of the session's token
+/// named or an earlier answer in the session carried (see `detect::enumeration`). A client
+/// that opens what a listing just showed it, or its own profile, is navigating; an enumerator
+/// guesses. A value the session only sent before (the `Request` origin) still counts as its
+/// own input: sending a guess twice must not make it look shown. When the session's values
+/// are unknown (no lineage state, an incomplete one, a lost history) every identifier counts,
+/// as without lineage. What answers to the client address's anonymous requests gave
+/// (`address`, see `detect::shown`) was shown too.
+pub fn unshown_objects(
+    params: &RequestParams,
+    state: Option<&LineageState>,
+    address: Option<&LineageState>,
+    recent: &[RecentOp],
+    claims: &dyn Fn() -> Vec<(String, u64)>,
+    keys: &ValueKeys,
+    model: &LearnedModel,
+) -> Vec<u64> {
+    if params.object_ids.is_empty()
+        || state.is_some_and(LineageState::incomplete)
+        || history_lost(recent)
+    {
+        return params.object_ids.clone();
+    }
+    let mut token: Option<Vec<(String, u64)>> = None;
+    let mut shown: Vec<u64> = Vec::new();
+    for obs in params.params.iter().filter(|o| {
+        matches!(
+            o.location,
+            Location::Path | Location::Query | Location::Body
+        ) && !o.secret
+            && !o.value.is_empty()
+    }) {
+        let id = crate::model::hashing::stable_hash(obs.value.as_bytes());
+        if !params.object_ids.contains(&id) || shown.contains(&id) {
+            continue;
+        }
+        let value = if obs.location == Location::Path && obs.value.contains('%') {
+            percent_encoding::percent_decode_str(&obs.value)
+                .decode_utf8_lossy()
+                .into_owned()
+        } else {
+            obs.value.clone()
+        };
+        let claims = token.get_or_insert_with(claims);
+        let origins = origins_of(keys.hash(&value), claims, state, address, model);
+        if origins
+            .classes
+            .iter()
+            .any(|c| matches!(c, OriginClass::Claim | OriginClass::Response))
+        {
+            shown.push(id);
+        }
+    }
+    params
+        .object_ids
+        .iter()
+        .copied()
+        .filter(|id| !shown.contains(id))
+        .collect()
 }
 
 /// Whether a session's history says it lost what came before (see `session::History`).
@@ -488,6 +599,7 @@ pub fn check(
     j: &Judged<'_>,
     config: &DetectorConfig,
     state: Option<&LineageState>,
+    address: Option<&LineageState>,
     claims: &dyn Fn() -> Vec<(String, u64)>,
     keys: &ValueKeys,
 ) -> Option<Finding> {
@@ -503,7 +615,7 @@ pub fn check(
             continue;
         };
         let claims = token.get_or_insert_with(claims);
-        let origins = origins_of(keys.hash(&c.value), claims, state, j.model);
+        let origins = origins_of(keys.hash(&c.value), claims, state, address, j.model);
         let classes: &[OriginClass] = if origins.classes.is_empty() {
             &[OriginClass::Input]
         } else {
@@ -637,6 +749,49 @@ fn found(
 mod tests {
     use super::*;
 
+    /// Pages of transactions (twenty values each) do not push out the few ids an account list
+    /// gave or the session sent: the chattiest operation's oldest values go first.
+    #[test]
+    fn a_chatty_answer_pushes_out_its_own_values_first() {
+        let keys = ValueKeys::default();
+        let model = LearnedModel::default();
+        let mut state = LineageState::default();
+        for account in ["acc-30", "acc-31", "acc-32"] {
+            state.remember(
+                keys.hash(account),
+                1,
+                "accounts[].id",
+                OriginClass::Response,
+            );
+        }
+        state.remember(keys.hash("acc-32"), 2, "path.var1", OriginClass::Request);
+        for page in 0..10 {
+            for i in 0..20 {
+                state.remember(
+                    keys.hash(&format!("tx-{page}-{i}")),
+                    3,
+                    "items[].id",
+                    OriginClass::Response,
+                );
+            }
+        }
+        assert_eq!(state.len(), MAX_VALUES);
+        for account in ["acc-30", "acc-31", "acc-32"] {
+            let origins = origins_of(keys.hash(account), &[], Some(&state), None, &model);
+            assert!(
+                origins.classes.contains(&OriginClass::Response),
+                "{account}: {origins:?}"
+            );
+        }
+        let sent = origins_of(keys.hash("acc-32"), &[], Some(&state), None, &model);
+        assert!(sent.classes.contains(&OriginClass::Request));
+        // The pages' newest values are kept, their oldest are gone.
+        let newest = origins_of(keys.hash("tx-9-19"), &[], Some(&state), None, &model);
+        assert_eq!(newest.classes, vec![OriginClass::Response]);
+        let oldest = origins_of(keys.hash("tx-0-0"), &[], Some(&state), None, &model);
+        assert!(oldest.classes.is_empty());
+    }
+
     #[test]
     fn session_values_are_bounded_and_hashed() {
         let keys = ValueKeys::default();
@@ -654,12 +809,13 @@ mod tests {
         assert!(state.fields.iter().all(|f| f.len() <= MAX_FIELD_LEN));
         // Oldest first out: the first values are gone, the last kept.
         let model = LearnedModel::default();
-        let first = origins_of(keys.hash("acc-0"), &[], Some(&state), &model);
+        let first = origins_of(keys.hash("acc-0"), &[], Some(&state), None, &model);
         assert!(first.classes.is_empty());
         let last = origins_of(
             keys.hash(&format!("acc-{}", MAX_VALUES + 39)),
             &[],
             Some(&state),
+            None,
             &model,
         );
         assert_eq!(last.classes, vec![OriginClass::Response]);
@@ -674,7 +830,7 @@ mod tests {
                 OriginClass::Response,
             );
         }
-        let origins = origins_of(kept, &[], Some(&state), &model);
+        let origins = origins_of(kept, &[], Some(&state), None, &model);
         assert_eq!(origins.classes, vec![OriginClass::Response]);
         // Answers stay read while sampled, then only when they supply later values often
         // enough.
@@ -690,6 +846,95 @@ mod tests {
         assert!(wants(&lineage));
         // Only hashes are kept: no value text in the record.
         assert!(!format!("{state:?}").contains("acc-"));
+    }
+
+    #[test]
+    fn objects_an_answer_or_the_token_named_are_not_counted_as_guessed() {
+        use crate::model::hashing::stable_hash;
+        use crate::model::value::text_facts;
+        let keys = ValueKeys::default();
+        let model = LearnedModel::default();
+        let params = |values: &[&str]| RequestParams {
+            params: values
+                .iter()
+                .map(|v| {
+                    ParamObservation::new(
+                        "path.var1".to_owned(),
+                        Location::Path,
+                        text_facts(v),
+                        (*v).to_owned(),
+                        false,
+                    )
+                })
+                .collect(),
+            object_ids: values.iter().map(|v| stable_hash(v.as_bytes())).collect(),
+            ..RequestParams::default()
+        };
+        let mut state = LineageState::default();
+        // A listing showed two titles; the session itself sent a third before.
+        state.remember(
+            keys.hash("silent-harbour"),
+            0,
+            "Books[].book_title",
+            OriginClass::Response,
+        );
+        state.remember(
+            keys.hash("lonely-garden"),
+            0,
+            "Books[].book_title",
+            OriginClass::Response,
+        );
+        state.remember(
+            keys.hash("typed-title"),
+            1,
+            "path.var1",
+            OriginClass::Request,
+        );
+        let claims = || vec![("sub".to_owned(), keys.hash("maria.keller"))];
+        let id = |v: &str| stable_hash(v.as_bytes());
+        let mut address = LineageState::default();
+        address.remember(
+            keys.hash("public-title"),
+            2,
+            "Books[].book_title",
+            OriginClass::Response,
+        );
+        let shown_with = |values: &[&str], state: Option<&LineageState>, address| {
+            unshown_objects(&params(values), state, address, &[], &claims, &keys, &model)
+        };
+        let shown = |values: &[&str], state: Option<&LineageState>| shown_with(values, state, None);
+        // What an anonymous listing showed the client's address counts as shown too, also
+        // to a session that has no values of its own yet; nothing else does.
+        assert!(shown_with(&["public-title"], Some(&state), Some(&address)).is_empty());
+        assert!(shown_with(&["public-title"], None, Some(&address)).is_empty());
+        assert_eq!(
+            shown_with(&["deep-guess"], Some(&state), Some(&address)),
+            vec![id("deep-guess")]
+        );
+        assert_eq!(
+            shown(&["public-title"], Some(&state)),
+            vec![id("public-title")]
+        );
+        assert!(shown(&["silent-harbour"], Some(&state)).is_empty());
+        assert!(
+            shown(&["maria.keller"], Some(&state)).is_empty(),
+            "the token's subject"
+        );
+        // Guesses count, and so does a value the session only sent itself before.
+        assert_eq!(shown(&["deep-guess"], Some(&state)), vec![id("deep-guess")]);
+        assert_eq!(
+            shown(&["typed-title"], Some(&state)),
+            vec![id("typed-title")]
+        );
+        // A session with no values yet was shown nothing but its token's claims; one whose
+        // values are unknown (an incomplete state) counts everything.
+        assert_eq!(shown(&["silent-harbour"], None), vec![id("silent-harbour")]);
+        assert!(shown(&["maria.keller"], None).is_empty());
+        state.mark_incomplete();
+        assert_eq!(
+            shown(&["silent-harbour"], Some(&state)),
+            vec![id("silent-harbour")]
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod sequence;
 pub mod session_state;
 pub mod shadow;
 pub mod shape;
+pub mod shown;
 pub mod stuffing;
 pub mod templates;
 pub mod thresholds;

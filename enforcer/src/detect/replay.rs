@@ -15,9 +15,11 @@
 //! never judged ([`JUDGED_FROM_REPEAT`]). A client that never saw the answer (its connection
 //! dropped after the application answered) resends once, and a customer who orders the same
 //! thing twice to the same address sends the same body, for honest reasons the enforcer cannot
-//! see; the evaluation showed the second (an honest shop session at seed 3). An operation with too few learned requests (`minOperationRequests`) is judged, from
-//! its second identical repeat, on the pooled counts of every learned non-idempotent operation
-//! of the API, but only while it never saw an identical repeat itself. Clients that resend on
+//! see; the evaluation showed the second (an honest shop session at seed 3). An operation whose own learned requests cannot settle it (fewer than
+//! `minOperationRequests`, or more but still too few for the bound: with none repeated, about
+//! 2 / limit) is judged, from its second identical repeat, on the pooled counts of every
+//! learned non-idempotent operation of the API, but only while it never saw an identical
+//! repeat itself. Clients that resend on
 //! purpose (a form that submits twice, an idempotency key the application dedupes) teach the
 //! repeat as normal, and it is never flagged there.
 //!
@@ -106,9 +108,9 @@ pub const JUDGED_FROM_REPEAT: u16 = 2;
 /// improbable, if there is enough: the counts, their scope, the upper bound of the probability
 /// of an identical repeat and the limit it was held to. Repeats before [`JUDGED_FROM_REPEAT`]
 /// are never judged; later ones against `limit`, on the operation's own counts once it has
-/// `min_support` learned requests, before that on the counts of every learned non-idempotent
-/// operation of the API pooled (only while the operation never saw an identical repeat
-/// itself). The probability of a first identical repeat bounds that of a second, so the
+/// `min_support` learned requests and they bound the probability below the limit, otherwise on
+/// the counts of every learned non-idempotent operation of the API pooled (only while the
+/// operation never saw an identical repeat itself). The probability of a first identical repeat bounds that of a second, so the
 /// learned counts of first repeats serve.
 pub fn improbable(
     model: &LearnedModel,
@@ -125,22 +127,30 @@ pub fn improbable(
     if stats.outcomes.grants_credentials() {
         return None;
     }
+    if nth < JUDGED_FROM_REPEAT {
+        return None;
+    }
     let own = stats.repeats;
-    let (counts, scope) = if nth < JUDGED_FROM_REPEAT {
-        return None;
-    } else if own.requests >= min_support {
-        (own, Scope::Operation)
-    } else if own.identical == 0 {
-        let mut pooled = RepeatCounts::default();
-        for stats in &model.operations {
-            pooled.add(&stats.repeats);
+    if own.requests >= min_support {
+        let bound = upper_bound(own.identical, own.requests, credibility);
+        if bound < limit {
+            return Some((own, Scope::Operation, bound, limit));
         }
-        (pooled, Scope::Api)
-    } else {
+    }
+    // The operation's own requests are too few to bound the probability (below the support,
+    // or above it but not yet enough: with none repeated, about 2 / limit requests are
+    // needed): borrow the API's, as long as the operation never saw an identical repeat
+    // itself. Without this an operation is blind between the support and that count — a
+    // replay in that stretch passes where one the operation had fewer requests for is caught.
+    if own.identical > 0 {
         return None;
-    };
-    let bound = upper_bound(counts.identical, counts.requests, credibility);
-    (bound < limit).then_some((counts, scope, bound, limit))
+    }
+    let mut pooled = RepeatCounts::default();
+    for stats in &model.operations {
+        pooled.add(&stats.repeats);
+    }
+    let bound = upper_bound(pooled.identical, pooled.requests, credibility);
+    (bound < limit).then_some((pooled, Scope::Api, bound, limit))
 }
 
 /// Judges a request identical to the session's previous successful request of its operation,
@@ -272,6 +282,26 @@ mod tests {
         );
         assert_eq!(
             improbable(&model_with(&[(20, 1), (500, 0)]), 0, 2, 0.95, 0.01, 30),
+            None
+        );
+    }
+
+    #[test]
+    fn an_operation_with_support_but_too_few_requests_for_the_bound_borrows_the_pool() {
+        // 120 learned requests, none repeated: past the support (30) but not enough to bound
+        // the probability below 1% at 95%; the API's 900 others settle it.
+        let (counts, scope, bound, _) =
+            improbable(&model_with(&[(120, 0), (900, 0)]), 0, 2, 0.95, 0.01, 30)
+                .expect("judged on the pooled evidence");
+        assert_eq!((counts.requests, scope), (1020, Scope::Api));
+        assert!(bound < 0.01, "{bound}");
+        // Not when the operation repeated itself, nor when the pool is as thin.
+        assert_eq!(
+            improbable(&model_with(&[(120, 1), (900, 0)]), 0, 2, 0.95, 0.01, 30),
+            None
+        );
+        assert_eq!(
+            improbable(&model_with(&[(120, 0), (30, 0)]), 0, 2, 0.95, 0.01, 30),
             None
         );
     }

@@ -1105,3 +1105,89 @@ fn an_honest_identical_repeat_is_learned_once_the_session_goes_on() {
     assert!(h.send(req(s, "GET /accounts")).is_empty());
     assert_eq!(identical(&h), Some(1));
 }
+
+/// A catalogue read without credentials (a session the client address names), then its books
+/// opened with a token from the same address: the books were shown to the client
+/// (`detect::shown`), so a reader who opens many of them is navigating. Titles nobody listed,
+/// or that were listed to another address, still count as guessed.
+#[test]
+fn books_an_anonymous_listing_showed_the_address_are_not_counted_as_guessed() {
+    let mut h = Harness::without_quarantine(small_api());
+    // One anonymous catalogue page of 20 titles from `first`, answered to `client`.
+    let page = |h: &mut Harness, client: [u8; 4], first: u32| -> Vec<String> {
+        let titles: Vec<String> = (first..first + 20).map(|i| format!("title-{i}")).collect();
+        let books: Vec<serde_json::Value> = titles
+            .iter()
+            .map(|t| serde_json::json!({ "title": t, "rating": 4.5 }))
+            .collect();
+        let body = serde_json::json!({ "books": books }).to_string();
+        let session = format!("ip:{}", IpAddr::from(client));
+        let listing = Req {
+            client,
+            ..req(&session, "GET /books")
+        };
+        h.send(
+            listing
+                .with_query("page", &(first / 20).to_string())
+                .answer(&body),
+        );
+        titles
+    };
+    let open = |h: &mut Harness, client: [u8; 4], session: &str, title: &str| {
+        let book = Req {
+            client,
+            ..req(session, "GET /books/{title}")
+        };
+        h.send(book.with_path("title", title))
+    };
+    // Readers: a page or two, then two to five of the books it listed.
+    for user in 0..200u32 {
+        let client = [
+            10,
+            1,
+            u8::try_from(user / 100).unwrap(),
+            u8::try_from(user % 100).unwrap(),
+        ];
+        let session = format!("jwt:sub=reader{user}");
+        let titles = page(&mut h, client, (user * 20) % 400);
+        for title in titles.iter().take(2 + (user % 4) as usize) {
+            open(&mut h, client, &session, title);
+        }
+        h.now += 2 * MIN;
+    }
+
+    // The learned titles came from a listing answered to the reader's address (all but the
+    // first reader's: the first answer of an operation is not read yet).
+    let model = h.model();
+    assert!(model.requests >= 500, "mature: {} requests", model.requests);
+    let book = model.op_index("GET /books/{title}").unwrap();
+    let origins = &model.operation(book).unwrap().lineage.params["path.title"];
+    assert!(origins.response * 100 >= origins.seen * 99, "{origins:?}");
+    // An honest reader opens twelve books the catalogue listed: nothing to flag.
+    let reader = [10, 2, 0, 1];
+    let mut listed = page(&mut h, reader, 0);
+    listed.extend(page(&mut h, reader, 20));
+    for title in listed.iter().take(12) {
+        let findings = open(&mut h, reader, "jwt:sub=returning", title);
+        assert!(findings.is_empty(), "{title}: {:?}", kinds(&findings));
+    }
+
+    // The same twelve titles from an address the catalogue never answered, and twelve
+    // titles nobody listed from the reader's own address: guessed (whichever of the two
+    // detectors that judge guessed objects sees it first).
+    let enumerated = |h: &mut Harness, client: [u8; 4], session: &str, titles: &[String]| {
+        titles.iter().any(|t| {
+            kinds(&open(h, client, session, t))
+                .iter()
+                .any(|k| matches!(k, FindingKind::Enumeration | FindingKind::IdentityLineage))
+        })
+    };
+    assert!(enumerated(
+        &mut h,
+        [10, 3, 0, 1],
+        "jwt:sub=elsewhere",
+        &listed[..12]
+    ));
+    let unlisted: Vec<String> = (0..12).map(|i| format!("title-{}", 5_000 + i)).collect();
+    assert!(enumerated(&mut h, reader, "jwt:sub=guesser", &unlisted));
+}

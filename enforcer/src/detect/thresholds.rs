@@ -37,11 +37,16 @@ pub fn supported_quantile(q: f64, windows: u64) -> f64 {
 
 impl Percentiles {
     pub fn of(histogram: &ReachHistogram) -> Self {
-        let windows = histogram.windows();
+        Self::among(histogram, histogram.windows())
+    }
+
+    /// The percentiles among `windows` windows, those the histogram does not count at 0.
+    pub fn among(histogram: &ReachHistogram, windows: u64) -> Self {
+        let windows = windows.max(histogram.windows());
         Self {
-            p50: histogram.quantile(0.5),
-            p90: histogram.quantile(supported_quantile(0.9, windows)),
-            p99: histogram.quantile(supported_quantile(0.99, windows)),
+            p50: histogram.quantile_among(0.5, windows),
+            p90: histogram.quantile_among(supported_quantile(0.9, windows), windows),
+            p99: histogram.quantile_among(supported_quantile(0.99, windows), windows),
             windows,
         }
     }

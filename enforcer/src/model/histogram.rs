@@ -52,7 +52,13 @@ impl ReachHistogram {
     /// The `q`-quantile (0 < q < 1) of the per-window count, as the upper end of its bucket:
     /// the largest count `v` such that more than `1 - q` of the windows reached `v`.
     pub fn quantile(&self, q: f64) -> u32 {
-        let total = self.windows();
+        self.quantile_among(q, self.windows())
+    }
+
+    /// [`Self::quantile`] among `total` windows, of which those this histogram does not count
+    /// stayed at 0 (a `total` below [`Self::windows`] counts as that).
+    pub fn quantile_among(&self, q: f64, total: u64) -> u32 {
+        let total = total.max(self.windows());
         if total == 0 {
             return 0;
         }

@@ -78,6 +78,11 @@ pub struct HeldAnswer {
     pub scan: Scan,
     pub body: ProxyBody,
     pub rest: Option<Scanner>,
+    /// The whole answer, when it ended within what was held and is at most
+    /// `outcome::MAX_READ_BYTES`: in memory like an answer that arrived with its head, so the
+    /// analyzer reads it the same way (outcome, values for lineage). Without it a session
+    /// whose answer happened to arrive in two reads lost its values (`detect::lineage`).
+    pub whole: Option<Bytes>,
 }
 
 /// Holds back a streaming body up to [`MAX_SCAN_BYTES`] (or its end, or `timeout`) and scans
@@ -111,6 +116,7 @@ pub async fn hold(mut body: UpstreamBody, timeout: Duration) -> HeldAnswer {
     let _ = tokio::time::timeout(timeout, read).await;
     let scan = scanner.clone().finish(ended);
     let goes_on = !ended && error.is_none();
+    let whole = whole_answer(&frames, ended && error.is_none());
     let held = Held {
         frames,
         rest: goes_on.then_some(body),
@@ -120,7 +126,25 @@ pub async fn hold(mut body: UpstreamBody, timeout: Duration) -> HeldAnswer {
         scan,
         body: held.boxed_unsync(),
         rest: goes_on.then_some(scanner),
+        whole,
     }
+}
+
+/// The held frames as one buffer, when they are the whole answer (`complete`: it ended,
+/// without an error) and at most `outcome::MAX_READ_BYTES` long, the most the analyzer reads.
+fn whole_answer(frames: &VecDeque<Bytes>, complete: bool) -> Option<Bytes> {
+    let len: usize = frames.iter().map(Bytes::len).sum();
+    if !complete || len > crate::detect::outcome::MAX_READ_BYTES {
+        return None;
+    }
+    if frames.len() == 1 {
+        return frames.front().cloned();
+    }
+    let mut all = Vec::with_capacity(len);
+    for f in frames {
+        all.extend_from_slice(f);
+    }
+    Some(Bytes::from(all))
 }
 
 /// What happens with the scan of a streamed answer once it ended (or was cut): judged and
@@ -215,6 +239,30 @@ mod tests {
             .map(|c| c.to_bytes())
             .unwrap_or_default();
         assert_eq!(&collected[..], b"[1,2]");
+    }
+
+    #[test]
+    fn a_held_answer_is_whole_only_when_it_ended_within_the_read_limit() {
+        let parts = |p: &[&'static [u8]]| -> VecDeque<Bytes> {
+            p.iter().copied().map(Bytes::from_static).collect()
+        };
+        let two = parts(&[b"{\"books\":[", b"\"a\"]}"]);
+        assert_eq!(
+            whole_answer(&two, true).as_deref(),
+            Some(&b"{\"books\":[\"a\"]}"[..])
+        );
+        assert_eq!(
+            whole_answer(&parts(&[b"[1]"]), true).as_deref(),
+            Some(&b"[1]"[..])
+        );
+        // Cut (timeout, error) or still streaming: not the whole answer.
+        assert_eq!(whole_answer(&two, false), None);
+        // Longer than the analyzer reads.
+        let big = VecDeque::from([Bytes::from(vec![
+            b' ';
+            crate::detect::outcome::MAX_READ_BYTES + 1
+        ])]);
+        assert_eq!(whole_answer(&big, true), None);
     }
 
     struct Keep(std::sync::Arc<parking_lot::Mutex<Vec<Scan>>>);

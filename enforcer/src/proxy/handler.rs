@@ -351,14 +351,16 @@ impl StreamEnd for StreamedAnswer {
 /// An answer's body as it is relayed: straight from the upstream, or after holding.
 enum Relayed {
     Upstream(UpstreamBody),
-    Held(ProxyBody),
+    /// Held back for the exposure check, with the whole answer when it ended within what was
+    /// held and is small enough for the analyzer (`proxy::exposure::HeldAnswer::whole`).
+    Held(ProxyBody, Option<Bytes>),
 }
 
 impl Relayed {
     fn into_proxy_body(self) -> ProxyBody {
         match self {
             Relayed::Upstream(b) => b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
-            Relayed::Held(b) => b,
+            Relayed::Held(b, _) => b,
         }
     }
 }
@@ -916,6 +918,9 @@ impl Exchange<'_> {
             Relayed::Upstream(b) if read => {
                 b.in_memory().filter(|b| b.len() <= outcome::MAX_READ_BYTES)
             }
+            // Held whole: as much in memory as an answer that arrived with its head, so
+            // that outcome and lineage read it alike, whatever the timing of its reads.
+            Relayed::Held(_, whole) if read => whole.as_deref(),
             _ => None,
         };
         let answered = ResponseSummary {
@@ -983,7 +988,11 @@ impl Exchange<'_> {
             {
                 let timeout = self.policy.config.upstream.timeout.std();
                 let held = proxy_exposure::hold(body, timeout).await;
-                (Relayed::Held(held.body), Some(held.scan), held.rest)
+                (
+                    Relayed::Held(held.body, held.whole),
+                    Some(held.scan),
+                    held.rest,
+                )
             }
             None if read && success && analyzer.scans_streamed(op) => {
                 let scanner = Scanner::new(exposure::MAX_STREAM_SCAN_BYTES);

@@ -2,8 +2,8 @@
 //! (`--api bank|library|shop|all`) through a real enforcer (learning phase, then mixed benign
 //! and attack traffic) and prints, per API and attack kind, sessions, detections, blocks,
 //! requests until first detection and harm that reached the app, plus the honest sessions
-//! flagged (for the library and the shop in three groups: learning phase, new and returning
-//! users) and the honest requests to rare or newly released operations that were refused. With
+//! flagged (on every API in three groups: learning phase, new and returning users) and the
+//! honest requests to rare or newly released operations that were refused. With
 //! `--atrdf FILE.json.gz` it replays the labelled ATRDF dataset and prints precision, recall and
 //! F1 per attack class.
 

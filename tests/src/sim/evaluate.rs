@@ -1,13 +1,15 @@
 //! The detection evaluation: the sample bank behind a real enforcer (in-process, the same
 //! server the binary runs), a learning phase of benign journeys, then mixed benign and attack
 //! journeys; per attack kind: sessions, detected, blocked, requests until first detection and
-//! harm that still reached the app; the share of benign sessions flagged (in the learning phase
-//! and after it), and the honest requests of the long tail (rare operations, the card view a
-//! release adds once the model is mature) that were refused.
+//! harm that still reached the app; the honest sessions flagged in three groups, as on the
+//! other simulated APIs (`styles.rs`): the learning phase, new customers of the mixed phase and
+//! customers who come back in it after a journey of the learning phase; and the honest requests
+//! of the long tail (rare operations, the card view a release adds once the model is mature)
+//! that were refused.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use super::driver::{self, JourneyOutcome};
 use super::journeys::{
     self, AttackKind, Journey, JourneyKind, Tail, TailPlan, TailResult, rare_learning_sessions,
 };
+use super::styles::{GroupResult, write_groups};
 
 /// Sizes and seed of one evaluation.
 #[derive(Debug, Clone)]
@@ -31,7 +34,8 @@ pub struct EvaluationOptions {
     pub seed: u64,
     /// Benign journeys of the learning phase.
     pub learning_journeys: usize,
-    /// Benign journeys mixed with the attacks.
+    /// Benign journeys mixed with the attacks: half of them (at most `learning_journeys`) by
+    /// customers who come back after a learning-phase journey, the rest by new customers.
     pub benign_journeys: usize,
     pub attacks_per_kind: usize,
     pub concurrency: usize,
@@ -73,12 +77,12 @@ pub struct KindResult {
 pub struct EvaluationReport {
     pub options: EvaluationOptions,
     pub attacks: BTreeMap<AttackKind, KindResult>,
-    pub benign_sessions: usize,
-    pub benign_flagged: usize,
-    pub benign_blocked_requests: usize,
-    /// Benign sessions of the learning phase, and those flagged.
-    pub learning_sessions: usize,
-    pub learning_flagged: usize,
+    /// Benign sessions of the learning phase.
+    pub learning_group: GroupResult,
+    /// Benign sessions of the mixed phase by new customers.
+    pub new_group: GroupResult,
+    /// Benign sessions of the mixed phase by customers who had a learning-phase session.
+    pub returning_group: GroupResult,
     /// Honest requests to rare operations while the model learned.
     pub rare_learning: usize,
     /// Honest requests to rare operations after it (and how many were refused).
@@ -100,11 +104,21 @@ pub struct EvaluationReport {
 }
 
 impl EvaluationReport {
+    /// Benign sessions of the mixed phase (new and returning customers).
+    pub fn benign_sessions(&self) -> usize {
+        self.new_group.sessions + self.returning_group.sessions
+    }
+
+    /// Flagged benign sessions of the mixed phase.
+    pub fn benign_flagged(&self) -> usize {
+        self.new_group.flagged + self.returning_group.flagged
+    }
+
     pub fn benign_flagged_share(&self) -> f64 {
-        if self.benign_sessions == 0 {
+        if self.benign_sessions() == 0 {
             0.0
         } else {
-            self.benign_flagged as f64 / self.benign_sessions as f64
+            self.benign_flagged() as f64 / self.benign_sessions() as f64
         }
     }
 }
@@ -160,29 +174,19 @@ impl fmt::Display for EvaluationReport {
             )?;
         }
         writeln!(f)?;
-        writeln!(
+        write_groups(
             f,
-            "benign sessions flagged: {} of {} ({:.2}%); benign requests blocked: {}",
-            self.benign_flagged,
-            self.benign_sessions,
-            self.benign_flagged_share() * 100.0,
-            self.benign_blocked_requests
+            &self.learning_group,
+            &self.new_group,
+            &self.returning_group,
         )?;
-        writeln!(
-            f,
-            "learning-phase sessions flagged: {} of {} ({:.2}%)",
-            self.learning_flagged,
-            self.learning_sessions,
-            if self.learning_sessions == 0 {
-                0.0
-            } else {
-                self.learning_flagged as f64 * 100.0 / self.learning_sessions as f64
-            }
-        )?;
+        writeln!(f)?;
         writeln!(
             f,
             "benign sessions with several tasks: {} of {}; with an idle gap: {}",
-            self.benign_multi_task, self.benign_sessions, self.benign_idle_gaps
+            self.benign_multi_task,
+            self.benign_sessions(),
+            self.benign_idle_gaps
         )?;
         writeln!(
             f,
@@ -283,13 +287,90 @@ pub fn disable_from_env(
     Ok(())
 }
 
+/// The journeys of one bank evaluation.
+#[derive(Debug, Clone)]
+pub struct BankPlan {
+    /// Benign visits of the learning phase (customers `0..learning_journeys`), two of them
+    /// with the rare operations.
+    pub learning: Vec<Journey>,
+    /// Benign visits and attack journeys of the mixed phase, shuffled, with the long tail.
+    pub mixed: Vec<Journey>,
+    /// Clients of the mixed phase's benign visits by customers who had a learning-phase visit.
+    pub returning: HashSet<Ipv4Addr>,
+}
+
+/// Customers the directory of an evaluation holds: every learning and mixed-phase journey's
+/// own, and a few spare.
+pub fn directory_size(options: &EvaluationOptions) -> usize {
+    options.learning_journeys
+        + options.benign_journeys
+        + options.attacks_per_kind * AttackKind::ALL.len()
+        + 10
+}
+
+/// The journeys of an evaluation. Learning phase: `learning_journeys` benign visits, one per
+/// customer, two of them using the rare operations (fewer times than any inventory
+/// threshold). Mixed phase (after the release): `benign_journeys` benign visits, half of them
+/// (at most `learning_journeys`) by customers of the learning phase who come back — the same
+/// customer, hence the same token `sub`, from another client address (a later day), doing
+/// the ordinary visits again, with their own accounts and payees — the rest by new customers;
+/// then `attacks_per_kind` journeys of every attack kind, each by a customer of its own;
+/// shuffled. Everything derives from `seed`.
+pub fn plan(options: &EvaluationOptions, directory: &Directory) -> BankPlan {
+    let (mut learning, learning_customers) = journeys::generate_with_returning(
+        options.seed,
+        directory,
+        0,
+        &[],
+        options.learning_journeys,
+        0,
+        false,
+    );
+    let rare_at = rare_learning_sessions(options.learning_journeys);
+    journeys::add_tail(
+        &mut learning,
+        directory,
+        &learning_customers,
+        options.seed,
+        TailPlan::Learning(&rare_at),
+    );
+    let mixed_seed = options.seed.wrapping_add(1);
+    let returning_count = (options.benign_journeys / 2).min(options.learning_journeys);
+    let returning =
+        journeys::returning_customers(mixed_seed, options.learning_journeys, returning_count);
+    let (mut mixed, mixed_customers) = journeys::generate_with_returning(
+        mixed_seed,
+        directory,
+        options.learning_journeys,
+        &returning,
+        options.benign_journeys - returning_count,
+        options.attacks_per_kind,
+        true,
+    );
+    journeys::add_tail(
+        &mut mixed,
+        directory,
+        &mixed_customers,
+        mixed_seed,
+        TailPlan::Mixed,
+    );
+    // The returning customers' visits are the first `returning.len()` journeys made.
+    let returning = mixed
+        .iter()
+        .filter(|j| j.kind == JourneyKind::Benign && j.id < returning.len())
+        .map(|j| j.client)
+        .collect();
+    BankPlan {
+        learning,
+        mixed,
+        returning,
+    }
+}
+
 /// Runs one evaluation end to end.
 pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport> {
     let started = Instant::now();
-    let attack_count = options.attacks_per_kind * AttackKind::ALL.len();
-    let directory = Directory::generate(
-        options.learning_journeys + options.benign_journeys + attack_count + 10,
-    );
+    let directory = Directory::generate(directory_size(&options));
     let bank = RunningBank::start(&directory, None)
         .await
         .context("starting the sample bank")?;
@@ -304,25 +385,13 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     let enforcer = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
         .await
         .context("starting the enforcer")?;
+    let BankPlan {
+        learning,
+        mixed,
+        returning,
+    } = plan(&options, &directory);
 
-    // Learning phase: benign traffic only; two visits use the rare operations (fewer times
-    // than any inventory threshold).
-    let mut learning = journeys::generate(
-        options.seed,
-        &directory,
-        0,
-        options.learning_journeys,
-        0,
-        false,
-    );
-    let rare_at = rare_learning_sessions(options.learning_journeys);
-    journeys::add_tail(
-        &mut learning,
-        &directory,
-        0,
-        options.seed,
-        TailPlan::Learning(&rare_at),
-    );
+    // Learning phase: benign traffic only.
     let learned = driver::run(enforcer.proxy_addr, &learning, options.concurrency).await?;
     let learning_requests = learned.iter().map(|o| o.steps.len()).sum();
     let model_after_learning = admin_get(enforcer.admin_addr, "/v1/model").await?;
@@ -330,21 +399,6 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     // A release of the bank adds the card view once the model is mature.
     bank.release();
     // Mixed phase.
-    let mut mixed = journeys::generate(
-        options.seed.wrapping_add(1),
-        &directory,
-        options.learning_journeys,
-        options.benign_journeys,
-        options.attacks_per_kind,
-        true,
-    );
-    journeys::add_tail(
-        &mut mixed,
-        &directory,
-        options.learning_journeys,
-        options.seed.wrapping_add(1),
-        TailPlan::Mixed,
-    );
     let outcomes = driver::run(enforcer.proxy_addr, &mixed, options.concurrency).await?;
     let mixed_requests = outcomes.iter().map(|o| o.steps.len()).sum();
     let incidents = admin_get(enforcer.admin_addr, "/v1/incidents").await?;
@@ -374,11 +428,9 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     let mut report = EvaluationReport {
         options,
         attacks: BTreeMap::new(),
-        benign_sessions: 0,
-        benign_flagged: 0,
-        benign_blocked_requests: 0,
-        learning_sessions: 0,
-        learning_flagged: 0,
+        learning_group: GroupResult::default(),
+        new_group: GroupResult::default(),
+        returning_group: GroupResult::default(),
         rare_learning: 0,
         rare: TailResult::default(),
         released: TailResult::default(),
@@ -392,17 +444,18 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
         elapsed: Duration::ZERO,
     };
     for (journey, outcome) in learning.iter().zip(&learned) {
-        report.learning_sessions += 1;
         let client = IpAddr::V4(journey.client);
-        if by_client.contains_key(&client) || outcome.blocked() > 0 {
-            report.learning_flagged += 1;
-            for incident in by_client.get(&client).into_iter().flatten().take(2) {
-                report.benign_flag_reasons.push(format!(
-                    "learning: {}",
-                    incident["summary"].as_str().unwrap_or("")
-                ));
-            }
-        }
+        let own_incidents = by_client.get(&client).map(Vec::as_slice).unwrap_or(&[]);
+        let detected = !own_incidents.is_empty() || outcome.blocked() > 0;
+        record_benign(
+            &mut report.learning_group,
+            &mut report.benign_flag_reasons,
+            "learning",
+            journey,
+            outcome,
+            own_incidents,
+            detected,
+        );
         report.rare_learning += journey
             .steps
             .iter()
@@ -411,15 +464,14 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     }
     for (journey, outcome) in mixed.iter().zip(&outcomes) {
         let client = IpAddr::V4(journey.client);
+        // Every journey has an address of its own, returning customers' included.
         debug_assert!(!learning_clients.contains(&client));
         let own_incidents = by_client.get(&client).map(Vec::as_slice).unwrap_or(&[]);
         let detected = !own_incidents.is_empty() || outcome.blocked() > 0;
         match journey.kind {
             JourneyKind::Benign => {
-                report.benign_sessions += 1;
                 report.benign_multi_task += usize::from(journeys::task_count(journey) > 1);
                 report.benign_idle_gaps += usize::from(journeys::has_idle_gap(journey));
-                report.benign_blocked_requests += outcome.blocked();
                 for (s, o) in journey.steps.iter().zip(&outcome.steps) {
                     let tail = match s.tail {
                         Tail::Rare => &mut report.rare,
@@ -429,14 +481,34 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
                     tail.requests += 1;
                     tail.refused += usize::from(o.blocked);
                 }
-                if detected {
-                    report.benign_flagged += 1;
-                    for incident in own_incidents.iter().take(2) {
-                        report
-                            .benign_flag_reasons
-                            .push(incident["summary"].as_str().unwrap_or("").to_owned());
+                let back = returning.contains(&journey.client);
+                if detected && std::env::var_os("ORDO_EVAL_TRACE").is_some() {
+                    // A flagged honest visit step by step; a returning customer's with its
+                    // learning-phase visit.
+                    trace_visit("mixed", journey, outcome);
+                    let user = login_username(journey);
+                    if let Some((j, o)) = learning
+                        .iter()
+                        .zip(&learned)
+                        .find(|(j, _)| back && login_username(j) == user)
+                    {
+                        trace_visit("its learning visit", j, o);
                     }
                 }
+                let (group, name) = if back {
+                    (&mut report.returning_group, "returning")
+                } else {
+                    (&mut report.new_group, "new")
+                };
+                record_benign(
+                    group,
+                    &mut report.benign_flag_reasons,
+                    name,
+                    journey,
+                    outcome,
+                    own_incidents,
+                    detected,
+                );
             }
             JourneyKind::Attack(kind) => {
                 let r = report.attacks.entry(kind).or_default();
@@ -446,6 +518,67 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The username of a journey's first login.
+fn login_username(journey: &Journey) -> Option<&str> {
+    journey
+        .steps
+        .iter()
+        .find(|s| s.path_and_query == "/api/v1/login")
+        .and_then(|s| s.body.as_ref())
+        .and_then(|b| b["username"].as_str())
+}
+
+/// A visit step by step on stderr (`ORDO_EVAL_TRACE`): pause, request, status, refusal.
+fn trace_visit(label: &str, journey: &Journey, outcome: &JourneyOutcome) {
+    eprintln!(
+        "{label} {} ({}):",
+        journey.client,
+        login_username(journey).unwrap_or("?")
+    );
+    for (s, o) in journey.steps.iter().zip(&outcome.steps) {
+        eprintln!(
+            "   +{:>4} ms {} {} -> {}{}",
+            s.think_ms,
+            s.method,
+            s.path_and_query,
+            o.status,
+            if o.blocked { " REFUSED" } else { "" }
+        );
+    }
+}
+
+/// Counts one benign session in its group; a flagged one adds the summaries of (at most two
+/// of) its incidents to `reasons`, labelled with the group and the client address.
+fn record_benign(
+    group: &mut GroupResult,
+    reasons: &mut Vec<String>,
+    name: &str,
+    journey: &Journey,
+    outcome: &JourneyOutcome,
+    incidents: &[&serde_json::Value],
+    detected: bool,
+) {
+    group.sessions += 1;
+    group.blocked_requests += outcome.blocked();
+    if !detected {
+        return;
+    }
+    group.flagged += 1;
+    if incidents.is_empty() {
+        reasons.push(format!(
+            "{name} {}: blocked without an incident",
+            journey.client
+        ));
+    }
+    for incident in incidents.iter().take(2) {
+        reasons.push(format!(
+            "{name} {}: {}",
+            journey.client,
+            incident["summary"].as_str().unwrap_or("")
+        ));
+    }
 }
 
 pub(crate) fn record_attack(
@@ -541,4 +674,159 @@ pub fn baselines_table(model: &serde_json::Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn username(journey: &Journey) -> String {
+        login_username(journey).unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn half_the_mixed_phase_are_returning_customers_from_new_addresses() {
+        let options = EvaluationOptions {
+            seed: 9,
+            learning_journeys: 60,
+            benign_journeys: 40,
+            attacks_per_kind: 1,
+            ..EvaluationOptions::default()
+        };
+        let directory = Directory::generate(directory_size(&options));
+        let plan = plan(&options, &directory);
+        assert_eq!(plan.learning.len(), 60);
+        assert_eq!(plan.mixed.len(), 40 + AttackKind::ALL.len());
+        assert_eq!(plan.returning.len(), 20);
+
+        let learning_users: HashSet<String> = plan.learning.iter().map(username).collect();
+        assert_eq!(learning_users.len(), 60);
+        let learning_clients: HashSet<Ipv4Addr> = plan.learning.iter().map(|j| j.client).collect();
+        let mut back = HashSet::new();
+        for j in plan.mixed.iter().filter(|j| j.kind == JourneyKind::Benign) {
+            let user = username(j);
+            if plan.returning.contains(&j.client) {
+                // The same customer (the same token `sub`), once each, from a new address.
+                assert!(learning_users.contains(&user), "{user}");
+                assert!(back.insert(user));
+            } else {
+                assert!(!learning_users.contains(&user), "{user}");
+            }
+        }
+        assert_eq!(back.len(), 20);
+        let mut clients = learning_clients.clone();
+        for j in &plan.mixed {
+            assert!(clients.insert(j.client), "{} used twice", j.client);
+        }
+
+        // Every honest request on an account, the long tail's included, is on the customer's
+        // own account.
+        let owner: HashMap<u64, &str> = directory
+            .customers
+            .iter()
+            .flat_map(|c| c.accounts.iter().map(move |a| (*a, c.username.as_str())))
+            .collect();
+        for j in plan
+            .learning
+            .iter()
+            .chain(&plan.mixed)
+            .filter(|j| j.kind == JourneyKind::Benign)
+        {
+            let user = username(j);
+            for s in &j.steps {
+                if let Some(account) = s
+                    .path_and_query
+                    .strip_prefix("/api/v1/accounts/")
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|a| a.parse::<u64>().ok())
+                {
+                    assert_eq!(owner.get(&account), Some(&user.as_str()), "{s:?}");
+                }
+            }
+        }
+
+        // Deterministic; fewer learning customers than half the mixed phase all come back.
+        let again = super::plan(&options, &directory);
+        assert_eq!(again.learning, plan.learning);
+        assert_eq!(again.mixed, plan.mixed);
+        assert_eq!(again.returning, plan.returning);
+        let few = EvaluationOptions {
+            learning_journeys: 10,
+            ..options
+        };
+        let directory = Directory::generate(directory_size(&few));
+        let plan = super::plan(&few, &directory);
+        assert_eq!(plan.returning.len(), 10);
+        let benign = plan
+            .mixed
+            .iter()
+            .filter(|j| j.kind == JourneyKind::Benign)
+            .count();
+        assert_eq!(benign, 40);
+    }
+
+    #[test]
+    fn report_shows_the_honest_groups_and_the_long_tail() {
+        let group = |sessions, flagged, blocked_requests| GroupResult {
+            sessions,
+            flagged,
+            blocked_requests,
+        };
+        let mut attacks = BTreeMap::new();
+        attacks.insert(
+            AttackKind::Scraping,
+            KindResult {
+                sessions: 10,
+                detected: 10,
+                blocked_sessions: 10,
+                blocked_requests: 1000,
+                until_detection: vec![23; 10],
+                harmful: 1160,
+                harm_reached: 160,
+                finding_kinds: BTreeMap::from([("Volume".to_owned(), 10)]),
+            },
+        );
+        let report = EvaluationReport {
+            options: EvaluationOptions::default(),
+            attacks,
+            learning_group: group(600, 0, 0),
+            new_group: group(500, 1, 2),
+            returning_group: group(500, 2, 3),
+            rare_learning: 4,
+            rare: TailResult {
+                requests: 37,
+                refused: 0,
+            },
+            released: TailResult {
+                requests: 210,
+                refused: 1,
+            },
+            benign_multi_task: 550,
+            benign_idle_gaps: 191,
+            benign_flag_reasons: vec!["returning 10.0.2.100: Session c1042 (10.0.2.100) …".into()],
+            model_after_learning: serde_json::Value::Null,
+            incidents: Vec::new(),
+            learning_requests: 4621,
+            mixed_requests: 10901,
+            elapsed: Duration::from_millis(30_400),
+        };
+        assert_eq!(report.benign_sessions(), 1000);
+        assert_eq!(report.benign_flagged(), 3);
+        let text = report.to_string();
+        let expected = [
+            "seed 42, mode Enforce, learning 600 journeys (4621 requests), mixed 1000 benign + 10 × 11 attack journeys (10901 requests), 30.4 s",
+            "| scraping | 10 | 10 | 10 | 1000 | 23, 23 | 160 of 1160 | Volume (10) |",
+            "| honest sessions | sessions | flagged | share | requests refused |\n|---|---:|---:|---:|---:|\n| learning phase | 600 | 0 | 0.00% | 0 |\n| new users | 500 | 1 | 0.20% | 2 |\n| returning users | 500 | 2 | 0.40% | 3 |\n",
+            "benign sessions with several tasks: 550 of 1000; with an idle gap: 191",
+            "honest requests to rare operations: 4 while learning, 37 after, 0 refused",
+            "honest requests to the operation released after maturity: 210, 1 refused",
+            "  - returning 10.0.2.100: Session c1042 (10.0.2.100) …",
+        ];
+        for line in expected {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
+        assert!(!text.contains("benign sessions flagged"), "{text}");
+    }
 }

@@ -630,8 +630,36 @@ pub fn generate(
     per_kind: usize,
     shuffle: bool,
 ) -> Vec<Journey> {
+    generate_with_returning(
+        seed,
+        directory,
+        first_customer,
+        &[],
+        benign_count,
+        per_kind,
+        shuffle,
+    )
+    .0
+}
+
+/// As [`generate`], with returning customers: first one benign visit by each customer of
+/// `returning` (customers who visited before, in an earlier phase: the same identity, hence
+/// the same token `sub`, from a client address of its own as every journey), then `new_count`
+/// visits of new customers from `first_customer` on, then `per_kind` of every attack kind (by
+/// the customers after the new ones). With no returning customer it is [`generate`]. Returns
+/// the journeys and the customer (index in `directory`) of each journey, by journey id.
+pub fn generate_with_returning(
+    seed: u64,
+    directory: &Directory,
+    first_customer: usize,
+    returning: &[usize],
+    new_count: usize,
+    per_kind: usize,
+    shuffle: bool,
+) -> (Vec<Journey>, Vec<usize>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut journeys = Vec::new();
+    let mut customers = Vec::new();
     let mut customer = first_customer;
     let mut next_id = 0usize;
     let mut push =
@@ -643,7 +671,8 @@ pub fn generate(
             } else {
                 0xC633_6400
             };
-            // Unique across the phases of a run: phases use disjoint customer ranges.
+            // Unique across the phases of a run: phases use disjoint customer ranges, and a
+            // phase's journeys number at most the customers of its range.
             let raw = base.wrapping_add(
                 u32::try_from(first_customer + id + 1).unwrap_or(u32::MAX) & 0x00FF_FFFF,
             );
@@ -655,19 +684,24 @@ pub fn generate(
                 steps,
             });
         };
-    for _ in 0..benign_count {
-        let steps = benign(&mut rng, directory, customer % directory.customers.len());
+    for &back in returning {
+        let me = back % directory.customers.len();
+        let steps = benign(&mut rng, directory, me);
+        customers.push(me);
+        push(JourneyKind::Benign, steps, &mut rng, &mut journeys);
+    }
+    for _ in 0..new_count {
+        let me = customer % directory.customers.len();
+        let steps = benign(&mut rng, directory, me);
+        customers.push(me);
         customer += 1;
         push(JourneyKind::Benign, steps, &mut rng, &mut journeys);
     }
     for kind in AttackKind::ALL {
         for _ in 0..per_kind {
-            let steps = attack(
-                &mut rng,
-                directory,
-                customer % directory.customers.len(),
-                kind,
-            );
+            let me = customer % directory.customers.len();
+            let steps = attack(&mut rng, directory, me, kind);
+            customers.push(me);
             customer += 1;
             push(JourneyKind::Attack(kind), steps, &mut rng, &mut journeys);
         }
@@ -676,7 +710,18 @@ pub fn generate(
         use rand::seq::SliceRandom;
         journeys.shuffle(&mut rng);
     }
-    journeys
+    (journeys, customers)
+}
+
+/// The returning customers of a run's later phase: `count` of the `earlier` customers
+/// `0..earlier` (each at most once), drawn from `seed`.
+pub fn returning_customers(seed: u64, earlier: usize, count: usize) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x2e70_2e70);
+    let mut customers: Vec<usize> = (0..earlier).collect();
+    customers.shuffle(&mut rng);
+    customers.truncate(count);
+    customers
 }
 
 /// A yearly statement download: the account list, then the statement of one account (an
@@ -727,14 +772,15 @@ pub enum TailPlan<'a> {
     Mixed,
 }
 
-/// Adds the long tail to the benign visits of `journeys` (made by [`generate`] with
-/// `first_customer`): rare tasks appended after a pause, released card views after balance
-/// checks. Its own random stream (from `seed`), so the visits it leaves alone stay as
-/// [`generate`] made them.
+/// Adds the long tail to the benign visits of `journeys` (made by
+/// [`generate_with_returning`], `customers` its customer of each journey by journey id): rare
+/// tasks appended after a pause, released card views after balance checks. Its own random
+/// stream (from `seed`), so the visits it leaves alone stay as [`generate_with_returning`]
+/// made them.
 pub fn add_tail(
     journeys: &mut [Journey],
     directory: &Directory,
-    first_customer: usize,
+    customers: &[usize],
     seed: u64,
     plan: TailPlan<'_>,
 ) {
@@ -743,11 +789,14 @@ pub fn add_tail(
         .iter_mut()
         .filter(|j| j.kind == JourneyKind::Benign)
         .collect();
-    // Visits in the order `generate` made them (its benign visits come first, customer by
-    // customer), whatever the shuffle.
+    // Visits in the order `generate_with_returning` made them (its benign visits come first),
+    // whatever the shuffle.
     benign.sort_by_key(|j| j.id);
     for (k, journey) in benign.into_iter().enumerate() {
-        let c = &directory.customers[(first_customer + journey.id) % directory.customers.len()];
+        let Some(&me) = customers.get(journey.id) else {
+            continue;
+        };
+        let c = &directory.customers[me % directory.customers.len()];
         let rare_tasks = match plan {
             TailPlan::Learning(at) if at.contains(&k) => {
                 vec![statement_task(&mut rng, c), email_change_task(&mut rng, c)]
@@ -829,6 +878,72 @@ mod tests {
         );
         let clients: std::collections::HashSet<Ipv4Addr> = a.iter().map(|j| j.client).collect();
         assert_eq!(clients.len(), a.len());
+    }
+
+    #[test]
+    fn returning_customers_come_back_and_the_tail_is_their_own() {
+        let directory = Directory::generate(200);
+        // Without returning customers it is `generate`.
+        assert_eq!(
+            generate_with_returning(5, &directory, 50, &[], 30, 1, true).0,
+            generate(5, &directory, 50, 30, 1, true)
+        );
+        let returning = returning_customers(5, 50, 20);
+        assert_eq!(returning, returning_customers(5, 50, 20));
+        assert_eq!(returning.len(), 20);
+        assert!(returning.iter().all(|c| *c < 50));
+        assert_eq!(
+            returning
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            20
+        );
+        let (mut visits, customers) =
+            generate_with_returning(6, &directory, 50, &returning, 30, 1, true);
+        assert_eq!(visits.len(), 50 + AttackKind::ALL.len());
+        assert_eq!(customers.len(), visits.len());
+        assert_eq!(&customers[..20], &returning[..]);
+        assert_eq!(customers[20..50], (50..80).collect::<Vec<_>>());
+        // Every visit of the tail plan does both rare tasks, on the visiting customer's own
+        // account and profile.
+        let every: Vec<usize> = (0..50).collect();
+        add_tail(
+            &mut visits,
+            &directory,
+            &customers,
+            6,
+            TailPlan::Learning(&every),
+        );
+        for v in visits.iter().filter(|v| v.kind == JourneyKind::Benign) {
+            let c = &directory.customers[customers[v.id]];
+            let login = v.steps.iter().find(|s| s.path_and_query == "/api/v1/login");
+            assert_eq!(
+                login.and_then(|s| s.body.as_ref()).map(|b| &b["username"]),
+                Some(&json!(c.username))
+            );
+            let statement = v
+                .steps
+                .iter()
+                .find(|s| s.path_and_query.contains("/statement"))
+                .map(|s| s.path_and_query.as_str())
+                .unwrap_or_default();
+            assert!(
+                c.accounts
+                    .iter()
+                    .any(|a| statement.starts_with(&format!("/api/v1/accounts/{a}/"))),
+                "{statement:?} is not {}'s",
+                c.username
+            );
+            let email = v
+                .steps
+                .iter()
+                .find(|s| s.path_and_query == "/api/v1/profile/email")
+                .and_then(|s| s.body.as_ref())
+                .and_then(|b| b["email"].as_str())
+                .unwrap_or_default();
+            assert!(email.starts_with(&format!("{}.", c.username)), "{email}");
+        }
     }
 
     #[test]

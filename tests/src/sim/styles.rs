@@ -361,6 +361,37 @@ fn share(part: usize, whole: usize) -> f64 {
     }
 }
 
+/// The honest sessions of every API's report as a Markdown table: the learning phase, new
+/// and returning users of the mixed phase, each with its sessions, those flagged, their share
+/// and the honest requests refused.
+pub fn write_groups(
+    f: &mut fmt::Formatter<'_>,
+    learning: &GroupResult,
+    new: &GroupResult,
+    returning: &GroupResult,
+) -> fmt::Result {
+    writeln!(
+        f,
+        "| honest sessions | sessions | flagged | share | requests refused |"
+    )?;
+    writeln!(f, "|---|---:|---:|---:|---:|")?;
+    for (name, g) in [
+        ("learning phase", learning),
+        ("new users", new),
+        ("returning users", returning),
+    ] {
+        writeln!(
+            f,
+            "| {name} | {} | {} | {:.2}% | {} |",
+            g.sessions,
+            g.flagged,
+            share(g.flagged, g.sessions),
+            g.blocked_requests
+        )?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for StyleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.options;
@@ -409,25 +440,12 @@ impl fmt::Display for StyleReport {
             )?;
         }
         writeln!(f)?;
-        writeln!(
+        write_groups(
             f,
-            "| honest sessions | sessions | flagged | share | requests refused |"
+            &self.learning_group,
+            &self.new_group,
+            &self.returning_group,
         )?;
-        writeln!(f, "|---|---:|---:|---:|---:|")?;
-        for (name, g) in [
-            ("learning phase", &self.learning_group),
-            ("new users", &self.new_group),
-            ("returning users", &self.returning_group),
-        ] {
-            writeln!(
-                f,
-                "| {name} | {} | {} | {:.2}% | {} |",
-                g.sessions,
-                g.flagged,
-                share(g.flagged, g.sessions),
-                g.blocked_requests
-            )?;
-        }
         writeln!(f)?;
         writeln!(
             f,
