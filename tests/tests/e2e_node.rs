@@ -571,7 +571,7 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     let helm = Helm::for_cluster(cluster).unwrap();
 
     // --- The chart, with the images imported into the node (no registry).
-    install_chart(&helm, &namespace).await.unwrap();
+    install_chart(&helm, &namespace, 1).await.unwrap();
     println!(
         "helm install --wait: {:.0?} since the start",
         started.elapsed()

@@ -617,7 +617,7 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
     diagnostics.node_logs();
     let client = cluster.client().await.unwrap();
     let helm = Helm::for_cluster(&cluster).unwrap();
-    install_chart(&helm, &namespace).await.unwrap();
+    install_chart(&helm, &namespace, 1).await.unwrap();
     println!("helm install --wait: {:.0?}", started.elapsed());
     let client_pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let operators = ListParams::default().labels("app.kubernetes.io/component=operator");

@@ -24,7 +24,7 @@ use ordo_operator::desired::render::hash_data;
 
 use crate::cluster::TestCluster;
 use crate::e2e::{self, wait_for};
-use crate::helm::{self, Helm};
+use crate::helm::Helm;
 
 /// The namespace of the helm release (the operator).
 pub const RELEASE_NAMESPACE: &str = "ordo-system";
@@ -137,27 +137,7 @@ pub fn images(debug: bool, bins: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// the operator's Pods are Ready.
 pub async fn install_chart(cluster: &TestCluster) -> anyhow::Result<()> {
     let helm = Helm::for_cluster(cluster)?;
-    let chart = helm::chart_dir();
-    helm.run(&[
-        "install",
-        "ordo",
-        &chart.display().to_string(),
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "5m",
-        // Short intervals so the demo shows results within seconds (defaults: 30 s and 10 s).
-        "--set",
-        "enforcer.reportIntervalSeconds=2",
-        "--set",
-        "operator.statusRefreshSeconds=2",
-        "--set",
-        "operator.logFormat=text",
-    ])
-    .await?;
-    Ok(())
+    e2e::install_chart(&helm, RELEASE_NAMESPACE, 2).await
 }
 
 /// Pods of `selector` in `namespace` that are Running and Ready, not being deleted.
