@@ -1,7 +1,9 @@
 //! What the end-to-end suites share: the control plane with Ordo's CRDs and a namespace per
-//! test, the workspace binaries built once, a control plane with the real node, polling with
-//! a deadline (Ready Pods among others), YAML documents, and a [`Diagnostics`] guard that
-//! prints why a test failed.
+//! test, the workspace binaries built once, a control plane with the real node (the chart
+//! installed on it, the sample bank's Deployment and Service, the processes of a Pod, an
+//! enforcer Pod's admin API and request count), polling with a deadline (Ready Pods among
+//! others), plain HTTP requests, YAML documents, and a [`Diagnostics`] guard that prints why a
+//! test failed.
 //!
 //! A failing end-to-end test must explain itself: "deadline has elapsed" says nothing about
 //! whether the operator, the enforcer or the control plane stopped the change. When a test
@@ -16,9 +18,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt as _};
@@ -28,6 +34,7 @@ use crate::cluster::{
     self, NODE_NAME, NodeOptions, Options, REAL_NODE_NAME, TestCluster, binaries, node,
     workspace_root,
 };
+use crate::helm::{self, Helm};
 
 /// The shared control plane of this test binary with the CRDs from `crds/` installed, a
 /// client, and a fresh namespace named after `prefix`.
@@ -270,6 +277,39 @@ pub async fn schedule_on_real_node(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `helm install ordo charts/ordo --wait` (5 minutes at most) into `namespace` (created if
+/// missing) of a real-node cluster, with the images imported into the node (the chart's
+/// default names and tags) and short intervals, so that results show within seconds (the
+/// defaults are 30 s and 10 s): enforcers report every 2 s, the operator refreshes the status
+/// every `status_refresh_seconds`; text logs, for people and the failure report.
+pub async fn install_chart(
+    helm: &Helm,
+    namespace: &str,
+    status_refresh_seconds: u32,
+) -> anyhow::Result<()> {
+    let chart = helm::chart_dir();
+    let status_refresh = format!("operator.statusRefreshSeconds={status_refresh_seconds}");
+    helm.run(&[
+        "install",
+        "ordo",
+        &chart.display().to_string(),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "5m",
+        "--set",
+        "enforcer.reportIntervalSeconds=2",
+        "--set",
+        &status_refresh,
+        "--set",
+        "operator.logFormat=text",
+    ])
+    .await?;
+    Ok(())
+}
+
 /// Whether a Pod is Running and Ready, and not being deleted.
 pub fn is_ready(pod: &Pod) -> bool {
     let status = pod.status.clone().unwrap_or_default();
@@ -290,13 +330,41 @@ pub async fn wait_ready_pods(
     count: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Pod>> {
+    wait_ready_pods_where(pods, selector, count, None, timeout).await
+}
+
+/// [`wait_ready_pods`], and the Ready Pods must all run on Node `node` (the real node: a Pod
+/// Ready on kwok's node runs nothing).
+pub async fn wait_ready_pods_on(
+    pods: &Api<Pod>,
+    selector: &str,
+    count: usize,
+    node: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Pod>> {
+    wait_ready_pods_where(pods, selector, count, Some(node), timeout).await
+}
+
+async fn wait_ready_pods_where(
+    pods: &Api<Pod>,
+    selector: &str,
+    count: usize,
+    node: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Pod>> {
+    let on = node.map(|n| format!(" on {n}")).unwrap_or_default();
     wait_for(
-        &format!("{count} Ready Pod(s) {selector}"),
+        &format!("{count} Ready Pod(s) {selector}{on}"),
         timeout,
         || async move {
             let all = pods.list(&ListParams::default().labels(selector)).await?;
             let ready: Vec<Pod> = all.items.iter().filter(|p| is_ready(p)).cloned().collect();
-            if ready.len() == count && all.items.len() == count {
+            let on_node = node.is_none_or(|node| {
+                ready
+                    .iter()
+                    .all(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+            });
+            if ready.len() == count && all.items.len() == count && on_node {
                 return Ok(Some(ready));
             }
             bail!(
@@ -315,6 +383,165 @@ pub async fn wait_ready_pods(
         },
     )
     .await
+}
+
+/// Pids of every process in a real-node Pod's cgroups, found by the Pod's UID (which is
+/// unique). Reads the host's `/sys/fs/cgroup`: the test runs on the node's host.
+pub fn pod_pids(pod_uid: &str) -> anyhow::Result<Vec<u32>> {
+    let output = Command::new("find")
+        .args([
+            "/sys/fs/cgroup/pids",
+            "-path",
+            &format!("*pod{pod_uid}*"),
+            "-name",
+            "cgroup.procs",
+        ])
+        .output()
+        .context("running find in /sys/fs/cgroup/pids")?;
+    let mut pids = Vec::new();
+    for procs in String::from_utf8(output.stdout)?.lines() {
+        // A cgroup that went away since `find` listed it holds no process.
+        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+            pids.push(
+                pid.parse()
+                    .with_context(|| format!("a pid {pid:?} in {procs}"))?,
+            );
+        }
+    }
+    Ok(pids)
+}
+
+/// Pids in a real-node Pod's cgroups (see [`pod_pids`]) whose command is `comm`.
+pub fn pod_pids_named(pod_uid: &str, comm: &str) -> anyhow::Result<Vec<u32>> {
+    Ok(pod_pids(pod_uid)?
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == comm
+        })
+        .collect())
+}
+
+/// `GET http://127.0.0.1:9090{path}` inside a real-node enforcer Pod's network namespace: the
+/// admin API's `/v1` answers loopback clients only (no admin token is configured), as an
+/// operator would reach it with `kubectl port-forward`. `/metrics` comes back as a JSON
+/// string, the rest parsed as JSON.
+pub async fn pod_admin(pod: &Pod, path: &str) -> anyhow::Result<serde_json::Value> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let pid = pod_pids(&uid)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no process in Pod {:?}", pod.metadata.name))?;
+    let output = tokio::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "curl", "-sf", "-m", "10"])
+        .arg(format!("http://127.0.0.1:9090{path}"))
+        .output()
+        .await?;
+    ensure!(
+        output.status.success(),
+        "curl {path} in {:?}: {} {}",
+        pod.metadata.name,
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    if path == "/metrics" {
+        return Ok(serde_json::Value::String(text.into_owned()));
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// One plain HTTP/1.1 request on a new connection (optionally with a bearer token and a JSON
+/// body); returns the status and the body, or why there was none within `timeout`.
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let client: HttpClient<_, Full<Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut builder = http::Request::builder().method(method).uri(url);
+    if let Some(token) = bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(json) => {
+            builder = builder.header("content-type", "application/json");
+            Full::new(Bytes::from(json.to_string()))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let response = tokio::time::timeout(timeout, async {
+        let response = client.request(builder.body(body)?).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    })
+    .await;
+    match response {
+        Ok(result) => result,
+        Err(_) => bail!("{method} {url}: no answer within {timeout:?}"),
+    }
+}
+
+/// The sum of an enforcer Pod's `ordo_requests_total` (every label set), from its metrics on
+/// the admin port (open to every client, unlike `/v1`).
+pub async fn enforcer_requests(pod_ip: &str) -> anyhow::Result<u64> {
+    let url = format!("http://{pod_ip}:9090/metrics");
+    let (status, metrics) = http_request("GET", &url, None, None, Duration::from_secs(10)).await?;
+    if status != 200 {
+        bail!("GET /metrics of {pod_ip} answered {status}");
+    }
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("ordo_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+/// The simulator's bank (the `ordo-sample-bank` image of this version, with `customers`
+/// customers) in a Deployment `name` of one replica, Pods labelled `app: <name>`, port 8080
+/// named `http`.
+pub fn bank_deployment(name: &str, customers: usize) -> anyhow::Result<Deployment> {
+    let version = env!("CARGO_PKG_VERSION");
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": { "app": name } },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "securityContext": { "runAsNonRoot": true },
+                    "containers": [{
+                        "name": "bank",
+                        "image": format!("ghcr.io/ordo-dev/ordo-sample-bank:{version}"),
+                        "imagePullPolicy": "Never",
+                        "args": ["--listen", "0.0.0.0:8080", "--customers", customers.to_string()],
+                        "ports": [{ "name": "http", "containerPort": 8080 }],
+                        "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 2 },
+                    }],
+                },
+            },
+        },
+    }))
+    .context("the bank's Deployment")
+}
+
+/// Service `name` in front of [`bank_deployment`]'s Pods `name`: port 80, named `http`.
+pub fn bank_service(name: &str) -> anyhow::Result<Service> {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name },
+        "spec": {
+            "selector": { "app": name },
+            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
+        },
+    }))
+    .context("the bank's Service")
 }
 
 /// The non-empty documents of a YAML stream, as JSON values.
@@ -484,6 +711,19 @@ impl<'a> Diagnostics<'a> {
     /// Adds a process log (operator, enforcer, app) to the report.
     pub fn log(&mut self, name: &str, path: &Path) {
         self.logs.push((name.to_owned(), path.to_path_buf()));
+    }
+
+    /// Adds the logs of the real node's components (kubelet, containerd, kube-proxy) of the
+    /// cluster to the report.
+    pub fn node_logs(&mut self) {
+        for component in ["kubelet", "containerd", "kube-proxy"] {
+            let path = self
+                .cluster
+                .dir()
+                .join("logs")
+                .join(format!("{component}.log"));
+            self.log(component, &path);
+        }
     }
 
     /// A path for a new process log named `name`, added to the report. The file lives in a

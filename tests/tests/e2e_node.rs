@@ -32,10 +32,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -46,11 +42,12 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use ordo_operator::crd::{ApiProtection, SequenceRule};
-use ordo_tests::cluster::{
-    NODE_NAME, NodeOptions, Options, REAL_NODE_NAME, REAL_NODE_TAINT, TestCluster, binaries, node,
+use ordo_tests::cluster::{REAL_NODE_NAME, REAL_NODE_TAINT, TestCluster};
+use ordo_tests::e2e::{
+    Diagnostics, bank_deployment, bank_service, enforcer_requests, http_request, install_chart,
+    is_ready, pod_admin, pod_pids, pod_pids_named, real_node_cluster, wait_for, wait_ready_pods_on,
 };
-use ordo_tests::e2e::{Diagnostics, debug_image, wait_for};
-use ordo_tests::helm::{self, Helm};
+use ordo_tests::helm::Helm;
 use ordo_tests::sim::bank::{Directory, RunningBank};
 use tokio::sync::OnceCell;
 
@@ -113,30 +110,10 @@ rules:
     .unwrap()
 }
 
-/// Pids of every process in the Pod's cgroups (found by the Pod's UID, which is unique).
-fn pod_pids(pod_uid: &str) -> Vec<u32> {
-    let output = std::process::Command::new("find")
-        .args([
-            "/sys/fs/cgroup/pids",
-            "-path",
-            &format!("*pod{pod_uid}*"),
-            "-name",
-            "cgroup.procs",
-        ])
-        .output()
-        .unwrap();
-    let mut pids = Vec::new();
-    for procs in String::from_utf8(output.stdout).unwrap().lines() {
-        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-            pids.push(pid.parse().unwrap());
-        }
-    }
-    pids
-}
-
 /// Uid lines of every process in the Pod's cgroups.
 fn pod_process_uids(pod_uid: &str) -> Vec<String> {
     pod_pids(pod_uid)
+        .unwrap()
         .into_iter()
         .filter_map(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -144,19 +121,6 @@ fn pod_process_uids(pod_uid: &str) -> Vec<String> {
                 .lines()
                 .find(|l| l.starts_with("Uid:"))
                 .map(str::to_owned)
-        })
-        .collect()
-}
-
-/// Pids in the Pod's cgroups whose command is `comm`.
-fn pod_pids_named(pod_uid: &str, comm: &str) -> Vec<u32> {
-    pod_pids(pod_uid)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                == comm
         })
         .collect()
 }
@@ -179,7 +143,7 @@ fn mount_options(pid: u32, mount_point: &str) -> Option<Vec<String>> {
 /// sees its root file system read-only, and each of `writable` (its emptyDir volumes)
 /// writable, which also shows that the options read are the ones that apply.
 fn assert_read_only_root(pod_uid: &str, writable: &[&str]) {
-    let enforcers = pod_pids_named(pod_uid, "ordo-enforcer");
+    let enforcers = pod_pids_named(pod_uid, "ordo-enforcer").unwrap();
     assert_eq!(enforcers.len(), 1, "Pod {pod_uid}: {enforcers:?}");
     let root = mount_options(enforcers[0], "/");
     assert!(
@@ -197,40 +161,6 @@ fn assert_read_only_root(pod_uid: &str, writable: &[&str]) {
     }
 }
 
-/// One HTTP/1.1 request on a new connection; returns the status and the body, or why there
-/// was none within `timeout`.
-async fn try_request(
-    method: &str,
-    url: &str,
-    bearer: Option<&str>,
-    body: Option<serde_json::Value>,
-    timeout: Duration,
-) -> anyhow::Result<(u16, String)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut builder = http::Request::builder().method(method).uri(url);
-    if let Some(token) = bearer {
-        builder = builder.header("authorization", format!("Bearer {token}"));
-    }
-    let body = match body {
-        Some(json) => {
-            builder = builder.header("content-type", "application/json");
-            Full::new(Bytes::from(json.to_string()))
-        }
-        None => Full::new(Bytes::new()),
-    };
-    let response = tokio::time::timeout(timeout, async {
-        let response = client.request(builder.body(body)?).await?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    })
-    .await;
-    match response {
-        Ok(result) => result,
-        Err(_) => anyhow::bail!("{method} {url}: no answer within {timeout:?}"),
-    }
-}
-
 /// One HTTP/1.1 request; returns the status and the body (panics without an answer).
 async fn request(
     method: &str,
@@ -238,7 +168,7 @@ async fn request(
     bearer: Option<&str>,
     body: Option<serde_json::Value>,
 ) -> (u16, String) {
-    try_request(method, url, bearer, body, Duration::from_secs(20))
+    http_request(method, url, bearer, body, Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
@@ -247,59 +177,13 @@ async fn request(
 const IMAGES: [&str; 3] = ["ordo-enforcer", "ordo-operator", "ordo-sample-bank"];
 
 /// The cluster with the real node shared by this binary's tests (one real node per machine
-/// at a time, see `ordo_tests::cluster`). The real node is made the only schedulable one:
-/// its taint removed and kwok's node cordoned, so that the enforcer Pods the operator
-/// creates (which tolerate no taint) run on it.
+/// at a time, see `ordo_tests::cluster`), the only schedulable node: the enforcer Pods the
+/// operator creates (which tolerate no taint) run on it.
 async fn node_cluster() -> &'static TestCluster {
     static CLUSTER: OnceCell<TestCluster> = OnceCell::const_new();
     CLUSTER
-        .get_or_init(|| async {
-            let images = IMAGES
-                .iter()
-                .map(|name| debug_image(name).unwrap())
-                .collect();
-            let options = Options {
-                node: Some(NodeOptions {
-                    bin_dir: node::default_node_bin_dir(),
-                    images,
-                }),
-                ..Options::default()
-            };
-            let cluster = TestCluster::start_with_options(&binaries::default_bin_dir(), &options)
-                .await
-                .unwrap();
-            let nodes: Api<Node> = Api::all(cluster.client().await.unwrap());
-            nodes
-                .patch(
-                    REAL_NODE_NAME,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({ "spec": { "taints": null } })),
-                )
-                .await
-                .unwrap();
-            nodes
-                .patch(
-                    NODE_NAME,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({ "spec": { "unschedulable": true } })),
-                )
-                .await
-                .unwrap();
-            cluster
-        })
+        .get_or_init(|| async { real_node_cluster(&IMAGES).await.unwrap() })
         .await
-}
-
-/// Logs of the node's components for a failure report.
-fn node_diagnostics<'a>(cluster: &'a TestCluster, namespace: &str) -> Diagnostics<'a> {
-    let mut diagnostics = Diagnostics::new(cluster, namespace);
-    for component in ["kubelet", "containerd", "kube-proxy"] {
-        diagnostics.log(
-            component,
-            &cluster.dir().join("logs").join(format!("{component}.log")),
-        );
-    }
-    diagnostics
 }
 
 #[tokio::test]
@@ -308,7 +192,8 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     let version = env!("CARGO_PKG_VERSION");
     let cluster = node_cluster().await;
     let namespace = cluster.namespace("real-node").await.unwrap();
-    let diagnostics = node_diagnostics(cluster, &namespace);
+    let mut diagnostics = Diagnostics::new(cluster, &namespace);
+    diagnostics.node_logs();
     let client = cluster.client().await.unwrap();
 
     // The upstream runs on the host, at the Node's InternalIP: the bridge's gateway, which
@@ -342,7 +227,7 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
         .create(&PostParams::default(), &enforcer_pod(version))
         .await
         .unwrap();
-    let uid = created.metadata.uid.unwrap();
+    let uid = created.metadata.uid.clone().unwrap();
 
     let pod_ip = wait_for(
         "the enforcer Pod to be Running and Ready",
@@ -350,15 +235,11 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
         || {
             let pods = pods.clone();
             async move {
-                let status = pods.get("enforcer").await?.status.unwrap_or_default();
-                let ready = status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if status.phase.as_deref() == Some("Running") && ready {
-                    return Ok(status.pod_ip);
+                let pod = pods.get("enforcer").await?;
+                if is_ready(&pod) {
+                    return Ok(pod.status.and_then(|s| s.pod_ip));
                 }
+                let status = pod.status.unwrap_or_default();
                 anyhow::bail!(
                     "phase {:?}, containers {:?}",
                     status.phase,
@@ -371,12 +252,7 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     .unwrap();
 
     // Every process of the Pod (the sandbox and the enforcer) runs as 65532: the image's user.
-    let uids = pod_process_uids(&uid);
-    assert!(uids.len() >= 2, "{uids:?}");
-    for line in &uids {
-        let ids: Vec<&str> = line.split_whitespace().skip(1).collect();
-        assert_eq!(ids, [NONROOT; 4], "{line}");
-    }
+    assert_nonroot(&created);
 
     // readOnlyRootFilesystem, as the enforcer process sees its mounts.
     assert_read_only_root(&uid, &[]);
@@ -384,18 +260,7 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     // Traffic to the Pod IP goes through the enforcer to the upstream.
     let proxy = format!("http://{pod_ip}:8080");
     let customer = &directory.customers[0];
-    let (status, body) = request(
-        "POST",
-        &format!("{proxy}/api/v1/login"),
-        None,
-        Some(serde_json::json!({ "username": customer.username, "password": customer.password })),
-    )
-    .await;
-    assert_eq!(status, 200, "login through the enforcer: {body}");
-    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = login(&proxy, customer).await;
     assert!(
         bank.hits().iter().any(|h| h.path == "/api/v1/login"),
         "the login did not reach the upstream: {:?}",
@@ -454,7 +319,7 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     assert_eq!(status, 403, "{body}");
 
     // A crash: the kubelet restarts the container in the same Pod, which serves again.
-    let enforcers = pod_pids_named(&uid, "ordo-enforcer");
+    let enforcers = pod_pids_named(&uid, "ordo-enforcer").unwrap();
     assert_eq!(enforcers.len(), 1, "{enforcers:?}");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &enforcers[0].to_string()])
@@ -479,52 +344,10 @@ async fn enforcer_image_serves_and_enforces_as_nonroot_on_the_real_node() {
     )
     .await
     .unwrap();
-    let (status, body) = request(
-        "POST",
-        &format!("{proxy}/api/v1/login"),
-        None,
-        Some(serde_json::json!({ "username": customer.username, "password": customer.password })),
-    )
-    .await;
-    assert_eq!(status, 200, "login after the restart: {body}");
+    // The login after the restart.
+    login(&proxy, customer).await;
 
     diagnostics.passed();
-}
-
-/// The simulator's bank in a Deployment of its own behind Service `bank` (port 80).
-fn bank_objects(version: &str) -> (Deployment, Service) {
-    let deployment = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "bank", "labels": { "app": "bank" } },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": "bank" } },
-            "template": {
-                "metadata": { "labels": { "app": "bank" } },
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "securityContext": { "runAsNonRoot": true },
-                    "containers": [{
-                        "name": "bank",
-                        "image": format!("ghcr.io/ordo-dev/ordo-sample-bank:{version}"),
-                        "imagePullPolicy": "Never",
-                        "args": ["--listen", "0.0.0.0:8080", "--customers", BANK_CUSTOMERS.to_string()],
-                        "ports": [{ "name": "http", "containerPort": 8080 }],
-                        "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 2 },
-                    }],
-                },
-            },
-        },
-    }))
-    .unwrap();
-    let service = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "bank" },
-        "spec": {
-            "selector": { "app": "bank" },
-            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
-        },
-    }))
-    .unwrap();
-    (deployment, service)
 }
 
 /// Customers of the bank Pod; the test generates the same directory to log in with.
@@ -572,57 +395,12 @@ fn sequence_rule(after: &str) -> serde_json::Value {
     })
 }
 
-/// Pods matching `selector` that are Running and Ready, by name.
-async fn ready_pods(pods: &Api<Pod>, selector: &str) -> anyhow::Result<Vec<Pod>> {
-    let list = pods.list(&ListParams::default().labels(selector)).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|pod| {
-            let status = pod.status.clone().unwrap_or_default();
-            pod.metadata.deletion_timestamp.is_none()
-                && status.phase.as_deref() == Some("Running")
-                && status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-        .collect())
-}
-
 /// Waits until exactly `count` Pods of `selector` are Running and Ready on the real node and
 /// no other Pod of it remains; returns them.
 async fn wait_pods(pods: &Api<Pod>, selector: &str, count: usize, timeout: Duration) -> Vec<Pod> {
-    wait_for(
-        &format!("{count} Ready Pod(s) {selector} on the real node"),
-        timeout,
-        || async move {
-            let all = pods.list(&ListParams::default().labels(selector)).await?;
-            let ready = ready_pods(pods, selector).await?;
-            let on_node = ready.iter().all(|p| {
-                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(REAL_NODE_NAME)
-            });
-            if ready.len() == count && all.items.len() == count && on_node {
-                return Ok(Some(ready));
-            }
-            anyhow::bail!(
-                "{} Pods, {} Ready: {:?}",
-                all.items.len(),
-                ready.len(),
-                all.items
-                    .iter()
-                    .map(|p| (
-                        p.metadata.name.clone().unwrap_or_default(),
-                        p.status.as_ref().and_then(|s| s.phase.clone()),
-                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
-                    ))
-                    .collect::<Vec<_>>()
-            )
-        },
-    )
-    .await
-    .unwrap()
+    wait_ready_pods_on(pods, selector, count, REAL_NODE_NAME, timeout)
+        .await
+        .unwrap()
 }
 
 /// Asserts that every process of the Pod runs as 65532.
@@ -705,7 +483,7 @@ impl Traffic {
             let mut failures = Vec::new();
             while !s.load(Ordering::Relaxed) {
                 c.sent.fetch_add(1, Ordering::Relaxed);
-                match try_request("GET", &url, Some(&token), None, Duration::from_secs(5)).await {
+                match http_request("GET", &url, Some(&token), None, Duration::from_secs(5)).await {
                     Ok((200, _)) => {}
                     Ok((status, body)) => {
                         c.failed.fetch_add(1, Ordering::Relaxed);
@@ -755,45 +533,6 @@ async fn login(base: &str, customer: &ordo_tests::sim::bank::Customer) -> String
         .to_owned()
 }
 
-/// The enforcer's learned-model view (`/v1/model`), read from inside the Pod's network
-/// namespace: the admin API answers only loopback clients unless a token is configured.
-async fn enforcer_model_view(pod_uid: &str) -> anyhow::Result<serde_json::Value> {
-    let pid = pod_pids(pod_uid)
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no process in Pod {pod_uid}"))?;
-    let output = tokio::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "curl", "-sf", "-m", "10"])
-        .arg("http://127.0.0.1:9090/v1/model")
-        .output()
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "curl /v1/model in Pod {pod_uid}: {} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(serde_json::from_slice(&output.stdout)?)
-}
-
-/// The sum of the enforcer's `ordo_requests_total` (every label set), from its admin port.
-async fn enforcer_requests(pod_ip: &str) -> anyhow::Result<u64> {
-    let (status, metrics) = try_request(
-        "GET",
-        &format!("http://{pod_ip}:9090/metrics"),
-        None,
-        None,
-        Duration::from_secs(10),
-    )
-    .await?;
-    anyhow::ensure!(status == 200, "metrics: {status}");
-    Ok(metrics
-        .lines()
-        .filter(|l| l.starts_with("ordo_requests_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
-}
-
 /// Logs in as `customer` through `base`, retrying while the path is not there yet (an
 /// endpoint kube-proxy has not programmed, an enforcer not yet serving); returns the token.
 async fn wait_login(base: &str, customer: &ordo_tests::sim::bank::Customer) -> String {
@@ -801,7 +540,7 @@ async fn wait_login(base: &str, customer: &ordo_tests::sim::bank::Customer) -> S
         &format!("a login through {base}"),
         Duration::from_secs(60),
         || async {
-            let (status, body) = try_request(
+            let (status, body) = http_request(
                 "POST",
                 &format!("{base}/api/v1/login"),
                 None,
@@ -824,33 +563,15 @@ async fn wait_login(base: &str, customer: &ordo_tests::sim::bank::Customer) -> S
 #[ignore = "needs root and tests/cluster/build-node.sh; run with --ignored"]
 async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     let started = Instant::now();
-    let version = env!("CARGO_PKG_VERSION");
     let cluster = node_cluster().await;
     let namespace = cluster.namespace("node-helm").await.unwrap();
-    let mut diagnostics = node_diagnostics(cluster, &namespace);
+    let mut diagnostics = Diagnostics::new(cluster, &namespace);
+    diagnostics.node_logs();
     let client = cluster.client().await.unwrap();
     let helm = Helm::for_cluster(cluster).unwrap();
-    let chart = helm::chart_dir();
 
     // --- The chart, with the images imported into the node (no registry).
-    helm.run(&[
-        "install",
-        "ordo",
-        chart.to_str().unwrap(),
-        "--namespace",
-        &namespace,
-        "--wait",
-        "--timeout",
-        "5m",
-        "--set",
-        "enforcer.reportIntervalSeconds=2",
-        "--set",
-        "operator.statusRefreshSeconds=1",
-        "--set",
-        "operator.logFormat=text",
-    ])
-    .await
-    .unwrap();
+    install_chart(&helm, &namespace, 1).await.unwrap();
     println!(
         "helm install --wait: {:.0?} since the start",
         started.elapsed()
@@ -956,7 +677,8 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     );
 
     // --- The sample API in its own Pod behind Service bank.
-    let (deployment, service) = bank_objects(version);
+    let deployment = bank_deployment("bank", BANK_CUSTOMERS).unwrap();
+    let service = bank_service("bank").unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     deployments
@@ -1150,7 +872,7 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
             let token = attacker_token.clone();
             let base = base.clone();
             async move {
-                let (status, body) = try_request(
+                let (status, body) = http_request(
                     "POST",
                     &format!("{base}/api/v1/transfers"),
                     Some(&token),
@@ -1227,11 +949,6 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
     // balance endpoint was called, so learning on its own it would know at most that one
     // operation; the merged model holds every endpoint the status lists (at least 2, waited
     // for above).
-    let replacement_uid = replacement[0]
-        .metadata
-        .uid
-        .clone()
-        .expect("the replacement Pod has a uid");
     let listed = protections
         .get("bank")
         .await
@@ -1244,9 +961,11 @@ async fn chart_protects_a_service_through_real_pods_and_kube_proxy() {
         "the replacement enforcer to adopt the merged model",
         Duration::from_secs(90),
         || {
-            let uid = replacement_uid.clone();
+            let pod = replacement[0].clone();
             async move {
-                let view = enforcer_model_view(&uid).await?;
+                // `/v1/model` from inside the Pod's network namespace: the admin API answers
+                // only loopback clients unless a token is configured.
+                let view = pod_admin(&pod, "/v1/model").await?;
                 let known = view["analyzer"]["endpoints"].as_array().map_or(0, Vec::len);
                 if known >= listed {
                     return Ok(Some(known));

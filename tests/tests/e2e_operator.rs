@@ -1524,17 +1524,23 @@ async fn only_one_candidate_leads_and_a_standby_takes_over_an_abandoned_lease() 
     // a stops renewing (it died): b takes over once the record stayed unchanged for a lease
     // duration on b's clock, and a, back, follows.
     let started = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while b.try_acquire_or_renew().await? != Attempt::Leading {
-        if Instant::now() >= deadline {
+    // Each check needs b mutably, and wait_for's checks are futures of an `FnMut`: b is lent
+    // to one check at a time through a lock.
+    let standby = tokio::sync::Mutex::new(b);
+    wait_for(
+        "b to take over the abandoned Lease",
+        Duration::from_secs(15),
+        || async {
+            let attempt = standby.lock().await.try_acquire_or_renew().await?;
+            if attempt == Attempt::Leading {
+                return Ok(Some(()));
+            }
             let lease = leases.get("ordo-operator").await?;
-            bail!(
-                "b did not take over an abandoned Lease within 15 s; the Lease: {:?}",
-                lease.spec
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            bail!("b is {attempt:?}; the Lease: {:?}", lease.spec)
+        },
+    )
+    .await?;
+    let mut b = standby.into_inner();
     assert!(
         started.elapsed() >= Duration::from_millis(2500),
         "took over after {:?}",

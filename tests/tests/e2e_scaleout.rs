@@ -43,8 +43,11 @@ use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::runtime::RunningEnforcer;
 use ordo_operator::crd::{ApiProtection, SequenceRule};
 use ordo_tests::cluster::TestCluster;
-use ordo_tests::e2e::{Diagnostics, is_ready, real_node_cluster, wait_for, wait_ready_pods};
-use ordo_tests::helm::{self, Helm};
+use ordo_tests::e2e::{
+    Diagnostics, bank_deployment, bank_service, install_chart, is_ready, pod_admin, pod_pids_named,
+    real_node_cluster, wait_for, wait_ready_pods,
+};
+use ordo_tests::helm::Helm;
 use ordo_tests::sim::bank::{Directory, RunningBank, TOKEN_SECRET};
 use ordo_tests::sim::driver::{self, JourneyOutcome};
 use ordo_tests::sim::evaluate::{admin_get, enforcer_yaml};
@@ -234,42 +237,6 @@ fn secret(name: &str, value: &str) -> Secret {
     .unwrap()
 }
 
-/// The simulator's bank in a Deployment behind Service `bank` (port 80, named `http`).
-fn bank_objects(version: &str) -> (Deployment, Service) {
-    let deployment = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "bank", "labels": { "app": "bank" } },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": "bank" } },
-            "template": {
-                "metadata": { "labels": { "app": "bank" } },
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "securityContext": { "runAsNonRoot": true },
-                    "containers": [{
-                        "name": "bank",
-                        "image": format!("ghcr.io/ordo-dev/ordo-sample-bank:{version}"),
-                        "imagePullPolicy": "Never",
-                        "args": ["--listen", "0.0.0.0:8080", "--customers", customers().to_string()],
-                        "ports": [{ "name": "http", "containerPort": 8080 }],
-                        "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 2 },
-                    }],
-                },
-            },
-        },
-    }))
-    .unwrap();
-    let service = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": "bank" },
-        "spec": {
-            "selector": { "app": "bank" },
-            "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }],
-        },
-    }))
-    .unwrap();
-    (deployment, service)
-}
-
 /// Two front proxies (the sample image's `--front` mode) over the enforcer Pods, found by the
 /// headless Service the operator makes for the peers, behind Service `front` (port 80).
 fn front_objects(version: &str, namespace: &str, proxy_port: u16) -> (Deployment, Service) {
@@ -455,55 +422,6 @@ async fn scaling_facts(pods: &Api<Pod>) -> String {
         Err(err) => facts.push(format!("operator Pods: {err}")),
     }
     facts.join("\n")
-}
-
-/// Pids of every process in the Pod's cgroups (found by the Pod's UID, which is unique).
-fn pod_pids(pod: &Pod) -> Vec<u32> {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let output = std::process::Command::new("find")
-        .args([
-            "/sys/fs/cgroup/pids",
-            "-path",
-            &format!("*pod{uid}*"),
-            "-name",
-            "cgroup.procs",
-        ])
-        .output()
-        .unwrap();
-    let mut pids = Vec::new();
-    for procs in String::from_utf8(output.stdout).unwrap().lines() {
-        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-            pids.extend(pid.parse::<u32>().ok());
-        }
-    }
-    pids
-}
-
-/// `GET http://127.0.0.1:9090{path}` inside the enforcer Pod's network namespace: the admin
-/// API's `/v1` answers loopback clients only (no admin token is configured), as an operator
-/// would reach it with `kubectl port-forward`.
-async fn pod_admin(pod: &Pod, path: &str) -> anyhow::Result<serde_json::Value> {
-    let pid = pod_pids(pod)
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no process in Pod {:?}", pod.metadata.name))?;
-    let output = tokio::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "curl", "-sf", "-m", "10"])
-        .arg(format!("http://127.0.0.1:9090{path}"))
-        .output()
-        .await?;
-    anyhow::ensure!(
-        output.status.success(),
-        "curl {path} in {:?}: {} {}",
-        pod.metadata.name,
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    if path == "/metrics" {
-        return Ok(serde_json::Value::String(text.into_owned()));
-    }
-    Ok(serde_json::from_str(&text)?)
 }
 
 /// The sum of every series of `metric` in a Prometheus text, by its `result` label (or "").
@@ -696,32 +614,10 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
     println!("cluster with the real node: {:.0?}", started.elapsed());
     let namespace = cluster.namespace("scaleout").await.unwrap();
     let mut diagnostics = Diagnostics::new(&cluster, &namespace);
-    for component in ["kubelet", "containerd", "kube-proxy"] {
-        diagnostics.log(
-            component,
-            &cluster.dir().join("logs").join(format!("{component}.log")),
-        );
-    }
+    diagnostics.node_logs();
     let client = cluster.client().await.unwrap();
     let helm = Helm::for_cluster(&cluster).unwrap();
-    helm.run(&[
-        "install",
-        "ordo",
-        helm::chart_dir().to_str().unwrap(),
-        "--namespace",
-        &namespace,
-        "--wait",
-        "--timeout",
-        "5m",
-        "--set",
-        "enforcer.reportIntervalSeconds=2",
-        "--set",
-        "operator.statusRefreshSeconds=1",
-        "--set",
-        "operator.logFormat=text",
-    ])
-    .await
-    .unwrap();
+    install_chart(&helm, &namespace, 1).await.unwrap();
     println!("helm install --wait: {:.0?}", started.elapsed());
     let client_pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let operators = ListParams::default().labels("app.kubernetes.io/component=operator");
@@ -739,7 +635,8 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let (deployment, service) = bank_objects(version);
+    let deployment = bank_deployment("bank", customers()).unwrap();
+    let service = bank_service("bank").unwrap();
     deployments
         .create(&PostParams::default(), &deployment)
         .await
@@ -972,15 +869,7 @@ async fn three_replicas_behind_round_robin_front_pods_decide_as_one() {
     assert!(churn.is_running(), "the changes must happen during traffic");
     let victim = &two[1];
     let victim_name = victim.metadata.name.clone().unwrap();
-    let killed: Vec<u32> = pod_pids(victim)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                == "ordo-enforcer"
-        })
-        .collect();
+    let killed = pod_pids_named(victim.metadata.uid.as_deref().unwrap(), "ordo-enforcer").unwrap();
     assert_eq!(
         killed.len(),
         1,

@@ -24,7 +24,7 @@ use ordo_operator::desired::render::hash_data;
 
 use crate::cluster::TestCluster;
 use crate::e2e::{self, wait_for};
-use crate::helm::{self, Helm};
+use crate::helm::Helm;
 
 /// The namespace of the helm release (the operator).
 pub const RELEASE_NAMESPACE: &str = "ordo-system";
@@ -137,55 +137,7 @@ pub fn images(debug: bool, bins: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// the operator's Pods are Ready.
 pub async fn install_chart(cluster: &TestCluster) -> anyhow::Result<()> {
     let helm = Helm::for_cluster(cluster)?;
-    let chart = helm::chart_dir();
-    helm.run(&[
-        "install",
-        "ordo",
-        &chart.display().to_string(),
-        "--namespace",
-        RELEASE_NAMESPACE,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "5m",
-        // Short intervals so the demo shows results within seconds (defaults: 30 s and 10 s).
-        "--set",
-        "enforcer.reportIntervalSeconds=2",
-        "--set",
-        "operator.statusRefreshSeconds=2",
-        "--set",
-        "operator.logFormat=text",
-    ])
-    .await?;
-    Ok(())
-}
-
-/// The bank's Deployment: the sample bank image with the demo's customers, port `http`.
-pub fn bank_deployment(name: &str, customers: usize) -> anyhow::Result<Deployment> {
-    let version = env!("CARGO_PKG_VERSION");
-    serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name, "labels": { "app": name } },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "securityContext": { "runAsNonRoot": true },
-                    "containers": [{
-                        "name": "bank",
-                        "image": format!("ghcr.io/ordo-dev/ordo-sample-bank:{version}"),
-                        "imagePullPolicy": "Never",
-                        "args": ["--listen", "0.0.0.0:8080", "--customers", customers.to_string()],
-                        "ports": [{ "name": "http", "containerPort": 8080 }],
-                        "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 2 },
-                    }],
-                },
-            },
-        },
-    }))
-    .context("the bank's Deployment")
+    e2e::install_chart(&helm, RELEASE_NAMESPACE, 2).await
 }
 
 /// Pods of `selector` in `namespace` that are Running and Ready, not being deleted.
@@ -257,21 +209,6 @@ pub fn enforcer_selector(namespace: &str, protection: &str) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// The sum of an enforcer Pod's `ordo_requests_total` (every label set), from its metrics on
-/// the admin port (open to every client, unlike `/v1`).
-pub async fn enforcer_requests(pod_ip: &str) -> anyhow::Result<u64> {
-    let (status, metrics) =
-        super::http::get(&format!("http://{pod_ip}:9090/metrics"), None).await?;
-    if status != 200 {
-        bail!("GET /metrics of {pod_ip} answered {status}");
-    }
-    Ok(metrics
-        .lines()
-        .filter(|l| l.starts_with("ordo_requests_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
 }
 
 /// Waits until the enforcers run what the operator rendered last: the ConfigMap holds
@@ -398,7 +335,10 @@ pub async fn create_bank(
     customers: usize,
 ) -> anyhow::Result<()> {
     Api::<Deployment>::namespaced(client.clone(), namespace)
-        .create(&PostParams::default(), &bank_deployment(name, customers)?)
+        .create(
+            &PostParams::default(),
+            &e2e::bank_deployment(name, customers)?,
+        )
         .await
         .context("creating the bank's Deployment")?;
     Ok(())
@@ -495,7 +435,7 @@ mod tests {
 
     #[test]
     fn the_bank_pod_runs_the_sample_bank_image_with_the_demos_customers() {
-        let deployment = bank_deployment("bank-api", 6000).unwrap();
+        let deployment = e2e::bank_deployment("bank-api", 6000).unwrap();
         let spec = deployment.spec.unwrap().template.spec.unwrap();
         let container = &spec.containers[0];
         assert_eq!(

@@ -1232,12 +1232,7 @@ async fn start_node(
     client: &kube::Client,
     diagnostics: &mut Diagnostics<'_>,
 ) -> anyhow::Result<NodePlane> {
-    for component in ["kubelet", "containerd", "kube-proxy"] {
-        diagnostics.log(
-            component,
-            &cluster.dir().join("logs").join(format!("{component}.log")),
-        );
-    }
+    diagnostics.node_logs();
     crate::e2e::schedule_on_real_node(client).await?;
     let step = Step::start("helm install ordo charts/ordo");
     step.detail(&format!(
@@ -1345,12 +1340,12 @@ async fn wait_through_enforcers(
             async move {
                 let mut before = 0;
                 for (_, ip) in pods {
-                    before += node::enforcer_requests(ip).await?;
+                    before += crate::e2e::enforcer_requests(ip).await?;
                 }
                 let (status, answer) = http::post_json(login, body).await?;
                 let mut after = 0;
                 for (_, ip) in pods {
-                    after += node::enforcer_requests(ip).await?;
+                    after += crate::e2e::enforcer_requests(ip).await?;
                 }
                 if after > before && status == 200 {
                     return Ok(Some(()));
