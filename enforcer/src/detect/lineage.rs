@@ -43,6 +43,8 @@ use super::thresholds::sequence_bounds;
 
 /// Most values remembered per session (16 bytes each).
 pub const MAX_VALUES: usize = 96;
+/// Values evicted at once from a full record (see `LineageState::evict_one`).
+const EVICT_BATCH: usize = 8;
 /// Most distinct field names remembered per session (each at most [`MAX_FIELD_LEN`] bytes);
 /// values of further fields are remembered under [`OTHER_FIELD`].
 pub const MAX_FIELDS: usize = 8;
@@ -180,33 +182,44 @@ impl LineageState {
         });
     }
 
-    /// Makes room for one value: the oldest of the operation and class with the most values
-    /// goes. A chatty answer (pages of transactions, twenty values each) then pushes out its
-    /// own older values, never the few an account list gave or the session sent, which it may
-    /// use long after.
+    /// Makes room: the [`EVICT_BATCH`] oldest values of the operation and class with the most
+    /// values go. A chatty answer (pages of transactions, twenty values each) then pushes out
+    /// its own older values, never the few an account list gave or the session sent, which it
+    /// may use long after. In batches, so that a full record is scanned once per
+    /// [`EVICT_BATCH`] values remembered, not for each (the request path reads answers).
     fn evict_one(&mut self) {
-        let mut counts: Vec<((u16, u8), usize)> = Vec::with_capacity(8);
+        // (op, class, count) of the first groups met; values of further groups are rare and
+        // simply not candidates.
+        let mut counts = [(0u16, 0u8, 0u16); 16];
+        let mut groups = 0;
         for e in &self.entries {
-            match counts.iter_mut().find(|(key, _)| *key == (e.op, e.class)) {
-                Some((_, n)) => *n += 1,
-                None => counts.push(((e.op, e.class), 1)),
+            if let Some(c) = counts[..groups]
+                .iter_mut()
+                .find(|c| c.0 == e.op && c.1 == e.class)
+            {
+                c.2 += 1;
+            } else if groups < counts.len() {
+                counts[groups] = (e.op, e.class, 1);
+                groups += 1;
             }
         }
         // The first group with the most values: among equals, the one seen first, the oldest.
-        let Some(((op, class), _)) = counts
+        let Some((op, class, count)) = counts[..groups]
             .iter()
             .copied()
-            .reduce(|best, next| if next.1 > best.1 { next } else { best })
+            .reduce(|best, next| if next.2 > best.2 { next } else { best })
         else {
             return;
         };
-        if let Some(at) = self
-            .entries
-            .iter()
-            .position(|e| e.op == op && e.class == class)
-        {
-            self.entries.remove(at);
-        }
+        let mut left = usize::from(count).min(EVICT_BATCH);
+        self.entries.retain(|e| {
+            if left > 0 && e.op == op && e.class == class {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Records that the session teaches the model a value of `field` of operation `op` with no
@@ -775,7 +788,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(state.len(), MAX_VALUES);
+        assert!((MAX_VALUES - EVICT_BATCH..=MAX_VALUES).contains(&state.len()));
         for account in ["acc-30", "acc-31", "acc-32"] {
             let origins = origins_of(keys.hash(account), &[], Some(&state), None, &model);
             assert!(
@@ -804,7 +817,7 @@ mod tests {
                 OriginClass::Response,
             );
         }
-        assert_eq!(state.len(), MAX_VALUES);
+        assert!((MAX_VALUES - EVICT_BATCH..=MAX_VALUES).contains(&state.len()));
         assert!(state.fields.len() <= MAX_FIELDS);
         assert!(state.fields.iter().all(|f| f.len() <= MAX_FIELD_LEN));
         // Oldest first out: the first values are gone, the last kept.
@@ -822,7 +835,7 @@ mod tests {
         // A value remembered again is the newest: it outlives the values that came after it.
         let kept = keys.hash("acc-50");
         state.remember(kept, 0, "field0", OriginClass::Response);
-        for i in 0..(MAX_VALUES as u64 - 1) {
+        for i in 0..((MAX_VALUES - EVICT_BATCH) as u64 - 1) {
             state.remember(
                 keys.hash(&format!("new-{i}")),
                 0,
