@@ -11,10 +11,25 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// A loopback address with a port that was free a moment ago (the OS picks it).
+/// A loopback address with a port that was free a moment ago, for a process started next.
+/// Taken below Linux's ephemeral range (32768-60999): a port from `bind(0)` is free only until
+/// an outgoing connection or another `bind(0)` gets it too, which happened in CI ("Address
+/// already in use" for the operator's health port). Each process starts at its own offset, as
+/// `enforcer/tests/scaleout.rs` does.
 pub fn free_loopback_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    listener.local_addr().context("reading the picked port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let start = u16::try_from(std::process::id() % 1_000).unwrap_or(0) * 10;
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = FIRST + (start + offset) % SPAN;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().context("reading the picked port");
+        }
+    }
+    bail!("no free loopback port between {FIRST} and {}", FIRST + SPAN)
 }
 
 /// A pooled plain-HTTP client.
