@@ -17,8 +17,8 @@
 //!
 //! Per session ([`LineageState`]) only keyed hashes of values are kept (a per-process random
 //! key: values may be secrets), at most [`MAX_VALUES`] of them with at most [`MAX_FIELDS`]
-//! field names, inside the session's detector record (evicted with it); when full, the oldest
-//! value of the operation that gave the most goes first (`LineageState::evict_one`).
+//! field names, inside the session's detector record (evicted with it); when full, the 8
+//! oldest values of the operation that gave the most go first (`LineageState::evict_one`).
 //! Answers are read only when the proxy already holds the whole body (at most
 //! `outcome::MAX_READ_BYTES`, never waited for), and only for operations whose answers are
 //! still being sampled ([`PROBE_READS`]) or were learned to supply values to later requests.
