@@ -503,12 +503,14 @@ impl LearnedAnalyzer {
 
     /// The hashed claims of the session's token (see `detect::lineage`).
     fn claims_of(&self, ctx: &RequestContext<'_>, settings: &Settings) -> Vec<(String, u64)> {
-        lineage::claims(
-            ctx.session_source,
-            ctx.headers,
-            &settings.jwt_headers,
-            &self.value_keys,
-        )
+        ctx.scratch.claims(|| {
+            lineage::claims(
+                ctx.session_source,
+                ctx.headers,
+                &settings.jwt_headers,
+                &self.value_keys,
+            )
+        })
     }
 
     /// Runs the learned detectors on one request (`inspect` without the quarantine).
@@ -627,7 +629,8 @@ impl LearnedAnalyzer {
     }
 
     /// The request's object identifiers that no token claim and no earlier answer of the
-    /// session carried (see `lineage::unshown_objects`); all of them without lineage.
+    /// session carried (see `lineage::unshown_objects`); all of them without lineage. Found
+    /// once per request: the check's answer is also what learning takes.
     fn unshown_objects(
         &self,
         ctx: &RequestContext<'_>,
@@ -636,19 +639,21 @@ impl LearnedAnalyzer {
         settings: &Settings,
         model: &LearnedModel,
     ) -> Vec<u64> {
-        if !settings.detectors.identity_lineage.enabled {
+        if params.object_ids.is_empty() || !settings.detectors.identity_lineage.enabled {
             return params.object_ids.clone();
         }
-        self.shown.with(anonymous_peer(ctx), ctx.now_ms, |address| {
-            lineage::unshown_objects(
-                params,
-                state.lineage(),
-                address,
-                ctx.recent,
-                &|| self.claims_of(ctx, settings),
-                &self.value_keys,
-                model,
-            )
+        ctx.scratch.unshown(|| {
+            self.shown.with(anonymous_peer(ctx), ctx.now_ms, |address| {
+                lineage::unshown_objects(
+                    params,
+                    state.lineage(),
+                    address,
+                    ctx.recent,
+                    &|| self.claims_of(ctx, settings),
+                    &self.value_keys,
+                    model,
+                )
+            })
         })
     }
 

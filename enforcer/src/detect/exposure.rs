@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::config::{DetectorConfig, Sensitivity};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::LearnedModel;
-use crate::model::disclosure::{looks_like_card, looks_like_ssn, normalised};
+use crate::model::disclosure::{looks_like_card, looks_like_ssn};
 use crate::model::exposure::{
     ClassSet, ExposureCounts, ExposureSample, MAX_FIELD_LEN, MAX_FIELDS, SensitiveClass,
 };
@@ -91,6 +91,9 @@ struct Frame {
     /// Normalised name of the current key of an object (its value's key).
     key: [u8; 32],
     key_len: usize,
+    /// What the key says about its values ([`KeyHints`]), found once per key rather than
+    /// once per value.
+    hints: KeyHints,
     /// Expecting a key (objects) next.
     want_key: bool,
 }
@@ -102,12 +105,81 @@ impl Frame {
             elements: 0,
             key: [0; 32],
             key_len: 0,
+            hints: KeyHints::default(),
             want_key: kind == Container::Object,
         }
     }
 
-    fn key(&self) -> &[u8] {
-        self.key.get(..self.key_len).unwrap_or_default()
+    /// Takes `raw` (a key as it was written) as the current key: normalised as
+    /// `disclosure::normalised` does (ASCII alphanumerics, lower case), its first 32 bytes.
+    fn set_key(&mut self, raw: &[u8], known: &mut KnownKeys) {
+        let mut len = 0;
+        for (slot, b) in self
+            .key
+            .iter_mut()
+            .zip(raw.iter().filter(|b| b.is_ascii_alphanumeric()))
+        {
+            *slot = b.to_ascii_lowercase();
+            len += 1;
+        }
+        self.key_len = len;
+        self.hints = known.hints(self.key.get(..len).unwrap_or_default());
+    }
+}
+
+/// The hints of the last keys an answer used: its records repeat the same few keys, and
+/// finding a key's hints searches it for every name part of every class.
+#[derive(Debug, Clone, Default)]
+struct KnownKeys {
+    keys: [([u8; 32], usize, KeyHints); 8],
+    /// Slots filled, and the one the next new key takes (round robin).
+    filled: usize,
+    next: usize,
+}
+
+impl KnownKeys {
+    fn hints(&mut self, key: &[u8]) -> KeyHints {
+        let filled = self.keys.get(..self.filled).unwrap_or_default();
+        if let Some((_, _, hints)) = filled.iter().find(|(k, len, _)| k.get(..*len) == Some(key)) {
+            return *hints;
+        }
+        let hints = KeyHints::of(key);
+        if let Some((slot, len, h)) = self.keys.get_mut(self.next) {
+            let n = key.len().min(slot.len());
+            if let (Some(dst), Some(src)) = (slot.get_mut(..n), key.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            (*len, *h) = (n, hints);
+        }
+        self.next = (self.next + 1) % self.keys.len();
+        self.filled = (self.filled + 1).min(self.keys.len());
+        hints
+    }
+}
+
+/// What a value's (normalised) key says about the value, for [`classify`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct KeyHints {
+    password: bool,
+    token: bool,
+    national_id: bool,
+    phone: bool,
+}
+
+impl KeyHints {
+    fn of(key: &[u8]) -> Self {
+        if key.is_empty() {
+            return Self::default();
+        }
+        Self {
+            password: key_has(
+                key,
+                &["password", "passwd", "pwd", "passhash", "hash", "secret"],
+            ),
+            token: key_has(key, &["token", "apikey", "jwt", "session", "bearer"]),
+            national_id: key_has(key, &["ssn", "nationalid", "socialsecurity", "taxid"]),
+            phone: key_has(key, &["phone", "mobile", "tel"]),
+        }
     }
 }
 
@@ -145,6 +217,7 @@ pub struct Scanner {
     depth_beyond: usize,
     token: Token,
     value: Vec<u8>,
+    known_keys: KnownKeys,
     /// Bytes read so far, and the most that are read.
     read: usize,
     limit: usize,
@@ -162,6 +235,7 @@ impl Scanner {
             depth_beyond: 0,
             token: Token::Between,
             value: Vec::with_capacity(MAX_VALUE),
+            known_keys: KnownKeys::default(),
             read: 0,
             limit,
             truncated: false,
@@ -184,9 +258,10 @@ impl Scanner {
         if chunk.len() > room {
             self.truncated = true;
         }
-        let chunk = chunk.get(..room).unwrap_or(chunk);
+        let mut chunk = chunk.get(..room).unwrap_or(chunk);
         self.read += chunk.len();
-        for &b in chunk {
+        while let Some((&b, rest)) = chunk.split_first() {
+            chunk = rest;
             if !self.started {
                 if b.is_ascii_whitespace() {
                     continue;
@@ -198,7 +273,22 @@ impl Scanner {
                 return;
             }
             self.byte(b);
+            if self.token == (Token::String { escaped: false }) {
+                chunk = self.string_run(chunk);
+            }
         }
+    }
+
+    /// Inside a string: takes the bytes up to the next quote or backslash at once (most of an
+    /// answer's bytes are in strings, and this is where the scan spends its time), and
+    /// returns what is left of `chunk` from that byte on.
+    fn string_run<'c>(&mut self, chunk: &'c [u8]) -> &'c [u8] {
+        let end = memchr::memchr2(b'"', b'\\', chunk).unwrap_or(chunk.len());
+        let (run, rest) = chunk.split_at(end);
+        let room = MAX_VALUE.saturating_sub(self.value.len());
+        self.value
+            .extend_from_slice(run.get(..room.min(run.len())).unwrap_or_default());
+        rest
     }
 
     fn byte(&mut self, b: u8) {
@@ -301,18 +391,14 @@ impl Scanner {
     /// A string ended: a key, or a value to classify.
     fn end_string(&mut self) {
         let (stack, out, value) = (&mut self.stack, &mut self.out, &self.value);
+        let known_keys = &mut self.known_keys;
         let depth = stack.len();
         let Some(top) = stack.last_mut() else {
             return;
         };
         if top.want_key && self.depth_beyond == 0 {
             top.want_key = false;
-            let name = normalised(&String::from_utf8_lossy(value));
-            let n = name.len().min(top.key.len());
-            if let (Some(dst), Some(src)) = (top.key.get_mut(..n), name.as_bytes().get(..n)) {
-                dst.copy_from_slice(src);
-            }
-            top.key_len = n;
+            top.set_key(value, known_keys);
             if depth == 1 && out.fields.len() < MAX_FIELDS && value.len() <= MAX_FIELD_LEN {
                 let field = String::from_utf8_lossy(value).into_owned();
                 if !out.fields.contains(&field) {
@@ -321,17 +407,17 @@ impl Scanner {
             }
         } else {
             count_element(stack);
-            let key = stack.last().map(Frame::key).unwrap_or_default();
-            classify(key, value, &mut out.classes);
+            let hints = stack.last().map(|f| f.hints).unwrap_or_default();
+            classify(hints, value, &mut out.classes);
         }
     }
 
     /// A number ended: counted, and classified when it is all digits.
     fn end_number(&mut self) {
         count_element(&mut self.stack);
-        let key = self.stack.last().map(Frame::key).unwrap_or_default();
+        let hints = self.stack.last().map(|f| f.hints).unwrap_or_default();
         if self.value.iter().all(u8::is_ascii_digit) {
-            classify(key, &self.value, &mut self.out.classes);
+            classify(hints, &self.value, &mut self.out.classes);
         }
     }
 
@@ -379,8 +465,11 @@ fn key_has(key: &[u8], parts: &[&str]) -> bool {
 /// Password-hash formats recognised by their prefix.
 const HASH_PREFIXES: [&str; 7] = ["$2a$", "$2b$", "$2y$", "$argon2", "$pbkdf2", "$6$", "$5$"];
 
-/// Adds the class of one value (with its normalised key) to `classes`.
-fn classify(key: &[u8], value: &[u8], classes: &mut ClassSet) {
+/// Adds the class of one value (with what its key says) to `classes`. One pass over the
+/// value finds what each class needs (digits, its characters, an `@`), so that the fuller
+/// checks run only on values that can pass them: an answer's values are mostly names, dates
+/// and amounts, and this runs on every one of them.
+fn classify(hints: KeyHints, value: &[u8], classes: &mut ClassSet) {
     let Ok(text) = std::str::from_utf8(value) else {
         return;
     };
@@ -388,37 +477,61 @@ fn classify(key: &[u8], value: &[u8], classes: &mut ClassSet) {
     if text.is_empty() {
         return;
     }
-    let digits = text.bytes().filter(u8::is_ascii_digit).count();
-    if key_has(
-        key,
-        &["password", "passwd", "pwd", "passhash", "hash", "secret"],
-    ) || HASH_PREFIXES.iter().any(|p| text.starts_with(p))
+    let facts = ValueFacts::of(text.as_bytes());
+    if hints.password
+        || (text.starts_with('$') && HASH_PREFIXES.iter().any(|p| text.starts_with(p)))
     {
         classes.insert(SensitiveClass::Password);
     }
     let jwt = text.starts_with("eyJ") && text.split('.').count() == 3;
-    if jwt || (text.len() >= 16 && key_has(key, &["token", "apikey", "jwt", "session", "bearer"])) {
+    if jwt || (text.len() >= 16 && hints.token) {
         classes.insert(SensitiveClass::Token);
     }
-    if looks_like_card(text) {
+    if facts.card_chars && (13..=19).contains(&facts.digits) && looks_like_card(text) {
         classes.insert(SensitiveClass::CardNumber);
     }
-    if looks_like_ssn(text)
-        || (digits >= 6 && key_has(key, &["ssn", "nationalid", "socialsecurity", "taxid"]))
-    {
+    if (text.len() == 11 && looks_like_ssn(text)) || (facts.digits >= 6 && hints.national_id) {
         classes.insert(SensitiveClass::NationalId);
     }
-    if looks_like_email(text) {
+    if facts.at && looks_like_email(text) {
         classes.insert(SensitiveClass::Email);
     }
-    let phone_chars = text
-        .bytes()
-        .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.'));
-    if phone_chars
-        && ((text.starts_with('+') && (8..=15).contains(&digits))
-            || ((7..=15).contains(&digits) && key_has(key, &["phone", "mobile", "tel"])))
+    if facts.phone_chars
+        && ((text.starts_with('+') && (8..=15).contains(&facts.digits))
+            || ((7..=15).contains(&facts.digits) && hints.phone))
     {
         classes.insert(SensitiveClass::Phone);
+    }
+}
+
+/// What one pass over a value finds, for [`classify`].
+struct ValueFacts {
+    digits: usize,
+    /// Only digits, spaces and dashes (as a card number is written).
+    card_chars: bool,
+    /// Only digits and `+ -().` and spaces (as a phone number is written).
+    phone_chars: bool,
+    at: bool,
+}
+
+impl ValueFacts {
+    fn of(bytes: &[u8]) -> Self {
+        let mut facts = Self {
+            digits: 0,
+            card_chars: true,
+            phone_chars: true,
+            at: false,
+        };
+        for &b in bytes {
+            if b.is_ascii_digit() {
+                facts.digits += 1;
+                continue;
+            }
+            facts.card_chars &= matches!(b, b' ' | b'-');
+            facts.phone_chars &= matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.');
+            facts.at |= b == b'@';
+        }
+        facts
     }
 }
 
@@ -592,6 +705,7 @@ pub fn check(
 mod tests {
     use super::*;
     use crate::config::Action;
+    use crate::model::disclosure::normalised;
 
     fn classes(scan: &Scan) -> Vec<&'static str> {
         scan.classes.iter().map(SensitiveClass::as_str).collect()
@@ -673,6 +787,175 @@ mod tests {
             s.feed(b);
         }
         assert_eq!(s.finish(true), whole);
+    }
+
+    /// The classification as it was written before [`KeyHints`] and [`ValueFacts`]: every
+    /// check on every value, the key searched for each class.
+    fn classify_by_definition(key: &[u8], value: &[u8]) -> ClassSet {
+        let mut classes = ClassSet::default();
+        let Ok(text) = std::str::from_utf8(value) else {
+            return classes;
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return classes;
+        }
+        let digits = text.bytes().filter(u8::is_ascii_digit).count();
+        if key_has(
+            key,
+            &["password", "passwd", "pwd", "passhash", "hash", "secret"],
+        ) || HASH_PREFIXES.iter().any(|p| text.starts_with(p))
+        {
+            classes.insert(SensitiveClass::Password);
+        }
+        let jwt = text.starts_with("eyJ") && text.split('.').count() == 3;
+        if jwt
+            || (text.len() >= 16 && key_has(key, &["token", "apikey", "jwt", "session", "bearer"]))
+        {
+            classes.insert(SensitiveClass::Token);
+        }
+        if looks_like_card(text) {
+            classes.insert(SensitiveClass::CardNumber);
+        }
+        if looks_like_ssn(text)
+            || (digits >= 6 && key_has(key, &["ssn", "nationalid", "socialsecurity", "taxid"]))
+        {
+            classes.insert(SensitiveClass::NationalId);
+        }
+        if looks_like_email(text) {
+            classes.insert(SensitiveClass::Email);
+        }
+        let phone_chars = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.'));
+        if phone_chars
+            && ((text.starts_with('+') && (8..=15).contains(&digits))
+                || ((7..=15).contains(&digits) && key_has(key, &["phone", "mobile", "tel"])))
+        {
+            classes.insert(SensitiveClass::Phone);
+        }
+        classes
+    }
+
+    #[test]
+    fn values_are_classified_as_by_the_definition() {
+        let keys = [
+            "",
+            "password",
+            "newpwd",
+            "hash",
+            "apitoken",
+            "sessionid",
+            "ssn",
+            "taxid",
+            "phone",
+            "mobilenr",
+            "tel",
+            "name",
+            "email",
+            "hotel",
+        ];
+        let seeds = [
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "4111111111111112",
+            "078-05-1120",
+            "078 05 1120",
+            "+31 6 1234 5678",
+            "(020) 555-0101",
+            "ann@example.net",
+            "a@b.c",
+            "@x.io",
+            "$2b$12$abcdefghijklmnopqrstuv",
+            "$argon2id$v=19",
+            "$5$rounds",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+            "eyJ.a",
+            "0123456789abcdef0123",
+            "123456",
+            "1234567",
+            "  +123456789  ",
+            "Ünïcødé 123",
+            "",
+            " ",
+            "12.5",
+            "-3",
+        ];
+        // Every seed, and every seed with one byte of a small alphabet put at every place:
+        // values one character away from each class.
+        let alphabet = b"0 -+@.$(eyJ";
+        let mut values: Vec<Vec<u8>> = seeds.iter().map(|s| s.as_bytes().to_vec()).collect();
+        for seed in seeds {
+            for at in 0..=seed.len() {
+                for &b in alphabet {
+                    let mut v = seed.as_bytes().to_vec();
+                    v.insert(at, b);
+                    values.push(v.clone());
+                    if at < seed.len() {
+                        v.remove(at + 1);
+                        values.push(v);
+                    }
+                }
+            }
+        }
+        for key in keys {
+            let mut frame = Frame::new(Container::Object);
+            frame.set_key(key.as_bytes(), &mut KnownKeys::default());
+            let mut again = Frame::new(Container::Object);
+            let mut known = KnownKeys::default();
+            for other in keys.iter().chain([&key]) {
+                again.set_key(other.as_bytes(), &mut known);
+            }
+            assert_eq!(again.hints, frame.hints, "{key} after the other keys");
+            assert_eq!(
+                frame.key.get(..frame.key_len),
+                Some(normalised(key).as_bytes())
+            );
+            for value in &values {
+                let mut classes = ClassSet::default();
+                classify(frame.hints, value, &mut classes);
+                assert_eq!(
+                    classes,
+                    classify_by_definition(key.as_bytes(), value),
+                    "key {key:?}, value {:?}",
+                    String::from_utf8_lossy(value)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_normalised_as_names_are() {
+        for raw in [
+            "new_Password",
+            "API-Token",
+            "Ünïcødé_Key",
+            "a".repeat(40).as_str(),
+            "",
+        ] {
+            let mut frame = Frame::new(Container::Object);
+            frame.set_key(raw.as_bytes(), &mut KnownKeys::default());
+            let name = normalised(raw);
+            let expected = name.as_bytes().get(..32.min(name.len())).unwrap();
+            assert_eq!(frame.key.get(..frame.key_len).unwrap(), expected, "{raw}");
+        }
+    }
+
+    #[test]
+    fn long_strings_and_escapes_split_anywhere_scan_alike() {
+        let long = "x".repeat(300);
+        let body = format!(
+            r#"[{{"note":"{long}\"q\" 4111 1111 1111 1111","password":"{long}"}},{{"phone":"+31 6 1234 5678","a\\b":"c\u0041@d.io"}}]"#
+        );
+        let whole = scan(body.as_bytes(), true);
+        assert_eq!(whole.records, 2);
+        for at in 0..=body.len() {
+            let (a, b) = body.as_bytes().split_at(at);
+            let mut s = Scanner::new(MAX_STREAM_SCAN_BYTES);
+            s.feed(a);
+            s.feed(b);
+            assert_eq!(s.finish(true), whole, "split at {at}");
+        }
     }
 
     #[test]

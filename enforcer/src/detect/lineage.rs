@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
 use crate::config::DetectorConfig;
@@ -157,10 +158,12 @@ impl LineageState {
     /// remembered again moves to the newest end: what the session keeps using stays longest.
     pub fn remember(&mut self, hash: u64, op: u16, field: &str, class: OriginClass) {
         let class = class_code(class);
+        // From the newest end: an answer's values are mostly those its previous answer gave,
+        // remembered last (an entry is unique, so the first match from either end is it).
         if let Some(at) = self
             .entries
             .iter()
-            .position(|e| e.hash == hash && e.class == class && e.op == op)
+            .rposition(|e| e.hash == hash && e.class == class && e.op == op)
         {
             if let Some(entry) = self.entries.remove(at) {
                 self.entries.push_back(entry);
@@ -497,49 +500,139 @@ pub fn history_lost(recent: &[RecentOp]) -> bool {
 
 /// Scalar values of a JSON answer with their field paths (`accounts[].id`): strings and
 /// integers that may name an object. Bounded in count and depth.
+///
+/// Read in one pass, without building the document (the answers of the operations whose
+/// values are followed are read on the request path): values in the document's order. An
+/// answer that is not one JSON document gives none.
 pub fn response_values(body: &[u8]) -> Vec<(String, String)> {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    walk(&value, &mut String::new(), 0, &mut out);
+    let mut path = String::new();
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let values = AnswerValues {
+        path: &mut path,
+        depth: 0,
+        out: &mut out,
+    };
+    if values
+        .deserialize(&mut reader)
+        .and_then(|()| reader.end())
+        .is_err()
+    {
+        return Vec::new();
+    }
     out
 }
 
-fn walk(value: &Value, path: &mut String, depth: usize, out: &mut Vec<(String, String)>) {
-    if out.len() >= MAX_RESPONSE_VALUES || depth > MAX_RESPONSE_DEPTH {
-        return;
+/// Collects the reference-like scalars of one JSON value at `path` (see [`response_values`]).
+struct AnswerValues<'a> {
+    path: &'a mut String,
+    depth: usize,
+    out: &'a mut Vec<(String, String)>,
+}
+
+impl AnswerValues<'_> {
+    fn push(&mut self, text: &str) {
+        if self.out.len() < MAX_RESPONSE_VALUES
+            && self.depth <= MAX_RESPONSE_DEPTH
+            && reference_like(text)
+        {
+            self.out.push((self.path.clone(), text.to_owned()));
+        }
     }
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(bounded(k, 32));
-                walk(v, path, depth + 1, out);
-                path.truncate(len);
-            }
+
+    fn below(&mut self) -> AnswerValues<'_> {
+        AnswerValues {
+            path: self.path,
+            depth: self.depth + 1,
+            out: self.out,
         }
-        Value::Array(items) => {
-            let len = path.len();
-            path.push_str("[]");
-            for v in items {
-                walk(v, path, depth + 1, out);
-            }
-            path.truncate(len);
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for AnswerValues<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AnswerValues<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(mut self, v: i64) -> Result<(), E> {
+        self.push(&v.to_string());
+        Ok(())
+    }
+
+    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
+        self.push(&v.to_string());
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
+        self.push(v);
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut items: A) -> Result<(), A::Error> {
+        let len = self.path.len();
+        self.path.push_str("[]");
+        while items.next_element_seed(self.below())?.is_some() {}
+        self.path.truncate(len);
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut fields: A) -> Result<(), A::Error> {
+        let len = self.path.len();
+        while fields.next_key_seed(FieldName(self.path))?.is_some() {
+            fields.next_value_seed(self.below())?;
+            self.path.truncate(len);
         }
-        Value::String(s) if reference_like(s) => {
-            out.push((path.clone(), s.clone()));
+        Ok(())
+    }
+}
+
+/// Appends a field's name (its first 32 bytes) to the path, after a `.` unless first.
+struct FieldName<'a>(&'a mut String);
+
+impl<'de> DeserializeSeed<'de> for FieldName<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldName<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, name: &str) -> Result<(), E> {
+        if !self.0.is_empty() {
+            self.0.push('.');
         }
-        Value::Number(n) if n.is_i64() || n.is_u64() => {
-            let text = n.to_string();
-            if reference_like(&text) {
-                out.push((path.clone(), text));
-            }
-        }
-        _ => {}
+        self.0.push_str(bounded(name, 32));
+        Ok(())
     }
 }
 
@@ -948,6 +1041,96 @@ mod tests {
             shown(&["silent-harbour"], Some(&state)),
             vec![id("silent-harbour")]
         );
+    }
+
+    /// How answers were read before [`response_values`] streamed: the whole document
+    /// built, then walked.
+    fn response_values_by_tree(body: &[u8]) -> Vec<(String, String)> {
+        let Ok(value) = serde_json::from_slice::<Value>(body) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        walk(&value, &mut String::new(), 0, &mut out);
+        out
+    }
+
+    fn walk(value: &Value, path: &mut String, depth: usize, out: &mut Vec<(String, String)>) {
+        if out.len() >= MAX_RESPONSE_VALUES || depth > MAX_RESPONSE_DEPTH {
+            return;
+        }
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(bounded(k, 32));
+                    walk(v, path, depth + 1, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                let len = path.len();
+                path.push_str("[]");
+                for v in items {
+                    walk(v, path, depth + 1, out);
+                }
+                path.truncate(len);
+            }
+            Value::String(s) if reference_like(s) => {
+                out.push((path.clone(), s.clone()));
+            }
+            Value::Number(n) if n.is_i64() || n.is_u64() => {
+                let text = n.to_string();
+                if reference_like(&text) {
+                    out.push((path.clone(), text));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn answers_read_in_one_pass_give_what_the_document_gives() {
+        let long = "x".repeat(40);
+        let deep =
+            r#"{"a":{"b":{"c":{"d":{"e":{"f":{"g":"too-deep","id":"at-seven"},"id":"e-5"}}}}}}"#;
+        let bodies = [
+            r#"{"accounts":[{"id":4411,"name":"Main account","balance":12.5},{"id":"acc-2"}],"page":1,"owner":"maria.keller"}"#.to_owned(),
+            r#"[{"id":"b-1","tags":["alpha-1","beta-2"]},{"id":18446744073709551615},{"id":-42},{"id":1e3}]"#.to_owned(),
+            format!(r#"{{"{long}":"value-long-key","esc\u0061ped":"a\"b-12","nested":[[{{"x":"in-arrays"}}]],"n":null,"t":true}}"#),
+            deep.to_owned(),
+            r#""just-a-string""#.to_owned(),
+            "4411".to_owned(),
+        ];
+        for body in &bodies {
+            let mut streamed = response_values(body.as_bytes());
+            let mut tree = response_values_by_tree(body.as_bytes());
+            streamed.sort();
+            tree.sort();
+            assert_eq!(streamed, tree, "{body}");
+        }
+        // Values at most MAX_RESPONSE_DEPTH levels down, and no deeper.
+        assert_eq!(
+            response_values(deep.as_bytes()),
+            vec![("a.b.c.d.e.id".to_owned(), "e-5".to_owned())]
+        );
+        for broken in [
+            "{\"id\":\"acc-1\"",
+            "{\"id\":\"acc-1\"} trailing",
+            "",
+            "[1,]",
+        ] {
+            assert!(response_values(broken.as_bytes()).is_empty(), "{broken}");
+        }
+        // At most MAX_RESPONSE_VALUES values, the first ones.
+        let many: Vec<String> = (0..MAX_RESPONSE_VALUES + 10)
+            .map(|i| format!("\"v-{i}\""))
+            .collect();
+        let values = response_values(format!("[{}]", many.join(",")).as_bytes());
+        assert_eq!(values.len(), MAX_RESPONSE_VALUES);
+        assert_eq!(values.first().map(|v| v.1.as_str()), Some("v-0"));
     }
 
     #[test]

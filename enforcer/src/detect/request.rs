@@ -49,6 +49,12 @@ pub struct RequestScratch {
     /// A mutex only so that the handler's future stays `Send`: one request uses it at a time,
     /// so it is never contended.
     params: Mutex<Option<RequestParams>>,
+    /// The session token's claims (hashed, see `lineage::claims`): decoding the token is the
+    /// same work for the check and for learning.
+    claims: Mutex<Option<Vec<(String, u64)>>>,
+    /// The request's object identifiers the session was not shown, as the check found them:
+    /// learning takes them as they were when the request was judged.
+    unshown: Mutex<Option<Vec<u64>>>,
 }
 
 impl std::fmt::Debug for RequestScratch {
@@ -67,6 +73,16 @@ impl RequestScratch {
     /// Keeps the observations for a later call on the same request.
     pub fn keep_params(&self, params: RequestParams) {
         *self.params.lock() = Some(params);
+    }
+
+    /// The session token's claims, derived by `derive` on the first call for the request.
+    pub fn claims(&self, derive: impl FnOnce() -> Vec<(String, u64)>) -> Vec<(String, u64)> {
+        self.claims.lock().get_or_insert_with(derive).clone()
+    }
+
+    /// The unshown object identifiers, derived by `derive` on the first call for the request.
+    pub fn unshown(&self, derive: impl FnOnce() -> Vec<u64>) -> Vec<u64> {
+        self.unshown.lock().get_or_insert_with(derive).clone()
     }
 }
 
