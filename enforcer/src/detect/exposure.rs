@@ -400,9 +400,10 @@ impl Scanner {
             top.want_key = false;
             top.set_key(value, known_keys);
             if depth == 1 && out.fields.len() < MAX_FIELDS && value.len() <= MAX_FIELD_LEN {
-                let field = String::from_utf8_lossy(value).into_owned();
-                if !out.fields.contains(&field) {
-                    out.fields.push(field);
+                // Bounded as written: a byte that is not UTF-8 becomes three.
+                let field = String::from_utf8_lossy(value);
+                if field.len() <= MAX_FIELD_LEN && !out.fields.iter().any(|f| *f == field) {
+                    out.fields.push(field.into_owned());
                 }
             }
         } else {
