@@ -161,6 +161,11 @@ pub async fn run(opts: InstructionOptions) -> anyhow::Result<String> {
         ));
         if name == "ordo-enforce" {
             profile = top_functions(&dump, opts.top, count.requests)?;
+            if let Some(outside) = outside_analyzer(&profile, count.per_request()) {
+                log(format!(
+                    "{name}: {outside:.0} per request outside the learned detectors' inspect and observe (repeatable to about 0.5 %; those two vary with what learning saw)"
+                ));
+            }
         }
         counts.push(count);
     }
@@ -269,6 +274,25 @@ fn top_functions(dump: &Path, top: usize, requests: u64) -> anyhow::Result<Strin
         top,
         requests,
     ))
+}
+
+/// Instructions per request outside the analyzer's `inspect` and `observe` (docs/benchmarks.md,
+/// seventh pass): what the learned detectors do for a request depends on which answers each
+/// session was given during the warm-up, which the connections interleave differently from
+/// run to run, so the total moves by a few percent; the rest repeats. `None` when the profile
+/// does not name both.
+fn outside_analyzer(profile: &str, per_request: f64) -> Option<f64> {
+    let cost = |method: &str| {
+        profile.lines().find_map(|l| {
+            let (n, name) = l.trim_start().split_once("  ")?;
+            name.contains(&format!(
+                "as ordo_enforcer::detect::request::Analyzer>::{method}"
+            ))
+            .then(|| n.trim().parse::<f64>().ok())
+            .flatten()
+        })
+    };
+    Some(per_request - cost("inspect")? - cost("observe")?)
 }
 
 /// Lines `1,234,567 (12.34%)  file:function [object]` of callgrind_annotate → per request.
@@ -394,6 +418,16 @@ mod tests {
         assert_eq!(parse_total(dump), Some(1_237_173));
         assert_eq!(parse_total("events: Ir\ntotals: 42\n"), Some(42));
         assert_eq!(parse_total("events: Ir\n"), None);
+    }
+
+    #[test]
+    fn the_part_outside_the_analyzer_is_the_total_less_inspect_and_observe() {
+        let profile = "    213354  ordo_enforcer::main [/x]\n     56030  <ordo_enforcer::detect::analyzer::LearnedAnalyzer as ordo_enforcer::detect::request::Analyzer>::observe [/x]\n     45209  <ordo_enforcer::detect::analyzer::LearnedAnalyzer as ordo_enforcer::detect::request::Analyzer>::inspect [/x]\n";
+        assert_eq!(outside_analyzer(profile, 213_354.0), Some(112_115.0));
+        assert_eq!(
+            outside_analyzer("    10  ordo_enforcer::main [/x]\n", 10.0),
+            None
+        );
     }
 
     #[test]

@@ -96,6 +96,10 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct LineageState {
     entries: VecDeque<Entry>,
+    /// Which values may be in `entries`: one bit per value, chosen by its hash (a value whose
+    /// bit is clear is not there). A value the session was not given, the common case when an
+    /// answer is read, is then answered without scanning the record.
+    maybe: HashBits,
     fields: Vec<Box<str>>,
     /// The session's entry was recreated without what came before (eviction, a move between
     /// replicas): values it was given earlier are unknown, so nothing is judged.
@@ -105,6 +109,32 @@ pub struct LineageState {
     /// is flagged later these lessons are taken back (see [`LineageState::take_taught`]).
     taught: Vec<(u16, u8)>,
     taught_generation: u64,
+}
+
+/// A set of hashes that may hold false positives and no false negatives: 256 bits, one per
+/// value. At the record's [`MAX_VALUES`] about a third of the bits are set, so about two
+/// thirds of the values a session was not given are ruled out at once.
+#[derive(Debug, Default, Clone, Copy)]
+struct HashBits([u64; 4]);
+
+impl HashBits {
+    /// The word and bit of `hash` (its top bits: the keyed hash is uniform in every bit).
+    fn place(hash: u64) -> (usize, u64) {
+        let bit = hash >> 56;
+        (usize::try_from(bit >> 6).unwrap_or(0), 1 << (bit & 63))
+    }
+
+    fn insert(&mut self, hash: u64) {
+        let (word, bit) = Self::place(hash);
+        if let Some(w) = self.0.get_mut(word) {
+            *w |= bit;
+        }
+    }
+
+    fn may_hold(&self, hash: u64) -> bool {
+        let (word, bit) = Self::place(hash);
+        self.0.get(word).is_some_and(|w| w & bit != 0)
+    }
 }
 
 fn class_code(class: OriginClass) -> u8 {
@@ -132,9 +162,24 @@ impl LineageState {
     /// Whether an answer gave the value with hash `hash`.
     pub fn contains_given(&self, hash: u64) -> bool {
         let given = class_code(OriginClass::Response);
+        self.maybe.may_hold(hash)
+            && self
+                .entries
+                .iter()
+                .any(|e| e.hash == hash && e.class == given)
+    }
+
+    /// The entries of the value with hash `hash`.
+    fn entries_of(&self, hash: u64) -> impl Iterator<Item = &Entry> {
+        let scanned = if self.maybe.may_hold(hash) {
+            self.entries.len()
+        } else {
+            0
+        };
         self.entries
             .iter()
-            .any(|e| e.hash == hash && e.class == given)
+            .take(scanned)
+            .filter(move |e| e.hash == hash)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -161,9 +206,14 @@ impl LineageState {
         // From the newest end: an answer's values are mostly those its previous answer gave,
         // remembered last (an entry is unique, so the first match from either end is it).
         if let Some(at) = self
-            .entries
-            .iter()
-            .rposition(|e| e.hash == hash && e.class == class && e.op == op)
+            .maybe
+            .may_hold(hash)
+            .then(|| {
+                self.entries
+                    .iter()
+                    .rposition(|e| e.hash == hash && e.class == class && e.op == op)
+            })
+            .flatten()
         {
             if let Some(entry) = self.entries.remove(at) {
                 self.entries.push_back(entry);
@@ -183,6 +233,7 @@ impl LineageState {
             field,
             class,
         });
+        self.maybe.insert(hash);
     }
 
     /// Makes room: the [`EVICT_BATCH`] oldest values of the operation and class with the most
@@ -223,6 +274,10 @@ impl LineageState {
                 true
             }
         });
+        self.maybe = HashBits::default();
+        for e in &self.entries {
+            self.maybe.insert(e.hash);
+        }
     }
 
     /// Records that the session teaches the model a value of `field` of operation `op` with no
@@ -410,7 +465,7 @@ pub fn origins_of(
 
 /// Adds the origins `values` holds for the value with hash `hash`.
 fn add_entries(out: &mut Origins, hash: u64, values: &LineageState, model: &LearnedModel) {
-    for e in values.entries.iter().filter(|e| e.hash == hash) {
+    for e in values.entries_of(hash) {
         let class = if e.class == class_code(OriginClass::Response) {
             OriginClass::Response
         } else {
@@ -1089,6 +1144,40 @@ mod tests {
             }
             _ => {}
         }
+    }
+
+    #[test]
+    fn the_hash_bits_never_rule_out_a_value_the_record_holds() {
+        let keys = ValueKeys::default();
+        let mut state = LineageState::default();
+        // Far more values than the record keeps: evictions rebuild the bits.
+        for i in 0..1_000u32 {
+            let op = u16::try_from(i % 5).unwrap();
+            state.remember(
+                keys.hash(&format!("v-{i}")),
+                op,
+                "id",
+                OriginClass::Response,
+            );
+            for e in &state.entries {
+                assert!(
+                    state.maybe.may_hold(e.hash),
+                    "value {i}: a held value ruled out"
+                );
+            }
+            let held = |hash| state.entries.iter().any(|e| e.hash == hash);
+            let last = keys.hash(&format!("v-{i}"));
+            assert!(held(last) && state.contains_given(last));
+            assert_eq!(state.entries_of(last).count(), 1);
+        }
+        assert!(state.len() <= MAX_VALUES);
+        let absent: Vec<u64> = (0..1_000)
+            .map(|i| keys.hash(&format!("never-{i}")))
+            .collect();
+        assert!(absent.iter().all(|&h| state.entries_of(h).count() == 0));
+        // Most values never given are ruled out by the bits alone.
+        let ruled_out = absent.iter().filter(|&&h| !state.maybe.may_hold(h)).count();
+        assert!(ruled_out > 500, "{ruled_out} of 1000 ruled out");
     }
 
     #[test]
