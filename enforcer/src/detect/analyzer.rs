@@ -10,10 +10,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use super::request::{Analyzer, LateFinding, ModelMaturity, RequestContext, ResponseSummary};
+use super::request::{
+    AddressFacts, AddressQuarantine, Analyzer, AuthFailure, LateFinding, ModelMaturity,
+    RequestContext, ResponseSummary,
+};
 use crate::config::{Action, DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
 use crate::detect::params::RequestParams;
-use crate::detect::session_state::{SessionState, distinct_of, with_object};
+use crate::detect::session_state::{Quarantine, SessionState, distinct_of, with_object};
 use crate::finding::Finding;
 use crate::model::exposure::ExposureSample;
 use crate::model::hashing::stable_hash;
@@ -757,6 +760,13 @@ impl LearnedAnalyzer {
                         .iter()
                         .map(|(field, value)| (self.value_keys.hash(value), field.as_str())),
                 );
+                if ctx.scratch.exports() && !values.is_empty() {
+                    // For the replicas that decide the sessions of this address's tokens.
+                    ctx.scratch.add_facts(ctx.client, |facts| {
+                        facts.operation = ctx.operation.template.to_string();
+                        facts.values.clone_from(&values);
+                    });
+                }
             }
             if !values.is_empty() {
                 let state = state.lineage_mut();
@@ -775,12 +785,67 @@ impl LearnedAnalyzer {
         }
     }
 
+    /// Whether `value` counts as shown to the sessions of tokens, cookies or headers from
+    /// `client` at `now_ms` (an answer to an anonymous request of `client` carried it, here or
+    /// on another replica: see `detect::shown`).
+    pub fn shown_to(&self, client: std::net::IpAddr, value: &str, now_ms: u64) -> bool {
+        let hash = self.value_keys.hash(value);
+        self.shown.with(Some(client), now_ms, |address| {
+            address.is_some_and(|a| a.contains_given(hash))
+        })
+    }
+
     fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
         model.requests >= learning.min_requests && model.sessions >= learning.min_sessions
     }
 }
 
 impl Analyzer for LearnedAnalyzer {
+    fn remember_address_facts(&self, facts: &AddressFacts, now_ms: u64) {
+        let Some(address) = facts.address else {
+            return;
+        };
+        let cap = self.settings.load().learning.max_tracked_clients;
+        if !facts.values.is_empty() {
+            // The model index of the operation here (another replica's may differ); one this
+            // replica has not learned yet only names no source.
+            let index = self
+                .inner
+                .read()
+                .model
+                .op_index(&facts.operation)
+                .unwrap_or(u16::MAX);
+            self.shown.remember(
+                address,
+                now_ms,
+                index,
+                facts
+                    .values
+                    .iter()
+                    .take(lineage::MAX_RESPONSE_VALUES)
+                    .map(|(field, value)| (self.value_keys.hash(value), field.as_str())),
+            );
+        }
+        if let Some(failure) = facts.failure {
+            // Counted, not learned from: the replica that decided it learned from it.
+            self.clients
+                .lock()
+                .record_failure(address, failure.window, failure.identity, cap);
+        }
+        if let Some(q) = facts.quarantine {
+            self.quarantined.lock().insert(
+                address,
+                Quarantine {
+                    since_ms: q.since_ms,
+                    until_ms: q.until_ms,
+                    cause: q.cause,
+                },
+                now_ms,
+                cap,
+            );
+        }
+    }
+
     fn wants_body(&self, _op: &Operation) -> bool {
         let d = &self.settings.load().detectors;
         d.request_shape.enabled
@@ -904,6 +969,14 @@ impl Analyzer for LearnedAnalyzer {
                     ctx.now_ms,
                     learning.max_tracked_clients,
                 );
+                // Every session from the address is refused, whatever replica decides it.
+                ctx.scratch.add_facts(ctx.client, |facts| {
+                    facts.quarantine = Some(AddressQuarantine {
+                        since_ms: q.since_ms,
+                        until_ms: q.until_ms,
+                        cause: q.cause,
+                    });
+                });
             }
         }
     }
@@ -1190,6 +1263,13 @@ impl Analyzer for LearnedAnalyzer {
             }
         }
         if auth_failure && auth_like {
+            // Counted wherever the address's next attempt is decided.
+            ctx.scratch.add_facts(ctx.client, |facts| {
+                facts.failure = Some(AuthFailure {
+                    window,
+                    identity: params.identity,
+                });
+            });
             let mut clients = self.clients.lock();
             let before = clients
                 .get(&ctx.client, window)

@@ -389,6 +389,11 @@ pub async fn serve_peers(
                         router.observe(claims.from, claims.view, Some(announced_lists(&req)));
                         return Ok(empty(StatusCode::NO_CONTENT));
                     }
+                    if claims.kind == Kind::Facts {
+                        router.observe(claims.from, claims.view, None);
+                        let status = super::facts::receive(&router, &shared, &claims, req).await;
+                        return Ok(empty(status));
+                    }
                     router.observe(claims.from, claims.view, None);
                     router
                         .metrics

@@ -20,6 +20,7 @@
 //! ([`Router::observe`]). A replica that crashed and came back is taken back when it announces its first view.
 
 mod auth;
+mod facts;
 mod forward;
 mod ring;
 
@@ -74,6 +75,7 @@ struct RouteMetrics {
     view_changes: prometheus::IntCounter,
     forgotten: prometheus::IntCounter,
     disagreements: prometheus::IntCounter,
+    facts: IntCounterVec,
 }
 
 impl RouteMetrics {
@@ -119,12 +121,26 @@ impl RouteMetrics {
              sessions that view gives to another replica start over here until they agree)",
         )?;
         registry.register(Box::new(disagreements.clone()))?;
+        let facts = IntCounterVec::new(
+            Opts::new(
+                "ordo_peer_facts_total",
+                "Facts about client addresses (what answers to their anonymous requests showed \
+                 them) by result: acknowledged and unacknowledged (sent to a replica), received, \
+                 invalid (refused: body not the one authenticated)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(facts.clone()))?;
+        for r in ["acknowledged", "unacknowledged", "received", "invalid"] {
+            facts.with_label_values(&[r]);
+        }
         Ok(Self {
             forward,
             peers,
             view_changes,
             forgotten,
             disagreements,
+            facts,
         })
     }
 }
@@ -171,6 +187,8 @@ pub struct Router {
     /// updated from the policy.
     horizon_ms: std::sync::atomic::AtomicU64,
     pool: forward::Pool,
+    /// Connections for facts about client addresses ([`facts`]).
+    facts_pool: facts::FactsPool,
     metrics: RouteMetrics,
     /// Views other replicas route by that differ from this one's (at most [`MAX_FOREIGN`]).
     foreign: Mutex<Vec<Foreign>>,
@@ -265,6 +283,7 @@ impl Router {
                 u64::try_from(horizon.as_millis()).unwrap_or(u64::MAX),
             ),
             pool: forward::Pool::default(),
+            facts_pool: facts::FactsPool::default(),
             metrics,
             foreign: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
