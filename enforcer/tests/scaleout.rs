@@ -1007,3 +1007,148 @@ async fn a_stuffer_spreading_its_tries_over_replicas_is_refused_as_by_one() {
         "a fresh session from the address on every replica: {scaled_fresh:?}"
     );
 }
+
+/// Each session of `prefix`: a balance lookup on one replica, the transfer on the next;
+/// the transfer statuses.
+async fn journeys(c: &TestClient, es: &[&RunningEnforcer], prefix: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let s = format!("{prefix}-{i}");
+        let (a, b) = (es[i % es.len()], es[(i + 1) % es.len()]);
+        assert_eq!(
+            status(c, a, "GET", "/api/v1/accounts/7/balance", &s).await,
+            200
+        );
+        statuses.push(status(c, b, "POST", "/api/v1/transferFunds", &s).await);
+    }
+    statuses
+}
+
+/// A replica whose secret is read from `file`, `me` among `all`.
+async fn with_secret_file(
+    me: SocketAddr,
+    all: &[SocketAddr],
+    file: &std::path::Path,
+    upstream: SocketAddr,
+) -> RunningEnforcer {
+    let yaml = config(Some((me, all))).replace(
+        &format!("secret: {SECRET}"),
+        &format!("secretFile: {}", file.display()),
+    );
+    start_enforcer(&yaml, upstream).await
+}
+
+/// The shared secret rotates without a restart, as a Secret is updated in place: every
+/// replica's `secretFile` goes from the old secret to "old, then new" (the old one still
+/// signs, both are accepted), to "new, then old" (the new one signs), to the new one alone.
+/// No forwarded request is refused at any step, no honest transfer either (the change of the
+/// signing secret moves sessions, as a change of members does); afterwards a replica with the
+/// new secret alone is taken, one with the old secret alone is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_secret_rotates_without_a_restart() {
+    const OLD: &str = "the-old-secret-of-the-replicas";
+    const NEW: &str = "the-new-secret-of-the-replicas";
+    let upstream = start_upstream().await;
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (free_port(), free_port());
+    let files = [dir.path().join("a"), dir.path().join("b")];
+    let write = |text: &str| {
+        for f in &files {
+            // As the kubelet does: a new file renamed over the old one.
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, f).unwrap();
+        }
+    };
+    write(OLD);
+    let ea = with_secret_file(a, &[a, b], &files[0], upstream.addr).await;
+    let eb = with_secret_file(b, &[a, b], &files[1], upstream.addr).await;
+    tokio::time::sleep(SETTLED).await;
+    let both = [&ea, &eb];
+    let statuses = journeys(&c, &both, "before", 10).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for (step, text) in [
+        ("accept-new", format!("{OLD}\n{NEW}\n")),
+        ("sign-new", format!("{NEW}\n{OLD}\n")),
+        ("new-only", format!("{NEW}\n")),
+    ] {
+        write(&text);
+        // Read again within a second; a new signing key moves sessions: past the hold.
+        tokio::time::sleep(SETTLED + Duration::from_secs(1)).await;
+        let statuses = journeys(&c, &both, step, 10).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{step}: {statuses:?}");
+    }
+    for e in both {
+        let m = metrics(&c, e).await;
+        assert_eq!(forward_total(&m, "unauthenticated"), 0.0, "{m}");
+        assert!(forward_total(&m, "received") > 0.0);
+    }
+
+    // A replica with the new secret alone forwards to `a`: taken. One with the old alone:
+    // refused.
+    let received = forward_total(&metrics(&c, &ea).await, "received");
+    for (secret, accepted) in [(NEW, true), (OLD, false)] {
+        let me = free_port();
+        let yaml = config(Some((me, &[me, a]))).replace(SECRET, secret);
+        let e = start_enforcer(&yaml, upstream.addr).await;
+        let router = e.shared.router.clone().unwrap();
+        let session = (0..1000)
+            .map(|i| format!("newcomer-{secret}-{i}"))
+            .find(|s| router.owner_among(&[me, a], &format!("header:x-session={s}")) == Some(a))
+            .unwrap();
+        let got = status(&c, &e, "GET", "/api/v1/accounts/7/balance", &session).await;
+        let m = metrics(&c, &ea).await;
+        if accepted {
+            assert_eq!(got, 200);
+            assert_eq!(forward_total(&m, "received"), received + 1.0);
+        } else {
+            // The request, and the view announcements it sent at start, refused.
+            assert_ne!(got, 200);
+            assert!(forward_total(&m, "unauthenticated") >= 1.0, "{m}");
+        }
+        e.shutdown().await;
+    }
+    ea.shutdown().await;
+    eb.shutdown().await;
+}
+
+/// A reload of the config applies a new member list (`peers.static`) without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_member_list_applies_without_a_restart() {
+    let upstream = start_upstream().await;
+    let (a, b) = (free_port(), free_port());
+    let other = start_enforcer(&config(Some((b, &[a, b]))), upstream.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enforcer.yaml");
+    let write = |all: &[SocketAddr]| {
+        let tmp = dir.path().join("enforcer.tmp");
+        std::fs::write(&tmp, enforcer_yaml(&config(Some((a, all))), upstream.addr)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write(&[a, b]);
+    let (watcher, loaded) = ordo_enforcer::config::ConfigWatcher::load(&path).unwrap();
+    let e = ordo_enforcer::runtime::start(
+        loaded,
+        Some(watcher),
+        Arc::new(ordo_enforcer::detect::NoopAnalyzer),
+    )
+    .await
+    .unwrap();
+    let router = e.shared.router.clone().unwrap();
+    let mut sorted = vec![a, b];
+    sorted.sort_unstable();
+    assert_eq!(router.members(), sorted);
+    write(&[a]);
+    let mut members = router.members();
+    for _ in 0..50 {
+        if members == [a] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        members = router.members();
+    }
+    assert_eq!(members, [a], "the reloaded member list");
+    e.shutdown().await;
+    other.shutdown().await;
+}

@@ -125,7 +125,7 @@ impl Router {
             from: self.self_addr,
             view: views.current.hash,
         };
-        let timeout = self.config.connect_timeout.std();
+        let timeout = self.config.load().connect_timeout.std();
         let sends = targets.iter().map(|peer| {
             let body = body.clone();
             let digest = digest.as_str();
@@ -177,7 +177,7 @@ impl Router {
         headers.insert(PEER_BODY, digest);
         let headers_digest = auth::headers_digest(req.headers());
         let value = auth::sign(
-            &self.secret,
+            &self.signing_secret(),
             unix_ms(),
             claims,
             &Signed {
