@@ -25,7 +25,7 @@ use crate::operation::Operation;
 use crate::session::{RecentOp, SessionSource};
 
 use super::auth_activity::AuthActivity;
-use super::baselines::Baselines;
+use super::baselines::{Baselines, OperationBaseline};
 use super::clients::ClientTable;
 use super::context::Judged;
 use super::journey::journey_history;
@@ -209,6 +209,33 @@ impl Inner {
         model.renamed(&|t| self.folded.get(t).cloned())
     }
 
+    /// The frozen baselines, their operations named by template: to carry them over an
+    /// adoption or a merge, which may change the model's index space ([`Inner::refreeze`]).
+    fn frozen(&self) -> (Baselines, Vec<(String, OperationBaseline)>) {
+        let named = self
+            .baselines
+            .operations
+            .iter()
+            .filter_map(|(index, b)| Some((self.model.operation(*index)?.template.clone(), *b)))
+            .collect();
+        let rest = Baselines {
+            operations: HashMap::new(),
+            ..self.baselines.clone()
+        };
+        (rest, named)
+    }
+
+    /// Puts back the baselines [`Inner::frozen`] took, in the current index space: they stay
+    /// frozen for their counting window, as one replica's do (a merged model that grew enough
+    /// replaces them at the next refresh, see `detect::baselines`).
+    fn refreeze(&mut self, (mut baselines, named): (Baselines, Vec<(String, OperationBaseline)>)) {
+        baselines.operations = named
+            .into_iter()
+            .filter_map(|(template, b)| Some((self.model.op_index(&template)?, b)))
+            .collect();
+        self.baselines = baselines;
+    }
+
     /// Re-resolves the id map after the model's index space changed.
     fn reindex(&mut self) {
         for (template, index) in self.ids.values_mut() {
@@ -331,8 +358,13 @@ impl LearnedAnalyzer {
         model.set_caps(caps);
         inner.reported = model.clone();
         model.merge(&pending);
+        // The baselines of this counting window stay frozen, as on one replica: recomputed
+        // from every merged model, they would follow what concurrent sessions taught while
+        // they climbed (docs/scale-out.md).
+        let frozen = inner.frozen();
         inner.model = model;
         inner.reindex();
+        inner.refreeze(frozen);
     }
 
     /// Adds another model's counts (for example one learned elsewhere) as local learning: it
@@ -340,8 +372,10 @@ impl LearnedAnalyzer {
     pub fn merge_model(&self, other: &LearnedModel) {
         let mut inner = self.write_inner();
         let other = inner.unfolded(other.clone());
+        let frozen = inner.frozen();
         inner.model.merge(&other);
         inner.reindex();
+        inner.refreeze(frozen);
     }
 
     /// `take_delta` as bytes; `None` when nothing was learned.
