@@ -8,9 +8,12 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use ordo_enforcer::config::parse_yaml;
+use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::runtime::RunningEnforcer;
 
 const SECRET: &str = "a-test-secret-shared-by-replicas";
@@ -630,4 +633,522 @@ async fn a_forwarded_request_with_a_tampered_header_is_refused() {
     assert_eq!(forward_total(&m, "unauthenticated"), 4.0);
     forwarder.shutdown().await;
     owner.shutdown().await;
+}
+
+/// Replicas with the learned analyzer, sessions by `X-Session` then the client address (from
+/// `X-Forwarded-For`, one trusted hop): the anonymous requests of one address are one session,
+/// owned by one replica, and a token session from that address usually by another.
+async fn learning_replicas(
+    n: usize,
+    upstream: SocketAddr,
+) -> Vec<(RunningEnforcer, Arc<LearnedAnalyzer>)> {
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+    let mut out = Vec::new();
+    for me in &addrs {
+        out.push(learning_replica(*me, &addrs, upstream, MONITOR).await);
+    }
+    tokio::time::sleep(SETTLED).await;
+    out
+}
+
+/// The mode and detectors of [`learning_replicas`].
+const MONITOR: &str = "mode: Monitor\n";
+
+/// One replica of [`learning_replicas`], `me` among `all` (no `peers` when `all` is empty),
+/// with `settings` (mode, learning, detectors).
+async fn learning_replica(
+    me: SocketAddr,
+    all: &[SocketAddr],
+    upstream: SocketAddr,
+    settings: &str,
+) -> (RunningEnforcer, Arc<LearnedAnalyzer>) {
+    let list: Vec<String> = all.iter().map(|a| format!("\"{a}\"")).collect();
+    let mut yaml = format!(
+        r#"
+upstream: {{ url: "http://{{upstream}}" }}
+{settings}
+clientAddress: {{ source: XForwardedFor, trustedHops: 1 }}
+session:
+  identifiers: [ {{ header: {{ name: X-Session }} }}, {{ clientIp: {{}} }} ]
+  history: {{ requests: 10, duration: {}ms }}
+"#,
+        HISTORY.as_millis(),
+    );
+    if !all.is_empty() {
+        yaml.push_str(&format!(
+            "peers:\n  listen: {me}\n  advertise: \"{me}\"\n  static: [{}]\n  secret: {SECRET}\n  suspectFor: 30s\n",
+            list.join(", ")
+        ));
+    }
+    let config = parse_yaml(&enforcer_yaml(&yaml, upstream)).unwrap();
+    let analyzer = Arc::new(LearnedAnalyzer::new(
+        &config.learning,
+        &config.detectors,
+        None,
+    ));
+    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
+        .await
+        .unwrap();
+    (e, analyzer)
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// What an answer to an address's anonymous request showed it counts as given to the token
+/// sessions from that address (`detect::shown`), whichever replica decides them: every replica
+/// holds it as soon as the client has the answer, as one replica would (docs/scale-out.md,
+/// "State keyed by the client address").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_address_was_shown_anonymously_is_known_to_every_replica() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let es = learning_replicas(3, upstream.addr).await;
+    let address: std::net::IpAddr = "10.9.0.1".parse().unwrap();
+    let other: std::net::IpAddr = "10.9.0.2".parse().unwrap();
+    let mut shown = 0;
+    for k in 0..12 {
+        // Anonymous (no X-Session): the session of the address, through every replica in turn.
+        let (e, _) = &es[k % es.len()];
+        // The upstream answers the body's length: a value the answer showed the address.
+        let path = (100 + k).to_string();
+        let url = format!("http://{}/listing", e.proxy_addr);
+        let body = "x".repeat(100 + k);
+        let answer = send(&c, "POST", &url, &[("x-forwarded-for", "10.9.0.1")], &body).await;
+        assert_eq!(answer.status, 200);
+        let holders: Vec<bool> = es
+            .iter()
+            .map(|(_, a)| a.shown_to(address, &path, unix_ms()))
+            .collect();
+        if holders.iter().any(|h| *h) {
+            shown += 1;
+            assert!(
+                holders.iter().all(|h| *h),
+                "{path}: shown to the address on some replicas only, as soon as answered: {holders:?}"
+            );
+        }
+        for (_, a) in &es {
+            assert!(!a.shown_to(other, &path, unix_ms()), "another address");
+        }
+    }
+    // The first answers of an operation are not read (its values are not known to matter yet).
+    assert!(shown >= 6, "{shown} of 12 answers read");
+    // Each replica answered some of them and told the two others.
+    let mut received = 0.0;
+    for (e, _) in &es {
+        let text = metrics(&c, e).await;
+        received += metric_value(&text, "ordo_peer_facts_total{result=\"received\"}");
+        assert_eq!(
+            metric_value(&text, "ordo_peer_facts_total{result=\"invalid\"}"),
+            0.0
+        );
+    }
+    assert_eq!(received, f64::from(shown) * 2.0);
+}
+
+/// Facts about an address are authenticated like every message between replicas, their
+/// body too (its digest is in a header the MAC covers): captured and replayed with the body,
+/// a header or the address changed, they are refused; as captured, they are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_about_an_address_with_a_tampered_body_are_refused() {
+    let upstream = start_upstream().await;
+    let c = client();
+    let capture = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = capture.local_addr().unwrap();
+    let me = free_port();
+    let (sender, _) = learning_replica(me, &[me, fake], upstream.addr, MONITOR).await;
+    let other = free_port();
+    let (receiver, analyzer) = learning_replica(other, &[other], upstream.addr, MONITOR).await;
+    tokio::time::sleep(SETTLED).await;
+    let router = sender.shared.router.clone().unwrap();
+    let address = (1..250)
+        .map(|i| format!("10.9.1.{i}"))
+        .find(|a| router.owner_among(&[me, fake], &format!("ip:{a}")) == Some(me))
+        .unwrap();
+    let captured = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = capture.accept().await.unwrap();
+            loop {
+                let req = read_request(&mut stream).await;
+                use tokio::io::AsyncWriteExt;
+                stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    .await
+                    .unwrap();
+                if String::from_utf8_lossy(&req).contains("x-ordo-peer-auth: v2 s ") {
+                    return req;
+                }
+                if String::from_utf8_lossy(&req).contains("x-ordo-peer-views") {
+                    break;
+                }
+            }
+        }
+    });
+    let url = format!("http://{}/listing", sender.proxy_addr);
+    // The first answers of the operation are not read; one later is, and told to `fake`.
+    for k in 0..6 {
+        let body = "x".repeat(200 + k);
+        let sent = send(&c, "POST", &url, &[("x-forwarded-for", &address)], &body).await;
+        assert_eq!(sent.status, 200);
+    }
+    let captured = tokio::time::timeout(Duration::from_secs(10), captured)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(captured).unwrap();
+    assert!(text.contains(&format!(" {address}:0 ")), "{text}");
+    let tampered_body = text.replace("\"POST\"", "\"PUTS\"");
+    let tampered = [
+        text.replace(&format!(" {address}:0 "), " 10.9.9.9:0 "),
+        text.replacen("\r\n", "\r\nx-extra: 1\r\n", 1),
+    ];
+    assert_ne!(tampered_body, text);
+    assert_eq!(raw_status(other, tampered_body.as_bytes()).await, 400);
+    for t in &tampered {
+        assert_ne!(t, &text);
+        assert_eq!(raw_status(other, t.as_bytes()).await, 401, "{t}");
+    }
+    let client: std::net::IpAddr = address.parse().unwrap();
+    assert!(!analyzer.shown_to(client, "\"POST\"", unix_ms()));
+    assert!(!analyzer.shown_to(client, "PUTS", unix_ms()));
+    // As captured: taken, and what it says is known to the receiver.
+    assert_eq!(raw_status(other, text.as_bytes()).await, 204, "{text}");
+    assert!(analyzer.shown_to(client, "POST", unix_ms()));
+    let m = metrics(&c, &receiver).await;
+    assert_eq!(
+        metric_value(&m, "ordo_peer_facts_total{result=\"invalid\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&m, "ordo_peer_facts_total{result=\"received\"}"),
+        1.0
+    );
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}
+
+const PASSWORD: &str = "correct horse";
+
+/// An upstream whose `POST /login` answers 200 with a token or 200 with `{"status":"fail"}`
+/// (as enforcer/tests/outcomes.rs), and anything else a small list.
+async fn start_login_app() -> SocketAddr {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let answer = if path == "/login" {
+                            let login: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            if login["password"] == PASSWORD {
+                                let user = login["username"].as_str().unwrap_or("");
+                                format!(
+                                    r#"{{"status":"success","auth_token":"eyJhbGciOiJIUzI1NiJ9.{user}.c2lnbmF0dXJl"}}"#
+                                )
+                            } else {
+                                r#"{"status":"fail","message":"Password is not correct."}"#
+                                    .to_owned()
+                            }
+                        } else {
+                            r#"{"books":[{"title":"a"},{"title":"b"}]}"#.to_owned()
+                        };
+                        let mut resp = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(answer),
+                        ));
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+const STUFFING: &str = r#"mode: Enforce
+learning: { minRequests: 90, minSessions: 30, journeyGap: 300ms }
+detectors:
+  credentialStuffing: { action: Block, quarantine: 10m }
+"#;
+
+/// Learning traffic (130 users log in anonymously, one in 13 after a typo, and read a list in
+/// their session), then stuffing from one address with a new session per try, each request to
+/// the next of `es`; returns the try the stuffing was refused at (as credential stuffing) and
+/// the statuses of a fresh session from the stuffer's address on each of `es` afterwards.
+async fn stuffing_run(es: &[RunningEnforcer]) -> (Option<usize>, Vec<(u16, String)>) {
+    let c = client();
+    let mut next = 0usize;
+    let mut call = |session: Option<String>, addr: &str, path: &str, body: String| {
+        let e = &es[next % es.len()];
+        next += 1;
+        let c = c.clone();
+        let url = format!("http://{}{path}", e.proxy_addr);
+        let addr = addr.to_owned();
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        async move {
+            let mut headers = vec![("x-forwarded-for", addr.as_str())];
+            if let Some(s) = &session {
+                headers.push(("x-session", s.as_str()));
+            }
+            send(&c, method, &url, &headers, &body).await
+        }
+    };
+    let login = |user: &str, password: &str| {
+        serde_json::json!({ "username": user, "password": password }).to_string()
+    };
+    for u in 0..130 {
+        let addr = format!("10.1.{}.{}", u / 200, u % 200 + 1);
+        let user = format!("reader{u}");
+        if u % 13 == 0 {
+            let a = call(None, &addr, "/login", login(&user, "typo")).await;
+            assert_eq!(a.status, 200);
+        }
+        let a = call(None, &addr, "/login", login(&user, PASSWORD)).await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        for _ in 0..2 {
+            let a = call(Some(user.clone()), &addr, "/books", String::new()).await;
+            assert_eq!(a.status, 200);
+        }
+    }
+    let stuffer = "198.51.100.7";
+    let mut blocked_at = None;
+    for i in 0..15 {
+        let a = call(
+            Some(format!("stuffer-{i}")),
+            stuffer,
+            "/login",
+            login(&format!("victim{i}"), "123456"),
+        )
+        .await;
+        if a.status == 403 {
+            assert_eq!(a.json()["kind"], "CredentialStuffing");
+            blocked_at = Some(i + 1);
+            break;
+        }
+    }
+    let mut fresh = Vec::new();
+    for (i, e) in es.iter().enumerate() {
+        for k in 0..3 {
+            let url = format!("http://{}/books", e.proxy_addr);
+            let session = format!("fresh-{i}-{k}");
+            let a = send(
+                &c,
+                "GET",
+                &url,
+                &[
+                    ("x-forwarded-for", stuffer),
+                    ("x-session", session.as_str()),
+                ],
+                "",
+            )
+            .await;
+            let kind = if a.status == 403 {
+                a.json()["kind"].as_str().unwrap_or("").to_owned()
+            } else {
+                String::new()
+            };
+            fresh.push((a.status, kind));
+        }
+    }
+    (blocked_at, fresh)
+}
+
+/// Authentication failures and the quarantine of a credential stuffer's address are the
+/// address's, not a session's: a stuffer that opens a new session with every try (each owned
+/// by some replica) is refused at the same try as by one replica, and once quarantined, a
+/// fresh session from its address is refused by every replica, as by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuffer_spreading_its_tries_over_replicas_is_refused_as_by_one() {
+    let upstream = start_login_app().await;
+    let single = learning_replica(free_port(), &[], upstream, STUFFING).await;
+    let (single_at, single_fresh) = stuffing_run(std::slice::from_ref(&single.0)).await;
+    let single_at = single_at.expect("one replica refuses the stuffing");
+    assert!(
+        single_fresh
+            .iter()
+            .all(|(s, k)| *s == 403 && k == "Quarantined"),
+        "{single_fresh:?}"
+    );
+
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
+    let mut es = Vec::new();
+    for me in &addrs {
+        es.push(learning_replica(*me, &addrs, upstream, STUFFING).await.0);
+    }
+    tokio::time::sleep(SETTLED).await;
+    let (scaled_at, scaled_fresh) = stuffing_run(&es).await;
+    assert_eq!(
+        scaled_at,
+        Some(single_at),
+        "refused at the same try as one replica"
+    );
+    assert!(
+        scaled_fresh
+            .iter()
+            .all(|(s, k)| *s == 403 && k == "Quarantined"),
+        "a fresh session from the address on every replica: {scaled_fresh:?}"
+    );
+}
+
+/// Each session of `prefix`: a balance lookup on one replica, the transfer on the next;
+/// the transfer statuses.
+async fn journeys(c: &TestClient, es: &[&RunningEnforcer], prefix: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let s = format!("{prefix}-{i}");
+        let (a, b) = (es[i % es.len()], es[(i + 1) % es.len()]);
+        assert_eq!(
+            status(c, a, "GET", "/api/v1/accounts/7/balance", &s).await,
+            200
+        );
+        statuses.push(status(c, b, "POST", "/api/v1/transferFunds", &s).await);
+    }
+    statuses
+}
+
+/// A replica whose secret is read from `file`, `me` among `all`.
+async fn with_secret_file(
+    me: SocketAddr,
+    all: &[SocketAddr],
+    file: &std::path::Path,
+    upstream: SocketAddr,
+) -> RunningEnforcer {
+    let yaml = config(Some((me, all))).replace(
+        &format!("secret: {SECRET}"),
+        &format!("secretFile: {}", file.display()),
+    );
+    start_enforcer(&yaml, upstream).await
+}
+
+/// The shared secret rotates without a restart, as a Secret is updated in place: every
+/// replica's `secretFile` goes from the old secret to "old, then new" (the old one still
+/// signs, both are accepted), to "new, then old" (the new one signs), to the new one alone.
+/// No forwarded request is refused at any step, no honest transfer either (the change of the
+/// signing secret moves sessions, as a change of members does); afterwards a replica with the
+/// new secret alone is taken, one with the old secret alone is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_secret_rotates_without_a_restart() {
+    const OLD: &str = "the-old-secret-of-the-replicas";
+    const NEW: &str = "the-new-secret-of-the-replicas";
+    let upstream = start_upstream().await;
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (free_port(), free_port());
+    let files = [dir.path().join("a"), dir.path().join("b")];
+    let write = |text: &str| {
+        for f in &files {
+            // As the kubelet does: a new file renamed over the old one.
+            let tmp = f.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, f).unwrap();
+        }
+    };
+    write(OLD);
+    let ea = with_secret_file(a, &[a, b], &files[0], upstream.addr).await;
+    let eb = with_secret_file(b, &[a, b], &files[1], upstream.addr).await;
+    tokio::time::sleep(SETTLED).await;
+    let both = [&ea, &eb];
+    let statuses = journeys(&c, &both, "before", 10).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for (step, text) in [
+        ("accept-new", format!("{OLD}\n{NEW}\n")),
+        ("sign-new", format!("{NEW}\n{OLD}\n")),
+        ("new-only", format!("{NEW}\n")),
+    ] {
+        write(&text);
+        // Read again within a second; a new signing key moves sessions: past the hold.
+        tokio::time::sleep(SETTLED + Duration::from_secs(1)).await;
+        let statuses = journeys(&c, &both, step, 10).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{step}: {statuses:?}");
+    }
+    for e in both {
+        let m = metrics(&c, e).await;
+        assert_eq!(forward_total(&m, "unauthenticated"), 0.0, "{m}");
+        assert!(forward_total(&m, "received") > 0.0);
+    }
+
+    // A replica with the new secret alone forwards to `a`: taken. One with the old alone:
+    // refused.
+    let received = forward_total(&metrics(&c, &ea).await, "received");
+    for (secret, accepted) in [(NEW, true), (OLD, false)] {
+        let me = free_port();
+        let yaml = config(Some((me, &[me, a]))).replace(SECRET, secret);
+        let e = start_enforcer(&yaml, upstream.addr).await;
+        let router = e.shared.router.clone().unwrap();
+        let session = (0..1000)
+            .map(|i| format!("newcomer-{secret}-{i}"))
+            .find(|s| router.owner_among(&[me, a], &format!("header:x-session={s}")) == Some(a))
+            .unwrap();
+        let got = status(&c, &e, "GET", "/api/v1/accounts/7/balance", &session).await;
+        let m = metrics(&c, &ea).await;
+        if accepted {
+            assert_eq!(got, 200);
+            assert_eq!(forward_total(&m, "received"), received + 1.0);
+        } else {
+            // The request, and the view announcements it sent at start, refused.
+            assert_ne!(got, 200);
+            assert!(forward_total(&m, "unauthenticated") >= 1.0, "{m}");
+        }
+        e.shutdown().await;
+    }
+    ea.shutdown().await;
+    eb.shutdown().await;
+}
+
+/// A reload of the config applies a new member list (`peers.static`) without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_member_list_applies_without_a_restart() {
+    let upstream = start_upstream().await;
+    let (a, b) = (free_port(), free_port());
+    let other = start_enforcer(&config(Some((b, &[a, b]))), upstream.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enforcer.yaml");
+    let write = |all: &[SocketAddr]| {
+        let tmp = dir.path().join("enforcer.tmp");
+        std::fs::write(&tmp, enforcer_yaml(&config(Some((a, all))), upstream.addr)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write(&[a, b]);
+    let (watcher, loaded) = ordo_enforcer::config::ConfigWatcher::load(&path).unwrap();
+    let e = ordo_enforcer::runtime::start(
+        loaded,
+        Some(watcher),
+        Arc::new(ordo_enforcer::detect::NoopAnalyzer),
+    )
+    .await
+    .unwrap();
+    let router = e.shared.router.clone().unwrap();
+    let mut sorted = vec![a, b];
+    sorted.sort_unstable();
+    assert_eq!(router.members(), sorted);
+    write(&[a]);
+    let mut members = router.members();
+    for _ in 0..50 {
+        if members == [a] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        members = router.members();
+    }
+    assert_eq!(members, [a], "the reloaded member list");
+    e.shutdown().await;
+    other.shutdown().await;
 }

@@ -118,6 +118,42 @@ fn customers() -> usize {
 // ---------------------------------------------------------------------------------------------
 // The reference: one enforcer in this process with the settings the ApiProtection renders.
 
+/// The reference decides with what the ApiProtection renders for the replicas (the mode, every
+/// detector's settings, the learning, the session history, the client address): otherwise a
+/// decision that differs says nothing about scale-out. Not ignored: no cluster needed. The
+/// ApiProtection once left `exposure` and `identityLineage` at their default (`Log`) while the
+/// reference blocked with them, so the account enumerations, refused by one replica at their
+/// 4th request (IdentityLineage, BOLA from the first foreign account), were refused by the
+/// replicas only at their 9th–10th (Enumeration's threshold): the "mixed-phase enumeration lag"
+/// of docs/scale-out.md.
+#[test]
+fn the_reference_decides_with_the_settings_the_protection_renders() {
+    use ordo_operator::desired::render::{RenderInput, render};
+    let protection: ApiProtection = serde_json::from_value(protection()).unwrap();
+    let rendered = render(RenderInput {
+        namespace: "bank",
+        name: "bank",
+        spec: &protection.spec,
+        upstream_url: "http://bank.bank.svc:8080".to_owned(),
+        listen_port: 8080,
+        admin_port: 9090,
+        rules: Vec::new(),
+        openapi: None,
+        report: None,
+    })
+    .unwrap()
+    .config;
+    let reference = parse_yaml(&reference_yaml("127.0.0.1:8080".parse().unwrap())).unwrap();
+    assert_eq!(rendered.mode, reference.mode);
+    assert_eq!(rendered.detectors, reference.detectors);
+    assert_eq!(
+        rendered.learning.journey_gap,
+        reference.learning.journey_gap
+    );
+    assert_eq!(rendered.session.history, reference.session.history);
+    assert_eq!(rendered.client_address, reference.client_address);
+}
+
 /// The reference's config: what `protection()` renders for the enforcers, without peers.
 fn reference_yaml(upstream: SocketAddr) -> String {
     let mut text = enforcer_yaml(upstream, "Enforce");
@@ -308,6 +344,8 @@ fn protection() -> serde_json::Value {
                 "volume": block,
                 "enumeration": block,
                 "credentialStuffing": block,
+                "exposure": block,
+                "identityLineage": block,
             },
             "enforcer": {
                 "replicas": 3,

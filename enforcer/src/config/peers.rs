@@ -1,7 +1,9 @@
 //! The `peers` section: the other enforcer replicas of the same ApiProtection, among which
 //! sessions are spread so that each session is decided by one replica whatever replica a
 //! request reaches (`crate::proxy` routes; docs/scale-out.md explains the design). Absent:
-//! one replica, no routing at all. Read at start only (a reload does not change it).
+//! one replica, no routing at all. A reload applies a new secret (rotation: several, one per
+//! line), member list, DNS name and timings; `listen`, `advertise` and adding or removing the
+//! section take a restart (docs/scale-out.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,9 +31,12 @@ pub struct PeersConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<PeerDnsConfig>,
     /// The secret shared by the replicas, authenticating forwarded requests (HMAC-SHA256).
+    /// Several, one per line, during a rotation: the first signs (and keys the ownership
+    /// hash), every one is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
-    /// Or a file holding it (surrounding whitespace trimmed), read at start.
+    /// Or a file holding it (or them, one per line; each line trimmed), read at start and
+    /// again every second, so that an updated Secret applies without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
     /// Time to connect to the owner of a session before deciding locally.
@@ -67,6 +72,31 @@ fn default_refresh() -> Duration {
     Duration::from_secs(2)
 }
 
+/// Secrets accepted at once (a rotation needs two).
+pub const MAX_SECRETS: usize = 4;
+
+/// The secrets of a `secret` value or `secretFile` content: one per line, trimmed.
+fn secrets_of(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    let secrets: Vec<Vec<u8>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    if secrets.is_empty() {
+        return Err("is empty".into());
+    }
+    if secrets.len() > MAX_SECRETS {
+        return Err(format!(
+            "holds at most {MAX_SECRETS} secrets (one per line)"
+        ));
+    }
+    if secrets.iter().any(|s| s.len() < 16) {
+        return Err("must be at least 16 bytes".into());
+    }
+    Ok(secrets)
+}
+
 /// Replaces `${NAME}` by the value of the environment variable `NAME` (empty when unset).
 pub fn expand_env(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -90,21 +120,24 @@ pub fn expand_env(text: &str) -> String {
 }
 
 impl PeersConfig {
-    /// The shared secret, from `secret` or `secretFile`.
+    /// The shared secret that signs, from `secret` or `secretFile` (the first of
+    /// [`Self::load_secrets`]).
     pub fn load_secret(&self) -> Result<Vec<u8>, String> {
-        let secret = match (&self.secret, &self.secret_file) {
-            (Some(s), None) => s.trim().as_bytes().to_vec(),
+        let mut secrets = self.load_secrets()?;
+        Ok(secrets.swap_remove(0))
+    }
+
+    /// The shared secrets, one per line of `secret` or `secretFile` (each trimmed, empty
+    /// lines skipped): the first signs, all are accepted (a rotation's overlap). At least one,
+    /// at most [`MAX_SECRETS`], each at least 16 bytes.
+    pub fn load_secrets(&self) -> Result<Vec<Vec<u8>>, String> {
+        let text = match (&self.secret, &self.secret_file) {
+            (Some(s), None) => s.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("peers.secretFile {}: {e}", path.display()))?
-                .trim()
-                .as_bytes()
-                .to_vec(),
+                .map_err(|e| format!("peers.secretFile {}: {e}", path.display()))?,
             _ => return Err("peers: set exactly one of secret, secretFile".into()),
         };
-        if secret.len() < 16 {
-            return Err("peers: the secret must be at least 16 bytes".into());
-        }
-        Ok(secret)
+        secrets_of(&text).map_err(|e| format!("peers.secret: {e}"))
     }
 
     /// Problems with the section, as (field, message).
@@ -117,8 +150,8 @@ impl PeersConfig {
         if self.secret.is_some() == self.secret_file.is_some() {
             push("secret", "set exactly one of secret, secretFile");
         }
-        if self.secret.as_ref().is_some_and(|s| s.trim().len() < 16) {
-            push("secret", "must be at least 16 bytes");
+        if let Some(Err(e)) = self.secret.as_deref().map(secrets_of) {
+            push("secret", &e);
         }
         if self.r#static.len() > 64 {
             push("static", "at most 64 replicas");
@@ -171,8 +204,34 @@ mod tests {
             problems(&short),
             ["peers.secret: must be at least 16 bytes"]
         );
+        let rotating = format!(
+            "{base}static: [127.0.0.1:1]\nsecret: \"0123456789abcdef\\nfedcba9876543210\"\n"
+        );
+        assert_eq!(problems(&rotating), Vec::<String>::new());
+        let one_short =
+            format!("{base}static: [127.0.0.1:1]\nsecret: \"0123456789abcdef\\nshort\"\n");
+        assert_eq!(
+            problems(&one_short),
+            ["peers.secret: must be at least 16 bytes"]
+        );
         let bad = format!("{base}static: [nohost]\nsecretFile: /s\n");
         assert_eq!(problems(&bad), ["peers.static[0]: must be ip:port"]);
+    }
+
+    #[test]
+    fn the_first_of_several_secrets_signs_and_each_line_counts() {
+        let config: PeersConfig = serde_yaml_ng::from_str(
+            "listen: 127.0.0.1:1\nadvertise: 127.0.0.1:1\nstatic: [127.0.0.1:1]\nsecret: \"  new-secret-0123456789 \\n\\n old-secret-0123456789\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.load_secrets().unwrap(),
+            [
+                b"new-secret-0123456789".to_vec(),
+                b"old-secret-0123456789".to_vec()
+            ]
+        );
+        assert_eq!(config.load_secret().unwrap(), b"new-secret-0123456789");
     }
 
     #[test]

@@ -10,10 +10,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use super::request::{Analyzer, LateFinding, ModelMaturity, RequestContext, ResponseSummary};
+use super::request::{
+    AddressFacts, AddressQuarantine, Analyzer, AuthFailure, LateFinding, ModelMaturity,
+    RequestContext, ResponseSummary,
+};
 use crate::config::{Action, DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
 use crate::detect::params::RequestParams;
-use crate::detect::session_state::{SessionState, distinct_of, with_object};
+use crate::detect::session_state::{Quarantine, SessionState, distinct_of, with_object};
 use crate::finding::Finding;
 use crate::model::exposure::ExposureSample;
 use crate::model::hashing::stable_hash;
@@ -22,7 +25,7 @@ use crate::operation::Operation;
 use crate::session::{RecentOp, SessionSource};
 
 use super::auth_activity::AuthActivity;
-use super::baselines::Baselines;
+use super::baselines::{Baselines, OperationBaseline};
 use super::clients::ClientTable;
 use super::context::Judged;
 use super::journey::journey_history;
@@ -206,6 +209,33 @@ impl Inner {
         model.renamed(&|t| self.folded.get(t).cloned())
     }
 
+    /// The frozen baselines, their operations named by template: to carry them over an
+    /// adoption or a merge, which may change the model's index space ([`Inner::refreeze`]).
+    fn frozen(&self) -> (Baselines, Vec<(String, OperationBaseline)>) {
+        let named = self
+            .baselines
+            .operations
+            .iter()
+            .filter_map(|(index, b)| Some((self.model.operation(*index)?.template.clone(), *b)))
+            .collect();
+        let rest = Baselines {
+            operations: HashMap::new(),
+            ..self.baselines.clone()
+        };
+        (rest, named)
+    }
+
+    /// Puts back the baselines [`Inner::frozen`] took, in the current index space: they stay
+    /// frozen for their counting window, as one replica's do (a merged model that grew enough
+    /// replaces them at the next refresh, see `detect::baselines`).
+    fn refreeze(&mut self, (mut baselines, named): (Baselines, Vec<(String, OperationBaseline)>)) {
+        baselines.operations = named
+            .into_iter()
+            .filter_map(|(template, b)| Some((self.model.op_index(&template)?, b)))
+            .collect();
+        self.baselines = baselines;
+    }
+
     /// Re-resolves the id map after the model's index space changed.
     fn reindex(&mut self) {
         for (template, index) in self.ids.values_mut() {
@@ -328,8 +358,13 @@ impl LearnedAnalyzer {
         model.set_caps(caps);
         inner.reported = model.clone();
         model.merge(&pending);
+        // The baselines of this counting window stay frozen, as on one replica: recomputed
+        // from every merged model, they would follow what concurrent sessions taught while
+        // they climbed (docs/scale-out.md).
+        let frozen = inner.frozen();
         inner.model = model;
         inner.reindex();
+        inner.refreeze(frozen);
     }
 
     /// Adds another model's counts (for example one learned elsewhere) as local learning: it
@@ -337,8 +372,10 @@ impl LearnedAnalyzer {
     pub fn merge_model(&self, other: &LearnedModel) {
         let mut inner = self.write_inner();
         let other = inner.unfolded(other.clone());
+        let frozen = inner.frozen();
         inner.model.merge(&other);
         inner.reindex();
+        inner.refreeze(frozen);
     }
 
     /// `take_delta` as bytes; `None` when nothing was learned.
@@ -762,6 +799,13 @@ impl LearnedAnalyzer {
                         .iter()
                         .map(|(field, value)| (self.value_keys.hash(value), field.as_str())),
                 );
+                if ctx.scratch.exports() && !values.is_empty() {
+                    // For the replicas that decide the sessions of this address's tokens.
+                    ctx.scratch.add_facts(ctx.client, |facts| {
+                        facts.operation = ctx.operation.template.to_string();
+                        facts.values.clone_from(&values);
+                    });
+                }
             }
             if !values.is_empty() {
                 let state = state.lineage_mut();
@@ -780,12 +824,67 @@ impl LearnedAnalyzer {
         }
     }
 
+    /// Whether `value` counts as shown to the sessions of tokens, cookies or headers from
+    /// `client` at `now_ms` (an answer to an anonymous request of `client` carried it, here or
+    /// on another replica: see `detect::shown`).
+    pub fn shown_to(&self, client: std::net::IpAddr, value: &str, now_ms: u64) -> bool {
+        let hash = self.value_keys.hash(value);
+        self.shown.with(Some(client), now_ms, |address| {
+            address.is_some_and(|a| a.contains_given(hash))
+        })
+    }
+
     fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
         model.requests >= learning.min_requests && model.sessions >= learning.min_sessions
     }
 }
 
 impl Analyzer for LearnedAnalyzer {
+    fn remember_address_facts(&self, facts: &AddressFacts, now_ms: u64) {
+        let Some(address) = facts.address else {
+            return;
+        };
+        let cap = self.settings.load().learning.max_tracked_clients;
+        if !facts.values.is_empty() {
+            // The model index of the operation here (another replica's may differ); one this
+            // replica has not learned yet only names no source.
+            let index = self
+                .inner
+                .read()
+                .model
+                .op_index(&facts.operation)
+                .unwrap_or(u16::MAX);
+            self.shown.remember(
+                address,
+                now_ms,
+                index,
+                facts
+                    .values
+                    .iter()
+                    .take(lineage::MAX_RESPONSE_VALUES)
+                    .map(|(field, value)| (self.value_keys.hash(value), field.as_str())),
+            );
+        }
+        if let Some(failure) = facts.failure {
+            // Counted, not learned from: the replica that decided it learned from it.
+            self.clients
+                .lock()
+                .record_failure(address, failure.window, failure.identity, cap);
+        }
+        if let Some(q) = facts.quarantine {
+            self.quarantined.lock().insert(
+                address,
+                Quarantine {
+                    since_ms: q.since_ms,
+                    until_ms: q.until_ms,
+                    cause: q.cause,
+                },
+                now_ms,
+                cap,
+            );
+        }
+    }
+
     fn wants_body(&self, _op: &Operation) -> bool {
         let d = &self.settings.load().detectors;
         d.request_shape.enabled
@@ -909,6 +1008,14 @@ impl Analyzer for LearnedAnalyzer {
                     ctx.now_ms,
                     learning.max_tracked_clients,
                 );
+                // Every session from the address is refused, whatever replica decides it.
+                ctx.scratch.add_facts(ctx.client, |facts| {
+                    facts.quarantine = Some(AddressQuarantine {
+                        since_ms: q.since_ms,
+                        until_ms: q.until_ms,
+                        cause: q.cause,
+                    });
+                });
             }
         }
     }
@@ -1195,6 +1302,13 @@ impl Analyzer for LearnedAnalyzer {
             }
         }
         if auth_failure && auth_like {
+            // Counted wherever the address's next attempt is decided.
+            ctx.scratch.add_facts(ctx.client, |facts| {
+                facts.failure = Some(AuthFailure {
+                    window,
+                    identity: params.identity,
+                });
+            });
             let mut clients = self.clients.lock();
             let before = clients
                 .get(&ctx.client, window)

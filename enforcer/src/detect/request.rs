@@ -55,6 +55,63 @@ pub struct RequestScratch {
     /// The request's object identifiers the session was not shown, as the check found them:
     /// learning takes them as they were when the request was judged.
     unshown: Mutex<Option<Vec<u64>>>,
+    /// Whether facts about the client address are collected for the other replicas (only
+    /// with `peers`: see [`AddressFacts`]).
+    exporting: bool,
+    /// What this request taught about its client address, for the other replicas.
+    facts: Mutex<AddressFacts>,
+}
+
+/// What a decision about a client address's request taught about the address, that a later
+/// decision on another replica reads (`proxy::route` sends it to the other replicas): the
+/// session of a token, cookie or header from that address, or the next session a
+/// credential stuffer opens from it, is usually decided by another replica than this one.
+///
+/// - `values`: what an answer to an anonymous request of the address showed it (see
+///   `detect::shown`): the values of an answer to an anonymous request (public by
+///   construction, and crossing the internal hop anyway when forwarded); the receiver keeps
+///   only its own keyed hashes of them.
+/// - `failure`: a failed authentication from the address (see `detect::clients`).
+/// - `quarantine`: the address was quarantined (see `detect::quarantine`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddressFacts {
+    /// The client address (carried by the message's authenticated header, not its body).
+    #[serde(skip)]
+    pub address: Option<IpAddr>,
+    /// The operation template whose answer showed `values`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation: String,
+    /// (field path, value), at most `detect::lineage::MAX_RESPONSE_VALUES`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<AuthFailure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<AddressQuarantine>,
+}
+
+impl AddressFacts {
+    /// Nothing to tell.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.failure.is_none() && self.quarantine.is_none()
+    }
+}
+
+/// A failed authentication of a client address in a counting window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuthFailure {
+    /// The counting window (`now / learning.windowSeconds`, the same on every replica).
+    pub window: u64,
+    /// Stable hash of the identity it claimed.
+    pub identity: Option<u64>,
+}
+
+/// A client address's quarantine (see `detect::quarantine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddressQuarantine {
+    pub since_ms: u64,
+    pub until_ms: u64,
+    pub cause: crate::finding::FindingKind,
 }
 
 impl std::fmt::Debug for RequestScratch {
@@ -64,6 +121,39 @@ impl std::fmt::Debug for RequestScratch {
 }
 
 impl RequestScratch {
+    /// A scratch that collects facts about the client address for the other replicas
+    /// (`exporting`: the enforcer has peers).
+    pub fn exporting(exporting: bool) -> Self {
+        Self {
+            exporting,
+            ..Self::default()
+        }
+    }
+
+    /// Whether facts about the client address are collected for the other replicas.
+    pub fn exports(&self) -> bool {
+        self.exporting
+    }
+
+    /// Adds to what the request taught about its client address `address`, for the other
+    /// replicas (nothing without peers).
+    pub fn add_facts(&self, address: IpAddr, add: impl FnOnce(&mut AddressFacts)) {
+        if self.exporting {
+            let mut facts = self.facts.lock();
+            facts.address = Some(address);
+            add(&mut facts);
+        }
+    }
+
+    /// What the request taught about its client address, once; `None` when nothing.
+    pub fn take_facts(&self) -> Option<AddressFacts> {
+        if !self.exporting {
+            return None;
+        }
+        let facts = std::mem::take(&mut *self.facts.lock());
+        (!facts.is_empty()).then_some(facts)
+    }
+
     /// The request's parameter observations, derived now unless an earlier call left them.
     pub fn take_params(&self, ctx: &RequestContext<'_>) -> RequestParams {
         let kept = self.params.lock().take();
@@ -229,6 +319,9 @@ pub trait Analyzer: Send + Sync + 'static {
     /// Called with the config at start and after every applied reload (e.g. so that the values
     /// of the headers, cookies and query parameters that identify sessions are never learned).
     fn configure(&self, _config: &crate::config::EnforcerConfig) {}
+    /// Takes in what another replica's decision taught about `facts.address` (see
+    /// [`AddressFacts`] and `proxy::route`), at `now_ms`.
+    fn remember_address_facts(&self, _facts: &AddressFacts, _now_ms: u64) {}
 }
 
 /// An analyzer that learns nothing and finds nothing: the proxy's declared policy alone.

@@ -1191,3 +1191,42 @@ fn books_an_anonymous_listing_showed_the_address_are_not_counted_as_guessed() {
     let unlisted: Vec<String> = (0..12).map(|i| format!("title-{}", 5_000 + i)).collect();
     assert!(enumerated(&mut h, reader, "jwt:sub=guesser", &unlisted));
 }
+
+/// The peer baselines stay frozen for the counting window when the replica adopts the model
+/// merged from every replica (docs/scale-out.md): the merged model may hold what concurrent
+/// enumerators taught while they climbed (on other replicas, or here before a report carried
+/// it away from the take-back), and a threshold recomputed from it at every adoption would
+/// creep ahead of them, as one replica's frozen baselines do not (`detect::baselines`).
+#[test]
+fn adopting_the_merged_model_keeps_the_window_s_frozen_baselines() {
+    let mut h = Harness::without_quarantine(small_api());
+    h.train(400);
+    // The baselines of this window are frozen by the next exchange.
+    h.send(req("jwt:sub=warm", "GET /accounts"));
+    // This replica's report, merged (alone here) with what the others taught.
+    let mut merged = h.analyzer.take_delta();
+    let op = merged.op_index("GET /accounts/{id}/balance").unwrap();
+    let stats = merged.operation_mut(op).unwrap();
+    // Windows that climbed to 40 distinct objects, 5 % of those that used the operation: no
+    // more windows (the baseline did not grow), only a tail far above the frozen p99.
+    let climbers = stats.volume.windows() / 20 + 1;
+    for _ in 0..climbers {
+        for count in 1..=40 {
+            stats.objects.record_reached(count);
+        }
+    }
+    h.analyzer.replace_model(merged);
+    h.send(req("jwt:sub=bola", "GET /accounts"));
+    let mut first = None;
+    for i in 0..40 {
+        let f = h.send(
+            req("jwt:sub=bola", "GET /accounts/{id}/balance")
+                .with_path("id", &format!("{}", 3000 + i)),
+        );
+        if first.is_none() && kinds(&f).contains(&FindingKind::Enumeration) {
+            first = Some(i + 1);
+        }
+    }
+    let first = first.expect("enumeration detected with the window's frozen threshold");
+    assert!((7..=9).contains(&first), "detected after {first} ids");
+}

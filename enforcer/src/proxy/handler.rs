@@ -169,7 +169,7 @@ async fn handle_inner(
         Err(rejection) => return reject(rejection, op_label),
     };
 
-    let scratch = RequestScratch::default();
+    let scratch = RequestScratch::exporting(shared.router.is_some());
     let mut exchange = Exchange {
         shared,
         policy,
@@ -199,6 +199,7 @@ async fn handle_inner(
     let (verdict, incident_id) = exchange.decide(&findings, incident_seq, op_label);
     if let Verdict::Block { index } = verdict {
         let refused = exchange.refuse(&findings, index, incident_id, started);
+        exchange.share_facts().await;
         return reject(refused, op_label);
     }
 
@@ -826,6 +827,17 @@ impl Exchange<'_> {
         }
     }
 
+    /// Tells the other replicas what this exchange taught about the client address (with
+    /// `peers` only): before the client has its answer, so before it can send the next request
+    /// whose decision reads it, perhaps on another replica (see `proxy::route::facts`).
+    async fn share_facts(&self) {
+        if let Some(router) = self.shared.router.as_deref()
+            && let Some(facts) = self.ctx.scratch.take_facts()
+        {
+            router.share_facts(facts).await;
+        }
+    }
+
     /// Learning from the exchange (what was answered, or the block status with `flagged`),
     /// under the policy the request was checked with and with the session's history as the
     /// checks saw it.
@@ -946,6 +958,7 @@ impl Exchange<'_> {
             {
                 // Nothing of the answer is forwarded: the held or in-memory body is dropped.
                 self.learn(&answered, true);
+                self.share_facts().await;
                 return Err(Rejection::Blocked(block));
             }
         }
@@ -955,6 +968,7 @@ impl Exchange<'_> {
             ..answered
         };
         self.learn(&learned, flagged);
+        self.share_facts().await;
         let body = body.into_proxy_body();
         let body = match stream_scan {
             Some(scanner) => self.scanning(body, scanner),

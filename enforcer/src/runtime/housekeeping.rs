@@ -98,6 +98,29 @@ fn apply_reload(shared: &Shared, config: EnforcerConfig) -> bool {
         );
     }
     let mut config = config;
+    // The peers: the section itself, its listener and this replica's address stay as
+    // started; the rest (secrets, members, timings) applies now (`Router::reconfigure`).
+    match (&old.peers, &mut config.peers, &shared.router) {
+        (Some(old_peers), Some(peers), Some(router)) => {
+            if peers.listen != old_peers.listen || peers.advertise != old_peers.advertise {
+                tracing::warn!(
+                    "peers.listen and peers.advertise changes take effect after a restart"
+                );
+            }
+            peers.listen = old_peers.listen;
+            peers.advertise.clone_from(&old_peers.advertise);
+            if old_peers != peers {
+                let router = Arc::clone(router);
+                let peers = peers.clone();
+                tokio::spawn(async move { router.reconfigure(&peers).await });
+            }
+        }
+        (None, None, _) => {}
+        _ => {
+            tracing::warn!("adding or removing the peers section takes effect after a restart");
+            config.peers.clone_from(&old.peers);
+        }
+    }
     // Settings bound to listeners and the resolver stay as started.
     config.listen = old.listen;
     config.admin.listen = old.admin.listen;

@@ -26,6 +26,9 @@ pub enum Kind {
     Request,
     /// A replica telling the others that its member view changes (no client request).
     View,
+    /// Facts about a client address (what an answer to its anonymous request showed it,
+    /// `route::facts`); the client peer field is that address, port 0.
+    Facts,
 }
 
 impl Kind {
@@ -33,6 +36,7 @@ impl Kind {
         match self {
             Kind::Request => "r",
             Kind::View => "v",
+            Kind::Facts => "s",
         }
     }
 
@@ -40,6 +44,7 @@ impl Kind {
         match tag {
             "r" => Some(Kind::Request),
             "v" => Some(Kind::View),
+            "s" => Some(Kind::Facts),
             _ => None,
         }
     }

@@ -144,7 +144,7 @@ impl Router {
         };
         let digest = auth::headers_digest(&parts.headers);
         let signed = auth::sign(
-            &self.secret,
+            &self.signing_secret(),
             unix_ms(),
             &claims,
             &Signed {
@@ -166,7 +166,7 @@ impl Router {
             .unwrap_or("")
             .to_owned();
         let mut req = Request::from_parts(parts, body);
-        let connect_timeout = self.config.connect_timeout.std();
+        let connect_timeout = self.config.load().connect_timeout.std();
         let timeout = policy.config.upstream.timeout.std() + connect_timeout;
         // A pooled connection first; if it turns out closed before the request went out,
         // one new connection.
@@ -366,9 +366,7 @@ pub async fn serve_peers(
                         .get(PEER_AUTH)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| {
-                            auth::verify(
-                                &router.secret,
-                                unix_ms(),
+                            router.verify(
                                 v,
                                 &Signed {
                                     method: req.method().as_str(),
@@ -388,6 +386,11 @@ pub async fn serve_peers(
                     if claims.kind == Kind::View {
                         router.observe(claims.from, claims.view, Some(announced_lists(&req)));
                         return Ok(empty(StatusCode::NO_CONTENT));
+                    }
+                    if claims.kind == Kind::Facts {
+                        router.observe(claims.from, claims.view, None);
+                        let status = super::facts::receive(&router, &shared, &claims, req).await;
+                        return Ok(empty(status));
                     }
                     router.observe(claims.from, claims.view, None);
                     router

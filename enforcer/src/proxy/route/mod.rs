@@ -20,6 +20,7 @@
 //! ([`Router::observe`]). A replica that crashed and came back is taken back when it announces its first view.
 
 mod auth;
+mod facts;
 mod forward;
 mod ring;
 
@@ -74,6 +75,7 @@ struct RouteMetrics {
     view_changes: prometheus::IntCounter,
     forgotten: prometheus::IntCounter,
     disagreements: prometheus::IntCounter,
+    facts: IntCounterVec,
 }
 
 impl RouteMetrics {
@@ -119,12 +121,26 @@ impl RouteMetrics {
              sessions that view gives to another replica start over here until they agree)",
         )?;
         registry.register(Box::new(disagreements.clone()))?;
+        let facts = IntCounterVec::new(
+            Opts::new(
+                "ordo_peer_facts_total",
+                "Facts about client addresses (what answers to their anonymous requests showed \
+                 them) by result: acknowledged and unacknowledged (sent to a replica), received, \
+                 invalid (refused: body not the one authenticated)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(facts.clone()))?;
+        for r in ["acknowledged", "unacknowledged", "received", "invalid"] {
+            facts.with_label_values(&[r]);
+        }
         Ok(Self {
             forward,
             peers,
             view_changes,
             forgotten,
             disagreements,
+            facts,
         })
     }
 }
@@ -159,18 +175,24 @@ const PEER_VIEWS: &str = "x-ordo-peer-views";
 /// The replicas a session may be routed to, and how.
 pub struct Router {
     self_addr: SocketAddr,
-    secret: Vec<u8>,
-    ring_key: (u64, u64),
+    /// The shared secrets: the first signs, all are accepted (a rotation's overlap).
+    /// Reloaded with the config and from `secretFile` (see [`Router::reconfigure`]).
+    secrets: ArcSwap<Vec<Vec<u8>>>,
+    /// The ownership hash's key, derived from the signing secret: a rotation changes it once,
+    /// as a change of members changes owners (announced, the views versioned by it).
+    ring_key: Mutex<(u64, u64)>,
     views: ArcSwap<Views>,
     /// Members from the config or the last DNS answer.
     discovered: Mutex<Vec<SocketAddr>>,
     /// Members left out after a failed connection, with the time they may be probed again.
     suspects: Mutex<Vec<(SocketAddr, Instant)>>,
-    config: PeersConfig,
+    config: ArcSwap<PeersConfig>,
     /// Longest time a session's past matters to a decision (the session history's duration),
     /// updated from the policy.
     horizon_ms: std::sync::atomic::AtomicU64,
     pool: forward::Pool,
+    /// Connections for facts about client addresses ([`facts`]).
+    facts_pool: facts::FactsPool,
     metrics: RouteMetrics,
     /// Views other replicas route by that differ from this one's (at most [`MAX_FOREIGN`]).
     foreign: Mutex<Vec<Foreign>>,
@@ -211,6 +233,22 @@ fn unix_ms() -> u64 {
     crate::time::now_ms()
 }
 
+/// The ownership hash's key for a signing secret: clients cannot choose session ids that all
+/// land on one replica without it.
+fn ring_key_of(secret: &[u8]) -> (u64, u64) {
+    let digest = Sha256::new()
+        .chain_update(b"ordo ring key\0")
+        .chain_update(secret)
+        .finalize();
+    let word = |range: std::ops::Range<usize>| {
+        digest
+            .get(range)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    (word(0..8), word(8..16))
+}
+
 impl Router {
     /// A router for `config`, its metrics in `registry`; `horizon` is the session history's
     /// duration.
@@ -219,24 +257,14 @@ impl Router {
         registry: &Registry,
         horizon: Duration,
     ) -> Result<Self, RouterError> {
-        let secret = config.load_secret().map_err(RouterError::Config)?;
+        let secrets = config.load_secrets().map_err(RouterError::Config)?;
         let self_addr: SocketAddr = expand_env(&config.advertise).parse().map_err(|_| {
             RouterError::Config(format!(
                 "peers.advertise: {:?} is not ip:port",
                 expand_env(&config.advertise)
             ))
         })?;
-        let digest = Sha256::new()
-            .chain_update(b"ordo ring key\0")
-            .chain_update(&secret)
-            .finalize();
-        let word = |range: std::ops::Range<usize>| {
-            digest
-                .get(range)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_le_bytes)
-        };
-        let ring_key = (word(0..8), word(8..16));
+        let ring_key = ring_key_of(&secrets[0]);
         let members: Vec<SocketAddr> = config
             .r#static
             .iter()
@@ -255,16 +283,17 @@ impl Router {
             .set(i64::try_from(view.members.len()).unwrap_or(i64::MAX));
         Ok(Self {
             self_addr,
-            secret,
-            ring_key,
+            secrets: ArcSwap::from_pointee(secrets),
+            ring_key: Mutex::new(ring_key),
             views: ArcSwap::from_pointee(Views::first(view)),
             discovered: Mutex::new(members),
             suspects: Mutex::new(Vec::new()),
-            config: config.clone(),
+            config: ArcSwap::from_pointee(config.clone()),
             horizon_ms: std::sync::atomic::AtomicU64::new(
                 u64::try_from(horizon.as_millis()).unwrap_or(u64::MAX),
             ),
             pool: forward::Pool::default(),
+            facts_pool: facts::FactsPool::default(),
             metrics,
             foreign: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
@@ -285,10 +314,92 @@ impl Router {
     fn hold(&self) -> Duration {
         let refresh = self
             .config
+            .load()
             .dns
             .as_ref()
             .map_or(Duration::ZERO, |d| d.refresh_interval.std());
         refresh * 2 + Duration::from_secs(1)
+    }
+
+    /// The ownership hash's key now.
+    fn ring_key(&self) -> (u64, u64) {
+        *self.ring_key.lock()
+    }
+
+    /// The secret that signs what this replica sends.
+    fn signing_secret(&self) -> Vec<u8> {
+        self.secrets.load().first().cloned().unwrap_or_default()
+    }
+
+    /// The claims of an authentication header, when one of the accepted secrets signed it.
+    fn verify(&self, value: &str, request: &auth::Signed<'_>) -> Option<auth::PeerClaims> {
+        let now_ms = unix_ms();
+        self.secrets
+            .load()
+            .iter()
+            .find_map(|secret| auth::verify(secret, now_ms, value, request))
+    }
+
+    /// Applies a reloaded `peers` section: the secrets (a rotation), the static members or
+    /// the DNS name, the timings. `listen` and `advertise` stay as started (a restart applies
+    /// them). A new signing secret changes the ownership hash's key: the view is rebuilt and
+    /// announced as for a change of members.
+    pub async fn reconfigure(&self, config: &PeersConfig) {
+        let current = self.config.load_full();
+        let mut config = config.clone();
+        config.listen = current.listen;
+        config.advertise.clone_from(&current.advertise);
+        match config.load_secrets() {
+            Ok(secrets) => self.set_secrets(secrets),
+            Err(e) => tracing::error!(error = %e, "peers: keeping the current secrets"),
+        }
+        let members: Vec<SocketAddr> = config
+            .r#static
+            .iter()
+            .filter_map(|p| expand_env(p).parse().ok())
+            .collect();
+        let static_changed = config.r#static != current.r#static;
+        let dns_changed = config.dns != current.dns;
+        self.config.store(Arc::new(config));
+        if static_changed && !members.is_empty() {
+            *self.discovered.lock() = members;
+        }
+        if dns_changed {
+            self.lookup_now.store(true, Ordering::Relaxed);
+            self.wake.notify_one();
+        }
+        self.apply().await;
+    }
+
+    /// Takes the secrets when they changed; a new signing secret changes the ring key.
+    fn set_secrets(&self, secrets: Vec<Vec<u8>>) {
+        if **self.secrets.load() == secrets {
+            return;
+        }
+        let key = ring_key_of(&secrets[0]);
+        self.secrets.store(Arc::new(secrets));
+        let mut ring_key = self.ring_key.lock();
+        if *ring_key != key {
+            tracing::info!("peers: a new secret signs; sessions are spread with its key");
+            *ring_key = key;
+        }
+        tracing::info!("peers: secrets reloaded");
+    }
+
+    /// Reads `secretFile` again (an updated Secret); applies what changed.
+    async fn reload_secret_file(&self) {
+        let config = self.config.load_full();
+        if config.secret_file.is_none() {
+            return;
+        }
+        match config.load_secrets() {
+            Ok(secrets) if **self.secrets.load() != secrets => {
+                self.set_secrets(secrets);
+                self.apply().await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "peers: keeping the current secrets"),
+        }
     }
 
     fn hold_ms(&self) -> u64 {
@@ -298,7 +409,7 @@ impl Router {
     /// The owner of `session` (the session key) among `members`, as every replica computes it.
     pub fn owner_among(&self, members: &[SocketAddr], session: &str) -> Option<SocketAddr> {
         View::new(
-            self.ring_key,
+            self.ring_key(),
             members.to_vec(),
             self.self_addr,
             Instant::now(),
@@ -347,12 +458,12 @@ impl Router {
         let _one_at_a_time = self.changing.lock().await;
         let members = self.wanted_members();
         let views = self.views.load_full();
-        if views.current.members == members {
+        if views.current.members == members && views.current.key == self.ring_key() {
             return;
         }
         self.announce(&views.current.members, &members).await;
         let next = View::new(
-            self.ring_key,
+            self.ring_key(),
             members,
             self.self_addr,
             Instant::now(),
@@ -424,16 +535,16 @@ impl Router {
                 .join(",")
         };
         let value = format!("{};{}", list(previous), list(next));
-        let hash = view_hash(self.ring_key, next);
+        let hash = view_hash(self.ring_key(), next);
         let mut waited = tokio::task::JoinSet::new();
         for peer in targets {
             let send = forward::send_view(
-                self.secret.clone(),
+                self.signing_secret(),
                 self.self_addr,
                 hash,
                 *peer,
                 value.clone(),
-                self.config.connect_timeout.std(),
+                self.config.load().connect_timeout.std(),
             );
             if unwaited.contains(peer) {
                 tokio::spawn(send);
@@ -458,7 +569,7 @@ impl Router {
             if suspects.iter().any(|(s, _)| *s == peer) {
                 return;
             }
-            suspects.push((peer, Instant::now() + self.config.suspect_for.std()));
+            suspects.push((peer, Instant::now() + self.config.load().suspect_for.std()));
         }
         // What it routes by no longer matters while it is left out: what it decided is
         // covered by the hold after this replica's own change.
@@ -493,7 +604,7 @@ impl Router {
         let mut lists: Vec<Arc<View>> = Vec::new();
         let now_routes_by = announced
             .as_ref()
-            .map_or(view, |[_, next]| view_hash(self.ring_key, next));
+            .map_or(view, |[_, next]| view_hash(self.ring_key(), next));
         if let Some([previous, next]) = &announced
             && previous != next
             && now_routes_by != views.current.hash
@@ -512,22 +623,22 @@ impl Router {
                 format!("{list};{list}")
             };
             tokio::spawn(forward::send_view(
-                self.secret.clone(),
+                self.signing_secret(),
                 self.self_addr,
                 views.current.hash,
                 from,
                 lists,
-                self.config.connect_timeout.std(),
+                self.config.load().connect_timeout.std(),
             ));
         }
         match announced {
             Some(announced) => {
                 for members in announced {
                     if !members.is_empty()
-                        && view_hash(self.ring_key, &members) != views.current.hash
+                        && view_hash(self.ring_key(), &members) != views.current.hash
                     {
                         lists.push(Arc::new(View::new(
-                            self.ring_key,
+                            self.ring_key(),
                             members,
                             self.self_addr,
                             Instant::now(),
@@ -702,6 +813,7 @@ impl Router {
     pub async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = self
             .config
+            .load()
             .dns
             .as_ref()
             .map_or(Duration::from_secs(1), |d| d.refresh_interval.std())
@@ -723,9 +835,11 @@ impl Router {
                 }
             }
             first_round = false;
+            self.reload_secret_file().await;
             let asked = self.lookup_now.swap(false, Ordering::Relaxed)
                 && last_lookup.is_none_or(|at| at.elapsed() >= min_lookup_gap);
-            if let Some(dns) = &self.config.dns
+            let config = self.config.load_full();
+            if let Some(dns) = &config.dns
                 && (Instant::now() >= next_dns || asked)
             {
                 next_dns = Instant::now() + dns.refresh_interval.std();
@@ -750,7 +864,7 @@ impl Router {
             };
             for peer in due {
                 let reachable = tokio::time::timeout(
-                    self.config.connect_timeout.std(),
+                    self.config.load().connect_timeout.std(),
                     tokio::net::TcpStream::connect(peer),
                 )
                 .await
@@ -759,7 +873,7 @@ impl Router {
                 if reachable {
                     suspects.retain(|(s, _)| *s != peer);
                 } else if let Some(entry) = suspects.iter_mut().find(|(s, _)| *s == peer) {
-                    entry.1 = Instant::now() + self.config.suspect_for.std();
+                    entry.1 = Instant::now() + self.config.load().suspect_for.std();
                 }
             }
             let has_suspects = {

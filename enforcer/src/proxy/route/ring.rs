@@ -24,6 +24,8 @@ const KEPT_VIEWS: usize = 8;
 #[derive(Debug)]
 pub struct View {
     pub members: Vec<SocketAddr>,
+    /// The hash key the owners were computed with (derived from the signing secret).
+    pub key: (u64, u64),
     /// Each member's hasher, its address already written.
     seeds: Vec<SipHasher13>,
     /// This replica's index among the members (none while it is not one).
@@ -59,6 +61,7 @@ impl View {
         let hash = view_hash(key, &members);
         Self {
             members,
+            key,
             seeds,
             self_index,
             since,

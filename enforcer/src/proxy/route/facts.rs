@@ -1,0 +1,265 @@
+//! Facts about a client address that a decision on another replica needs
+//! ([`AddressFacts`]: what an answer to its anonymous request showed it, a failed
+//! authentication, a quarantine).
+//!
+//! Sessions are owned by their key, but some state is the client address's: what an answer
+//! to an address's anonymous request showed it counts as given to every token, cookie or
+//! header session from that address (`detect::shown`); authentication failures are counted
+//! per address (`detect::clients`); a credential stuffer's address is quarantined, every
+//! session from it refused (`detect::quarantine`). The anonymous request is decided by the
+//! owner of `ip:<address>`, a token's or a stuffer's next session by its own owner, usually
+//! another replica. So the replica that decided sends what it learned about the address to
+//! every other member *before* it answers the client (each message acknowledged, all of them
+//! in parallel, waiting at most twice `connectTimeout`): by the time the client can send its
+//! next request, whichever replica decides it holds the facts, as one replica would. Only
+//! the requests that taught something wait: anonymous answers whose values are followed,
+//! failed logins, quarantines.
+//!
+//! The message is a `POST /facts` of kind `s`, authenticated as every other message (the
+//! client address is the MAC-covered `client peer` field), with the JSON body's SHA-256 in a
+//! header the MAC covers, so the body is authenticated too (it is small and buffered, unlike
+//! a forwarded request's).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
+
+use super::auth::{self, Kind, PEER_AUTH, PeerClaims, Signed};
+use super::{Router, unix_ms};
+use crate::detect::AddressFacts;
+use crate::detect::lineage::{MAX_RESPONSE_VALUES, MAX_VALUE_LEN};
+use crate::proxy::state::Shared;
+
+/// The header carrying the SHA-256 (hex) of a facts message's body; covered by the MAC.
+pub(super) const PEER_BODY: &str = "x-ordo-peer-body";
+/// Largest facts body taken: `MAX_RESPONSE_VALUES` values of at most 128 bytes, with their
+/// field paths and JSON framing.
+const MAX_FACTS_BYTES: usize = 96 * 1024;
+/// Idle connections kept per member for facts.
+const MAX_IDLE: usize = 8;
+
+/// Idle keep-alive connections for facts messages.
+#[derive(Default)]
+pub(super) struct FactsPool {
+    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>>,
+}
+
+impl FactsPool {
+    fn take(&self, peer: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(&peer)?;
+        while let Some(sender) = list.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, peer: SocketAddr, sender: SendRequest<Full<Bytes>>) {
+        let mut idle = self.idle.lock();
+        // Bounded by the members (at most 64 addresses) times `MAX_IDLE`.
+        let list = idle.entry(peer).or_default();
+        list.retain(|s| !s.is_closed());
+        if list.len() < MAX_IDLE {
+            list.push(sender);
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The facts message's body: at most [`MAX_RESPONSE_VALUES`] values that can name an object
+/// (the others are never looked up); `None` when there is nothing to tell.
+fn body_of(facts: &AddressFacts) -> Option<Bytes> {
+    let mut facts = facts.clone();
+    facts
+        .values
+        .retain(|(_, value)| (2..=MAX_VALUE_LEN).contains(&value.len()));
+    facts.values.truncate(MAX_RESPONSE_VALUES);
+    if facts.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(&facts).ok().map(Bytes::from)
+}
+
+impl Router {
+    /// Tells every other member what a decision taught about `facts.address`; returns once
+    /// all acknowledged, or after twice `connectTimeout`.
+    pub async fn share_facts(&self, facts: AddressFacts) {
+        let Some(address) = facts.address else {
+            return;
+        };
+        let views = self.views.load_full();
+        let targets: Vec<SocketAddr> = views
+            .current
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != self.self_addr)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let Some(body) = body_of(&facts) else {
+            return;
+        };
+        let digest = hex(&Sha256::digest(&body));
+        let claims = PeerClaims {
+            kind: Kind::Facts,
+            client_peer: SocketAddr::new(address, 0),
+            moved_since_ms: 0,
+            from: self.self_addr,
+            view: views.current.hash,
+        };
+        let timeout = self.config.load().connect_timeout.std();
+        let sends = targets.iter().map(|peer| {
+            let body = body.clone();
+            let digest = digest.as_str();
+            async move {
+                let sent = tokio::time::timeout(
+                    timeout * 2,
+                    self.send_facts(*peer, &claims, body, digest, timeout),
+                )
+                .await;
+                matches!(sent, Ok(true))
+            }
+        });
+        for acknowledged in futures::future::join_all(sends).await {
+            let result = if acknowledged {
+                "acknowledged"
+            } else {
+                "unacknowledged"
+            };
+            self.metrics.facts.with_label_values(&[result]).inc();
+        }
+    }
+
+    async fn send_facts(
+        &self,
+        peer: SocketAddr,
+        claims: &PeerClaims,
+        body: Bytes,
+        digest: &str,
+        connect_timeout: Duration,
+    ) -> bool {
+        let sender = match self.facts_pool.take(peer) {
+            Some(sender) => Some(sender),
+            None => connect(peer, connect_timeout).await,
+        };
+        let Some(mut sender) = sender else {
+            return false;
+        };
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = Uri::from_static("/facts");
+        let headers = req.headers_mut();
+        let (Ok(host), Ok(digest)) = (
+            HeaderValue::from_str(&peer.to_string()),
+            HeaderValue::from_str(digest),
+        ) else {
+            return false;
+        };
+        headers.insert(header::HOST, host);
+        headers.insert(PEER_BODY, digest);
+        let headers_digest = auth::headers_digest(req.headers());
+        let value = auth::sign(
+            &self.signing_secret(),
+            unix_ms(),
+            claims,
+            &Signed {
+                method: "POST",
+                target: "/facts",
+                headers: &headers_digest,
+            },
+        );
+        let Ok(value) = HeaderValue::from_str(&value) else {
+            return false;
+        };
+        req.headers_mut().insert(PEER_AUTH, value);
+        match sender.send_request(req).await {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                // Read to its end so that the connection can carry the next message.
+                if resp.into_body().collect().await.is_ok() && ok {
+                    self.facts_pool.put(peer, sender);
+                }
+                ok
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "facts not acknowledged");
+                false
+            }
+        }
+    }
+}
+
+async fn connect(peer: SocketAddr, timeout: Duration) -> Option<SendRequest<Full<Bytes>>> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(peer))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "facts connection to a replica ended");
+        }
+    });
+    Some(sender)
+}
+
+/// Takes an authenticated facts message (`claims` verified over its headers): checks the
+/// body against the digest the MAC covered and hands the facts to the analyzer. The status
+/// to answer.
+pub(super) async fn receive(
+    router: &Router,
+    shared: &Arc<Shared>,
+    claims: &PeerClaims,
+    req: Request<Incoming>,
+) -> StatusCode {
+    let expected = req
+        .headers()
+        .get(PEER_BODY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match Limited::new(req.into_body(), MAX_FACTS_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return invalid(router),
+    };
+    if expected.as_deref() != Some(hex(&Sha256::digest(&body)).as_str()) {
+        return invalid(router);
+    }
+    let Ok(mut facts) = serde_json::from_slice::<AddressFacts>(&body) else {
+        return invalid(router);
+    };
+    facts.values.truncate(MAX_RESPONSE_VALUES);
+    facts.address = Some(claims.client_peer.ip());
+    shared.analyzer.remember_address_facts(&facts, unix_ms());
+    router.metrics.facts.with_label_values(&["received"]).inc();
+    StatusCode::NO_CONTENT
+}
+
+fn invalid(router: &Router) -> StatusCode {
+    router.metrics.facts.with_label_values(&["invalid"]).inc();
+    StatusCode::BAD_REQUEST
+}
