@@ -10,10 +10,12 @@
 //! support — a request whose value has no such origin (or only origins the parameter's values
 //! never had) is flagged at once: the first foreign object, not the seventh.
 //!
-//! A parameter of an operation with too few learned requests (a rare password change) is
-//! judged by the pooled evidence of every operation on the same object: the path up to and
-//! including the parameter (`/users/v1/{var1}` for `PUT /users/v1/{var1}/password`), where the
-//! object's identity is the same whatever the sub-resource or method.
+//! A parameter of an operation with too few learned requests to decide (a rare password
+//! change: fewer than `minOperationRequests`, or more but too few for even a never-seen origin
+//! to be improbable) is judged by the pooled evidence of every operation on the same object:
+//! the path up to and including the parameter (`/users/v1/{var1}` for
+//! `PUT /users/v1/{var1}/password`), where the object's identity is the same whatever the
+//! sub-resource or method.
 //!
 //! Per session ([`LineageState`]) only keyed hashes of values are kept (a per-process random
 //! key: values may be secrets), at most [`MAX_VALUES`] of them with at most [`MAX_FIELDS`]
@@ -33,7 +35,7 @@ use serde_json::{Value, json};
 use crate::config::DetectorConfig;
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::lineage::{OperationLineage, OriginClass, OriginCounts};
-use crate::model::sequence::upper_bound;
+use crate::model::sequence::{upper_bound, upper_bound_reaches};
 use crate::model::value::ValueKind;
 use crate::model::{LearnedModel, Location, OperationStats, ParamObservation};
 use crate::session::{LOST_HISTORY, RecentOp, SessionSource};
@@ -715,13 +717,24 @@ fn high_cardinality(stats: &OperationStats, name: &str) -> bool {
         .is_some_and(|p| p.values_overflow)
 }
 
-/// The learned origins a parameter is judged by: the operation's own when they are enough,
-/// otherwise (path parameters) those of every operation on the same object. `None` when there
-/// is too little evidence, or the parameter is enum-like.
+/// Whether `seen` learned values can make an origin improbable at all: even one that none of
+/// them had keeps an upper bound at or above the limit with fewer (about 200 at Medium).
+fn decisive(seen: u64, (credibility, limit): (f64, f64)) -> bool {
+    !upper_bound_reaches(0, seen, credibility, limit)
+}
+
+/// The learned origins a parameter is judged by: the operation's own when they can decide,
+/// otherwise (path parameters) those of every operation on the same object, its own included.
+/// `None` when there is too little evidence, or the parameter is enum-like.
+///
+/// Own evidence that has `min_seen` values but cannot decide (a password change learned 31
+/// times) must not shadow the pooled evidence: it would judge nothing, and every foreign
+/// password change after the 30th honest one would pass.
 fn evidence<'m>(
     j: &Judged<'m>,
     name: &str,
     min_seen: u64,
+    bounds: (f64, f64),
 ) -> Option<(std::borrow::Cow<'m, OriginCounts>, Option<String>)> {
     let stats = j.op_stats()?;
     let own = stats
@@ -730,7 +743,12 @@ fn evidence<'m>(
         .get(name)
         .filter(|c| c.seen >= min_seen);
     if let Some(own) = own {
-        return high_cardinality(stats, name).then_some((std::borrow::Cow::Borrowed(own), None));
+        if !high_cardinality(stats, name) {
+            return None;
+        }
+        if decisive(own.seen, bounds) {
+            return Some((std::borrow::Cow::Borrowed(own), None));
+        }
     }
     let var = name.strip_prefix("path.")?;
     let (_, path) = j.template().split_once(' ')?;
@@ -772,7 +790,7 @@ pub fn check(
     let mut token: Option<Vec<(String, u64)>> = None;
     for c in candidates(j.params) {
         let name = c.obs.name.as_str();
-        let Some((learned, pooled)) = evidence(j, name, min_seen) else {
+        let Some((learned, pooled)) = evidence(j, name, min_seen, (credibility, limit)) else {
             continue;
         };
         let claims = token.get_or_insert_with(claims);
@@ -1395,6 +1413,11 @@ mod analyzer_tests {
         /// the own profile and an e-mail change (own name: the token's subject); one in 40 a
         /// password change (too few for the operation's own evidence).
         fn honest(&mut self, i: usize) -> Vec<Finding> {
+            self.honest_changing(i, 40)
+        }
+
+        /// [`Driver::honest`] with a password change in one visit of `every`.
+        fn honest_changing(&mut self, i: usize, every: usize) -> Vec<Finding> {
             let mut s = Self::session(&format!("reader.{i}"));
             let owner = format!("author.{}", i % 37);
             let title = format!("book-{}", i % 53);
@@ -1407,7 +1430,7 @@ mod analyzer_tests {
             let me = s.user.clone();
             found.extend(self.send(&mut s, 0, Some(&me), None));
             found.extend(self.send(&mut s, 1, Some(&me), None));
-            if i.is_multiple_of(40) {
+            if i.is_multiple_of(every) {
                 found.extend(self.send(&mut s, 2, Some(&me), None));
             }
             found
@@ -1458,6 +1481,37 @@ mod analyzer_tests {
         // … while looking that user up, as honest readers do, is not.
         let found = d.send(&mut eve, 0, Some("author.3"), None);
         assert!(lineage(&found).is_none(), "{found:?}");
+    }
+
+    /// A password change learned more often than `minOperationRequests` (30) but too rarely
+    /// to decide alone (below about 200 values even an origin none of them had is not
+    /// improbable) is still judged by the evidence pooled over /users/{var1}. Before, its own
+    /// thin evidence was taken and every foreign password change after the 30th honest one
+    /// passed.
+    #[test]
+    fn own_evidence_too_thin_to_decide_is_pooled() {
+        let mut d = Driver::new();
+        for i in 0..400 {
+            let found = d.honest_changing(i, 8);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
+        let model = d.analyzer.snapshot();
+        let own = model
+            .op_index(OPS[2])
+            .and_then(|op| model.operation(op))
+            .and_then(|stats| stats.lineage.params.get("path.var1"))
+            .map(|c| (c.seen, c.input))
+            .unwrap();
+        assert!((31..100).contains(&own.0) && own.1 == 0, "{own:?}");
+        let mut mallory = Driver::session("mallory");
+        let found = d.send(&mut mallory, 2, Some("reader.7"), None);
+        let f = lineage(&found).expect("foreign password change flagged");
+        assert_eq!(f.evidence["pooledOver"], "/users/{var1}");
+        // Honest password changes still pass.
+        for i in 1000..1100 {
+            let found = d.honest_changing(i, 8);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
     }
 
     #[test]

@@ -18,10 +18,19 @@
 //! see; the evaluation showed the second (an honest shop session at seed 3). An operation whose own learned requests cannot settle it (fewer than
 //! `minOperationRequests`, or more but still too few for the bound: with none repeated, about
 //! 2 / limit) is judged, from its second identical repeat, on the pooled counts of every
-//! learned non-idempotent operation of the API, but only while it never saw an identical
+//! learned state-changing operation of the API, but only while it never saw an identical
 //! repeat itself. Clients that resend on
 //! purpose (a form that submits twice, an idempotency key the application dedupes) teach the
 //! repeat as normal, and it is never flagged there.
+//!
+//! The pool also holds the API's `PUT` and `DELETE` requests, which are fingerprinted and
+//! learned like the others but never judged (repeating them is harmless by definition). Clients
+//! resend idempotent requests at least as readily as the others — RFC 9110 §9.2.2 lets user
+//! agents and libraries retry them on their own, and a form that saves the same value twice
+//! sends an identical `PUT` — so pooling their rate in does not bias the estimate for a `POST`
+//! downwards; what it adds is evidence. An API with a single non-idempotent operation (the
+//! library's book creation, where about 200 learned requests are needed at Medium) was
+//! otherwise blind to its replays for as long as that operation alone was too thin.
 //!
 //! Only a repeat of a request that *succeeded* counts: a retry after an error, a timeout or the
 //! enforcer's own refusal resends the same body for good reason (every identical copy after
@@ -52,13 +61,19 @@ pub fn non_idempotent(method: &http::Method) -> bool {
     method == http::Method::POST || method == http::Method::PATCH
 }
 
+/// Whether the method is meant to change state (RFC 9110 §9.2.1: all but the safe methods):
+/// the requests whose identical repeats are learned.
+pub fn changes_state(method: &http::Method) -> bool {
+    non_idempotent(method) || method == http::Method::PUT || method == http::Method::DELETE
+}
+
 /// A keyed hash of what the request asks for (path parameters, query pairs in order, the
-/// parsed body), for non-idempotent requests of sessions a client names (token, cookie,
+/// parsed body), for state-changing requests of sessions a client names (token, cookie,
 /// header) only; never 0. A session named by the client address pools every client behind it
 /// (a NAT, a proxy, the logins before a token exists): identical requests there are not one
 /// client's copies, and they are neither judged nor learned.
 pub fn fingerprint(ctx: &RequestContext<'_>, keys: &ValueKeys) -> Option<u64> {
-    if !non_idempotent(ctx.method) || ctx.session_source == SessionSource::ClientIp {
+    if !changes_state(ctx.method) || ctx.session_source == SessionSource::ClientIp {
         return None;
     }
     let mut hasher = keys.build_hasher();
@@ -95,7 +110,7 @@ impl<H: Hasher> std::io::Write for HashWriter<'_, H> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Operation,
-    /// Every learned non-idempotent operation of the API, pooled.
+    /// Every learned state-changing operation of the API, pooled.
     Api,
 }
 
@@ -109,7 +124,7 @@ pub const JUDGED_FROM_REPEAT: u16 = 2;
 /// of an identical repeat and the limit it was held to. Repeats before [`JUDGED_FROM_REPEAT`]
 /// are never judged; later ones against `limit`, on the operation's own counts once it has
 /// `min_support` learned requests and they bound the probability below the limit, otherwise on
-/// the counts of every learned non-idempotent operation of the API pooled (only while the
+/// the counts of every learned state-changing operation of the API pooled (only while the
 /// operation never saw an identical repeat itself). The probability of a first identical repeat bounds that of a second, so the
 /// learned counts of first repeats serve.
 pub fn improbable(
@@ -156,6 +171,10 @@ pub fn improbable(
 /// Judges a request identical to the session's previous successful request of its operation,
 /// its `nth` identical repeat (1 = the first).
 pub fn check(j: &Judged<'_>, config: &DetectorConfig, nth: u16) -> Option<Finding> {
+    // `PUT` and `DELETE` repeats are learned as evidence, never judged: a copy changes nothing.
+    if !non_idempotent(j.ctx.method) {
+        return None;
+    }
     let op = j.op?;
     let (credibility, limit) = sequence_bounds(config.sensitivity);
     let (counts, scope, bound, limit) = improbable(
@@ -168,7 +187,7 @@ pub fn check(j: &Judged<'_>, config: &DetectorConfig, nth: u16) -> Option<Findin
     )?;
     let learned = match scope {
         Scope::Operation => format!("learned {} requests", j.template()),
-        Scope::Api => "learned POST and PATCH requests of the API".to_owned(),
+        Scope::Api => "learned POST, PUT, PATCH and DELETE requests of the API".to_owned(),
     };
     let copies = match nth {
         0 | 1 => "again".to_owned(),
@@ -239,6 +258,11 @@ mod tests {
         assert!(!non_idempotent(&http::Method::PUT));
         assert!(!non_idempotent(&http::Method::DELETE));
         assert!(!non_idempotent(&http::Method::GET));
+        // … but the repeats of every state-changing method are learned (as evidence).
+        for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE] {
+            assert!(changes_state(&method), "{method}");
+        }
+        assert!(!changes_state(&http::Method::GET) && !changes_state(&http::Method::HEAD));
     }
 
     #[test]

@@ -1084,6 +1084,55 @@ fn an_identical_repeat_of_a_successful_transfer_is_a_replay() {
     assert_eq!(transfers.repeats.identical, 0);
 }
 
+/// An API whose only non-idempotent operation is too thin to bound the probability of an
+/// identical repeat alone (120 transfers) but whose changes (`PUT`, learned as evidence) make
+/// the pool enough: a replayed transfer is judged. `PUT` copies themselves are never judged.
+#[test]
+fn the_apis_put_requests_are_evidence_for_its_replays() {
+    let mut h = replay_harness();
+    for user in 0..240 {
+        assert!(h.benign(user, user).is_empty());
+        let s = format!("jwt:sub={user}");
+        let email = serde_json::json!({ "email": format!("user{user}.{}@example.net", user % 7) });
+        assert!(h.send(req(&s, "PUT /profile").with_body(email)).is_empty());
+    }
+    let model = h.model();
+    let repeats = |template: &str| {
+        model
+            .operations
+            .iter()
+            .find(|o| o.template == template)
+            .map(|o| o.repeats)
+            .unwrap()
+    };
+    // The transfers alone cannot settle it (about 200 would be needed at Medium).
+    assert!((100..180).contains(&repeats("POST /transfers").requests));
+    assert!(repeats("PUT /profile").requests >= 200);
+
+    let s = "jwt:sub=10004";
+    assert!(h.send(req(s, "GET /accounts")).is_empty());
+    let balance = req(s, "GET /accounts/{id}/balance").with_path("id", "21008");
+    assert!(h.send(balance).is_empty());
+    let body = transfer_body("21008", 120);
+    for copy in 1..=2 {
+        let found = h.send(req(s, "POST /transfers").with_body(body.clone()));
+        assert!(found.is_empty(), "copy {copy}: {found:?}");
+    }
+    let found = h.send(req(s, "POST /transfers").with_body(body));
+    assert_eq!(
+        kinds(&found),
+        vec![FindingKind::UnlikelySequence],
+        "{found:?}"
+    );
+    assert_eq!(found[0].evidence["scope"], "api", "{found:?}");
+    // The same e-mail saved four times: a PUT changes nothing the second time.
+    let email = serde_json::json!({ "email": "same@example.net" });
+    for _ in 0..4 {
+        let found = h.send(req(s, "PUT /profile").with_body(email.clone()));
+        assert!(found.is_empty(), "{found:?}");
+    }
+}
+
 #[test]
 fn an_honest_identical_repeat_is_learned_once_the_session_goes_on() {
     let mut h = replay_harness();
