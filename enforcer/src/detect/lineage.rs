@@ -102,6 +102,10 @@ pub struct LineageState {
     /// bit is clear is not there). A value the session was not given, the common case when an
     /// answer is read, is then answered without scanning the record.
     maybe: HashBits,
+    /// The same for a value with its operation and class ([`entry_key`]): the same value
+    /// comes in the answers of several operations (an account id in the list, the account,
+    /// its transactions), and remembering one needs its own entry.
+    maybe_entry: HashBits,
     fields: Vec<Box<str>>,
     /// The session's entry was recreated without what came before (eviction, a move between
     /// replicas): values it was given earlier are unknown, so nothing is judged.
@@ -137,6 +141,11 @@ impl HashBits {
         let (word, bit) = Self::place(hash);
         self.0.get(word).is_some_and(|w| w & bit != 0)
     }
+}
+
+/// A value's hash mixed with its operation and class, for [`LineageState::maybe_entry`].
+fn entry_key(hash: u64, op: u16, class: u8) -> u64 {
+    hash ^ ((u64::from(op) << 8 | u64::from(class)) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn class_code(class: OriginClass) -> u8 {
@@ -208,8 +217,8 @@ impl LineageState {
         // From the newest end: an answer's values are mostly those its previous answer gave,
         // remembered last (an entry is unique, so the first match from either end is it).
         if let Some(at) = self
-            .maybe
-            .may_hold(hash)
+            .maybe_entry
+            .may_hold(entry_key(hash, op, class))
             .then(|| {
                 self.entries
                     .iter()
@@ -236,6 +245,7 @@ impl LineageState {
             class,
         });
         self.maybe.insert(hash);
+        self.maybe_entry.insert(entry_key(hash, op, class));
     }
 
     /// Makes room: the [`EVICT_BATCH`] oldest values of the operation and class with the most
@@ -277,8 +287,10 @@ impl LineageState {
             }
         });
         self.maybe = HashBits::default();
+        self.maybe_entry = HashBits::default();
         for e in &self.entries {
             self.maybe.insert(e.hash);
+            self.maybe_entry.insert(entry_key(e.hash, e.op, e.class));
         }
     }
 
@@ -1181,6 +1193,10 @@ mod tests {
                 assert!(
                     state.maybe.may_hold(e.hash),
                     "value {i}: a held value ruled out"
+                );
+                assert!(
+                    state.maybe_entry.may_hold(entry_key(e.hash, e.op, e.class)),
+                    "value {i}: a held entry ruled out"
                 );
             }
             let held = |hash| state.entries.iter().any(|e| e.hash == hash);
