@@ -30,12 +30,11 @@ use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpStream;
 
 use super::auth::{self, Kind, PEER_AUTH, PeerClaims, Signed};
+use super::forward::connect;
 use super::{Router, unix_ms};
 use crate::detect::AddressFacts;
 use crate::detect::lineage::{MAX_RESPONSE_VALUES, MAX_VALUE_LEN};
@@ -158,7 +157,7 @@ impl Router {
     ) -> bool {
         let sender = match self.facts_pool.take(peer) {
             Some(sender) => Some(sender),
-            None => connect(peer, connect_timeout).await,
+            None => connect(peer, connect_timeout, "facts connection").await,
         };
         let Some(mut sender) = sender else {
             return false;
@@ -205,24 +204,6 @@ impl Router {
             }
         }
     }
-}
-
-async fn connect(peer: SocketAddr, timeout: Duration) -> Option<SendRequest<Full<Bytes>>> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(peer))
-        .await
-        .ok()?
-        .ok()?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "facts connection to a replica ended");
-        }
-    });
-    Some(sender)
 }
 
 /// Takes an authenticated facts message (`claims` verified over its headers): checks the

@@ -69,7 +69,18 @@ pub(super) enum Outcome {
     Unreachable(Request<Incoming>),
 }
 
-async fn connect(peer: SocketAddr, timeout: Duration) -> Option<SendRequest<Incoming>> {
+/// An HTTP/1.1 connection to another replica's internal listener (`what` names it in the
+/// log when it ends), or `None` when it cannot be opened within `timeout`.
+pub(super) async fn connect<B>(
+    peer: SocketAddr,
+    timeout: Duration,
+    what: &'static str,
+) -> Option<SendRequest<B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let stream = tokio::time::timeout(timeout, TcpStream::connect(peer))
         .await
         .ok()?
@@ -81,7 +92,7 @@ async fn connect(peer: SocketAddr, timeout: Duration) -> Option<SendRequest<Inco
         .ok()?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "connection to a replica ended");
+            tracing::debug!(%peer, error = %e, "{what} to a replica ended");
         }
     });
     Some(sender)
@@ -178,7 +189,7 @@ impl Router {
             };
             let mut sender = match pooled {
                 Some(s) => s,
-                None => match connect(owner, connect_timeout).await {
+                None => match connect(owner, connect_timeout, "connection").await {
                     Some(s) => s,
                     None => return Outcome::Unreachable(restore(req, original)),
                 },
