@@ -88,11 +88,8 @@ struct Frame {
     kind: Container,
     /// Elements of an array seen so far.
     elements: u64,
-    /// Normalised name of the current key of an object (its value's key).
-    key: [u8; 32],
-    key_len: usize,
-    /// What the key says about its values ([`KeyHints`]), found once per key rather than
-    /// once per value.
+    /// What the current key of an object (its value's key) says about its values
+    /// ([`KeyHints`]), found once per key rather than once per value.
     hints: KeyHints,
     /// Expecting a key (objects) next.
     want_key: bool,
@@ -103,28 +100,31 @@ impl Frame {
         Self {
             kind,
             elements: 0,
-            key: [0; 32],
-            key_len: 0,
             hints: KeyHints::default(),
             want_key: kind == Container::Object,
         }
     }
 
-    /// Takes `raw` (a key as it was written) as the current key: normalised as
-    /// `disclosure::normalised` does (ASCII alphanumerics, lower case), its first 32 bytes.
+    /// Takes `raw` (a key as it was written) as the current key.
     fn set_key(&mut self, raw: &[u8], known: &mut KnownKeys) {
-        let mut len = 0;
-        for (slot, b) in self
-            .key
-            .iter_mut()
-            .zip(raw.iter().filter(|b| b.is_ascii_alphanumeric()))
-        {
-            *slot = b.to_ascii_lowercase();
-            len += 1;
-        }
-        self.key_len = len;
-        self.hints = known.hints(self.key.get(..len).unwrap_or_default());
+        let (key, len) = normalised_key(raw);
+        self.hints = known.hints(key.get(..len).unwrap_or_default());
     }
+}
+
+/// A key normalised on the stack as `disclosure::normalised` does (ASCII alphanumerics, lower
+/// case): its first 32 bytes and their count.
+fn normalised_key(raw: &[u8]) -> ([u8; 32], usize) {
+    let mut key = [0; 32];
+    let mut len = 0;
+    for (slot, b) in key
+        .iter_mut()
+        .zip(raw.iter().filter(|b| b.is_ascii_alphanumeric()))
+    {
+        *slot = b.to_ascii_lowercase();
+        len += 1;
+    }
+    (key, len)
 }
 
 /// The hints of the last keys an answer used: its records repeat the same few keys, and
@@ -908,10 +908,8 @@ mod tests {
                 again.set_key(other.as_bytes(), &mut known);
             }
             assert_eq!(again.hints, frame.hints, "{key} after the other keys");
-            assert_eq!(
-                frame.key.get(..frame.key_len),
-                Some(normalised(key).as_bytes())
-            );
+            let (normal, len) = normalised_key(key.as_bytes());
+            assert_eq!(normal.get(..len), Some(normalised(key).as_bytes()));
             for value in &values {
                 let mut classes = ClassSet::default();
                 classify(frame.hints, value, &mut classes);
@@ -934,11 +932,10 @@ mod tests {
             "a".repeat(40).as_str(),
             "",
         ] {
-            let mut frame = Frame::new(Container::Object);
-            frame.set_key(raw.as_bytes(), &mut KnownKeys::default());
+            let (key, len) = normalised_key(raw.as_bytes());
             let name = normalised(raw);
             let expected = name.as_bytes().get(..32.min(name.len())).unwrap();
-            assert_eq!(frame.key.get(..frame.key_len).unwrap(), expected, "{raw}");
+            assert_eq!(key.get(..len).unwrap(), expected, "{raw}");
         }
     }
 

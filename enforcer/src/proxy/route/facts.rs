@@ -20,7 +20,6 @@
 //! header the MAC covers, so the body is authenticated too (it is small and buffered, unlike
 //! a forwarded request's).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +28,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::auth::{self, Kind, PEER_AUTH, PeerClaims, Signed};
@@ -46,36 +43,7 @@ pub(super) const PEER_BODY: &str = "x-ordo-peer-body";
 /// field paths and JSON framing.
 const MAX_FACTS_BYTES: usize = 96 * 1024;
 /// Idle connections kept per member for facts.
-const MAX_IDLE: usize = 8;
-
-/// Idle keep-alive connections for facts messages.
-#[derive(Default)]
-pub(super) struct FactsPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>>,
-}
-
-impl FactsPool {
-    fn take(&self, peer: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock();
-        let list = idle.get_mut(&peer)?;
-        while let Some(sender) = list.pop() {
-            if sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    fn put(&self, peer: SocketAddr, sender: SendRequest<Full<Bytes>>) {
-        let mut idle = self.idle.lock();
-        // Bounded by the members (at most 64 addresses) times `MAX_IDLE`.
-        let list = idle.entry(peer).or_default();
-        list.retain(|s| !s.is_closed());
-        if list.len() < MAX_IDLE {
-            list.push(sender);
-        }
-    }
-}
+pub(super) const MAX_IDLE: usize = 8;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

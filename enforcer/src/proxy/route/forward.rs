@@ -30,16 +30,34 @@ use crate::proxy::rejection::{Rejection, UpstreamFailure};
 use crate::proxy::state::Shared;
 
 /// Idle connections kept per owner.
-const MAX_IDLE_PER_PEER: usize = 64;
+pub(super) const MAX_IDLE_PER_PEER: usize = 64;
 
-/// Idle keep-alive connections to other replicas.
-#[derive(Default, Clone)]
-pub(super) struct Pool {
-    idle: Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>>,
+/// Idle keep-alive connections to other replicas, for requests with body type `B` (forwarded
+/// requests stream theirs; address facts send a small buffered one).
+pub(super) struct Pool<B> {
+    idle: Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<B>>>>>,
+    /// Idle connections kept per replica.
+    max_idle: usize,
 }
 
-impl Pool {
-    fn take(&self, peer: SocketAddr) -> Option<SendRequest<Incoming>> {
+impl<B> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Self {
+            idle: Arc::clone(&self.idle),
+            max_idle: self.max_idle,
+        }
+    }
+}
+
+impl<B> Pool<B> {
+    pub(super) fn new(max_idle: usize) -> Self {
+        Self {
+            idle: Arc::default(),
+            max_idle,
+        }
+    }
+
+    pub(super) fn take(&self, peer: SocketAddr) -> Option<SendRequest<B>> {
         let mut idle = self.idle.lock();
         let list = idle.get_mut(&peer)?;
         while let Some(sender) = list.pop() {
@@ -50,12 +68,12 @@ impl Pool {
         None
     }
 
-    fn put(&self, peer: SocketAddr, sender: SendRequest<Incoming>) {
+    pub(super) fn put(&self, peer: SocketAddr, sender: SendRequest<B>) {
         let mut idle = self.idle.lock();
-        // Bounded by the members (at most 64 addresses) times the idle connections each.
+        // Bounded by the members (at most 64 addresses) times `max_idle`.
         let list = idle.entry(peer).or_default();
         list.retain(|s| !s.is_closed());
-        if list.len() < MAX_IDLE_PER_PEER {
+        if list.len() < self.max_idle {
             list.push(sender);
         }
     }

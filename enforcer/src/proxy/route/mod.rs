@@ -190,9 +190,9 @@ pub struct Router {
     /// Longest time a session's past matters to a decision (the session history's duration),
     /// updated from the policy.
     horizon_ms: std::sync::atomic::AtomicU64,
-    pool: forward::Pool,
+    pool: forward::Pool<Incoming>,
     /// Connections for facts about client addresses ([`facts`]).
-    facts_pool: facts::FactsPool,
+    facts_pool: forward::Pool<http_body_util::Full<bytes::Bytes>>,
     metrics: RouteMetrics,
     /// Views other replicas route by that differ from this one's (at most [`MAX_FOREIGN`]).
     foreign: Mutex<Vec<Foreign>>,
@@ -292,8 +292,8 @@ impl Router {
             horizon_ms: std::sync::atomic::AtomicU64::new(
                 u64::try_from(horizon.as_millis()).unwrap_or(u64::MAX),
             ),
-            pool: forward::Pool::default(),
-            facts_pool: facts::FactsPool::default(),
+            pool: forward::Pool::new(forward::MAX_IDLE_PER_PEER),
+            facts_pool: forward::Pool::new(facts::MAX_IDLE),
             metrics,
             foreign: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
