@@ -1008,6 +1008,300 @@ async fn a_stuffer_spreading_its_tries_over_replicas_is_refused_as_by_one() {
     );
 }
 
+/// [`STUFFING`] with a 10 s counting window (the shortest), so that a campaign can start in
+/// a fresh one, and a journey gap that no campaign of the test outlasts.
+const CAMPAIGN: &str = r#"mode: Enforce
+learning: { minRequests: 90, minSessions: 30, journeyGap: 1s, volumeWindow: 10s }
+detectors:
+  credentialStuffing: { action: Block, quarantine: 10m }
+"#;
+/// The counting window of [`CAMPAIGN`].
+const CAMPAIGN_WINDOW_MS: u64 = 10_000;
+/// The addresses of a campaign, each trying two identities.
+const CAMPAIGN_ADDRESSES: usize = 20;
+
+fn campaign_address(i: usize) -> std::net::IpAddr {
+    format!("203.0.113.{}", i + 1).parse().unwrap()
+}
+
+fn login_body(user: &str, password: &str) -> String {
+    serde_json::json!({ "username": user, "password": password }).to_string()
+}
+
+/// A round-robin front: each request to the next replica of `es`.
+struct Front<'a> {
+    c: TestClient,
+    es: &'a [(RunningEnforcer, Arc<LearnedAnalyzer>)],
+    next: usize,
+}
+
+impl<'a> Front<'a> {
+    fn new(es: &'a [(RunningEnforcer, Arc<LearnedAnalyzer>)]) -> Self {
+        Self {
+            c: client(),
+            es,
+            next: 0,
+        }
+    }
+
+    /// The replica (index) that decides `session` (its key), with peers.
+    fn owner(&self, session: &str) -> Option<usize> {
+        let members: Vec<SocketAddr> = self
+            .es
+            .iter()
+            .filter_map(|(e, _)| e.shared.router.as_ref().map(|r| r.self_addr()))
+            .collect();
+        let router = self.es.first()?.0.shared.router.as_ref()?;
+        let owner = router.owner_among(&members, session)?;
+        members.iter().position(|m| *m == owner)
+    }
+
+    /// The first of `candidates` whose session (`key` of it) another replica than `namer`
+    /// decides (the first, with one replica).
+    fn decided_elsewhere(
+        &self,
+        namer: Option<usize>,
+        key: impl Fn(&str) -> String,
+        candidates: impl Iterator<Item = String>,
+    ) -> String {
+        let mut candidates = candidates.peekable();
+        let first = candidates.peek().cloned().unwrap();
+        candidates
+            .find(|c| namer.is_none() || self.owner(&key(c)) != namer)
+            .unwrap_or(first)
+    }
+
+    /// A request from `addr` (its `X-Forwarded-For`), in session `session` or anonymous; a
+    /// POST of `body`, a GET without one.
+    async fn call(&mut self, session: Option<&str>, addr: &str, path: &str, body: &str) -> Answer {
+        let (e, _) = &self.es[self.next % self.es.len()];
+        self.next += 1;
+        let url = format!("http://{}{path}", e.proxy_addr);
+        let mut headers = vec![("x-forwarded-for", addr)];
+        if let Some(s) = session {
+            headers.push(("x-session", s));
+        }
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        send(&self.c, method, &url, &headers, body).await
+    }
+}
+
+/// Learning traffic: 200 users log in anonymously (none fails: the learned failure rate stays
+/// low on every replica, each of which learns from the logins it decides) and read a list
+/// twice in their session.
+async fn campaign_learning(front: &mut Front<'_>) {
+    for u in 0..200 {
+        let addr = format!("10.2.{}.{}", u / 200, u % 200 + 1);
+        let user = format!("reader{u}");
+        let a = front
+            .call(None, &addr, "/login", &login_body(&user, PASSWORD))
+            .await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        for _ in 0..2 {
+            let a = front.call(Some(&user), &addr, "/books", "").await;
+            assert_eq!(a.status, 200);
+        }
+    }
+}
+
+/// What a campaign met.
+#[derive(Debug)]
+struct CampaignRun {
+    /// The attempts refused (1-based) with the finding's kind.
+    refused: Vec<(usize, String)>,
+    /// Per replica, how many of the campaign's addresses it quarantines once the campaign
+    /// settled and a login named its members.
+    quarantined: Vec<usize>,
+    /// The addresses named as campaign members, by every replica (sorted).
+    named: Vec<String>,
+}
+
+/// A distributed credential-stuffing campaign: [`CAMPAIGN_ADDRESSES`] addresses, each trying
+/// two identities (far below the per-address threshold), every try in a new session and to
+/// the next replica; then the tries settle and an honest login names the members.
+async fn campaign_phase(front: &mut Front<'_>) -> CampaignRun {
+    // The login that names the members is decided by `namer` (with replicas): what the
+    // honest users below did must reach it from the others.
+    let namer = front.owner("ip:10.3.0.1");
+    let mistyped = front.decided_elsewhere(
+        namer,
+        |s| format!("header:x-session={s}"),
+        (0..32).map(|k| format!("retry-5-{k}")),
+    );
+    let carrying_on = front.decided_elsewhere(
+        namer,
+        |a| format!("ip:{a}"),
+        (3..64).map(|k| format!("10.9.0.{k}")),
+    );
+    let next_login = front.decided_elsewhere(
+        namer,
+        |a| format!("ip:{a}"),
+        (2..64).map(|k| format!("10.3.0.{k}")),
+    );
+    let mut refused = Vec::new();
+    for i in 0..CAMPAIGN_ADDRESSES {
+        let addr = campaign_address(i).to_string();
+        for k in 0..2 {
+            let victim = format!("victim{}", 2 * i + k);
+            let session = format!("camp-{i}-{k}");
+            let a = front
+                .call(
+                    Some(&session),
+                    &addr,
+                    "/login",
+                    &login_body(&victim, "Summer2024!"),
+                )
+                .await;
+            match a.status {
+                200 => {}
+                403 => refused.push((
+                    2 * i + k + 1,
+                    a.json()["kind"].as_str().unwrap_or("").to_owned(),
+                )),
+                s => panic!("try {}: {s}", 2 * i + k + 1),
+            }
+        }
+        if i == 12 {
+            // An honest user mistypes during the campaign and logs in right after (each try
+            // a session of its own: a name typed again in one session is a value the session
+            // gave before, which the lineage detector, learning alone on each replica here,
+            // may log on one and not another; a logged request is not recorded).
+            for (session, password) in [("typo-5", "typo"), (mistyped.as_str(), PASSWORD)] {
+                let a = front
+                    .call(
+                        Some(session),
+                        "10.9.0.1",
+                        "/login",
+                        &login_body("reader5", password),
+                    )
+                    .await;
+                assert_eq!(a.status, 200);
+            }
+        }
+        if i == 15 {
+            // A user whose password no longer works fails once and carries on browsing.
+            let a = front
+                .call(
+                    None,
+                    &carrying_on,
+                    "/login",
+                    &login_body("reader7", "old one"),
+                )
+                .await;
+            assert_eq!(a.status, 200);
+            let a = front.call(None, &carrying_on, "/books", "").await;
+            assert_eq!(a.status, 200);
+        }
+    }
+    // The tries settle (journeyGap); the next login (a user from an address new to the API)
+    // names the members, once: the next one, on another replica, names none again.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    for (u, addr) in ["10.3.0.1", next_login.as_str()].into_iter().enumerate() {
+        let user = format!("reader{u}");
+        let a = front
+            .call(None, addr, "/login", &login_body(&user, PASSWORD))
+            .await;
+        assert_eq!(a.status, 200, "an honest login during the campaign");
+    }
+    let mut named = Vec::new();
+    for (e, _) in front.es {
+        let incidents = admin_json(&front.c, e, "/v1/incidents").await;
+        for i in incidents.as_array().unwrap() {
+            if i["session"].as_str().unwrap_or("").starts_with("campaign ") {
+                for c in i["clients"].as_array().unwrap() {
+                    named.push(c.as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    named.sort();
+    let now = unix_ms();
+    let quarantined = front
+        .es
+        .iter()
+        .map(|(_, analyzer)| {
+            (0..CAMPAIGN_ADDRESSES)
+                .filter(|i| analyzer.quarantines(campaign_address(*i), now))
+                .count()
+        })
+        .collect();
+    CampaignRun {
+        refused,
+        quarantined,
+        named,
+    }
+}
+
+/// The API-wide authentication activity (the last attempts per login operation, failures per
+/// identity) and a campaign's quarantines are shared like the facts of one address: a
+/// campaign of many addresses, each trying two identities, every try to the next of 3
+/// replicas, is refused from the same try as by one replica, and its members are then
+/// quarantined on every replica, as on one (docs/scale-out.md, "State keyed by the client
+/// address"). Each replica alone would see a third of the campaign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_stuffing_campaign_over_replicas_is_found_as_by_one() {
+    let upstream = start_login_app().await;
+    let single = [learning_replica(free_port(), &[], upstream, CAMPAIGN).await];
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
+    let mut scaled = Vec::new();
+    for me in &addrs {
+        scaled.push(learning_replica(*me, &addrs, upstream, CAMPAIGN).await);
+    }
+    tokio::time::sleep(SETTLED).await;
+    let (mut one, mut three) = (Front::new(&single), Front::new(&scaled));
+    tokio::join!(campaign_learning(&mut one), campaign_learning(&mut three));
+    // Both campaigns in one fresh counting window: each replica then judges against the
+    // failure rate of its whole model (frozen at the window's first login), and no window
+    // ends during a campaign.
+    let into = unix_ms() % CAMPAIGN_WINDOW_MS;
+    tokio::time::sleep(Duration::from_millis(CAMPAIGN_WINDOW_MS - into + 50)).await;
+    let (one_run, three_run) = tokio::join!(campaign_phase(&mut one), campaign_phase(&mut three));
+    eprintln!("one replica: {one_run:?}\nthree replicas: {three_run:?}");
+    let first = |run: &CampaignRun| run.refused.first().cloned();
+    let (at, kind) = first(&one_run).expect("one replica refuses the campaign");
+    assert_eq!(kind, "CredentialStuffing", "{one_run:?}");
+    assert_eq!(
+        first(&three_run),
+        Some((at, kind)),
+        "refused from the same try as by one replica: {three_run:?}"
+    );
+    assert_eq!(
+        three_run.refused, one_run.refused,
+        "every try decided alike"
+    );
+    assert_eq!(one_run.quarantined, [CAMPAIGN_ADDRESSES], "{one_run:?}");
+    let members: Vec<String> = (0..CAMPAIGN_ADDRESSES)
+        .map(|i| campaign_address(i).to_string())
+        .collect();
+    assert!(
+        one_run.named.len() == CAMPAIGN_ADDRESSES
+            && one_run.named.iter().all(|a| members.contains(a)),
+        "the campaign's addresses, not the honest users: {one_run:?}"
+    );
+    assert_eq!(
+        three_run.named, one_run.named,
+        "each member named once, by one of the replicas"
+    );
+    assert_eq!(
+        three_run.quarantined, [CAMPAIGN_ADDRESSES; 3],
+        "every member quarantined on every replica: {three_run:?}"
+    );
+    let mut skipped = 0.0;
+    for (e, _) in &scaled {
+        let m = metrics(&one.c, e).await;
+        assert_eq!(
+            metric_value(&m, "ordo_peer_facts_total{result=\"invalid\"}"),
+            0.0
+        );
+        skipped += metric_value(&m, "ordo_peer_facts_total{result=\"skipped\"}");
+    }
+    eprintln!("attempts skipped by receivers (operation not learned there yet): {skipped}");
+    drop((one, three));
+    for (e, _) in single.into_iter().chain(scaled) {
+        e.shutdown().await;
+    }
+}
+
 /// Each session of `prefix`: a balance lookup on one replica, the transfer on the next;
 /// the transfer statuses.
 async fn journeys(c: &TestClient, es: &[&RunningEnforcer], prefix: &str, n: usize) -> Vec<u16> {

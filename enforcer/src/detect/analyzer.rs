@@ -11,8 +11,8 @@ use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::request::{
-    AddressFacts, AddressQuarantine, Analyzer, AuthFailure, LateFinding, ModelMaturity,
-    RequestContext, ResponseSummary,
+    AddressFacts, AddressQuarantine, Analyzer, AuthAttempt, AuthFailure, LateFinding,
+    ModelMaturity, RequestContext, ResponseSummary,
 };
 use crate::config::{Action, DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
 use crate::detect::params::RequestParams;
@@ -148,6 +148,10 @@ fn caps_of(learning: &LearningConfig) -> ModelCaps {
         ..ModelCaps::default()
     }
 }
+
+/// Largest difference taken between the time of an attempt another replica recorded and
+/// this replica's clock (the internal messages' own bound, `proxy::route::auth`).
+const MAX_FACT_SKEW_MS: u64 = 30_000;
 
 fn window_ms(learning: &LearningConfig) -> u64 {
     learning.volume_window.as_millis_u64().max(1000)
@@ -834,17 +838,26 @@ impl LearnedAnalyzer {
         })
     }
 
+    /// Whether every request from `client` is refused here at `now_ms` (its address is
+    /// quarantined, here or on another replica: see `detect::quarantine`).
+    pub fn quarantines(&self, client: std::net::IpAddr, now_ms: u64) -> bool {
+        self.quarantined.lock().get(&client, now_ms).is_some()
+    }
+
     fn globally_mature(model: &LearnedModel, learning: &LearningConfig) -> bool {
         model.requests >= learning.min_requests && model.sessions >= learning.min_sessions
     }
 }
 
 impl Analyzer for LearnedAnalyzer {
-    fn remember_address_facts(&self, facts: &AddressFacts, now_ms: u64) {
+    fn remember_address_facts(&self, facts: &AddressFacts, now_ms: u64) -> usize {
         let Some(address) = facts.address else {
-            return;
+            return 0;
         };
-        let cap = self.settings.load().learning.max_tracked_clients;
+        let settings = self.settings.load();
+        let learning = &settings.learning;
+        let cap = learning.max_tracked_clients;
+        let mut skipped = 0;
         if !facts.values.is_empty() {
             // The model index of the operation here (another replica's may differ); one this
             // replica has not learned yet only names no source.
@@ -883,6 +896,34 @@ impl Analyzer for LearnedAnalyzer {
                 cap,
             );
         }
+        if let Some(attempt) = &facts.attempt {
+            let window_ms = window_ms(learning);
+            // The operation's index here (another replica's may differ): an operation this
+            // replica has not learned yet has no ring here. An attempt from beyond the
+            // clock skew the messages allow, or older than the counting window, is judged by
+            // nothing: neither is recorded.
+            let index = self.inner.read().model.op_index(&attempt.operation);
+            let timely = attempt.at_ms <= now_ms.saturating_add(MAX_FACT_SKEW_MS)
+                && attempt.at_ms.saturating_add(window_ms) >= now_ms;
+            match index {
+                Some(index) if timely => self.auth.lock().record(
+                    index,
+                    attempt.at_ms,
+                    attempt.at_ms / window_ms,
+                    attempt.identity,
+                    &address,
+                    attempt.failed,
+                ),
+                _ => skipped += 1,
+            }
+        }
+        if facts.carried_on {
+            self.auth.lock().carried_on(&address);
+        }
+        if let Some(up_to_ms) = facts.campaign_member {
+            self.auth.lock().named_elsewhere(&address, up_to_ms);
+        }
+        skipped
     }
 
     fn wants_body(&self, _op: &Operation) -> bool {
@@ -1265,6 +1306,16 @@ impl Analyzer for LearnedAnalyzer {
                 &ctx.client,
                 auth_failure,
             );
+            // Recorded alike by every replica: the activity is API-wide, each replica decides
+            // a share of it (the identity's stable hash only, never a credential).
+            ctx.scratch.add_facts(ctx.client, |facts| {
+                facts.attempt = Some(AuthAttempt {
+                    operation: ctx.operation.template.to_string(),
+                    at_ms: ctx.now_ms,
+                    identity: params.identity,
+                    failed: auth_failure,
+                });
+            });
             if detectors.credential_stuffing.enabled && Self::globally_mature(model, learning) {
                 let judged = Judged {
                     ctx,
@@ -1291,14 +1342,35 @@ impl Analyzer for LearnedAnalyzer {
         } else if state.auth_failed() {
             state.set_auth_failed(false);
             self.auth.lock().carried_on(&ctx.client);
+            ctx.scratch
+                .add_facts(ctx.client, |facts| facts.carried_on = true);
         }
         // The members of a campaign are quarantined like a stuffer caught in the act.
-        if let Some((q, _)) = late.first().and_then(|l| {
+        let member_quarantine = late.first().and_then(|l| {
             quarantine::after(std::slice::from_ref(&l.finding), detectors, ctx.now_ms)
-        }) {
+        });
+        if let Some((q, _)) = member_quarantine {
             let mut table = self.quarantined.lock();
             for l in &late {
                 table.insert(l.client, q, ctx.now_ms, learning.max_tracked_clients);
+            }
+        }
+        if ctx.scratch.exports() && !late.is_empty() {
+            // Named once, refused everywhere: each member's facts, as its own address's.
+            let settled = ctx
+                .now_ms
+                .saturating_sub(distributed::settle_ms(learning.journey_gap.as_millis_u64()));
+            for l in &late {
+                ctx.scratch.add_facts(l.client, |facts| {
+                    facts.campaign_member = Some(settled);
+                    if let Some((q, _)) = member_quarantine {
+                        facts.quarantine = Some(AddressQuarantine {
+                            since_ms: q.since_ms,
+                            until_ms: q.until_ms,
+                            cause: q.cause,
+                        });
+                    }
+                });
             }
         }
         if auth_failure && auth_like {

@@ -310,6 +310,22 @@ impl AuthActivity {
         members
     }
 
+    /// `client` was named a member of a campaign on another replica at a time when its
+    /// failed attempts up to `up_to_ms` had settled: they count as named here too, so that
+    /// each member is named once across the replicas (see [`Self::campaign_members`]).
+    pub fn named_elsewhere(&mut self, client: &IpAddr, up_to_ms: u64) {
+        let key = client_hash(client);
+        for ring in &mut self.rings {
+            for f in ring
+                .failures
+                .iter_mut()
+                .filter(|f| f.client == key && f.at_ms <= up_to_ms)
+            {
+                f.settled = true;
+            }
+        }
+    }
+
     /// `client` went on using the API after failing to authenticate (an honest user carries
     /// on with what they came for; a stuffer's address only tries logins): its failed attempts
     /// not named yet are no campaign evidence.
@@ -484,6 +500,24 @@ mod campaign_tests {
             vec![ip(1)],
             "the stuffer is named, the user who logged in later is not"
         );
+    }
+
+    #[test]
+    fn a_member_named_elsewhere_is_not_named_again() {
+        let mut a = AuthActivity::new(100);
+        a.record(0, 1_000, 1, Some(11), &ip(1), true);
+        a.record(0, 1_100, 1, Some(12), &ip(2), true);
+        a.record(0, 1_200, 1, Some(13), &ip(1), true);
+        // Named on another replica when its failures up to 1_100 had settled.
+        a.named_elsewhere(&ip(1), 1_100);
+        assert_eq!(
+            a.campaign_members(0, 5_000, 60_000, 300, 10),
+            vec![ip(2), ip(1)],
+            "its later failure still names it, as on the replica that named it"
+        );
+        a.record(0, 6_000, 1, Some(14), &ip(3), true);
+        a.named_elsewhere(&ip(3), 7_000);
+        assert!(a.campaign_members(0, 9_000, 60_000, 300, 10).is_empty());
     }
 
     #[test]

@@ -32,8 +32,8 @@ pub mod volume;
 
 pub use analyzer::LearnedAnalyzer;
 pub use request::{
-    AddressFacts, AddressQuarantine, Analyzer, AuthFailure, LateFinding, ModelMaturity,
-    NoopAnalyzer, RequestContext, RequestScratch, ResponseSummary,
+    AddressFacts, AddressQuarantine, Analyzer, AuthAttempt, AuthFailure, LateFinding,
+    ModelMaturity, NoopAnalyzer, RequestContext, RequestScratch, ResponseSummary,
 };
 pub use view::{ModelView, model_view, suggested_rules, suggested_rules_in};
 #[cfg(test)]

@@ -58,9 +58,15 @@ pub struct RequestScratch {
     /// Whether facts about the client address are collected for the other replicas (only
     /// with `peers`: see [`AddressFacts`]).
     exporting: bool,
-    /// What this request taught about its client address, for the other replicas.
-    facts: Mutex<AddressFacts>,
+    /// What this request taught about its client address (first) and about other addresses
+    /// (the members of a campaign it named), for the other replicas: at most
+    /// [`MAX_FACT_ADDRESSES`] addresses.
+    facts: Mutex<Vec<AddressFacts>>,
 }
+
+/// Most addresses one request teaches about: its client and the members of a campaign it
+/// names (at most 32 per exchange, see `detect::distributed`).
+pub const MAX_FACT_ADDRESSES: usize = 64;
 
 /// What a decision about a client address's request taught about the address, that a later
 /// decision on another replica reads (`proxy::route` sends it to the other replicas): the
@@ -72,7 +78,14 @@ pub struct RequestScratch {
 ///   construction, and crossing the internal hop anyway when forwarded); the receiver keeps
 ///   only its own keyed hashes of them.
 /// - `failure`: a failed authentication from the address (see `detect::clients`).
-/// - `quarantine`: the address was quarantined (see `detect::quarantine`).
+/// - `quarantine`: the address was quarantined (see `detect::quarantine`), as a stuffer
+///   caught in the act or as a member of a campaign.
+/// - `attempt`: an authentication attempt of the address, as the API-wide activity records it
+///   (see `detect::auth_activity`, read by the distributed-stuffing checks).
+/// - `carried_on`: the address went on using the API after failing to authenticate (its
+///   failed attempts are no campaign evidence).
+/// - `campaign_member`: the address was named a member of a credential-stuffing campaign:
+///   its failed attempts up to that time count as named (each member is named once).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AddressFacts {
     /// The client address (carried by the message's authenticated header, not its body).
@@ -88,13 +101,71 @@ pub struct AddressFacts {
     pub failure: Option<AuthFailure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<AddressQuarantine>,
+    /// Malformed: `None` (skipped, the rest of the message taken).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub attempt: Option<AuthAttempt>,
+    #[serde(
+        default,
+        skip_serializing_if = "std::ops::Not::not",
+        deserialize_with = "lenient_flag"
+    )]
+    pub carried_on: bool,
+    /// Unix ms: the named member's failed attempts made up to this time are settled.
+    /// Malformed: `None`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub campaign_member: Option<u64>,
+}
+
+/// `T`, or `None` when the value is not one.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = <serde_json::Value as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// A boolean, or `false` when the value is not one.
+fn lenient_flag<'de, D>(deserializer: D) -> Result<bool, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = <serde_json::Value as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(value.as_bool().unwrap_or(false))
 }
 
 impl AddressFacts {
     /// Nothing to tell.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.failure.is_none() && self.quarantine.is_none()
+        self.values.is_empty()
+            && self.failure.is_none()
+            && self.quarantine.is_none()
+            && self.attempt.is_none()
+            && !self.carried_on
+            && self.campaign_member.is_none()
     }
+}
+
+/// An authentication attempt as the API-wide activity records it (see
+/// `detect::auth_activity`): no credential, only the stable hash of the identity claimed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuthAttempt {
+    /// The authenticating operation's template (each replica has its own operation indexes).
+    pub operation: String,
+    /// When it was made, unix ms (the deciding replica's clock).
+    pub at_ms: u64,
+    /// Stable hash of the identity it claimed, as in [`AuthFailure`].
+    pub identity: Option<u64>,
+    pub failed: bool,
 }
 
 /// A failed authentication of a client address in a counting window.
@@ -135,23 +206,35 @@ impl RequestScratch {
         self.exporting
     }
 
-    /// Adds to what the request taught about its client address `address`, for the other
-    /// replicas (nothing without peers).
+    /// Adds to what the request taught about the address `address` (its client's, or a
+    /// campaign member's), for the other replicas (nothing without peers; nothing about more
+    /// than [`MAX_FACT_ADDRESSES`] addresses).
     pub fn add_facts(&self, address: IpAddr, add: impl FnOnce(&mut AddressFacts)) {
-        if self.exporting {
-            let mut facts = self.facts.lock();
-            facts.address = Some(address);
-            add(&mut facts);
+        if !self.exporting {
+            return;
+        }
+        let mut facts = self.facts.lock();
+        if let Some(known) = facts.iter_mut().find(|f| f.address == Some(address)) {
+            add(known);
+        } else if facts.len() < MAX_FACT_ADDRESSES {
+            let mut new = AddressFacts {
+                address: Some(address),
+                ..AddressFacts::default()
+            };
+            add(&mut new);
+            facts.push(new);
         }
     }
 
-    /// What the request taught about its client address, once; `None` when nothing.
-    pub fn take_facts(&self) -> Option<AddressFacts> {
+    /// What the request taught, once, one entry per address, in the order first taught
+    /// (the client's first); empty when nothing.
+    pub fn take_facts(&self) -> Vec<AddressFacts> {
         if !self.exporting {
-            return None;
+            return Vec::new();
         }
-        let facts = std::mem::take(&mut *self.facts.lock());
-        (!facts.is_empty()).then_some(facts)
+        let mut facts = std::mem::take(&mut *self.facts.lock());
+        facts.retain(|f| !f.is_empty());
+        facts
     }
 
     /// The request's parameter observations, derived now unless an earlier call left them.
@@ -320,8 +403,11 @@ pub trait Analyzer: Send + Sync + 'static {
     /// of the headers, cookies and query parameters that identify sessions are never learned).
     fn configure(&self, _config: &crate::config::EnforcerConfig) {}
     /// Takes in what another replica's decision taught about `facts.address` (see
-    /// [`AddressFacts`] and `proxy::route`), at `now_ms`.
-    fn remember_address_facts(&self, _facts: &AddressFacts, _now_ms: u64) {}
+    /// [`AddressFacts`] and `proxy::route`), at `now_ms`; the number of entries skipped
+    /// (unknown here, or out of time).
+    fn remember_address_facts(&self, _facts: &AddressFacts, _now_ms: u64) -> usize {
+        0
+    }
 }
 
 /// An analyzer that learns nothing and finds nothing: the proxy's declared policy alone.
@@ -353,5 +439,74 @@ impl Analyzer for NoopAnalyzer {
 
     fn model_view(&self) -> serde_json::Value {
         serde_json::json!({ "analyzer": "none", "detectors": [] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0xCB00_7100 + i))
+    }
+
+    #[test]
+    fn facts_are_collected_per_address_client_first_and_bounded() {
+        let quiet = RequestScratch::exporting(false);
+        quiet.add_facts(ip(0), |f| f.carried_on = true);
+        assert!(quiet.take_facts().is_empty(), "nothing without peers");
+
+        let scratch = RequestScratch::exporting(true);
+        scratch.add_facts(ip(0), |f| f.carried_on = true);
+        for i in 1..200 {
+            scratch.add_facts(ip(i), |f| f.campaign_member = Some(u64::from(i)));
+        }
+        scratch.add_facts(ip(0), |f| {
+            f.failure = Some(AuthFailure {
+                window: 1,
+                identity: Some(7),
+            });
+        });
+        scratch.add_facts(ip(500), |_| {});
+        let facts = scratch.take_facts();
+        assert_eq!(facts.len(), MAX_FACT_ADDRESSES);
+        let first = facts.first().unwrap();
+        assert_eq!(first.address, Some(ip(0)));
+        assert!(first.carried_on && first.failure.is_some());
+        assert!(facts.iter().all(|f| !f.is_empty()));
+        assert!(scratch.take_facts().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn facts_read_leniently_where_new() {
+        // A message that tells no attempt (an earlier version's) reads as before.
+        let old: AddressFacts =
+            serde_json::from_str(r#"{"failure":{"window":3,"identity":9}}"#).unwrap();
+        assert!(old.attempt.is_none() && !old.carried_on && old.campaign_member.is_none());
+        let with: AddressFacts = serde_json::from_str(
+            r#"{"attempt":{"operation":"POST /login","at_ms":5,"identity":null,"failed":false}}"#,
+        )
+        .unwrap();
+        assert_eq!(with.attempt.map(|a| a.at_ms), Some(5));
+        // A malformed attempt, flag or member time is left out; the rest is taken.
+        let malformed: AddressFacts = serde_json::from_str(
+            r#"{"attempt":{"at_ms":"x"},"carried_on":3,"campaign_member":-1,"failure":{"window":3,"identity":null},"unknown":1}"#,
+        )
+        .unwrap();
+        assert!(malformed.attempt.is_none() && !malformed.carried_on);
+        assert!(malformed.campaign_member.is_none() && malformed.failure.is_some());
+        let facts = AddressFacts {
+            attempt: Some(AuthAttempt {
+                operation: "POST /login".into(),
+                at_ms: 9,
+                identity: Some(4),
+                failed: true,
+            }),
+            carried_on: true,
+            campaign_member: Some(8),
+            ..AddressFacts::default()
+        };
+        let json = serde_json::to_string(&facts).unwrap();
+        assert_eq!(serde_json::from_str::<AddressFacts>(&json).unwrap(), facts);
     }
 }

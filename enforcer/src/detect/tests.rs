@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::request::{Analyzer, RequestContext, ResponseSummary};
+use super::request::{
+    AddressFacts, Analyzer, AuthAttempt, RequestContext, RequestScratch, ResponseSummary,
+};
 use crate::config::{Action, DetectorsConfig, LearningConfig};
 use crate::detect::LearnedAnalyzer;
 use crate::detect::session_state::SessionState;
@@ -25,6 +27,9 @@ struct Harness {
     /// The login answers with 200 and a token, or 200 and an error body (one user in 25
     /// mistypes first), instead of a bare status.
     login_bodies: bool,
+    /// Whether facts about client addresses are collected for other replicas, into `facts`.
+    exporting: bool,
+    facts: Vec<AddressFacts>,
 }
 
 struct Req<'a> {
@@ -82,6 +87,8 @@ impl Harness {
             sessions: HashMap::new(),
             now: 1_700_000_000_000,
             login_bodies: false,
+            exporting: false,
+            facts: Vec::new(),
         }
     }
 
@@ -111,6 +118,7 @@ impl Harness {
             .collect();
         let (state, recent) = self.sessions.entry(r.session.to_owned()).or_default();
         let recent_copy = recent.clone();
+        let scratch = RequestScratch::exporting(self.exporting);
         let ctx = RequestContext {
             now_ms: self.now,
             session: r.session,
@@ -130,7 +138,7 @@ impl Harness {
             headers: &headers,
             body: r.body.as_ref(),
             recent: &recent_copy,
-            scratch: &Default::default(),
+            scratch: &scratch,
         };
         let mut findings = Vec::new();
         self.analyzer.inspect(&ctx, state, &mut findings);
@@ -145,6 +153,7 @@ impl Harness {
             },
             !findings.is_empty(),
         );
+        self.facts.extend(scratch.take_facts());
         recent.push(RecentOp {
             op: op.id,
             at_ms: self.now,
@@ -1278,4 +1287,100 @@ fn adopting_the_merged_model_keeps_the_window_s_frozen_baselines() {
     }
     let first = first.expect("enumeration detected with the window's frozen threshold");
     assert!((7..=9).contains(&first), "detected after {first} ids");
+}
+
+/// A replica that takes the authentication attempts another one decided (the facts it
+/// pushes, `proxy::route::facts`) judges the API-wide activity as the deciding one does: a
+/// campaign of one failure per address that another replica saw is a surge here too; with
+/// the failures per address alone (the facts shared before), it is not.
+#[test]
+fn authentication_attempts_another_replica_decided_count_as_decided_here() {
+    let mut deciding = Harness::new(small_api());
+    let mut told = Harness::new(small_api());
+    let mut failures_only = Harness::new(small_api());
+    for h in [&mut deciding, &mut told, &mut failures_only] {
+        h.train(400);
+    }
+    deciding.exporting = true;
+    let member = |i: u32| [203, 0, 113, u8::try_from(i + 1).unwrap()];
+    for i in 0..30u32 {
+        let session = format!("ip:campaign-{i}");
+        let mut r = req(&session, "POST /login")
+            .with_body(serde_json::json!({"username": format!("victim{i}"), "password": "123456"}))
+            .status(401);
+        r.client = member(i);
+        assert!(deciding.send(r).is_empty(), "one failure per address");
+        for facts in deciding.facts.drain(..) {
+            let attempt = facts.attempt.clone().unwrap();
+            assert_eq!(attempt.operation, "POST /login");
+            assert!(attempt.failed && attempt.identity.is_some(), "{attempt:?}");
+            assert!(facts.failure.is_some(), "{facts:?}");
+            let json = serde_json::to_string(&facts).unwrap();
+            assert!(
+                !json.contains("victim") && !json.contains("123456"),
+                "{json}"
+            );
+            assert_eq!(
+                told.analyzer.remember_address_facts(&facts, deciding.now),
+                0
+            );
+            let without = AddressFacts {
+                attempt: None,
+                ..facts
+            };
+            failures_only
+                .analyzer
+                .remember_address_facts(&without, deciding.now);
+        }
+    }
+    // An address of the campaign tries another identity: the surge, as where it was decided.
+    let again = || {
+        let mut r = req("ip:campaign-again", "POST /login")
+            .with_body(serde_json::json!({"username": "victim-next", "password": "123456"}))
+            .status(401);
+        r.client = member(0);
+        r
+    };
+    told.now = deciding.now;
+    failures_only.now = deciding.now;
+    assert_eq!(
+        kinds(&told.send(again())),
+        vec![FindingKind::CredentialStuffing]
+    );
+    assert_eq!(
+        kinds(&deciding.send(again())),
+        vec![FindingKind::CredentialStuffing]
+    );
+    assert!(failures_only.send(again()).is_empty());
+
+    // Skipped, not recorded: an operation not learned here, a time beyond the clock skew or
+    // older than the counting window.
+    let now = told.now;
+    let attempt = |operation: &str, at_ms: u64| AddressFacts {
+        address: Some(IpAddr::from([198, 51, 100, 1])),
+        attempt: Some(AuthAttempt {
+            operation: operation.to_owned(),
+            at_ms,
+            identity: Some(7),
+            failed: true,
+        }),
+        ..AddressFacts::default()
+    };
+    let a = &told.analyzer;
+    assert_eq!(
+        a.remember_address_facts(&attempt("POST /nowhere", now), now),
+        1
+    );
+    assert_eq!(
+        a.remember_address_facts(&attempt("POST /login", now + 10 * MIN), now),
+        1
+    );
+    assert_eq!(
+        a.remember_address_facts(&attempt("POST /login", now - 30 * MIN), now),
+        1
+    );
+    assert_eq!(
+        a.remember_address_facts(&attempt("POST /login", now - 1000), now),
+        0
+    );
 }

@@ -831,10 +831,11 @@ impl Exchange<'_> {
     /// `peers` only): before the client has its answer, so before it can send the next request
     /// whose decision reads it, perhaps on another replica (see `proxy::route::facts`).
     async fn share_facts(&self) {
-        if let Some(router) = self.shared.router.as_deref()
-            && let Some(facts) = self.ctx.scratch.take_facts()
-        {
-            router.share_facts(facts).await;
+        if let Some(router) = self.shared.router.as_deref() {
+            let facts = self.ctx.scratch.take_facts();
+            if !facts.is_empty() {
+                router.share_facts(facts).await;
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Facts about a client address that a decision on another replica needs
 //! ([`AddressFacts`]: what an answer to its anonymous request showed it, a failed
-//! authentication, a quarantine).
+//! authentication, a quarantine, an authentication attempt of the API-wide activity, a
+//! campaign naming it).
 //!
 //! Sessions are owned by their key, but some state is the client address's: what an answer
 //! to an address's anonymous request showed it counts as given to every token, cookie or
@@ -13,7 +14,8 @@
 //! in parallel, waiting at most twice `connectTimeout`): by the time the client can send its
 //! next request, whichever replica decides it holds the facts, as one replica would. Only
 //! the requests that taught something wait: anonymous answers whose values are followed,
-//! failed logins, quarantines.
+//! logins (failed or not: the distributed-stuffing checks read every attempt API-wide),
+//! quarantines, the exchange that names a campaign's members (one message per member).
 //!
 //! The message is a `POST /facts` of kind `s`, authenticated as every other message (the
 //! client address is the MAC-covered `client peer` field), with the JSON body's SHA-256 in a
@@ -28,6 +30,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use serde::Deserialize as _;
 use sha2::{Digest, Sha256};
 
 use super::auth::{self, Kind, PEER_AUTH, PeerClaims, Signed};
@@ -50,7 +53,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The facts message's body: at most [`MAX_RESPONSE_VALUES`] values that can name an object
-/// (the others are never looked up); `None` when there is nothing to tell.
+/// (the others are never looked up); `None` when there is nothing to tell, or when it would
+/// be larger than a receiver takes ([`MAX_FACTS_BYTES`]; without the values first).
 fn body_of(facts: &AddressFacts) -> Option<Bytes> {
     let mut facts = facts.clone();
     facts
@@ -60,16 +64,45 @@ fn body_of(facts: &AddressFacts) -> Option<Bytes> {
     if facts.is_empty() {
         return None;
     }
-    serde_json::to_vec(&facts).ok().map(Bytes::from)
+    let body = serde_json::to_vec(&facts).ok()?;
+    if body.len() <= MAX_FACTS_BYTES {
+        return Some(Bytes::from(body));
+    }
+    facts.values.clear();
+    facts.operation.clear();
+    let body = serde_json::to_vec(&facts).ok()?;
+    (!facts.is_empty() && body.len() <= MAX_FACTS_BYTES).then(|| Bytes::from(body))
+}
+
+/// One facts message: its address, body and the body's digest.
+struct Message {
+    address: std::net::IpAddr,
+    body: Bytes,
+    digest: String,
 }
 
 impl Router {
-    /// Tells every other member what a decision taught about `facts.address`; returns once
-    /// all acknowledged, or after twice `connectTimeout`.
-    pub async fn share_facts(&self, facts: AddressFacts) {
-        let Some(address) = facts.address else {
+    /// Tells every other member what a decision taught about each address of `facts` (its
+    /// client's, and the members of a campaign it named): one message per address, in order,
+    /// to every member in parallel; returns once all acknowledged, or after twice
+    /// `connectTimeout`.
+    pub async fn share_facts(&self, facts: Vec<AddressFacts>) {
+        let messages: Vec<Message> = facts
+            .iter()
+            .filter_map(|f| {
+                let address = f.address?;
+                let body = body_of(f)?;
+                let digest = hex(&Sha256::digest(&body));
+                Some(Message {
+                    address,
+                    body,
+                    digest,
+                })
+            })
+            .collect();
+        if messages.is_empty() {
             return;
-        };
+        }
         let views = self.views.load_full();
         let targets: Vec<SocketAddr> = views
             .current
@@ -81,37 +114,45 @@ impl Router {
         if targets.is_empty() {
             return;
         }
-        let Some(body) = body_of(&facts) else {
-            return;
-        };
-        let digest = hex(&Sha256::digest(&body));
-        let claims = PeerClaims {
-            kind: Kind::Facts,
-            client_peer: SocketAddr::new(address, 0),
-            moved_since_ms: 0,
-            from: self.self_addr,
-            view: views.current.hash,
-        };
         let timeout = self.config.load().connect_timeout.std();
         let sends = targets.iter().map(|peer| {
-            let body = body.clone();
-            let digest = digest.as_str();
+            let messages = &messages;
+            let view = views.current.hash;
             async move {
-                let sent = tokio::time::timeout(
-                    timeout * 2,
-                    self.send_facts(*peer, &claims, body, digest, timeout),
-                )
+                // In order over one connection: the client's own facts first (its next
+                // request reads them), a campaign's members after.
+                let mut acknowledged = 0;
+                let _ = tokio::time::timeout(timeout * 2, async {
+                    for m in messages {
+                        let claims = PeerClaims {
+                            kind: Kind::Facts,
+                            client_peer: SocketAddr::new(m.address, 0),
+                            moved_since_ms: 0,
+                            from: self.self_addr,
+                            view,
+                        };
+                        if !self
+                            .send_facts(*peer, &claims, m.body.clone(), &m.digest, timeout)
+                            .await
+                        {
+                            break;
+                        }
+                        acknowledged += 1;
+                    }
+                })
                 .await;
-                matches!(sent, Ok(true))
+                acknowledged
             }
         });
         for acknowledged in futures::future::join_all(sends).await {
-            let result = if acknowledged {
-                "acknowledged"
-            } else {
-                "unacknowledged"
-            };
-            self.metrics.facts.with_label_values(&[result]).inc();
+            let metric = &self.metrics.facts;
+            let unacknowledged = messages.len().saturating_sub(acknowledged);
+            metric
+                .with_label_values(&["acknowledged"])
+                .inc_by(acknowledged as u64);
+            metric
+                .with_label_values(&["unacknowledged"])
+                .inc_by(unacknowledged as u64);
         }
     }
 
@@ -198,17 +239,68 @@ pub(super) async fn receive(
     if expected.as_deref() != Some(hex(&Sha256::digest(&body)).as_str()) {
         return invalid(router);
     }
-    let Ok(mut facts) = serde_json::from_slice::<AddressFacts>(&body) else {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return invalid(router);
     };
+    let Ok(mut facts) = AddressFacts::deserialize(&value) else {
+        return invalid(router);
+    };
+    // The entries read leniently (see `AddressFacts`) that were left out: malformed.
+    let told = |name: &str| value.get(name).is_some_and(|v| !v.is_null());
+    let malformed = usize::from(told("attempt") && facts.attempt.is_none())
+        + usize::from(told("campaign_member") && facts.campaign_member.is_none());
     facts.values.truncate(MAX_RESPONSE_VALUES);
     facts.address = Some(claims.client_peer.ip());
-    shared.analyzer.remember_address_facts(&facts, unix_ms());
+    let skipped = malformed + shared.analyzer.remember_address_facts(&facts, unix_ms());
     router.metrics.facts.with_label_values(&["received"]).inc();
+    if skipped > 0 {
+        router
+            .metrics
+            .facts
+            .with_label_values(&["skipped"])
+            .inc_by(skipped as u64);
+    }
     StatusCode::NO_CONTENT
 }
 
 fn invalid(router: &Router) -> StatusCode {
     router.metrics.facts.with_label_values(&["invalid"]).inc();
     StatusCode::BAD_REQUEST
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::AuthAttempt;
+
+    #[test]
+    fn a_body_stays_within_what_a_receiver_takes() {
+        let attempt = AuthAttempt {
+            operation: "POST /login".into(),
+            at_ms: 1,
+            identity: Some(7),
+            failed: true,
+        };
+        // Values whose field paths make the body too large: sent without them.
+        let facts = AddressFacts {
+            operation: "GET /list".into(),
+            values: (0..MAX_RESPONSE_VALUES)
+                .map(|i| ("f".repeat(1024), format!("v{i}")))
+                .collect(),
+            attempt: Some(attempt.clone()),
+            ..AddressFacts::default()
+        };
+        let body = body_of(&facts).unwrap();
+        assert!(body.len() <= MAX_FACTS_BYTES);
+        let sent: AddressFacts = serde_json::from_slice(&body).unwrap();
+        assert!(sent.values.is_empty() && sent.operation.is_empty());
+        assert_eq!(sent.attempt, Some(attempt));
+        // Nothing else to tell: nothing sent.
+        let only_values = AddressFacts {
+            attempt: None,
+            ..facts
+        };
+        assert!(body_of(&only_values).is_none());
+        assert!(body_of(&AddressFacts::default()).is_none());
+    }
 }

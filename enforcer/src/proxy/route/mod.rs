@@ -125,13 +125,22 @@ impl RouteMetrics {
             Opts::new(
                 "ordo_peer_facts_total",
                 "Facts about client addresses (what answers to their anonymous requests showed \
-                 them) by result: acknowledged and unacknowledged (sent to a replica), received, \
-                 invalid (refused: body not the one authenticated)",
+                 them, failed logins, quarantines, authentication attempts) by result: \
+                 acknowledged and unacknowledged (messages sent to a replica), received, \
+                 invalid (refused: body not the one authenticated), skipped (entries of a \
+                 received message not taken: an operation not learned here, a time out of \
+                 bounds)",
             ),
             &["result"],
         )?;
         registry.register(Box::new(facts.clone()))?;
-        for r in ["acknowledged", "unacknowledged", "received", "invalid"] {
+        for r in [
+            "acknowledged",
+            "unacknowledged",
+            "received",
+            "invalid",
+            "skipped",
+        ] {
             facts.with_label_values(&[r]);
         }
         Ok(Self {
