@@ -34,15 +34,27 @@ impl Duration {
 }
 
 impl fmt::Display for Duration {
+    /// Exact: a duration shown is the duration loaded (`1h30m`, `250ms`; below a millisecond,
+    /// which the parser takes too, `1ms500us`, `6ns`). Showing `6ns` as `0s` made a config
+    /// that loads differently from how it serialises (found by the `config` fuzz target).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total_ms = self.as_millis_u64();
-        if total_ms == 0 {
+        let sub_ms = self.0.subsec_nanos() % 1_000_000;
+        if total_ms == 0 && sub_ms == 0 {
             return f.write_str("0s");
         }
         let (h, rest) = (total_ms / 3_600_000, total_ms % 3_600_000);
         let (m, rest) = (rest / 60_000, rest % 60_000);
         let (s, ms) = (rest / 1000, rest % 1000);
-        for (value, unit) in [(h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
+        let (us, ns) = (u64::from(sub_ms / 1000), u64::from(sub_ms % 1000));
+        for (value, unit) in [
+            (h, "h"),
+            (m, "m"),
+            (s, "s"),
+            (ms, "ms"),
+            (us, "us"),
+            (ns, "ns"),
+        ] {
             if value > 0 {
                 write!(f, "{value}{unit}")?;
             }
@@ -75,5 +87,17 @@ mod tests {
             assert_eq!(d.to_string(), text);
         }
         assert!(Duration::parse("ten minutes").is_err());
+    }
+
+    #[test]
+    fn what_is_shown_loads_back_exactly() {
+        for text in ["6ns", "1ms500us", "2s7ns", "1h1us"] {
+            let d = Duration::parse(text).unwrap();
+            assert_eq!(d.to_string(), text);
+            assert_eq!(Duration::parse(&d.to_string()), Ok(d));
+        }
+        let odd = Duration(std::time::Duration::new(3_725, 1_002_003));
+        assert_eq!(odd.to_string(), "1h2m5s1ms2us3ns");
+        assert_eq!(Duration::parse(&odd.to_string()), Ok(odd));
     }
 }
