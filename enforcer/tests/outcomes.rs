@@ -341,3 +341,122 @@ async fn failed_logins_answered_200_are_failures_campaigns_are_one_incident_and_
     assert_eq!(a.json()["kind"], "Quarantined");
     e.shutdown().await;
 }
+
+/// A campaign whose pace dips after its surge was found is still one: its last tries, thinned
+/// out by honest logins below the surge's bar (but at half of it or more), are named too
+/// (`detect::distributed`, campaign in progress). Without the hysteresis they were never
+/// named: the surge had left the last 128 attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_whose_pace_dips_still_names_its_last_tries() {
+    let up = start_app().await;
+    let config = parse_yaml(&enforcer_yaml(CONFIG, up)).unwrap();
+    let analyzer = Arc::new(LearnedAnalyzer::new(
+        &config.learning,
+        &config.detectors,
+        None,
+    ));
+    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
+        .await
+        .unwrap();
+    let c = client();
+    let login_from = |addr: String, user: String, password: &'static str| {
+        let c = c.clone();
+        let url = format!("http://{}/login", e.proxy_addr);
+        async move {
+            let body = serde_json::json!({ "username": user, "password": password }).to_string();
+            send(
+                &c,
+                "POST",
+                &url,
+                &[("x-forwarded-for", addr.as_str())],
+                &body,
+            )
+            .await
+        }
+    };
+    let books = |addr: String, session: String| {
+        let c = c.clone();
+        let url = format!("http://{}/books", e.proxy_addr);
+        async move {
+            let headers = [
+                ("x-forwarded-for", addr.as_str()),
+                ("x-session", session.as_str()),
+            ];
+            send(&c, "GET", &url, &headers, "").await
+        }
+    };
+    // Learning: 130 users log in without a failure and open the list (a learned failure rate
+    // near 0: the surge's bar is its floor, 10 failures in the last attempts).
+    for u in 0..130 {
+        let addr = format!("10.1.{}.{}", u / 200, u % 200 + 1);
+        let a = login_from(addr.clone(), format!("reader{u}"), PASSWORD).await;
+        assert_eq!(a.status, 200);
+        for _ in 0..2 {
+            assert_eq!(books(addr.clone(), format!("reader{u}")).await.status, 200);
+        }
+    }
+    let mut honest = 0u32;
+    let mut honest_login = || {
+        honest += 1;
+        login_from(
+            format!("10.7.{}.{}", honest / 200, honest % 200 + 1),
+            format!("reader{}", honest % 130),
+            PASSWORD,
+        )
+    };
+    // The campaign's surge: 15 addresses, one try each.
+    for i in 0..15u32 {
+        let a = login_from(
+            format!("203.0.113.{}", i + 1),
+            format!("reader{i}"),
+            "Summer2024!",
+        )
+        .await;
+        assert_eq!(a.status, 200, "a single try is not refused");
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(honest_login().await.status, 200);
+    // Honest logins push the surge out of the last 128 attempts; then the campaign goes on at
+    // a pace under the surge's bar: 6 tries, 15 honest logins apart.
+    for _ in 0..130 {
+        assert_eq!(honest_login().await.status, 200);
+    }
+    let tail: Vec<String> = (0..6).map(|i| format!("203.0.114.{}", i + 1)).collect();
+    for (i, addr) in tail.iter().enumerate() {
+        let a = login_from(addr.clone(), format!("reader{}", 40 + i), "Summer2024!").await;
+        assert_eq!(a.status, 200);
+        for _ in 0..15 {
+            assert_eq!(honest_login().await.status, 200);
+        }
+    }
+    // The last tries settle (journeyGap); the next login names them.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(honest_login().await.status, 200);
+    let incidents = admin_json(&c, &e, "/v1/incidents").await;
+    let listed: Vec<String> = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["session"].as_str().unwrap_or("").starts_with("campaign "))
+        .flat_map(|i| i["clients"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    let first = (1..=15)
+        .filter(|i| listed.contains(&format!("203.0.113.{i}")))
+        .count();
+    assert!(
+        first >= 10,
+        "{first} of the surge's 15 addresses listed: {listed:?}"
+    );
+    let named: Vec<&String> = tail.iter().filter(|a| listed.contains(a)).collect();
+    assert_eq!(
+        named.len(),
+        tail.len(),
+        "the tail's addresses listed: {named:?} of {tail:?}, all: {listed:?}"
+    );
+    assert!(
+        !listed.iter().any(|a| a.starts_with("10.")),
+        "an honest user listed: {listed:?}"
+    );
+    e.shutdown().await;
+}

@@ -66,6 +66,8 @@ struct AttemptRing {
     failures: std::collections::VecDeque<Failure>,
     /// The learned failure rate frozen for one counting window: (window, rate).
     frozen_rate: Option<(u64, f64)>,
+    /// When a surge of failures was last found on the operation (0: never).
+    surged_ms: u64,
 }
 
 /// The recent attempts of one operation, summarised.
@@ -197,6 +199,7 @@ impl AuthActivity {
             attempts: Vec::with_capacity(RING_SIZE),
             failures: std::collections::VecDeque::new(),
             frozen_rate: None,
+            surged_ms: 0,
         });
         self.rings.last_mut()
     }
@@ -324,6 +327,21 @@ impl AuthActivity {
                 f.settled = true;
             }
         }
+    }
+
+    /// A surge of failures was found on `op` at `now_ms`.
+    pub fn mark_surge(&mut self, op: u16, now_ms: u64) {
+        if let Some(ring) = self.rings.iter_mut().find(|r| r.op == op) {
+            ring.surged_ms = ring.surged_ms.max(now_ms);
+        }
+    }
+
+    /// Whether a surge was found on `op` within `horizon_ms` before `now_ms`.
+    pub fn surged_within(&self, op: u16, now_ms: u64, horizon_ms: u64) -> bool {
+        self.rings
+            .iter()
+            .find(|r| r.op == op)
+            .is_some_and(|r| r.surged_ms != 0 && now_ms.saturating_sub(r.surged_ms) <= horizon_ms)
     }
 
     /// `client` went on using the API after failing to authenticate (an honest user carries

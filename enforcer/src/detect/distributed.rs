@@ -69,17 +69,54 @@ pub fn surge(
         learned_failure_rate(stats.failures(), stats.responses())
     });
     let threshold = surge_threshold(recent.attempts, rate, config.sensitivity);
-    // Spread: many identities and many addresses (one address or one identity is the job of
-    // the per-client and per-identity checks).
+    let found = spread_over(&recent, threshold).then_some(Surge {
+        recent,
+        rate,
+        threshold,
+    });
+    if found.is_some() {
+        activity.mark_surge(op, j.ctx.now_ms);
+    }
+    found
+}
+
+/// Whether `threshold` failures or more came from many identities and many addresses (one
+/// address or one identity is the job of the per-client and per-identity checks).
+fn spread_over(recent: &RecentAttempts, threshold: u32) -> bool {
     let spread = threshold.div_ceil(2);
-    (recent.failures >= threshold
+    recent.failures >= threshold
         && recent.failing_identities >= spread
-        && recent.failing_clients >= spread)
-        .then_some(Surge {
-            recent,
-            rate,
-            threshold,
-        })
+        && recent.failing_clients >= spread
+}
+
+/// A campaign in progress: a surge now, or, when a surge was found on the operation within
+/// the counting window, failures still at half its bar or more. A campaign does not stop
+/// being one when its pace dips: spread over minutes, its tries thin out in the last attempts
+/// as honest logins go on, and the stragglers at its end would otherwise never be named
+/// (hysteresis, as alerting uses to keep a condition from flapping at its threshold).
+fn campaign_in_progress(
+    j: &Judged<'_>,
+    config: &DetectorConfig,
+    activity: &mut AuthActivity,
+) -> Option<Surge> {
+    if let Some(found) = surge(j, config, activity) {
+        return Some(found);
+    }
+    let op = j.op?;
+    if !activity.surged_within(op, j.ctx.now_ms, j.window_ms) {
+        return None;
+    }
+    let stats = j.op_stats()?;
+    let recent = activity.recent(op, j.ctx.now_ms, j.window_ms);
+    let rate = activity.frozen_rate(op, j.window, || {
+        learned_failure_rate(stats.failures(), stats.responses())
+    });
+    let threshold = surge_threshold(recent.attempts, rate, config.sensitivity).div_ceil(2);
+    spread_over(&recent, threshold).then_some(Surge {
+        recent,
+        rate,
+        threshold,
+    })
 }
 
 /// Whether `client` already failed in this window for an identity other than `identity`.
@@ -169,7 +206,7 @@ pub fn campaign(
     let Some(op) = j.op else {
         return Vec::new();
     };
-    let Some(surge) = surge(j, config, activity) else {
+    let Some(surge) = campaign_in_progress(j, config, activity) else {
         return Vec::new();
     };
     let members = activity.campaign_members(
