@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::request::{
     AddressFacts, AddressQuarantine, Analyzer, AuthAttempt, AuthFailure, LateFinding,
-    ModelMaturity, RequestContext, ResponseSummary,
+    ModelMaturity, RequestContext, RequestScratch, ResponseSummary,
 };
 use crate::config::{Action, DetectorsConfig, EnforcerConfig, LearningConfig, SessionConfig};
 use crate::detect::params::RequestParams;
@@ -906,7 +906,7 @@ impl Analyzer for LearnedAnalyzer {
             let timely = attempt.at_ms <= now_ms.saturating_add(MAX_FACT_SKEW_MS)
                 && attempt.at_ms.saturating_add(window_ms) >= now_ms;
             match index {
-                Some(index) if timely => self.auth.lock().record(
+                Some(index) if timely => self.auth.lock().record_elsewhere(
                     index,
                     attempt.at_ms,
                     attempt.at_ms / window_ms,
@@ -924,6 +924,71 @@ impl Analyzer for LearnedAnalyzer {
             self.auth.lock().named_elsewhere(&address, up_to_ms);
         }
         skipped
+    }
+
+    fn sweep_campaigns(&self, now_ms: u64, facts: &RequestScratch) -> Vec<(String, LateFinding)> {
+        let settings = self.settings.load();
+        let (learning, detectors) = (&settings.learning, &settings.detectors);
+        if !detectors.credential_stuffing.enabled {
+            return Vec::new();
+        }
+        let window_ms = window_ms(learning);
+        let at = distributed::CampaignClock {
+            now_ms,
+            window: now_ms / window_ms,
+            window_ms,
+        };
+        let settle_ms = distributed::settle_ms(learning.journey_gap.as_millis_u64());
+        // The model's read lock, then the activity's: the order `observe` takes them in.
+        let inner = self.inner.read();
+        let model = &inner.model;
+        if !Self::globally_mature(model, learning) {
+            return Vec::new();
+        }
+        let mut auth = self.auth.lock();
+        let mut named = Vec::new();
+        for op in auth.operations() {
+            let Some(stats) = model.operation(op) else {
+                continue;
+            };
+            let template = model.template_of(op);
+            let late = distributed::sweep(
+                &mut auth,
+                &detectors.credential_stuffing,
+                at,
+                op,
+                template,
+                settle_ms,
+                || distributed::learned_failure_rate(stats.failures(), stats.responses()),
+            );
+            named.extend(late.into_iter().map(|l| (template.to_owned(), l)));
+        }
+        drop(auth);
+        drop(inner);
+        // Quarantined like the members a login names, here and, with peers, everywhere
+        // (`observe`).
+        let member_quarantine = named.first().and_then(|(_, l)| {
+            quarantine::after(std::slice::from_ref(&l.finding), detectors, now_ms)
+        });
+        if let Some((q, _)) = member_quarantine {
+            let mut table = self.quarantined.lock();
+            for (_, l) in &named {
+                table.insert(l.client, q, now_ms, learning.max_tracked_clients);
+            }
+        }
+        for (_, l) in &named {
+            facts.add_facts(l.client, |f| {
+                f.campaign_member = Some(now_ms.saturating_sub(settle_ms));
+                if let Some((q, _)) = member_quarantine {
+                    f.quarantine = Some(AddressQuarantine {
+                        since_ms: q.since_ms,
+                        until_ms: q.until_ms,
+                        cause: q.cause,
+                    });
+                }
+            });
+        }
+        named
     }
 
     fn wants_body(&self, _op: &Operation) -> bool {

@@ -53,6 +53,8 @@ struct Failure {
     /// Named as a member already, or cleared (its address logged in as that identity
     /// afterwards, or went on using the API).
     settled: bool,
+    /// Recorded from another replica's decision (`record_elsewhere`): that replica names it.
+    elsewhere: bool,
 }
 
 #[derive(Debug)]
@@ -169,6 +171,7 @@ impl AuthActivity {
                     client: client_key,
                     address: *client,
                     settled: false,
+                    elsewhere: false,
                 });
             } else {
                 // An honest user who mistyped logs in right after: not a member.
@@ -184,6 +187,32 @@ impl AuthActivity {
         if failed && let Some(identity) = identity {
             self.record_identity_failure(identity, window, client_key);
         }
+    }
+
+    /// [`Self::record`] for an attempt another replica decided (shared with this one): it
+    /// counts here alike, but a failure of it is named by that replica's sweep, not this
+    /// one's (see [`Self::campaign_members`]).
+    pub fn record_elsewhere(
+        &mut self,
+        op: u16,
+        at_ms: u64,
+        window: u64,
+        identity: Option<u64>,
+        client: &IpAddr,
+        failed: bool,
+    ) {
+        self.record(op, at_ms, window, identity, client, failed);
+        if failed
+            && let Some(ring) = self.rings.iter_mut().find(|r| r.op == op)
+            && let Some(last) = ring.failures.back_mut()
+        {
+            last.elsewhere = true;
+        }
+    }
+
+    /// The authenticating operations with a ring.
+    pub fn operations(&self) -> Vec<u16> {
+        self.rings.iter().map(|r| r.op).collect()
     }
 
     fn ring_mut(&mut self, op: u16) -> Option<&mut AttemptRing> {
@@ -292,6 +321,31 @@ impl AuthActivity {
         settle_ms: u64,
         max: usize,
     ) -> Vec<IpAddr> {
+        self.members(op, now_ms, horizon_ms, settle_ms, max, false)
+    }
+
+    /// [`Self::campaign_members`] among the failures decided here only (the sweep's: a
+    /// failure another replica decided is that replica's to name).
+    pub fn campaign_members_decided_here(
+        &mut self,
+        op: u16,
+        now_ms: u64,
+        horizon_ms: u64,
+        settle_ms: u64,
+        max: usize,
+    ) -> Vec<IpAddr> {
+        self.members(op, now_ms, horizon_ms, settle_ms, max, true)
+    }
+
+    fn members(
+        &mut self,
+        op: u16,
+        now_ms: u64,
+        horizon_ms: u64,
+        settle_ms: u64,
+        max: usize,
+        here_only: bool,
+    ) -> Vec<IpAddr> {
         let Some(ring) = self.rings.iter_mut().find(|r| r.op == op) else {
             return Vec::new();
         };
@@ -302,7 +356,7 @@ impl AuthActivity {
             if members.len() >= max {
                 break;
             }
-            if f.settled || f.at_ms < since || f.at_ms > settled {
+            if f.settled || f.at_ms < since || f.at_ms > settled || (here_only && f.elsewhere) {
                 continue;
             }
             f.settled = true;

@@ -89,34 +89,48 @@ fn spread_over(recent: &RecentAttempts, threshold: u32) -> bool {
         && recent.failing_clients >= spread
 }
 
-/// A campaign in progress: a surge now, or, when a surge was found on the operation within
-/// the counting window, failures still at half its bar or more. A campaign does not stop
-/// being one when its pace dips: spread over minutes, its tries thin out in the last attempts
-/// as honest logins go on, and the stragglers at its end would otherwise never be named
-/// (hysteresis, as alerting uses to keep a condition from flapping at its threshold).
-fn campaign_in_progress(
-    j: &Judged<'_>,
-    config: &DetectorConfig,
+/// A campaign in progress against `op` at `now_ms`: a surge now, or, when a surge was found on
+/// the operation within the counting window, failures still at half its bar or more. A
+/// campaign does not stop being one when its pace dips: spread over minutes, its tries thin
+/// out in the last attempts as honest logins go on, and the stragglers at its end would
+/// otherwise never be named (hysteresis, as alerting uses to keep a condition from flapping
+/// at its threshold). `learned_rate` gives the operation's learned failure rate when the
+/// counting window has none frozen yet.
+pub fn campaign_in_progress(
     activity: &mut AuthActivity,
+    config: &DetectorConfig,
+    at: CampaignClock,
+    op: u16,
+    learned_rate: impl FnOnce() -> f64,
 ) -> Option<Surge> {
-    if let Some(found) = surge(j, config, activity) {
-        return Some(found);
+    let recent = activity.recent(op, at.now_ms, at.window_ms);
+    let rate = activity.frozen_rate(op, at.window, learned_rate);
+    let threshold = surge_threshold(recent.attempts, rate, config.sensitivity);
+    if spread_over(&recent, threshold) {
+        activity.mark_surge(op, at.now_ms);
+        return Some(Surge {
+            recent,
+            rate,
+            threshold,
+        });
     }
-    let op = j.op?;
-    if !activity.surged_within(op, j.ctx.now_ms, j.window_ms) {
+    if !activity.surged_within(op, at.now_ms, at.window_ms) {
         return None;
     }
-    let stats = j.op_stats()?;
-    let recent = activity.recent(op, j.ctx.now_ms, j.window_ms);
-    let rate = activity.frozen_rate(op, j.window, || {
-        learned_failure_rate(stats.failures(), stats.responses())
-    });
-    let threshold = surge_threshold(recent.attempts, rate, config.sensitivity).div_ceil(2);
+    let threshold = threshold.div_ceil(2);
     spread_over(&recent, threshold).then_some(Surge {
         recent,
         rate,
         threshold,
     })
+}
+
+/// When a campaign is judged: now, the counting window's number and length.
+#[derive(Debug, Clone, Copy)]
+pub struct CampaignClock {
+    pub now_ms: u64,
+    pub window: u64,
+    pub window_ms: u64,
 }
 
 /// Whether `client` already failed in this window for an identity other than `identity`.
@@ -196,34 +210,80 @@ pub fn settle_ms(journey_gap_ms: u64) -> u64 {
     journey_gap_ms.min(MAX_SETTLE_MS)
 }
 
-/// The campaign members settled by this exchange (see the module docs); empty without a surge.
+/// The campaign members settled by this exchange (see the module docs); empty without a
+/// campaign in progress.
 pub fn campaign(
     j: &Judged<'_>,
     config: &DetectorConfig,
     activity: &mut AuthActivity,
     settle_ms: u64,
 ) -> Vec<LateFinding> {
-    let Some(op) = j.op else {
+    let (Some(op), Some(stats)) = (j.op, j.op_stats()) else {
         return Vec::new();
     };
-    let Some(surge) = campaign_in_progress(j, config, activity) else {
+    let at = CampaignClock {
+        now_ms: j.ctx.now_ms,
+        window: j.window,
+        window_ms: j.window_ms,
+    };
+    let Some(surge) = campaign_in_progress(activity, config, at, op, || {
+        learned_failure_rate(stats.failures(), stats.responses())
+    }) else {
         return Vec::new();
     };
     let members = activity.campaign_members(
         op,
-        j.ctx.now_ms,
-        j.window_ms,
+        at.now_ms,
+        at.window_ms,
         settle_ms,
         MAX_MEMBERS_PER_EXCHANGE,
     );
+    name_members(activity, config, at, op, j.template(), &surge, members)
+}
+
+/// The members of the campaign against `op` (template `template`) that settled since the
+/// last login named them, found without a request (`Analyzer::sweep_campaigns`, every
+/// second): a campaign's last tries, after which no login came to name them. Only the
+/// failures decided here: another replica's are its own to name.
+pub fn sweep(
+    activity: &mut AuthActivity,
+    config: &DetectorConfig,
+    at: CampaignClock,
+    op: u16,
+    template: &str,
+    settle_ms: u64,
+    learned_rate: impl FnOnce() -> f64,
+) -> Vec<LateFinding> {
+    let Some(surge) = campaign_in_progress(activity, config, at, op, learned_rate) else {
+        return Vec::new();
+    };
+    let members = activity.campaign_members_decided_here(
+        op,
+        at.now_ms,
+        at.window_ms,
+        settle_ms,
+        MAX_MEMBERS_PER_EXCHANGE,
+    );
+    name_members(activity, config, at, op, template, &surge, members)
+}
+
+/// One finding per member, all carrying the campaign's id.
+fn name_members(
+    activity: &mut AuthActivity,
+    config: &DetectorConfig,
+    at: CampaignClock,
+    op: u16,
+    template: &str,
+    surge: &Surge,
+    members: Vec<std::net::IpAddr>,
+) -> Vec<LateFinding> {
     if members.is_empty() {
         return Vec::new();
     }
-    let id = activity.campaign_id(op, j.ctx.now_ms, j.window_ms);
+    let id = activity.campaign_id(op, at.now_ms, at.window_ms);
     let r = surge.recent;
     let explanation = format!(
-        "took part in a credential-stuffing campaign against {}: {} of the last {} attempts API-wide failed ({}), for {} distinct identities from {} addresses, where the learned failure rate is {} (threshold {} failures); each of these addresses failed and did not log in after it",
-        j.template(),
+        "took part in a credential-stuffing campaign against {template}: {} of the last {} attempts API-wide failed ({}), for {} distinct identities from {} addresses, where the learned failure rate is {} (threshold {} failures); each of these addresses failed and did not log in after it",
         r.failures,
         r.attempts,
         percent(f64::from(r.failures) / f64::from(r.attempts.max(1))),
@@ -237,7 +297,7 @@ pub fn campaign(
         .map(|client| {
             let evidence = json!({
                 "campaign": format!("camp-{id:016x}"),
-                "operation": j.template(),
+                "operation": template,
                 "client": client.to_string(),
                 "surge": {
                     "attempts": r.attempts,

@@ -408,6 +408,14 @@ pub trait Analyzer: Send + Sync + 'static {
     fn remember_address_facts(&self, _facts: &AddressFacts, _now_ms: u64) -> usize {
         0
     }
+    /// The members of a credential-stuffing campaign in progress that settled with no login
+    /// after them to name them (a campaign's last tries), with the operation they tried;
+    /// called about once a second (see `detect::distributed::sweep`). They were answered
+    /// already: findings to record, not to block. What the other replicas must know of them
+    /// (their quarantine) goes into `facts`, as a request's would.
+    fn sweep_campaigns(&self, _now_ms: u64, _facts: &RequestScratch) -> Vec<(String, LateFinding)> {
+        Vec::new()
+    }
 }
 
 /// An analyzer that learns nothing and finds nothing: the proxy's declared policy alone.

@@ -30,7 +30,7 @@ use crate::config::{Action, ClientAddressSource, FailurePolicy, LimitsConfig, Mo
 use crate::detect::exposure::{self, Scan, Scanner};
 use crate::detect::outcome;
 use crate::detect::session_state::SessionState;
-use crate::detect::{LateFinding, RequestContext, RequestScratch, ResponseSummary};
+use crate::detect::{RequestContext, RequestScratch, ResponseSummary};
 use crate::finding::{Finding, FindingKind, Severity};
 use crate::metrics::Metrics;
 use crate::operation::{CanonicalTarget, OperationSchema, QueryPairs, Template, canonical_target};
@@ -862,7 +862,8 @@ impl Exchange<'_> {
                 observed.ok()
             });
         if let Some(Some(late)) = &done {
-            self.record_late(late);
+            self.shared
+                .record_late(&self.ctx.operation.template, late, self.ctx.now_ms);
         }
         if !matches!(done, Some(Some(_))) {
             self.shared
@@ -1029,45 +1030,6 @@ impl Exchange<'_> {
             rid: self.rid.to_owned(),
         });
         Scanning::new(body, scanner, end).boxed_unsync()
-    }
-}
-
-impl Exchange<'_> {
-    /// Records findings about exchanges already answered (campaign members) as incidents of
-    /// their addresses; they were not blocked.
-    fn record_late(&self, late: &[LateFinding]) {
-        let (shared, ctx) = (self.shared, &self.ctx);
-        for l in late {
-            let findings = std::slice::from_ref(&l.finding);
-            shared
-                .metrics
-                .findings
-                .with_label_values(&[l.finding.kind.as_str()])
-                .inc();
-            let recorded = shared.incidents.record(
-                "",
-                l.client,
-                &ctx.operation.template,
-                findings,
-                false,
-                ctx.now_ms,
-            );
-            if let Some(rec) = recorded
-                && rec.created
-            {
-                shared
-                    .metrics
-                    .incidents
-                    .with_label_values(&[l.finding.severity.as_str()])
-                    .inc();
-            }
-            tracing::info!(
-                client = %l.client,
-                operation = %ctx.operation.template,
-                finding = l.finding.kind.as_str(),
-                "earlier request found to belong to a campaign"
-            );
-        }
     }
 }
 

@@ -8,8 +8,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use super::upstream::UpstreamPool;
-use crate::detect::Analyzer;
 use crate::detect::session_state::SessionState;
+use crate::detect::{Analyzer, LateFinding};
 use crate::incident::IncidentStore;
 use crate::metrics::Metrics;
 use crate::operation::OperationResolver;
@@ -44,6 +44,35 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Records findings about exchanges already answered (campaign members) as incidents of
+    /// their addresses, under the operation they tried; they were not blocked.
+    pub fn record_late(&self, operation: &str, late: &[LateFinding], now_ms: u64) {
+        for l in late {
+            let findings = std::slice::from_ref(&l.finding);
+            self.metrics
+                .findings
+                .with_label_values(&[l.finding.kind.as_str()])
+                .inc();
+            let recorded = self
+                .incidents
+                .record("", l.client, operation, findings, false, now_ms);
+            if let Some(rec) = recorded
+                && rec.created
+            {
+                self.metrics
+                    .incidents
+                    .with_label_values(&[l.finding.severity.as_str()])
+                    .inc();
+            }
+            tracing::info!(
+                client = %l.client,
+                operation = %operation,
+                finding = l.finding.kind.as_str(),
+                "earlier request found to belong to a campaign"
+            );
+        }
+    }
+
     /// Copies table counters into the metrics.
     pub fn refresh_gauges(&self) {
         let stats = self.sessions.stats();

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::start::ReloadHook;
 use crate::config::{ConfigWatcher, EnforcerConfig, ReloadOutcome};
+use crate::detect::RequestScratch;
 use crate::policy::compile;
 use crate::proxy::Shared;
 
@@ -50,9 +51,26 @@ pub(super) async fn housekeeping(
         if ticks.is_multiple_of(FOLD_PERIOD_S) {
             shared.analyzer.fold_templates(&shared.resolver);
         }
+        sweep_campaigns(&shared).await;
         shared.upstream.evict_idle();
         sweep_sessions(&shared, &mut next_shard).await;
         shared.refresh_gauges();
+    }
+}
+
+/// Names the members of a credential-stuffing campaign whose last tries no login came after
+/// (`Analyzer::sweep_campaigns`), as a login would have, and tells the other replicas.
+async fn sweep_campaigns(shared: &Shared) {
+    let now_ms = crate::time::now_ms();
+    let facts = RequestScratch::exporting(shared.router.is_some());
+    for (operation, late) in shared.analyzer.sweep_campaigns(now_ms, &facts) {
+        shared.record_late(&operation, std::slice::from_ref(&late), now_ms);
+    }
+    let facts = facts.take_facts();
+    if let Some(router) = &shared.router
+        && !facts.is_empty()
+    {
+        router.share_facts(facts).await;
     }
 }
 

@@ -28,6 +28,11 @@ use super::journeys::{
 };
 use super::styles::{GroupResult, write_groups};
 
+/// How long the evaluation waits after the mixed phase before it reads the incidents: the
+/// journey gap (300 ms) for a campaign's last tries to settle, and one housekeeping tick
+/// (1 s) for the sweep that names them (`detect::distributed::sweep`), with a margin.
+pub const CAMPAIGN_SWEEP_WAIT: std::time::Duration = std::time::Duration::from_millis(2_000);
+
 /// Sizes and seed of one evaluation.
 #[derive(Debug, Clone)]
 pub struct EvaluationOptions {
@@ -401,6 +406,9 @@ pub async fn run(options: EvaluationOptions) -> anyhow::Result<EvaluationReport>
     // Mixed phase.
     let outcomes = driver::run(enforcer.proxy_addr, &mixed, options.concurrency).await?;
     let mixed_requests = outcomes.iter().map(|o| o.steps.len()).sum();
+    // A campaign's last tries are named once they settled, by the enforcer's sweep (about
+    // once a second) when no login comes after them: read the incidents after it.
+    tokio::time::sleep(CAMPAIGN_SWEEP_WAIT).await;
     let incidents = admin_get(enforcer.admin_addr, "/v1/incidents").await?;
     let incidents: Vec<serde_json::Value> = incidents.as_array().cloned().unwrap_or_default();
     enforcer.shutdown().await;

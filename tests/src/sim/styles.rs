@@ -511,6 +511,9 @@ async fn run_plan<A: App>(
     // A release of the app adds an operation once the model is mature.
     app.app.release();
     let outcomes = driver::run(enforcer.proxy_addr, &plan.mixed, options.concurrency).await?;
+    // A campaign's last tries are named once they settled, by the enforcer's sweep (about
+    // once a second) when no login comes after them: read the incidents after it.
+    tokio::time::sleep(super::evaluate::CAMPAIGN_SWEEP_WAIT).await;
     let incidents = admin_get(enforcer.admin_addr, "/v1/incidents").await?;
     enforcer.shutdown().await;
     app.shutdown();
