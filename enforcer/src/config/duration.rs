@@ -35,26 +35,23 @@ impl Duration {
 
 impl fmt::Display for Duration {
     /// Exact: a duration shown is the duration loaded (`1h30m`, `250ms`; below a millisecond,
-    /// which the parser takes too, `1ms500us`, `6ns`). Showing `6ns` as `0s` made a config
+    /// which the parser takes too, `1ms500us`, `6ns`; and beyond `u64::MAX` milliseconds).
+    /// Showing `6ns` as `0s`, or a huge duration by its saturated milliseconds, made a config
     /// that loads differently from how it serialises (found by the `config` fuzz target).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total_ms = self.as_millis_u64();
-        let sub_ms = self.0.subsec_nanos() % 1_000_000;
-        if total_ms == 0 && sub_ms == 0 {
+        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
+        if secs == 0 && nanos == 0 {
             return f.write_str("0s");
         }
-        let (h, rest) = (total_ms / 3_600_000, total_ms % 3_600_000);
-        let (m, rest) = (rest / 60_000, rest % 60_000);
-        let (s, ms) = (rest / 1000, rest % 1000);
-        let (us, ns) = (u64::from(sub_ms / 1000), u64::from(sub_ms % 1000));
-        for (value, unit) in [
-            (h, "h"),
-            (m, "m"),
-            (s, "s"),
-            (ms, "ms"),
-            (us, "us"),
-            (ns, "ns"),
-        ] {
+        let parts = [
+            (secs / 3600, "h"),
+            (secs % 3600 / 60, "m"),
+            (secs % 60, "s"),
+            (u64::from(nanos / 1_000_000), "ms"),
+            (u64::from(nanos / 1000 % 1000), "us"),
+            (u64::from(nanos % 1000), "ns"),
+        ];
+        for (value, unit) in parts {
             if value > 0 {
                 write!(f, "{value}{unit}")?;
             }
@@ -99,5 +96,8 @@ mod tests {
         let odd = Duration(std::time::Duration::new(3_725, 1_002_003));
         assert_eq!(odd.to_string(), "1h2m5s1ms2us3ns");
         assert_eq!(Duration::parse(&odd.to_string()), Ok(odd));
+        // More milliseconds than a u64 holds (the fuzz target's second find).
+        let huge = Duration(std::time::Duration::from_secs(999_999_999_999_999_920));
+        assert_eq!(Duration::parse(&huge.to_string()), Ok(huge));
     }
 }
