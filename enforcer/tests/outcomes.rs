@@ -28,6 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use ordo_enforcer::config::parse_yaml;
 use ordo_enforcer::detect::LearnedAnalyzer;
+use ordo_enforcer::runtime::RunningEnforcer;
 use tokio::net::TcpListener;
 
 const PASSWORD: &str = "correct horse";
@@ -90,8 +91,8 @@ detectors:
   credentialStuffing: { action: Block, quarantine: 10m }
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_answered_200_are_failures_campaigns_are_one_incident_and_quarantined() {
+/// The upstream, and an enforcer with [`CONFIG`] in front of it with its analyzer.
+async fn start_protected() -> (RunningEnforcer, Arc<LearnedAnalyzer>) {
     let up = start_app().await;
     let config = parse_yaml(&enforcer_yaml(CONFIG, up)).unwrap();
     let analyzer = Arc::new(LearnedAnalyzer::new(
@@ -102,6 +103,12 @@ async fn failed_logins_answered_200_are_failures_campaigns_are_one_incident_and_
     let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
         .await
         .unwrap();
+    (e, analyzer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_answered_200_are_failures_campaigns_are_one_incident_and_quarantined() {
+    let (e, analyzer) = start_protected().await;
     let c = client();
     let call =
         |method: &'static str, path: &'static str, session: String, addr: String, body: String| {
@@ -350,16 +357,7 @@ async fn failed_logins_answered_200_are_failures_campaigns_are_one_incident_and_
 /// the sweep, not until another login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_whose_pace_dips_is_named_to_its_last_try() {
-    let up = start_app().await;
-    let config = parse_yaml(&enforcer_yaml(CONFIG, up)).unwrap();
-    let analyzer = Arc::new(LearnedAnalyzer::new(
-        &config.learning,
-        &config.detectors,
-        None,
-    ));
-    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
-        .await
-        .unwrap();
+    let (e, _) = start_protected().await;
     let c = client();
     let login_from = |addr: String, user: String, password: &'static str| {
         let c = c.clone();
