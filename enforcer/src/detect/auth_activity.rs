@@ -398,6 +398,16 @@ impl AuthActivity {
             .is_some_and(|r| r.surged_ms != 0 && now_ms.saturating_sub(r.surged_ms) <= horizon_ms)
     }
 
+    /// Whether no attempt on `op` (decided here or on another replica) came within `quiet_ms`
+    /// before `now_ms`.
+    pub fn quiet_for(&self, op: u16, now_ms: u64, quiet_ms: u64) -> bool {
+        self.rings.iter().find(|r| r.op == op).is_some_and(|r| {
+            r.attempts
+                .iter()
+                .all(|a| now_ms.saturating_sub(a.at_ms) >= quiet_ms)
+        })
+    }
+
     /// `client` went on using the API after failing to authenticate (an honest user carries
     /// on with what they came for; a stuffer's address only tries logins): its failed attempts
     /// not named yet are no campaign evidence.

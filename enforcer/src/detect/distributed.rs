@@ -241,10 +241,17 @@ pub fn campaign(
     name_members(activity, config, at, op, j.template(), &surge, members)
 }
 
-/// The members of the campaign against `op` (template `template`) that settled since the
-/// last login named them, found without a request (`Analyzer::sweep_campaigns`, every
-/// second): a campaign's last tries, after which no login came to name them. Only the
-/// failures decided here: another replica's are its own to name.
+/// How long the authenticating operation must have had no attempt at all, beyond the
+/// settling time, before the sweep names anything: while logins come, they name the members
+/// (on whichever replica decides them), and a sweep running at the same moment as a login on
+/// another replica could name a member twice.
+const SWEEP_QUIET_MS: u64 = 1_000;
+
+/// The members of the campaign against `op` (template `template`) that settled with no login
+/// after them to name them (a campaign's last tries), found without a request
+/// (`Analyzer::sweep_campaigns`, every second) once the operation has been quiet for the
+/// settling time and [`SWEEP_QUIET_MS`]. Only the failures decided here: another replica's
+/// are its own to name.
 pub fn sweep(
     activity: &mut AuthActivity,
     config: &DetectorConfig,
@@ -254,6 +261,9 @@ pub fn sweep(
     settle_ms: u64,
     learned_rate: impl FnOnce() -> f64,
 ) -> Vec<LateFinding> {
+    if !activity.quiet_for(op, at.now_ms, settle_ms + SWEEP_QUIET_MS) {
+        return Vec::new();
+    }
     let Some(surge) = campaign_in_progress(activity, config, at, op, learned_rate) else {
         return Vec::new();
     };

@@ -29,9 +29,10 @@ use super::journeys::{
 use super::styles::{GroupResult, write_groups};
 
 /// How long the evaluation waits after the mixed phase before it reads the incidents: the
-/// journey gap (300 ms) for a campaign's last tries to settle, and one housekeeping tick
-/// (1 s) for the sweep that names them (`detect::distributed::sweep`), with a margin.
-pub const CAMPAIGN_SWEEP_WAIT: std::time::Duration = std::time::Duration::from_millis(2_000);
+/// journey gap (300 ms) for a campaign's last tries to settle, the quiet second the sweep
+/// waits for after the last login, and one housekeeping tick (1 s) for the sweep that names
+/// them (`detect::distributed::sweep`), with a margin.
+pub const CAMPAIGN_SWEEP_WAIT: std::time::Duration = std::time::Duration::from_millis(3_000);
 
 /// Sizes and seed of one evaluation.
 #[derive(Debug, Clone)]
