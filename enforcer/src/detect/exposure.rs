@@ -107,8 +107,7 @@ impl Frame {
 
     /// Takes `raw` (a key as it was written) as the current key.
     fn set_key(&mut self, raw: &[u8], known: &mut KnownKeys) {
-        let (key, len) = normalised_key(raw);
-        self.hints = known.hints(key.get(..len).unwrap_or_default());
+        self.hints = known.hints(raw);
     }
 }
 
@@ -127,32 +126,67 @@ fn normalised_key(raw: &[u8]) -> ([u8; 32], usize) {
     (key, len)
 }
 
-/// The hints of the last keys an answer used: its records repeat the same few keys, and
-/// finding a key's hints searches it for every name part of every class.
-#[derive(Debug, Clone, Default)]
+/// The hints of keys met before. An API's answers use the same few dozen keys (its records
+/// repeat them, and so do its answers), while finding a key's hints searches it for every
+/// name part of every class. Direct-mapped by a hash of the key: bounded whatever keys the
+/// answers carry, and a key whose slot another took is simply searched again.
+#[derive(Debug, Clone)]
 struct KnownKeys {
-    keys: [([u8; 32], usize, KeyHints); 8],
-    /// Slots filled, and the one the next new key takes (round robin).
-    filled: usize,
-    next: usize,
+    slots: Box<[KnownKey; KNOWN_KEY_SLOTS]>,
+}
+
+const KNOWN_KEY_SLOTS: usize = 128;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct KnownKey {
+    /// The key as it was written.
+    key: [u8; 32],
+    /// Bytes of `key` in use; 0 with `filled` false: an empty slot.
+    len: u8,
+    filled: bool,
+    hints: KeyHints,
+}
+
+impl Default for KnownKeys {
+    fn default() -> Self {
+        Self {
+            slots: Box::new([KnownKey::default(); KNOWN_KEY_SLOTS]),
+        }
+    }
+}
+
+thread_local! {
+    /// The keys this thread's scans met: shared by the answers it scans, one after the other.
+    static KNOWN_KEYS: std::cell::RefCell<KnownKeys> = std::cell::RefCell::new(KnownKeys::default());
 }
 
 impl KnownKeys {
-    fn hints(&mut self, key: &[u8]) -> KeyHints {
-        let filled = self.keys.get(..self.filled).unwrap_or_default();
-        if let Some((_, _, hints)) = filled.iter().find(|(k, len, _)| k.get(..*len) == Some(key)) {
-            return *hints;
+    /// The hints of `raw`, a key as it was written: keyed by those bytes, so that a key met
+    /// before is neither normalised nor searched again. Keys longer than a slot are not kept.
+    fn hints(&mut self, raw: &[u8]) -> KeyHints {
+        let of = |raw: &[u8]| {
+            let (key, len) = normalised_key(raw);
+            KeyHints::of(key.get(..len).unwrap_or_default())
+        };
+        // FNV-1a: a few instructions per byte, and keys differ in their last bytes too.
+        let hash = raw.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let index = usize::try_from(hash % KNOWN_KEY_SLOTS as u64).unwrap_or(0);
+        let Some(slot) = self.slots.get_mut(index).filter(|_| raw.len() <= 32) else {
+            return of(raw);
+        };
+        if slot.filled && slot.key.get(..usize::from(slot.len)) == Some(raw) {
+            return slot.hints;
         }
-        let hints = KeyHints::of(key);
-        if let Some((slot, len, h)) = self.keys.get_mut(self.next) {
-            let n = key.len().min(slot.len());
-            if let (Some(dst), Some(src)) = (slot.get_mut(..n), key.get(..n)) {
-                dst.copy_from_slice(src);
-            }
-            (*len, *h) = (n, hints);
+        let hints = of(raw);
+        let n = raw.len().min(slot.key.len());
+        if let (Some(dst), Some(src)) = (slot.key.get_mut(..n), raw.get(..n)) {
+            dst.copy_from_slice(src);
+            slot.len = u8::try_from(n).unwrap_or(0);
+            slot.filled = true;
+            slot.hints = hints;
         }
-        self.next = (self.next + 1) % self.keys.len();
-        self.filled = (self.filled + 1).min(self.keys.len());
         hints
     }
 }
@@ -217,7 +251,6 @@ pub struct Scanner {
     depth_beyond: usize,
     token: Token,
     value: Vec<u8>,
-    known_keys: KnownKeys,
     /// Bytes read so far, and the most that are read.
     read: usize,
     limit: usize,
@@ -235,7 +268,6 @@ impl Scanner {
             depth_beyond: 0,
             token: Token::Between,
             value: Vec::with_capacity(MAX_VALUE),
-            known_keys: KnownKeys::default(),
             read: 0,
             limit,
             truncated: false,
@@ -391,14 +423,13 @@ impl Scanner {
     /// A string ended: a key, or a value to classify.
     fn end_string(&mut self) {
         let (stack, out, value) = (&mut self.stack, &mut self.out, &self.value);
-        let known_keys = &mut self.known_keys;
         let depth = stack.len();
         let Some(top) = stack.last_mut() else {
             return;
         };
         if top.want_key && self.depth_beyond == 0 {
             top.want_key = false;
-            top.set_key(value, known_keys);
+            KNOWN_KEYS.with(|known| top.set_key(value, &mut known.borrow_mut()));
             if depth == 1 && out.fields.len() < MAX_FIELDS && value.len() <= MAX_FIELD_LEN {
                 // Bounded as written: a byte that is not UTF-8 becomes three.
                 let field = String::from_utf8_lossy(value);
@@ -515,24 +546,53 @@ struct ValueFacts {
     at: bool,
 }
 
+/// Per byte, what [`ValueFacts`] needs to know of it (one table load per byte of every value
+/// an answer carries).
+const DIGIT: u8 = 1;
+const CARD_OK: u8 = 2;
+const PHONE_OK: u8 = 4;
+const AT: u8 = 8;
+const BYTE_FACTS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = if byte.is_ascii_digit() {
+            DIGIT | CARD_OK | PHONE_OK
+        } else {
+            let card = if matches!(byte, b' ' | b'-') {
+                CARD_OK
+            } else {
+                0
+            };
+            let phone = if matches!(byte, b'+' | b' ' | b'-' | b'(' | b')' | b'.') {
+                PHONE_OK
+            } else {
+                0
+            };
+            let at = if byte == b'@' { AT } else { 0 };
+            card | phone | at
+        };
+        b += 1;
+    }
+    table
+};
+
 impl ValueFacts {
     fn of(bytes: &[u8]) -> Self {
-        let mut facts = Self {
-            digits: 0,
-            card_chars: true,
-            phone_chars: true,
-            at: false,
-        };
+        let (mut digits, mut all, mut any) = (0, CARD_OK | PHONE_OK, 0);
         for &b in bytes {
-            if b.is_ascii_digit() {
-                facts.digits += 1;
-                continue;
-            }
-            facts.card_chars &= matches!(b, b' ' | b'-');
-            facts.phone_chars &= matches!(b, b'+' | b' ' | b'-' | b'(' | b')' | b'.');
-            facts.at |= b == b'@';
+            let facts = BYTE_FACTS[usize::from(b)];
+            digits += usize::from(facts & DIGIT);
+            all &= facts;
+            any |= facts;
         }
-        facts
+        Self {
+            digits,
+            card_chars: all & CARD_OK != 0,
+            phone_chars: all & PHONE_OK != 0,
+            at: any & AT != 0,
+        }
     }
 }
 
@@ -710,6 +770,30 @@ mod tests {
 
     fn classes(scan: &Scan) -> Vec<&'static str> {
         scan.classes.iter().map(SensitiveClass::as_str).collect()
+    }
+
+    #[test]
+    fn known_keys_give_the_hints_of_the_key_whatever_took_their_slot_before() {
+        let mut known = KnownKeys::default();
+        let names = [
+            "password",
+            "api_Token",
+            "Phone",
+            "ssn",
+            "name",
+            "id",
+            "mobile-tel",
+            "a_very_long_key_name_that_does_not_fit_a_slot_password",
+        ];
+        // Far more keys than slots, each met twice: slots are taken over many times.
+        let keys: Vec<String> = (0..1_000)
+            .map(|i| format!("{}{i}", names[i % names.len()]))
+            .collect();
+        for key in keys.iter().chain(&keys) {
+            let (normal, len) = normalised_key(key.as_bytes());
+            let expected = KeyHints::of(normal.get(..len).unwrap_or_default());
+            assert_eq!(known.hints(key.as_bytes()), expected, "{key:?}");
+        }
     }
 
     #[test]

@@ -115,6 +115,11 @@ pub struct LineageState {
     /// is flagged later these lessons are taken back (see [`LineageState::take_taught`]).
     taught: Vec<(u16, u8)>,
     taught_generation: u64,
+    /// Where the last value remembered again was found: an answer that repeats an earlier
+    /// one (a list read again) remembers its values in the order they were remembered
+    /// before, and each one moved to the newest end leaves the next in its place. Checked
+    /// before the record is searched; only a hint (the record holds at most [`MAX_VALUES`]).
+    last_found: u8,
 }
 
 /// A set of hashes that may hold false positives and no false negatives: 256 bits, one per
@@ -214,18 +219,24 @@ impl LineageState {
     /// remembered again moves to the newest end: what the session keeps using stays longest.
     pub fn remember(&mut self, hash: u64, op: u16, field: &str, class: OriginClass) {
         let class = class_code(class);
-        // From the newest end: an answer's values are mostly those its previous answer gave,
-        // remembered last (an entry is unique, so the first match from either end is it).
-        if let Some(at) = self
+        let is_it = |e: &Entry| e.hash == hash && e.class == class && e.op == op;
+        // Where the previous value was found, then from the newest end: an answer's values
+        // are mostly those its previous answer gave, remembered last (an entry is unique, so
+        // the first match from anywhere is it).
+        let found = self
             .maybe_entry
             .may_hold(entry_key(hash, op, class))
             .then(|| {
-                self.entries
-                    .iter()
-                    .rposition(|e| e.hash == hash && e.class == class && e.op == op)
+                let hint = usize::from(self.last_found);
+                if self.entries.get(hint).is_some_and(is_it) {
+                    Some(hint)
+                } else {
+                    self.entries.iter().rposition(is_it)
+                }
             })
-            .flatten()
-        {
+            .flatten();
+        if let Some(at) = found {
+            self.last_found = u8::try_from(at).unwrap_or(0);
             if let Some(entry) = self.entries.remove(at) {
                 self.entries.push_back(entry);
             }
@@ -1212,6 +1223,43 @@ mod tests {
         // Most values never given are ruled out by the bits alone.
         let ruled_out = absent.iter().filter(|&&h| !state.maybe.may_hold(h)).count();
         assert!(ruled_out > 500, "{ruled_out} of 1000 ruled out");
+    }
+
+    /// Values remembered again move to the newest end whether or not they were where the
+    /// previous one was found (`LineageState::last_found`): the record keeps the order of a
+    /// plain move-to-end list, through lists read again, shuffled and evicted.
+    #[test]
+    fn values_remembered_again_keep_the_order_of_their_last_use() {
+        let keys = ValueKeys::default();
+        let mut state = LineageState::default();
+        let mut reference: Vec<(u64, u16)> = Vec::new();
+        let mut next = 7u32;
+        for round in 0..300u32 {
+            // A page of 12 values: mostly the previous page's, sometimes shifted or new.
+            for i in 0..12u32 {
+                next = next.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let value = if next.is_multiple_of(7) {
+                    round * 12 + i
+                } else {
+                    (round / 3) * 12 + i
+                };
+                let (hash, op) = (
+                    keys.hash(&format!("p-{value}")),
+                    u16::try_from(value % 3).unwrap(),
+                );
+                state.remember(hash, op, "id", OriginClass::Response);
+                if let Some(at) = reference.iter().position(|&(h, o)| h == hash && o == op) {
+                    let entry = reference.remove(at);
+                    reference.push(entry);
+                } else {
+                    reference.push((hash, op));
+                }
+                // Evictions are the record's own business: follow them.
+                reference.retain(|&(h, o)| state.entries.iter().any(|e| e.hash == h && e.op == o));
+                let held: Vec<(u64, u16)> = state.entries.iter().map(|e| (e.hash, e.op)).collect();
+                assert_eq!(held, reference, "round {round}, value {i}");
+            }
+        }
     }
 
     #[test]
