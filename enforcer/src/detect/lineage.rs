@@ -15,7 +15,12 @@
 //! to be improbable) is judged by the pooled evidence of every operation on the same object:
 //! the path up to and including the parameter (`/users/v1/{var1}` for
 //! `PUT /users/v1/{var1}/password`), where the object's identity is the same whatever the
-//! sub-resource or method.
+//! sub-resource or method. Whose object a session may read is not whose it may change: a
+//! state-changing request is judged by the state-changing operations on the object when they
+//! can decide, and by all of them otherwise, except for what the writes credibly lack although
+//! the reads have it (`writes_lack`); and where (nearly) every learned change named the
+//! token's own subject, a change of an object no claim of the token names is flagged whatever
+//! else gave the value (an earlier answer: a book's owner).
 //!
 //! Per session ([`LineageState`]) only keyed hashes of values are kept (a per-process random
 //! key: values may be secrets), at most [`MAX_VALUES`] of them with at most [`MAX_FIELDS`]
@@ -746,9 +751,113 @@ fn decisive(seen: u64, (credibility, limit): (f64, f64)) -> bool {
     !upper_bound_reaches(0, seen, credibility, limit)
 }
 
+/// Whether a method changes state: anything but GET, HEAD, OPTIONS and TRACE.
+fn changes_state(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+}
+
+/// Whether an operation template (`PUT /users/v1/{var1}/password`) changes state.
+fn template_changes_state(template: &str) -> bool {
+    template
+        .split_once(' ')
+        .is_some_and(|(method, _)| changes_state(method))
+}
+
+/// The path of `template` up to and including the parameter `{var}` (`/users/v1/{var1}` for
+/// `PUT /users/v1/{var1}/password` and `var1`): the object the parameter names.
+fn object_prefix<'t>(template: &'t str, var: &str) -> Option<&'t str> {
+    let (_, path) = template.split_once(' ')?;
+    let end = path.match_indices(var).find_map(|(at, _)| {
+        let end = at + var.len();
+        (path[..at].ends_with('{') && path[end..].starts_with('}')).then_some(end + 1)
+    })?;
+    Some(&path[..end])
+}
+
+/// Whether operation `template` is on the object `prefix`: its path is the prefix or goes on
+/// below it.
+fn on_object(template: &str, prefix: &str) -> bool {
+    template
+        .split_once(' ')
+        .and_then(|(_, path)| path.strip_prefix(prefix))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Which learned requests a parameter is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope<'m> {
+    /// The operation's own.
+    Own,
+    /// Those of the operations on the object `prefix`: only the state-changing ones
+    /// (`writes_only`), or all of them, reads included.
+    Pooled { prefix: &'m str, writes_only: bool },
+}
+
+/// The learned origins a parameter is judged by (pooled ones as counts only: the named
+/// sources are gathered when a finding is explained).
+struct Evidence<'m> {
+    learned: std::borrow::Cow<'m, OriginCounts>,
+    scope: Scope<'m>,
+    /// For a state-changing request judged by every operation on the object because the
+    /// state-changing ones are too few to decide alone, though at least
+    /// `minOperationRequests`, while all of them together can decide: their counts and the
+    /// other operations' (see [`writes_lack`]).
+    split: Option<Split>,
+}
+
+/// The learned origins on one object, of its state-changing operations and of the others.
+#[derive(Debug, Default)]
+struct Split {
+    writes: OriginCounts,
+    others: OriginCounts,
+}
+
+/// How the writes on an object credibly lack something the other requests on it have (see
+/// [`writes_lack`]).
+#[derive(Debug, Clone, Copy)]
+struct Lacked {
+    writes: u64,
+    writes_upper: f64,
+    others: u64,
+    others_count: u64,
+    others_lower: f64,
+}
+
+/// Whether the learned state-changing requests on an object credibly lack what `count_of`
+/// counts (an origin class, or a value that is no token claim), though the other requests
+/// on it have it: none of the writes had it, and even its share's upper credible bound among
+/// them is below the lower credible bound of its share among the others (the reads). The
+/// pooled evidence then mixes two kinds of request that credibly differ in it, and what the
+/// reads do says nothing about a write: whose object a session may read is not whose it may
+/// change.
+fn writes_lack(
+    split: &Split,
+    count_of: impl Fn(&OriginCounts) -> u64,
+    credibility: f64,
+) -> Option<Lacked> {
+    let others_count = count_of(&split.others);
+    if count_of(&split.writes) > 0 || others_count == 0 {
+        return None;
+    }
+    let others = split.others.seen;
+    let writes_upper = upper_bound(0, split.writes.seen, credibility);
+    let others_lower = 1.0 - upper_bound(others.saturating_sub(others_count), others, credibility);
+    (writes_upper < others_lower).then_some(Lacked {
+        writes: split.writes.seen,
+        writes_upper,
+        others,
+        others_count,
+        others_lower,
+    })
+}
+
 /// The learned origins a parameter is judged by: the operation's own when they can decide,
-/// otherwise (path parameters) those of every operation on the same object, its own included.
-/// `None` when there is too little evidence, or the parameter is enum-like.
+/// otherwise (path parameters) those of the operations on the same object, its own
+/// included. For a state-changing request first only the state-changing operations on the
+/// object (what a session may read is no evidence of what it may change), when they can
+/// decide; otherwise every operation on it, with the writes' and the others' counts apart
+/// ([`Evidence::split`]) once the writes number at least `min_seen`. `None` when there is
+/// too little evidence, or the parameter is enum-like.
 ///
 /// Own evidence that has `min_seen` values but cannot decide (a password change learned 31
 /// times) must not shadow the pooled evidence: it would judge nothing, and every foreign
@@ -758,7 +867,7 @@ fn evidence<'m>(
     name: &str,
     min_seen: u64,
     bounds: (f64, f64),
-) -> Option<(std::borrow::Cow<'m, OriginCounts>, Option<String>)> {
+) -> Option<Evidence<'m>> {
     let stats = j.op_stats()?;
     let own = stats
         .lineage
@@ -770,30 +879,83 @@ fn evidence<'m>(
             return None;
         }
         if decisive(own.seen, bounds) {
-            return Some((std::borrow::Cow::Borrowed(own), None));
+            return Some(Evidence {
+                learned: std::borrow::Cow::Borrowed(own),
+                scope: Scope::Own,
+                split: None,
+            });
         }
     }
     let var = name.strip_prefix("path.")?;
-    let (_, path) = j.template().split_once(' ')?;
-    let marker = format!("{{{var}}}");
-    let at = path.find(&marker)?;
-    let prefix = &path[..at + marker.len()];
-    let mut pooled = OriginCounts::default();
+    let ctx: &'m crate::detect::request::RequestContext<'m> = j.ctx;
+    let prefix = object_prefix(&ctx.operation.template, var)?;
+    let mut split = Split::default();
     let mut many_values = false;
     for op in &j.model.operations {
-        let Some((_, p)) = op.template.split_once(' ') else {
-            continue;
-        };
-        let same_object = p
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-        if same_object && let Some(c) = op.lineage.params.get(name) {
-            pooled.add(c);
+        if on_object(&op.template, prefix)
+            && let Some(c) = op.lineage.params.get(name)
+        {
+            if template_changes_state(&op.template) {
+                split.writes.add_counts(c);
+            } else {
+                split.others.add_counts(c);
+            }
             many_values |= high_cardinality(op, name);
         }
     }
-    (pooled.seen >= min_seen && many_values)
-        .then(|| (std::borrow::Cow::Owned(pooled), Some(prefix.to_owned())))
+    let mut all = OriginCounts::default();
+    all.add_counts(&split.writes);
+    all.add_counts(&split.others);
+    if all.seen < min_seen || !many_values {
+        return None;
+    }
+    let write = changes_state(ctx.method.as_str());
+    if write && split.writes.seen >= min_seen && decisive(split.writes.seen, bounds) {
+        return Some(Evidence {
+            learned: std::borrow::Cow::Owned(split.writes),
+            scope: Scope::Pooled {
+                prefix,
+                writes_only: true,
+            },
+            split: None,
+        });
+    }
+    let split =
+        (write && split.writes.seen >= min_seen && decisive(all.seen, bounds)).then_some(split);
+    Some(Evidence {
+        learned: std::borrow::Cow::Owned(all),
+        scope: Scope::Pooled {
+            prefix,
+            writes_only: false,
+        },
+        split,
+    })
+}
+
+/// One origin class of a request's value, judged.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    class: OriginClass,
+    /// Learned requests whose value had it, and its share's upper credible bound.
+    count: u64,
+    upper: f64,
+    /// Probable by the evidence, but credibly lacking from the writes on the object.
+    lacked: Option<Lacked>,
+}
+
+/// Why a value is flagged.
+enum Reason {
+    /// Every origin it has is improbable (or credibly lacking from the writes).
+    Origins(Vec<Bound>),
+    /// A state-changing request's value that no claim of the session's token names, where
+    /// (nearly) every learned value was one: `count` learned values were not, with upper
+    /// credible bound `upper`, or the writes credibly lack such values (`lacked`).
+    NotClaimed {
+        classes: Vec<OriginClass>,
+        count: u64,
+        upper: f64,
+        lacked: Option<Lacked>,
+    },
 }
 
 /// Judges the request's reference-like parameters against their learned origins.
@@ -810,12 +972,14 @@ pub fn check(
     }
     let (credibility, limit) = sequence_bounds(config.sensitivity);
     let min_seen = j.learning.min_operation_requests.max(1);
+    let write = changes_state(j.ctx.method.as_str());
     let mut token: Option<Vec<(String, u64)>> = None;
     for c in candidates(j.params) {
         let name = c.obs.name.as_str();
-        let Some((learned, pooled)) = evidence(j, name, min_seen, (credibility, limit)) else {
+        let Some(ev) = evidence(j, name, min_seen, (credibility, limit)) else {
             continue;
         };
+        let learned = &*ev.learned;
         let claims = token.get_or_insert_with(claims);
         let origins = origins_of(keys.hash(&c.value), claims, state, address, j.model);
         let classes: &[OriginClass] = if origins.classes.is_empty() {
@@ -823,23 +987,48 @@ pub fn check(
         } else {
             &origins.classes
         };
-        let bounds: Vec<(OriginClass, u64, f64)> = classes
+        let bounds: Vec<Bound> = classes
             .iter()
-            .map(|class| {
-                let count = learned.count(*class);
-                (*class, count, upper_bound(count, learned.seen, credibility))
+            .map(|&class| {
+                let count = learned.count(class);
+                let upper = upper_bound(count, learned.seen, credibility);
+                let lacked = if upper < limit {
+                    None
+                } else {
+                    ev.split
+                        .as_ref()
+                        .and_then(|s| writes_lack(s, |o| o.count(class), credibility))
+                };
+                Bound {
+                    class,
+                    count,
+                    upper,
+                    lacked,
+                }
             })
             .collect();
-        if !bounds.iter().all(|(_, _, upper)| *upper < limit) {
+        let reason = if bounds.iter().all(|b| b.upper < limit || b.lacked.is_some()) {
+            Reason::Origins(bounds)
+        } else if write
+            && !claims.is_empty()
+            && !classes.contains(&OriginClass::Claim)
+            && let Some((count, upper, lacked)) = not_claimed(&ev, (credibility, limit))
+        {
+            Reason::NotClaimed {
+                classes: classes.to_vec(),
+                count,
+                upper,
+                lacked,
+            }
+        } else {
             continue;
-        }
+        };
         return Some(found(
             j,
             config,
             &c,
-            &learned,
-            pooled,
-            &bounds,
+            &ev,
+            &reason,
             (credibility, limit),
             claims,
         ));
@@ -847,26 +1036,107 @@ pub fn check(
     None
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Whether the evidence makes a value that is no claim of the session's token improbable
+/// for a state-changing request: (learned values that were no claim, their share's upper
+/// credible bound, how the writes credibly lack them when only that says so).
+fn not_claimed(
+    ev: &Evidence<'_>,
+    (credibility, limit): (f64, f64),
+) -> Option<(u64, f64, Option<Lacked>)> {
+    let learned = &*ev.learned;
+    let count = learned.seen.saturating_sub(learned.claim);
+    if !upper_bound_reaches(count, learned.seen, credibility, limit) {
+        return Some((count, upper_bound(count, learned.seen, credibility), None));
+    }
+    let lacked = writes_lack(
+        ev.split.as_ref()?,
+        |o| o.seen.saturating_sub(o.claim),
+        credibility,
+    )?;
+    Some((
+        count,
+        upper_bound(count, learned.seen, credibility),
+        Some(lacked),
+    ))
+}
+
+/// The named sources of the evidence (gathered again for a pooled one: judging counts only).
+fn sources_of(j: &Judged<'_>, name: &str, ev: &Evidence<'_>) -> Vec<String> {
+    let pooled;
+    let (learned, seen) = match ev.scope {
+        Scope::Own => (&*ev.learned, ev.learned.seen),
+        Scope::Pooled {
+            prefix,
+            writes_only,
+        } => {
+            let mut all = OriginCounts::default();
+            for op in &j.model.operations {
+                if on_object(&op.template, prefix)
+                    && (!writes_only || template_changes_state(&op.template))
+                    && let Some(c) = op.lineage.params.get(name)
+                {
+                    all.add(c);
+                }
+            }
+            pooled = all;
+            (&pooled, pooled.seen)
+        }
+    };
+    learned
+        .top_sources()
+        .into_iter()
+        .take(3)
+        .map(|(s, n)| format!("{s} ({})", percent(n as f64 / seen.max(1) as f64)))
+        .collect()
+}
+
+/// "… (at most 2 % with 95 % credibility, limit 1 %)".
+fn bound_text(upper: f64, credibility: f64, limit: f64) -> String {
+    format!(
+        "at most {} with {} credibility, limit {}",
+        percent(upper),
+        percent(credibility),
+        percent(limit)
+    )
+}
+
+/// "but none of the 120 learned state-changing requests on /users/{var1} had one (…), while
+/// at least 41 % of the 800 other requests on it did".
+fn lacked_text(l: &Lacked, prefix: &str, credibility: f64) -> String {
+    format!(
+        "but none of the {} learned state-changing requests on {prefix} had one (at most {} with {} credibility), while {} of the {} other requests on it did (at least {}): what a session may read is no evidence of what it may change",
+        l.writes,
+        percent(l.writes_upper),
+        percent(credibility),
+        l.others_count,
+        l.others,
+        percent(l.others_lower),
+    )
+}
+
 fn found(
     j: &Judged<'_>,
     config: &DetectorConfig,
     c: &Candidate<'_>,
-    learned: &OriginCounts,
-    pooled: Option<String>,
-    bounds: &[(OriginClass, u64, f64)],
+    ev: &Evidence<'_>,
+    reason: &Reason,
     (credibility, limit): (f64, f64),
     claims: &[(String, u64)],
 ) -> Finding {
     let name = c.obs.name.as_str();
+    let learned = &*ev.learned;
     let shown = if c.obs.location == Location::Path {
         format!("{} ({name})", bounded(&c.value, 64))
     } else {
         name.to_owned()
     };
-    let had = bounds
+    let classes: Vec<OriginClass> = match reason {
+        Reason::Origins(bounds) => bounds.iter().map(|b| b.class).collect(),
+        Reason::NotClaimed { classes, .. } => classes.clone(),
+    };
+    let had = classes
         .iter()
-        .map(|(class, _, _)| class.as_str())
+        .map(|class| class.as_str())
         .collect::<Vec<_>>()
         .join(" and ");
     let claim_names: Vec<&str> = claims.iter().map(|(n, _)| n.as_str()).collect();
@@ -878,41 +1148,72 @@ fn found(
             claim_names.join(", ")
         )
     };
-    let scope = match &pooled {
-        Some(prefix) => format!("learned requests to operations on {prefix}"),
-        None => "learned requests".to_owned(),
+    let (prefix, writes_only) = match ev.scope {
+        Scope::Own => (None, false),
+        Scope::Pooled {
+            prefix,
+            writes_only,
+        } => (Some(prefix), writes_only),
     };
-    let counts = bounds
-        .iter()
-        .map(|(class, count, upper)| {
-            format!(
-                "{count} had {} (at most {} with {} credibility, limit {})",
-                if *class == OriginClass::Input {
-                    "no such origin".to_owned()
-                } else {
-                    format!("a value from {}", class.as_str())
-                },
-                percent(*upper),
-                percent(credibility),
-                percent(limit)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    let sources = learned
-        .top_sources()
-        .iter()
-        .take(3)
-        .map(|(s, n)| format!("{s} ({})", percent(*n as f64 / learned.seen.max(1) as f64)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let origin_text = if bounds.iter().any(|(c, _, _)| *c == OriginClass::Input) {
+    let scope = match (prefix, writes_only) {
+        (None, _) => "learned requests".to_owned(),
+        (Some(prefix), true) => format!(
+            "learned state-changing requests (not GET, HEAD, OPTIONS or TRACE) to operations on {prefix}"
+        ),
+        (Some(prefix), false) if ev.split.is_some() => format!(
+            "learned requests to operations on {prefix}, reads included (too few state-changing ones to decide alone)"
+        ),
+        (Some(prefix), false) => format!("learned requests to operations on {prefix}"),
+    };
+    let object = prefix.unwrap_or("the object");
+    let origin_text = if classes.contains(&OriginClass::Input) {
         format!(
             "a value that no claim of the session's token, no earlier answer and no earlier request of this session carried ({token})"
+        )
+    } else if matches!(reason, Reason::NotClaimed { .. }) {
+        format!(
+            "a value that no claim of the session's token names ({token}); its origin in this session is {had}"
         )
     } else {
         format!("a value whose only origin in this session is {had}")
     };
+    let counts = match reason {
+        Reason::Origins(bounds) => bounds
+            .iter()
+            .map(|b| {
+                let what = if b.class == OriginClass::Input {
+                    "no such origin".to_owned()
+                } else {
+                    format!("a value from {}", b.class.as_str())
+                };
+                let lacked = b
+                    .lacked
+                    .map(|l| format!(", {}", lacked_text(&l, object, credibility)))
+                    .unwrap_or_default();
+                format!(
+                    "{} had {what} ({}){lacked}",
+                    b.count,
+                    bound_text(b.upper, credibility, limit)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Reason::NotClaimed {
+            count,
+            upper,
+            lacked,
+            ..
+        } => {
+            let lacked = lacked
+                .map(|l| format!(", {}", lacked_text(&l, object, credibility)))
+                .unwrap_or_default();
+            format!(
+                "{count} had a value that was no claim of the session's token ({}){lacked}; a state-changing request here names the session's own object",
+                bound_text(*upper, credibility, limit)
+            )
+        }
+    };
+    let sources = sources_of(j, name, ev).join(", ");
     let explanation = format!(
         "{} named {shown}, {origin_text}; of {} {scope}, {counts}; values came from {}",
         j.template(),
@@ -923,10 +1224,18 @@ fn found(
             sources
         },
     );
+    let lacked = match reason {
+        Reason::Origins(bounds) => bounds.iter().find_map(|b| b.lacked),
+        Reason::NotClaimed { lacked, .. } => *lacked,
+    };
     let evidence = json!({
         "operation": j.template(),
         "parameter": name,
-        "origins": bounds.iter().map(|(c, _, _)| format!("{c:?}")).collect::<Vec<_>>(),
+        "origins": classes.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>(),
+        "reason": match reason {
+            Reason::Origins(_) => "improbableOrigin",
+            Reason::NotClaimed { .. } => "notTheTokensClaim",
+        },
         "learnedRequests": learned.seen,
         "learned": {
             "claim": learned.claim,
@@ -934,7 +1243,15 @@ fn found(
             "request": learned.request,
             "input": learned.input,
         },
-        "pooledOver": pooled,
+        "pooledOver": prefix,
+        "writesOnly": writes_only,
+        "writesLack": lacked.map(|l| json!({
+            "stateChangingRequests": l.writes,
+            "stateChangingUpper": l.writes_upper,
+            "otherRequests": l.others,
+            "otherRequestsWith": l.others_count,
+            "otherLower": l.others_lower,
+        })),
         "credibility": credibility,
         "limit": limit,
     });
@@ -1336,12 +1653,13 @@ mod analyzer_tests {
     use crate::operation::{Operation, OperationOrigin};
     use crate::session::{RecentOp, SessionSource};
 
-    const OPS: [&str; 5] = [
+    const OPS: [&str; 6] = [
         "GET /users/{var1}",
         "PUT /users/{var1}/email",
         "PUT /users/{var1}/password",
         "GET /books",
         "GET /books/{var1}",
+        "GET /me",
     ];
 
     struct Session {
@@ -1482,6 +1800,17 @@ mod analyzer_tests {
 
         /// [`Driver::honest`] with a password change in one visit of `every`.
         fn honest_changing(&mut self, i: usize, every: usize) -> Vec<Finding> {
+            self.visit(
+                i,
+                &Visit {
+                    password_every: every,
+                    ..Visit::default()
+                },
+            )
+        }
+
+        /// An honest visit of user `i` as `v` describes it.
+        fn visit(&mut self, i: usize, v: &Visit) -> Vec<Finding> {
             let mut s = Self::session(&format!("reader.{i}"));
             let owner = format!("author.{}", i % 37);
             let title = format!("book-{}", i % 53);
@@ -1492,12 +1821,40 @@ mod analyzer_tests {
             found.extend(self.send(&mut s, 4, Some(&title), Some(book)));
             found.extend(self.send(&mut s, 0, Some(&owner), None));
             let me = s.user.clone();
+            if v.own_answer {
+                let profile = serde_json::json!({ "username": me, "email": "me@example.net" });
+                found.extend(self.send(&mut s, 5, None, Some(profile)));
+            }
             found.extend(self.send(&mut s, 0, Some(&me), None));
-            found.extend(self.send(&mut s, 1, Some(&me), None));
-            if i.is_multiple_of(every) {
+            if i.is_multiple_of(v.email_every) {
+                found.extend(self.send(&mut s, 1, Some(&me), None));
+            }
+            if i.is_multiple_of(v.password_every) {
                 found.extend(self.send(&mut s, 2, Some(&me), None));
             }
             found
+        }
+    }
+
+    /// What an honest visit does besides reading a book and its owner's profile.
+    struct Visit {
+        /// An e-mail change (of the own user) in one visit of this many.
+        email_every: usize,
+        /// A password change (of the own user) in one visit of this many.
+        password_every: usize,
+        /// The visit opens `GET /me` first, whose answer names the user (as the library's
+        /// `GET /users/v1/me` does): the name the changes then send came from an answer
+        /// too, not only from the token.
+        own_answer: bool,
+    }
+
+    impl Default for Visit {
+        fn default() -> Self {
+            Self {
+                email_every: 1,
+                password_every: 40,
+                own_answer: false,
+            }
         }
     }
 
@@ -1641,5 +1998,139 @@ mod analyzer_tests {
         d.send(&mut walker, 4, Some("typed-title"), Some(answer));
         d.send(&mut walker, 3, None, None);
         assert_eq!(book_title_counts(&d), (before.0 + 1, before.1 + 1));
+    }
+
+    /// Changes the password of the owner of a book it opened: a name an earlier answer of
+    /// the session gave, like the owners honest readers look up (`GET /users/{var1}` takes
+    /// its values from answers and from the token), but no learned change of a user ever
+    /// named anyone but the token's subject. Before, the thin password change was judged by
+    /// every operation on /users/{var1}, the reads included, and passed.
+    #[test]
+    fn a_foreign_change_of_a_user_an_answer_named_is_flagged() {
+        let mut d = Driver::new();
+        for i in 0..400 {
+            let found = d.honest(i);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
+        let mut eve = Driver::session("eve");
+        let book = serde_json::json!({ "title": "book-1", "owner": "author.3" });
+        d.send(&mut eve, 4, Some("book-1"), Some(book));
+        // Reading that user's profile is what honest readers do …
+        let found = d.send(&mut eve, 0, Some("author.3"), None);
+        assert!(lineage(&found).is_none(), "{found:?}");
+        // … changing its password is not.
+        let found = d.send(&mut eve, 2, Some("author.3"), None);
+        let f = lineage(&found).expect("foreign password change flagged");
+        assert_eq!(f.evidence["pooledOver"], "/users/{var1}");
+        assert_eq!(f.evidence["writesOnly"], true);
+        assert!(
+            f.explanation.contains("state-changing requests"),
+            "{}",
+            f.explanation
+        );
+        // Straight from the book to the change: the answer is its value's only origin, one
+        // that no learned change had.
+        let mut eve = Driver::session("eve.2");
+        let book = serde_json::json!({ "title": "book-2", "owner": "author.4" });
+        d.send(&mut eve, 4, Some("book-2"), Some(book));
+        let found = d.send(&mut eve, 2, Some("author.4"), None);
+        let f = lineage(&found).expect("foreign password change flagged");
+        assert_eq!(f.evidence["reason"], "improbableOrigin");
+        assert_eq!(f.evidence["writesOnly"], true);
+        // Honest visits after learning are not flagged.
+        for i in 1000..1100 {
+            let found = d.honest(i);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
+    }
+
+    /// The same with too few learned changes of a user to decide alone (an e-mail change in
+    /// one visit of four: about 110 changes, below the about 200 needed for a never-seen
+    /// origin to be improbable): judged by every operation on the object, except that what
+    /// no learned change had, while the reads credibly had it more often than the changes
+    /// could, is ruled out for a change.
+    #[test]
+    fn a_foreign_change_is_flagged_when_the_changes_are_few() {
+        let mut d = Driver::new();
+        let visit = Visit {
+            email_every: 4,
+            password_every: 40,
+            own_answer: false,
+        };
+        for i in 0..400 {
+            let found = d.visit(i, &visit);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
+        let mut eve = Driver::session("eve");
+        let book = serde_json::json!({ "title": "book-1", "owner": "author.3" });
+        d.send(&mut eve, 4, Some("book-1"), Some(book));
+        let found = d.send(&mut eve, 0, Some("author.3"), None);
+        assert!(lineage(&found).is_none(), "{found:?}");
+        let found = d.send(&mut eve, 2, Some("author.3"), None);
+        let f = lineage(&found).expect("foreign password change flagged");
+        assert_eq!(f.evidence["pooledOver"], "/users/{var1}");
+        assert_eq!(f.evidence["writesOnly"], false);
+        assert!(f.evidence["writesLack"].is_object(), "{}", f.evidence);
+        let mut eve = Driver::session("eve.2");
+        let book = serde_json::json!({ "title": "book-2", "owner": "author.4" });
+        d.send(&mut eve, 4, Some("book-2"), Some(book));
+        let found = d.send(&mut eve, 2, Some("author.4"), None);
+        let f = lineage(&found).expect("foreign password change flagged");
+        assert_eq!(f.evidence["reason"], "improbableOrigin");
+        assert!(f.evidence["writesLack"].is_object(), "{}", f.evidence);
+        for i in 1000..1100 {
+            let found = d.visit(i, &visit);
+            assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+        }
+    }
+
+    /// Where the own profile's answer names the user (as `GET /users/v1/me` does), honest
+    /// changes send a name that an answer gave too, so "an earlier answer" is no origin the
+    /// changes lack; what they all had is the token's claim. A change of a user that no claim
+    /// of the session's token names is flagged, with many learned changes and with few.
+    #[test]
+    fn a_change_of_a_user_the_token_does_not_name_is_flagged() {
+        for email_every in [1, 4] {
+            let mut d = Driver::new();
+            let visit = Visit {
+                email_every,
+                password_every: 40,
+                own_answer: true,
+            };
+            for i in 0..400 {
+                let found = d.visit(i, &visit);
+                assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+            }
+            let model = d.analyzer.snapshot();
+            let writes = model
+                .op_index(OPS[1])
+                .and_then(|op| model.operation(op))
+                .and_then(|stats| stats.lineage.params.get("path.var1"))
+                .map(|c| (c.seen, c.response))
+                .unwrap();
+            assert!(
+                writes.1 * 10 > writes.0 * 9,
+                "answers named the changed users: {writes:?}"
+            );
+            let mut eve = Driver::session("eve");
+            let me = serde_json::json!({ "username": "eve", "email": "eve@example.net" });
+            d.send(&mut eve, 5, None, Some(me));
+            let book = serde_json::json!({ "title": "book-1", "owner": "author.3" });
+            d.send(&mut eve, 4, Some("book-1"), Some(book));
+            let found = d.send(&mut eve, 2, Some("author.3"), None);
+            let f = lineage(&found)
+                .unwrap_or_else(|| panic!("every {email_every}: foreign change flagged"));
+            assert_eq!(f.evidence["pooledOver"], "/users/{var1}");
+            assert_eq!(f.evidence["writesOnly"], email_every == 1);
+            assert!(
+                f.explanation.contains("no claim of the session's token"),
+                "{}",
+                f.explanation
+            );
+            for i in 1000..1100 {
+                let found = d.visit(i, &visit);
+                assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
+            }
+        }
     }
 }

@@ -169,6 +169,16 @@ impl OriginCounts {
         self.sources.retain(|_, v| *v > 0);
     }
 
+    /// Adds `other`'s counts, not its named sources (a pooled view for judging, never
+    /// stored: nothing is allocated).
+    pub fn add_counts(&mut self, other: &Self) {
+        self.seen += other.seen;
+        self.claim += other.claim;
+        self.response += other.response;
+        self.request += other.request;
+        self.input += other.input;
+    }
+
     /// Adds `other` without trimming (a pooled view for judging, never stored).
     pub fn add(&mut self, other: &Self) {
         self.seen += other.seen;

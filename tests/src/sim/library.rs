@@ -654,8 +654,15 @@ fn others(rng: &mut ChaCha8Rng, world: &World, me: usize, count: usize) -> Vec<S
         .collect()
 }
 
-/// One attack session of `kind` by reader `i` (registered unless the kind signs up).
-fn attack(rng: &mut ChaCha8Rng, world: &mut World, i: usize, kind: AttackKind) -> Vec<Step> {
+/// One attack session of `kind` by reader `i` (registered unless the kind signs up); `shown`
+/// is the stream of the foreign password changes' victims named by an answer.
+fn attack(
+    rng: &mut ChaCha8Rng,
+    shown: &mut ChaCha8Rng,
+    world: &mut World,
+    i: usize,
+    kind: AttackKind,
+) -> Vec<Step> {
     let me = world.readers[i].clone();
     let mut steps = vec![login(&me.name, &me.password)];
     match kind {
@@ -759,7 +766,38 @@ fn attack(rng: &mut ChaCha8Rng, world: &mut World, i: usize, kind: AttackKind) -
         }
         AttackKind::ForeignIdentity => {
             steps.push(get("/users/v1/me"));
-            let victim = others(rng, world, i, 1).pop().unwrap_or_default();
+            // Half the attackers pick someone no answer showed them; the others the owner of a
+            // book they opened (sometimes looking the owner up first, as honest readers do): a
+            // name an earlier answer gave, though no honest reader changes anyone's but his
+            // own. Chosen from their own random stream (`shown`), so that every other journey
+            // stays as it was without them.
+            let unshown = others(rng, world, i, 1).pop().unwrap_or_default();
+            let chosen = if shown.random_bool(0.5) {
+                let page = styles::page(shown);
+                let listed: Vec<&(String, String)> = world
+                    .catalogue
+                    .iter()
+                    .skip((page - 1) * PAGE_SIZE)
+                    .take(PAGE_SIZE)
+                    .filter(|(_, owner)| *owner != me.name)
+                    .collect();
+                listed
+                    .choose(shown)
+                    .map(|(title, owner)| (page, title.clone(), owner.clone()))
+            } else {
+                None
+            };
+            let victim = match chosen {
+                Some((page, title, owner)) => {
+                    steps.push(books_page(page));
+                    steps.push(book(&title));
+                    if shown.random_bool(0.5) {
+                        steps.push(user(&owner));
+                    }
+                    owner
+                }
+                None => unshown,
+            };
             let mut s = harmful(put_password(&victim, "owned-by-me-2024"));
             s.think_ms = 30;
             steps.push(s);
@@ -796,10 +834,12 @@ fn attack(rng: &mut ChaCha8Rng, world: &mut World, i: usize, kind: AttackKind) -
 /// then the mixed phase: honest sessions of returning and new readers (3% change a password;
 /// after the release, 30% of book views go on to the book's reviews)
 /// and `sizes.attacks_per_kind` sessions of every kind in [`ATTACKS`] (each stuffing campaign
-/// tries 8 names, 1–2 per address, one session per address), shuffled.
+/// tries 8 names, 1–2 per address, one session per address; about half the foreign password
+/// changes are of a book's owner the session was shown), shuffled.
 pub fn plan(seed: u64, sizes: &Sizes) -> (World, Plan) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut release_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7a11_7a11);
+    let mut shown_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5407_5407);
     let returning_count = (sizes.benign / 2).min(sizes.learning);
     let new_count = sizes.benign - returning_count;
     let attack_users = sizes.attacks_per_kind * ATTACKS.len() + 2;
@@ -850,7 +890,7 @@ pub fn plan(seed: u64, sizes: &Sizes) -> (World, Plan) {
                 }));
                 continue;
             }
-            let steps = attack(&mut rng, &mut world, attacker, kind);
+            let steps = attack(&mut rng, &mut shown_rng, &mut world, attacker, kind);
             attacker += 1;
             mixed.push(addresses.attack(kind, steps, &mut rng));
         }
