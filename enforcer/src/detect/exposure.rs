@@ -128,8 +128,8 @@ fn normalised_key(raw: &[u8]) -> ([u8; 32], usize) {
 
 /// The hints of keys met before. An API's answers use the same few dozen keys (its records
 /// repeat them, and so do its answers), while finding a key's hints searches it for every
-/// name part of every class. Direct-mapped by a hash of the key: bounded whatever keys the
-/// answers carry, and a key whose slot another took is simply searched again.
+/// name part of every class. Two-way set-associative by a hash of the key: bounded whatever
+/// keys the answers carry, and a key whose slot another took is simply searched again.
 #[derive(Debug, Clone)]
 struct KnownKeys {
     slots: Box<[KnownKey; KNOWN_KEY_SLOTS]>,
@@ -172,20 +172,32 @@ impl KnownKeys {
         let hash = raw.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-        let index = usize::try_from(hash % KNOWN_KEY_SLOTS as u64).unwrap_or(0);
-        let Some(slot) = self.slots.get_mut(index).filter(|_| raw.len() <= 32) else {
+        // Two ways per set, the one used last first: two keys an answer alternates between
+        // that share a set do not take each other's place.
+        let set = usize::try_from(hash % (KNOWN_KEY_SLOTS / 2) as u64).unwrap_or(0) * 2;
+        let Some(ways) = self.slots.get_mut(set..set + 2).filter(|_| raw.len() <= 32) else {
             return of(raw);
         };
-        if slot.filled && slot.key.get(..usize::from(slot.len)) == Some(raw) {
-            return slot.hints;
+        let holds =
+            |slot: &KnownKey| slot.filled && slot.key.get(..usize::from(slot.len)) == Some(raw);
+        if let Some(first) = ways.first().filter(|slot| holds(slot)) {
+            return first.hints;
+        }
+        if ways.get(1).is_some_and(holds) {
+            ways.swap(0, 1);
+            return ways.first().map_or_else(|| of(raw), |slot| slot.hints);
         }
         let hints = of(raw);
-        let n = raw.len().min(slot.key.len());
-        if let (Some(dst), Some(src)) = (slot.key.get_mut(..n), raw.get(..n)) {
-            dst.copy_from_slice(src);
-            slot.len = u8::try_from(n).unwrap_or(0);
-            slot.filled = true;
-            slot.hints = hints;
+        // The way used last moves to the second place; the new key takes the first.
+        ways.swap(0, 1);
+        if let Some(slot) = ways.first_mut() {
+            let n = raw.len().min(slot.key.len());
+            if let (Some(dst), Some(src)) = (slot.key.get_mut(..n), raw.get(..n)) {
+                dst.copy_from_slice(src);
+                slot.len = u8::try_from(n).unwrap_or(0);
+                slot.filled = true;
+                slot.hints = hints;
+            }
         }
         hints
     }
