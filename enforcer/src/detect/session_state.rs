@@ -2,9 +2,11 @@
 //!
 //! It must stay small: it counts toward the 200-byte budget of an idle session (docs/benchmarks.md). An idle
 //! session that never touched an operation costs 16 bytes here; one that did carries one boxed
-//! window record of at most 64 bytes (its quarantine, when it has one, included) plus 48 bytes per
-//! operation it used in the current or the previous window (at most [`MAX_WINDOW_SLOTS`]
-//! operations; others are not counted for volume or objects).
+//! window record of 32 bytes plus 56 bytes per operation it used in the current or the previous
+//! window (at most [`MAX_WINDOW_SLOTS`] operations; others are not counted for volume or
+//! objects), in one boxed slice of exactly that many slots. What few sessions have (a
+//! quarantine, the values of `detect::lineage`, declared rate-limit slots, an open incident) is
+//! behind one more box of the window record, allocated by the first of them.
 //!
 //! Volume and object counts slide: each slot keeps the previous window's counts next to the
 //! current one's ([`SessionState::sliding`]), and the detectors weigh the previous window by how
@@ -12,6 +14,7 @@
 //! window boundary does not get a fresh allowance on top of the one it just used.
 
 use crate::finding::FindingKind;
+use crate::session::LimitSlots;
 
 use super::lineage::LineageState;
 
@@ -44,12 +47,30 @@ pub struct WindowCounters {
     /// The window's index (see [`window_key`]).
     window: u32,
     pub not_found: u16,
-    pub slots: Vec<OpSlot>,
-    /// The session's quarantine (see `detect::quarantine`); kept across windows.
-    pub quarantine: Option<Quarantine>,
-    /// Hashes of the values the session was given or sent (see `detect::lineage`); kept
-    /// across windows.
-    pub lineage: Option<Box<LineageState>>,
+    /// One slot per operation used, exactly as many as there are (see [`Self::slot_mut`]).
+    pub slots: Box<[OpSlot]>,
+    /// What few sessions have; kept across windows.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a session's state that few sessions have, behind one box.
+#[derive(Debug, Default)]
+struct Rare {
+    /// The session's quarantine (see `detect::quarantine`).
+    quarantine: Option<Quarantine>,
+    /// Hashes of the values the session was given or sent (see `detect::lineage`).
+    lineage: Option<Box<LineageState>>,
+    /// Declared rate-limit state (see `policy::ratelimit`), for the limits of the operations
+    /// the session used.
+    limits: LimitSlots,
+    /// Sequence number of the session's open incident (0 = none; see `incident`).
+    incident: u32,
+}
+
+impl WindowCounters {
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
 }
 
 /// A quarantine after a blocked high-severity finding.
@@ -195,40 +216,79 @@ impl SessionState {
         self.unlikely_op = op.map_or(0, |o| o.saturating_add(1));
     }
 
+    fn rare(&self) -> Option<&Rare> {
+        self.window.as_deref().and_then(|w| w.rare.as_deref())
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.window.get_or_insert_with(Box::default).rare_mut()
+    }
+
     /// The session's quarantine, while it lasts.
     pub fn quarantine(&self, now_ms: u64) -> Option<Quarantine> {
-        self.window
-            .as_deref()
-            .and_then(|w| w.quarantine)
+        self.rare()
+            .and_then(|r| r.quarantine)
             .filter(|q| now_ms < q.until_ms)
     }
 
     /// Quarantines the session (a longer quarantine in force is kept).
     pub fn set_quarantine(&mut self, quarantine: Quarantine) {
-        let counters = self.window.get_or_insert_with(Box::default);
-        match counters.quarantine {
+        let rare = self.rare_mut();
+        match rare.quarantine {
             Some(q) if q.until_ms >= quarantine.until_ms => {}
-            _ => counters.quarantine = Some(quarantine),
+            _ => rare.quarantine = Some(quarantine),
         }
     }
 
     /// The values the session was given or sent, when it has any (see `detect::lineage`).
     pub fn lineage(&self) -> Option<&LineageState> {
-        self.window.as_deref().and_then(|w| w.lineage.as_deref())
+        self.rare().and_then(|r| r.lineage.as_deref())
     }
 
     /// The session's values, only when it has some (never allocates them).
     pub fn lineage_if_any(&mut self) -> Option<&mut LineageState> {
         self.window
             .as_deref_mut()
-            .and_then(|w| w.lineage.as_deref_mut())
+            .and_then(|w| w.rare.as_deref_mut())
+            .and_then(|r| r.lineage.as_deref_mut())
     }
 
     pub fn lineage_mut(&mut self) -> &mut LineageState {
-        self.window
-            .get_or_insert_with(Box::default)
-            .lineage
-            .get_or_insert_with(Box::default)
+        self.rare_mut().lineage.get_or_insert_with(Box::default)
+    }
+
+    /// The session's declared rate-limit slots (allocated with the first).
+    pub fn limits_mut(&mut self) -> &mut LimitSlots {
+        &mut self.rare_mut().limits
+    }
+
+    /// Sequence number of the session's open incident (0 = none).
+    pub fn incident(&self) -> u32 {
+        self.rare().map_or(0, |r| r.incident)
+    }
+
+    /// Records the session's open incident (0 = none; allocates nothing for 0).
+    pub fn set_incident(&mut self, seq: u32) {
+        if seq != 0 || self.incident() != 0 {
+            self.rare_mut().incident = seq;
+        }
+    }
+
+    /// Starts the detectors' state over (after a detector failed), keeping the declared
+    /// rate-limit slots and the open incident, which are not the detectors' to forget.
+    pub fn reset_detectors(&mut self) {
+        let kept = self
+            .window
+            .as_deref_mut()
+            .and_then(|w| w.rare.as_deref_mut())
+            .map(|r| (std::mem::take(&mut r.limits), r.incident));
+        *self = Self::default();
+        if let Some((limits, incident)) = kept {
+            if !limits.is_empty() {
+                *self.limits_mut() = limits;
+            }
+            self.set_incident(incident);
+        }
     }
 
     /// The counters of window `window`, if this session has any.
@@ -301,9 +361,13 @@ impl SessionState {
                         ..OpSlot::default()
                     };
                 }
-                counters.slots.retain(|s| s.prev_requests > 0);
+                if counters.slots.iter().any(|s| s.prev_requests == 0) {
+                    let mut slots = std::mem::take(&mut counters.slots).into_vec();
+                    slots.retain(|s| s.prev_requests > 0);
+                    counters.slots = slots.into_boxed_slice();
+                }
             } else {
-                counters.slots.clear();
+                counters.slots = Box::default();
             }
         }
         counters
@@ -329,16 +393,16 @@ impl WindowCounters {
         if self.slots.len() >= MAX_WINDOW_SLOTS {
             return None;
         }
-        if self.slots.len() == self.slots.capacity() {
-            // Grown 1, 2, 4, 8 slots: most idle sessions used one operation in their window,
-            // and `Vec`'s own first allocation of 4 slots (96 bytes) was a third of the cost
-            // of an idle session.
-            self.slots.reserve_exact(self.slots.len().max(1));
-        }
-        self.slots.push(OpSlot {
+        // Grown one slot at a time (a copy of at most 7 slots, at most 8 times a window):
+        // most idle sessions used one operation in their window, and every slot allocated
+        // ahead of use is 56 bytes of each of them.
+        let mut slots = std::mem::take(&mut self.slots).into_vec();
+        slots.reserve_exact(1);
+        slots.push(OpSlot {
             op,
             ..OpSlot::default()
         });
+        self.slots = slots.into_boxed_slice();
         self.slots.last_mut()
     }
 }
@@ -355,7 +419,10 @@ mod tests {
             std::mem::size_of::<SessionState>()
         );
         assert_eq!(std::mem::size_of::<OpSlot>(), 56);
-        assert!(std::mem::size_of::<WindowCounters>() <= 64);
+        // The boxed record of every session that used an operation (an allocation of 32 bytes
+        // next to its slots).
+        assert!(std::mem::size_of::<WindowCounters>() <= 32);
+        assert!(std::mem::size_of::<Rare>() <= 64);
     }
 
     #[test]
@@ -400,6 +467,59 @@ mod tests {
         assert_eq!(s.unlikely_op(), Some(0));
         s.set_unlikely_op(None);
         assert_eq!(s.unlikely_op(), None);
+    }
+}
+
+#[cfg(test)]
+mod rare_tests {
+    use super::*;
+
+    #[test]
+    fn rare_parts_share_one_box_and_a_reset_keeps_the_limits() {
+        let mut s = SessionState::default();
+        assert!(s.rare().is_none());
+        s.window_mut(3).slot_mut(1).unwrap().requests = 2;
+        assert!(s.rare().is_none(), "counting allocates no rare parts");
+        s.limits_mut().slot_mut(4).unwrap().tat_ms = 9_000;
+        s.set_quarantine(Quarantine {
+            since_ms: 0,
+            until_ms: 5_000,
+            cause: FindingKind::Enumeration,
+        });
+        s.lineage_mut();
+        assert!(s.lineage().is_some() && s.quarantine(1).is_some());
+        s.set_incident(12);
+        s.record_seen();
+        s.reset_detectors();
+        assert_eq!((s.seen(), s.incident()), (0, 12));
+        assert!(s.lineage().is_none() && s.quarantine(1).is_none());
+        assert!(s.window(3).is_none_or(|w| w.slots.is_empty()));
+        assert_eq!(s.limits_mut().slot_mut(4).unwrap().tat_ms, 9_000);
+        s.set_incident(0);
+        assert_eq!(s.incident(), 0);
+        // Nothing to keep: nothing allocated.
+        let mut fresh = SessionState::default();
+        fresh.set_incident(0);
+        assert!(fresh.window.is_none(), "no incident, no allocation");
+        fresh.window_mut(3);
+        fresh.reset_detectors();
+        assert!(fresh.window.is_none());
+    }
+
+    #[test]
+    fn slots_are_allocated_one_at_a_time_and_dropped_with_the_window() {
+        let mut s = SessionState::default();
+        for op in 0..3u16 {
+            s.window_mut(5).slot_mut(op).unwrap().requests = 1;
+            assert_eq!(s.window(5).unwrap().slots.len(), usize::from(op) + 1);
+        }
+        s.window_mut(6).slot_mut(1).unwrap().requests = 4;
+        // Only operation 1 was used in window 6; all three were in window 5.
+        assert_eq!(s.window(6).unwrap().slots.len(), 3);
+        s.window_mut(7);
+        let ops: Vec<u16> = s.window(7).unwrap().slots.iter().map(|x| x.op).collect();
+        assert_eq!(ops, vec![1]);
+        assert_eq!(s.sliding(7, 1).prev_requests, 4);
     }
 }
 

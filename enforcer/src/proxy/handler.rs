@@ -297,7 +297,7 @@ impl StreamEnd for StreamedAnswer {
                     .analyzer
                     .observe_streamed(&self.template, now_ms, &mut entry.state, &scan)
             }));
-            (found.ok().flatten(), entry.incident)
+            (found.ok().flatten(), entry.state.incident())
         });
         let Some((Some(mut finding), incident_seq)) = judged else {
             return;
@@ -334,7 +334,7 @@ impl StreamEnd for StreamedAnswer {
             if rec.seq != incident_seq {
                 shared
                     .sessions
-                    .with_entry(self.hash, now_s, |e, _| e.incident = rec.seq);
+                    .with_entry(self.hash, now_s, |e, _| e.state.set_incident(rec.seq));
             }
             incident_id = rec.id;
         }
@@ -608,7 +608,7 @@ impl Exchange<'_> {
             }
         }
         for limit in policy.limits_for(op.id) {
-            if let Some(f) = limit.check(&mut entry.limits, now_ms) {
+            if let Some(f) = limit.check(entry.state.limits_mut(), now_ms) {
                 declared.push(f);
             }
         }
@@ -621,14 +621,14 @@ impl Exchange<'_> {
         }));
         let failed = inspected.is_err();
         if failed {
-            entry.state = SessionState::default();
+            entry.state.reset_detectors();
             learned.clear();
         }
         entry.history.push(op.id, now_ms, policy.history_capacity);
         Checked {
             declared,
             learned,
-            incident: entry.incident,
+            incident: entry.state.incident(),
             failed,
         }
     }
@@ -742,7 +742,7 @@ impl Exchange<'_> {
     fn set_incident(&self, seq: u32) {
         self.shared
             .sessions
-            .with_entry(self.hash, self.now_s, |e, _| e.incident = seq);
+            .with_entry(self.hash, self.now_s, |e, _| e.state.set_incident(seq));
     }
 
     /// The answer to a request blocked by `findings[index]`, counted per kind and rule.
@@ -857,7 +857,7 @@ impl Exchange<'_> {
                         .observe(&ctx, &mut entry.state, resp, flagged)
                 }));
                 if observed.is_err() {
-                    entry.state = SessionState::default();
+                    entry.state.reset_detectors();
                 }
                 observed.ok()
             });

@@ -98,21 +98,21 @@ pub struct LimitSlot {
     pub tat_ms: u64,
 }
 
-/// Everything kept per session. Small on purpose (see `entry_size_is_small` where the proxy
-/// instantiates it). `S` is the learned detectors' state, which this module does not know.
-/// The rate-limit slots of one session: nothing until it hits a declared limit. One pointer
-/// (8 bytes in every entry, where a boxed slice took 16): most sessions never hit a limit.
+/// The rate-limit slots of one session, one per declared limit of the operations it used.
+/// Not in the entry itself: most sessions never use a limited operation, so the detectors'
+/// state keeps them with its other rarely used parts (`SessionState::limits_mut`), and
+/// the entry is 8 bytes smaller.
 #[derive(Debug, Default)]
-#[allow(
-    clippy::box_collection,
-    reason = "a thin pointer in every session entry; the Vec only for the few sessions that hit a limit"
-)]
-pub struct LimitSlots(Option<Box<Vec<LimitSlot>>>);
+pub struct LimitSlots(Vec<LimitSlot>);
 
 impl LimitSlots {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The slot of limit `limit`, added (at 0) when the session has none yet.
     pub fn slot_mut(&mut self, limit: u16) -> Option<&mut LimitSlot> {
-        let slots = self.0.get_or_insert_with(Box::default);
+        let slots = &mut self.0;
         let pos = match slots.iter().position(|s| s.limit == limit) {
             Some(pos) => pos,
             None => {
@@ -124,15 +124,15 @@ impl LimitSlots {
     }
 }
 
+/// Everything kept per session. Small on purpose (see `entry_size_is_small` where the proxy
+/// instantiates it: 48 bytes, 56 with the key in the hash table). `S` is the learned
+/// detectors' state, which this module does not know; it also keeps what few sessions have
+/// (their declared rate-limit slots, their open incident) behind one box of its own.
 #[derive(Debug, Default)]
 pub struct SessionEntry<S> {
     /// Seconds since the table epoch.
     last_seen_s: u32,
-    /// Sequence number of the session's open incident (0 = none).
-    pub incident: u32,
     pub history: History,
-    /// Declared rate-limit state, only for limits this session has hit.
-    pub limits: LimitSlots,
     /// The learned detectors' state.
     pub state: S,
     /// Requests seen (saturating).
