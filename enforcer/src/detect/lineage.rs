@@ -1723,6 +1723,15 @@ mod analyzer_tests {
             }
         }
 
+        /// A session of `user` that opened the book `title` owned by `owner` (operation 4):
+        /// the owner's name is a value an earlier answer of the session gave.
+        fn shown_a_book(&mut self, user: &str, title: &str, owner: &str) -> Session {
+            let mut s = Self::session(user);
+            let book = serde_json::json!({ "title": title, "owner": owner });
+            self.send(&mut s, 4, Some(title), Some(book));
+            s
+        }
+
         /// One exchange; returns the findings of the request.
         fn send(
             &mut self,
@@ -1894,9 +1903,7 @@ mod analyzer_tests {
         assert_eq!(f.evidence["pooledOver"], "/users/{var1}");
         // The e-mail change of a user whose name only an answer gave (its values always were
         // the token's subject): the answer is no origin this parameter's values ever had.
-        let mut eve = Driver::session("eve");
-        let book = serde_json::json!({ "title": "book-1", "owner": "author.3" });
-        d.send(&mut eve, 4, Some("book-1"), Some(book));
+        let mut eve = d.shown_a_book("eve", "book-1", "author.3");
         let found = d.send(&mut eve, 1, Some("author.3"), None);
         assert!(lineage(&found).is_some(), "{found:?}");
         // … while looking that user up, as honest readers do, is not.
@@ -2012,9 +2019,7 @@ mod analyzer_tests {
             let found = d.honest(i);
             assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
         }
-        let mut eve = Driver::session("eve");
-        let book = serde_json::json!({ "title": "book-1", "owner": "author.3" });
-        d.send(&mut eve, 4, Some("book-1"), Some(book));
+        let mut eve = d.shown_a_book("eve", "book-1", "author.3");
         // Reading that user's profile is what honest readers do …
         let found = d.send(&mut eve, 0, Some("author.3"), None);
         assert!(lineage(&found).is_none(), "{found:?}");
@@ -2030,9 +2035,7 @@ mod analyzer_tests {
         );
         // Straight from the book to the change: the answer is its value's only origin, one
         // that no learned change had.
-        let mut eve = Driver::session("eve.2");
-        let book = serde_json::json!({ "title": "book-2", "owner": "author.4" });
-        d.send(&mut eve, 4, Some("book-2"), Some(book));
+        let mut eve = d.shown_a_book("eve.2", "book-2", "author.4");
         let found = d.send(&mut eve, 2, Some("author.4"), None);
         let f = lineage(&found).expect("foreign password change flagged");
         assert_eq!(f.evidence["reason"], "improbableOrigin");
@@ -2061,9 +2064,7 @@ mod analyzer_tests {
             let found = d.visit(i, &visit);
             assert!(lineage(&found).is_none(), "honest visit {i}: {found:?}");
         }
-        let mut eve = Driver::session("eve");
-        let book = serde_json::json!({ "title": "book-1", "owner": "author.3" });
-        d.send(&mut eve, 4, Some("book-1"), Some(book));
+        let mut eve = d.shown_a_book("eve", "book-1", "author.3");
         let found = d.send(&mut eve, 0, Some("author.3"), None);
         assert!(lineage(&found).is_none(), "{found:?}");
         let found = d.send(&mut eve, 2, Some("author.3"), None);
@@ -2071,9 +2072,7 @@ mod analyzer_tests {
         assert_eq!(f.evidence["pooledOver"], "/users/{var1}");
         assert_eq!(f.evidence["writesOnly"], false);
         assert!(f.evidence["writesLack"].is_object(), "{}", f.evidence);
-        let mut eve = Driver::session("eve.2");
-        let book = serde_json::json!({ "title": "book-2", "owner": "author.4" });
-        d.send(&mut eve, 4, Some("book-2"), Some(book));
+        let mut eve = d.shown_a_book("eve.2", "book-2", "author.4");
         let found = d.send(&mut eve, 2, Some("author.4"), None);
         let f = lineage(&found).expect("foreign password change flagged");
         assert_eq!(f.evidence["reason"], "improbableOrigin");

@@ -181,11 +181,7 @@ impl OriginCounts {
 
     /// Adds `other` without trimming (a pooled view for judging, never stored).
     pub fn add(&mut self, other: &Self) {
-        self.seen += other.seen;
-        self.claim += other.claim;
-        self.response += other.response;
-        self.request += other.request;
-        self.input += other.input;
+        self.add_counts(other);
         add_map(&mut self.sources, &other.sources);
     }
 }
