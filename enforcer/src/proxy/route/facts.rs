@@ -114,6 +114,7 @@ impl Router {
         if targets.is_empty() {
             return;
         }
+        let waited = std::time::Instant::now();
         let timeout = self.config.load().connect_timeout.std();
         let sends = targets.iter().map(|peer| {
             let messages = &messages;
@@ -154,6 +155,9 @@ impl Router {
                 .with_label_values(&["unacknowledged"])
                 .inc_by(unacknowledged as u64);
         }
+        self.metrics
+            .facts_wait
+            .observe(waited.elapsed().as_secs_f64());
     }
 
     async fn send_facts(

@@ -33,7 +33,7 @@ use arc_swap::ArcSwap;
 use http::Request;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +76,7 @@ struct RouteMetrics {
     forgotten: prometheus::IntCounter,
     disagreements: prometheus::IntCounter,
     facts: IntCounterVec,
+    facts_wait: Histogram,
 }
 
 impl RouteMetrics {
@@ -143,6 +144,19 @@ impl RouteMetrics {
         ] {
             facts.with_label_values(&[r]);
         }
+        // What sharing facts adds to the answer of the request that taught them (the answer
+        // waits for every replica's acknowledgement, at most twice `connectTimeout`).
+        let facts_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "ordo_peer_facts_wait_seconds",
+                "Time an answer waited for the other replicas to acknowledge the facts its \
+                 decision taught (only requests that taught some)",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+            ]),
+        )?;
+        registry.register(Box::new(facts_wait.clone()))?;
         Ok(Self {
             forward,
             peers,
@@ -150,6 +164,7 @@ impl RouteMetrics {
             forgotten,
             disagreements,
             facts,
+            facts_wait,
         })
     }
 }
