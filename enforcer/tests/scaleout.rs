@@ -569,7 +569,7 @@ async fn raw_status(addr: SocketAddr, bytes: &[u8]) -> u16 {
 /// pod network and replayed with one header changed, added or removed is refused (401), the
 /// same bytes unchanged are taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forwarded_request_with_a_tampered_header_is_refused() {
+async fn a_forwarded_request_with_a_tampered_header_or_sent_again_is_refused() {
     let upstream = start_upstream().await;
     let c = client();
     // A replica whose only peer is this test, to capture what it forwards...
@@ -629,8 +629,17 @@ async fn a_forwarded_request_with_a_tampered_header_is_refused() {
     // The request as captured is genuine: the owner decides it (the header's timestamp is
     // fresh for 30 s).
     assert_eq!(raw_status(other, text.as_bytes()).await, 200, "{text}");
+    // Taken once: the same message again is a replay, and so is the message with a body
+    // (outside the MAC: the body is streamed) while its header would still verify.
+    assert!(!text.contains("content-length"), "{text}");
+    let with_body = text.replacen("\r\n\r\n", "\r\ncontent-length: 5\r\n\r\nhello", 1);
+    for again in [&text, &with_body] {
+        assert_eq!(raw_status(other, again.as_bytes()).await, 401, "{again}");
+    }
     let m = metrics(&c, &owner).await;
-    assert_eq!(forward_total(&m, "unauthenticated"), 4.0);
+    assert_eq!(forward_total(&m, "unauthenticated"), 6.0);
+    assert_eq!(forward_total(&m, "replayed"), 2.0);
+    assert_eq!(forward_total(&m, "received"), 1.0);
     forwarder.shutdown().await;
     owner.shutdown().await;
 }
@@ -821,7 +830,11 @@ async fn facts_about_an_address_with_a_tampered_body_are_refused() {
     // As captured: taken, and what it says is known to the receiver.
     assert_eq!(raw_status(other, text.as_bytes()).await, 204, "{text}");
     assert!(analyzer.shown_to(client, "POST", unix_ms()));
+    // Taken once: a copy sent again is refused (told again and again, a failed login would
+    // quarantine an address).
+    assert_eq!(raw_status(other, text.as_bytes()).await, 401, "{text}");
     let m = metrics(&c, &receiver).await;
+    assert_eq!(forward_total(&m, "replayed"), 1.0);
     assert_eq!(
         metric_value(&m, "ordo_peer_facts_total{result=\"invalid\"}"),
         1.0

@@ -7,8 +7,9 @@
 //! network or mTLS).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -16,8 +17,20 @@ use subtle::ConstantTimeEq;
 /// <sender> <sender's view, 16 hex> <hex mac>`.
 pub const PEER_AUTH: &str = "x-ordo-peer-auth";
 const PEER_AUTH_NAME: HeaderName = HeaderName::from_static(PEER_AUTH);
+/// A number no other message of this process carries, in every message between replicas
+/// (under the MAC with the other headers): two messages alike in every other way, signed in
+/// the same millisecond (two identical requests of one client, two identical failed logins),
+/// still differ, so that taking each message once (`route::seen`) never refuses one of them.
+pub const PEER_NONCE: &str = "x-ordo-peer-nonce";
+
+/// The next [`PEER_NONCE`] value.
+pub fn next_nonce() -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    HeaderValue::from(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// How far a forwarded request's timestamp may be from the receiver's clock.
-const MAX_SKEW_MS: u64 = 30_000;
+pub const MAX_SKEW_MS: u64 = 30_000;
 
 /// What a message between replicas is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,8 +189,22 @@ pub fn sign(secret: &[u8], now_ms: u64, claims: &PeerClaims, request: &Signed<'_
     )
 }
 
-/// Checks a header value; the claims when it is genuine, fresh and for this request.
-pub fn verify(secret: &[u8], now_ms: u64, value: &str, request: &Signed<'_>) -> Option<PeerClaims> {
+/// When a verified message was signed and the first 8 bytes of its MAC: what tells it from
+/// every other message (see `route::seen`: each is taken once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub at_ms: u64,
+    pub mac: u64,
+}
+
+/// Checks a header value; the claims when it is genuine, fresh and for this request, with the
+/// message's stamp.
+pub fn verify(
+    secret: &[u8],
+    now_ms: u64,
+    value: &str,
+    request: &Signed<'_>,
+) -> Option<(PeerClaims, Stamp)> {
     let mut fields = value.split(' ');
     if fields.next()? != "v2" {
         return None;
@@ -196,7 +223,13 @@ pub fn verify(secret: &[u8], now_ms: u64, value: &str, request: &Signed<'_>) -> 
         return None;
     }
     let expected = mac(secret, at_ms, &claims, request);
-    bool::from(expected.ct_eq(&given)).then_some(claims)
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&given[..8]);
+    let stamp = Stamp {
+        at_ms,
+        mac: u64::from_be_bytes(first),
+    };
+    bool::from(expected.ct_eq(&given)).then_some((claims, stamp))
 }
 
 #[cfg(test)]
@@ -233,10 +266,14 @@ mod tests {
             headers: &d,
         };
         let v = sign(SECRET, 1_000_000, &claims(), &req("POST", "/a?b=1"));
-        assert_eq!(
-            verify(SECRET, 1_000_500, &v, &req("POST", "/a?b=1")),
-            Some(claims())
-        );
+        let (verified, stamp) = verify(SECRET, 1_000_500, &v, &req("POST", "/a?b=1")).unwrap();
+        assert_eq!(verified, claims());
+        assert_eq!(stamp.at_ms, 1_000_000);
+        // The stamp's MAC is the header's: another message, another stamp.
+        assert!(v.contains(&format!("{:016x}", stamp.mac)));
+        let other = sign(SECRET, 1_000_001, &claims(), &req("POST", "/a?b=1"));
+        let (_, other_stamp) = verify(SECRET, 1_000_500, &other, &req("POST", "/a?b=1")).unwrap();
+        assert_ne!(other_stamp.mac, stamp.mac);
         // Another request line, another secret, too old, tampered claims.
         assert_eq!(verify(SECRET, 1_000_500, &v, &req("GET", "/a?b=1")), None);
         assert_eq!(verify(SECRET, 1_000_500, &v, &req("POST", "/a?b=2")), None);
@@ -324,6 +361,18 @@ mod tests {
         for other in [changed, swapped, added, removed] {
             assert_ne!(headers_digest(&other), d, "{other:?}");
         }
+    }
+
+    #[test]
+    fn messages_alike_in_every_other_way_differ_by_their_nonce() {
+        let (a, b) = (next_nonce(), next_nonce());
+        assert_ne!(a, b);
+        let with = |nonce: &HeaderValue| {
+            let mut h = headers(&[("authorization", "Bearer x")]);
+            h.insert(PEER_NONCE, nonce.clone());
+            headers_digest(&h)
+        };
+        assert_ne!(with(&a), with(&b), "the nonce is under the MAC");
     }
 
     #[test]

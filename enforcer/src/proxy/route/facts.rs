@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use serde::Deserialize as _;
 use sha2::{Digest, Sha256};
 
-use super::auth::{self, Kind, PEER_AUTH, PeerClaims, Signed};
+use super::auth::{self, Kind, PEER_AUTH, PEER_NONCE, PeerClaims, Signed, Stamp};
 use super::forward::connect;
 use super::{Router, unix_ms};
 use crate::detect::AddressFacts;
@@ -187,6 +187,7 @@ impl Router {
         };
         headers.insert(header::HOST, host);
         headers.insert(PEER_BODY, digest);
+        headers.insert(PEER_NONCE, auth::next_nonce());
         let headers_digest = auth::headers_digest(req.headers());
         let value = auth::sign(
             &self.signing_secret(),
@@ -220,12 +221,13 @@ impl Router {
 }
 
 /// Takes an authenticated facts message (`claims` verified over its headers): checks the
-/// body against the digest the MAC covered and hands the facts to the analyzer. The status
-/// to answer.
+/// body against the digest the MAC covered, takes the message once (`stamp`: 401 when it was
+/// taken before) and hands the facts to the analyzer. The status to answer.
 pub(super) async fn receive(
     router: &Router,
     shared: &Arc<Shared>,
     claims: &PeerClaims,
+    stamp: Stamp,
     req: Request<Incoming>,
 ) -> StatusCode {
     let expected = req
@@ -242,6 +244,9 @@ pub(super) async fn receive(
     };
     if expected.as_deref() != Some(hex(&Sha256::digest(&body)).as_str()) {
         return invalid(router);
+    }
+    if !router.first_time(stamp) {
+        return StatusCode::UNAUTHORIZED;
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return invalid(router);

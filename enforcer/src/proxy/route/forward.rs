@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::auth::{self, Kind, PEER_AUTH, PeerClaims, Signed};
+use super::auth::{self, Kind, PEER_AUTH, PEER_NONCE, PeerClaims, Signed};
 use super::{Forwarded, MAX_ANNOUNCED, PEER_VIEWS, Router, unix_ms};
 use crate::policy::CompiledPolicy;
 use crate::proxy::body::{BoxError, ProxyBody};
@@ -125,6 +125,7 @@ struct Original {
 fn restore(req: Request<Incoming>, original: Original) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     parts.headers.remove(PEER_AUTH);
+    parts.headers.remove(PEER_NONCE);
     parts.uri = original.uri;
     parts.version = original.version;
     Request::from_parts(parts, body)
@@ -162,8 +163,9 @@ impl Router {
             parts.headers.insert(header::HOST, host);
         }
         strip_hop_by_hop(&mut parts.headers);
-        // Whatever the client sent in this name is not ours to pass on.
+        // Whatever the client sent in these names is not ours to pass on.
         parts.headers.remove(PEER_AUTH);
+        parts.headers.insert(PEER_NONCE, auth::next_nonce());
         let claims = PeerClaims {
             kind: Kind::Request,
             client_peer: peer,
@@ -283,6 +285,7 @@ pub(super) async fn send_view(
         let headers = req.headers_mut();
         headers.insert(header::HOST, HeaderValue::from_str(&peer.to_string()).ok()?);
         headers.insert(PEER_VIEWS, HeaderValue::from_str(&lists).ok()?);
+        headers.insert(PEER_NONCE, auth::next_nonce());
         let digest = auth::headers_digest(req.headers());
         let claims = PeerClaims {
             kind: Kind::View,
@@ -404,22 +407,33 @@ pub async fn serve_peers(
                                 },
                             )
                         });
-                    let Some(claims) = claims else {
+                    let refuse = || {
                         router
                             .metrics
                             .forward
                             .with_label_values(&["unauthenticated"])
                             .inc();
-                        return Ok::<_, std::convert::Infallible>(unauthenticated());
+                        Ok::<_, std::convert::Infallible>(unauthenticated())
                     };
+                    let Some((claims, stamp)) = claims else {
+                        return refuse();
+                    };
+                    if claims.kind == Kind::Facts {
+                        router.observe(claims.from, claims.view, None);
+                        let status =
+                            super::facts::receive(&router, &shared, &claims, stamp, req).await;
+                        if status == StatusCode::UNAUTHORIZED {
+                            return refuse();
+                        }
+                        return Ok(empty(status));
+                    }
+                    // Taken once; the body of a forwarded request is not checked (streamed).
+                    if !router.first_time(stamp) {
+                        return refuse();
+                    }
                     if claims.kind == Kind::View {
                         router.observe(claims.from, claims.view, Some(announced_lists(&req)));
                         return Ok(empty(StatusCode::NO_CONTENT));
-                    }
-                    if claims.kind == Kind::Facts {
-                        router.observe(claims.from, claims.view, None);
-                        let status = super::facts::receive(&router, &shared, &claims, req).await;
-                        return Ok(empty(status));
                     }
                     router.observe(claims.from, claims.view, None);
                     router
@@ -428,6 +442,7 @@ pub async fn serve_peers(
                         .with_label_values(&["received"])
                         .inc();
                     req.headers_mut().remove(PEER_AUTH);
+                    req.headers_mut().remove(PEER_NONCE);
                     req.extensions_mut().insert(Forwarded {
                         moved_since_ms: claims.moved_since_ms,
                     });

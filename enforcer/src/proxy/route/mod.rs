@@ -23,6 +23,7 @@ mod auth;
 mod facts;
 mod forward;
 mod ring;
+mod seen;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use crate::operation::canonical_target;
 use crate::policy::CompiledPolicy;
 pub use forward::serve_peers;
 use ring::{View, Views, view_hash};
+use seen::{Seen, SeenMacs};
 
 /// Marks a request that came through the internal listener from another replica.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +88,11 @@ impl RouteMetrics {
                 "ordo_forward_total",
                 "Requests by routing result: forwarded (to the owner), received (from a replica), \
                  local_fallback (owner unreachable, decided here), failed (owner failed after the \
-                 request was sent), unauthenticated (refused on the internal listener)",
+                 request was sent), unauthenticated (refused on the internal listener), \
+                 replayed (a message between replicas taken before: refused, and counted in \
+                 unauthenticated too), \
+                 replay_unchecked (taken without the replay check: as many messages as it \
+                 remembers were taken lately)",
             ),
             &["result"],
         )?;
@@ -97,6 +103,8 @@ impl RouteMetrics {
             "local_fallback",
             "failed",
             "unauthenticated",
+            "replayed",
+            "replay_unchecked",
         ] {
             forward.with_label_values(&[r]);
         }
@@ -215,6 +223,8 @@ pub struct Router {
     /// updated from the policy.
     horizon_ms: std::sync::atomic::AtomicU64,
     pool: forward::Pool<Incoming>,
+    /// The MACs of the messages taken lately: each is taken once ([`seen`]).
+    seen: Mutex<SeenMacs>,
     /// Connections for facts about client addresses ([`facts`]).
     facts_pool: forward::Pool<http_body_util::Full<bytes::Bytes>>,
     metrics: RouteMetrics,
@@ -318,6 +328,7 @@ impl Router {
             ),
             pool: forward::Pool::new(forward::MAX_IDLE_PER_PEER),
             facts_pool: forward::Pool::new(facts::MAX_IDLE),
+            seen: Mutex::default(),
             metrics,
             foreign: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
@@ -356,12 +367,37 @@ impl Router {
     }
 
     /// The claims of an authentication header, when one of the accepted secrets signed it.
-    fn verify(&self, value: &str, request: &auth::Signed<'_>) -> Option<auth::PeerClaims> {
+    fn verify(
+        &self,
+        value: &str,
+        request: &auth::Signed<'_>,
+    ) -> Option<(auth::PeerClaims, auth::Stamp)> {
         let now_ms = unix_ms();
         self.secrets
             .load()
             .iter()
             .find_map(|secret| auth::verify(secret, now_ms, value, request))
+    }
+
+    /// Whether the verified message `stamp` is taken for the first time (see [`seen`]): a
+    /// message is taken once, when all of it that can be checked was (a facts message's body
+    /// after its digest, so that a copy with another body cannot use up the genuine one).
+    fn first_time(&self, stamp: auth::Stamp) -> bool {
+        let seen = self.seen.lock().check(stamp.mac, stamp.at_ms, unix_ms());
+        match seen {
+            Seen::First => true,
+            Seen::Again => {
+                self.metrics.forward.with_label_values(&["replayed"]).inc();
+                false
+            }
+            Seen::Unchecked => {
+                self.metrics
+                    .forward
+                    .with_label_values(&["replay_unchecked"])
+                    .inc();
+                true
+            }
+        }
     }
 
     /// Applies a reloaded `peers` section: the secrets (a rotation), the static members or
