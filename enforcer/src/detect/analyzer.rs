@@ -20,7 +20,7 @@ use crate::detect::session_state::{Quarantine, SessionState, distinct_of, with_o
 use crate::finding::Finding;
 use crate::model::exposure::ExposureSample;
 use crate::model::hashing::stable_hash;
-use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps};
+use crate::model::{LearnedModel, ModelCaps, ModelError, ShapeCaps, TakenBack};
 use crate::operation::Operation;
 use crate::session::{RecentOp, SessionSource};
 
@@ -240,8 +240,11 @@ impl Inner {
         self.baselines = baselines;
     }
 
-    /// Re-resolves the id map after the model's index space changed.
-    fn reindex(&mut self) {
+    /// Re-resolves the id map after the model changed. Unless every operation kept its index
+    /// (`indices_kept`), the generation moves on: lessons made before re-resolve their
+    /// operation by template and drop what names other indices, and sessions forget their
+    /// lessons without an origin (`detect::lineage`).
+    fn reindex(&mut self, indices_kept: bool) {
         for (template, index) in self.ids.values_mut() {
             if let Some(new) = self.folded.get(&**template) {
                 *template = Arc::from(new.as_str());
@@ -250,8 +253,19 @@ impl Inner {
         }
         // Indices may have changed: recompute the frozen baselines at the next exchange.
         self.baselines = Baselines::default();
-        self.generation = self.generation.wrapping_add(1);
+        if !indices_kept {
+            self.generation = self.generation.wrapping_add(1);
+        }
     }
+}
+
+/// Whether every operation of `before` has the same index in `after`.
+fn indices_kept(before: &LearnedModel, after: &LearnedModel) -> bool {
+    before
+        .operations
+        .iter()
+        .enumerate()
+        .all(|(i, op)| after.op_index(&op.template).map(usize::from) == Some(i))
 }
 
 /// A session flagged now taught the model its counts of the current window while it was still
@@ -286,6 +300,7 @@ impl LearnedAnalyzer {
         let caps = caps_of(learning);
         let mut model = model.unwrap_or_else(|| LearnedModel::new(caps));
         model.set_caps(caps);
+        model.taken_back = TakenBack::default();
         let reported = model.clone();
         Self {
             settings: ArcSwap::from_pointee(Settings {
@@ -358,16 +373,30 @@ impl LearnedAnalyzer {
         let caps = caps_of(&self.settings.load().learning);
         let mut inner = self.write_inner();
         let pending = inner.model.delta_since(&inner.reported);
-        let mut model = inner.unfolded(merged);
-        model.set_caps(caps);
+        let mut merged = inner.unfolded(merged);
+        // A whole model is counts only: a negative part applies to a model merged into.
+        merged.taken_back = TakenBack::default();
+        // The operations this replica knows keep their indices (the merged model's others
+        // come after them): what sessions recorded to take back when they are flagged (their
+        // window slots, `detect::lineage::LineageState::take_taught`) names model indices,
+        // and stays valid across the adoptions that follow every report.
+        let mut model = LearnedModel::new(caps);
+        for op in &inner.model.operations {
+            model.op_index_or_insert(&op.template, 0);
+        }
+        model.merge(&merged);
         inner.reported = model.clone();
+        // What a take-back lowered since the last delta (the pending delta's negative part)
+        // is subtracted from the adopted counts too, and the next delta reports it again
+        // against them (`model::taken_back`).
         model.merge(&pending);
         // The baselines of this counting window stay frozen, as on one replica: recomputed
         // from every merged model, they would follow what concurrent sessions taught while
         // they climbed (docs/scale-out.md).
         let frozen = inner.frozen();
+        let kept = indices_kept(&inner.model, &model);
         inner.model = model;
-        inner.reindex();
+        inner.reindex(kept);
         inner.refreeze(frozen);
     }
 
@@ -378,7 +407,8 @@ impl LearnedAnalyzer {
         let other = inner.unfolded(other.clone());
         let frozen = inner.frozen();
         inner.model.merge(&other);
-        inner.reindex();
+        // Merging adds operations after the known ones: every index is kept.
+        inner.reindex(true);
         inner.refreeze(frozen);
     }
 
@@ -1537,7 +1567,7 @@ impl Analyzer for LearnedAnalyzer {
         inner.model = inner.unfolded(model);
         let reported = std::mem::take(&mut inner.reported);
         inner.reported = inner.unfolded(reported);
-        inner.reindex();
+        inner.reindex(false);
     }
 
     fn configure(&self, config: &EnforcerConfig) {

@@ -34,7 +34,9 @@ pub struct Lesson {
     pub op: Option<u16>,
     /// Proxy operation id to remember with the index, when not remembered yet.
     pub remember: Option<u32>,
-    /// The session was flagged now: take back what it taught the current window.
+    /// The session was flagged now: take back what it taught the current window (what a
+    /// report already carried away reaches the merged model with the next delta's negative
+    /// part, see `model::taken_back`).
     pub take_back: Vec<TakeBack>,
     /// Successful, unflagged traffic: learned from.
     pub learnable: bool,

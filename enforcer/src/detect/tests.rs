@@ -1384,3 +1384,185 @@ fn authentication_attempts_another_replica_decided_count_as_decided_here() {
         0
     );
 }
+
+/// One report of `h` to an operator that holds `merged` (the delta over the wire, merged),
+/// and the adoption of the operator's answer, as `report::client` does.
+fn report(h: &Harness, merged: &mut LearnedModel) {
+    if let Some(bytes) = h.analyzer.take_delta_bytes() {
+        merged.merge(&LearnedModel::from_bytes(&bytes).unwrap());
+    }
+    h.analyzer.adopt_model_bytes(&merged.to_bytes()).unwrap();
+}
+
+/// A session reading the transactions again and again (the pages honest sessions read) until
+/// the volume detector flags it, nothing else before (at most 60 requests); `before` runs
+/// before each request. Returns the request flagged and the finding's evidence.
+fn scrape(
+    h: &mut Harness,
+    session: &str,
+    mut before: impl FnMut(&mut Harness, u32),
+) -> Option<(u32, serde_json::Value)> {
+    assert!(h.send(req(session, "GET /accounts")).is_empty());
+    let balance = req(session, "GET /accounts/{id}/balance").with_path("id", "1000");
+    assert!(h.send(balance).is_empty());
+    for n in 1..=60u32 {
+        before(h, n);
+        let page = (n - 1) % 3 + 1;
+        let f = h.send(req(session, "GET /transactions").with_query("page", &page.to_string()));
+        if let Some(v) = f.iter().find(|f| f.kind == FindingKind::Volume) {
+            return Some((n, v.evidence.clone()));
+        }
+        assert!(f.is_empty(), "request {n}: {:?}", kinds(&f));
+    }
+    None
+}
+
+/// An enumerator of balances until the enumeration detector flags it, nothing else before
+/// (at most 40 ids); `before` runs before each id. Returns how many ids it sent.
+fn enumerate(h: &mut Harness, session: &str, mut before: impl FnMut(&mut Harness, u32)) -> u32 {
+    assert!(h.send(req(session, "GET /accounts")).is_empty());
+    for i in 1..=40u32 {
+        before(h, i);
+        let f = h.send(
+            req(session, "GET /accounts/{id}/balance").with_path("id", &format!("{}", 3000 + i)),
+        );
+        if kinds(&f).contains(&FindingKind::Enumeration) {
+            return i;
+        }
+        assert!(f.is_empty(), "id {i}: {:?}", kinds(&f));
+    }
+    40
+}
+
+/// A histogram's counts without trailing zeros (how a take-back leaves them does not matter).
+fn reach(h: &crate::model::ReachHistogram) -> Vec<u64> {
+    let mut reach = h.reach.clone();
+    while reach.last() == Some(&0) {
+        reach.pop();
+    }
+    reach
+}
+
+/// A session flagged after a report carried away what it taught its counting window: the
+/// take-back lowers the replica's model below what it reported, and the next delta carries
+/// that (`model::taken_back`), so the operator's merged model, and the replica's after it
+/// adopted it, hold exactly what one replica without reports learns from the same traffic:
+/// the scraper's request counts, the enumerator's object counts and its value without an
+/// origin (`detect::lineage`) all taken back.
+#[test]
+fn a_take_back_after_a_report_is_taken_back_from_the_merged_model() {
+    let mut single = Harness::without_quarantine(small_api());
+    let mut replica = Harness::without_quarantine(small_api());
+    let mut operator = LearnedModel::default();
+    single.train(400);
+    replica.train(400);
+    report(&replica, &mut operator);
+    let before = single.model();
+    // A report falls after the scraper's 10th page and after the enumerator's 4th id.
+    let flagged = scrape(&mut single, "jwt:sub=scraper", |_, _| {});
+    let reported = scrape(&mut replica, "jwt:sub=scraper", |h, page| {
+        if page == 11 {
+            report(h, &mut operator);
+        }
+    });
+    assert_eq!(
+        flagged.as_ref().map(|f| f.0),
+        reported.as_ref().map(|f| f.0)
+    );
+    assert!(
+        flagged.is_some_and(|(page, _)| page > 10),
+        "flagged after the report"
+    );
+    let ids = enumerate(&mut single, "jwt:sub=enumerator", |_, _| {});
+    let reported_ids = enumerate(&mut replica, "jwt:sub=enumerator", |h, i| {
+        if i == 5 {
+            report(h, &mut operator);
+        }
+    });
+    assert_eq!(ids, reported_ids);
+    assert!((5..40).contains(&ids), "flagged after the report: {ids}");
+
+    // One replica without reports took it all back.
+    let after = single.model();
+    let taught = |model: &LearnedModel, template: &str| {
+        let stats = model.operation(model.op_index(template).unwrap()).unwrap();
+        (
+            reach(&stats.volume),
+            reach(&stats.objects),
+            stats.lineage.params.clone(),
+        )
+    };
+    for template in ["GET /transactions", "GET /accounts/{id}/balance"] {
+        assert_eq!(
+            taught(&before, template),
+            taught(&after, template),
+            "{template}"
+        );
+    }
+    // The replica reports what it took back, and the merged model loses it too.
+    report(&replica, &mut operator);
+    for template in ["GET /transactions", "GET /accounts/{id}/balance"] {
+        assert_eq!(
+            taught(&operator, template),
+            taught(&after, template),
+            "{template}"
+        );
+    }
+    assert_eq!(operator, after, "the merged model is the single replica's");
+    assert_eq!(
+        replica.model(),
+        after,
+        "and so is the replica's after adopting it"
+    );
+}
+
+/// Scrapers flagged after a report carried their first pages away do not raise the volume
+/// threshold of the next counting window. Before, the merged model kept those pages, and the
+/// replica got them back with every adoption (its own take-back only lowered its counts below
+/// the reported ones, and the next delta saturated at 0): each scraper left one more window
+/// far above its peers, and the threshold rose with them.
+#[test]
+fn a_threshold_does_not_rise_for_attackers_flagged_after_a_report() {
+    let window = LearningConfig::default().volume_window.as_millis_u64();
+    let mut single = Harness::without_quarantine(small_api());
+    let mut replica = Harness::without_quarantine(small_api());
+    let mut operator = LearnedModel::default();
+    for h in [&mut single, &mut replica] {
+        h.train(400);
+        // The scrapers below fit in one counting window.
+        h.now = (h.now / window + 1) * window;
+    }
+    report(&replica, &mut operator);
+    for s in 0..8 {
+        let session = format!("jwt:sub=scraper{s}");
+        let alone = scrape(&mut single, &session, |_, _| {});
+        let with_report = scrape(&mut replica, &session, |h, page| {
+            if page == 16 {
+                report(h, &mut operator);
+            }
+        });
+        assert!(
+            alone.is_some() && with_report.is_some(),
+            "scraper {s} flagged"
+        );
+        assert_eq!(alone.map(|f| f.0), with_report.map(|f| f.0), "scraper {s}");
+        // And the next report, before the next scraper.
+        report(&replica, &mut operator);
+    }
+    assert!(single.now < (single.now / window) * window + window);
+    // The next counting window: the baselines are recomputed from the model.
+    for h in [&mut single, &mut replica] {
+        h.now = (h.now / window + 1) * window;
+    }
+    let (page, alone) = scrape(&mut single, "jwt:sub=next", |_, _| {}).unwrap();
+    let (reported_page, with_report) = scrape(&mut replica, "jwt:sub=next", |_, _| {}).unwrap();
+    assert_eq!(
+        (
+            reported_page,
+            &with_report["threshold"],
+            &with_report["p99"]
+        ),
+        (page, &alone["threshold"], &alone["p99"]),
+        "the threshold did not rise: {with_report} vs {alone}"
+    );
+}

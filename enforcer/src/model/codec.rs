@@ -4,7 +4,9 @@
 //! `format` changes only when a field changes meaning. Fields added with a serde default (such
 //! as `OperationStats::exposure`) keep the format: an older model loads with them empty, and
 //! an older build ignores them (no `deny_unknown_fields` on the model types), so replicas of
-//! two versions still merge during a rolling update (tested in `model::exposure`).
+//! two versions still merge during a rolling update (tested in `model::exposure`). A delta's
+//! negative part (`takenBack`, `model::taken_back`) is such a field: an older operator merges
+//! the rest of the delta and leaves the take-back to the replica, as before it existed.
 
 use std::io::{Read, Write};
 

@@ -41,7 +41,14 @@ impl ReachHistogram {
             && let Some(reach) = self.reach.get_mut(index)
         {
             *reach = reach.saturating_sub(1);
+            // Trailing zeros trimmed, as everywhere: equal counts, equal histograms.
+            trim(&mut self.reach);
         }
+    }
+
+    /// Whether no window reached any count.
+    pub fn is_empty(&self) -> bool {
+        self.reach.iter().all(|&r| r == 0)
     }
 
     /// Windows observed (those that reached 1).

@@ -169,6 +169,16 @@ impl OriginCounts {
         self.sources.retain(|_, v| *v > 0);
     }
 
+    /// Whether it holds no count at all.
+    pub fn is_zero(&self) -> bool {
+        self.seen == 0
+            && self.claim == 0
+            && self.response == 0
+            && self.request == 0
+            && self.input == 0
+            && self.sources.is_empty()
+    }
+
     /// Adds `other`'s counts, not its named sources (a pooled view for judging, never
     /// stored: nothing is allocated).
     pub fn add_counts(&mut self, other: &Self) {
@@ -255,8 +265,9 @@ impl OperationLineage {
                 mine.subtract(theirs);
             }
         }
-        self.params
-            .retain(|_, c| c.seen > 0 || !c.sources.is_empty());
+        // A delta may hold a parameter whose `seen` did not change while its classes did (a
+        // value with an origin learned, one without taken back: `model::taken_back`).
+        self.params.retain(|_, c| !c.is_zero());
         self.reads = self.reads.saturating_sub(base.reads);
         self.supplied = self.supplied.saturating_sub(base.supplied);
     }
@@ -270,7 +281,7 @@ impl OperationLineage {
     }
 
     pub fn is_zero(&self) -> bool {
-        self.reads == 0 && self.supplied == 0 && self.params.values().all(|c| c.seen == 0)
+        self.reads == 0 && self.supplied == 0 && self.params.values().all(OriginCounts::is_zero)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod lineage;
 pub mod sequence;
 pub mod shape;
 pub mod sketch;
+pub mod taken_back;
 pub mod value;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use endpoint::{OperationStats, OutcomeCounts, RepeatCounts};
 pub use histogram::{LogHistogram, ReachHistogram};
 pub use sequence::{SESSION_START, SequenceModel};
 pub use shape::{Location, ParamObservation, ParamProfile, ShapeCaps, ShapeProfile};
+pub use taken_back::TakenBack;
 
 /// Version of the serialized form.
 pub const MODEL_FORMAT: u32 = 1;
@@ -111,6 +113,10 @@ pub struct LearnedModel {
     /// Successful requests of operations not learned because the operation cap was reached.
     #[serde(default)]
     pub dropped_operations: u64,
+    /// In a delta only: what take-backs lowered below the model reported before, subtracted
+    /// by [`LearnedModel::merge`] (see [`taken_back`]). Empty in a whole model.
+    #[serde(default, skip_serializing_if = "TakenBack::is_empty")]
+    pub taken_back: TakenBack,
     #[serde(skip)]
     index: HashMap<String, u16>,
     #[serde(skip)]
@@ -133,6 +139,7 @@ impl PartialEq for LearnedModel {
             && self.not_found == other.not_found
             && self.auth_failures == other.auth_failures
             && self.auth_identities == other.auth_identities
+            && self.taken_back == other.taken_back
     }
 }
 
@@ -151,6 +158,7 @@ impl LearnedModel {
             auth_failures: ReachHistogram::default(),
             auth_identities: ReachHistogram::default(),
             dropped_operations: 0,
+            taken_back: TakenBack::default(),
             index: HashMap::new(),
             caps,
         }
@@ -187,6 +195,7 @@ impl LearnedModel {
             && self.sequences.contexts.is_empty()
             && self.not_found.windows() == 0
             && self.auth_failures.windows() == 0
+            && self.taken_back.is_empty()
     }
 
     pub fn op_index(&self, template: &str) -> Option<u16> {
@@ -249,13 +258,32 @@ impl LearnedModel {
     /// every replica that applies the same renames to the same counts gets the same model.
     pub fn renamed(&self, rename: &dyn Fn(&str) -> Option<String>) -> LearnedModel {
         let mut out = LearnedModel::new(self.caps);
-        out.merge_renamed(self, rename);
+        out.add_renamed(self, rename);
+        // A delta's negative part stays one, renamed: it applies to the model it is merged
+        // into, not to the delta's own counts.
+        out.taken_back = self.taken_back.renamed(rename);
         out.first_seen_ms = self.first_seen_ms;
         out.last_seen_ms = self.last_seen_ms;
         out
     }
 
+    /// Adds `other`'s counts, then subtracts what `other` says was taken back (a delta's
+    /// negative part, see [`taken_back`]), saturating at 0.
     fn merge_renamed(&mut self, other: &LearnedModel, rename: &dyn Fn(&str) -> Option<String>) {
+        self.add_renamed(other, rename);
+        for (template, taken) in &other.taken_back.operations {
+            let name = rename(template);
+            let template = name.as_deref().unwrap_or(template);
+            if let Some(stats) = self
+                .op_index(template)
+                .and_then(|i| self.operations.get_mut(usize::from(i)))
+            {
+                taken.apply_to(stats);
+            }
+        }
+    }
+
+    fn add_renamed(&mut self, other: &LearnedModel, rename: &dyn Fn(&str) -> Option<String>) {
         let shape_caps = self.caps.shape();
         self.requests += other.requests;
         self.sessions += other.sessions;
@@ -287,18 +315,22 @@ impl LearnedModel {
 
     /// What this model learned beyond `base`, where `base` is an earlier state of this same
     /// model (or a model this one was built on): merging the result into `base` gives `self`
-    /// back (up to context eviction).
+    /// back (up to context eviction), including the counts a take-back lowered below `base`
+    /// (the delta's [`taken_back`] part).
     pub fn delta_since(&self, base: &LearnedModel) -> LearnedModel {
         let mut delta = self.clone();
         delta.requests = self.requests.saturating_sub(base.requests);
         delta.sessions = self.sessions.saturating_sub(base.sessions);
+        let mut taken_back = TakenBack::default();
         for theirs in &base.operations {
             if let Some(index) = delta.op_index(&theirs.template)
                 && let Some(mine) = delta.operations.get_mut(usize::from(index))
             {
+                taken_back.record(&theirs.template, mine, theirs);
                 mine.subtract(theirs);
             }
         }
+        delta.taken_back = taken_back;
         delta.headers.subtract(&base.headers);
         // Contexts use indices: translate base's into this model's index space first.
         let mut base_sequences = SequenceModel::default();
@@ -331,6 +363,7 @@ impl LearnedModel {
         self.not_found.halve();
         self.auth_failures.halve();
         self.auth_identities.halve();
+        self.taken_back.halve();
     }
 
     /// Rebuilds the template index and checks internal references (after deserializing).

@@ -507,6 +507,7 @@ mod persist_tests {
     use super::*;
     use http_body_util::{BodyExt as _, Full};
     use hyper::body::Bytes;
+    use ordo_enforcer::model::lineage::OriginClass;
     use ordo_enforcer::report::{RuleCounters, TrafficCounters};
 
     type Seen = Arc<Mutex<Vec<(String, String)>>>;
@@ -623,6 +624,110 @@ mod persist_tests {
         // Nothing is pending any more: a flush writes nothing.
         hub.flush().await;
         assert_eq!(seen.lock().len(), 2);
+        server.abort();
+    }
+
+    /// `windows` session windows that each reached `count` requests and objects of
+    /// `template`, each teaching one value of origins `classes` (none: the client's own).
+    fn learn(
+        model: &mut LearnedModel,
+        template: &str,
+        windows: u32,
+        count: u32,
+        classes: &[OriginClass],
+    ) {
+        let index = model.op_index_or_insert(template, 1).unwrap();
+        let stats = model.operation_mut(index).unwrap();
+        for _ in 0..windows {
+            for reached in 1..=count {
+                stats.volume.record_reached(reached);
+                stats.objects.record_reached(reached);
+            }
+            stats.lineage.learn("path.id", classes, &[]);
+        }
+    }
+
+    /// A replica that reported a window and then took it back (a session flagged after the
+    /// report, `ordo_enforcer::detect::lesson`) sends a delta whose negative part the merge
+    /// subtracts (`ordo_enforcer::model::taken_back`): the merged model is the sum of what
+    /// every replica holds now, whether another replica's report came in between or not, and
+    /// it carries no negative part itself.
+    #[tokio::test]
+    async fn a_take_back_after_a_report_is_subtracted_from_the_merged_model() {
+        let (client, _seen, server) = recording_api().await;
+        let (hub, _requests) = ReportHub::new(
+            client,
+            Arc::new(Metrics::new().unwrap()),
+            Duration::from_secs(1),
+        );
+        let owner = crate::desired::resources::owner_reference("api", "uid-1");
+        let template = "GET /accounts/{var1}";
+        // Replica a: honest windows of 3, and a session's window of 20, reported.
+        let mut a = LearnedModel::default();
+        learn(&mut a, template, 30, 3, &[]);
+        learn(&mut a, template, 1, 20, &[]);
+        let a_first = a.delta_since(&LearnedModel::default());
+        let a_reported = a.clone();
+        // Then an honest window of 2 (its value named by a claim), and the session is
+        // flagged: its window and its value without an origin are taken back.
+        learn(&mut a, template, 1, 2, &[OriginClass::Claim]);
+        let stats = a.operation_mut(0).unwrap();
+        for count in 1..=20 {
+            stats.volume.unrecord_reached(count);
+            stats.objects.unrecord_reached(count);
+        }
+        stats.lineage.unlearn_without_origin("path.id");
+        let a_second = a.delta_since(&a_reported);
+        // Replica b: honest windows of 4.
+        let mut b = LearnedModel::default();
+        learn(&mut b, template, 10, 4, &[]);
+        let b_first = b.delta_since(&LearnedModel::default());
+        let mut expected = a.clone();
+        expected.merge(&b);
+        let stats = expected.operation(0).unwrap();
+        assert_eq!(stats.volume.windows(), 30 + 1 + 10);
+        let origins = &stats.lineage.params["path.id"];
+        assert_eq!((origins.seen, origins.input), (30 + 1 + 10, 30 + 10));
+
+        let delta = |instance: &str, sequence: u64, model: &LearnedModel| Report {
+            replica: format!("pod-{instance}"),
+            instance: instance.into(),
+            model_delta: model.to_bytes(),
+            ..report(sequence, 0)
+        };
+        let orders = [
+            (
+                "in-turn",
+                [("a", 1, &a_first), ("a", 2, &a_second), ("b", 1, &b_first)],
+            ),
+            (
+                "between",
+                [("a", 1, &a_first), ("b", 1, &b_first), ("a", 2, &a_second)],
+            ),
+            (
+                "b-first",
+                [("b", 1, &b_first), ("a", 1, &a_first), ("a", 2, &a_second)],
+            ),
+        ];
+        for (name, reports) in orders {
+            let key = ProtectionKey {
+                namespace: "ns".into(),
+                name: name.into(),
+            };
+            let mut answer = None;
+            for (instance, sequence, model) in reports {
+                let accepted = hub
+                    .accept(&key, &owner, &delta(instance, sequence, model))
+                    .await
+                    .unwrap();
+                assert!(accepted.answer.applied);
+                answer = Some(accepted.answer.model);
+            }
+            let merged = LearnedModel::from_bytes(&answer.unwrap()).unwrap();
+            assert_eq!(merged, expected, "{name}");
+            let json = serde_json::to_value(&merged).unwrap();
+            assert!(json.get("takenBack").is_none(), "{name}: {json}");
+        }
         server.abort();
     }
 
