@@ -68,13 +68,12 @@ impl ContextEvidence<'_> {
 fn as_rare_as(counts: &NextCounts, op: u16, count: u64) -> u64 {
     let listed = counts.count_of(op).is_some();
     let rarer: u64 = counts
-        .next
-        .iter()
+        .next()
         .filter(|(o, c)| *o != op && *c <= count)
-        .map(|(_, c)| *c)
+        .map(|(_, c)| c)
         .sum();
-    let evicted = if listed && counts.other <= count {
-        counts.other
+    let evicted = if listed && counts.other() <= count {
+        counts.other()
     } else {
         0
     };
@@ -129,7 +128,7 @@ pub fn judge<'h>(
         }
         // An operation evicted from the context's list may hide in its `other` count: give it
         // that count rather than zero.
-        let count = counts.count_of(op).unwrap_or(counts.other);
+        let count = counts.count_of(op).unwrap_or(counts.other());
         let as_rare = as_rare_as(counts, op, count);
         let evidence = ContextEvidence {
             context,

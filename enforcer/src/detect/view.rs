@@ -431,7 +431,12 @@ pub fn model_view(
                     scanned: o.exposure.answers,
                     anonymous_answers: o.exposure.anonymous_answers,
                     authenticated_answers: o.exposure.authenticated_answers,
-                    sensitive_classes: o.exposure.classes.clone(),
+                    sensitive_classes: o
+                        .exposure
+                        .classes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect(),
                     records_p99: exposure::records_p99(&o.exposure.records),
                     fields: o.exposure.fields.keys().cloned().collect(),
                 }),
@@ -611,14 +616,14 @@ pub fn suggested_rules_in(
         if previous == SESSION_START {
             continue;
         }
-        for (next, count) in &counts.next {
-            if *next == previous || *count < RULE_MIN_COUNT {
+        for (next, count) in counts.next() {
+            if next == previous || count < RULE_MIN_COUNT {
                 continue;
             }
-            let entered = model.sequences.op_count(*next).max(*count);
-            let precedence = *count as f64 / entered as f64;
+            let entered = model.sequences.op_count(next).max(count);
+            let precedence = count as f64 / entered as f64;
             if precedence >= RULE_MIN_PRECEDENCE {
-                pairs.push((previous, *next, *count, precedence));
+                pairs.push((previous, next, count, precedence));
             }
         }
     }

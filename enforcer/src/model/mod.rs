@@ -15,6 +15,7 @@ pub mod codec;
 pub mod disclosure;
 pub mod endpoint;
 pub mod exposure;
+pub mod flat;
 pub mod format;
 pub mod hashing;
 pub mod histogram;
@@ -359,7 +360,7 @@ impl LearnedModel {
         let count = self.operations.len();
         let valid = |op: &u16| *op == SESSION_START || usize::from(*op) < count;
         for (context, next) in &self.sequences.contexts {
-            if !context.iter().all(valid) || !next.next.iter().all(|(op, _)| valid(op)) {
+            if !context.iter().all(valid) || !next.next().all(|(op, _)| valid(&op)) {
                 return Err(ModelError::Inconsistent(
                     "a sequence context names an unknown operation".into(),
                 ));

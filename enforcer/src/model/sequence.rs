@@ -18,34 +18,308 @@ pub const SESSION_START: u16 = u16::MAX;
 /// Most distinct next operations kept per context; rarer ones share the `other` count.
 const MAX_NEXT_PER_CONTEXT: usize = 128;
 
-/// Next-operation counts of one context.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Longest context kept: the largest `learning.sequenceOrder` the config accepts
+/// (config/learning.rs).
+pub const MAX_CONTEXT_LEN: usize = 9;
+
+/// A context: up to [`MAX_CONTEXT_LEN`] operation indices, oldest first, held inline so that
+/// a context costs no allocation of its own (the map of contexts holds tens of thousands of
+/// them; a boxed slice cost a heap block each). Hashes, compares and orders as the slice it
+/// holds, so that the map is looked up with a plain `&[u16]`.
+#[derive(Clone, Copy)]
+pub struct ContextKey {
+    len: u8,
+    ops: [u16; MAX_CONTEXT_LEN],
+}
+
+impl ContextKey {
+    /// The key of `ops`; `None` when it is longer than [`MAX_CONTEXT_LEN`].
+    pub fn new(ops: &[u16]) -> Option<Self> {
+        let len = u8::try_from(ops.len())
+            .ok()
+            .filter(|&len| usize::from(len) <= MAX_CONTEXT_LEN)?;
+        let mut key = Self {
+            len,
+            ops: [0; MAX_CONTEXT_LEN],
+        };
+        key.ops[..ops.len()].copy_from_slice(ops);
+        Some(key)
+    }
+
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ops[..usize::from(self.len)]
+    }
+}
+
+impl std::ops::Deref for ContextKey {
+    type Target = [u16];
+
+    fn deref(&self) -> &[u16] {
+        self.as_slice()
+    }
+}
+
+impl std::borrow::Borrow<[u16]> for ContextKey {
+    fn borrow(&self) -> &[u16] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for ContextKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the slice: `Borrow<[u16]>` requires equal hashes.
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for ContextKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for ContextKey {}
+
+impl PartialOrd for ContextKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ContextKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::fmt::Debug for ContextKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
+/// The next operations of one context, and the count of those evicted by the cap. Most
+/// contexts (the long ones above all) were only ever followed by one operation and never
+/// evicted one: that operation is held inline, in the padding of the tag, so such a context
+/// allocates nothing; a list is allocated from the second distinct next operation (or the
+/// first evicted count) on.
+#[derive(Debug, Clone, Default)]
+enum Successors {
+    #[default]
+    None,
+    One {
+        op: u16,
+        count: u64,
+    },
+    Many(Box<ManySuccessors>),
+}
+
+#[derive(Debug, Clone, Default)]
+struct ManySuccessors {
+    list: Vec<(u16, u64)>,
+    /// Counts of next operations evicted from `list` because of its cap.
+    other: u64,
+}
+
+impl Successors {
+    fn from_parts(mut list: Vec<(u16, u64)>, other: u64) -> Self {
+        match (list.len(), other) {
+            (0, 0) => Self::None,
+            (1, 0) => {
+                let (op, count) = list[0];
+                Self::One { op, count }
+            }
+            _ => {
+                list.shrink_to_fit();
+                Self::Many(Box::new(ManySuccessors { list, other }))
+            }
+        }
+    }
+
+    fn many(&mut self) -> &mut ManySuccessors {
+        if !matches!(self, Self::Many(_)) {
+            let list = match *self {
+                Self::One { op, count } => vec![(op, count)],
+                _ => Vec::new(),
+            };
+            *self = Self::Many(Box::new(ManySuccessors { list, other: 0 }));
+        }
+        match self {
+            Self::Many(many) => many,
+            // Made `Many` just above.
+            _ => unreachable!(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::One { .. } => 1,
+            Self::Many(many) => many.list.len(),
+        }
+    }
+
+    fn other(&self) -> u64 {
+        match self {
+            Self::Many(many) => many.other,
+            _ => 0,
+        }
+    }
+
+    fn add_other(&mut self, count: u64) {
+        if count > 0 {
+            self.many().other += count;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        let (one, many) = match self {
+            Self::None => (None, &[][..]),
+            Self::One { op, count } => (Some((*op, *count)), &[][..]),
+            Self::Many(many) => (None, many.list.as_slice()),
+        };
+        one.into_iter().chain(many.iter().copied())
+    }
+
+    fn count_mut(&mut self, wanted: u16) -> Option<&mut u64> {
+        match self {
+            Self::None => None,
+            Self::One { op, count } => (*op == wanted).then_some(count),
+            Self::Many(many) => many
+                .list
+                .iter_mut()
+                .find(|(o, _)| *o == wanted)
+                .map(|(_, c)| c),
+        }
+    }
+
+    /// Applies `f` to every count, the evicted one included.
+    fn for_each_count(&mut self, f: impl Fn(&mut u64)) {
+        match self {
+            Self::None => {}
+            Self::One { count, .. } => f(count),
+            Self::Many(many) => {
+                many.list.iter_mut().for_each(|(_, c)| f(c));
+                f(&mut many.other);
+            }
+        }
+    }
+
+    fn push(&mut self, op: u16, count: u64) {
+        match self {
+            Self::None => *self = Self::One { op, count },
+            _ => self.many().list.push((op, count)),
+        }
+    }
+
+    /// Moves the least counted entry to the evicted count.
+    fn evict_least(&mut self) {
+        let Self::Many(many) = self else {
+            return;
+        };
+        if let Some((index, _)) = many.list.iter().enumerate().min_by_key(|(_, (_, c))| *c) {
+            let (_, evicted) = many.list.swap_remove(index);
+            many.other += evicted;
+        }
+    }
+
+    /// Keeps the entries with a count, back to the inline form when it suffices again.
+    fn retain_counted(&mut self) {
+        match self {
+            Self::None => {}
+            Self::One { count, .. } => {
+                if *count == 0 {
+                    *self = Self::None;
+                }
+            }
+            Self::Many(many) => {
+                many.list.retain(|(_, c)| *c > 0);
+                if many.list.len() <= 1 || many.list.len() < many.list.capacity() {
+                    *self = Self::from_parts(std::mem::take(&mut many.list), many.other);
+                }
+            }
+        }
+    }
+}
+
+/// Next-operation counts of one context. Serialized as before: `next` is a list of
+/// (operation index, count) pairs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "NextCountsWire", into = "NextCountsWire")]
 pub struct NextCounts {
     pub total: u64,
-    /// (operation index, count), unordered.
-    pub next: Vec<(u16, u64)>,
-    /// Counts of next operations evicted from `next` because of its cap.
-    #[serde(default)]
-    pub other: u64,
+    /// (operation index, count), unordered, and the evicted count.
+    next: Successors,
 }
+
+#[derive(Serialize, Deserialize)]
+struct NextCountsWire {
+    total: u64,
+    next: Vec<(u16, u64)>,
+    #[serde(default)]
+    other: u64,
+}
+
+impl From<NextCountsWire> for NextCounts {
+    fn from(wire: NextCountsWire) -> Self {
+        Self {
+            total: wire.total,
+            next: Successors::from_parts(wire.next, wire.other),
+        }
+    }
+}
+
+impl From<NextCounts> for NextCountsWire {
+    fn from(counts: NextCounts) -> Self {
+        Self {
+            total: counts.total,
+            next: counts.next().collect(),
+            other: counts.other(),
+        }
+    }
+}
+
+impl PartialEq for NextCounts {
+    /// The next operations compare as a list, in the order they were added.
+    fn eq(&self, other: &Self) -> bool {
+        self.total == other.total
+            && self.other() == other.other()
+            && self.next.len() == other.next.len()
+            && self.next().eq(other.next())
+    }
+}
+
+impl Eq for NextCounts {}
 
 impl NextCounts {
     pub fn count_of(&self, op: u16) -> Option<u64> {
-        self.next.iter().find(|(o, _)| *o == op).map(|(_, c)| *c)
+        self.next().find(|(o, _)| *o == op).map(|(_, c)| c)
+    }
+
+    /// The next operations with their counts, unordered.
+    pub fn next(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.next.iter()
+    }
+
+    /// Counts of next operations evicted from the list because of its cap.
+    pub fn other(&self) -> u64 {
+        self.next.other()
+    }
+
+    /// Distinct next operations listed.
+    pub fn next_len(&self) -> usize {
+        self.next.len()
     }
 
     fn add(&mut self, op: u16, count: u64) {
         self.total += count;
-        if let Some(entry) = self.next.iter_mut().find(|(o, _)| *o == op) {
-            entry.1 += count;
+        if let Some(entry) = self.next.count_mut(op) {
+            *entry += count;
             return;
         }
-        self.next.push((op, count));
-        if self.next.len() > MAX_NEXT_PER_CONTEXT
-            && let Some((index, _)) = self.next.iter().enumerate().min_by_key(|(_, (_, c))| *c)
-        {
-            let (_, evicted) = self.next.swap_remove(index);
-            self.other += evicted;
+        self.next.push(op, count);
+        if self.next.len() > MAX_NEXT_PER_CONTEXT {
+            self.next.evict_least();
         }
     }
 }
@@ -137,7 +411,7 @@ fn zero_count_tail_ceiling(total: u64, x: f64) -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "SequenceWire", into = "SequenceWire")]
 pub struct SequenceModel {
-    pub contexts: HashMap<Box<[u16]>, NextCounts>,
+    pub contexts: HashMap<ContextKey, NextCounts>,
     /// Context counts dropped by eviction (for the model view).
     pub evicted: u64,
 }
@@ -153,10 +427,12 @@ struct SequenceWire {
 
 impl From<SequenceWire> for SequenceModel {
     fn from(wire: SequenceWire) -> Self {
+        // A context longer than any this build learns (a foreign or damaged model) has no
+        // place: it is dropped, as eviction would.
         let contexts = wire
             .contexts
             .into_iter()
-            .map(|(k, v)| (k.into_boxed_slice(), v))
+            .filter_map(|(k, v)| Some((ContextKey::new(&k)?, v)))
             .collect();
         Self {
             contexts,
@@ -170,7 +446,7 @@ impl From<SequenceModel> for SequenceWire {
         let mut contexts: Vec<(Vec<u16>, NextCounts)> = model
             .contexts
             .into_iter()
-            .map(|(k, v)| (k.into_vec(), v))
+            .map(|(k, v)| (k.to_vec(), v))
             .collect();
         contexts.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
@@ -197,15 +473,15 @@ impl SequenceModel {
     /// Learns one transition: `history` (collapsed, oldest first, possibly starting with
     /// [`SESSION_START`]) followed by `next`. Updates contexts of length 0..=order.
     pub fn learn(&mut self, history: &[u16], next: u16, order: usize) {
-        let longest = history.len().min(order);
+        let longest = history.len().min(order).min(MAX_CONTEXT_LEN);
         for len in 0..=longest {
             let context = &history[history.len() - len..];
             if let Some(counts) = self.contexts.get_mut(context) {
                 counts.add(next, 1);
-            } else {
+            } else if let Some(key) = ContextKey::new(context) {
                 let mut counts = NextCounts::default();
                 counts.add(next, 1);
-                self.contexts.insert(context.into(), counts);
+                self.contexts.insert(key, counts);
             }
         }
     }
@@ -253,11 +529,11 @@ impl SequenceModel {
         });
         // Ties above may still exceed `keep`; drop the rest deterministically by key order.
         if self.contexts.len() > max_contexts {
-            let mut keys: Vec<Box<[u16]>> = self
+            let mut keys: Vec<ContextKey> = self
                 .contexts
                 .keys()
                 .filter(|k| !k.is_empty())
-                .cloned()
+                .copied()
                 .collect();
             keys.sort_by(|a, b| {
                 self.contexts[b]
@@ -285,20 +561,20 @@ impl SequenceModel {
                     None => continue 'contexts,
                 }
             }
-            let mine = self
-                .contexts
-                .entry(translated.into_boxed_slice())
-                .or_default();
-            for (op, count) in &theirs.next {
-                if let Some(op) = translate(*op, map) {
-                    mine.add(op, *count);
+            let Some(key) = ContextKey::new(&translated) else {
+                continue;
+            };
+            let mine = self.contexts.entry(key).or_default();
+            for (op, count) in theirs.next() {
+                if let Some(op) = translate(op, map) {
+                    mine.add(op, count);
                 } else {
                     mine.total += count;
-                    mine.other += count;
+                    mine.next.add_other(count);
                 }
             }
-            mine.total += theirs.other;
-            mine.other += theirs.other;
+            mine.total += theirs.other();
+            mine.next.add_other(theirs.other());
         }
         self.evicted += other.evicted;
     }
@@ -310,13 +586,17 @@ impl SequenceModel {
                 continue;
             };
             mine.total = mine.total.saturating_sub(theirs.total);
-            mine.other = mine.other.saturating_sub(theirs.other);
-            for (op, count) in &theirs.next {
-                if let Some(entry) = mine.next.iter_mut().find(|(o, _)| o == op) {
-                    entry.1 = entry.1.saturating_sub(*count);
+            let other = theirs.other();
+            if other > 0 {
+                let mine_other = &mut mine.next.many().other;
+                *mine_other = mine_other.saturating_sub(other);
+            }
+            for (op, count) in theirs.next() {
+                if let Some(entry) = mine.next.count_mut(op) {
+                    *entry = entry.saturating_sub(count);
                 }
             }
-            mine.next.retain(|(_, c)| *c > 0);
+            mine.next.retain_counted();
         }
         self.contexts.retain(|_, c| c.total > 0);
         self.evicted = self.evicted.saturating_sub(base.evicted);
@@ -325,11 +605,8 @@ impl SequenceModel {
     pub fn halve(&mut self) {
         for counts in self.contexts.values_mut() {
             counts.total /= 2;
-            counts.other /= 2;
-            for entry in &mut counts.next {
-                entry.1 /= 2;
-            }
-            counts.next.retain(|(_, c)| *c > 0);
+            counts.next.for_each_count(|c| *c /= 2);
+            counts.next.retain_counted();
         }
         self.contexts.retain(|_, c| c.total > 0);
     }
@@ -345,9 +622,9 @@ impl SequenceModel {
         if counts.total < min_total || context.is_empty() {
             return false;
         }
-        counts.next.iter().any(|(op, count)| {
-            let (lo, hi) = credible_interval(*count, counts.total, credibility);
-            let parent_count = parent.count_of(*op).unwrap_or(0);
+        counts.next().any(|(op, count)| {
+            let (lo, hi) = credible_interval(count, counts.total, credibility);
+            let parent_count = parent.count_of(op).unwrap_or(0);
             let (plo, phi) = credible_interval(parent_count, parent.total, credibility);
             hi < plo || lo > phi
         })
@@ -371,19 +648,19 @@ impl SequenceModel {
             if !self.is_important(context, min_count, credibility) {
                 continue;
             }
-            for (op, count) in &counts.next {
-                if *count < min_count {
+            for (op, count) in counts.next() {
+                if count < min_count {
                     continue;
                 }
-                let last = self.op_count(*op).max(*count);
-                let interval = credible_interval(*count, counts.total, credibility);
+                let last = self.op_count(op).max(count);
+                let interval = credible_interval(count, counts.total, credibility);
                 let mut ops = context.to_vec();
-                ops.push(*op);
+                ops.push(op);
                 found.push(ImportantSequence {
                     ops,
-                    count: *count,
-                    precedence: *count as f64 / last as f64,
-                    probability: *count as f64 / counts.total as f64,
+                    count,
+                    precedence: count as f64 / last as f64,
+                    probability: count as f64 / counts.total as f64,
                     interval,
                 });
             }
@@ -414,12 +691,17 @@ impl SequenceModel {
         kept
     }
 
-    /// Bytes held by the contexts (approximate; for the model view and caps).
+    /// Bytes held by the contexts (approximate; for the model view and caps): a map slot
+    /// each, and a list for those followed by more than one operation.
     pub fn approx_bytes(&self) -> usize {
-        self.contexts
-            .iter()
-            .map(|(k, v)| 48 + k.len() * 2 + 32 + v.next.len() * 16)
-            .sum()
+        let slot = std::mem::size_of::<(ContextKey, NextCounts)>() + 1;
+        self.contexts.capacity() * slot
+            + self
+                .contexts
+                .values()
+                .filter(|v| v.next.len() > 1)
+                .map(|v| 48 + v.next.len() * 16)
+                .sum::<usize>()
     }
 }
 
@@ -557,6 +839,58 @@ mod tests {
         assert!(m.get(&[0]).is_none());
         assert!(m.get(&[]).is_some());
         assert!(m.evicted > 0);
+    }
+
+    /// A map slot of the contexts stays small (the map holds up to `learning.maxContexts`
+    /// of them, 50,000 by default): an inline key and a successor list that allocates only
+    /// from the second next operation on.
+    #[test]
+    fn a_context_slot_is_small_and_one_successor_allocates_nothing() {
+        assert!(std::mem::size_of::<(ContextKey, NextCounts)>() <= 48);
+        let mut m = SequenceModel::default();
+        m.learn(&[SESSION_START, 4, 5, 6], 7, 8);
+        for counts in m.contexts.values() {
+            assert!(matches!(counts.next, Successors::One { op: 7, count: 1 }));
+        }
+        m.learn(&[SESSION_START, 4, 5, 6], 8, 8);
+        let counts = m.get(&[5, 6]).unwrap();
+        assert_eq!((counts.total, counts.next_len()), (2, 2));
+        assert_eq!(counts.count_of(8), Some(1));
+        assert!(ContextKey::new(&[0; MAX_CONTEXT_LEN + 1]).is_none());
+    }
+
+    /// Evicted counts survive the wire, merging, subtraction and halving; the JSON of a
+    /// context is what it was when `next` was a plain list.
+    #[test]
+    fn evicted_counts_travel_and_age_with_the_context() {
+        let mut m = SequenceModel::default();
+        for op in 0..=(MAX_NEXT_PER_CONTEXT as u16) {
+            for _ in 0..=op {
+                m.learn(&[9], op, 1);
+            }
+        }
+        let counts = m.get(&[9]).unwrap();
+        assert_eq!(counts.other(), 1);
+        assert_eq!(counts.next_len(), MAX_NEXT_PER_CONTEXT);
+        let json = serde_json::to_value(&m).unwrap();
+        let wire = &json["contexts"][1][1];
+        assert_eq!(wire["other"], 1);
+        assert_eq!(wire["next"].as_array().unwrap().len(), MAX_NEXT_PER_CONTEXT);
+        let back: SequenceModel = serde_json::from_value(json).unwrap();
+        assert_eq!(back, m);
+        let mut merged = m.clone();
+        merged.merge(&m, &|op| Some(op));
+        assert_eq!(merged.get(&[9]).unwrap().other(), 2);
+        merged.subtract(&m);
+        assert_eq!(merged, m);
+        merged.halve();
+        assert_eq!(merged.get(&[9]).unwrap().other(), 0);
+        // A plain list as older models wrote it reads back with one inline successor.
+        let old: SequenceModel =
+            serde_json::from_str(r#"{"contexts":[[[1,2],{"total":3,"next":[[4,3]]}]]}"#).unwrap();
+        let counts = old.get(&[1, 2]).unwrap();
+        assert!(matches!(counts.next, Successors::One { op: 4, count: 3 }));
+        assert_eq!((counts.total, counts.other()), (3, 0));
     }
 
     #[test]
