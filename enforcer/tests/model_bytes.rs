@@ -260,6 +260,15 @@ fn breakdown(model: &ordo_enforcer::model::LearnedModel) -> String {
         size_of::<ordo_enforcer::model::OperationStats>(),
         model.sequences.contexts.len(),
     );
+    eprintln!(
+        "contexts with several next operations: {}",
+        model
+            .sequences
+            .contexts
+            .values()
+            .filter(|c| c.next_len() > 1)
+            .count()
+    );
     let mut out =
         format!("model breakdown, heap bytes per operation ({params} params over {n} operations):");
     for (name, bytes) in parts {

@@ -292,14 +292,14 @@ pub fn model_view(
         .sequences
         .contexts
         .iter()
-        .filter(|(k, v)| !k.is_empty() && v.total >= learning.min_context_observations)
+        .filter(|(k, v)| !k.is_empty() && v.total() >= learning.min_context_observations)
         .count();
     let busiest_context = model
         .sequences
         .contexts
         .iter()
         .filter(|(k, _)| !k.is_empty())
-        .map(|(_, v)| v.total)
+        .map(|(_, v)| v.total())
         .max()
         .unwrap_or(0);
     let auth_ops = model.operations.iter().filter(|o| o.is_auth_like()).count();

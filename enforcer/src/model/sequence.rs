@@ -98,158 +98,46 @@ impl std::fmt::Debug for ContextKey {
     }
 }
 
-/// The next operations of one context, and the count of those evicted by the cap. Most
-/// contexts (the long ones above all) were only ever followed by one operation and never
-/// evicted one: that operation is held inline, in the padding of the tag, so such a context
-/// allocates nothing; a list is allocated from the second distinct next operation (or the
-/// first evicted count) on.
-#[derive(Debug, Clone, Default)]
-enum Successors {
-    #[default]
-    None,
+/// Next-operation counts of one context: how often it was followed (`total`), by which
+/// operations, and the count of those evicted from the list by its cap (`other`).
+///
+/// The map of contexts holds up to `learning.maxContexts` of them (50,000 by default), most of
+/// them (the long ones above all) only ever followed by one operation, a few times: such a
+/// context is held in 16 bytes next to its key, counts of up to `u32::MAX`, and allocates
+/// nothing. A second distinct next operation, an evicted count or a count beyond `u32::MAX`
+/// moves the context to the boxed wide form; it comes back when it fits again (after
+/// subtraction or ageing). Serialized as before: `total`, the `next` list of (operation
+/// index, count) pairs and `other`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "NextCountsWire", into = "NextCountsWire")]
+pub struct NextCounts(Counts);
+
+#[derive(Debug, Clone)]
+enum Counts {
+    /// Followed by no listed operation (after subtraction or ageing, or never).
+    Empty {
+        total: u32,
+    },
     One {
         op: u16,
-        count: u64,
+        count: u32,
+        total: u32,
     },
-    Many(Box<ManySuccessors>),
+    Wide(Box<WideCounts>),
 }
 
 #[derive(Debug, Clone, Default)]
-struct ManySuccessors {
-    list: Vec<(u16, u64)>,
-    /// Counts of next operations evicted from `list` because of its cap.
+struct WideCounts {
+    total: u64,
+    /// (operation index, count), unordered.
+    next: Vec<(u16, u64)>,
     other: u64,
 }
 
-impl Successors {
-    fn from_parts(mut list: Vec<(u16, u64)>, other: u64) -> Self {
-        match (list.len(), other) {
-            (0, 0) => Self::None,
-            (1, 0) => {
-                let (op, count) = list[0];
-                Self::One { op, count }
-            }
-            _ => {
-                list.shrink_to_fit();
-                Self::Many(Box::new(ManySuccessors { list, other }))
-            }
-        }
+impl Default for NextCounts {
+    fn default() -> Self {
+        Self(Counts::Empty { total: 0 })
     }
-
-    fn many(&mut self) -> &mut ManySuccessors {
-        if !matches!(self, Self::Many(_)) {
-            let list = match *self {
-                Self::One { op, count } => vec![(op, count)],
-                _ => Vec::new(),
-            };
-            *self = Self::Many(Box::new(ManySuccessors { list, other: 0 }));
-        }
-        match self {
-            Self::Many(many) => many,
-            // Made `Many` just above.
-            _ => unreachable!(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::None => 0,
-            Self::One { .. } => 1,
-            Self::Many(many) => many.list.len(),
-        }
-    }
-
-    fn other(&self) -> u64 {
-        match self {
-            Self::Many(many) => many.other,
-            _ => 0,
-        }
-    }
-
-    fn add_other(&mut self, count: u64) {
-        if count > 0 {
-            self.many().other += count;
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        let (one, many) = match self {
-            Self::None => (None, &[][..]),
-            Self::One { op, count } => (Some((*op, *count)), &[][..]),
-            Self::Many(many) => (None, many.list.as_slice()),
-        };
-        one.into_iter().chain(many.iter().copied())
-    }
-
-    fn count_mut(&mut self, wanted: u16) -> Option<&mut u64> {
-        match self {
-            Self::None => None,
-            Self::One { op, count } => (*op == wanted).then_some(count),
-            Self::Many(many) => many
-                .list
-                .iter_mut()
-                .find(|(o, _)| *o == wanted)
-                .map(|(_, c)| c),
-        }
-    }
-
-    /// Applies `f` to every count, the evicted one included.
-    fn for_each_count(&mut self, f: impl Fn(&mut u64)) {
-        match self {
-            Self::None => {}
-            Self::One { count, .. } => f(count),
-            Self::Many(many) => {
-                many.list.iter_mut().for_each(|(_, c)| f(c));
-                f(&mut many.other);
-            }
-        }
-    }
-
-    fn push(&mut self, op: u16, count: u64) {
-        match self {
-            Self::None => *self = Self::One { op, count },
-            _ => self.many().list.push((op, count)),
-        }
-    }
-
-    /// Moves the least counted entry to the evicted count.
-    fn evict_least(&mut self) {
-        let Self::Many(many) = self else {
-            return;
-        };
-        if let Some((index, _)) = many.list.iter().enumerate().min_by_key(|(_, (_, c))| *c) {
-            let (_, evicted) = many.list.swap_remove(index);
-            many.other += evicted;
-        }
-    }
-
-    /// Keeps the entries with a count, back to the inline form when it suffices again.
-    fn retain_counted(&mut self) {
-        match self {
-            Self::None => {}
-            Self::One { count, .. } => {
-                if *count == 0 {
-                    *self = Self::None;
-                }
-            }
-            Self::Many(many) => {
-                many.list.retain(|(_, c)| *c > 0);
-                if many.list.len() <= 1 || many.list.len() < many.list.capacity() {
-                    *self = Self::from_parts(std::mem::take(&mut many.list), many.other);
-                }
-            }
-        }
-    }
-}
-
-/// Next-operation counts of one context. Serialized as before: `next` is a list of
-/// (operation index, count) pairs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "NextCountsWire", into = "NextCountsWire")]
-pub struct NextCounts {
-    pub total: u64,
-    /// (operation index, count), unordered, and the evicted count.
-    next: Successors,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -262,17 +150,18 @@ struct NextCountsWire {
 
 impl From<NextCountsWire> for NextCounts {
     fn from(wire: NextCountsWire) -> Self {
-        Self {
+        Self::compact(WideCounts {
             total: wire.total,
-            next: Successors::from_parts(wire.next, wire.other),
-        }
+            next: wire.next,
+            other: wire.other,
+        })
     }
 }
 
 impl From<NextCounts> for NextCountsWire {
     fn from(counts: NextCounts) -> Self {
         Self {
-            total: counts.total,
+            total: counts.total(),
             next: counts.next().collect(),
             other: counts.other(),
         }
@@ -282,9 +171,9 @@ impl From<NextCounts> for NextCountsWire {
 impl PartialEq for NextCounts {
     /// The next operations compare as a list, in the order they were added.
     fn eq(&self, other: &Self) -> bool {
-        self.total == other.total
+        self.total() == other.total()
             && self.other() == other.other()
-            && self.next.len() == other.next.len()
+            && self.next_len() == other.next_len()
             && self.next().eq(other.next())
     }
 }
@@ -292,34 +181,189 @@ impl PartialEq for NextCounts {
 impl Eq for NextCounts {}
 
 impl NextCounts {
-    pub fn count_of(&self, op: u16) -> Option<u64> {
-        self.next().find(|(o, _)| *o == op).map(|(_, c)| c)
+    /// The compact form of `wide` when it fits one.
+    fn compact(mut wide: WideCounts) -> Self {
+        let small = |v: u64| u32::try_from(v).ok();
+        if wide.other == 0
+            && let Some(total) = small(wide.total)
+        {
+            match wide.next.as_slice() {
+                [] => return Self(Counts::Empty { total }),
+                [(op, count)] => {
+                    if let Some(count) = small(*count) {
+                        return Self(Counts::One {
+                            op: *op,
+                            count,
+                            total,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        wide.next.shrink_to_fit();
+        Self(Counts::Wide(Box::new(wide)))
     }
 
-    /// The next operations with their counts, unordered.
-    pub fn next(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.next.iter()
+    /// The wide form, made from the compact one if needed.
+    fn wide(&mut self) -> &mut WideCounts {
+        let wide = match self.0 {
+            Counts::Empty { total } => WideCounts {
+                total: u64::from(total),
+                ..WideCounts::default()
+            },
+            Counts::One { op, count, total } => WideCounts {
+                total: u64::from(total),
+                next: vec![(op, u64::from(count))],
+                other: 0,
+            },
+            Counts::Wide(_) => WideCounts::default(),
+        };
+        if !matches!(self.0, Counts::Wide(_)) {
+            self.0 = Counts::Wide(Box::new(wide));
+        }
+        match &mut self.0 {
+            Counts::Wide(wide) => wide,
+            // Made wide just above.
+            _ => unreachable!(),
+        }
+    }
+
+    /// Back to the compact form if the counts fit it again.
+    fn settle(&mut self) {
+        if let Counts::Wide(wide) = &mut self.0 {
+            let taken = std::mem::take(&mut **wide);
+            *self = Self::compact(taken);
+        }
+    }
+
+    /// Times the context was followed by any operation.
+    pub fn total(&self) -> u64 {
+        match &self.0 {
+            Counts::Empty { total } | Counts::One { total, .. } => u64::from(*total),
+            Counts::Wide(wide) => wide.total,
+        }
     }
 
     /// Counts of next operations evicted from the list because of its cap.
     pub fn other(&self) -> u64 {
-        self.next.other()
+        match &self.0 {
+            Counts::Wide(wide) => wide.other,
+            _ => 0,
+        }
+    }
+
+    pub fn count_of(&self, op: u16) -> Option<u64> {
+        match &self.0 {
+            Counts::Empty { .. } => None,
+            Counts::One { op: o, count, .. } => (*o == op).then_some(u64::from(*count)),
+            Counts::Wide(wide) => wide.next.iter().find(|(o, _)| *o == op).map(|(_, c)| *c),
+        }
+    }
+
+    /// The next operations with their counts, unordered.
+    pub fn next(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        let (one, many) = match &self.0 {
+            Counts::Empty { .. } => (None, &[][..]),
+            Counts::One { op, count, .. } => (Some((*op, u64::from(*count))), &[][..]),
+            Counts::Wide(wide) => (None, wide.next.as_slice()),
+        };
+        one.into_iter().chain(many.iter().copied())
     }
 
     /// Distinct next operations listed.
     pub fn next_len(&self) -> usize {
-        self.next.len()
+        match &self.0 {
+            Counts::Empty { .. } => 0,
+            Counts::One { .. } => 1,
+            Counts::Wide(wide) => wide.next.len(),
+        }
     }
 
     fn add(&mut self, op: u16, count: u64) {
-        self.total += count;
-        if let Some(entry) = self.next.count_mut(op) {
-            *entry += count;
+        let n = u32::try_from(count).ok();
+        match (&mut self.0, n) {
+            (Counts::Empty { total }, Some(n)) => {
+                if let Some(sum) = total.checked_add(n) {
+                    self.0 = Counts::One {
+                        op,
+                        count: n,
+                        total: sum,
+                    };
+                    return;
+                }
+            }
+            (
+                Counts::One {
+                    op: o,
+                    count: c,
+                    total,
+                },
+                Some(n),
+            ) if *o == op => {
+                if let (Some(c2), Some(t2)) = (c.checked_add(n), total.checked_add(n)) {
+                    (*c, *total) = (c2, t2);
+                    return;
+                }
+            }
+            _ => {}
+        }
+        let wide = self.wide();
+        wide.total += count;
+        if let Some(entry) = wide.next.iter_mut().find(|(o, _)| *o == op) {
+            entry.1 += count;
             return;
         }
-        self.next.push(op, count);
-        if self.next.len() > MAX_NEXT_PER_CONTEXT {
-            self.next.evict_least();
+        wide.next.push((op, count));
+        if wide.next.len() > MAX_NEXT_PER_CONTEXT
+            && let Some((index, _)) = wide.next.iter().enumerate().min_by_key(|(_, (_, c))| *c)
+        {
+            let (_, evicted) = wide.next.swap_remove(index);
+            wide.other += evicted;
+        }
+    }
+
+    /// Adds `count` followers not listed by name (evicted elsewhere, or without a place here).
+    fn add_other(&mut self, count: u64) {
+        if count > 0 {
+            let wide = self.wide();
+            wide.total += count;
+            wide.other += count;
+        }
+    }
+
+    fn subtract(&mut self, base: &Self) {
+        let wide = self.wide();
+        wide.total = wide.total.saturating_sub(base.total());
+        wide.other = wide.other.saturating_sub(base.other());
+        for (op, count) in base.next() {
+            if let Some(entry) = wide.next.iter_mut().find(|(o, _)| *o == op) {
+                entry.1 = entry.1.saturating_sub(count);
+            }
+        }
+        wide.next.retain(|(_, c)| *c > 0);
+        self.settle();
+    }
+
+    fn halve(&mut self) {
+        match &mut self.0 {
+            Counts::Empty { total } => *total /= 2,
+            Counts::One { count, total, .. } => {
+                *count /= 2;
+                *total /= 2;
+                if *count == 0 {
+                    self.0 = Counts::Empty { total: *total };
+                }
+            }
+            Counts::Wide(wide) => {
+                wide.total /= 2;
+                wide.other /= 2;
+                for entry in &mut wide.next {
+                    entry.1 /= 2;
+                }
+                wide.next.retain(|(_, c)| *c > 0);
+                self.settle();
+            }
         }
     }
 }
@@ -509,7 +553,7 @@ impl SequenceModel {
             .contexts
             .iter()
             .filter(|(k, _)| !k.is_empty())
-            .map(|(_, v)| v.total)
+            .map(|(_, v)| v.total())
             .collect();
         totals.sort_unstable_by(|a, b| b.cmp(a));
         let cutoff = totals.get(keep.saturating_sub(1)).copied().unwrap_or(0);
@@ -519,11 +563,11 @@ impl SequenceModel {
             if key.is_empty() {
                 return true;
             }
-            if counts.total > cutoff || (counts.total == cutoff && kept < keep) {
+            if counts.total() > cutoff || (counts.total() == cutoff && kept < keep) {
                 kept += 1;
                 true
             } else {
-                evicted += counts.total;
+                evicted += counts.total();
                 false
             }
         });
@@ -537,13 +581,13 @@ impl SequenceModel {
                 .collect();
             keys.sort_by(|a, b| {
                 self.contexts[b]
-                    .total
-                    .cmp(&self.contexts[a].total)
+                    .total()
+                    .cmp(&self.contexts[a].total())
                     .then_with(|| a.cmp(b))
             });
             for key in keys.into_iter().skip(keep) {
                 if let Some(c) = self.contexts.remove(&key) {
-                    evicted += c.total;
+                    evicted += c.total();
                 }
             }
         }
@@ -569,12 +613,10 @@ impl SequenceModel {
                 if let Some(op) = translate(op, map) {
                     mine.add(op, count);
                 } else {
-                    mine.total += count;
-                    mine.next.add_other(count);
+                    mine.add_other(count);
                 }
             }
-            mine.total += theirs.other();
-            mine.next.add_other(theirs.other());
+            mine.add_other(theirs.other());
         }
         self.evicted += other.evicted;
     }
@@ -585,30 +627,17 @@ impl SequenceModel {
             let Some(mine) = self.contexts.get_mut(key) else {
                 continue;
             };
-            mine.total = mine.total.saturating_sub(theirs.total);
-            let other = theirs.other();
-            if other > 0 {
-                let mine_other = &mut mine.next.many().other;
-                *mine_other = mine_other.saturating_sub(other);
-            }
-            for (op, count) in theirs.next() {
-                if let Some(entry) = mine.next.count_mut(op) {
-                    *entry = entry.saturating_sub(count);
-                }
-            }
-            mine.next.retain_counted();
+            mine.subtract(theirs);
         }
-        self.contexts.retain(|_, c| c.total > 0);
+        self.contexts.retain(|_, c| c.total() > 0);
         self.evicted = self.evicted.saturating_sub(base.evicted);
     }
 
     pub fn halve(&mut self) {
         for counts in self.contexts.values_mut() {
-            counts.total /= 2;
-            counts.next.for_each_count(|c| *c /= 2);
-            counts.next.retain_counted();
+            counts.halve();
         }
-        self.contexts.retain(|_, c| c.total > 0);
+        self.contexts.retain(|_, c| c.total() > 0);
     }
 
     /// Whether `context` (length ≥ 1) predicts differently from its parent for some next
@@ -619,13 +648,13 @@ impl SequenceModel {
         else {
             return false;
         };
-        if counts.total < min_total || context.is_empty() {
+        if counts.total() < min_total || context.is_empty() {
             return false;
         }
         counts.next().any(|(op, count)| {
-            let (lo, hi) = credible_interval(count, counts.total, credibility);
+            let (lo, hi) = credible_interval(count, counts.total(), credibility);
             let parent_count = parent.count_of(op).unwrap_or(0);
-            let (plo, phi) = credible_interval(parent_count, parent.total, credibility);
+            let (plo, phi) = credible_interval(parent_count, parent.total(), credibility);
             hi < plo || lo > phi
         })
     }
@@ -641,7 +670,7 @@ impl SequenceModel {
     ) -> Vec<ImportantSequence> {
         let mut found = Vec::new();
         for (context, counts) in &self.contexts {
-            if context.is_empty() || counts.total < min_count {
+            if context.is_empty() || counts.total() < min_count {
                 continue;
             }
             // The length-1 context's parent is the empty context: order 1 vs order 0.
@@ -653,14 +682,14 @@ impl SequenceModel {
                     continue;
                 }
                 let last = self.op_count(op).max(count);
-                let interval = credible_interval(count, counts.total, credibility);
+                let interval = credible_interval(count, counts.total(), credibility);
                 let mut ops = context.to_vec();
                 ops.push(op);
                 found.push(ImportantSequence {
                     ops,
                     count,
                     precedence: count as f64 / last as f64,
-                    probability: count as f64 / counts.total as f64,
+                    probability: count as f64 / counts.total() as f64,
                     interval,
                 });
             }
@@ -692,15 +721,15 @@ impl SequenceModel {
     }
 
     /// Bytes held by the contexts (approximate; for the model view and caps): a map slot
-    /// each, and a list for those followed by more than one operation.
+    /// each, and the wide form of those that need one.
     pub fn approx_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(ContextKey, NextCounts)>() + 1;
         self.contexts.capacity() * slot
             + self
                 .contexts
                 .values()
-                .filter(|v| v.next.len() > 1)
-                .map(|v| 48 + v.next.len() * 16)
+                .filter(|v| matches!(v.0, Counts::Wide(_)))
+                .map(|v| 48 + v.next_len() * 16)
                 .sum::<usize>()
     }
 }
@@ -797,7 +826,7 @@ mod tests {
                 m.learn(&history[..3], 4, 8);
             }
         }
-        assert_eq!(m.get(&[1]).unwrap().total, 200);
+        assert_eq!(m.get(&[1]).unwrap().total(), 200);
         assert_eq!(m.get(&[2]).unwrap().count_of(3), Some(100));
         assert_eq!(m.op_count(3), 100);
         let top = m.important_sequences(10, 0.95, 20);
@@ -820,7 +849,7 @@ mod tests {
         let mut merged = a.clone();
         merged.merge(&b, &|op| Some(op));
         assert_eq!(merged.get(&[0, 1]).unwrap().count_of(2), Some(2));
-        assert_eq!(merged.get(&[]).unwrap().total, 3);
+        assert_eq!(merged.get(&[]).unwrap().total(), 3);
         merged.subtract(&a);
         assert_eq!(merged, b);
     }
@@ -846,15 +875,22 @@ mod tests {
     /// from the second next operation on.
     #[test]
     fn a_context_slot_is_small_and_one_successor_allocates_nothing() {
-        assert!(std::mem::size_of::<(ContextKey, NextCounts)>() <= 48);
+        assert!(std::mem::size_of::<(ContextKey, NextCounts)>() <= 40);
         let mut m = SequenceModel::default();
         m.learn(&[SESSION_START, 4, 5, 6], 7, 8);
         for counts in m.contexts.values() {
-            assert!(matches!(counts.next, Successors::One { op: 7, count: 1 }));
+            assert!(matches!(
+                counts.0,
+                Counts::One {
+                    op: 7,
+                    count: 1,
+                    total: 1
+                }
+            ));
         }
         m.learn(&[SESSION_START, 4, 5, 6], 8, 8);
         let counts = m.get(&[5, 6]).unwrap();
-        assert_eq!((counts.total, counts.next_len()), (2, 2));
+        assert_eq!((counts.total(), counts.next_len()), (2, 2));
         assert_eq!(counts.count_of(8), Some(1));
         assert!(ContextKey::new(&[0; MAX_CONTEXT_LEN + 1]).is_none());
     }
@@ -889,8 +925,21 @@ mod tests {
         let old: SequenceModel =
             serde_json::from_str(r#"{"contexts":[[[1,2],{"total":3,"next":[[4,3]]}]]}"#).unwrap();
         let counts = old.get(&[1, 2]).unwrap();
-        assert!(matches!(counts.next, Successors::One { op: 4, count: 3 }));
-        assert_eq!((counts.total, counts.other()), (3, 0));
+        assert!(matches!(
+            counts.0,
+            Counts::One {
+                op: 4,
+                count: 3,
+                total: 3
+            }
+        ));
+        // Beyond u32 the wide form keeps the counts exact, and comes back when they fit.
+        let mut big = counts.clone();
+        big.add(4, u64::from(u32::MAX));
+        assert!(matches!(big.0, Counts::Wide(_)));
+        assert_eq!(big.count_of(4), Some(u64::from(u32::MAX) + 3));
+        big.subtract(&big.clone());
+        assert!(matches!(big.0, Counts::Empty { total: 0 }));
     }
 
     #[test]
