@@ -129,7 +129,7 @@ pub fn judge<'h>(
         // An operation evicted from the context's list may hide in its `other` count: give it
         // that count rather than zero.
         let count = counts.count_of(op).unwrap_or(counts.other());
-        let as_rare = as_rare_as(counts, op, count);
+        let as_rare = as_rare_as(&counts, op, count);
         let evidence = ContextEvidence {
             context,
             total: counts.total(),

@@ -290,13 +290,11 @@ pub fn model_view(
         .unwrap_or(0);
     let mature_contexts = model
         .sequences
-        .contexts
         .iter()
         .filter(|(k, v)| !k.is_empty() && v.total() >= learning.min_context_observations)
         .count();
     let busiest_context = model
         .sequences
-        .contexts
         .iter()
         .filter(|(k, _)| !k.is_empty())
         .map(|(_, v)| v.total())
@@ -518,7 +516,7 @@ pub fn model_view(
         usage: UsageView {
             operations: model.operations.len(),
             max_operations: model.caps().max_operations,
-            contexts: model.sequences.contexts.len(),
+            contexts: model.sequences.len(),
             max_contexts: model.caps().max_contexts,
             contexts_evicted: model.sequences.evicted,
             dropped_operations: model.dropped_operations,
@@ -611,7 +609,7 @@ pub fn suggested_rules_in(
     namespace: Option<&str>,
 ) -> Vec<SuggestedRule> {
     let mut pairs = Vec::new();
-    for (context, counts) in &model.sequences.contexts {
+    for (context, counts) in model.sequences.iter() {
         let [previous] = context[..] else { continue };
         if previous == SESSION_START {
             continue;

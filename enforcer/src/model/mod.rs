@@ -168,7 +168,7 @@ impl LearnedModel {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.operations.is_empty() && self.sequences.contexts.is_empty()
+        self.requests == 0 && self.operations.is_empty() && self.sequences.is_empty()
     }
 
     /// Whether this model (typically a delta) holds no counts at all.
@@ -185,7 +185,7 @@ impl LearnedModel {
                     && op.lineage.is_zero()
                     && op.repeats.is_zero()
             })
-            && self.sequences.contexts.is_empty()
+            && self.sequences.is_empty()
             && self.not_found.windows() == 0
             && self.auth_failures.windows() == 0
     }
@@ -359,7 +359,7 @@ impl LearnedModel {
         self.headers.scrub_legacy();
         let count = self.operations.len();
         let valid = |op: &u16| *op == SESSION_START || usize::from(*op) < count;
-        for (context, next) in &self.sequences.contexts {
+        for (context, next) in self.sequences.iter() {
             if !context.iter().all(valid) || !next.next().all(|(op, _)| valid(&op)) {
                 return Err(ModelError::Inconsistent(
                     "a sequence context names an unknown operation".into(),
