@@ -2,8 +2,10 @@
 //! the workload of `scripts/bench`'s memory phase (bench/src/run.rs, `memory`): Learn mode
 //! without OpenAPI, 400 distinct `GET /api/v2/<a>/<b>/items` operations, 25 requests each from
 //! 200 sessions, answered with the benchmark upstream's ~1 KB JSON. A counting global
-//! allocator gives the live heap bytes before and after; the bound fails at the size the
-//! benchmark measured before issue #18's model work (about 22 KB of RSS per operation).
+//! allocator gives the live heap bytes before and after, and the heap bytes of a copy of
+//! each part of the model (printed: `--nocapture`; docs/benchmarks.md, "What changed
+//! (learned model bytes)"). The bound, 14 KiB, fails at the size before issue #18's model
+//! work: 30,791 heap bytes per operation (24.8 KB of RSS in the benchmark); 12,220 after.
 #![allow(clippy::unwrap_used)] // Test helpers unwrap: a panic is the failure report.
 
 mod common;
