@@ -899,17 +899,26 @@ async fn measure_memory(
     tokio::time::sleep(Duration::from_millis(1000)).await;
     t.check_alive()?;
     let ops_after = pid_rss(&t)?.unwrap_or(0);
-    let learned = match t.admin {
+    let model = match t.admin {
         Some(admin) => match loadgen::get_text(admin, "/v1/model").await {
-            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|m| model_operations(&m)),
+            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
             _ => None,
         },
         None => None,
     };
+    let learned = model.as_ref().and_then(model_operations);
+    // The learned model's own account of its size (`analyzer.usage` of the view,
+    // enforcer/src/detect/view.rs): how many sequence contexts the workload made, and the
+    // model's estimate of its bytes, next to the RSS.
+    let usage = |key: &str| {
+        model
+            .as_ref()
+            .and_then(|m| m.get("analyzer")?.get("usage")?.get(key)?.as_u64())
+    };
     log(format!(
-        "memory: {ops} operations x 25 requests: RSS {ops_before} -> {ops_after} KiB (model reports {learned:?})"
+        "memory: {ops} operations x 25 requests: RSS {ops_before} -> {ops_after} KiB (model reports {learned:?} operations, {:?} sequence contexts, about {:?} bytes)",
+        usage("contexts"),
+        usage("approxBytes"),
     ));
     drop(t);
 

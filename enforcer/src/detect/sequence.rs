@@ -68,13 +68,12 @@ impl ContextEvidence<'_> {
 fn as_rare_as(counts: &NextCounts, op: u16, count: u64) -> u64 {
     let listed = counts.count_of(op).is_some();
     let rarer: u64 = counts
-        .next
-        .iter()
+        .next()
         .filter(|(o, c)| *o != op && *c <= count)
-        .map(|(_, c)| *c)
+        .map(|(_, c)| c)
         .sum();
-    let evicted = if listed && counts.other <= count {
-        counts.other
+    let evicted = if listed && counts.other() <= count {
+        counts.other()
     } else {
         0
     };
@@ -124,21 +123,21 @@ pub fn judge<'h>(
         let Some(counts) = model.get(context) else {
             continue;
         };
-        if counts.total < limits.min_observations {
+        if counts.total() < limits.min_observations {
             continue;
         }
         // An operation evicted from the context's list may hide in its `other` count: give it
         // that count rather than zero.
-        let count = counts.count_of(op).unwrap_or(counts.other);
-        let as_rare = as_rare_as(counts, op, count);
+        let count = counts.count_of(op).unwrap_or(counts.other());
+        let as_rare = as_rare_as(&counts, op, count);
         let evidence = ContextEvidence {
             context,
-            total: counts.total,
+            total: counts.total(),
             count,
             as_rare,
             credibility: limits.credibility,
         };
-        if upper_bound_reaches(as_rare, counts.total, limits.credibility, limits.limit) {
+        if upper_bound_reaches(as_rare, counts.total(), limits.credibility, limits.limit) {
             return Judgement::Likely(evidence);
         }
         agreeing += 1;
@@ -199,8 +198,8 @@ pub fn likely_as_entry_point(
         && STARTS.iter().any(|start| {
             model.get(start).is_some_and(|counts| {
                 let count = counts.count_of(op).unwrap_or(0);
-                counts.total >= limits.min_observations
-                    && lower_bound(count, counts.total, limits.credibility) >= MIN_ENTRY_SHARE
+                counts.total() >= limits.min_observations
+                    && lower_bound(count, counts.total(), limits.credibility) >= MIN_ENTRY_SHARE
             })
         })
 }
@@ -467,8 +466,8 @@ mod tests {
         // flag — but [5] saw it 100 times in 400: likely.
         let history = [S, 1, 2, 5];
         let long = m.get(&history).unwrap();
-        assert_eq!((long.total, long.count_of(1)), (300, None));
-        let alone = upper_bound(0, long.total, limits().credibility);
+        assert_eq!((long.total(), long.count_of(1)), (300, None));
+        let alone = upper_bound(0, long.total(), limits().credibility);
         assert!(alone < limits().limit, "{alone}");
         match judge(&m, &history, 1, &limits()) {
             Judgement::Likely(e) => {

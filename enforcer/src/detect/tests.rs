@@ -595,11 +595,7 @@ fn caps_bound_operations_and_contexts() {
     let model = h.model();
     assert_eq!(model.operations.len(), 64);
     assert!(model.dropped_operations > 0);
-    assert!(
-        model.sequences.contexts.len() <= 500,
-        "{}",
-        model.sequences.contexts.len()
-    );
+    assert!(model.sequences.len() <= 500, "{}", model.sequences.len());
     let view = h.analyzer.view();
     assert_eq!(view.usage.operations, 64);
 }

@@ -290,16 +290,14 @@ pub fn model_view(
         .unwrap_or(0);
     let mature_contexts = model
         .sequences
-        .contexts
         .iter()
-        .filter(|(k, v)| !k.is_empty() && v.total >= learning.min_context_observations)
+        .filter(|(k, v)| !k.is_empty() && v.total() >= learning.min_context_observations)
         .count();
     let busiest_context = model
         .sequences
-        .contexts
         .iter()
         .filter(|(k, _)| !k.is_empty())
-        .map(|(_, v)| v.total)
+        .map(|(_, v)| v.total())
         .max()
         .unwrap_or(0);
     let auth_ops = model.operations.iter().filter(|o| o.is_auth_like()).count();
@@ -431,7 +429,12 @@ pub fn model_view(
                     scanned: o.exposure.answers,
                     anonymous_answers: o.exposure.anonymous_answers,
                     authenticated_answers: o.exposure.authenticated_answers,
-                    sensitive_classes: o.exposure.classes.clone(),
+                    sensitive_classes: o
+                        .exposure
+                        .classes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect(),
                     records_p99: exposure::records_p99(&o.exposure.records),
                     fields: o.exposure.fields.keys().cloned().collect(),
                 }),
@@ -513,7 +516,7 @@ pub fn model_view(
         usage: UsageView {
             operations: model.operations.len(),
             max_operations: model.caps().max_operations,
-            contexts: model.sequences.contexts.len(),
+            contexts: model.sequences.len(),
             max_contexts: model.caps().max_contexts,
             contexts_evicted: model.sequences.evicted,
             dropped_operations: model.dropped_operations,
@@ -606,19 +609,19 @@ pub fn suggested_rules_in(
     namespace: Option<&str>,
 ) -> Vec<SuggestedRule> {
     let mut pairs = Vec::new();
-    for (context, counts) in &model.sequences.contexts {
+    for (context, counts) in model.sequences.iter() {
         let [previous] = context[..] else { continue };
         if previous == SESSION_START {
             continue;
         }
-        for (next, count) in &counts.next {
-            if *next == previous || *count < RULE_MIN_COUNT {
+        for (next, count) in counts.next() {
+            if next == previous || count < RULE_MIN_COUNT {
                 continue;
             }
-            let entered = model.sequences.op_count(*next).max(*count);
-            let precedence = *count as f64 / entered as f64;
+            let entered = model.sequences.op_count(next).max(count);
+            let precedence = count as f64 / entered as f64;
             if precedence >= RULE_MIN_PRECEDENCE {
-                pairs.push((previous, *next, *count, precedence));
+                pairs.push((previous, next, count, precedence));
             }
         }
     }

@@ -1,10 +1,9 @@
 //! What the model knows about one operation.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::exposure::ExposureCounts;
+use super::flat::FlatMap;
 use super::histogram::ReachHistogram;
 use super::lineage::OperationLineage;
 use super::shape::{ShapeCaps, ShapeProfile, add_map, sub_map};
@@ -21,7 +20,7 @@ pub struct OperationStats {
     pub requests: u64,
     /// Responses to unflagged requests by status code (0 = other codes beyond the cap).
     #[serde(default)]
-    pub status: BTreeMap<u16, u64>,
+    pub status: FlatMap<u16, u64>,
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
     /// When the operation was first learned after the model was mature (a *discovered*

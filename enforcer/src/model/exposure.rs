@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::flat::FlatMap;
 use super::histogram::LogHistogram;
 
 /// Classes of sensitive values an answer may carry.
@@ -116,15 +117,15 @@ pub struct ExposureCounts {
     #[serde(default)]
     pub authenticated_answers: u64,
     /// Scanned answers that carried each class (by [`SensitiveClass::as_str`]).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub classes: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub classes: FlatMap<String, u64>,
     /// Records per scanned answer (the longest array at the top level or one level down), in
     /// power-of-two buckets (`LogHistogram::length_bucket`).
     #[serde(default)]
     pub records: LogHistogram,
     /// Scanned answers by top-level field name (at most [`MAX_FIELDS`] names).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub fields: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub fields: FlatMap<String, u64>,
 }
 
 /// What one answer exposed, as learned (no value, only classes and counts).
@@ -276,7 +277,12 @@ pub fn posture(model: &super::LearnedModel, limit: usize) -> Vec<Posture> {
             answers: o.exposure.anonymous_answers + o.exposure.authenticated_answers,
             anonymous_answers: o.exposure.anonymous_answers,
             scanned: o.exposure.answers,
-            sensitive_classes: o.exposure.classes.clone(),
+            sensitive_classes: o
+                .exposure
+                .classes
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         })
         .collect();
     out.sort_by(|a, b| {

@@ -5,10 +5,9 @@
 //! across replicas by addition like the rest of the model; the most frequent sources are kept
 //! by name for the explanations.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
+use super::flat::FlatMap;
 use super::shape::{add_map, sub_map};
 
 /// Most parameters whose origins are learned per operation (the rest are not judged).
@@ -67,8 +66,8 @@ pub struct OriginCounts {
     pub input: u64,
     /// Requests per named source (`claim sub`, `GET /accounts field accounts[].id`), the most
     /// frequent [`MAX_SOURCES`].
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sources: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub sources: FlatMap<String, u64>,
 }
 
 impl OriginCounts {
@@ -213,8 +212,8 @@ fn bounded(name: &str) -> String {
 #[serde(rename_all = "camelCase")]
 pub struct OperationLineage {
     /// Parameter (`path.var1`, `body.from`) → learned origins of its values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, OriginCounts>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub params: FlatMap<String, OriginCounts>,
     /// Answers of this operation whose body was read for values.
     #[serde(default)]
     pub reads: u64,

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod disclosure;
 pub mod endpoint;
 pub mod exposure;
+pub mod flat;
 pub mod format;
 pub mod hashing;
 pub mod histogram;
@@ -175,7 +176,7 @@ impl LearnedModel {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.requests == 0 && self.operations.is_empty() && self.sequences.contexts.is_empty()
+        self.requests == 0 && self.operations.is_empty() && self.sequences.is_empty()
     }
 
     /// Whether this model (typically a delta) holds no counts at all.
@@ -192,7 +193,7 @@ impl LearnedModel {
                     && op.lineage.is_zero()
                     && op.repeats.is_zero()
             })
-            && self.sequences.contexts.is_empty()
+            && self.sequences.is_empty()
             && self.not_found.windows() == 0
             && self.auth_failures.windows() == 0
             && self.taken_back.is_empty()
@@ -391,8 +392,8 @@ impl LearnedModel {
         self.headers.scrub_legacy();
         let count = self.operations.len();
         let valid = |op: &u16| *op == SESSION_START || usize::from(*op) < count;
-        for (context, next) in &self.sequences.contexts {
-            if !context.iter().all(valid) || !next.next.iter().all(|(op, _)| valid(op)) {
+        for (context, next) in self.sequences.iter() {
+            if !context.iter().all(valid) || !next.next().all(|(op, _)| valid(&op)) {
                 return Err(ModelError::Inconsistent(
                     "a sequence context names an unknown operation".into(),
                 ));

@@ -5,11 +5,10 @@
 //! model's keyed hash; clear text only for values proven not to be secrets, and nothing at all
 //! of secret ones (see [`super::disclosure`]).
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use serde::{Deserialize, Serialize};
 
 use super::disclosure::{MIN_SHOWN_SESSIONS, is_secret_param, is_secret_value, may_show_value};
+use super::flat::{FlatMap, FlatSet};
 use super::format::ValueFormat;
 use super::hashing::stable_hash;
 use super::histogram::LogHistogram;
@@ -100,19 +99,19 @@ pub struct ShapeCaps {
 pub struct ParamProfile {
     /// Requests in which the parameter was present.
     pub present: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub kinds: BTreeMap<ValueKind, u64>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub kinds: FlatMap<ValueKind, u64>,
     /// Character class bit → values containing it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub chars: BTreeMap<u8, u64>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub chars: FlatMap<u8, u64>,
     /// Construct bit → values containing it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub markers: BTreeMap<u8, u64>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub markers: FlatMap<u8, u64>,
     /// Value format → text values that followed it (a value follows several formats; every
     /// text value follows `text`, whose count is the number of text values). Missing in models
     /// written before formats were learned: such a profile has no format until it learns one.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub formats: BTreeMap<ValueFormat, u64>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub formats: FlatMap<ValueFormat, u64>,
     #[serde(default)]
     pub lengths: LogHistogram,
     #[serde(default)]
@@ -124,21 +123,21 @@ pub struct ParamProfile {
     #[serde(
         default,
         rename = "valueHashes",
-        skip_serializing_if = "BTreeMap::is_empty"
+        skip_serializing_if = "FlatMap::is_empty"
     )]
-    pub values: BTreeMap<u64, EnumValue>,
+    pub values: FlatMap<u64, EnumValue>,
     /// Clear text of the members of `values` proven not to be secrets.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub shown_values: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "FlatSet::is_empty")]
+    pub shown_values: FlatSet<String>,
     /// Clear-text values of models written before values were hashed: read, scrubbed when the
     /// model is loaded (see [`ParamProfile::scrub_legacy`]), never written.
     #[serde(default, rename = "values", skip_serializing)]
-    legacy_values: BTreeMap<String, u64>,
+    legacy_values: FlatMap<String, u64>,
     /// More (or longer) distinct values than an enum may have were seen.
     #[serde(default)]
     pub values_overflow: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub distinct: Option<DistinctSketch>,
+    pub distinct: Option<Box<DistinctSketch>>,
 }
 
 impl ParamProfile {
@@ -174,7 +173,7 @@ impl ParamProfile {
             self.learn_value(obs, caps, session);
         }
         if self.distinct.is_none() {
-            self.distinct = DistinctSketch::new();
+            self.distinct = DistinctSketch::new().map(Box::new);
         }
         if let Some(sketch) = self.distinct.as_mut() {
             sketch.insert(&obs.value);
@@ -270,7 +269,7 @@ impl ParamProfile {
         if !self.values_overflow && !self.values.is_empty() {
             return self.values.len() as u64;
         }
-        self.distinct.as_ref().map_or(0, DistinctSketch::estimate)
+        self.distinct.as_ref().map_or(0, |d| d.estimate())
     }
 
     pub fn merge(&mut self, other: &Self, caps: &ShapeCaps) {
@@ -329,8 +328,8 @@ impl ParamProfile {
 /// Per-parameter profiles of one operation (or of the headers and cookies of all operations).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShapeProfile {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, ParamProfile>,
+    #[serde(default, skip_serializing_if = "FlatMap::is_empty")]
+    pub params: FlatMap<String, ParamProfile>,
     /// Parameters not learned because the cap was reached.
     #[serde(default)]
     pub dropped: u64,
@@ -393,13 +392,13 @@ fn bits(mask: u32) -> impl Iterator<Item = u8> {
     (0u8..32).filter(move |bit| mask & (1u32 << bit) != 0)
 }
 
-pub(crate) fn add_map<K: Ord + Clone>(target: &mut BTreeMap<K, u64>, other: &BTreeMap<K, u64>) {
+pub(crate) fn add_map<K: Ord + Clone>(target: &mut FlatMap<K, u64>, other: &FlatMap<K, u64>) {
     for (key, value) in other {
         *target.entry(key.clone()).or_insert(0) += value;
     }
 }
 
-pub(crate) fn sub_map<K: Ord + Clone>(target: &mut BTreeMap<K, u64>, base: &BTreeMap<K, u64>) {
+pub(crate) fn sub_map<K: Ord + Clone>(target: &mut FlatMap<K, u64>, base: &FlatMap<K, u64>) {
     for (key, value) in base {
         if let Some(mine) = target.get_mut(key) {
             *mine = mine.saturating_sub(*value);
