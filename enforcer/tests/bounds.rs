@@ -119,10 +119,7 @@ fn longest_string(value: &serde_json::Value) -> usize {
 
 #[tokio::test]
 async fn long_path_segments_stay_bounded_in_bytes() {
-    use ordo_enforcer::config::parse_yaml;
-    use ordo_enforcer::detect::LearnedAnalyzer;
     use std::io::Read;
-    use std::sync::Arc;
 
     let up = start_upstream().await;
     let yaml = r#"
@@ -135,15 +132,7 @@ rules:
   - name: no-second-download
     maxRepeat: { operation: "GET /download/{file}", count: 1 }
 "#;
-    let config = parse_yaml(&enforcer_yaml(yaml, up.addr)).unwrap();
-    let analyzer = Arc::new(LearnedAnalyzer::new(
-        &config.learning,
-        &config.detectors,
-        None,
-    ));
-    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
-        .await
-        .unwrap();
+    let (e, analyzer) = start_learning(yaml, up.addr).await;
     let c = client();
     for i in 0..40 {
         let session = format!("warm-{}", i % 4);

@@ -20,14 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{client, enforcer_yaml, send};
+use common::{client, send, start_learning};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::detect::LearnedAnalyzer;
 use tokio::net::TcpListener;
 
 /// The books API: what it has answers 200, anything else 404.
@@ -91,15 +89,7 @@ detectors:
 async fn rare_operations_and_readable_names_are_not_refused_and_probes_are() {
     let hits = Arc::new(AtomicUsize::new(0));
     let up = start_books(Arc::clone(&hits)).await;
-    let config = parse_yaml(&enforcer_yaml(CONFIG, up)).unwrap();
-    let analyzer = Arc::new(LearnedAnalyzer::new(
-        &config.learning,
-        &config.detectors,
-        None,
-    ));
-    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
-        .await
-        .unwrap();
+    let (e, analyzer) = start_learning(CONFIG, up).await;
     let c = client();
     let call = |method: &'static str, path: String, session: String| {
         let c = c.clone();

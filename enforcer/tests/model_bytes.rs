@@ -13,20 +13,17 @@ mod common;
 use std::alloc::System;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use cap::Cap;
-use common::{client, enforcer_yaml, send};
+use common::{client, send, start_learning};
 use futures::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::detect::LearnedAnalyzer;
 use tokio::net::TcpListener;
 
 /// The system allocator, counting the bytes live at any time.
@@ -163,15 +160,7 @@ async fn drive(proxy: SocketAddr, side: usize, requests: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learned_operation_costs_at_most_its_bound_in_heap_bytes() {
     let up = start_upstream().await;
-    let config = parse_yaml(&enforcer_yaml(CONFIG, up)).unwrap();
-    let analyzer = Arc::new(LearnedAnalyzer::new(
-        &config.learning,
-        &config.detectors,
-        None,
-    ));
-    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
-        .await
-        .unwrap();
+    let (e, analyzer) = start_learning(CONFIG, up).await;
     // Same sessions before and after: only the operations differ.
     drive(e.proxy_addr, 1, 2000).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ordo_enforcer::config::parse_yaml;
 use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::runtime::RunningEnforcer;
 
@@ -689,15 +688,7 @@ session:
             list.join(", ")
         ));
     }
-    let config = parse_yaml(&enforcer_yaml(&yaml, upstream)).unwrap();
-    let analyzer = Arc::new(LearnedAnalyzer::new(
-        &config.learning,
-        &config.detectors,
-        None,
-    ));
-    let e = ordo_enforcer::runtime::start(config, None, Arc::clone(&analyzer) as _)
-        .await
-        .unwrap();
+    let (e, analyzer) = start_learning(&yaml, upstream).await;
     (e, analyzer)
 }
 

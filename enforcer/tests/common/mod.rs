@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::detect::NoopAnalyzer;
+use ordo_enforcer::detect::{LearnedAnalyzer, NoopAnalyzer};
 use ordo_enforcer::runtime::{RunningEnforcer, start};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -125,6 +125,24 @@ pub async fn dead_address() -> SocketAddr {
 pub async fn start_enforcer(yaml: &str, upstream: SocketAddr) -> RunningEnforcer {
     let config = parse_yaml(&enforcer_yaml(yaml, upstream)).unwrap();
     start(config, None, Arc::new(NoopAnalyzer)).await.unwrap()
+}
+
+/// Starts an enforcer from YAML, as [`start_enforcer`], with the learned analyzer its config
+/// describes; the analyzer is returned too, for the test to look into.
+pub async fn start_learning(
+    yaml: &str,
+    upstream: SocketAddr,
+) -> (RunningEnforcer, Arc<LearnedAnalyzer>) {
+    let config = parse_yaml(&enforcer_yaml(yaml, upstream)).unwrap();
+    let analyzer = Arc::new(LearnedAnalyzer::new(
+        &config.learning,
+        &config.detectors,
+        None,
+    ));
+    let e = start(config, None, Arc::clone(&analyzer) as _)
+        .await
+        .unwrap();
+    (e, analyzer)
 }
 
 pub fn enforcer_yaml(yaml: &str, upstream: SocketAddr) -> String {
