@@ -12,10 +12,8 @@ use std::io::Read;
 use std::sync::Arc;
 
 use common::*;
-use ordo_enforcer::config::parse_yaml;
-use ordo_enforcer::detect::LearnedAnalyzer;
 use ordo_enforcer::report::{Report, ReportSource};
-use ordo_enforcer::runtime::{EnforcerSource, start};
+use ordo_enforcer::runtime::EnforcerSource;
 
 /// Each planted secret, as sent. Shared by every session, so that no "seen in few sessions"
 /// rule alone can be what keeps them out: the value classes and field names must.
@@ -92,15 +90,7 @@ rules:
 #[tokio::test]
 async fn planted_secrets_appear_in_no_model_report_or_admin_answer() {
     let up = start_upstream().await;
-    let config = parse_yaml(&enforcer_yaml(CONFIG, up.addr)).unwrap();
-    let analyzer = Arc::new(LearnedAnalyzer::new(
-        &config.learning,
-        &config.detectors,
-        None,
-    ));
-    let e = start(config, None, Arc::clone(&analyzer) as _)
-        .await
-        .unwrap();
+    let (e, analyzer) = start_learning(CONFIG, up.addr).await;
     let c = client();
     let sessions = 12;
     for i in 0..sessions {
