@@ -1102,6 +1102,13 @@ impl Router {
                     // Decided here: what this replica holds for the session may be from an
                     // earlier time it served it, and lack what the owner saw since.
                     self.forget_if_moved(shared, &session, now_ms);
+                    // Rare (the owner is left out at once), and what traces a decision that
+                    // another replica's history lacks (docs/scale-out.md).
+                    let shown = crate::session::session_label(
+                        &session,
+                        policy.config.admin.reveal_session_keys,
+                    );
+                    tracing::info!(%owner, session = %shown, "owner unreachable: decided here, the session started over");
                     return Routed::Local(back);
                 }
             }
